@@ -1,0 +1,67 @@
+"""Settings: one model, read from `SANDBOXD_*` environment variables and CLI flags.
+
+Every field has a safe default and its unit in its name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CPUS = os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOXD_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("/var/lib/sandboxd"),
+        description="Where the database, the server secret and runtime files live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/sandboxd.db. "
+        "PostgreSQL: postgresql+asyncpg://user:pass@host/db",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    output_limit_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Cap on captured stdout and on stderr, each."
+    )
+    max_concurrent: int = Field(
+        default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs."
+    )
+    max_concurrent_per_org: int = Field(
+        default=0, ge=0, description="Executions running at once per organization; 0 = max_concurrent."
+    )
+    auth_failures_allowed: int = Field(default=3, ge=1, description="Failed auths per IP per window.")
+    auth_failure_window_s: int = Field(default=60, ge=1)
+    auth_lockout_s: int = Field(default=60, ge=1, description="How long an IP is refused after that.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Request bodies above this are refused (413)."
+    )
+
+    sandbox_uid_base: int = Field(
+        default=200_000, ge=1000, description="First unprivileged host uid used for sandboxes."
+    )
+    tmp_size_mib: int = Field(default=64, ge=1, description="Size of /tmp inside a sandbox.")
+    workdir_size_mib: int = Field(default=256, ge=1, description="Size of /data inside a sandbox.")
+    home_size_mib: int = Field(default=256, ge=1, description="Size of a stateless /home/baponi.")
+    file_size_mib: int = Field(default=256, ge=1, description="RLIMIT_FSIZE inside a sandbox.")
+    open_files_max: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE inside a sandbox.")
+    pids_max: int = Field(default=256, ge=16, description="Processes per sandbox (cgroup pids.max).")
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().absolute()
+        if self.max_concurrent_per_org == 0:
+            self.max_concurrent_per_org = self.max_concurrent
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'sandboxd.db'}"

@@ -1,0 +1,140 @@
+"""Build the bubblewrap command line for one execution. Pure: no kernel needed to test it.
+
+bubblewrap is a toolkit, not a policy (its SECURITY.md): this argv *is* sandboxd's filesystem,
+namespace and environment policy, so every flag below is deliberate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .languages import INTERPRETERS
+from .spec import SandboxSpec
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_USER = "baponi"
+HOME = "/home/baponi"
+WORKDIR = "/data"
+PATH = "/usr/local/bin:/usr/bin:/bin"
+
+#: Host files shared read-only into every sandbox (the runtime image is the host's /usr).
+_RO_HOST_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+)
+
+
+@dataclass(frozen=True)
+class SandboxFds:
+    """File descriptors (open in the launching process) whose contents bwrap copies in."""
+
+    program: int
+    seccomp: int
+    passwd: int
+    group: int
+    hosts: int
+    nsswitch: int
+
+
+def base_env() -> dict[str, str]:
+    return {
+        "PATH": PATH,
+        "HOME": HOME,
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PWD": WORKDIR,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> list[str]:
+    limits = spec.limits
+    mib = 1024 * 1024
+    argv = [
+        bwrap,
+        # Lifetime: the sandbox dies with the launcher; its own session (no TIOCSTI to ours).
+        "--die-with-parent",
+        "--new-session",
+        # Namespaces: every one, and no nested user namespaces inside.
+        "--unshare-user",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--disable-userns",
+        "--uid", str(SANDBOX_UID),
+        "--gid", str(SANDBOX_GID),
+        "--hostname", "sandbox",
+        # Filesystem: the image read-only, host-local tools hidden, synthetic identity files.
+        "--ro-bind", "/usr", "/usr",
+        "--tmpfs", "/usr/local",
+        "--remount-ro", "/usr/local",
+        "--symlink", "usr/bin", "/bin",
+        "--symlink", "usr/sbin", "/sbin",
+        "--symlink", "usr/lib", "/lib",
+        "--symlink", "usr/lib64", "/lib64",
+    ]
+    for path in _RO_HOST_FILES:
+        if Path(path).exists():
+            argv += ["--ro-bind", path, path]
+    argv += [
+        "--ro-bind-data", str(fds.passwd), "/etc/passwd",
+        "--ro-bind-data", str(fds.group), "/etc/group",
+        "--ro-bind-data", str(fds.hosts), "/etc/hosts",
+        "--ro-bind-data", str(fds.nsswitch), "/etc/nsswitch.conf",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        # Writable places, each a size-limited tmpfs (also charged to the memory cgroup).
+        "--size", str(limits.tmp_mib * mib), "--tmpfs", "/tmp",
+        "--size", str(limits.tmp_mib * mib), "--tmpfs", "/dev/shm",
+        "--size", str(limits.workdir_mib * mib), "--tmpfs", WORKDIR,
+        "--perms", "0700", "--size", str(limits.home_mib * mib), "--tmpfs", HOME,
+        "--ro-bind-data", str(fds.program), INTERPRETERS[spec.language].program_path,
+        "--chdir", WORKDIR,
+        # Environment: nothing of the server's, only ours and the request's.
+        "--clearenv",
+    ]
+    env = base_env() | spec.env
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    argv += [
+        # Privileges: none, and the root filesystem read-only.
+        "--cap-drop", "ALL",
+        "--remount-ro", "/",
+        "--seccomp", str(fds.seccomp),
+        "--",
+        *INTERPRETERS[spec.language].argv(),
+    ]
+    return argv
+
+
+def passwd_file() -> bytes:
+    return (
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_GID}:{SANDBOX_USER}:{HOME}:/bin/bash\n"
+        f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ).encode()
+
+
+def group_file() -> bytes:
+    return (
+        f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_GID}:\nnogroup:x:65534:\n"
+    ).encode()
+
+
+def hosts_file() -> bytes:
+    return b"127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost ip6-loopback\n"
+
+
+def nsswitch_file() -> bytes:
+    return b"passwd: files\ngroup: files\nhosts: files dns\n"

@@ -1,0 +1,47 @@
+"""The launcher: what runs in the forked child between fork() and exec(bwrap).
+
+It runs as host root in a copy of the server process, so it only makes syscalls (no locks,
+no allocation-heavy Python). The order is the security argument:
+
+1. join the execution's cgroups      needs root: the cgroup files belong to root
+2. set rlimits                       inherited by bwrap and everything it starts
+3. drop to the sandbox's host uid    setgroups, setresgid, setresuid: no privilege after this
+4. parent-death signal               after 3, because a credential change clears it
+5. exec bwrap                        done by subprocess; bwrap builds the namespaces
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+from collections.abc import Callable, Sequence
+
+from . import rlimits as _rlimits
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def preexec(cgroup_procs: Sequence[str], uid: int, limits: _rlimits.RlimitPlan) -> Callable[[], None]:
+    parent = os.getpid()
+    files = tuple(cgroup_procs)
+
+    def _in_child() -> None:
+        pid = str(os.getpid()).encode()
+        for path in files:  # 1. as root
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        _rlimits.apply(limits)  # 2.
+        os.setgroups([])  # 3. privileges end here
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # 4.
+            os._exit(126)
+        if os.getppid() != parent:  # the server died before step 4
+            os._exit(126)
+
+    return _in_child

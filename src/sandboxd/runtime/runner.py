@@ -1,0 +1,214 @@
+"""Run one execution in a fresh bubblewrap sandbox and account for every process it made.
+
+The launch order on one screen is `BwrapRunner.run`: uid, cgroup, fds, spawn, pump, reap,
+classify. Whatever happens (timeout, OOM, cancel, crash of the code, an error of ours), the
+`finally` leaves nothing behind: the cgroup is emptied by freeze-and-kill and removed, the
+uid returns to the pool, the memfds are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from ..errors import SandboxSetupError
+from ..ids import random_token
+from . import bwrap as _bwrap
+from . import launch, rlimits
+from .cgroups import Cgroup, CgroupDriver
+from .languages import available_languages
+from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
+from .users import UidPool
+
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class _Capture:
+    limit: int
+    data: bytearray
+    truncated: bool = False
+
+    def take(self, chunk: bytes) -> bytes:
+        """Keep what fits under the cap; the rest is drained and dropped so the pipe never fills."""
+        room = self.limit - len(self.data)
+        if room <= 0:
+            self.truncated = self.truncated or bool(chunk)
+            return b""
+        kept = chunk[:room]
+        if len(kept) < len(chunk):
+            self.truncated = True
+        self.data += kept
+        return kept
+
+
+class BwrapRunner:
+    """The default runner: bubblewrap + seccomp + cgroups + rlimits, one sandbox per execution."""
+
+    def __init__(
+        self,
+        *,
+        cgroups: CgroupDriver,
+        uids: UidPool,
+        seccomp_bpf: bytes,
+        bwrap_path: str = "/usr/bin/bwrap",
+    ) -> None:
+        self._cgroups = cgroups
+        self._uids = uids
+        self._seccomp_bpf = seccomp_bpf
+        self._bwrap = bwrap_path
+        self.languages: frozenset[Language] = available_languages()
+
+    async def run(
+        self,
+        spec: SandboxSpec,
+        *,
+        sink: OutputSink | None = None,
+        cancel: asyncio.Event | None = None,
+    ) -> ExecResult:
+        if spec.language not in self.languages:
+            raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
+        uid = self._uids.acquire()
+        group: Cgroup | None = None
+        fds: list[int] = []
+        proc: asyncio.subprocess.Process | None = None
+        try:
+            group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
+            box_fds = self._open_fds(spec, fds)
+            argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap)
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={},
+                pass_fds=tuple(fds),
+                start_new_session=True,
+                preexec_fn=launch.preexec(group.procs_files, uid, rlimits.plan(spec.limits)),
+            )
+            for fd in fds:  # the child has its copies; bwrap reads them to EOF
+                os.close(fd)
+            fds.clear()
+            out = _Capture(spec.limits.output_bytes, bytearray())
+            err = _Capture(spec.limits.output_bytes, bytearray())
+            assert proc.stdout is not None and proc.stderr is not None
+            pumps = [
+                asyncio.create_task(_pump(proc.stdout, "stdout", out, sink)),
+                asyncio.create_task(_pump(proc.stderr, "stderr", err, sink)),
+            ]
+            ended_by = await _wait(proc, spec.limits.timeout_s, cancel)
+            if ended_by is not None:
+                _kill(proc)
+                await proc.wait()
+            duration_ms = int((time.monotonic() - started) * 1000)
+            group.kill_all()  # nothing in the sandbox outlives its execution
+            await asyncio.wait(pumps, timeout=5)
+            for task in pumps:
+                task.cancel()
+            return _classify(proc.returncode, ended_by, group.oom_killed(), out, err, duration_ms)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if proc is not None and proc.returncode is None:
+                _kill(proc)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
+            if group is not None:
+                group.kill_all()
+                group.remove()
+            self._uids.release(uid)
+
+    def _open_fds(self, spec: SandboxSpec, opened: list[int]) -> _bwrap.SandboxFds:
+        def memfd(name: str, content: bytes) -> int:
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            opened.append(fd)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+
+        return _bwrap.SandboxFds(
+            program=memfd("program", spec.code),
+            seccomp=memfd("seccomp", self._seccomp_bpf),
+            passwd=memfd("passwd", _bwrap.passwd_file()),
+            group=memfd("group", _bwrap.group_file()),
+            hosts=memfd("hosts", _bwrap.hosts_file()),
+            nsswitch=memfd("nsswitch", _bwrap.nsswitch_file()),
+        )
+
+
+async def _pump(
+    reader: asyncio.StreamReader, stream: Stream, capture: _Capture, sink: OutputSink | None
+) -> None:
+    while chunk := await reader.read(_CHUNK):
+        kept = capture.take(chunk)
+        if kept and sink is not None:
+            await sink(stream, kept)
+
+
+async def _wait(
+    proc: asyncio.subprocess.Process, timeout_s: float, cancel: asyncio.Event | None
+) -> ExecStatus | None:
+    """Wait for the exit; return TIMEOUT or CANCELLED if we must end it instead."""
+    waiter = asyncio.ensure_future(proc.wait())
+    waits: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]
+    cancelled = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
+    if cancelled is not None:
+        waits.add(cancelled)  # type: ignore[arg-type]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if cancelled is not None:
+            cancelled.cancel()
+    if waiter in done:
+        return None
+    waiter.cancel()
+    return ExecStatus.CANCELLED if cancelled is not None and cancelled in done else ExecStatus.TIMEOUT
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL bwrap's session: --die-with-parent then takes the whole pid namespace down."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def _classify(
+    returncode: int | None,
+    ended_by: ExecStatus | None,
+    oom: bool,
+    out: _Capture,
+    err: _Capture,
+    duration_ms: int,
+) -> ExecResult:
+    code = returncode if returncode is not None else -1
+    if code < 0:  # killed by a signal: report it as a shell would
+        code = 128 - code
+    if ended_by is ExecStatus.TIMEOUT:
+        status, error = ExecStatus.TIMEOUT, "timeout"
+    elif ended_by is ExecStatus.CANCELLED:
+        status, error = ExecStatus.CANCELLED, "cancelled"
+    elif oom and code != 0:
+        status, error = ExecStatus.OOM, "memory_limit_exceeded"
+    elif code == 0:
+        status, error = ExecStatus.SUCCESS, None
+    else:
+        status, error = ExecStatus.FAILED, None
+    return ExecResult(
+        status=status,
+        exit_code=code,
+        stdout=bytes(out.data),
+        stderr=bytes(err.data),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        duration_ms=duration_ms,
+        error=error,
+    )

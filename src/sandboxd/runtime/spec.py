@@ -1,0 +1,65 @@
+"""What to run and within which limits: the runtime's input and output types."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Literal
+
+Language = Literal["python", "node", "bash"]
+Stream = Literal["stdout", "stderr"]
+
+#: Called with each chunk of output as the program writes it (after the cap, nothing more).
+OutputSink = Callable[[Stream, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One limits model. Units are in the names; defaults are safe."""
+
+    cpus: float = 1.0
+    memory_mib: int = 1024
+    pids_max: int = 256
+    timeout_s: float = 60.0
+    tmp_mib: int = 64
+    workdir_mib: int = 256
+    home_mib: int = 256
+    file_size_mib: int = 256
+    open_files_max: int = 1024
+    output_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """One execution, fully decided: the runner only carries it out."""
+
+    language: Language
+    code: bytes
+    limits: Limits = field(default_factory=Limits)
+    env: dict[str, str] = field(default_factory=dict)
+    network: Literal["none"] = "none"
+
+
+class ExecStatus(str, enum.Enum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    status: ExecStatus
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+    #: Machine-readable result error (spec §3.4): None, "timeout", "memory_limit_exceeded", ...
+    error: str | None = None
+
+    @property
+    def output_truncated(self) -> bool:
+        return self.stdout_truncated or self.stderr_truncated
