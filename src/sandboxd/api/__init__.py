@@ -1,0 +1,31 @@
+"""The REST surface: thin routes over the service layer, errors in the spec's format."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from .. import __version__
+from . import errors
+from .middleware import BodySizeLimit
+from .routes import execute, executions, health
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+__all__ = ["create_api"]
+
+
+def create_api(services: Services) -> FastAPI:
+    app = FastAPI(
+        title="sandboxd",
+        version=__version__,
+        description="Runs untrusted Python, Node.js and Bash in isolated sandboxes (Baponi API).",
+    )
+    app.state.services = services
+    errors.install(app)
+    for module in (execute, executions, health):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
+    return app

@@ -1,0 +1,116 @@
+"""Composition root: build the store, services and runtime from settings, in one place."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .runtime import BwrapRunner, check_sandbox, create_runner
+from .service import (
+    AuthFailureLimiter,
+    ConcurrencyLimiter,
+    ExecutionService,
+    KeyService,
+    Runner,
+    SandboxDefaults,
+    TenancyService,
+    load_or_create_secret,
+)
+from .store import Store, create_engine, migrate
+
+log = logging.getLogger("sandboxd")
+
+
+@dataclass
+class Admin:
+    """What the admin CLI needs: the store and the key and tenancy services; no sandbox runtime."""
+
+    settings: Settings
+    store: Store
+    keys: KeyService
+    tenancy: TenancyService
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@dataclass
+class Services(Admin):
+    executions: ExecutionService = field(default=None)  # type: ignore[assignment]
+    auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
+    ready: bool = False
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)  # secret and database: no other host user reads them
+
+
+async def open_admin(settings: Settings) -> Admin:
+    prepare_data_dir(settings)
+    store = Store(create_engine(settings.effective_database_url))
+    try:
+        await migrate(store.engine)
+        tenancy = TenancyService(store)
+        await tenancy.ensure_defaults()
+    except BaseException:
+        await store.close()
+        raise
+    keys = KeyService(store, load_or_create_secret(settings.data_dir))
+    return Admin(settings=settings, store=store, keys=keys, tenancy=tenancy)
+
+
+def sandbox_defaults(settings: Settings) -> SandboxDefaults:
+    return SandboxDefaults(
+        pids_max=settings.pids_max,
+        tmp_mib=settings.tmp_size_mib,
+        workdir_mib=settings.workdir_size_mib,
+        home_mib=settings.home_size_mib,
+        file_size_mib=settings.file_size_mib,
+        open_files_max=settings.open_files_max,
+        output_bytes=settings.output_limit_bytes,
+    )
+
+
+def build_runner(settings: Settings) -> BwrapRunner:
+    """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
+    return create_runner(
+        instance_key=str(settings.data_dir),
+        uid_base=settings.sandbox_uid_base,
+        slots=settings.max_concurrent + 8,
+    )
+
+
+async def start(settings: Settings, runner: Runner | None = None) -> Services:
+    """Everything a server needs, self-checked. Fails closed: no sandbox, no service."""
+    admin = await open_admin(settings)
+    try:
+        if runner is None:
+            real = build_runner(settings)
+            await check_sandbox(real)
+            runner = real
+        executions = ExecutionService(
+            admin.store,
+            runner,
+            ConcurrencyLimiter(settings.max_concurrent, settings.max_concurrent_per_org),
+            sandbox_defaults(settings),
+        )
+        interrupted = await executions.recover_interrupted()
+        if interrupted:
+            log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
+    except BaseException:
+        await admin.close()
+        raise
+    return Services(
+        settings=settings,
+        store=admin.store,
+        keys=admin.keys,
+        tenancy=admin.tenancy,
+        executions=executions,
+        auth_failures=AuthFailureLimiter(
+            settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s
+        ),
+        ready=True,
+    )

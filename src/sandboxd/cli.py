@@ -1,0 +1,278 @@
+"""The `sandboxd` command: serve, run, and administer keys, sandboxes and organizations.
+
+Each command parses its options, calls one service function and prints the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .app import Admin, open_admin, start
+from .config import Settings
+from .errors import SandboxdError, SandboxSetupError
+from .service import Principal, SandboxConfig, parse_execute_request
+from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
+
+app = typer.Typer(help="sandboxd: run untrusted code for AI agents in isolated sandboxes.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (each bound to one organization and sandbox).", no_args_is_help=True)
+sandboxes_app = typer.Typer(help="Sandbox configs: CPU, memory, network, timeout cap.", no_args_is_help=True)
+orgs_app = typer.Typer(help="Organizations.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(sandboxes_app, name="sandboxes")
+app.add_typer(orgs_app, name="orgs")
+
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory [env: SANDBOXD_DATA_DIR; default /var/lib/sandboxd]"),
+]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="SQLAlchemy URL [env: SANDBOXD_DATABASE_URL]")
+]
+OrgName = Annotated[str, typer.Option("--org", help="Organization name.")]
+
+
+def _settings(data_dir: Path | None, database_url: str | None = None, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    return Settings(**overrides)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"sandboxd: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _admin_call(settings: Settings, fn: Callable[[Admin], Awaitable[T]]) -> T:
+    async def go() -> T:
+        admin = await open_admin(settings)
+        try:
+            return await fn(admin)
+        finally:
+            await admin.close()
+
+    try:
+        return asyncio.run(go())
+    except SandboxdError as exc:
+        _fail(exc.message)
+        raise  # unreachable
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default 8080]")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Start the API server (fails closed if sandboxes cannot be isolated on this host)."""
+    import uvicorn
+
+    from .api import create_api
+
+    settings = _settings(data_dir, database_url, host=host, port=port)
+
+    async def go() -> None:
+        try:
+            services = await start(settings)
+        except SandboxSetupError as exc:
+            _fail(f"refusing to serve: {exc.message}")
+        try:
+            config = uvicorn.Config(
+                create_api(services), host=settings.host, port=settings.port, log_level="info",
+                lifespan="off", access_log=False,
+            )
+            server = uvicorn.Server(config)
+            url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            typer.echo(f"sandboxd listening on http://{url_host}:{settings.port}  (data: {settings.data_dir})")
+            typer.echo(f"  create an API key:  sandboxd keys create --data-dir {settings.data_dir}")
+            await server.serve()
+        finally:
+            services.ready = False
+            await services.close()
+
+    asyncio.run(go())
+
+
+@app.command()
+def run(
+    code: Annotated[str, typer.Argument(help="The code, or - to read it from standard input.")],
+    language: Annotated[str, typer.Option("--language", "-l", help="python, node or bash")] = "python",
+    timeout: Annotated[int, typer.Option(help="Seconds (capped by the sandbox config).")] = 60,
+    sandbox: Annotated[str, typer.Option(help="Sandbox config to use.")] = DEFAULT_SANDBOX,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+) -> None:
+    """Run one execution locally, in the same sandbox the server uses; exits with its exit code."""
+    source = sys.stdin.read() if code == "-" else code
+    settings = _settings(data_dir)
+
+    async def go() -> int:
+        services = await start(settings)
+        try:
+            request = parse_execute_request({"code": source, "language": language, "timeout": timeout})
+            the_org = await services.tenancy.org(org)
+            principal = Principal(key=None, org=the_org, sandbox=await services.tenancy.sandbox(the_org, sandbox))
+            outcome = await services.executions.execute(principal, request, delivery_mode="cli")
+        finally:
+            await services.close()
+        sys.stdout.write(outcome.stdout)
+        sys.stdout.flush()
+        sys.stderr.write(outcome.stderr)
+        if outcome.error:
+            sys.stderr.write(f"sandboxd: {outcome.status} ({outcome.error}); trace {outcome.trace_id}\n")
+        if outcome.output_truncated:
+            sys.stderr.write("sandboxd: output truncated at the configured cap\n")
+        return outcome.exit_code
+
+    try:
+        rc = asyncio.run(go())
+    except SandboxdError as exc:
+        _fail(exc.message, 2)
+        return
+    raise typer.Exit(rc)
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    sandbox: Annotated[str, typer.Option(help="Sandbox config the key is bound to.")] = DEFAULT_SANDBOX,
+    region: Annotated[str, typer.Option(help="Region code in the key (sk-<region>-...).")] = "local",
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API key and print it. It is shown only this once."""
+
+    async def go(admin: Admin) -> Any:
+        the_org = await admin.tenancy.org(org)
+        the_sandbox = await admin.tenancy.sandbox(the_org, sandbox)
+        return await admin.keys.create(org=the_org, sandbox=the_sandbox, name=name, region=region)
+
+    created = _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(created.secret)
+    typer.echo(
+        f"key id {created.record.id} (org {org}, sandbox {sandbox}); store it now: it is not shown again",
+        err=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organization.")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List keys (id, prefix, name, status); never the keys themselves."""
+
+    async def go(admin: Admin) -> list[Any]:
+        org_id = (await admin.tenancy.org(org)).id if org else None
+        return await admin.store.keys.list(org_id)
+
+    for key in _admin_call(_settings(data_dir, database_url), go):
+        state = "revoked" if key.revoked_at else "active"
+        typer.echo(f"{key.id}\t{key.display_prefix}...\t{key.name}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Revoke a key: it stops working at once."""
+    key = _admin_call(_settings(data_dir, database_url), lambda admin: admin.keys.revoke(key_id))
+    typer.echo(f"revoked {key.id}")
+
+
+# --- sandboxes ----------------------------------------------------------------------------
+
+
+def _sandbox_json(s: Any) -> str:
+    return json.dumps(
+        {"name": s.name, "id": s.id, "cpus": s.cpus, "memory_mib": s.memory_mib,
+         "network": s.network, "timeout_cap_s": s.timeout_cap_s}
+    )
+
+
+@sandboxes_app.command("create")
+def sandboxes_create(
+    name: str,
+    cpus: Annotated[float, typer.Option(help="CPU quota in cores.")] = 1.0,
+    memory: Annotated[int, typer.Option("--memory", help="Memory limit in MiB.")] = 1024,
+    network: Annotated[str, typer.Option(help="Network policy: none.")] = "none",
+    timeout_cap: Annotated[int, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = 60,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a sandbox config."""
+    config = SandboxConfig(name=name, cpus=cpus, memory_mib=memory, network=network, timeout_cap_s=timeout_cap)
+
+    async def go(admin: Admin) -> Any:
+        return await admin.tenancy.create_sandbox(await admin.tenancy.org(org), config)
+
+    typer.echo(_sandbox_json(_admin_call(_settings(data_dir, database_url), go)))
+
+
+@sandboxes_app.command("list")
+def sandboxes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List sandbox configs, one JSON object a line."""
+
+    async def go(admin: Admin) -> list[Any]:
+        return await admin.tenancy.list_sandboxes(await admin.tenancy.org(org))
+
+    for s in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(_sandbox_json(s))
+
+
+@sandboxes_app.command("show")
+def sandboxes_show(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Show one sandbox config."""
+
+    async def go(admin: Admin) -> Any:
+        return await admin.tenancy.sandbox(await admin.tenancy.org(org), name)
+
+    typer.echo(_sandbox_json(_admin_call(_settings(data_dir, database_url), go)))
+
+
+@sandboxes_app.command("delete")
+def sandboxes_delete(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Delete a sandbox config that no active key is bound to."""
+
+    async def go(admin: Admin) -> None:
+        await admin.tenancy.delete_sandbox(await admin.tenancy.org(org), name)
+
+    _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"deleted {name}")
+
+
+# --- orgs ---------------------------------------------------------------------------------
+
+
+@orgs_app.command("create")
+def orgs_create(name: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Create an organization (with its default sandbox config)."""
+    org = _admin_call(_settings(data_dir, database_url), lambda admin: admin.tenancy.ensure_org(name))
+    typer.echo(f"{org.id}\t{org.name}")
+
+
+@orgs_app.command("list")
+def orgs_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List organizations."""
+    for org in _admin_call(_settings(data_dir, database_url), lambda admin: admin.store.orgs.list()):
+        typer.echo(f"{org.id}\t{org.name}")

@@ -1,0 +1,25 @@
+"""The domain: executions, keys, tenancy, admission. Every surface calls into here."""
+
+from .admission import AuthFailureLimiter, ConcurrencyLimiter
+from .executions import ExecutionService, Outcome, Runner, SandboxDefaults
+from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
+from .requests import ExecuteRequest, parse_execute_request, validation_message
+from .tenancy import SandboxConfig, TenancyService
+
+__all__ = [
+    "AuthFailureLimiter",
+    "ConcurrencyLimiter",
+    "CreatedKey",
+    "ExecuteRequest",
+    "ExecutionService",
+    "KeyService",
+    "Outcome",
+    "Principal",
+    "Runner",
+    "SandboxConfig",
+    "SandboxDefaults",
+    "TenancyService",
+    "load_or_create_secret",
+    "parse_execute_request",
+    "validation_message",
+]

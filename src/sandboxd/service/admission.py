@@ -1,0 +1,88 @@
+"""Admission: concurrency caps and failed-auth lockout. Refuse early, never queue unbounded.
+
+Both are per process (the embedded default is one process); scale-out moves them to Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from ..errors import RateLimited
+
+
+class ConcurrencyLimiter:
+    """A global cap sized to the machine and a per-organization cap."""
+
+    def __init__(self, global_cap: int, per_org_cap: int) -> None:
+        self._global_cap = global_cap
+        self._per_org_cap = per_org_cap
+        self._running = 0
+        self._by_org: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def slot(self, org_id: str, org_cap: int | None = None) -> Iterator[None]:
+        cap = org_cap if org_cap is not None else self._per_org_cap
+        if self._running >= self._global_cap:
+            raise RateLimited("the server is running as many executions as it can; retry shortly", 1)
+        if self._by_org[org_id] >= cap:
+            raise RateLimited(
+                f"your organization already has {cap} executions running (its limit); retry shortly", 1
+            )
+        self._running += 1
+        self._by_org[org_id] += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            self._by_org[org_id] -= 1
+            if self._by_org[org_id] == 0:
+                del self._by_org[org_id]
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+
+class AuthFailureLimiter:
+    """N failed authentications from one client IP within a window lock that IP out for a while."""
+
+    def __init__(self, allowed: int, window_s: float, lockout_s: float, clock=time.monotonic) -> None:
+        self._allowed = allowed
+        self._window_s = window_s
+        self._lockout_s = lockout_s
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def check(self, ip: str) -> None:
+        """Raise RateLimited while `ip` is locked out."""
+        until = self._locked_until.get(ip)
+        if until is None:
+            return
+        remaining = until - self._clock()
+        if remaining > 0:
+            raise RateLimited("too many failed authentication attempts; retry later", int(remaining) + 1)
+        del self._locked_until[ip]
+
+    def failed(self, ip: str) -> None:
+        now = self._clock()
+        recent = self._failures.setdefault(ip, deque())
+        recent.append(now)
+        while recent and recent[0] <= now - self._window_s:
+            recent.popleft()
+        if len(recent) >= self._allowed:
+            self._locked_until[ip] = now + self._lockout_s
+            recent.clear()
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Bound memory under a spray of source addresses."""
+        if len(self._failures) > 10_000:
+            for ip in [ip for ip, q in self._failures.items() if not q or q[-1] <= now - self._window_s]:
+                del self._failures[ip]
+        if len(self._locked_until) > 10_000:
+            for ip in [ip for ip, t in self._locked_until.items() if t <= now]:
+                del self._locked_until[ip]

@@ -1,0 +1,117 @@
+"""API keys: `sk-<region>-<40 base62 chars>`, shown once, stored as HMAC-SHA256 with a pepper.
+
+A fast keyed hash is right for 238-bit random keys (a slow KDF protects low-entropy
+passwords); the pepper lives in the data dir, not the database, so a leaked database alone
+cannot be used to test guesses (reference/stack-evaluation.md §8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidRequest, NotFound
+from ..ids import new_id, random_token
+from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, utcnow
+
+_REGION = re.compile(r"^[a-z0-9]{1,16}$")
+_KEY = re.compile(r"^sk-[a-z0-9]{1,16}-[A-Za-z0-9]{40}$")
+SECRET_FILE = "server.secret"
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The server's HMAC pepper: 32 random bytes in `<data_dir>/server.secret`, mode 0600."""
+    path = data_dir / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = bytes.fromhex(path.read_text().strip())
+        if len(secret) < 32:
+            raise RuntimeError(f"{path} is damaged: expected 64 hex characters") from None
+        return secret
+    secret = secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex())
+    return secret
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key, its organization and the sandbox config it is bound to."""
+
+    key: ApiKey | None
+    org: Org
+    sandbox: Sandbox
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key.id if self.key else None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    record: ApiKey
+    secret: str  # the full key; shown once, never stored
+
+
+class KeyService:
+    def __init__(self, store: Store, pepper: bytes) -> None:
+        self._store = store
+        self._pepper = pepper
+
+    def digest(self, key: str) -> str:
+        return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
+
+    async def create(
+        self, *, org: Org, sandbox: Sandbox, name: str = "", region: str = "local"
+    ) -> CreatedKey:
+        if not _REGION.match(region):
+            raise InvalidRequest("region must be 1-16 lowercase letters or digits")
+        if sandbox.org_id != org.id:
+            raise InvalidRequest(f"sandbox {sandbox.name!r} belongs to another organization")
+        secret = f"sk-{region}-{random_token(40)}"
+        record = ApiKey(
+            id=new_id("key"),
+            org_id=org.id,
+            sandbox_id=sandbox.id,
+            name=name or "unnamed",
+            region=region,
+            digest=self.digest(secret),
+            display_prefix=secret[: len(region) + 8],
+            created_at=utcnow(),
+            revoked_at=None,
+        )
+        try:
+            await self._store.keys.add(record)
+        except DuplicateError:  # 2^-238: a second draw is cheaper than an argument
+            return await self.create(org=org, sandbox=sandbox, name=name, region=region)
+        return CreatedKey(record=record, secret=secret)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        key = await self._store.keys.get(key_id)
+        if key is None:
+            raise NotFound(f"no API key {key_id!r}")
+        await self._store.keys.revoke(key_id)
+        return key
+
+    async def authenticate(self, presented: str) -> Principal | None:
+        """The principal for a presented key, or None if it is malformed, unknown or revoked."""
+        if not _KEY.match(presented):
+            return None
+        key = await self._store.keys.by_digest(self.digest(presented))
+        if key is None or key.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(key.digest, self.digest(presented)):
+            return None
+        if key.sandbox_id is None:  # its sandbox was deleted
+            return None
+        org = await self._store.orgs.get(key.org_id)
+        sandbox = await self._store.sandboxes.get(key.sandbox_id)
+        if org is None or sandbox is None:
+            return None
+        return Principal(key=key, org=org, sandbox=sandbox)

@@ -1,0 +1,212 @@
+"""The execute request and every rule of the spec (reference/baponi-api-spec.md §3.2, §3.3).
+
+One model, used by every surface (REST, MCP, CLI), so no surface re-implements a rule.
+Messages name the field, as the SDK's own client-side checks do.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+from ..errors import InvalidRequest
+
+MAX_CODE_BYTES = 1_048_576
+MAX_TIMEOUT_S = 3600
+LANGUAGES = ("python", "node", "bash")
+
+_THREAD_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
+_METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_SUB_PATH_FORBIDDEN = ("..", "%2e", "%2f", "%5c", "%00", "%25", "%c0", "%c1", "\x00", "\\")
+
+RESERVED_ENV_NAMES = frozenset(
+    """
+    PATH HOME TMPDIR PWD OLDPWD SHELL TERM USER LOGNAME MAIL EDITOR VISUAL
+    LANG LANGUAGE LC_ALL LC_COLLATE LC_CTYPE LC_MESSAGES LC_MONETARY LC_NUMERIC LC_TIME
+    PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE PYTHONUNBUFFERED PYTHONDONTWRITEBYTECODE
+    PYTHONHASHSEED PYTHONWARNINGS PYTHONOPTIMIZE PYTHONINSPECT PYTHONDEBUG PYTHONIOENCODING
+    PYTHONMALLOC PYTHONCOERCECLOCALE PYTHONFAULTHANDLER PYTHONPROFILEIMPORTTIME PYTHONPYCACHEPREFIX
+    PIP_USER PIP_TARGET PIP_PREFIX
+    LD_LIBRARY_PATH LD_PRELOAD LD_AUDIT LD_DEBUG LD_BIND_NOW LD_TRACE_LOADED_OBJECTS LD_PROFILE
+    LD_DYNAMIC_WEAK
+    BASH_ENV ENV CDPATH GLOBIGNORE BASH_XTRACEFD PS1 PS2 PS4 PROMPT_COMMAND IFS
+    HTTP_PROXY HTTPS_PROXY FTP_PROXY ALL_PROXY NO_PROXY
+    NODE_PATH NODE_OPTIONS NODE_EXTRA_CA_CERTS NPM_CONFIG_PREFIX NPM_CONFIG_CACHE
+    NPM_CONFIG_GLOBALCONFIG
+    CARGO_HOME RUSTUP_HOME GOPATH GOMODCACHE GOBIN R_LIBS_USER JULIA_DEPOT_PATH
+    """.split()
+)
+RESERVED_ENV_PREFIXES = ("BAPONI_", "NSJAIL_", "SANDBOXD_", "LD_", "LC_", "XDG_", "_")
+
+
+class ExecuteRequest(BaseModel):
+    """Body of `POST /v1/sandbox/execute`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    code: StrictStr = Field(description="Source code to run; 1 byte to 1 MB of UTF-8.")
+    language: Literal["python", "node", "bash"] = Field(default="python")
+    timeout: StrictInt = Field(
+        default=60, description="Wall-clock seconds, 1-3600; capped by the key's sandbox."
+    )
+    thread_id: StrictStr | None = Field(
+        default=None, description="Persist /home/baponi across executions with the same id."
+    )
+    metadata: dict[StrictStr, StrictStr] | None = Field(
+        default=None, description="Up to 10 string pairs, kept with the execution record."
+    )
+    sub_paths: list[StrictStr] | None = Field(
+        default=None, description="Narrow storage mounts to these /data/... paths."
+    )
+    env_vars: dict[StrictStr, StrictStr] | None = Field(
+        default=None, description="Environment variables for the code (uppercase names)."
+    )
+    webhook_url: StrictStr | None = Field(
+        default=None, description="Webhook mode: the HTTPS URL the result is POSTed to."
+    )
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        size = len(v.encode("utf-8", errors="surrogatepass"))
+        if not 1 <= size <= MAX_CODE_BYTES:
+            raise ValueError("code must be between 1 byte and 1 MB")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: int) -> int:
+        if not 1 <= v <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout must be an integer between 1 and {MAX_TIMEOUT_S} seconds")
+        return v
+
+    @field_validator("thread_id")
+    @classmethod
+    def _thread_id(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 128 or not _THREAD_ID.match(v)):
+            raise ValueError(
+                "thread_id must be 1-128 characters of letters, digits, '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        if len(v) > 10:
+            raise ValueError("metadata may have at most 10 keys")
+        for key, value in v.items():
+            if not 1 <= len(key) <= 40 or not _METADATA_KEY.match(key):
+                raise ValueError(
+                    f"metadata key {key[:50]!r} must be 1-40 characters of letters, digits, "
+                    "'_', '.' or '-', starting with a letter or digit"
+                )
+            if len(value) > 256:
+                raise ValueError(f"metadata value for {key!r} must be at most 256 characters")
+        return v
+
+    @field_validator("sub_paths")
+    @classmethod
+    def _sub_paths(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if len(v) > 10:
+            raise ValueError("sub_paths may have at most 10 entries")
+        for path in v:
+            if len(path) > 512:
+                raise ValueError("each sub_paths entry must be at most 512 characters")
+            if not path.startswith("/data/"):
+                raise ValueError(f"sub_paths entry {path[:80]!r} must start with /data/")
+            lowered = path.lower()
+            if any(bad in lowered for bad in _SUB_PATH_FORBIDDEN):
+                raise ValueError(
+                    f"sub_paths entry {path[:80]!r} contains a traversal or encoded separator"
+                )
+        return v
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_vars(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        if len(v) > 50:
+            raise ValueError("env_vars may have at most 50 entries")
+        total = 0
+        for key, value in v.items():
+            if not key.isascii() or not 1 <= len(key) <= 128 or not _ENV_KEY.match(key):
+                raise ValueError(
+                    f"env_vars key {key[:50]!r} must be 1-128 characters: an uppercase letter, "
+                    "then uppercase letters, digits or '_'"
+                )
+            upper = key.upper()
+            if upper in RESERVED_ENV_NAMES or upper.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"env_vars key {key!r} is reserved by the system")
+            if len(value) > 4096:
+                raise ValueError(f"env_vars value for {key!r} must be at most 4096 characters")
+            if any(b < 0x20 and b not in (9, 10, 13) for b in value.encode("utf-8", "surrogatepass")):
+                raise ValueError(f"env_vars value for {key!r} contains a NUL or control character")
+            total += len(key) + len(value)
+        if total > 65_536:
+            raise ValueError("env_vars must total at most 65536 characters (keys plus values)")
+        return v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v) > 2048:
+            raise ValueError("webhook_url must be at most 2048 characters")
+        if not v.startswith("https://") or len(v) <= len("https://") or v[8] in "/?#":
+            raise ValueError("webhook_url must be an https:// URL with a host")
+        return v
+
+
+def parse_execute_request(data: Any) -> ExecuteRequest:
+    """Validate a decoded JSON body; raise InvalidRequest naming the first bad field."""
+    try:
+        return ExecuteRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message(exc.errors())) from None
+
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "string_type": "a string",
+    "dict_type": "an object",
+    "list_type": "an array",
+    "bool_type": "a boolean",
+    "float_type": "a number",
+}
+
+
+def validation_message(errors: Any) -> str:
+    """One readable sentence from pydantic's error list (the first error; the field named)."""
+    if not errors:
+        return "invalid request"
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    field = ".".join(loc)
+    kind = err.get("type", "")
+    if kind == "value_error":
+        return str(err.get("ctx", {}).get("error", err.get("msg", "")))
+    if kind == "missing":
+        return f"{field} is required" if field else "request body is required"
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if kind == "json_invalid":
+        return "request body is not valid JSON"
+    if kind == "literal_error" and loc and loc[0] == "language":
+        return "language must be one of python, node, bash"
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not field:
+        if isinstance(err.get("input"), (list, int, float, bool)) or err.get("input") is None:
+            return "request body must be a JSON object"
+        return "request body must be a JSON object (with Content-Type: application/json)"
+    if kind in _TYPE_NAMES:
+        return f"{field} must be {_TYPE_NAMES[kind]}"
+    return f"{field}: {err.get('msg', 'invalid value')}" if field else str(err.get("msg"))

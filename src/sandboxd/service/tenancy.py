@@ -1,0 +1,102 @@
+"""Organizations and sandbox configs: what an API key is bound to."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..ids import new_id
+from ..store import DuplicateError, Org, Sandbox, Store, utcnow
+
+DEFAULT_ORG = "default"
+DEFAULT_SANDBOX = "default"
+NETWORK_POLICIES = ("none",)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """A sandbox config as an operator writes it; units in the names."""
+
+    name: str = DEFAULT_SANDBOX
+    cpus: float = 1.0
+    memory_mib: int = 1024
+    network: str = "none"
+    timeout_cap_s: int = 60
+
+    def check(self) -> None:
+        if not _NAME.match(self.name):
+            raise InvalidRequest("sandbox name must be 1-63 lowercase letters, digits, '_' or '-'")
+        if not 0.05 <= self.cpus <= 64:
+            raise InvalidRequest("cpus must be between 0.05 and 64")
+        if not 32 <= self.memory_mib <= 1024 * 1024:
+            raise InvalidRequest("memory_mib must be between 32 and 1048576")
+        if self.network not in NETWORK_POLICIES:
+            raise InvalidRequest(f"network must be one of: {', '.join(NETWORK_POLICIES)}")
+        if not 1 <= self.timeout_cap_s <= 3600:
+            raise InvalidRequest("timeout_cap_s must be between 1 and 3600")
+
+
+class TenancyService:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def ensure_defaults(self) -> Org:
+        """First start: the default organization with its default sandbox (1 CPU, 1 GiB, 60 s)."""
+        return await self.ensure_org(DEFAULT_ORG)
+
+    async def ensure_org(self, name: str) -> Org:
+        org = await self._store.orgs.by_name(name)
+        if org is None:
+            if not _NAME.match(name):
+                raise InvalidRequest("organization name must be 1-63 lowercase letters, digits, '_' or '-'")
+            try:
+                org = await self._store.orgs.add(new_id("org"), name)
+            except DuplicateError:
+                org = await self._store.orgs.by_name(name)
+                assert org is not None
+        if await self._store.sandboxes.by_name(org.id, DEFAULT_SANDBOX) is None:
+            try:
+                await self.create_sandbox(org, SandboxConfig())
+            except Conflict:
+                pass
+        return org
+
+    async def org(self, name: str) -> Org:
+        org = await self._store.orgs.by_name(name)
+        if org is None:
+            raise NotFound(f"no organization {name!r}")
+        return org
+
+    async def create_sandbox(self, org: Org, config: SandboxConfig) -> Sandbox:
+        config.check()
+        sandbox = Sandbox(
+            id=new_id("sbx"),
+            org_id=org.id,
+            name=config.name,
+            cpus=config.cpus,
+            memory_mib=config.memory_mib,
+            network=config.network,
+            timeout_cap_s=config.timeout_cap_s,
+            created_at=utcnow(),
+        )
+        try:
+            return await self._store.sandboxes.add(sandbox)
+        except DuplicateError:
+            raise Conflict(f"sandbox {config.name!r} already exists") from None
+
+    async def sandbox(self, org: Org, name: str) -> Sandbox:
+        sandbox = await self._store.sandboxes.by_name(org.id, name)
+        if sandbox is None:
+            raise NotFound(f"no sandbox {name!r} in organization {org.name!r}")
+        return sandbox
+
+    async def list_sandboxes(self, org: Org) -> list[Sandbox]:
+        return await self._store.sandboxes.list(org.id)
+
+    async def delete_sandbox(self, org: Org, name: str) -> None:
+        sandbox = await self.sandbox(org, name)
+        if await self._store.sandboxes.in_use(sandbox.id):
+            raise Conflict(f"sandbox {name!r} is bound to active API keys; revoke them first")
+        await self._store.sandboxes.delete(sandbox.id)

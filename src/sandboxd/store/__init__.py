@@ -1,0 +1,17 @@
+"""Persistence: SQLAlchemy Core tables, repositories and Alembic migrations."""
+
+from .db import create_engine, migrate, utcnow
+from .records import ApiKey, Execution, Org, Sandbox
+from .repos import DuplicateError, Store
+
+__all__ = [
+    "ApiKey",
+    "DuplicateError",
+    "Execution",
+    "Org",
+    "Sandbox",
+    "Store",
+    "create_engine",
+    "migrate",
+    "utcnow",
+]

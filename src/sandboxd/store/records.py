@@ -1,0 +1,63 @@
+"""Rows as plain frozen dataclasses: what the repositories return to the service layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Org:
+    id: str
+    name: str
+    max_concurrent: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    id: str
+    org_id: str
+    name: str
+    cpus: float
+    memory_mib: int
+    network: str
+    timeout_cap_s: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    org_id: str
+    sandbox_id: str | None
+    name: str
+    region: str
+    digest: str
+    display_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Execution:
+    trace_id: str
+    org_id: str
+    key_id: str | None
+    language: str
+    status: str
+    timeout_s: int
+    delivery_mode: str
+    created_at: datetime
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    output_truncated: bool = False
+    error: str | None = None
+    client_id: str | None = None
+    thread_id: str | None = None
+    metadata: dict[str, str] | None = field(default=None)
+    completed_at: datetime | None = None
+    duration_ms: int = 0
+    webhook_url: str | None = None
+    webhook_delivery_status: str | None = None

@@ -1,0 +1,166 @@
+"""Repositories: the only code that writes SQL. One class per table, Core queries."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import RowMapping, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .db import as_utc, utcnow
+from .records import ApiKey, Execution, Org, Sandbox
+from .tables import api_keys, executions, orgs, sandboxes
+
+T = TypeVar("T")
+
+
+class DuplicateError(Exception):
+    """A unique name is taken."""
+
+
+def _to(record: type[T], row: RowMapping) -> T:
+    values: dict[str, Any] = {}
+    for f in fields(record):  # type: ignore[arg-type]
+        value = row[f.name]
+        if f.name.endswith("_at"):
+            value = as_utc(value)
+        values[f.name] = value
+    return record(**values)
+
+
+class _Repo:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _one(self, record: type[T], query: Any) -> T | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return _to(record, row) if row is not None else None
+
+    async def _all(self, record: type[T], query: Any) -> list[T]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_to(record, r) for r in rows]
+
+    async def _insert(self, table: Any, values: dict[str, Any]) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(table.insert().values(**values))
+        except IntegrityError as exc:
+            raise DuplicateError(str(exc.orig)) from exc
+
+
+class OrgRepo(_Repo):
+    async def add(self, org_id: str, name: str, max_concurrent: int | None = None) -> Org:
+        org = Org(id=org_id, name=name, max_concurrent=max_concurrent, created_at=utcnow())
+        await self._insert(orgs, org.__dict__)
+        return org
+
+    async def get(self, org_id: str) -> Org | None:
+        return await self._one(Org, select(orgs).where(orgs.c.id == org_id))
+
+    async def by_name(self, name: str) -> Org | None:
+        return await self._one(Org, select(orgs).where(orgs.c.name == name))
+
+    async def list(self) -> list[Org]:
+        return await self._all(Org, select(orgs).order_by(orgs.c.created_at))
+
+
+class SandboxRepo(_Repo):
+    async def add(self, sandbox: Sandbox) -> Sandbox:
+        await self._insert(sandboxes, sandbox.__dict__)
+        return sandbox
+
+    async def get(self, sandbox_id: str) -> Sandbox | None:
+        return await self._one(Sandbox, select(sandboxes).where(sandboxes.c.id == sandbox_id))
+
+    async def by_name(self, org_id: str, name: str) -> Sandbox | None:
+        query = select(sandboxes).where(sandboxes.c.org_id == org_id, sandboxes.c.name == name)
+        return await self._one(Sandbox, query)
+
+    async def list(self, org_id: str | None = None) -> list[Sandbox]:
+        query = select(sandboxes).order_by(sandboxes.c.created_at)
+        if org_id is not None:
+            query = query.where(sandboxes.c.org_id == org_id)
+        return await self._all(Sandbox, query)
+
+    async def delete(self, sandbox_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(sandboxes.delete().where(sandboxes.c.id == sandbox_id))
+        return result.rowcount > 0
+
+    async def in_use(self, sandbox_id: str) -> bool:
+        query = select(api_keys.c.id).where(
+            api_keys.c.sandbox_id == sandbox_id, api_keys.c.revoked_at.is_(None)
+        )
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query.limit(1))).first() is not None
+
+
+class KeyRepo(_Repo):
+    async def add(self, key: ApiKey) -> ApiKey:
+        await self._insert(api_keys, key.__dict__)
+        return key
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        return await self._one(ApiKey, select(api_keys).where(api_keys.c.id == key_id))
+
+    async def by_digest(self, digest: str) -> ApiKey | None:
+        return await self._one(ApiKey, select(api_keys).where(api_keys.c.digest == digest))
+
+    async def list(self, org_id: str | None = None) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        if org_id is not None:
+            query = query.where(api_keys.c.org_id == org_id)
+        return await self._all(ApiKey, query)
+
+    async def revoke(self, key_id: str) -> bool:
+        query = (
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(query)
+        return result.rowcount > 0
+
+
+class ExecutionRepo(_Repo):
+    async def add(self, execution: Execution) -> None:
+        await self._insert(executions, execution.__dict__)
+
+    async def update(self, trace_id: str, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(executions).where(executions.c.trace_id == trace_id).values(**values)
+            )
+
+    async def get(self, trace_id: str) -> Execution | None:
+        return await self._one(Execution, select(executions).where(executions.c.trace_id == trace_id))
+
+    async def fail_unfinished(self, *, error: str, at: datetime) -> int:
+        query = (
+            update(executions)
+            .where(executions.c.status.in_(("queued", "running", "cancelling")))
+            .values(status="failed", exit_code=-1, error=error, completed_at=at, stdout="", stderr="")
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(query)
+        return result.rowcount
+
+
+class Store:
+    """All repositories over one engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.orgs = OrgRepo(engine)
+        self.sandboxes = SandboxRepo(engine)
+        self.keys = KeyRepo(engine)
+        self.executions = ExecutionRepo(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

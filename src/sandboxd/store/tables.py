@@ -1,0 +1,84 @@
+"""The schema, as SQLAlchemy Core tables. Migrations in `migrations/` create exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("max_concurrent", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("network", String(16), nullable=False),
+    Column("timeout_cap_s", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_sandboxes_org_name"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("sandbox_id", String(32), ForeignKey("sandboxes.id", ondelete="SET NULL"), nullable=True),
+    Column("name", String(128), nullable=False),
+    Column("region", String(16), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("display_prefix", String(24), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("language", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("stdout", Text, nullable=True),
+    Column("stderr", Text, nullable=True),
+    Column("output_truncated", Boolean, nullable=False, default=False),
+    Column("error", String(64), nullable=True),
+    Column("timeout_s", Integer, nullable=False),
+    Column("delivery_mode", String(16), nullable=False),
+    Column("client_id", String(128), nullable=True),
+    Column("thread_id", String(128), nullable=True),
+    Column("metadata", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("duration_ms", Integer, nullable=False, default=0),
+    Column("webhook_url", String(2048), nullable=True),
+    Column("webhook_delivery_status", String(16), nullable=True),
+    Index("ix_executions_org_created", "org_id", "created_at"),
+)
