@@ -1,0 +1,3 @@
+from sandboxd.cli import app
+
+app(prog_name="sandboxd")

@@ -1,0 +1,142 @@
+"""Shared fixtures: real sandboxd servers on loopback, each in its own data directory.
+
+A server is the real `sandboxd serve` process (real bubblewrap sandboxes, real SQLite), on a
+free 127.0.0.1 port. Keys are created in-process against the same database, which is what
+`sandboxd keys create` does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandboxd.app import open_admin
+from sandboxd.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(data_dir=self.data_dir)
+
+    async def create_key(self, *, org: str = "default", sandbox: str = "default", **sandbox_config: object) -> str:
+        """A new key; with `sandbox_config`, bound to a new sandbox config of that name."""
+        from sandboxd.service import SandboxConfig
+
+        admin = await open_admin(self.settings)
+        try:
+            the_org = await admin.tenancy.ensure_org(org)
+            if sandbox_config:
+                the_sandbox = await admin.tenancy.create_sandbox(the_org, SandboxConfig(name=sandbox, **sandbox_config))  # type: ignore[arg-type]
+            else:
+                the_sandbox = await admin.tenancy.sandbox(the_org, sandbox)
+            created = await admin.keys.create(org=the_org, sandbox=the_sandbox, name="test")
+            return created.secret
+        finally:
+            await admin.close()
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--data-dir", str(self.data_dir), input=input, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandboxd", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def start_server(data_dir: Path, **settings: object) -> Server:
+    port = free_port()
+    env = {**os.environ, **{f"SANDBOXD_{k.upper()}": str(v) for k, v in settings.items()}}
+    with open(data_dir.parent / f"server-{port}.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandboxd", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", data_dir=data_dir, proc=proc, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {(data_dir.parent / f'server-{port}.log').read_text()}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("server did not become ready")
+
+
+@pytest.fixture(scope="session")
+def server_factory() -> Iterator[object]:
+    """Start extra servers with settings of their own: `server_factory(max_concurrent=1)`."""
+    servers: list[Server] = []
+    root = Path(tempfile.mkdtemp(prefix="sandboxd-test-"))
+
+    def make(**settings: object) -> Server:
+        data_dir = root / f"data{len(servers)}"
+        server = start_server(data_dir, **settings)
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def server(server_factory) -> Server:  # type: ignore[no-untyped-def]
+    """The shared server. Lockout is effectively off here; tests of it start their own server."""
+    return server_factory(auth_failures_allowed=100_000)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+async def api_key(server: Server) -> str:
+    return await server.create_key()
+
+
+@pytest.fixture
+async def client(server: Server, api_key: str) -> object:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=120
+    ) as c:
+        yield c
