@@ -1,0 +1,363 @@
+"""Inline-execute latency: a real sandboxd server versus starting the bare interpreter.
+
+    uv run python bench/bench_inline.py [--n 50]
+
+In one run: starts a real `sandboxd serve` on a free 127.0.0.1 port in a temp data dir,
+creates a key with the CLI, then for python, node and bash measures interleaved pairs
+(A, B, A, B, ...): A = the bare interpreter started with subprocess.run and a clean env
+{'PATH': '/usr/bin:/bin'}; B = the same code through POST /v1/sandbox/execute (one
+httpx.Client, keep-alive, sequential). 5 warm-up runs of each first, not counted. Prints
+median and p95 in ms, the server/bare ratio of medians, and the machine it ran on. Stops the
+server and deletes its temp dir at the end, whatever happened. Traffic goes to 127.0.0.1 only.
+
+Needs root and a host that can run sandboxd (bubblewrap, cgroups), like the server itself;
+httpx comes with the dev extra (`uv run --extra dev ...` on a fresh checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+try:
+    import httpx
+except ImportError:  # pragma: no cover - depends on how the env was synced
+    sys.exit("bench_inline: httpx is missing; run: uv run --extra dev python bench/bench_inline.py")
+
+HOST = "127.0.0.1"  # the only address this script ever talks to
+CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
+WARMUP = 5
+
+# language -> (bare argv, code sent to the server, expected stdout)
+CASES: dict[str, tuple[list[str], str, str]] = {
+    "python": (["/usr/bin/python3", "-c", "print(1+1)"], "print(1+1)", "2\n"),
+    "node": (["node", "-e", "console.log(1+1)"], "console.log(1+1)", "2\n"),
+    "bash": (["bash", "-c", "echo 2"], "echo 2", "2\n"),
+}
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BenchServer:
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no server log)"
+
+    def start(self, timeout_s: float = 60) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sandboxd",
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(trust_env=False, timeout=1) as c:  # never a proxy: loopback only
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"sandboxd exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
+                try:
+                    if c.get(f"{self.url}/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"sandboxd not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def languages(self) -> list[str]:
+        with httpx.Client(trust_env=False, timeout=10) as c:
+            return list(c.get(f"{self.url}/ready").json()["languages"])
+
+    def create_key(self) -> str:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sandboxd",
+                "keys",
+                "create",
+                "--name",
+                "bench",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if r.returncode != 0 or len(r.stdout.splitlines()) != 1:
+            raise RuntimeError(f"sandboxd keys create failed ({r.returncode}): {r.stderr}")
+        return r.stdout.strip()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    samples_ms: list[float] = field(default_factory=list)
+    inner_ms: list[float] = field(default_factory=list)  # the server's duration_ms (bwrap to exit)
+
+    def median(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def p95(self) -> float:
+        ordered = sorted(self.samples_ms)  # nearest rank
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def timed(fn: Callable[[], float | None]) -> tuple[float, float | None]:
+    start = time.perf_counter()
+    inner = fn()
+    return (time.perf_counter() - start) * 1000, inner
+
+
+def bare_runner(argv: list[str], expected: str) -> Callable[[], float | None]:
+    def run() -> None:
+        r = subprocess.run(
+            argv,
+            check=False,
+            env=CLEAN_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        if r.returncode != 0 or r.stdout != expected:
+            raise RuntimeError(
+                f"{shlex.join(argv)}: exit {r.returncode}, stdout {r.stdout!r}, {r.stderr!r}"
+            )
+
+    return run
+
+
+def server_runner(
+    client: httpx.Client, language: str, code: str, expected: str
+) -> Callable[[], float | None]:
+    body = {"code": code, "language": language, "timeout": 30}
+
+    def run() -> float:
+        r = client.post("/v1/sandbox/execute", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"{language}: HTTP {r.status_code}: {r.text[:500]}")
+        out = r.json()
+        if out["stdout"] != expected or not out["success"]:
+            raise RuntimeError(f"{language}: unexpected result {out}")
+        return float(out["duration_ms"])
+
+    return run
+
+
+def machine_info() -> list[str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"nproc: {len(os.sched_getaffinity(0))} (cpu_count {os.cpu_count()}), cpu: {cpu}",
+        f"load average (1/5/15 min): {load}",
+        f"kernel: {platform.release()}, python (server): {platform.python_version()}",
+    ]
+
+
+def interpreter_versions(paths: dict[str, str]) -> str:
+    """The bare binaries measured; the sandbox runs the same host binaries (runtime/languages.py)."""
+    parts = []
+    for exe in paths.values():
+        r = subprocess.run(
+            [exe, "--version"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=CLEAN_ENV,
+        )
+        first = (r.stdout or r.stderr).strip().splitlines()[:1]
+        parts.append(f"{exe} {first[0] if first else '?'}")
+    return "; ".join(parts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=50, help="measured samples of each (>= 50)")
+    args = parser.parse_args()
+    if args.n < 50:
+        parser.error("--n must be at least 50")
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # so the finally below stops the server and cleans up
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    command = shlex.join(sys.orig_argv)
+    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
+        command += "   (started by `uv run`)"
+    before = machine_info()
+    root = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
+    server = BenchServer(root=root, port=free_port())
+    try:
+        t0 = time.perf_counter()
+        server.start()
+        startup_ms = (time.perf_counter() - t0) * 1000
+        key = server.create_key()
+        available = server.languages()
+        languages = [lang for lang in CASES if lang in available]
+        bare: dict[str, Series] = {lang: Series() for lang in languages}
+        served: dict[str, Series] = {lang: Series() for lang in languages}
+
+        with httpx.Client(
+            base_url=server.url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+            trust_env=False,
+        ) as client:
+            runners = {}
+            exes: dict[str, str] = {}
+            for lang in languages:
+                argv, code, expected = CASES[lang]
+                exe = shutil.which(argv[0], path=CLEAN_ENV["PATH"])
+                if exe is None:
+                    raise RuntimeError(f"{argv[0]} not found on {CLEAN_ENV['PATH']}")
+                exes[lang] = exe
+                runners[lang] = (
+                    bare_runner([exe, *argv[1:]], expected),
+                    server_runner(client, lang, code, expected),
+                )
+            for lang, (
+                a,
+                b,
+            ) in runners.items():  # warm-up: page cache, connection, first-call paths
+                for _ in range(WARMUP):
+                    a()
+                    b()
+            t_run = time.perf_counter()
+            for _ in range(args.n):
+                for lang, (a, b) in runners.items():
+                    ms, _ = timed(a)
+                    bare[lang].samples_ms.append(ms)
+                    ms, inner = timed(b)
+                    served[lang].samples_ms.append(ms)
+                    if inner is not None:
+                        served[lang].inner_ms.append(inner)
+            run_s = time.perf_counter() - t_run
+
+        after = machine_info()
+        print("sandboxd inline execute vs bare interpreter start")
+        print(f"command: {command}   (cwd {os.getcwd()})")
+        print(
+            f"samples: n={args.n} measured per series after {WARMUP} warm-up each; interleaved A,B per language,"
+            f" languages interleaved; {run_s:.1f} s measuring"
+        )
+        print(
+            f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB), "
+            f"ready in {startup_ms:.0f} ms; HTTP: one httpx.Client, keep-alive, sequential"
+        )
+        print("bare: subprocess.run(argv, env={'PATH': '/usr/bin:/bin'}, capture_output=True)")
+        print(f"interpreters: {interpreter_versions(exes)}")
+        for line in before:
+            print(f"before  {line}")
+        print(f"after   {after[1]}")
+        print()
+        header = (
+            f"{'language':<8} {'bare med':>9} {'bare p95':>9} {'server med':>11} {'server p95':>11}"
+            f" {'ratio':>6} {'overhead':>9} {'in-sandbox med':>15}"
+        )
+        print(header)
+        print("-" * len(header))
+        for lang in languages:
+            a, b = bare[lang], served[lang]
+            inner = f"{statistics.median(b.inner_ms):.1f}" if b.inner_ms else "-"
+            print(
+                f"{lang:<8} {a.median():>9.1f} {a.p95():>9.1f} {b.median():>11.1f} {b.p95():>11.1f}"
+                f" {b.median() / a.median():>5.1f}x {b.median() - a.median():>9.1f} {inner:>15}"
+            )
+        print()
+        print("ms; ratio = server median / bare median; overhead = server median - bare median;")
+        print(
+            "in-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
+            " interpreter);\n  not in it: cgroup create/remove, DB writes, HTTP, JSON."
+        )
+        missing = [lang for lang in CASES if lang not in languages]
+        if missing:
+            print(f"not measured (not in the server's image): {', '.join(missing)}")
+        return 0
+    except RuntimeError as exc:
+        print(f"bench_inline: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Admission control: concurrency caps and failed-authentication lockout."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import ExitStack
+
+import pytest
+
+from sandboxd.errors import RateLimited
+from sandboxd.service.admission import AuthFailureLimiter, ConcurrencyLimiter
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def hold(stack: ExitStack, limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -> None:
+    stack.enter_context(limiter.slot(org, org_cap))
+
+
+def refused(limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -> RateLimited:
+    before = limiter.running
+    with pytest.raises(RateLimited) as info:
+        with limiter.slot(org, org_cap):
+            pytest.fail("the body must not run when refused")
+    assert limiter.running == before  # a refusal takes no slot
+    assert info.value.code == "rate_limited"
+    assert info.value.retry_after >= 1
+    return info.value
+
+
+def test_slot_counts_and_releases() -> None:
+    limiter = ConcurrencyLimiter(global_cap=4, per_org_cap=4)
+    assert limiter.running == 0
+    with limiter.slot("org-a"):
+        assert limiter.running == 1
+        with limiter.slot("org-b"):
+            assert limiter.running == 2
+        assert limiter.running == 1
+    assert limiter.running == 0
+
+
+def test_per_org_cap() -> None:
+    limiter = ConcurrencyLimiter(global_cap=10, per_org_cap=2)
+    with ExitStack() as stack:
+        hold(stack, limiter, "org-a")
+        hold(stack, limiter, "org-a")
+        err = refused(limiter, "org-a")
+        assert "organization" in err.message and "2" in err.message
+        # Another organization is not affected by org-a's cap.
+        with limiter.slot("org-b"):
+            assert limiter.running == 3
+    assert limiter.running == 0
+    # Released: org-a can run its full cap again.
+    with ExitStack() as stack:
+        hold(stack, limiter, "org-a")
+        hold(stack, limiter, "org-a")
+        assert limiter.running == 2
+
+
+def test_global_cap() -> None:
+    limiter = ConcurrencyLimiter(global_cap=3, per_org_cap=2)
+    with ExitStack() as stack:
+        hold(stack, limiter, "org-a")
+        hold(stack, limiter, "org-a")
+        hold(stack, limiter, "org-b")
+        err = refused(limiter, "org-c")  # within its own cap, but the server is full
+        assert "server" in err.message
+        refused(limiter, "org-b")
+    assert limiter.running == 0
+    with limiter.slot("org-c"):
+        assert limiter.running == 1
+
+
+def test_release_when_body_raises() -> None:
+    limiter = ConcurrencyLimiter(global_cap=1, per_org_cap=1)
+    with pytest.raises(ZeroDivisionError):
+        with limiter.slot("org-a"):
+            1 / 0
+    assert limiter.running == 0
+    with limiter.slot("org-a"):  # the slot came back, for the org and globally
+        assert limiter.running == 1
+
+
+async def test_release_when_cancelled() -> None:
+    limiter = ConcurrencyLimiter(global_cap=1, per_org_cap=1)
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        with limiter.slot("org-a"):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    assert limiter.running == 1
+    refused(limiter, "org-a")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert limiter.running == 0
+
+
+def test_refused_nested_slot_does_not_release_the_outer_one() -> None:
+    limiter = ConcurrencyLimiter(global_cap=5, per_org_cap=1)
+    with limiter.slot("org-a"):
+        refused(limiter, "org-a")
+        refused(limiter, "org-a")
+        assert limiter.running == 1
+    assert limiter.running == 0
+    with limiter.slot("org-a"):
+        refused(limiter, "org-a")  # still exactly one for org-a after the refusals
+
+
+def test_org_override_cap_raises_the_limit() -> None:
+    limiter = ConcurrencyLimiter(global_cap=10, per_org_cap=1)
+    with ExitStack() as stack:
+        for _ in range(3):
+            hold(stack, limiter, "big", org_cap=3)
+        err = refused(limiter, "big", org_cap=3)
+        assert "3" in err.message
+        assert limiter.running == 3
+        # The default still applies to others.
+        hold(stack, limiter, "small")
+        refused(limiter, "small")
+
+
+def test_org_override_cap_lowers_the_limit() -> None:
+    limiter = ConcurrencyLimiter(global_cap=10, per_org_cap=5)
+    with limiter.slot("tiny", org_cap=1):
+        refused(limiter, "tiny", org_cap=1)
+    refused(limiter, "blocked", org_cap=0)
+
+
+# --------------------------------------------------------------------------- auth lockout
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def limiter(clock: FakeClock) -> AuthFailureLimiter:
+    return AuthFailureLimiter(allowed=3, window_s=60, lockout_s=300, clock=clock)
+
+
+def locked_for(limiter: AuthFailureLimiter, ip: str) -> int | None:
+    """retry_after while locked out, else None."""
+    try:
+        limiter.check(ip)
+    except RateLimited as exc:
+        assert exc.code == "rate_limited"
+        return exc.retry_after
+    return None
+
+
+def test_below_threshold_not_locked(limiter: AuthFailureLimiter, clock: FakeClock) -> None:
+    limiter.failed("10.0.0.1")
+    clock.advance(1)
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is None
+
+
+def test_three_failures_in_window_lock_out(limiter: AuthFailureLimiter, clock: FakeClock) -> None:
+    for _ in range(3):
+        assert locked_for(limiter, "10.0.0.1") is None
+        limiter.failed("10.0.0.1")
+        clock.advance(10)
+    retry = locked_for(limiter, "10.0.0.1")
+    assert retry is not None and 280 <= retry <= 291  # 300 s from the 3rd failure, 10 s ago
+    # Only that address.
+    assert locked_for(limiter, "10.0.0.2") is None
+
+
+def test_retry_after_counts_down_and_lockout_ends(limiter: AuthFailureLimiter, clock: FakeClock) -> None:
+    for _ in range(3):
+        limiter.failed("10.0.0.1")
+    seen = []
+    for step in (0, 100, 100, 99.5):
+        clock.advance(step)
+        retry = locked_for(limiter, "10.0.0.1")
+        assert retry is not None and retry >= 1
+        seen.append(retry)
+    assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen)
+    assert seen[0] in (300, 301)
+    assert seen[-1] == 1  # 0.5 s left: rounded up, never 0
+    clock.advance(0.5)
+    assert locked_for(limiter, "10.0.0.1") is None
+    assert locked_for(limiter, "10.0.0.1") is None  # and stays open
+
+
+def test_counter_starts_over_after_lockout(limiter: AuthFailureLimiter, clock: FakeClock) -> None:
+    for _ in range(3):
+        limiter.failed("10.0.0.1")
+    clock.advance(301)
+    assert locked_for(limiter, "10.0.0.1") is None
+    limiter.failed("10.0.0.1")
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is None
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is not None
+
+
+def test_failures_outside_window_do_not_accumulate(
+    limiter: AuthFailureLimiter, clock: FakeClock
+) -> None:
+    # One failure every 40 s: never three within 60 s.
+    for _ in range(10):
+        limiter.failed("10.0.0.1")
+        assert locked_for(limiter, "10.0.0.1") is None
+        clock.advance(40)
+    # The last spaced failure (40 s ago) is still in the window: two quick ones make three.
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is None
+    clock.advance(5)
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is not None
+
+
+def test_slow_failures_then_burst(limiter: AuthFailureLimiter, clock: FakeClock) -> None:
+    limiter.failed("10.0.0.1")
+    clock.advance(61)  # the first has left the window
+    limiter.failed("10.0.0.1")
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is None
+    limiter.failed("10.0.0.1")
+    assert locked_for(limiter, "10.0.0.1") is not None
+
+
+def test_addresses_counted_separately(limiter: AuthFailureLimiter) -> None:
+    for ip in ("10.0.0.1", "10.0.0.2", "::1"):
+        limiter.failed(ip)
+        limiter.failed(ip)
+    for ip in ("10.0.0.1", "10.0.0.2", "::1"):
+        assert locked_for(limiter, ip) is None
+    limiter.failed("::1")
+    assert locked_for(limiter, "::1") is not None
+    assert locked_for(limiter, "10.0.0.1") is None
+
+
+def test_real_clock_default() -> None:
+    limiter = AuthFailureLimiter(allowed=1, window_s=60, lockout_s=30)
+    limiter.failed("10.0.0.9")
+    retry = locked_for(limiter, "10.0.0.9")
+    assert retry is not None and 1 <= retry <= 31
+
+
+@pytest.mark.parametrize("elapsed", [0, 0.25, 150.5, 298.5, 299.9])
+def test_retry_after_never_shorter_than_the_lockout_left(
+    limiter: AuthFailureLimiter, clock: FakeClock, elapsed: float
+) -> None:
+    for _ in range(3):
+        limiter.failed("10.0.0.1")
+    clock.advance(elapsed)
+    remaining = 300 - elapsed
+    retry = locked_for(limiter, "10.0.0.1")
+    assert retry is not None
+    assert remaining <= retry <= remaining + 1  # whole seconds, rounded up

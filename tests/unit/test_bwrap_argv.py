@@ -1,0 +1,319 @@
+"""Golden tests of the bubblewrap command line: the argv *is* the sandbox policy.
+
+`build_argv` is pure, so these run without a kernel, bwrap or root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxd.runtime import bwrap
+from sandboxd.runtime.bwrap import SandboxFds, base_env, build_argv
+from sandboxd.runtime.languages import INTERPRETERS
+from sandboxd.runtime.spec import Limits, SandboxSpec
+
+MIB = 1024 * 1024
+LANGUAGES = sorted(INTERPRETERS)
+
+#: Distinct numbers, so a wrong fd in a wrong place shows.
+FDS = SandboxFds(program=11, seccomp=12, passwd=13, group=14, hosts=15, nsswitch=16)
+#: Distinct sizes, so a tmpfs given another mount's size shows.
+LIMITS = Limits(tmp_mib=7, workdir_mib=19, home_mib=23)
+REQUEST_ENV = {"API_TOKEN": "s3cr3t value", "MULTI": "a\nb\tc", "EQ": "x=y", "EMPTY": ""}
+
+NAMESPACE_FLAGS = [
+    "--unshare-user",
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup",
+    "--disable-userns",
+]
+#: Options that would give the sandbox a writable view of the host, a host device, or the network.
+FORBIDDEN_OPTIONS = [
+    "--bind",
+    "--bind-try",
+    "--dev-bind",
+    "--dev-bind-try",
+    "--bind-fd",
+    "--share-net",
+    "--cap-add",
+    "--unshare-all",  # would hide the explicit list; and with --share-net undoes it
+    "--userns",
+    "--userns2",
+    "--pidns",
+    "--as-pid-1",
+]
+#: Options that take this many following arguments (for walking the argv as a list of ops).
+ARITY = {
+    "--die-with-parent": 0, "--new-session": 0, "--clearenv": 0,
+    "--unshare-user": 0, "--unshare-ipc": 0, "--unshare-pid": 0, "--unshare-net": 0,
+    "--unshare-uts": 0, "--unshare-cgroup": 0, "--disable-userns": 0,
+    "--uid": 1, "--gid": 1, "--hostname": 1, "--tmpfs": 1, "--remount-ro": 1, "--proc": 1,
+    "--dev": 1, "--size": 1, "--perms": 1, "--chdir": 1, "--cap-drop": 1, "--seccomp": 1,
+    "--ro-bind": 2, "--symlink": 2, "--ro-bind-data": 2, "--setenv": 2,
+}
+MOUNT_OPS = {"--ro-bind", "--tmpfs", "--symlink", "--ro-bind-data", "--proc", "--dev"}
+
+
+def make(
+    language: str = "python", env: dict[str, str] | None = None, limits: Limits = LIMITS
+) -> list[str]:
+    spec = SandboxSpec(
+        language=language,  # type: ignore[arg-type]
+        code=b"print('CODE-MARKER')",
+        limits=limits,
+        env=dict(REQUEST_ENV if env is None else env),
+    )
+    return build_argv(spec, FDS, bwrap="/usr/bin/bwrap")
+
+
+def ops(argv: list[str]) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
+    """Split into (option, args) before '--', and the command after it. Fails on unknown options."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    i = 1
+    while argv[i] != "--":
+        opt = argv[i]
+        assert opt in ARITY, f"unexpected bwrap option {opt!r} (add it to the golden table)"
+        n = ARITY[opt]
+        out.append((opt, tuple(argv[i + 1 : i + 1 + n])))
+        i += 1 + n
+    return out, argv[i + 1 :]
+
+
+def args_of(argv: list[str], option: str) -> list[tuple[str, ...]]:
+    return [a for o, a in ops(argv)[0] if o == option]
+
+
+def index_of(argv: list[str], option: str, args: tuple[str, ...] | None = None) -> int:
+    for i, (o, a) in enumerate(ops(argv)[0]):
+        if o == option and (args is None or a == args):
+            return i
+    raise AssertionError(f"{option} {args or ''} not in argv")
+
+
+@pytest.fixture
+def argv() -> list[str]:
+    return make()
+
+
+def test_program_is_the_given_bwrap(argv: list[str]) -> None:
+    assert argv[0] == "/usr/bin/bwrap"
+    assert build_argv(SandboxSpec("python", b"x"), FDS)[0] == "bwrap"
+
+
+def test_every_option_is_known_and_well_formed(argv: list[str]) -> None:
+    options, command = ops(argv)  # asserts every option is in the golden table
+    assert options and command
+    assert argv.count("--") == 1
+
+
+@pytest.mark.parametrize("flag", NAMESPACE_FLAGS)
+def test_namespace_flag_present(argv: list[str], flag: str) -> None:
+    assert args_of(argv, flag) == [()]
+
+
+@pytest.mark.parametrize("flag", ["--die-with-parent", "--new-session", "--clearenv"])
+def test_lifetime_and_env_flags_present_once(argv: list[str], flag: str) -> None:
+    assert args_of(argv, flag) == [()]
+
+
+@pytest.mark.parametrize("option", FORBIDDEN_OPTIONS)
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_forbidden_option_absent(option: str, language: str) -> None:
+    options, _ = ops(make(language))
+    assert all(o != option for o, _ in options)
+    assert option not in make(language)
+
+
+def test_only_allowlisted_host_paths_are_bound(argv: list[str]) -> None:
+    allowed = {"/usr"} | {p for p in bwrap._RO_HOST_FILES if Path(p).exists()}
+    bound = args_of(argv, "--ro-bind")
+    assert {src for src, _ in bound} == allowed
+    for src, dest in bound:
+        assert src == dest  # host paths keep their names; nothing is bound over something else
+    assert ("/usr", "/usr") in bound
+    # Never the host's root, home or data directories, not even read-only.
+    for src, _ in bound:
+        assert src not in ("/", "/home", "/root", "/etc", "/var", "/proc", "/sys", "/dev", "/run")
+
+
+def test_usr_local_is_masked_read_only(argv: list[str]) -> None:
+    tmpfs = index_of(argv, "--tmpfs", ("/usr/local",))
+    remount = index_of(argv, "--remount-ro", ("/usr/local",))
+    assert index_of(argv, "--ro-bind", ("/usr", "/usr")) < tmpfs < remount
+
+
+def test_root_remounted_read_only_after_every_mount(argv: list[str]) -> None:
+    options, _ = ops(argv)
+    remount_root = index_of(argv, "--remount-ro", ("/",))
+    last_mount = max(i for i, (o, _) in enumerate(options) if o in MOUNT_OPS)
+    assert remount_root > last_mount
+
+
+def test_caps_dropped(argv: list[str]) -> None:
+    assert args_of(argv, "--cap-drop") == [("ALL",)]
+
+
+def test_seccomp_fd(argv: list[str]) -> None:
+    assert args_of(argv, "--seccomp") == [(str(FDS.seccomp),)]
+
+
+def test_identity(argv: list[str]) -> None:
+    assert args_of(argv, "--uid") == [("1000",)]
+    assert args_of(argv, "--gid") == [("1000",)]
+    assert args_of(argv, "--hostname") == [("sandbox",)]
+
+
+def test_synthetic_identity_files_from_their_fds(argv: list[str]) -> None:
+    data = dict((dest, fd) for fd, dest in args_of(argv, "--ro-bind-data"))
+    assert data["/etc/passwd"] == str(FDS.passwd)
+    assert data["/etc/group"] == str(FDS.group)
+    assert data["/etc/hosts"] == str(FDS.hosts)
+    assert data["/etc/nsswitch.conf"] == str(FDS.nsswitch)
+
+
+def test_proc_dev_and_workdir(argv: list[str]) -> None:
+    assert args_of(argv, "--proc") == [("/proc",)]
+    assert args_of(argv, "--dev") == [("/dev",)]
+    assert args_of(argv, "--chdir") == [("/data",)]
+
+
+def tmpfs_sizes(argv: list[str]) -> dict[str, tuple[int | None, str | None]]:
+    """mount point -> (the --size and --perms given just before its --tmpfs)."""
+    sizes: dict[str, tuple[int | None, str | None]] = {}
+    size: int | None = None
+    perms: str | None = None
+    for opt, a in ops(argv)[0]:
+        if opt == "--size":
+            size = int(a[0])
+        elif opt == "--perms":
+            perms = a[0]
+        elif opt == "--tmpfs":
+            assert a[0] not in sizes, f"{a[0]} mounted twice"
+            sizes[a[0]] = (size, perms)
+            size = perms = None
+        else:
+            assert size is None and perms is None, f"--size/--perms not followed by --tmpfs: {opt}"
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [LIMITS, Limits(), Limits(tmp_mib=1, workdir_mib=1024, home_mib=4096)],
+    ids=["distinct", "defaults", "large"],
+)
+def test_tmpfs_sizes_match_limits(limits: Limits) -> None:
+    sizes = tmpfs_sizes(make(limits=limits))
+    assert sizes["/tmp"] == (limits.tmp_mib * MIB, None)
+    assert sizes["/dev/shm"] == (limits.tmp_mib * MIB, None)
+    assert sizes["/data"] == (limits.workdir_mib * MIB, None)
+    assert sizes["/home/baponi"] == (limits.home_mib * MIB, "0700")
+    assert set(sizes) == {"/usr/local", "/tmp", "/dev/shm", "/data", "/home/baponi"}
+
+
+def setenvs(argv: list[str]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in args_of(argv, "--setenv")]
+
+
+def test_clearenv_before_any_setenv(argv: list[str]) -> None:
+    options, _ = ops(argv)
+    clear = index_of(argv, "--clearenv")
+    positions = [i for i, (o, _) in enumerate(options) if o == "--setenv"]
+    assert positions and min(positions) > clear
+
+
+def test_base_env_then_request_env(argv: list[str]) -> None:
+    pairs = setenvs(argv)
+    base = list(base_env().items())
+    assert pairs[: len(base)] == base
+    assert pairs[len(base) :] == list(REQUEST_ENV.items())  # values verbatim, one argv item each
+
+
+def test_base_env_values() -> None:
+    env = dict(setenvs(make(env={})))
+    assert env == base_env()
+    assert env["HOME"] == "/home/baponi"
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert env["TMPDIR"] == "/tmp"
+    assert env["PWD"] == "/data"
+    assert env["USER"] == env["LOGNAME"] == "baponi"
+
+
+def test_each_env_name_set_once() -> None:
+    names = [k for k, _ in setenvs(make(env={**REQUEST_ENV, "PATH": "/evil"}))]
+    assert len(names) == len(set(names))
+
+
+def test_server_environment_not_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOXD_TEST_LEAK", "leak-marker-0xdead")
+    argv = make()
+    assert not any("leak-marker-0xdead" in a or "SANDBOXD_TEST_LEAK" in a for a in argv)
+
+
+def test_code_not_on_the_command_line(argv: list[str]) -> None:
+    assert not any("CODE-MARKER" in a for a in argv)
+
+
+@pytest.mark.parametrize(
+    ("language", "binary", "program"),
+    [
+        ("python", "/usr/bin/python3", "/run/sandboxd/main.py"),
+        ("node", "/usr/bin/node", "/run/sandboxd/main.js"),
+        ("bash", "/usr/bin/bash", "/run/sandboxd/main.sh"),
+    ],
+)
+def test_program_and_interpreter(language: str, binary: str, program: str) -> None:
+    argv = make(language)
+    assert (str(FDS.program), program) in args_of(argv, "--ro-bind-data")
+    assert INTERPRETERS[language].program_path == program  # type: ignore[index]
+    assert argv[-3:] == ["--", binary, program]
+    _, command = ops(argv)
+    assert command == [binary, program]
+
+
+def test_languages_covered() -> None:
+    assert set(LANGUAGES) == {"python", "node", "bash"}
+
+
+def test_argv_is_all_strings() -> None:
+    assert all(isinstance(a, str) for a in make())
+
+
+def test_golden_prefix(argv: list[str]) -> None:
+    """The fixed head of the argv, exactly: a change here is a policy change to review."""
+    assert argv[:24] == [
+        "/usr/bin/bwrap",
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-user",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--disable-userns",
+        "--uid", "1000",
+        "--gid", "1000",
+        "--hostname", "sandbox",
+        "--ro-bind", "/usr", "/usr",
+        "--tmpfs", "/usr/local",
+        "--remount-ro", "/usr/local",
+        "--symlink",
+    ]
+
+
+def test_golden_tail() -> None:
+    """Privileges dropped, root read-only and the filter installed last, right before the command."""
+    argv = make("python", env={})
+    assert argv[-12:] == [
+        "--setenv", "PYTHONUNBUFFERED", "1",
+        "--cap-drop", "ALL",
+        "--remount-ro", "/",
+        "--seccomp", "12",
+        "--",
+        "/usr/bin/python3", "/run/sandboxd/main.py",
+    ]
