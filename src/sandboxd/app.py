@@ -16,6 +16,8 @@ from .service import (
     Runner,
     SandboxDefaults,
     TenancyService,
+    UrlGuard,
+    WebhookService,
     load_or_create_secret,
 )
 from .store import Store, create_engine, migrate
@@ -31,6 +33,7 @@ class Admin:
     store: Store
     keys: KeyService
     tenancy: TenancyService
+    webhooks: WebhookService
 
     async def close(self) -> None:
         await self.store.close()
@@ -41,6 +44,14 @@ class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     ready: bool = False
+
+    async def close(self) -> None:
+        """Stop admitting, give running executions the grace period, stop deliveries, close."""
+        self.ready = False
+        if self.executions is not None:
+            await self.executions.shutdown(self.settings.shutdown_grace_s)
+        await self.webhooks.stop()
+        await self.store.close()
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -58,8 +69,16 @@ async def open_admin(settings: Settings) -> Admin:
     except BaseException:
         await store.close()
         raise
-    keys = KeyService(store, load_or_create_secret(settings.data_dir))
-    return Admin(settings=settings, store=store, keys=keys, tenancy=tenancy)
+    pepper = load_or_create_secret(settings.data_dir)
+    webhooks = WebhookService(
+        store,
+        pepper,
+        UrlGuard(allow_insecure=settings.webhook_allow_insecure),
+        max_attempts=settings.webhook_max_attempts,
+        backoff_s=settings.webhook_backoff_s,
+        timeout_s=settings.webhook_timeout_s,
+    )
+    return Admin(settings=settings, store=store, keys=KeyService(store, pepper), tenancy=tenancy, webhooks=webhooks)
 
 
 def sandbox_defaults(settings: Settings) -> SandboxDefaults:
@@ -96,6 +115,8 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             runner,
             ConcurrencyLimiter(settings.max_concurrent, settings.max_concurrent_per_org),
             sandbox_defaults(settings),
+            admin.webhooks,
+            keepalive_s=settings.keepalive_interval_s,
         )
         interrupted = await executions.recover_interrupted()
         if interrupted:
@@ -103,11 +124,13 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     except BaseException:
         await admin.close()
         raise
+    admin.webhooks.start()  # also resumes deliveries left pending by the last run
     return Services(
         settings=settings,
         store=admin.store,
         keys=admin.keys,
         tenancy=admin.tenancy,
+        webhooks=admin.webhooks,
         executions=executions,
         auth_failures=AuthFailureLimiter(
             settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s

@@ -24,7 +24,9 @@ app = typer.Typer(help="sandboxd: run untrusted code for AI agents in isolated s
 keys_app = typer.Typer(help="API keys (each bound to one organization and sandbox).", no_args_is_help=True)
 sandboxes_app = typer.Typer(help="Sandbox configs: CPU, memory, network, timeout cap.", no_args_is_help=True)
 orgs_app = typer.Typer(help="Organizations.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Webhook signing secrets.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(orgs_app, name="orgs")
 
@@ -276,3 +278,22 @@ def orgs_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
     """List organizations."""
     for org in _admin_call(_settings(data_dir, database_url), lambda admin: admin.store.orgs.list()):
         typer.echo(f"{org.id}\t{org.name}")
+
+
+# --- webhooks -----------------------------------------------------------------------------
+
+
+@webhooks_app.command("secret")
+def webhooks_secret(
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace the existing secret.")] = False,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create (or --rotate) the organization's webhook signing secret and print it, once."""
+
+    async def go(admin: Admin) -> str:
+        return await admin.webhooks.create_secret((await admin.tenancy.org(org)).id, rotate=rotate)
+
+    typer.echo(_admin_call(_settings(data_dir, database_url), go))
+    typer.echo("verify deliveries with any Standard Webhooks library; this secret is not shown again", err=True)

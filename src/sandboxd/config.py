@@ -45,6 +45,22 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024, ge=1024, description="Request bodies above this are refused (413)."
     )
 
+    keepalive_interval_s: float = Field(
+        default=15.0, gt=0, description="NDJSON streams: a keepalive event after this much silence."
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="On stop, running executions get this long to finish."
+    )
+    webhook_allow_insecure: bool = Field(
+        default=False,
+        description="Development only: allow http:// webhook URLs and loopback/private targets.",
+    )
+    webhook_max_attempts: int = Field(default=6, ge=1, description="Delivery attempts per webhook.")
+    webhook_backoff_s: float = Field(
+        default=2.0, gt=0, description="First retry delay; doubles after each failed attempt."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+
     sandbox_uid_base: int = Field(
         default=200_000, ge=1000, description="First unprivileged host uid used for sandboxes."
     )

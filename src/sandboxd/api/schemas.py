@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, Field
 
 from ..service import Outcome
-from ..store import Execution
 
 
 class ErrorBody(BaseModel):
@@ -39,13 +36,9 @@ class SandboxResult(BaseModel):
         )
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class ExecutionStatus(BaseModel):
+    """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts)."""
+
     trace_id: str
     status: str
     exit_code: int | None = None
@@ -58,31 +51,38 @@ class ExecutionStatus(BaseModel):
     completed_at: str | None = None
     webhook_url: str | None = None
     webhook_delivery_status: str | None = None
+    webhook_attempts: int = 0
     language: str
     thread_id: str | None = None
     metadata: dict[str, str] | None = None
     output_truncated: bool = False
 
-    @classmethod
-    def of(cls, e: Execution) -> ExecutionStatus:
-        return cls(
-            trace_id=e.trace_id,
-            status=e.status,
-            exit_code=e.exit_code,
-            stdout=e.stdout,
-            stderr=e.stderr,
-            error=e.error,
-            duration_ms=e.duration_ms,
-            delivery_mode=e.delivery_mode,
-            created_at=_iso(e.created_at) or "",
-            completed_at=_iso(e.completed_at),
-            webhook_url=e.webhook_url,
-            webhook_delivery_status=e.webhook_delivery_status,
-            language=e.language,
-            thread_id=e.thread_id,
-            metadata=e.metadata,
-            output_truncated=e.output_truncated,
-        )
+
+class WebhookAccepted(BaseModel):
+    trace_id: str
+    status: str
+
+
+class CancelResponse(BaseModel):
+    trace_id: str
+    status: str
+
+
+#: NDJSON item schema: the four event types (spec §3.5).
+EVENT_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "required": ["type", "seq"],
+    "properties": {
+        "type": {"enum": ["status", "output", "keepalive", "result"]},
+        "seq": {"type": "integer", "minimum": 1},
+        "trace_id": {"type": "string"},
+        "status": {"type": "string"},
+        "stream": {"enum": ["stdout", "stderr"]},
+        "data": {"type": "string"},
+        "result": {"type": "object"},
+        "output_truncated": {"type": "boolean"},
+    },
+}
 
 
 #: Every error status any endpoint may answer, for the OpenAPI document.

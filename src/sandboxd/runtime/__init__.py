@@ -14,7 +14,7 @@ from .languages import INTERPRETERS, available_languages
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
-from .spec import ExecResult, ExecStatus, Language, Limits, OutputSink, SandboxSpec
+from .spec import ExecResult, ExecStatus, Language, Limits, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Limits",
     "OutputSink",
     "SandboxSpec",
+    "Stream",
     "available_languages",
     "check_sandbox",
     "create_runner",

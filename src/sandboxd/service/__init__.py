@@ -1,10 +1,12 @@
 """The domain: executions, keys, tenancy, admission. Every surface calls into here."""
 
 from .admission import AuthFailureLimiter, ConcurrencyLimiter
-from .executions import ExecutionService, Outcome, Runner, SandboxDefaults
+from .executions import ExecutionService, Outcome, Runner, SandboxDefaults, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
+from .url_guard import UrlGuard
+from .webhooks import WebhookService
 
 __all__ = [
     "AuthFailureLimiter",
@@ -18,7 +20,10 @@ __all__ = [
     "Runner",
     "SandboxConfig",
     "SandboxDefaults",
+    "Submission",
     "TenancyService",
+    "UrlGuard",
+    "WebhookService",
     "load_or_create_secret",
     "parse_execute_request",
     "validation_message",

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
-from contextlib import contextmanager
-from collections.abc import Iterator
+from collections.abc import Callable
 
 from ..errors import RateLimited
 
@@ -22,8 +21,8 @@ class ConcurrencyLimiter:
         self._running = 0
         self._by_org: dict[str, int] = defaultdict(int)
 
-    @contextmanager
-    def slot(self, org_id: str, org_cap: int | None = None) -> Iterator[None]:
+    def acquire(self, org_id: str, org_cap: int | None = None) -> Callable[[], None]:
+        """Take a slot or raise RateLimited; returns the function that gives it back (once)."""
         cap = org_cap if org_cap is not None else self._per_org_cap
         if self._running >= self._global_cap:
             raise RateLimited("the server is running as many executions as it can; retry shortly", 1)
@@ -33,13 +32,19 @@ class ConcurrencyLimiter:
             )
         self._running += 1
         self._by_org[org_id] += 1
-        try:
-            yield
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             self._running -= 1
             self._by_org[org_id] -= 1
             if self._by_org[org_id] == 0:
                 del self._by_org[org_id]
+
+        return release
 
     @property
     def running(self) -> int:

@@ -1,28 +1,40 @@
-"""Executions: admit, record, run in the sandbox, record the result.
+"""Executions: admit, record, run in the background, publish events, finish the record.
 
-The flow of DESIGN.md, for the inline mode: auth happened at the surface; here we validate
-what depends on the key (language in the image, timeout cap), admit under the concurrency
-caps, record the execution, run it, and finish the record whatever happened.
+Every delivery mode is a view of the same background run: inline awaits its outcome, a
+stream follows its event log, webhook mode answers at once and delivers when it ends. The
+run never depends on the HTTP request that started it, so a client that disconnects loses
+nothing: the events stay replayable and the result stays retrievable.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import asyncio
+import codecs
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from ..bus import Event, EventLog
 from ..errors import InvalidRequest, NotFound, SandboxSetupError
 from ..ids import new_trace_id
-from ..runtime import ExecResult, ExecStatus, Language, Limits, OutputSink, SandboxSpec
+from ..runtime import ExecResult, ExecStatus, Language, Limits, OutputSink, SandboxSpec, Stream
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
 from .keys import Principal
 from .requests import ExecuteRequest
+from .webhooks import TERMINAL, WebhookService
+
+log = logging.getLogger("sandboxd.executions")
 
 
 class Runner(Protocol):
     languages: frozenset[Language]
 
-    async def run(self, spec: SandboxSpec, *, sink: OutputSink | None = None) -> ExecResult: ...
+    async def run(
+        self, spec: SandboxSpec, *, sink: OutputSink | None = None, cancel: asyncio.Event | None = None
+    ) -> ExecResult: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,33 @@ class Outcome:
     def success(self) -> bool:
         return self.status == ExecStatus.SUCCESS.value
 
+    def result(self) -> dict[str, Any]:
+        """The spec's SandboxResult object."""
+        return {
+            "success": self.success,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Submission:
+    """A running execution: its event log, its cancel switch and the task that runs it."""
+
+    trace_id: str
+    org_id: str
+    log: EventLog
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupted: bool = False
+    task: asyncio.Task[Outcome] | None = None
+
+    async def outcome(self) -> Outcome:
+        """Wait for the end; cancelling the waiter (a client gone) does not stop the run."""
+        assert self.task is not None
+        return await asyncio.shield(self.task)
+
 
 class ExecutionService:
     def __init__(
@@ -63,11 +102,17 @@ class ExecutionService:
         runner: Runner,
         limiter: ConcurrencyLimiter,
         defaults: SandboxDefaults,
+        webhooks: WebhookService,
+        *,
+        keepalive_s: float = 15.0,
     ) -> None:
         self._store = store
         self._runner = runner
         self._limiter = limiter
         self._defaults = defaults
+        self._webhooks = webhooks
+        self._keepalive_s = keepalive_s
+        self._live: dict[str, Submission] = {}
 
     @property
     def languages(self) -> frozenset[Language]:
@@ -89,6 +134,61 @@ class ExecutionService:
             output_bytes=d.output_bytes,
         )
 
+    # --- submit and run --------------------------------------------------------------------
+
+    async def submit(
+        self,
+        principal: Principal,
+        request: ExecuteRequest,
+        *,
+        delivery_mode: str = "inline",
+        client_id: str | None = None,
+    ) -> Submission:
+        """Check, admit and start an execution; every refusal happens here, before any output."""
+        if request.language not in self._runner.languages:
+            raise InvalidRequest(f"language {request.language!r} is not available in this sandbox's image")
+        if request.webhook_url is not None:
+            if delivery_mode != "webhook":
+                raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
+            await self._webhooks.check_request(principal.org.id, request.webhook_url)
+        limits = self.limits_for(principal, request)
+        spec = SandboxSpec(
+            language=request.language,
+            code=request.code.encode("utf-8", errors="surrogatepass"),
+            limits=limits,
+            env=dict(request.env_vars or {}),
+        )
+        release = self._limiter.acquire(principal.org.id, principal.org.max_concurrent)
+        try:
+            trace_id = new_trace_id()
+            await self._store.executions.add(
+                Execution(
+                    trace_id=trace_id,
+                    org_id=principal.org.id,
+                    key_id=principal.key_id,
+                    language=request.language,
+                    status="queued",
+                    timeout_s=int(limits.timeout_s),
+                    delivery_mode=delivery_mode,
+                    created_at=utcnow(),
+                    client_id=client_id[:128] if client_id else None,
+                    thread_id=request.thread_id,
+                    metadata=dict(request.metadata) if request.metadata else None,
+                    webhook_url=request.webhook_url,
+                    webhook_delivery_status="pending" if request.webhook_url else None,
+                )
+            )
+            if request.webhook_url:
+                await self._webhooks.register(trace_id, principal.org.id, request.webhook_url)
+            submission = Submission(trace_id=trace_id, org_id=principal.org.id, log=EventLog())
+            await submission.log.append("status", trace_id=trace_id, status="queued")
+        except BaseException:
+            release()
+            raise
+        self._live[trace_id] = submission
+        submission.task = asyncio.create_task(self._run(submission, spec, release), name=trace_id)
+        return submission
+
     async def execute(
         self,
         principal: Principal,
@@ -97,59 +197,70 @@ class ExecutionService:
         delivery_mode: str = "inline",
         client_id: str | None = None,
     ) -> Outcome:
-        if request.language not in self._runner.languages:
-            raise InvalidRequest(f"language {request.language!r} is not available in this sandbox's image")
-        limits = self.limits_for(principal, request)
-        spec = SandboxSpec(
-            language=request.language,
-            code=request.code.encode("utf-8", errors="surrogatepass"),
-            limits=limits,
-            env=dict(request.env_vars or {}),
+        submission = await self.submit(principal, request, delivery_mode=delivery_mode, client_id=client_id)
+        return await submission.outcome()
+
+    async def _run(self, sub: Submission, spec: SandboxSpec, release: Callable[[], None]) -> Outcome:
+        keepalive = asyncio.create_task(self._keepalives(sub.log))
+        try:
+            await self._store.executions.update(sub.trace_id, status="running")
+            await sub.log.append("status", trace_id=sub.trace_id, status="running")
+            outcome = await self._sandbox(sub, spec)
+        finally:
+            keepalive.cancel()
+            release()
+        try:
+            await self._finish(sub, outcome)
+        finally:
+            self._live.pop(sub.trace_id, None)
+            self._webhooks.kick()
+        return outcome
+
+    async def _sandbox(self, sub: Submission, spec: SandboxSpec) -> Outcome:
+        decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
+
+        async def sink(stream: Stream, data: bytes) -> None:
+            text = decoders[stream].decode(data)
+            if text:
+                await sub.log.append("output", stream=stream, data=text)
+
+        try:
+            result = await self._runner.run(spec, sink=sink, cancel=sub.cancel)
+        except SandboxSetupError as exc:
+            log.error("execution %s: %s", sub.trace_id, exc.message)
+            return self._platform_failure(sub, exc.code)
+        except Exception:
+            log.exception("execution %s failed in the runtime", sub.trace_id)
+            return self._platform_failure(sub, "internal_error")
+        for stream, decoder in decoders.items():
+            if tail := decoder.decode(b"", final=True):
+                await sub.log.append("output", stream=stream, data=tail)
+        status, error = result.status.value, result.error
+        if sub.interrupted:
+            status, error = "failed", "interrupted"
+        return Outcome(
+            trace_id=sub.trace_id,
+            status=status,
+            exit_code=result.exit_code,
+            stdout=result.stdout.decode("utf-8", errors="replace"),
+            stderr=result.stderr.decode("utf-8", errors="replace"),
+            error=error,
+            duration_ms=result.duration_ms,
+            output_truncated=result.output_truncated,
         )
-        org_cap = principal.org.max_concurrent
-        with self._limiter.slot(principal.org.id, org_cap):
-            trace_id = new_trace_id()
-            await self._store.executions.add(
-                Execution(
-                    trace_id=trace_id,
-                    org_id=principal.org.id,
-                    key_id=principal.key_id,
-                    language=request.language,
-                    status="running",
-                    timeout_s=int(limits.timeout_s),
-                    delivery_mode=delivery_mode,
-                    created_at=utcnow(),
-                    client_id=client_id[:128] if client_id else None,
-                    thread_id=request.thread_id,
-                    metadata=dict(request.metadata) if request.metadata else None,
-                )
-            )
-            try:
-                result = await self._runner.run(spec)
-            except SandboxSetupError as exc:
-                await self._store.executions.update(
-                    trace_id, status="failed", exit_code=-1, error=exc.code, completed_at=utcnow(),
-                    stdout="", stderr="",
-                )
-                raise
-            except BaseException:
-                await self._store.executions.update(
-                    trace_id, status="failed", exit_code=-1, error="interrupted", completed_at=utcnow(),
-                    stdout="", stderr="",
-                )
-                raise
-            outcome = Outcome(
-                trace_id=trace_id,
-                status=result.status.value,
-                exit_code=result.exit_code,
-                stdout=result.stdout.decode("utf-8", errors="replace"),
-                stderr=result.stderr.decode("utf-8", errors="replace"),
-                error=result.error,
-                duration_ms=result.duration_ms,
-                output_truncated=result.output_truncated,
-            )
+
+    def _platform_failure(self, sub: Submission, error: str) -> Outcome:
+        """The process never ran: exit code -1 and the platform's error code (spec §3.4)."""
+        return Outcome(sub.trace_id, "failed", -1, "", "", error, 0, False)
+
+    async def _finish(self, sub: Submission, outcome: Outcome) -> None:
+        """Record the result, close the log with the result event, keep the log for replays.
+
+        The result event is published even if the store fails, so no follower waits forever.
+        """
+        try:
             await self._store.executions.update(
-                trace_id,
+                sub.trace_id,
                 status=outcome.status,
                 exit_code=outcome.exit_code,
                 stdout=outcome.stdout,
@@ -159,7 +270,25 @@ class ExecutionService:
                 duration_ms=outcome.duration_ms,
                 completed_at=utcnow(),
             )
-            return outcome
+        finally:
+            await sub.log.append(
+                "result",
+                trace_id=sub.trace_id,
+                status=outcome.status,
+                result=outcome.result(),
+                output_truncated=outcome.output_truncated,
+            )
+        await self._store.events.add_all(sub.trace_id, [(e.seq, e.type, e.body) for e in sub.log.events])
+
+    async def _keepalives(self, log: EventLog) -> None:
+        """A keepalive whenever nothing else was published for `keepalive_s`."""
+        while True:
+            due = log.last_append + self._keepalive_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if time.monotonic() >= log.last_append + self._keepalive_s and not log.closed:
+                await log.append("keepalive")
+
+    # --- read, follow, cancel ----------------------------------------------------------------
 
     async def get(self, principal: Principal, trace_id: str) -> Execution:
         """An execution of the caller's organization; any other is indistinguishable from none."""
@@ -168,6 +297,63 @@ class ExecutionService:
             raise NotFound(f"no execution {trace_id!r}")
         return execution
 
+    async def events(self, principal: Principal, trace_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Events after `after_seq`: live while it runs, from the store once it has ended.
+
+        Raises NotFound before the first event, so a surface can answer 404 before streaming.
+        """
+        execution = await self.get(principal, trace_id)
+        live = self._live.get(trace_id)
+        if live is not None:
+            return live.log.follow(after_seq)
+        stored = await self._store.events.after(trace_id, after_seq)
+        if not stored and execution.status in TERMINAL:
+            stored = [e for e in _synthesized(execution) if e[0] > after_seq]
+        return _iterate([Event(seq=s, type=t, body=b) for s, t, b in stored])  # type: ignore[arg-type]
+
+    async def cancel(self, principal: Principal, trace_id: str) -> str:
+        """Ask a running execution to stop; returns `cancelling`, or the final status if it ended."""
+        execution = await self.get(principal, trace_id)
+        live = self._live.get(trace_id)
+        if live is None or execution.status in TERMINAL:
+            return execution.status
+        live.cancel.set()
+        await self._store.executions.update(trace_id, status="cancelling")
+        return "cancelling"
+
     async def recover_interrupted(self) -> int:
-        """On start: executions left `running` by a stopped server end as failed/interrupted."""
+        """On start: executions left unfinished by a stopped server end as failed/interrupted."""
         return await self._store.executions.fail_unfinished(error="interrupted", at=utcnow())
+
+    async def shutdown(self, grace_s: float = 0.0) -> None:
+        """Stop: let running executions finish for `grace_s`, then end them as interrupted."""
+        running = [s for s in self._live.values() if s.task is not None]
+        if running and grace_s > 0:
+            await asyncio.wait([s.task for s in running if s.task], timeout=grace_s)
+        for sub in list(self._live.values()):
+            sub.interrupted = True
+            sub.cancel.set()
+        tasks = [s.task for s in running if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+
+async def _iterate(events: list[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
+
+
+def _synthesized(e: Execution) -> list[tuple[int, str, dict[str, Any]]]:
+    """A terminal execution with no stored log (ended by a restart): its status and result."""
+    result = {
+        "success": e.status == "success",
+        "stdout": e.stdout or "",
+        "stderr": e.stderr or "",
+        "exit_code": e.exit_code if e.exit_code is not None else -1,
+        "error": e.error,
+    }
+    return [
+        (1, "status", {"trace_id": e.trace_id, "status": e.status}),
+        (2, "result", {"trace_id": e.trace_id, "status": e.status, "result": result,
+                       "output_truncated": e.output_truncated}),
+    ]

@@ -162,7 +162,8 @@ class ExecuteRequest(BaseModel):
             return v
         if len(v) > 2048:
             raise ValueError("webhook_url must be at most 2048 characters")
-        if not v.startswith("https://") or len(v) <= len("https://") or v[8] in "/?#":
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in ("https", "http") or not rest or rest[0] in "/?#":
             raise ValueError("webhook_url must be an https:// URL with a host")
         return v
 

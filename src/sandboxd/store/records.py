@@ -61,3 +61,17 @@ class Execution:
     duration_ms: int = 0
     webhook_url: str | None = None
     webhook_delivery_status: str | None = None
+    webhook_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    id: str
+    trace_id: str
+    org_id: str
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime

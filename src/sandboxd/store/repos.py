@@ -11,8 +11,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import as_utc, utcnow
-from .records import ApiKey, Execution, Org, Sandbox
-from .tables import api_keys, executions, orgs, sandboxes
+from .records import ApiKey, Execution, Org, Sandbox, WebhookDelivery
+from .tables import (
+    api_keys,
+    execution_events,
+    executions,
+    orgs,
+    sandboxes,
+    webhook_deliveries,
+    webhook_secrets,
+)
 
 T = TypeVar("T")
 
@@ -152,6 +160,62 @@ class ExecutionRepo(_Repo):
         return result.rowcount
 
 
+class EventRepo(_Repo):
+    """A finished execution's event log, written once when it ends."""
+
+    async def add_all(self, trace_id: str, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+        if not events:
+            return
+        rows = [{"trace_id": trace_id, "seq": seq, "type": t, "body": body} for seq, t, body in events]
+        async with self._engine.begin() as conn:
+            await conn.execute(execution_events.insert(), rows)
+
+    async def after(self, trace_id: str, after_seq: int) -> list[tuple[int, str, dict[str, Any]]]:
+        query = (
+            select(execution_events.c.seq, execution_events.c.type, execution_events.c.body)
+            .where(execution_events.c.trace_id == trace_id, execution_events.c.seq > after_seq)
+            .order_by(execution_events.c.seq)
+        )
+        async with self._engine.connect() as conn:
+            return [(r.seq, r.type, r.body) for r in (await conn.execute(query)).all()]
+
+
+class WebhookRepo(_Repo):
+    async def secret(self, org_id: str) -> str | None:
+        query = select(webhook_secrets.c.ciphertext).where(webhook_secrets.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return row.ciphertext if row else None
+
+    async def set_secret(self, org_id: str, ciphertext: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(webhook_secrets.delete().where(webhook_secrets.c.org_id == org_id))
+            await conn.execute(
+                webhook_secrets.insert().values(org_id=org_id, ciphertext=ciphertext, created_at=utcnow())
+            )
+
+    async def add_delivery(self, delivery: WebhookDelivery) -> None:
+        await self._insert(webhook_deliveries, delivery.__dict__)
+
+    async def update_delivery(self, delivery_id: str, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(**values)
+            )
+
+    async def pending(self) -> list[WebhookDelivery]:
+        query = (
+            select(webhook_deliveries)
+            .where(webhook_deliveries.c.status == "pending")
+            .order_by(webhook_deliveries.c.next_attempt_at)
+        )
+        return await self._all(WebhookDelivery, query)
+
+    async def delivery_for(self, trace_id: str) -> WebhookDelivery | None:
+        query = select(webhook_deliveries).where(webhook_deliveries.c.trace_id == trace_id)
+        return await self._one(WebhookDelivery, query)
+
+
 class Store:
     """All repositories over one engine."""
 
@@ -161,6 +225,8 @@ class Store:
         self.sandboxes = SandboxRepo(engine)
         self.keys = KeyRepo(engine)
         self.executions = ExecutionRepo(engine)
+        self.events = EventRepo(engine)
+        self.webhooks = WebhookRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -80,5 +80,38 @@ executions = Table(
     Column("duration_ms", Integer, nullable=False, default=0),
     Column("webhook_url", String(2048), nullable=True),
     Column("webhook_delivery_status", String(16), nullable=True),
+    Column("webhook_attempts", Integer, nullable=False, default=0),
     Index("ix_executions_org_created", "org_id", "created_at"),
+)
+
+execution_events = Table(
+    "execution_events",
+    metadata,
+    Column("trace_id", String(32), ForeignKey("executions.trace_id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("body", JSON, nullable=False),
+)
+
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("org_id", String(32), ForeignKey("orgs.id"), primary_key=True),
+    Column("ciphertext", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("trace_id", String(32), ForeignKey("executions.trace_id"), nullable=False, unique=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", String(512), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_webhook_deliveries_status", "status", "next_attempt_at"),
 )

@@ -1,27 +1,70 @@
-"""GET /v1/executions/{trace_id}."""
+"""The executions of your organization: status, output replay, cancel (spec §4)."""
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
 from ...errors import NotFound
 from ...ids import TRACE_ID_PATTERN
+from ...service.documents import execution_document
 from ..deps import PrincipalDep, ServicesDep
-from ..schemas import ERROR_RESPONSES, ExecutionStatus
+from ..ndjson import MEDIA_TYPE, ndjson_response
+from ..schemas import ERROR_RESPONSES, EVENT_SCHEMA, CancelResponse, ExecutionStatus
 
 router = APIRouter()
 _TRACE_ID = re.compile(TRACE_ID_PATTERN)
+_NOT_FOUND = {404: {"model": ERROR_RESPONSES[400]["model"], "description": "No such execution"}}
+
+
+def _checked(trace_id: str) -> str:
+    if not _TRACE_ID.match(trace_id):
+        raise NotFound(f"no execution {trace_id[:40]!r}")
+    return trace_id
 
 
 @router.get(
     "/v1/executions/{trace_id}",
     response_model=ExecutionStatus,
-    responses={**ERROR_RESPONSES, 404: ERROR_RESPONSES[400] | {"description": "No such execution"}},
+    responses={**ERROR_RESPONSES, **_NOT_FOUND},
     summary="Status and result of one execution",
 )
 async def get_execution(trace_id: str, principal: PrincipalDep, services: ServicesDep) -> ExecutionStatus:
-    if not _TRACE_ID.match(trace_id):
-        raise NotFound(f"no execution {trace_id[:40]!r}")
-    return ExecutionStatus.of(await services.executions.get(principal, trace_id))
+    execution = await services.executions.get(principal, _checked(trace_id))
+    return ExecutionStatus(**execution_document(execution))
+
+
+@router.get(
+    "/v1/executions/{trace_id}/output",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "Events after after_seq, then live ones until the result",
+              "content": {MEDIA_TYPE: {"itemSchema": EVENT_SCHEMA}}},
+        **ERROR_RESPONSES,
+        **_NOT_FOUND,
+    },
+    summary="Replay and follow an execution's events (NDJSON)",
+)
+async def execution_output(
+    trace_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    after_seq: Annotated[int, Query(ge=0, description="Only events with a larger seq")] = 0,
+) -> StreamingResponse:
+    events = await services.executions.events(principal, _checked(trace_id), after_seq)
+    return ndjson_response(events)
+
+
+@router.post(
+    "/v1/executions/{trace_id}/cancel",
+    response_model=CancelResponse,
+    responses={**ERROR_RESPONSES, **_NOT_FOUND},
+    summary="Cancel a running execution",
+)
+async def cancel_execution(trace_id: str, principal: PrincipalDep, services: ServicesDep) -> CancelResponse:
+    """Answers `cancelling` for a running execution, or the final status of a finished one."""
+    status = await services.executions.cancel(principal, _checked(trace_id))
+    return CancelResponse(trace_id=trace_id, status=status)

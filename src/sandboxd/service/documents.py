@@ -1,0 +1,37 @@
+"""The execution status document (spec §4.1): what GET /v1/executions/{id} answers and what a
+webhook delivers. One function, so the two never drift apart."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..store import Execution
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def execution_document(e: Execution) -> dict[str, Any]:
+    return {
+        "trace_id": e.trace_id,
+        "status": e.status,
+        "exit_code": e.exit_code,
+        "stdout": e.stdout,
+        "stderr": e.stderr,
+        "error": e.error,
+        "duration_ms": e.duration_ms,
+        "delivery_mode": e.delivery_mode,
+        "created_at": iso(e.created_at) or "",
+        "completed_at": iso(e.completed_at),
+        "webhook_url": e.webhook_url,
+        "webhook_delivery_status": e.webhook_delivery_status,
+        "webhook_attempts": e.webhook_attempts,
+        "language": e.language,
+        "thread_id": e.thread_id,
+        "metadata": e.metadata,
+        "output_truncated": e.output_truncated,
+    }
