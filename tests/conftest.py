@@ -8,6 +8,7 @@ free 127.0.0.1 port. Keys are created in-process against the same database, whic
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def server_factory() -> Iterator[object]:
     yield make
     for s in servers:
         s.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

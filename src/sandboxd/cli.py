@@ -94,6 +94,7 @@ def serve(
             config = uvicorn.Config(
                 create_api(services), host=settings.host, port=settings.port, log_level="info",
                 lifespan="off", access_log=False,
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
             server = uvicorn.Server(config)
             url_host = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -304,3 +304,14 @@ def test_orgs_create_bad_name(cli: Cli) -> None:
     result = cli("orgs", "create", "Not Valid!")
     assert result.stdout == ""
     refused(result, "name")
+
+
+@pytest.mark.parametrize("command", [("serve", "--port", "1"), ("run", "print(1)")])
+def test_refuses_to_run_code_without_bubblewrap(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """Fail closed: with bwrap unreachable there is no sandbox, so nothing runs at all."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = run_cli(*command, "--data-dir", str(tmp_path / "d"), env={"PATH": str(empty)})
+    assert result.returncode != 0
+    assert "bwrap not found" in result.stderr
+    assert result.stdout == ""  # in particular, `run` printed no program output

@@ -46,7 +46,16 @@ start_server = _helpers.start_server
 
 __all__ = ["pg_database_url", "pg_server"]  # fixtures, imported so pytest finds them here
 
-TABLES = {"alembic_version", "orgs", "sandboxes", "api_keys", "executions"}
+TABLES = {
+    "alembic_version",
+    "orgs",
+    "sandboxes",
+    "api_keys",
+    "executions",
+    "execution_events",
+    "webhook_secrets",
+    "webhook_deliveries",
+}
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
 
@@ -86,7 +95,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0001"]
+        assert versions == ["0002"]
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
@@ -344,12 +353,6 @@ def test_server_on_postgres_unknown_execution_is_404(pg_sandboxd: PgSandboxd) ->
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the bug; a PostgreSQL that did not start is an error, not an xfail
-    reason="BUG: PostgreSQL text cannot hold NUL; ExecutionService.execute stores raw stdout, "
-    "the UPDATE fails, the client gets 500 and the record stays 'running'",
-)
 def test_server_on_postgres_output_with_nul_byte(pg_sandboxd: PgSandboxd) -> None:
     with pg_sandboxd.client(pg_sandboxd.create_key()) as c:
         r = c.post("/v1/sandbox/execute", json={"code": "import sys; sys.stdout.write('a\\0b')"})
@@ -359,12 +362,6 @@ def test_server_on_postgres_output_with_nul_byte(pg_sandboxd: PgSandboxd) -> Non
     assert g.status_code == 200 and g.json()["status"] == "success"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the bug; a PostgreSQL that did not start is an error, not an xfail
-    reason="BUG: KeyService.create does not check the name against api_keys.name VARCHAR(128); "
-    "SQLite ignores the length, PostgreSQL refuses it and the CLI dies with a traceback",
-)
 def test_cli_key_name_too_long_on_postgres(pg_sandboxd: PgSandboxd) -> None:
     r = run_cli(
         "keys",

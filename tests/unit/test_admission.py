@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
@@ -13,14 +14,24 @@ from sandboxd.service.admission import AuthFailureLimiter, ConcurrencyLimiter
 # --------------------------------------------------------------------------- concurrency
 
 
+@contextmanager
+def slot(limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -> Iterator[None]:
+    """Hold one slot for the body, as the execution service does around a run."""
+    release = limiter.acquire(org, org_cap)
+    try:
+        yield
+    finally:
+        release()
+
+
 def hold(stack: ExitStack, limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -> None:
-    stack.enter_context(limiter.slot(org, org_cap))
+    stack.enter_context(slot(limiter, org, org_cap))
 
 
 def refused(limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -> RateLimited:
     before = limiter.running
     with pytest.raises(RateLimited) as info:
-        with limiter.slot(org, org_cap):
+        with slot(limiter, org, org_cap):
             pytest.fail("the body must not run when refused")
     assert limiter.running == before  # a refusal takes no slot
     assert info.value.code == "rate_limited"
@@ -31,9 +42,9 @@ def refused(limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -
 def test_slot_counts_and_releases() -> None:
     limiter = ConcurrencyLimiter(global_cap=4, per_org_cap=4)
     assert limiter.running == 0
-    with limiter.slot("org-a"):
+    with slot(limiter, "org-a"):
         assert limiter.running == 1
-        with limiter.slot("org-b"):
+        with slot(limiter, "org-b"):
             assert limiter.running == 2
         assert limiter.running == 1
     assert limiter.running == 0
@@ -47,7 +58,7 @@ def test_per_org_cap() -> None:
         err = refused(limiter, "org-a")
         assert "organization" in err.message and "2" in err.message
         # Another organization is not affected by org-a's cap.
-        with limiter.slot("org-b"):
+        with slot(limiter, "org-b"):
             assert limiter.running == 3
     assert limiter.running == 0
     # Released: org-a can run its full cap again.
@@ -67,17 +78,17 @@ def test_global_cap() -> None:
         assert "server" in err.message
         refused(limiter, "org-b")
     assert limiter.running == 0
-    with limiter.slot("org-c"):
+    with slot(limiter, "org-c"):
         assert limiter.running == 1
 
 
 def test_release_when_body_raises() -> None:
     limiter = ConcurrencyLimiter(global_cap=1, per_org_cap=1)
     with pytest.raises(ZeroDivisionError):
-        with limiter.slot("org-a"):
+        with slot(limiter, "org-a"):
             1 / 0
     assert limiter.running == 0
-    with limiter.slot("org-a"):  # the slot came back, for the org and globally
+    with slot(limiter, "org-a"):  # the slot came back, for the org and globally
         assert limiter.running == 1
 
 
@@ -86,7 +97,7 @@ async def test_release_when_cancelled() -> None:
     entered = asyncio.Event()
 
     async def body() -> None:
-        with limiter.slot("org-a"):
+        with slot(limiter, "org-a"):
             entered.set()
             await asyncio.sleep(3600)
 
@@ -102,12 +113,12 @@ async def test_release_when_cancelled() -> None:
 
 def test_refused_nested_slot_does_not_release_the_outer_one() -> None:
     limiter = ConcurrencyLimiter(global_cap=5, per_org_cap=1)
-    with limiter.slot("org-a"):
+    with slot(limiter, "org-a"):
         refused(limiter, "org-a")
         refused(limiter, "org-a")
         assert limiter.running == 1
     assert limiter.running == 0
-    with limiter.slot("org-a"):
+    with slot(limiter, "org-a"):
         refused(limiter, "org-a")  # still exactly one for org-a after the refusals
 
 
@@ -126,7 +137,7 @@ def test_org_override_cap_raises_the_limit() -> None:
 
 def test_org_override_cap_lowers_the_limit() -> None:
     limiter = ConcurrencyLimiter(global_cap=10, per_org_cap=5)
-    with limiter.slot("tiny", org_cap=1):
+    with slot(limiter, "tiny", org_cap=1):
         refused(limiter, "tiny", org_cap=1)
     refused(limiter, "blocked", org_cap=0)
 
@@ -267,3 +278,14 @@ def test_retry_after_never_shorter_than_the_lockout_left(
     retry = locked_for(limiter, "10.0.0.1")
     assert retry is not None
     assert remaining <= retry <= remaining + 1  # whole seconds, rounded up
+
+
+def test_release_is_idempotent() -> None:
+    limiter = ConcurrencyLimiter(global_cap=2, per_org_cap=2)
+    release = limiter.acquire("org-a")
+    other = limiter.acquire("org-a")
+    release()
+    release()  # a second call must not give back a slot it does not hold
+    assert limiter.running == 1
+    other()
+    assert limiter.running == 0

@@ -361,12 +361,6 @@ def test_v1_group_reads_oom_control_and_pids(tmp_path: Path) -> None:
     assert group.stats() == base.CgroupStats(cpu_ms=2500, memory_peak_bytes=1048576)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: read_keyed checks value.lstrip('-').isdigit() but parses with int(); "
-    "'--1' or a Unicode digit like '²' passes the check and int() raises ValueError, "
-    "which read_keyed does not catch",
-)
 @pytest.mark.parametrize("value", ["--1", "²"], ids=["double-minus", "superscript-two"])
 def test_read_keyed_never_raises_on_odd_values(tmp_path: Path, value: str) -> None:
     f = tmp_path / "keyed"

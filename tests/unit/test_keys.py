@@ -69,11 +69,6 @@ def test_short_secret_refused(tmp_path: Path, content: str) -> None:
         load_or_create_secret(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: keys.py load_or_create_secret only maps a *short* secret to the 'damaged' "
-    "RuntimeError; non-hex content raises bytes.fromhex's bare ValueError without the path",
-)
 def test_non_hex_secret_refused_as_damaged(tmp_path: Path) -> None:
     (tmp_path / SECRET_FILE).write_text("zz" * 32)
     with pytest.raises(RuntimeError, match="damaged"):
@@ -149,11 +144,6 @@ async def test_exploding_store_does_explode_for_a_well_formed_key() -> None:
         await ks.authenticate("sk-local-" + VALID_TOKEN)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: keys.py _KEY uses '$' with re.match, which matches before a trailing "
-    "newline, so 'sk-...\\n' counts as well-formed and costs a DB lookup",
-)
 async def test_key_with_trailing_newline_rejected_without_db() -> None:
     ks = KeyService(ExplodingStore(), PEPPER)  # type: ignore[arg-type]
     assert await ks.authenticate("sk-local-" + VALID_TOKEN + "\n") is None

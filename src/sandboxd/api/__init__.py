@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from . import errors
-from .middleware import BodySizeLimit
+from .middleware import BodySizeLimit, CatchAll
 from .routes import execute, executions, health
 
 if TYPE_CHECKING:
@@ -27,5 +27,6 @@ def create_api(services: Services) -> FastAPI:
     errors.install(app)
     for module in (execute, executions, health):
         app.include_router(module.router)
+    app.add_middleware(CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
     return app

@@ -1,6 +1,7 @@
 """One table from service errors to HTTP, and handlers so every error body is `{error, message}`.
 
-No stack trace ever reaches a client; unexpected errors are logged here and answered 500.
+No stack trace ever reaches a client: unexpected errors are answered 500 by
+`middleware.CatchAll`.
 """
 
 from __future__ import annotations
@@ -81,13 +82,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error", exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(e.SandboxdError, _sandboxd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from ..errors import SandboxSetupError
 from ..ids import random_token
 from . import bwrap as _bwrap
-from . import launch, rlimits
+from . import launch, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
 from .languages import available_languages
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
@@ -63,6 +62,7 @@ class BwrapRunner:
         self._seccomp_bpf = seccomp_bpf
         self._bwrap = bwrap_path
         self.languages: frozenset[Language] = available_languages()
+        reaper.become_subreaper()
 
     async def run(
         self,
@@ -76,14 +76,25 @@ class BwrapRunner:
         uid = self._uids.acquire()
         group: Cgroup | None = None
         fds: list[int] = []
+        info_r: int | None = None
         proc: asyncio.subprocess.Process | None = None
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
-            box_fds = self._open_fds(spec, fds)
+            info_r, info_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(info_w)
+            box_fds = self._open_fds(spec, fds, info_w)
             argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap)
+            # The options go through a memfd (`--args`): the command line that other host users
+            # can read in /proc then shows no env values. bwrap wants the command itself on
+            # its real command line.
+            split = argv.index("--")
+            args_fd = _memfd("args", b"".join(a.encode() + b"\0" for a in argv[1:split]), fds)
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                self._bwrap,
+                "--args",
+                str(args_fd),
+                *argv[split:],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -104,7 +115,7 @@ class BwrapRunner:
             ]
             ended_by = await _wait(proc, spec.limits.timeout_s, cancel)
             if ended_by is not None:
-                _kill(proc)
+                group.kill_all()  # bwrap and everything under it: the cgroup has them all
                 await proc.wait()
             duration_ms = int((time.monotonic() - started) * 1000)
             group.kill_all()  # nothing in the sandbox outlives its execution
@@ -115,33 +126,49 @@ class BwrapRunner:
         finally:
             for fd in fds:
                 os.close(fd)
-            if proc is not None and proc.returncode is None:
-                _kill(proc)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
             if group is not None:
                 group.kill_all()
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
+            if info_r is not None:
+                pid1 = reaper.child_pid(_read_available(info_r))
+                os.close(info_r)
+                if pid1 is not None:
+                    await reaper.reap(pid1)
+            if group is not None:
                 group.remove()
             self._uids.release(uid)
 
-    def _open_fds(self, spec: SandboxSpec, opened: list[int]) -> _bwrap.SandboxFds:
-        def memfd(name: str, content: bytes) -> int:
-            fd = os.memfd_create(name, os.MFD_CLOEXEC)
-            opened.append(fd)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
-            os.lseek(fd, 0, os.SEEK_SET)
-            return fd
-
+    def _open_fds(self, spec: SandboxSpec, opened: list[int], info: int) -> _bwrap.SandboxFds:
         return _bwrap.SandboxFds(
-            program=memfd("program", spec.code),
-            seccomp=memfd("seccomp", self._seccomp_bpf),
-            passwd=memfd("passwd", _bwrap.passwd_file()),
-            group=memfd("group", _bwrap.group_file()),
-            hosts=memfd("hosts", _bwrap.hosts_file()),
-            nsswitch=memfd("nsswitch", _bwrap.nsswitch_file()),
+            info=info,
+            program=_memfd("program", spec.code, opened),
+            seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
+            passwd=_memfd("passwd", _bwrap.passwd_file(), opened),
+            group=_memfd("group", _bwrap.group_file(), opened),
+            hosts=_memfd("hosts", _bwrap.hosts_file(), opened),
+            nsswitch=_memfd("nsswitch", _bwrap.nsswitch_file(), opened),
         )
+
+
+def _read_available(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
+
+
+def _memfd(name: str, content: bytes, opened: list[int]) -> int:
+    """A sealed-off in-memory file with `content`, positioned at 0 for bwrap to read."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    opened.append(fd)
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 async def _pump(
@@ -171,14 +198,6 @@ async def _wait(
         return None
     waiter.cancel()
     return ExecStatus.CANCELLED if cancelled is not None and cancelled in done else ExecStatus.TIMEOUT
-
-
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL bwrap's session: --die-with-parent then takes the whole pid namespace down."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
 
 
 def _classify(

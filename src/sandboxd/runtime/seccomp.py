@@ -12,7 +12,6 @@ this layer alone.
 from __future__ import annotations
 
 import errno
-import os
 import tempfile
 from dataclasses import dataclass
 
@@ -123,6 +122,13 @@ def _arg_rules() -> list[_ArgRule]:
         for t in (_SOCK_RAW, _SOCK_PACKET)
     ]
     rules += [
+        _ArgRule("socketpair", errno.EAFNOSUPPORT, (sc.Arg(0, sc.EQ, f),), "socket family")
+        for f in families
+    ]
+    rules.append(
+        _ArgRule("socketpair", errno.EAFNOSUPPORT, (sc.Arg(0, sc.GT, 10),), "socket family")
+    )
+    rules += [
         _ArgRule("ioctl", _EPERM, (sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, op),), "terminal injection")
         for op in (_TIOCSTI, _TIOCLINUX)
     ]
@@ -140,7 +146,30 @@ def _build_filter() -> sc.SyscallFilter:
                 raise
     for rule in _arg_rules():
         f.add_rule(sc.ERRNO(rule.errno), rule.syscall, *rule.args)
+    for number in _unknown_syscall_numbers():
+        f.add_rule(sc.ERRNO(errno.ENOSYS), number)
     return f
+
+
+_NEWER_SYSCALLS_WINDOW = 128
+
+
+def _unknown_syscall_numbers() -> list[int]:
+    """Syscall numbers newer than this libseccomp knows get ENOSYS (fail closed).
+
+    A deny-list names syscalls, so one added to the kernel after libseccomp was built (e.g.
+    open_tree_attr, Linux 6.15, part of the new mount API) would otherwise be allowed.
+    """
+    arch = sc.system_arch()
+    highest = max(n for n in range(0, 1024) if _known(arch, n))
+    return list(range(highest + 1, highest + 1 + _NEWER_SYSCALLS_WINDOW))
+
+
+def _known(arch: int, number: int) -> bool:
+    try:
+        return bool(sc.resolve_syscall(arch, number))
+    except (ValueError, OSError, RuntimeError):
+        return False
 
 
 def compile_bpf() -> bytes:
@@ -155,11 +184,10 @@ def compile_bpf() -> bytes:
 def export_pfc() -> str:
     """The filter in libseccomp's readable pseudo-filter form (for review and golden tests)."""
     f = _build_filter()
-    r, w = os.pipe()
-    with os.fdopen(w, "w") as wf, os.fdopen(r) as rf:
-        f.export_pfc(wf)
-        wf.close()
-        return rf.read()
+    with tempfile.TemporaryFile("w+") as out:
+        f.export_pfc(out)
+        out.seek(0)
+        return out.read()
 
 
 def denied_syscalls() -> dict[str, tuple[int, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -270,6 +271,14 @@ class ExecutionService:
                 duration_ms=outcome.duration_ms,
                 completed_at=utcnow(),
             )
+        except Exception:
+            log.exception("execution %s: recording the result failed", sub.trace_id)
+            with contextlib.suppress(Exception):
+                await self._store.executions.update(
+                    sub.trace_id, status="failed", exit_code=-1, error="internal_error",
+                    stdout="", stderr="", completed_at=utcnow(),
+                )
+            raise
         finally:
             await sub.log.append(
                 "result",

@@ -30,7 +30,10 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        secret = bytes.fromhex(path.read_text().strip())
+        try:
+            secret = bytes.fromhex(path.read_text().strip())
+        except ValueError:
+            secret = b""
         if len(secret) < 32:
             raise RuntimeError(f"{path} is damaged: expected 64 hex characters") from None
         return secret
@@ -70,8 +73,10 @@ class KeyService:
     async def create(
         self, *, org: Org, sandbox: Sandbox, name: str = "", region: str = "local"
     ) -> CreatedKey:
-        if not _REGION.match(region):
+        if not _REGION.fullmatch(region):
             raise InvalidRequest("region must be 1-16 lowercase letters or digits")
+        if len(name) > 128:
+            raise InvalidRequest("key name must be at most 128 characters")
         if sandbox.org_id != org.id:
             raise InvalidRequest(f"sandbox {sandbox.name!r} belongs to another organization")
         secret = f"sk-{region}-{random_token(40)}"
@@ -101,7 +106,7 @@ class KeyService:
 
     async def authenticate(self, presented: str) -> Principal | None:
         """The principal for a presented key, or None if it is malformed, unknown or revoked."""
-        if not _KEY.match(presented):
+        if not _KEY.fullmatch(presented):
             return None
         key = await self._store.keys.by_digest(self.digest(presented))
         if key is None or key.revoked_at is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
@@ -68,10 +69,18 @@ class ExecuteRequest(BaseModel):
         default=None, description="Webhook mode: the HTTPS URL the result is POSTed to."
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, v: Any, info: Any) -> Any:
+        """Lone surrogates (JSON "\\ud800") cannot be encoded as UTF-8 anywhere downstream."""
+        if _has_surrogate(v):
+            raise ValueError(f"{info.field_name} contains invalid Unicode (a lone surrogate)")
+        return v
+
     @field_validator("code")
     @classmethod
     def _code(cls, v: str) -> str:
-        size = len(v.encode("utf-8", errors="surrogatepass"))
+        size = len(v.encode("utf-8"))
         if not 1 <= size <= MAX_CODE_BYTES:
             raise ValueError("code must be between 1 byte and 1 MB")
         return v
@@ -86,7 +95,7 @@ class ExecuteRequest(BaseModel):
     @field_validator("thread_id")
     @classmethod
     def _thread_id(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 128 or not _THREAD_ID.match(v)):
+        if v is not None and (len(v) > 128 or not _THREAD_ID.fullmatch(v)):
             raise ValueError(
                 "thread_id must be 1-128 characters of letters, digits, '_' or '-', "
                 "starting with a letter or digit"
@@ -101,7 +110,7 @@ class ExecuteRequest(BaseModel):
         if len(v) > 10:
             raise ValueError("metadata may have at most 10 keys")
         for key, value in v.items():
-            if not 1 <= len(key) <= 40 or not _METADATA_KEY.match(key):
+            if not 1 <= len(key) <= 40 or not _METADATA_KEY.fullmatch(key):
                 raise ValueError(
                     f"metadata key {key[:50]!r} must be 1-40 characters of letters, digits, "
                     "'_', '.' or '-', starting with a letter or digit"
@@ -138,7 +147,7 @@ class ExecuteRequest(BaseModel):
             raise ValueError("env_vars may have at most 50 entries")
         total = 0
         for key, value in v.items():
-            if not key.isascii() or not 1 <= len(key) <= 128 or not _ENV_KEY.match(key):
+            if not key.isascii() or not 1 <= len(key) <= 128 or not _ENV_KEY.fullmatch(key):
                 raise ValueError(
                     f"env_vars key {key[:50]!r} must be 1-128 characters: an uppercase letter, "
                     "then uppercase letters, digits or '_'"
@@ -148,7 +157,7 @@ class ExecuteRequest(BaseModel):
                 raise ValueError(f"env_vars key {key!r} is reserved by the system")
             if len(value) > 4096:
                 raise ValueError(f"env_vars value for {key!r} must be at most 4096 characters")
-            if any(b < 0x20 and b not in (9, 10, 13) for b in value.encode("utf-8", "surrogatepass")):
+            if any(b < 0x20 and b not in (9, 10, 13) for b in value.encode("utf-8")):
                 raise ValueError(f"env_vars value for {key!r} contains a NUL or control character")
             total += len(key) + len(value)
         if total > 65_536:
@@ -162,10 +171,28 @@ class ExecuteRequest(BaseModel):
             return v
         if len(v) > 2048:
             raise ValueError("webhook_url must be at most 2048 characters")
-        scheme, sep, rest = v.partition("://")
-        if not sep or scheme not in ("https", "http") or not rest or rest[0] in "/?#":
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("webhook_url must be an https:// URL with a host") from None
+        if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError("webhook_url must be an https:// URL with a host")
         return v
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
 
 
 def parse_execute_request(data: Any) -> ExecuteRequest:

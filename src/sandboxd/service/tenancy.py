@@ -26,7 +26,7 @@ class SandboxConfig:
     timeout_cap_s: int = 60
 
     def check(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise InvalidRequest("sandbox name must be 1-63 lowercase letters, digits, '_' or '-'")
         if not 0.05 <= self.cpus <= 64:
             raise InvalidRequest("cpus must be between 0.05 and 64")
@@ -49,7 +49,7 @@ class TenancyService:
     async def ensure_org(self, name: str) -> Org:
         org = await self._store.orgs.by_name(name)
         if org is None:
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise InvalidRequest("organization name must be 1-63 lowercase letters, digits, '_' or '-'")
             try:
                 org = await self._store.orgs.add(new_id("org"), name)

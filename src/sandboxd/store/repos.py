@@ -136,11 +136,20 @@ class KeyRepo(_Repo):
         return result.rowcount > 0
 
 
+def _storable(values: dict[str, Any]) -> dict[str, Any]:
+    """PostgreSQL text cannot hold NUL; program output may. Stored as U+FFFD (JSON keeps it)."""
+    return {
+        k: v.replace("\x00", "\ufffd") if k in ("stdout", "stderr") and isinstance(v, str) else v
+        for k, v in values.items()
+    }
+
+
 class ExecutionRepo(_Repo):
     async def add(self, execution: Execution) -> None:
-        await self._insert(executions, execution.__dict__)
+        await self._insert(executions, _storable(execution.__dict__))
 
     async def update(self, trace_id: str, **values: Any) -> None:
+        values = _storable(values)
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(executions).where(executions.c.trace_id == trace_id).values(**values)

@@ -61,8 +61,10 @@ def read_keyed(path: Path) -> dict[str, int]:
     try:
         for line in path.read_text().splitlines():
             key, _, value = line.partition(" ")
-            if value.strip().lstrip("-").isdigit():
+            try:
                 out[key] = int(value)
+            except ValueError:
+                continue
     except OSError:
         pass
     return out

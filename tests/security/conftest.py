@@ -1,0 +1,170 @@
+"""Security suite fixtures: one real `BwrapRunner` for the session, and helpers to run code in it.
+
+Every test here runs untrusted-looking code in a *real* sandbox (bubblewrap, seccomp, cgroup v1,
+rlimits, an unprivileged host uid) and then looks at the host from the outside (hostprobe.py):
+which processes run under the sandbox uids, which cgroup directories exist, which fds the test
+process holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from sandboxd.runtime import BwrapRunner, ExecResult, Limits, SandboxSpec, create_runner
+
+from .hostprobe import SLOTS, TEST_TIMEOUT_S, UID_BASE, Host, instance_hash, remove_instance_parents
+
+SECRET = "sandboxd-sec-" + secrets.token_hex(12)
+
+
+@pytest.fixture(scope="session")
+def secret() -> str:
+    """A value that exists only on the host; finding it in a sandbox's output is a breach."""
+    return SECRET
+
+
+@pytest.fixture(scope="session")
+def data_dir(secret: str) -> Iterator[Path]:
+    """Stands in for the server's data dir (it is also the runner's instance_key).
+
+    World-readable on purpose: a non-root host uid could read it, so if a sandbox cannot, the
+    mount namespace hid it, not file permissions.
+    """
+    d = Path(tempfile.mkdtemp(prefix="sandboxd-sec-data-"))
+    d.chmod(0o755)
+    for name in ("secret.key", "sandboxd.db"):
+        (d / name).write_text(secret + "\n")
+        (d / name).chmod(0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def runner(data_dir: Path) -> Iterator[BwrapRunner]:
+    r = create_runner(instance_key=str(data_dir), uid_base=UID_BASE, slots=SLOTS)
+    yield r
+    remove_instance_parents(instance_hash(str(data_dir)))
+
+
+@pytest.fixture(scope="session")
+async def host(runner: BwrapRunner, data_dir: Path) -> Host:
+    h = Host(runner, instance_hash(str(data_dir)))
+    # Warm up: the first run sets up asyncio's child watcher; fd baselines start after it.
+    warm = await runner.run(
+        SandboxSpec(language="bash", code=b"true", limits=Limits(timeout_s=TEST_TIMEOUT_S))
+    )
+    assert warm.exit_code == 0, warm
+    await h.assert_no_processes()
+    return h
+
+
+class Run(Protocol):
+    def __call__(
+        self,
+        code: str | bytes,
+        language: str = "python",
+        *,
+        env: dict[str, str] | None = None,
+        cancel: asyncio.Event | None = None,
+        sink: Callable[[str, bytes], Awaitable[None]] | None = None,
+        **limit_overrides: Any,
+    ) -> Awaitable[ExecResult]: ...
+
+
+def make_spec(
+    code: str | bytes, language: str, env: dict[str, str] | None, **limit_overrides: Any
+) -> SandboxSpec:
+    if isinstance(code, str):
+        code = textwrap.dedent(code).encode()
+    limits = Limits(**{"timeout_s": TEST_TIMEOUT_S, **limit_overrides})
+    return SandboxSpec(language=language, code=code, limits=limits, env=dict(env or {}))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def run(runner: BwrapRunner, host: Host) -> Run:
+    """`await run(code, language='python', **limit_overrides)` -> ExecResult, in a real sandbox."""
+
+    async def _run(
+        code: str | bytes,
+        language: str = "python",
+        *,
+        env: dict[str, str] | None = None,
+        cancel: asyncio.Event | None = None,
+        sink: Callable[[str, bytes], Awaitable[None]] | None = None,
+        **limit_overrides: Any,
+    ) -> ExecResult:
+        return await runner.run(
+            make_spec(code, language, env, **limit_overrides), sink=sink, cancel=cancel
+        )
+
+    return _run  # type: ignore[return-value]
+
+
+@dataclass
+class Background:
+    """A sandbox that printed its ready marker and is still running."""
+
+    task: asyncio.Task[ExecResult]
+    cancel: asyncio.Event
+    stdout: bytearray = field(default_factory=bytearray)
+    result: ExecResult | None = None
+
+    async def finish(self, *, cancel: bool = True) -> ExecResult:
+        if cancel:
+            self.cancel.set()
+        self.result = await asyncio.wait_for(self.task, TEST_TIMEOUT_S + 15)
+        return self.result
+
+
+BackgroundFactory = Callable[..., contextlib.AbstractAsyncContextManager[Background]]
+
+
+@pytest.fixture(scope="session")
+def background(run: Run) -> BackgroundFactory:
+    """`async with background(code, ...) as bg:` runs code until it prints `ready` on stdout.
+
+    On exit the execution is cancelled (if still running) and its result is in `bg.result`.
+    """
+
+    @contextlib.asynccontextmanager
+    async def _background(
+        code: str | bytes, language: str = "python", *, ready: bytes = b"ready", **kwargs: Any
+    ) -> AsyncIterator[Background]:
+        cancel = asyncio.Event()
+        seen = asyncio.Event()
+        bg: Background
+
+        async def sink(stream: str, chunk: bytes) -> None:
+            if stream == "stdout":
+                bg.stdout.extend(chunk)
+                if ready in bg.stdout:
+                    seen.set()
+
+        task = asyncio.ensure_future(run(code, language, cancel=cancel, sink=sink, **kwargs))
+        bg = Background(task=task, cancel=cancel)
+        waiter = asyncio.ensure_future(seen.wait())
+        try:
+            await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            if not seen.is_set():
+                result = await bg.finish()
+                raise AssertionError(f"sandbox never printed {ready!r}: {result}")
+            yield bg
+        finally:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+            if bg.result is None:
+                await bg.finish()
+
+    return _background
