@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 
 from .config import Settings
@@ -16,10 +17,13 @@ from .service import (
     Runner,
     SandboxDefaults,
     TenancyService,
+    ThreadPolicy,
+    ThreadService,
     UrlGuard,
     WebhookService,
     load_or_create_secret,
 )
+from .storage import Btrfs, ThreadStore
 from .store import Store, create_engine, migrate
 
 log = logging.getLogger("sandboxd")
@@ -34,6 +38,7 @@ class Admin:
     keys: KeyService
     tenancy: TenancyService
     webhooks: WebhookService
+    threads: ThreadService
 
     async def close(self) -> None:
         await self.store.close()
@@ -51,12 +56,19 @@ class Services(Admin):
         if self.executions is not None:
             await self.executions.shutdown(self.settings.shutdown_grace_s)
         await self.webhooks.stop()
+        await self.threads.stop()
         await self.store.close()
 
 
 def prepare_data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.data_dir, 0o700)  # secret and database: no other host user reads them
+    # Traverse-only: bwrap, started as a thread's unprivileged uid, must reach that thread's
+    # home under <data_dir>/storage; it can list nothing, and every file here is 0600.
+    os.chmod(settings.data_dir, 0o711)
+    os.umask(0o077)
+    for path in settings.data_dir.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o600)
 
 
 async def open_admin(settings: Settings) -> Admin:
@@ -78,7 +90,31 @@ async def open_admin(settings: Settings) -> Admin:
         backoff_s=settings.webhook_backoff_s,
         timeout_s=settings.webhook_timeout_s,
     )
-    return Admin(settings=settings, store=store, keys=KeyService(store, pepper), tenancy=tenancy, webhooks=webhooks)
+    return Admin(
+        settings=settings,
+        store=store,
+        keys=KeyService(store, pepper),
+        tenancy=tenancy,
+        webhooks=webhooks,
+        threads=ThreadService(store, thread_homes(settings), thread_policy(settings)),
+    )
+
+
+def thread_homes(settings: Settings) -> ThreadStore | None:
+    """Thread homes on btrfs, or None (threads refused, 503) where btrfs cannot be used."""
+    if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
+        log.warning("btrfs-progs not installed: executions with a thread_id will be refused")
+        return None
+    fs = Btrfs(settings.data_dir / "storage.img", settings.data_dir / "storage", settings.storage_size_gib)
+    return ThreadStore(fs, settings.thread_quota_mib * 1024 * 1024)
+
+
+def thread_policy(settings: Settings) -> ThreadPolicy:
+    return ThreadPolicy(
+        uid_base=settings.thread_uid_base,
+        max_per_org=settings.max_threads_per_org,
+        retention_days=settings.thread_retention_days,
+    )
 
 
 def sandbox_defaults(settings: Settings) -> SandboxDefaults:
@@ -116,8 +152,10 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             ConcurrencyLimiter(settings.max_concurrent, settings.max_concurrent_per_org),
             sandbox_defaults(settings),
             admin.webhooks,
+            admin.threads,
             keepalive_s=settings.keepalive_interval_s,
         )
+        await admin.threads.recover()
         interrupted = await executions.recover_interrupted()
         if interrupted:
             log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
@@ -125,12 +163,14 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         await admin.close()
         raise
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
+    admin.threads.start()
     return Services(
         settings=settings,
         store=admin.store,
         keys=admin.keys,
         tenancy=admin.tenancy,
         webhooks=admin.webhooks,
+        threads=admin.threads,
         executions=executions,
         auth_failures=AuthFailureLimiter(
             settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s

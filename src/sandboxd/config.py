@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
 
+    storage_size_gib: int = Field(
+        default=64, ge=1, description="Size of the sparse btrfs image that holds thread homes."
+    )
+    thread_quota_mib: int = Field(default=1024, ge=1, description="Disk quota of one thread's home.")
+    max_threads_per_org: int = Field(default=1000, ge=1, description="Threads an organization may have.")
+    thread_retention_days: int = Field(
+        default=30, ge=1, description="Threads idle longer than this are deleted."
+    )
+    thread_uid_base: int = Field(
+        default=1_000_000, ge=1000, description="First host uid given to threads (one each)."
+    )
+
     sandbox_uid_base: int = Field(
         default=200_000, ge=1000, description="First unprivileged host uid used for sandboxes."
     )

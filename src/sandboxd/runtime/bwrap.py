@@ -54,6 +54,8 @@ def base_env() -> dict[str, str]:
         "TMPDIR": "/tmp",
         "PWD": WORKDIR,
         "PYTHONUNBUFFERED": "1",
+        # `pip install --user` lands in the thread's home; the image's own site stays read-only.
+        "PIP_BREAK_SYSTEM_PACKAGES": "1",
     }
 
 
@@ -100,7 +102,12 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         "--size", str(limits.tmp_mib * mib), "--tmpfs", "/tmp",
         "--size", str(limits.tmp_mib * mib), "--tmpfs", "/dev/shm",
         "--size", str(limits.workdir_mib * mib), "--tmpfs", WORKDIR,
-        "--perms", "0700", "--size", str(limits.home_mib * mib), "--tmpfs", HOME,
+    ]
+    if spec.home is not None:
+        argv += ["--bind", spec.home, HOME]
+    else:
+        argv += ["--perms", "0700", "--size", str(limits.home_mib * mib), "--tmpfs", HOME]
+    argv += [
         "--ro-bind-data", str(fds.program), INTERPRETERS[spec.language].program_path,
         "--chdir", WORKDIR,
         # Environment: nothing of the server's, only ours and the request's.

@@ -73,7 +73,7 @@ class BwrapRunner:
     ) -> ExecResult:
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
-        uid = self._uids.acquire()
+        uid = spec.host_uid if spec.host_uid is not None else self._uids.acquire()
         group: Cgroup | None = None
         fds: list[int] = []
         info_r: int | None = None
@@ -138,7 +138,8 @@ class BwrapRunner:
                     await reaper.reap(pid1)
             if group is not None:
                 group.remove()
-            self._uids.release(uid)
+            if spec.host_uid is None:
+                self._uids.release(uid)
 
     def _open_fds(self, spec: SandboxSpec, opened: list[int], info: int) -> _bwrap.SandboxFds:
         return _bwrap.SandboxFds(

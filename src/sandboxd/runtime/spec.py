@@ -38,6 +38,11 @@ class SandboxSpec:
     limits: Limits = field(default_factory=Limits)
     env: dict[str, str] = field(default_factory=dict)
     network: Literal["none"] = "none"
+    #: Host directory bound read-write at /home/baponi (a thread's working copy); None: a
+    #: fresh empty tmpfs.
+    home: str | None = None
+    #: The unprivileged host uid to run as (a thread's own); None: one from the runner's pool.
+    host_uid: int | None = None
 
 
 class ExecStatus(str, enum.Enum):

@@ -5,6 +5,7 @@ from .executions import ExecutionService, Outcome, Runner, SandboxDefaults, Subm
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
+from .threads import ThreadPolicy, ThreadService
 from .url_guard import UrlGuard
 from .webhooks import WebhookService
 
@@ -22,6 +23,8 @@ __all__ = [
     "SandboxDefaults",
     "Submission",
     "TenancyService",
+    "ThreadPolicy",
+    "ThreadService",
     "UrlGuard",
     "WebhookService",
     "load_or_create_secret",

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..bus import Event, EventLog
@@ -25,6 +25,7 @@ from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
 from .keys import Principal
 from .requests import ExecuteRequest
+from .threads import ThreadService, WorkingCopy
 from .webhooks import TERMINAL, WebhookService
 
 log = logging.getLogger("sandboxd.executions")
@@ -88,6 +89,7 @@ class Submission:
     log: EventLog
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
+    thread: WorkingCopy | None = None
     task: asyncio.Task[Outcome] | None = None
 
     async def outcome(self) -> Outcome:
@@ -104,9 +106,11 @@ class ExecutionService:
         limiter: ConcurrencyLimiter,
         defaults: SandboxDefaults,
         webhooks: WebhookService,
+        threads: ThreadService,
         *,
         keepalive_s: float = 15.0,
     ) -> None:
+        self._threads = threads
         self._store = store
         self._runner = runner
         self._limiter = limiter
@@ -159,9 +163,17 @@ class ExecutionService:
             limits=limits,
             env=dict(request.env_vars or {}),
         )
-        release = self._limiter.acquire(principal.org.id, principal.org.max_concurrent)
+        trace_id = new_trace_id()
+        thread = None
+        if request.thread_id is not None:  # 409 for a busy thread comes before everything else
+            thread = await self._threads.claim(principal.org.id, request.thread_id, trace_id)
         try:
-            trace_id = new_trace_id()
+            release = self._limiter.acquire(principal.org.id, principal.org.max_concurrent)
+        except BaseException:
+            if thread is not None:
+                await self._threads.close(thread, keep=False)
+            raise
+        try:
             await self._store.executions.add(
                 Execution(
                     trace_id=trace_id,
@@ -181,10 +193,12 @@ class ExecutionService:
             )
             if request.webhook_url:
                 await self._webhooks.register(trace_id, principal.org.id, request.webhook_url)
-            submission = Submission(trace_id=trace_id, org_id=principal.org.id, log=EventLog())
+            submission = Submission(trace_id=trace_id, org_id=principal.org.id, log=EventLog(), thread=thread)
             await submission.log.append("status", trace_id=trace_id, status="queued")
         except BaseException:
             release()
+            if thread is not None:
+                await self._threads.close(thread, keep=False)
             raise
         self._live[trace_id] = submission
         submission.task = asyncio.create_task(self._run(submission, spec, release), name=trace_id)
@@ -203,13 +217,30 @@ class ExecutionService:
 
     async def _run(self, sub: Submission, spec: SandboxSpec, release: Callable[[], None]) -> Outcome:
         keepalive = asyncio.create_task(self._keepalives(sub.log))
+        outcome: Outcome | None = None
         try:
             await self._store.executions.update(sub.trace_id, status="running")
             await sub.log.append("status", trace_id=sub.trace_id, status="running")
-            outcome = await self._sandbox(sub, spec)
+            if sub.thread is not None:
+                try:
+                    home = await self._threads.open(sub.thread, sub.trace_id)
+                    spec = replace(spec, home=home, host_uid=sub.thread.thread.uid)
+                except Exception as exc:
+                    log.error("execution %s: thread home: %s", sub.trace_id, exc)
+                    outcome = self._platform_failure(sub, "thread_mount_error")
+            if outcome is None:
+                outcome = await self._sandbox(sub, spec)
         finally:
             keepalive.cancel()
             release()
+            if sub.thread is not None:
+                # A thread keeps what a run that ended by itself wrote; after a timeout, OOM,
+                # cancel or platform failure it keeps its previous state.
+                keep = outcome is not None and outcome.error is None
+                try:
+                    await self._threads.close(sub.thread, keep=keep)
+                except Exception:
+                    log.exception("execution %s: saving the thread home failed", sub.trace_id)
         try:
             await self._finish(sub, outcome)
         finally:

@@ -1,7 +1,7 @@
 """Persistence: SQLAlchemy Core tables, repositories and Alembic migrations."""
 
 from .db import create_engine, migrate, utcnow
-from .records import ApiKey, Execution, Org, Sandbox, WebhookDelivery
+from .records import ApiKey, Execution, Org, Sandbox, Thread, WebhookDelivery
 from .repos import DuplicateError, Store
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Org",
     "Sandbox",
     "Store",
+    "Thread",
     "WebhookDelivery",
     "create_engine",
     "migrate",

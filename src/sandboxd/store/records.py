@@ -75,3 +75,12 @@ class WebhookDelivery:
     next_attempt_at: datetime
     last_error: str | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Thread:
+    org_id: str
+    thread_id: str
+    uid: int
+    created_at: datetime
+    last_used_at: datetime

@@ -6,18 +6,19 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import RowMapping, select, update
+from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import as_utc, utcnow
-from .records import ApiKey, Execution, Org, Sandbox, WebhookDelivery
+from .records import ApiKey, Execution, Org, Sandbox, Thread, WebhookDelivery
 from .tables import (
     api_keys,
     execution_events,
     executions,
     orgs,
     sandboxes,
+    threads,
     webhook_deliveries,
     webhook_secrets,
 )
@@ -225,6 +226,56 @@ class WebhookRepo(_Repo):
         return await self._one(WebhookDelivery, query)
 
 
+class ThreadRepo(_Repo):
+    async def get(self, org_id: str, thread_id: str) -> Thread | None:
+        query = select(threads).where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+        return await self._one(Thread, query)
+
+    async def add(self, org_id: str, thread_id: str, uid_base: int) -> Thread:
+        """A new thread with the next free host uid (uids are never reused)."""
+        for _ in range(20):
+            async with self._engine.connect() as conn:
+                highest = (await conn.execute(select(func.max(threads.c.uid)))).scalar()
+            now = utcnow()
+            thread = Thread(org_id, thread_id, max(uid_base, (highest or 0) + 1), now, now)
+            try:
+                await self._insert(threads, thread.__dict__)
+                return thread
+            except DuplicateError:
+                existing = await self.get(org_id, thread_id)
+                if existing is not None:
+                    return existing
+        raise DuplicateError("could not allocate a thread uid")
+
+    async def touch(self, org_id: str, thread_id: str) -> None:
+        query = (
+            update(threads)
+            .where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+            .values(last_used_at=utcnow())
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
+
+    async def list(self, org_id: str | None = None) -> list[Thread]:
+        query = select(threads).order_by(threads.c.created_at)
+        if org_id is not None:
+            query = query.where(threads.c.org_id == org_id)
+        return await self._all(Thread, query)
+
+    async def count(self, org_id: str) -> int:
+        query = select(func.count()).select_from(threads).where(threads.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def idle_since(self, before: datetime) -> list[Thread]:
+        return await self._all(Thread, select(threads).where(threads.c.last_used_at < before))
+
+    async def delete(self, org_id: str, thread_id: str) -> None:
+        query = threads.delete().where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
+
+
 class Store:
     """All repositories over one engine."""
 
@@ -236,6 +287,7 @@ class Store:
         self.executions = ExecutionRepo(engine)
         self.events = EventRepo(engine)
         self.webhooks = WebhookRepo(engine)
+        self.threads = ThreadRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -115,3 +115,13 @@ webhook_deliveries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_webhook_deliveries_status", "status", "next_attempt_at"),
 )
+
+threads = Table(
+    "threads",
+    metadata,
+    Column("org_id", String(32), ForeignKey("orgs.id"), primary_key=True),
+    Column("thread_id", String(128), primary_key=True),
+    Column("uid", Integer, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,166 @@
+"""Threads: a `thread_id` keeps /home/baponi between executions of one organization.
+
+One execution per thread at a time (409 otherwise, before any work). Each thread runs as its
+own unprivileged host uid, so its files keep one owner and no other thread's uid can open
+them. The lock is in this process's memory: a crash cannot leave a thread busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from ..errors import Conflict, Forbidden, NotFound, Unavailable
+from ..store import Store, Thread, utcnow
+from ..storage import ThreadStore
+
+log = logging.getLogger("sandboxd.threads")
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    uid_base: int = 1_000_000
+    max_per_org: int = 1000
+    retention_days: int = 30
+
+
+@dataclass
+class WorkingCopy:
+    """An execution's claim on a thread: the lock, and the snapshot it runs in."""
+
+    thread: Thread
+    path: Path | None = None
+
+
+class ThreadService:
+    def __init__(self, store: Store, homes: ThreadStore | None, policy: ThreadPolicy) -> None:
+        self._store = store
+        self._homes = homes
+        self._policy = policy
+        self._busy: dict[tuple[str, str], str] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._homes is not None
+
+    def _require_storage(self) -> ThreadStore:
+        if self._homes is None:
+            raise Unavailable("thread storage is not available on this server (btrfs-progs and loop mounts are needed)")
+        return self._homes
+
+    async def claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
+        """Lock the thread for one execution (409 if busy), creating it on first use."""
+        self._require_storage()
+        key = (org_id, thread_id)
+        if key in self._busy:
+            raise Conflict(f"thread {thread_id!r} is busy with another execution")
+        self._busy[key] = trace_id
+        try:
+            thread = await self._store.threads.get(org_id, thread_id)
+            if thread is None:
+                if await self._store.threads.count(org_id) >= self._policy.max_per_org:
+                    raise Forbidden(f"your organization has reached its limit of {self._policy.max_per_org} threads")
+                thread = await self._store.threads.add(org_id, thread_id, self._policy.uid_base)
+            return WorkingCopy(thread=thread)
+        except BaseException:
+            del self._busy[key]
+            raise
+
+    async def open(self, copy: WorkingCopy, trace_id: str) -> str:
+        """Snapshot the thread's home for the execution; returns the host path to bind."""
+        homes = self._require_storage()
+        t = copy.thread
+        copy.path = await asyncio.to_thread(homes.begin, t.org_id, t.thread_id, t.uid, t.uid, trace_id)
+        return str(copy.path)
+
+    async def close(self, copy: WorkingCopy, *, keep: bool) -> None:
+        """Commit the working copy (`keep`) or drop it; always release the lock."""
+        try:
+            if copy.path is not None and self._homes is not None:
+                if keep:
+                    await asyncio.to_thread(self._homes.commit, copy.path)
+                else:
+                    await asyncio.to_thread(self._homes.discard, copy.path)
+            await self._store.threads.touch(copy.thread.org_id, copy.thread.thread_id)
+        finally:
+            self._busy.pop((copy.thread.org_id, copy.thread.thread_id), None)
+
+    def busy(self, org_id: str, thread_id: str) -> bool:
+        return (org_id, thread_id) in self._busy
+
+    async def get(self, org_id: str, thread_id: str) -> Thread:
+        thread = await self._store.threads.get(org_id, thread_id)
+        if thread is None:
+            raise NotFound(f"no thread {thread_id!r}")
+        return thread
+
+    def home(self, thread: Thread) -> Path | None:
+        return self._require_storage().home(thread.org_id, thread.thread_id)
+
+    async def list(self, org_id: str | None = None) -> list[Thread]:
+        return await self._store.threads.list(org_id)
+
+    async def usage_bytes(self, thread: Thread) -> int:
+        homes = self._require_storage()
+        return await asyncio.to_thread(homes.usage_bytes, thread.org_id, thread.thread_id)
+
+    async def delete(self, org_id: str, thread_id: str) -> None:
+        await self.get(org_id, thread_id)
+        if self.busy(org_id, thread_id):
+            raise Conflict(f"thread {thread_id!r} is busy with an execution")
+        self._busy[(org_id, thread_id)] = "deleting"
+        try:
+            if self._homes is not None:
+                await asyncio.to_thread(self._homes.delete, org_id, thread_id)
+            await self._store.threads.delete(org_id, thread_id)
+        finally:
+            self._busy.pop((org_id, thread_id), None)
+
+    async def sweep(self) -> int:
+        """Delete threads idle longer than the retention period; returns how many."""
+        before = utcnow() - timedelta(days=self._policy.retention_days)
+        deleted = 0
+        for thread in await self._store.threads.idle_since(before):
+            try:
+                await self.delete(thread.org_id, thread.thread_id)
+                deleted += 1
+            except Conflict:
+                continue
+        return deleted
+
+    async def recover(self) -> int:
+        """On start: drop working copies a crash left; committed homes are intact."""
+        return await asyncio.to_thread(self._homes.recover) if self._homes is not None else 0
+
+    def start(self, interval_s: float = 3600.0) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    swept = await self.sweep()
+                    if swept:
+                        log.info("deleted %d idle threads", swept)
+                except Exception:
+                    log.exception("thread sweeper failed")
+                await asyncio.sleep(interval_s)
+
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(loop(), name="thread-sweeper")
+
+    async def stop(self) -> None:
+        """Stop the sweeper and unmount the homes' filesystem (it is mounted again on use)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        if self._homes is not None:
+            try:
+                await asyncio.to_thread(self._homes.unmount)
+            except Exception:
+                log.exception("unmounting thread storage failed")

@@ -1,0 +1,6 @@
+"""Persistent storage for threads (and volumes): btrfs subvolumes with quotas and snapshots."""
+
+from .btrfs import Btrfs, is_mounted
+from .threads import ThreadStore
+
+__all__ = ["Btrfs", "ThreadStore", "is_mounted"]
