@@ -1,7 +1,7 @@
 """Persistence: SQLAlchemy Core tables, repositories and Alembic migrations."""
 
 from .db import create_engine, migrate, utcnow
-from .records import ApiKey, Execution, Org, Sandbox, Thread, WebhookDelivery
+from .records import ApiKey, Execution, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
 from .repos import DuplicateError, Store
 
 __all__ = [
@@ -12,6 +12,8 @@ __all__ = [
     "Sandbox",
     "Store",
     "Thread",
+    "Volume",
+    "VolumeBinding",
     "WebhookDelivery",
     "create_engine",
     "migrate",

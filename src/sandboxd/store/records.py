@@ -84,3 +84,19 @@ class Thread:
     uid: int
     created_at: datetime
     last_used_at: datetime
+
+
+@dataclass(frozen=True)
+class Volume:
+    id: str
+    org_id: str
+    slug: str
+    quota_mib: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class VolumeBinding:
+    key_id: str
+    volume_id: str
+    read_only: bool
