@@ -20,10 +20,11 @@ from .service import (
     ThreadPolicy,
     ThreadService,
     UrlGuard,
+    VolumeService,
     WebhookService,
     load_or_create_secret,
 )
-from .storage import Btrfs, ThreadStore
+from .storage import Btrfs, ThreadStore, VolumeStore
 from .store import Store, create_engine, migrate
 
 log = logging.getLogger("sandboxd")
@@ -39,6 +40,7 @@ class Admin:
     tenancy: TenancyService
     webhooks: WebhookService
     threads: ThreadService
+    volumes: VolumeService
 
     async def close(self) -> None:
         await self.store.close()
@@ -82,6 +84,7 @@ async def open_admin(settings: Settings) -> Admin:
         await store.close()
         raise
     pepper = load_or_create_secret(settings.data_dir)
+    fs = storage_fs(settings)
     webhooks = WebhookService(
         store,
         pepper,
@@ -96,17 +99,21 @@ async def open_admin(settings: Settings) -> Admin:
         keys=KeyService(store, pepper),
         tenancy=tenancy,
         webhooks=webhooks,
-        threads=ThreadService(store, thread_homes(settings), thread_policy(settings)),
+        threads=ThreadService(
+            store,
+            ThreadStore(fs, settings.thread_quota_mib * 1024 * 1024) if fs else None,
+            thread_policy(settings),
+        ),
+        volumes=VolumeService(store, VolumeStore(fs) if fs else None),
     )
 
 
-def thread_homes(settings: Settings) -> ThreadStore | None:
-    """Thread homes on btrfs, or None (threads refused, 503) where btrfs cannot be used."""
+def storage_fs(settings: Settings) -> Btrfs | None:
+    """Threads and volumes live on btrfs; None (they are refused, 503) where it cannot be used."""
     if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
-        log.warning("btrfs-progs not installed: executions with a thread_id will be refused")
+        log.warning("btrfs-progs not installed: threads and volumes are unavailable")
         return None
-    fs = Btrfs(settings.data_dir / "storage.img", settings.data_dir / "storage", settings.storage_size_gib)
-    return ThreadStore(fs, settings.thread_quota_mib * 1024 * 1024)
+    return Btrfs(settings.data_dir / "storage.img", settings.data_dir / "storage", settings.storage_size_gib)
 
 
 def thread_policy(settings: Settings) -> ThreadPolicy:
@@ -153,6 +160,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             sandbox_defaults(settings),
             admin.webhooks,
             admin.threads,
+            admin.volumes,
             keepalive_s=settings.keepalive_interval_s,
         )
         await admin.threads.recover()
@@ -171,6 +179,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         tenancy=admin.tenancy,
         webhooks=admin.webhooks,
         threads=admin.threads,
+        volumes=admin.volumes,
         executions=executions,
         auth_failures=AuthFailureLimiter(
             settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s

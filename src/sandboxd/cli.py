@@ -16,7 +16,7 @@ import typer
 
 from .app import Admin, open_admin, start
 from .config import Settings
-from .errors import SandboxdError, SandboxSetupError
+from .errors import InvalidRequest, SandboxdError, SandboxSetupError
 from .service import Principal, SandboxConfig, parse_execute_request
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
 
@@ -25,7 +25,11 @@ keys_app = typer.Typer(help="API keys (each bound to one organization and sandbo
 sandboxes_app = typer.Typer(help="Sandbox configs: CPU, memory, network, timeout cap.", no_args_is_help=True)
 orgs_app = typer.Typer(help="Organizations.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Webhook signing secrets.", no_args_is_help=True)
+threads_app = typer.Typer(help="Threads: persistent /home/baponi per thread_id.", no_args_is_help=True)
+volumes_app = typer.Typer(help="Volumes: shared storage at /data/<name>/.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(threads_app, name="threads")
+app.add_typer(volumes_app, name="volumes")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(orgs_app, name="orgs")
@@ -155,6 +159,9 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     sandbox: Annotated[str, typer.Option(help="Sandbox config the key is bound to.")] = DEFAULT_SANDBOX,
     region: Annotated[str, typer.Option(help="Region code in the key (sk-<region>-...).")] = "local",
+    volume: Annotated[
+        list[str] | None, typer.Option("--volume", help="Bind a volume: NAME (read-write) or NAME:ro. Repeatable.")
+    ] = None,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -164,7 +171,15 @@ def keys_create(
     async def go(admin: Admin) -> Any:
         the_org = await admin.tenancy.org(org)
         the_sandbox = await admin.tenancy.sandbox(the_org, sandbox)
-        return await admin.keys.create(org=the_org, sandbox=the_sandbox, name=name, region=region)
+        bindings = []
+        for spec in volume or []:
+            slug, _, mode = spec.partition(":")
+            if mode not in ("", "ro", "rw"):
+                raise InvalidRequest(f"--volume {spec!r}: the mode after ':' must be ro or rw")
+            bindings.append((await admin.volumes.get(the_org, slug), mode == "ro"))
+        return await admin.keys.create(
+            org=the_org, sandbox=the_sandbox, name=name, region=region, volumes=bindings
+        )
 
     created = _admin_call(_settings(data_dir, database_url), go)
     typer.echo(created.secret)
@@ -298,3 +313,94 @@ def webhooks_secret(
 
     typer.echo(_admin_call(_settings(data_dir, database_url), go))
     typer.echo("verify deliveries with any Standard Webhooks library; this secret is not shown again", err=True)
+
+
+# --- threads ------------------------------------------------------------------------------
+
+
+@threads_app.command("list")
+def threads_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List threads: id, host uid, created, last used."""
+
+    async def go(admin: Admin) -> list[Any]:
+        return await admin.threads.list((await admin.tenancy.org(org)).id)
+
+    for t in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(f"{t.thread_id}\tuid {t.uid}\t{t.created_at:%Y-%m-%d %H:%M}\t{t.last_used_at:%Y-%m-%d %H:%M}")
+
+
+@threads_app.command("show")
+def threads_show(
+    thread_id: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Show one thread, with the disk space its home uses."""
+
+    async def go(admin: Admin) -> dict[str, Any]:
+        t = await admin.threads.get((await admin.tenancy.org(org)).id, thread_id)
+        return {
+            "thread_id": t.thread_id,
+            "uid": t.uid,
+            "created_at": t.created_at.isoformat(),
+            "last_used_at": t.last_used_at.isoformat(),
+            "used_bytes": await admin.threads.usage_bytes(t),
+            "quota_bytes": admin.settings.thread_quota_mib * 1024 * 1024,
+        }
+
+    typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go)))
+
+
+@threads_app.command("delete")
+def threads_delete(
+    thread_id: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Delete a thread and its home."""
+
+    async def go(admin: Admin) -> None:
+        await admin.threads.delete((await admin.tenancy.org(org)).id, thread_id)
+
+    _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"deleted {thread_id}")
+
+
+# --- volumes ------------------------------------------------------------------------------
+
+
+@volumes_app.command("create")
+def volumes_create(
+    name: str,
+    quota: Annotated[int, typer.Option("--quota", help="Quota in MiB.")] = 1024,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a volume; bind it to keys with `keys create --volume NAME[:ro]`."""
+
+    async def go(admin: Admin) -> Any:
+        return await admin.volumes.create(await admin.tenancy.org(org), name, quota)
+
+    v = _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(json.dumps({"name": v.slug, "id": v.id, "quota_mib": v.quota_mib}))
+
+
+@volumes_app.command("list")
+def volumes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List volumes, one JSON object a line."""
+
+    async def go(admin: Admin) -> list[Any]:
+        return await admin.volumes.list(await admin.tenancy.org(org))
+
+    for v in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(json.dumps({"name": v.slug, "id": v.id, "quota_mib": v.quota_mib}))
+
+
+@volumes_app.command("delete")
+def volumes_delete(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Delete a volume that no active key is bound to, with its files."""
+
+    async def go(admin: Admin) -> None:
+        await admin.volumes.delete(await admin.tenancy.org(org), name)
+
+    _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"deleted {name}")

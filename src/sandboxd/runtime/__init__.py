@@ -14,7 +14,7 @@ from .languages import INTERPRETERS, available_languages
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
-from .spec import ExecResult, ExecStatus, Language, Limits, OutputSink, SandboxSpec, Stream
+from .spec import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ExecStatus",
     "Language",
     "Limits",
+    "Mount",
     "OutputSink",
     "SandboxSpec",
     "Stream",

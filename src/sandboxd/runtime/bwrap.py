@@ -103,6 +103,8 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         "--size", str(limits.tmp_mib * mib), "--tmpfs", "/dev/shm",
         "--size", str(limits.workdir_mib * mib), "--tmpfs", WORKDIR,
     ]
+    for mount in spec.mounts:
+        argv += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.dest]
     if spec.home is not None:
         argv += ["--bind", spec.home, HOME]
     else:

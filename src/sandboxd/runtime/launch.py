@@ -5,7 +5,8 @@ no allocation-heavy Python). The order is the security argument:
 
 1. join the execution's cgroups      needs root: the cgroup files belong to root
 2. set rlimits                       inherited by bwrap and everything it starts
-3. drop to the sandbox's host uid    setgroups, setresgid, setresuid: no privilege after this
+3. drop to the sandbox's host ids    setgroups, setresgid, setresuid: no privilege after this;
+                                     umask 002, so files in shared volumes stay group-writable
 4. parent-death signal               after 3, because a credential change clears it
 5. exec bwrap                        done by subprocess; bwrap builds the namespaces
 """
@@ -23,7 +24,9 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def preexec(cgroup_procs: Sequence[str], uid: int, limits: _rlimits.RlimitPlan) -> Callable[[], None]:
+def preexec(
+    cgroup_procs: Sequence[str], uid: int, gid: int, limits: _rlimits.RlimitPlan
+) -> Callable[[], None]:
     parent = os.getpid()
     files = tuple(cgroup_procs)
 
@@ -37,8 +40,9 @@ def preexec(cgroup_procs: Sequence[str], uid: int, limits: _rlimits.RlimitPlan) 
                 os.close(fd)
         _rlimits.apply(limits)  # 2.
         os.setgroups([])  # 3. privileges end here
-        os.setresgid(uid, uid, uid)
+        os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
+        os.umask(0o002)
         if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # 4.
             os._exit(126)
         if os.getppid() != parent:  # the server died before step 4

@@ -101,7 +101,9 @@ class BwrapRunner:
                 env={},
                 pass_fds=tuple(fds),
                 start_new_session=True,
-                preexec_fn=launch.preexec(group.procs_files, uid, rlimits.plan(spec.limits)),
+                preexec_fn=launch.preexec(
+                    group.procs_files, uid, spec.host_gid or uid, rlimits.plan(spec.limits)
+                ),
             )
             for fd in fds:  # the child has its copies; bwrap reads them to EOF
                 os.close(fd)

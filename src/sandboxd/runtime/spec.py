@@ -30,6 +30,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host directory shown inside the sandbox (a volume at /data/<slug>)."""
+
+    source: str
+    dest: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """One execution, fully decided: the runner only carries it out."""
 
@@ -43,6 +52,9 @@ class SandboxSpec:
     home: str | None = None
     #: The unprivileged host uid to run as (a thread's own); None: one from the runner's pool.
     host_uid: int | None = None
+    #: The host gid to run as (the organization's, which owns its volumes); None: = the uid.
+    host_gid: int | None = None
+    mounts: tuple[Mount, ...] = ()
 
 
 class ExecStatus(str, enum.Enum):

@@ -7,6 +7,7 @@ from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
 from .threads import ThreadPolicy, ThreadService
 from .url_guard import UrlGuard
+from .volumes import VolumeAccess, VolumeService
 from .webhooks import WebhookService
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "ThreadPolicy",
     "ThreadService",
     "UrlGuard",
+    "VolumeAccess",
+    "VolumeService",
     "WebhookService",
     "load_or_create_secret",
     "parse_execute_request",

@@ -20,12 +20,13 @@ from typing import Any, Protocol
 from ..bus import Event, EventLog
 from ..errors import InvalidRequest, NotFound, SandboxSetupError
 from ..ids import new_trace_id
-from ..runtime import ExecResult, ExecStatus, Language, Limits, OutputSink, SandboxSpec, Stream
+from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
 from .keys import Principal
 from .requests import ExecuteRequest
 from .threads import ThreadService, WorkingCopy
+from .volumes import VolumeMissing, VolumeService
 from .webhooks import TERMINAL, WebhookService
 
 log = logging.getLogger("sandboxd.executions")
@@ -90,6 +91,7 @@ class Submission:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     thread: WorkingCopy | None = None
+    principal: Principal | None = None
     task: asyncio.Task[Outcome] | None = None
 
     async def outcome(self) -> Outcome:
@@ -107,10 +109,12 @@ class ExecutionService:
         defaults: SandboxDefaults,
         webhooks: WebhookService,
         threads: ThreadService,
+        volumes: VolumeService,
         *,
         keepalive_s: float = 15.0,
     ) -> None:
         self._threads = threads
+        self._volumes = volumes
         self._store = store
         self._runner = runner
         self._limiter = limiter
@@ -162,6 +166,7 @@ class ExecutionService:
             code=request.code.encode("utf-8", errors="surrogatepass"),
             limits=limits,
             env=dict(request.env_vars or {}),
+            host_gid=principal.org.gid,
         )
         trace_id = new_trace_id()
         thread = None
@@ -193,7 +198,7 @@ class ExecutionService:
             )
             if request.webhook_url:
                 await self._webhooks.register(trace_id, principal.org.id, request.webhook_url)
-            submission = Submission(trace_id=trace_id, org_id=principal.org.id, log=EventLog(), thread=thread)
+            submission = Submission(trace_id=trace_id, org_id=principal.org.id, log=EventLog(), thread=thread, principal=principal)
             await submission.log.append("status", trace_id=trace_id, status="queued")
         except BaseException:
             release()
@@ -221,9 +226,17 @@ class ExecutionService:
         try:
             await self._store.executions.update(sub.trace_id, status="running")
             await sub.log.append("status", trace_id=sub.trace_id, status="running")
-            if sub.thread is not None:
+            assert sub.principal is not None
+            try:
+                volumes = await self._volumes.mounts(sub.principal)
+                mounts = tuple(Mount(str(v.path), f"/data/{v.volume.slug}", v.read_only) for v in volumes)
+                spec = replace(spec, mounts=mounts)
+            except (VolumeMissing, SandboxSetupError, OSError) as exc:
+                log.error("execution %s: volumes: %s", sub.trace_id, exc)
+                outcome = self._platform_failure(sub, "volume_mount_error")
+            if sub.thread is not None and outcome is None:
                 try:
-                    home = await self._threads.open(sub.thread, sub.trace_id)
+                    home = await self._threads.open(sub.thread, sub.trace_id, spec.host_gid)
                     spec = replace(spec, home=home, host_uid=sub.thread.thread.uid)
                 except Exception as exc:
                     log.error("execution %s: thread home: %s", sub.trace_id, exc)

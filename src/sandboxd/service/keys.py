@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
 from ..ids import new_id, random_token
-from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, utcnow
+from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, Volume, VolumeBinding, utcnow
 
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
 _KEY = re.compile(r"^sk-[a-z0-9]{1,16}-[A-Za-z0-9]{40}$")
@@ -50,6 +50,8 @@ class Principal:
     key: ApiKey | None
     org: Org
     sandbox: Sandbox
+    #: Volumes the key is bound to, with read_only per binding.
+    volumes: tuple[tuple[Volume, bool], ...] = ()
 
     @property
     def key_id(self) -> str | None:
@@ -71,7 +73,13 @@ class KeyService:
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
 
     async def create(
-        self, *, org: Org, sandbox: Sandbox, name: str = "", region: str = "local"
+        self,
+        *,
+        org: Org,
+        sandbox: Sandbox,
+        name: str = "",
+        region: str = "local",
+        volumes: list[tuple[Volume, bool]] | None = None,
     ) -> CreatedKey:
         if not _REGION.fullmatch(region):
             raise InvalidRequest("region must be 1-16 lowercase letters or digits")
@@ -91,10 +99,15 @@ class KeyService:
             created_at=utcnow(),
             revoked_at=None,
         )
+        for volume, _ in volumes or []:
+            if volume.org_id != org.id:
+                raise InvalidRequest(f"volume {volume.slug!r} belongs to another organization")
         try:
             await self._store.keys.add(record)
         except DuplicateError:  # 2^-238: a second draw is cheaper than an argument
-            return await self.create(org=org, sandbox=sandbox, name=name, region=region)
+            return await self.create(org=org, sandbox=sandbox, name=name, region=region, volumes=volumes)
+        for volume, read_only in volumes or []:
+            await self._store.volumes.bind(VolumeBinding(record.id, volume.id, read_only))
         return CreatedKey(record=record, secret=secret)
 
     async def revoke(self, key_id: str) -> ApiKey:
@@ -119,4 +132,5 @@ class KeyService:
         sandbox = await self._store.sandboxes.get(key.sandbox_id)
         if org is None or sandbox is None:
             return None
-        return Principal(key=key, org=org, sandbox=sandbox)
+        volumes = tuple(await self._store.volumes.bindings(key.id))
+        return Principal(key=key, org=org, sandbox=sandbox, volumes=volumes)

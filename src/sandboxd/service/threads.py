@@ -70,11 +70,13 @@ class ThreadService:
             del self._busy[key]
             raise
 
-    async def open(self, copy: WorkingCopy, trace_id: str) -> str:
+    async def open(self, copy: WorkingCopy, trace_id: str, gid: int | None) -> str:
         """Snapshot the thread's home for the execution; returns the host path to bind."""
         homes = self._require_storage()
         t = copy.thread
-        copy.path = await asyncio.to_thread(homes.begin, t.org_id, t.thread_id, t.uid, t.uid, trace_id)
+        copy.path = await asyncio.to_thread(
+            homes.begin, t.org_id, t.thread_id, t.uid, gid if gid is not None else t.uid, trace_id
+        )
         return str(copy.path)
 
     async def close(self, copy: WorkingCopy, *, keep: bool) -> None:

@@ -2,5 +2,6 @@
 
 from .btrfs import Btrfs, is_mounted
 from .threads import ThreadStore
+from .volumes import VolumeStore
 
-__all__ = ["Btrfs", "ThreadStore", "is_mounted"]
+__all__ = ["Btrfs", "ThreadStore", "VolumeStore", "is_mounted"]

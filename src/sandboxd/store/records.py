@@ -12,6 +12,7 @@ class Org:
     name: str
     max_concurrent: int | None
     created_at: datetime
+    gid: int | None = None
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import as_utc, utcnow
-from .records import ApiKey, Execution, Org, Sandbox, Thread, WebhookDelivery
+from .records import ApiKey, Execution, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
 from .tables import (
     api_keys,
     execution_events,
     executions,
+    key_volumes,
     orgs,
     sandboxes,
     threads,
+    volumes,
     webhook_deliveries,
     webhook_secrets,
 )
@@ -62,9 +64,16 @@ class _Repo:
             raise DuplicateError(str(exc.orig)) from exc
 
 
+ORG_GID_BASE = 2_000_000
+
+
 class OrgRepo(_Repo):
     async def add(self, org_id: str, name: str, max_concurrent: int | None = None) -> Org:
-        org = Org(id=org_id, name=name, max_concurrent=max_concurrent, created_at=utcnow())
+        """A new organization with the next free host gid (its volumes' group)."""
+        async with self._engine.connect() as conn:
+            highest = (await conn.execute(select(func.max(orgs.c.gid)))).scalar()
+        gid = max(ORG_GID_BASE, highest or 0) + 1
+        org = Org(id=org_id, name=name, max_concurrent=max_concurrent, created_at=utcnow(), gid=gid)
         await self._insert(orgs, org.__dict__)
         return org
 
@@ -276,6 +285,47 @@ class ThreadRepo(_Repo):
             await conn.execute(query)
 
 
+class VolumeRepo(_Repo):
+    async def add(self, volume: Volume) -> Volume:
+        await self._insert(volumes, volume.__dict__)
+        return volume
+
+    async def by_slug(self, org_id: str, slug: str) -> Volume | None:
+        return await self._one(Volume, select(volumes).where(volumes.c.org_id == org_id, volumes.c.slug == slug))
+
+    async def list(self, org_id: str) -> list[Volume]:
+        return await self._all(Volume, select(volumes).where(volumes.c.org_id == org_id).order_by(volumes.c.slug))
+
+    async def delete(self, volume_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(key_volumes.delete().where(key_volumes.c.volume_id == volume_id))
+            await conn.execute(volumes.delete().where(volumes.c.id == volume_id))
+
+    async def bind(self, binding: VolumeBinding) -> None:
+        await self._insert(key_volumes, binding.__dict__)
+
+    async def bindings(self, key_id: str) -> list[tuple[Volume, bool]]:
+        query = (
+            select(volumes, key_volumes.c.read_only)
+            .join(key_volumes, key_volumes.c.volume_id == volumes.c.id)
+            .where(key_volumes.c.key_id == key_id)
+            .order_by(volumes.c.slug)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [(_to(Volume, r), bool(r["read_only"])) for r in rows]
+
+    async def bound_to_active_keys(self, volume_id: str) -> bool:
+        query = (
+            select(key_volumes.c.key_id)
+            .join(api_keys, api_keys.c.id == key_volumes.c.key_id)
+            .where(key_volumes.c.volume_id == volume_id, api_keys.c.revoked_at.is_(None))
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
+
 class Store:
     """All repositories over one engine."""
 
@@ -288,6 +338,7 @@ class Store:
         self.events = EventRepo(engine)
         self.webhooks = WebhookRepo(engine)
         self.threads = ThreadRepo(engine)
+        self.volumes = VolumeRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -27,6 +27,8 @@ orgs = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("max_concurrent", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("gid", Integer, nullable=True),
+    Index("ix_orgs_gid", "gid", unique=True),
 )
 
 sandboxes = Table(
@@ -124,4 +126,23 @@ threads = Table(
     Column("uid", Integer, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=False),
+)
+
+volumes = Table(
+    "volumes",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("slug", String(64), nullable=False),
+    Column("quota_mib", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("org_id", "slug", name="uq_volumes_org_slug"),
+)
+
+key_volumes = Table(
+    "key_volumes",
+    metadata,
+    Column("key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("volume_id", String(32), ForeignKey("volumes.id", ondelete="CASCADE"), primary_key=True),
+    Column("read_only", Boolean, nullable=False),
 )

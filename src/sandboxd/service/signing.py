@@ -1,0 +1,98 @@
+"""Signed tokens for file URLs: the token in `/v1/files/blob/<token>` is the whole authority.
+
+    token = base64url(JSON claims) "." base64url(HMAC-SHA256(key, DOMAIN + base64url(claims)))
+
+A token binds the method (GET or PUT), the source and id, the organization, the path and an
+expiry; an upload token also binds the exact byte count and the content type. The MAC is
+checked (in constant time) before anything in the payload is trusted or even decoded, so a
+tampered, expired or wrong-method token is refused with the same 403 and no detail leaks.
+The payload is signed, not encrypted: it holds nothing the holder of the URL may not know.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import Forbidden
+
+_DOMAIN = b"sandboxd-files-v1."
+_VERSION = 1
+_B64 = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_TOKEN_CHARS = 8192
+METHODS = ("GET", "PUT")
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a file URL allows: one method on one file of one thread or volume, until `expires`."""
+
+    method: str  # "GET" or "PUT"
+    source: str  # "thread" or "volume"
+    org_id: str
+    id: str  # the thread_id or the volume slug
+    path: str  # normalized, relative to the storage root
+    expires: int  # Unix seconds
+    content_length: int | None = None  # PUT: the exact byte count
+    content_type: str | None = None  # PUT
+    root: str | None = None  # volumes: the host directory the signer resolved for the caller
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    def __init__(self, key: bytes, *, clock: Callable[[], float] = time.time) -> None:
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise ValueError("the signing key must be at least 16 bytes")
+        self._key = key
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _mac(self, payload: str) -> str:
+        return _b64encode(hmac.new(self._key, _DOMAIN + payload.encode("ascii"), hashlib.sha256).digest())
+
+    def sign(self, claims: Claims) -> str:
+        if claims.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}")
+        body = {"v": _VERSION, **{k: v for k, v in asdict(claims).items() if v is not None}}
+        payload = _b64encode(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+        return f"{payload}.{self._mac(payload)}"
+
+    def verify(self, token: str, method: str) -> Claims:
+        """The claims of a genuine, unexpired token for `method`; Forbidden otherwise."""
+        refused = Forbidden("this file URL is invalid or has expired; request a new one")
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            raise refused
+        payload, dot, mac = token.partition(".")
+        if not dot or not _B64.fullmatch(payload) or not _B64.fullmatch(mac):
+            raise refused
+        if not hmac.compare_digest(mac.encode("ascii"), self._mac(payload).encode("ascii")):
+            raise refused
+        try:
+            body: Any = json.loads(_b64decode(payload))
+            if not isinstance(body, dict) or body.pop("v", None) != _VERSION:
+                raise refused
+            claims = Claims(**body)
+        except (ValueError, TypeError, binascii.Error):  # only a key holder could get here
+            raise refused from None
+        if not isinstance(claims.expires, int) or self._clock() >= claims.expires:
+            raise refused
+        if claims.method != method:
+            raise Forbidden(f"this file URL is for {claims.method}, not {method}")
+        return claims
