@@ -122,7 +122,17 @@ def server_factory() -> Iterator[object]:
     yield make
     for s in servers:
         s.stop()
+    unmount_below(root)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount thread/volume storage that servers killed by a test left mounted under `root`."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+    for point in sorted(points, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")

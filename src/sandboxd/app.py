@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 
 from .config import Settings
@@ -25,6 +24,7 @@ from .service import (
     load_or_create_secret,
 )
 from .storage import Btrfs, ThreadStore, VolumeStore
+from .storage import available as btrfs_available
 from .store import Store, create_engine, migrate
 
 log = logging.getLogger("sandboxd")
@@ -50,6 +50,7 @@ class Admin:
 class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
+    files: "FilesService" = field(default=None)  # type: ignore[assignment]  # TEMP-WIRING
     ready: bool = False
 
     async def close(self) -> None:
@@ -110,7 +111,7 @@ async def open_admin(settings: Settings) -> Admin:
 
 def storage_fs(settings: Settings) -> Btrfs | None:
     """Threads and volumes live on btrfs; None (they are refused, 503) where it cannot be used."""
-    if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
+    if not btrfs_available():
         log.warning("btrfs-progs not installed: threads and volumes are unavailable")
         return None
     return Btrfs(settings.data_dir / "storage.img", settings.data_dir / "storage", settings.storage_size_gib)
@@ -170,6 +171,9 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     except BaseException:
         await admin.close()
         raise
+    from .service.files import FilesService  # TEMP-WIRING
+    from .service.signing import Signer, files_signing_key  # TEMP-WIRING
+    _files = FilesService(admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir))))  # TEMP-WIRING
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
     return Services(
@@ -185,4 +189,5 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s
         ),
         ready=True,
+        files=_files,  # TEMP-WIRING
     )

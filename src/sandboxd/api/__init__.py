@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from .. import __version__
 from . import errors
 from .middleware import BodySizeLimit, CatchAll
-from .routes import execute, executions, health
+from .routes import execute, executions, files, health
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -25,7 +25,7 @@ def create_api(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (execute, executions, health):
+    for module in (execute, executions, files, health):
         app.include_router(module.router)
     app.add_middleware(CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)

@@ -46,6 +46,11 @@ class Claims:
     root: str | None = None  # volumes: the host directory the signer resolved for the caller
 
 
+def files_signing_key(server_secret: bytes) -> bytes:
+    """The file-URL key, derived from the server secret (so it is never the key-hashing pepper itself)."""
+    return hmac.new(server_secret, b"sandboxd file URL signing v1", hashlib.sha256).digest()
+
+
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 from ..errors import SandboxSetupError
 
+#: The admin tools run with this PATH and nothing else of the server's environment.
+TOOLS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = 316  # x86_64; aarch64 uses 276
@@ -27,12 +30,18 @@ def _renameat2_number() -> int:
 
 def _run(*argv: str, step: str) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, check=False, env={"PATH": TOOLS_PATH}
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SandboxSetupError(step, f"{argv[0]}: {exc}") from exc
     if done.returncode != 0:
         raise SandboxSetupError(step, f"{' '.join(argv[:3])}: {done.stderr.strip()[:300]}")
     return done.stdout
+
+
+def available() -> bool:
+    return all(shutil.which(tool, path=TOOLS_PATH) for tool in ("mkfs.btrfs", "btrfs", "mount", "umount"))
 
 
 def is_mounted(path: Path) -> bool:
