@@ -383,14 +383,6 @@ class ObedientRunner:
         return ExecResult(ExecStatus.CANCELLED, 137, b"ready\n", b"", False, False, 5, "cancelled")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ExecutionService.cancel (src/sandboxd/service/executions.py) writes "
-    "status='cancelling' with an unconditional UPDATE after reading 'running'; when that write lands "
-    "after _finish recorded the final status (a delayed transaction, lock wait), the execution stays "
-    "'cancelling' for ever (not terminal: SDK wait() never returns). Fix: UPDATE ... WHERE status IN "
-    "('queued','running')",
-)
 async def test_cancel_write_landing_after_the_end_does_not_undo_the_final_status(tmp_path) -> None:
     from sandboxd.app import start
     from sandboxd.config import Settings

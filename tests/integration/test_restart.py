@@ -132,12 +132,6 @@ async def test_killed_server_reports_running_execution_interrupted(server_factor
         second.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: src/sandboxd/cli.py serve(): uvicorn 0.54's Server.capture_signals re-raises the "
-    "captured SIGTERM after serve() returns, with the default handler restored, so the process dies "
-    "before `finally: services.close()`: no shutdown grace, no result or event log recorded",
-)
 async def test_graceful_stop_keeps_the_log_and_ends_runs_interrupted(server_factory) -> None:
     settings = {"shutdown_grace_s": 0.5}
     first = server_factory(**settings)

@@ -416,11 +416,6 @@ async def test_output_of_a_running_execution_from_the_start(client) -> None:
     assert got.result["status"] == "success"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: EventLog.follow (src/sandboxd/bus/log.py) never ends when after_seq is at or past "
-    "the last event of a live log: the reconnect hangs after the execution ended",
-)
 async def test_output_after_seq_beyond_a_running_log_ends_with_the_execution(client) -> None:
     r = await client.post(EXECUTE, json={"code": "sleep 1", "language": "bash"}, headers={"Prefer": "respond-async"})
     trace_id = r.json()["trace_id"]

@@ -155,24 +155,12 @@ async def test_followers_see_the_same_events() -> None:
     assert c == log.events[7:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: EventLog.follow (src/sandboxd/bus/log.py, the wait_for at the end of follow) waits for "
-    "position < len(events) even when the log is already closed, so a follower whose after_seq is at "
-    "or past the result never ends",
-)
 async def test_follow_after_the_result_ends_at_once() -> None:
     """A reconnect with after_seq = the result's seq (the client saw everything) must end."""
     log = await filled(1)  # seqs 1..4
     assert await collect(log, 4, timeout=3) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: EventLog.follow (src/sandboxd/bus/log.py, the wait_for at the end of follow) waits for "
-    "position < len(events) even when the log is already closed, so a follower whose after_seq is at "
-    "or past the result never ends",
-)
 async def test_follow_from_beyond_the_end_ends_when_the_log_closes() -> None:
     """after_seq past the last event of a live log: nothing to send, but the result still ends it."""
     log = await filled(1, close=False)  # seqs 1..3

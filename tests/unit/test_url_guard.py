@@ -237,12 +237,6 @@ async def test_allow_insecure_permits_http_and_loopback_but_never_metadata() -> 
         guard.check_url("ftp://dev.local/x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: UrlGuard._check_address (src/sandboxd/service/url_guard.py) compares the address "
-    "itself with _METADATA when allow_insecure is on, so the IPv4-mapped form of a metadata address "
-    "(::ffff:169.254.169.254) is allowed; unwrap ipv4_mapped first",
-)
 @pytest.mark.parametrize("ip", ["::ffff:169.254.169.254", "::ffff:168.63.129.16", "::ffff:a9fe:a9fe"])
 async def test_allow_insecure_refuses_v4_mapped_metadata_addresses(ip: str) -> None:
     guard = UrlGuard(allow_insecure=True, resolver=FakeResolver({"meta.local": [ip]}))
@@ -252,12 +246,6 @@ async def test_allow_insecure_refuses_v4_mapped_metadata_addresses(ip: str) -> N
         await guard.resolve("http://meta.local/x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: is_public (src/sandboxd/service/url_guard.py) unwraps only ::ffff:0:0/96; IPv6 "
-    "forms that embed an IPv4 address a gateway translates (NAT64 64:ff9b::/96, 6to4 2002::/16) are "
-    "judged global, so 64:ff9b::a9fe:a9fe reaches 169.254.169.254 on a NAT64 network",
-)
 @pytest.mark.parametrize("ip", ["64:ff9b::a9fe:a9fe", "64:ff9b::a00:1", "2002:a9fe:a9fe::1", "2002:7f00:1::1"])
 async def test_ipv6_forms_embedding_a_non_public_ipv4_are_refused(ip: str) -> None:
     guard = UrlGuard(allow_insecure=False, resolver=FakeResolver({"embedded.example.com": [ip]}))

@@ -204,7 +204,7 @@ class ExecutionService:
     async def _run(self, sub: Submission, spec: SandboxSpec, release: Callable[[], None]) -> Outcome:
         keepalive = asyncio.create_task(self._keepalives(sub.log))
         try:
-            await self._store.executions.update(sub.trace_id, status="running")
+            await self._store.executions.move(sub.trace_id, to="running", only_from=("queued",))
             await sub.log.append("status", trace_id=sub.trace_id, status="running")
             outcome = await self._sandbox(sub, spec)
         finally:
@@ -327,7 +327,7 @@ class ExecutionService:
         if live is None or execution.status in TERMINAL:
             return execution.status
         live.cancel.set()
-        await self._store.executions.update(trace_id, status="cancelling")
+        await self._store.executions.move(trace_id, to="cancelling", only_from=("queued", "running"))
         return "cancelling"
 
     async def recover_interrupted(self) -> int:
