@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -104,6 +105,11 @@ def serve(
             url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
             typer.echo(f"sandboxd listening on http://{url_host}:{settings.port}  (data: {settings.data_dir})")
             typer.echo(f"  create an API key:  sandboxd keys create --data-dir {settings.data_dir}")
+            # uvicorn re-raises the SIGTERM/SIGINT it caught once serve() returns, with the
+            # previous handler back; ignoring them here lets the shutdown below run (grace
+            # period for running executions, their results and event logs recorded).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             await server.serve()
         finally:
             services.ready = False

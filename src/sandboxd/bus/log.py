@@ -66,5 +66,7 @@ class EventLog:
                 yield event
                 if event.type == "result":
                     return
+            if self.closed:  # asked for events past the result: there are none to come
+                return
             async with self._changed:
-                await self._changed.wait_for(lambda: position < len(self._events))
+                await self._changed.wait_for(lambda: position < len(self._events) or self.closed)

@@ -224,7 +224,7 @@ class ExecutionService:
         keepalive = asyncio.create_task(self._keepalives(sub.log))
         outcome: Outcome | None = None
         try:
-            await self._store.executions.update(sub.trace_id, status="running")
+            await self._store.executions.move(sub.trace_id, to="running", only_from=("queued",))
             await sub.log.append("status", trace_id=sub.trace_id, status="running")
             assert sub.principal is not None
             try:
@@ -371,7 +371,7 @@ class ExecutionService:
         if live is None or execution.status in TERMINAL:
             return execution.status
         live.cancel.set()
-        await self._store.executions.update(trace_id, status="cancelling")
+        await self._store.executions.move(trace_id, to="cancelling", only_from=("queued", "running"))
         return "cancelling"
 
     async def recover_interrupted(self) -> int:

@@ -57,9 +57,24 @@ class Target:
         return name if self.port == default else f"{name}:{self.port}"
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries to a v4 host (mapped, NAT64, 6to4), if any."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.sixtofour
+
+
 def is_public(ip: IPAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return is_public(ip.ipv4_mapped)
+    inner = embedded_ipv4(ip)
+    if inner is not None:
+        return is_public(inner)
     return ip.is_global and not ip.is_multicast and ip not in _METADATA
 
 
@@ -114,6 +129,6 @@ class UrlGuard:
     def _check_address(self, ip: IPAddress) -> None:
         if is_public(ip):
             return
-        if self.allow_insecure and ip not in _METADATA:
+        if self.allow_insecure and (embedded_ipv4(ip) or ip) not in _METADATA:
             return
         raise Forbidden(f"webhook_url resolves to a non-public address ({ip}); refused")

@@ -165,6 +165,17 @@ class ExecutionRepo(_Repo):
                 update(executions).where(executions.c.trace_id == trace_id).values(**values)
             )
 
+    async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
+        """Change the status only if it is one of `only_from` (no lost update races)."""
+        query = (
+            update(executions)
+            .where(executions.c.trace_id == trace_id, executions.c.status.in_(only_from))
+            .values(status=to)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(query)
+        return result.rowcount > 0
+
     async def get(self, trace_id: str) -> Execution | None:
         return await self._one(Execution, select(executions).where(executions.c.trace_id == trace_id))
 
