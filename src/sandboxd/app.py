@@ -23,6 +23,8 @@ from .service import (
     WebhookService,
     load_or_create_secret,
 )
+from .service.files import FilesService
+from .service.signing import Signer, files_signing_key
 from .storage import Btrfs, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
 from .store import Store, create_engine, migrate
@@ -50,7 +52,7 @@ class Admin:
 class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
-    files: "FilesService" = field(default=None)  # type: ignore[assignment]  # TEMP-WIRING
+    files: FilesService = field(default=None)  # type: ignore[assignment]
     ready: bool = False
 
     async def close(self) -> None:
@@ -65,9 +67,7 @@ class Services(Admin):
 
 def prepare_data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # Traverse-only: bwrap, started as a thread's unprivileged uid, must reach that thread's
-    # home under <data_dir>/storage; it can list nothing, and every file here is 0600.
-    os.chmod(settings.data_dir, 0o711)
+    os.chmod(settings.data_dir, 0o700)  # secret, database, storage image: root's alone
     os.umask(0o077)
     for path in settings.data_dir.iterdir():
         if path.is_file():
@@ -114,7 +114,7 @@ def storage_fs(settings: Settings) -> Btrfs | None:
     if not btrfs_available():
         log.warning("btrfs-progs not installed: threads and volumes are unavailable")
         return None
-    return Btrfs(settings.data_dir / "storage.img", settings.data_dir / "storage", settings.storage_size_gib)
+    return Btrfs(settings.data_dir / "storage.img", settings.storage_mount_point, settings.storage_size_gib)
 
 
 def thread_policy(settings: Settings) -> ThreadPolicy:
@@ -140,7 +140,7 @@ def sandbox_defaults(settings: Settings) -> SandboxDefaults:
 def build_runner(settings: Settings) -> BwrapRunner:
     """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
     return create_runner(
-        instance_key=str(settings.data_dir),
+        instance_key=settings.instance_id,
         uid_base=settings.sandbox_uid_base,
         slots=settings.max_concurrent + 8,
     )
@@ -171,9 +171,6 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     except BaseException:
         await admin.close()
         raise
-    from .service.files import FilesService  # TEMP-WIRING
-    from .service.signing import Signer, files_signing_key  # TEMP-WIRING
-    _files = FilesService(admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir))))  # TEMP-WIRING
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
     return Services(
@@ -188,6 +185,8 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         auth_failures=AuthFailureLimiter(
             settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s
         ),
+        files=FilesService(
+            admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir)))
+        ),
         ready=True,
-        files=_files,  # TEMP-WIRING
     )

@@ -349,6 +349,7 @@ def threads_show(
             "created_at": t.created_at.isoformat(),
             "last_used_at": t.last_used_at.isoformat(),
             "used_bytes": await admin.threads.usage_bytes(t),
+            "home": str(admin.threads.home(t) or ""),
             "quota_bytes": admin.settings.thread_quota_mib * 1024 * 1024,
         }
 

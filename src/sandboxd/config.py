@@ -5,6 +5,7 @@ Every field has a safe default and its unit in its name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -89,6 +90,17 @@ class Settings(BaseSettings):
         if self.max_concurrent_per_org == 0:
             self.max_concurrent_per_org = self.max_concurrent
         return self
+
+    @property
+    def instance_id(self) -> str:
+        """Tells this server's host resources (cgroups, mounts) from another's on one machine."""
+        return hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+
+    @property
+    def storage_mount_point(self) -> Path:
+        """Where thread homes and volumes are mounted: under /run, which every sandbox uid can
+        traverse (a data dir under /root could not be), so the data dir itself stays 0700."""
+        return Path("/run/sandboxd") / self.instance_id / "storage"
 
     @property
     def effective_database_url(self) -> str:

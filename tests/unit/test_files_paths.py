@@ -200,16 +200,16 @@ def test_upload_through_a_directory_link_is_refused(tree: tuple[Path, Path, int]
     assert sorted(os.listdir(outside)) == ["secret"]
 
 
-def test_upload_over_a_file_link_replaces_the_link_not_the_host_file(tree: tuple[Path, Path, int]) -> None:
+def test_upload_over_a_file_link_is_refused_and_the_host_file_untouched(tree: tuple[Path, Path, int]) -> None:
     root, outside, fd = tree
     owner = Owner(uid=os.getuid(), gid=os.getgid(), file_mode=0o640, dir_mode=0o700)
     up = _Upload(fd, "link", owner)
     up.write(b"mine")
-    up.commit()
+    with pytest.raises(InvalidRequest, match="symbolic link"):
+        up.commit()
     assert (outside / "secret").read_text() == "HOST SECRET"
-    assert not (root / "link").is_symlink()
-    assert (root / "link").read_bytes() == b"mine"
-    assert stat.S_IMODE((root / "link").stat().st_mode) == 0o640
+    assert (root / "link").is_symlink()
+    assert sorted(os.listdir(root)) == ["dirlink", "fifo", "link", "ok.txt", "sub"]  # no temp left
 
 
 def test_upload_creates_parents_with_owner_and_leaves_no_temp(tree: tuple[Path, Path, int]) -> None:

@@ -28,5 +28,9 @@ def create_api(services: Services) -> FastAPI:
     for module in (execute, executions, files, health):
         app.include_router(module.router)
     app.add_middleware(CatchAll)
-    app.add_middleware(BodySizeLimit, max_bytes=services.settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=services.settings.max_body_bytes,
+        exempt_prefixes=(files.BLOB_PREFIX,),
+    )
     return app

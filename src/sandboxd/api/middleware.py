@@ -9,14 +9,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """Refuse bodies over `max_bytes` before they are parsed: by Content-Length, or as they stream."""
+    """Refuse bodies over `max_bytes` before they are parsed: by Content-Length, or as they stream.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths under `exempt_prefixes` (signed file uploads, up to 10 GiB) enforce their own limit:
+    the exact byte count signed into their URL.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_prefixes = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

@@ -386,6 +386,7 @@ class _Upload:
         self.dir_fd = open_dir(root_fd, parts[:-1], create=owner)
         self.owner = owner
         self.tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}.tmp"
+        self.renamed = False
         try:
             self.fd: int | None = os.open(self.tmp, _TMP_FLAGS, 0o600, dir_fd=self.dir_fd)
         except OSError as err:
@@ -416,8 +417,11 @@ class _Upload:
                 st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise InvalidRequest(f"{self.rel!r} is a directory")
-            # rename(2) replaces a link or file at the target itself; it never follows one
+            if st is not None and stat.S_ISLNK(st.st_mode):  # as when signing: links are left alone
+                raise InvalidRequest(f"{self.rel!r} is a symbolic link; the Files API does not follow links")
+            # rename(2) never follows a link at the target (one raced in now would be replaced)
             os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            self.renamed = True
         except OSError as err:
             raise _describe(err, self.rel) from None
         finally:
@@ -428,10 +432,11 @@ class _Upload:
             os.close(self.fd)
             self.fd = None
         if self.dir_fd >= 0:
-            try:
-                os.unlink(self.tmp, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                pass
+            if not self.renamed:
+                try:
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    pass
             os.close(self.dir_fd)
             self.dir_fd = -1
 
@@ -490,6 +495,11 @@ class FilesService:
         if self._volumes is None:
             raise NotFound(f"no volume {slug!r}")
         return await self._volumes.access(principal, slug)
+
+    async def _volume_path(self, org_id: str, slug: str) -> Path:
+        if self._volumes is None:
+            raise NotFound(f"no volume {slug!r}")
+        return await self._volumes.path_of(org_id, slug)
 
     async def _root(self, principal: Principal, source: str, id: str) -> Path | None:
         if source == "thread":
@@ -573,7 +583,6 @@ class FilesService:
         content_type = DEFAULT_CONTENT_TYPE if content_type is None else content_type
         if not _CONTENT_TYPE.fullmatch(content_type):
             raise InvalidRequest("content_type must be 1-255 printable ASCII characters")
-        volume_root: str | None = None
         if source == "thread":
             _, root = await self._thread_home(principal.org.id, id)
             if self._threads.busy(principal.org.id, id):
@@ -585,12 +594,10 @@ class FilesService:
             if access.read_only:
                 raise Forbidden(f"volume {id!r} is bound read-only to this API key")
             root = access.path
-            volume_root = str(access.path)
         await self._in_root(root, lambda fd: stat_target(fd, rel))
         claims = Claims(
             method="PUT", source=source, org_id=principal.org.id, id=id, path=rel,
             expires=self._expiry(), content_length=content_length, content_type=content_type,
-            root=volume_root,
         )
         return self._url(base_url, claims)
 
@@ -610,7 +617,7 @@ class FilesService:
         await self._in_root(root, check)
         claims = Claims(
             method="GET", source=source, org_id=principal.org.id, id=id, path=rel,
-            expires=self._expiry(), root=str(root) if source == "volume" else None,
+            expires=self._expiry(),
         )
         return self._url(base_url, claims)
 
@@ -642,7 +649,7 @@ class FilesService:
         if claims.source == "thread":
             _, root = await self._thread_home(claims.org_id, claims.id)
         else:
-            root = Path(claims.root) if claims.root else None
+            root = await self._volume_path(claims.org_id, claims.id)
         if root is None:
             raise NotFound(f"no such file: {claims.path!r}")
         fd, st = await self._in_root(root, lambda rfd: open_regular(rfd, claims.path))
@@ -684,9 +691,8 @@ class FilesService:
             finally:
                 await self._threads.close(copy, keep=False)
         else:
-            if not claims.root:
-                raise NotFound(f"no volume {claims.id!r}")
-            await self._stream(Path(claims.root), claims, body, self._volume_owner)
+            root = await self._volume_path(claims.org_id, claims.id)
+            await self._stream(root, claims, body, self._volume_owner)
         return claims
 
     async def _stream(

@@ -43,7 +43,6 @@ class Claims:
     expires: int  # Unix seconds
     content_length: int | None = None  # PUT: the exact byte count
     content_type: str | None = None  # PUT
-    root: str | None = None  # volumes: the host directory the signer resolved for the caller
 
 
 def files_signing_key(server_secret: bytes) -> bytes:

@@ -8,6 +8,7 @@ state in one atomic `renameat2(RENAME_EXCHANGE)` only when the execution ends no
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -65,6 +66,8 @@ class Btrfs:
         if is_mounted(self.root):
             return
         self.root.mkdir(parents=True, exist_ok=True)
+        for path in (self.root, *self.root.parents[:2]):  # e.g. /run/sandboxd/<instance>/storage
+            os.chmod(path, 0o711)
         if not self.image.exists():
             with open(self.image, "wb") as f:
                 f.truncate(self.size_gib * 1024**3)
@@ -75,6 +78,9 @@ class Btrfs:
     def unmount(self) -> None:
         if is_mounted(self.root):
             _run("umount", str(self.root), step="thread storage unmount")
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
+                self.root.parent.rmdir()
 
     def create(self, path: Path, limit_bytes: int) -> None:
         _run("btrfs", "subvolume", "create", str(path), step="subvolume create")

@@ -22,6 +22,8 @@ from ..deps import PrincipalDep, ServicesDep
 from ..schemas import ERROR_RESPONSES, ErrorBody
 
 router = APIRouter()
+#: Signed file URLs: no Bearer key, the token is the authority.
+BLOB_PREFIX = "/v1/files/blob/"
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     **ERROR_RESPONSES,
@@ -131,7 +133,7 @@ async def delete_file(body: FileRequest, principal: PrincipalDep, services: Serv
 
 
 @router.put(
-    "/v1/files/blob/{token}",
+    BLOB_PREFIX + "{token}",
     response_model=UploadDone,
     responses=_ERRORS,
     summary="Upload to a signed URL (no Authorization: the token is the authority)",
@@ -169,7 +171,7 @@ def _attachment(name: str) -> str:
 
 
 @router.get(
-    "/v1/files/blob/{token}",
+    BLOB_PREFIX + "{token}",
     response_class=StreamingResponse,
     responses={200: {"description": "The file's bytes", "content": {"application/octet-stream": {}}}, **_ERRORS},
     summary="Download from a signed URL (no Authorization: the token is the authority)",
