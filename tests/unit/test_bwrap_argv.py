@@ -18,7 +18,7 @@ MIB = 1024 * 1024
 LANGUAGES = sorted(INTERPRETERS)
 
 #: Distinct numbers, so a wrong fd in a wrong place shows.
-FDS = SandboxFds(program=11, seccomp=12, info=17, passwd=13, group=14, hosts=15, nsswitch=16)
+FDS = SandboxFds(program=11, seccomp=12, passwd=13, group=14, hosts=15, nsswitch=16)
 #: Distinct sizes, so a tmpfs given another mount's size shows.
 LIMITS = Limits(tmp_mib=7, workdir_mib=19, home_mib=23)
 REQUEST_ENV = {"API_TOKEN": "s3cr3t value", "MULTI": "a\nb\tc", "EQ": "x=y", "EMPTY": ""}
@@ -52,7 +52,7 @@ ARITY = {
     "--die-with-parent": 0, "--new-session": 0, "--clearenv": 0,
     "--unshare-user": 0, "--unshare-ipc": 0, "--unshare-pid": 0, "--unshare-net": 0,
     "--unshare-uts": 0, "--unshare-cgroup": 0, "--disable-userns": 0,
-    "--info-fd": 1, "--uid": 1, "--gid": 1, "--hostname": 1, "--tmpfs": 1, "--remount-ro": 1, "--proc": 1,
+    "--uid": 1, "--gid": 1, "--hostname": 1, "--tmpfs": 1, "--remount-ro": 1, "--proc": 1,
     "--dev": 1, "--size": 1, "--perms": 1, "--chdir": 1, "--cap-drop": 1, "--seccomp": 1,
     "--ro-bind": 2, "--symlink": 2, "--ro-bind-data": 2, "--setenv": 2,
 }
@@ -285,11 +285,10 @@ def test_argv_is_all_strings() -> None:
 
 def test_golden_prefix(argv: list[str]) -> None:
     """The fixed head of the argv, exactly: a change here is a policy change to review."""
-    assert argv[:26] == [
+    assert argv[:24] == [
         "/usr/bin/bwrap",
         "--die-with-parent",
         "--new-session",
-        "--info-fd", "17",
         "--unshare-user",
         "--unshare-ipc",
         "--unshare-pid",

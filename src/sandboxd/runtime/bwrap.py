@@ -36,7 +36,6 @@ class SandboxFds:
 
     program: int
     seccomp: int
-    info: int  # bwrap writes {"child-pid": N} here: the sandbox's pid 1, for the reaper
     passwd: int
     group: int
     hosts: int
@@ -67,7 +66,6 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         # Lifetime: the sandbox dies with the launcher; its own session (no TIOCSTI to ours).
         "--die-with-parent",
         "--new-session",
-        "--info-fd", str(fds.info),
         # Namespaces: every one, and no nested user namespaces inside.
         "--unshare-user",
         "--unshare-ipc",

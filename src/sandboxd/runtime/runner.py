@@ -76,13 +76,10 @@ class BwrapRunner:
         uid = spec.host_uid if spec.host_uid is not None else self._uids.acquire()
         group: Cgroup | None = None
         fds: list[int] = []
-        info_r: int | None = None
         proc: asyncio.subprocess.Process | None = None
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
-            info_r, info_w = os.pipe2(os.O_CLOEXEC)
-            fds.append(info_w)
-            box_fds = self._open_fds(spec, fds, info_w)
+            box_fds = self._open_fds(spec, fds)
             argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap)
             # The options go through a memfd (`--args`): the command line that other host users
             # can read in /proc then shows no env values. bwrap wants the command itself on
@@ -133,19 +130,15 @@ class BwrapRunner:
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(proc.wait())
-            if info_r is not None:
-                pid1 = reaper.child_pid(_read_available(info_r))
-                os.close(info_r)
-                if pid1 is not None:
-                    await reaper.reap(pid1)
+            if proc is not None:
+                await reaper.reap_orphans(uid, spawned=proc.pid)
             if group is not None:
                 group.remove()
             if spec.host_uid is None:
                 self._uids.release(uid)
 
-    def _open_fds(self, spec: SandboxSpec, opened: list[int], info: int) -> _bwrap.SandboxFds:
+    def _open_fds(self, spec: SandboxSpec, opened: list[int]) -> _bwrap.SandboxFds:
         return _bwrap.SandboxFds(
-            info=info,
             program=_memfd("program", spec.code, opened),
             seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
             passwd=_memfd("passwd", _bwrap.passwd_file(), opened),
@@ -153,14 +146,6 @@ class BwrapRunner:
             hosts=_memfd("hosts", _bwrap.hosts_file(), opened),
             nsswitch=_memfd("nsswitch", _bwrap.nsswitch_file(), opened),
         )
-
-
-def _read_available(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, 4096)
-    except BlockingIOError:
-        return b""
 
 
 def _memfd(name: str, content: bytes, opened: list[int]) -> int:
