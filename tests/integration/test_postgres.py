@@ -55,6 +55,9 @@ TABLES = {
     "execution_events",
     "webhook_secrets",
     "webhook_deliveries",
+    "threads",
+    "volumes",
+    "key_volumes",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -95,7 +98,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0002"]
+        assert versions == ["0004"]
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",

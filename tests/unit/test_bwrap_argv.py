@@ -12,7 +12,7 @@ import pytest
 from sandboxd.runtime import bwrap
 from sandboxd.runtime.bwrap import SandboxFds, base_env, build_argv
 from sandboxd.runtime.languages import INTERPRETERS
-from sandboxd.runtime.spec import Limits, SandboxSpec
+from sandboxd.runtime.spec import Limits, Mount, SandboxSpec
 
 MIB = 1024 * 1024
 LANGUAGES = sorted(INTERPRETERS)
@@ -310,10 +310,34 @@ def test_golden_tail() -> None:
     """Privileges dropped, root read-only and the filter installed last, right before the command."""
     argv = make("python", env={})
     assert argv[-12:] == [
-        "--setenv", "PYTHONUNBUFFERED", "1",
+        "--setenv", "PIP_BREAK_SYSTEM_PACKAGES", "1",
         "--cap-drop", "ALL",
         "--remount-ro", "/",
         "--seccomp", "12",
         "--",
         "/usr/bin/python3", "/run/sandboxd/main.py",
     ]
+
+
+def _stateful(**fields: object) -> list[str]:
+    spec = SandboxSpec(language="python", code=b"x", limits=LIMITS, **fields)  # type: ignore[arg-type]
+    return build_argv(spec, FDS, bwrap="/usr/bin/bwrap")
+
+
+def test_thread_home_is_bound_instead_of_an_empty_tmpfs() -> None:
+    argv = _stateful(home="/run/sandboxd/i/storage/threads/o/t/work-trc_1")
+    i = argv.index("--bind")
+    assert argv[i : i + 3] == ["--bind", "/run/sandboxd/i/storage/threads/o/t/work-trc_1", "/home/baponi"]
+    assert not [j for j, a in enumerate(argv) if a == "--tmpfs" and argv[j + 1] == "/home/baponi"]
+    # the bind comes after /data's tmpfs and before the read-only remount of /
+    assert argv.index("/data") < i < argv.index("--remount-ro", argv.index("--cap-drop"))
+
+
+def test_volumes_are_bound_under_data_read_only_or_not() -> None:
+    argv = _stateful(
+        mounts=(Mount("/v/ro", "/data/refs", True), Mount("/v/rw", "/data/shared", False)),
+    )
+    assert argv[argv.index("/v/ro") - 1 : argv.index("/v/ro") + 2] == ["--ro-bind", "/v/ro", "/data/refs"]
+    assert argv[argv.index("/v/rw") - 1 : argv.index("/v/rw") + 2] == ["--bind", "/v/rw", "/data/shared"]
+    data_tmpfs = argv.index("/data")
+    assert data_tmpfs < argv.index("/v/ro") and data_tmpfs < argv.index("/v/rw")  # inside /data
