@@ -7,14 +7,13 @@ import os
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .runtime import BwrapRunner, check_sandbox, create_runner
+from .runtime import BwrapRunner, Limits, check_sandbox, create_runner
 from .service import (
     AuthFailureLimiter,
     ConcurrencyLimiter,
     ExecutionService,
     KeyService,
     Runner,
-    SandboxDefaults,
     TenancyService,
     ThreadPolicy,
     ThreadService,
@@ -125,8 +124,9 @@ def thread_policy(settings: Settings) -> ThreadPolicy:
     )
 
 
-def sandbox_defaults(settings: Settings) -> SandboxDefaults:
-    return SandboxDefaults(
+def sandbox_defaults(settings: Settings) -> Limits:
+    """Per-sandbox limits that are server settings; each sandbox config sets CPU and memory."""
+    return Limits(
         pids_max=settings.pids_max,
         tmp_mib=settings.tmp_size_mib,
         workdir_mib=settings.workdir_size_mib,

@@ -1,7 +1,7 @@
 """The domain: executions, keys, tenancy, admission. Every surface calls into here."""
 
 from .admission import AuthFailureLimiter, ConcurrencyLimiter
-from .executions import ExecutionService, Outcome, Runner, SandboxDefaults, Submission
+from .executions import ExecutionService, Outcome, Runner, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
@@ -21,7 +21,6 @@ __all__ = [
     "Principal",
     "Runner",
     "SandboxConfig",
-    "SandboxDefaults",
     "Submission",
     "TenancyService",
     "ThreadPolicy",

@@ -41,19 +41,6 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
-class SandboxDefaults:
-    """Per-sandbox limits that are server settings rather than per-config choices."""
-
-    pids_max: int = 256
-    tmp_mib: int = 64
-    workdir_mib: int = 256
-    home_mib: int = 256
-    file_size_mib: int = 256
-    open_files_max: int = 1024
-    output_bytes: int = 1024 * 1024
-
-
-@dataclass(frozen=True)
 class Outcome:
     """What every surface reports back for a finished execution."""
 
@@ -106,7 +93,7 @@ class ExecutionService:
         store: Store,
         runner: Runner,
         limiter: ConcurrencyLimiter,
-        defaults: SandboxDefaults,
+        defaults: Limits,
         webhooks: WebhookService,
         threads: ThreadService,
         volumes: VolumeService,
@@ -128,19 +115,13 @@ class ExecutionService:
         return self._runner.languages
 
     def limits_for(self, principal: Principal, request: ExecuteRequest) -> Limits:
-        """The sandbox config decides; a requested timeout above its cap is lowered to the cap."""
-        d = self._defaults
-        return Limits(
+        """The server's defaults, with the sandbox config's CPU and memory; a requested timeout
+        above the config's cap is lowered to the cap."""
+        return replace(
+            self._defaults,
             cpus=principal.sandbox.cpus,
             memory_mib=principal.sandbox.memory_mib,
             timeout_s=min(request.timeout, principal.sandbox.timeout_cap_s),
-            pids_max=d.pids_max,
-            tmp_mib=d.tmp_mib,
-            workdir_mib=d.workdir_mib,
-            home_mib=d.home_mib,
-            file_size_mib=d.file_size_mib,
-            open_files_max=d.open_files_max,
-            output_bytes=d.output_bytes,
         )
 
     # --- submit and run --------------------------------------------------------------------
