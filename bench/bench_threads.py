@@ -1,0 +1,435 @@
+"""Inline-execute latency with a thread_id: stateless versus a small and a 10,000-file home.
+
+    uv run python bench/bench_threads.py [--n 50]
+
+In one run: starts a real `sandboxd serve` on a free 127.0.0.1 port in a temp data dir,
+creates a key with the CLI, prepares two threads with one setup execution each, then
+measures `print(1+1)` (python) through POST /v1/sandbox/execute, interleaved A, B, C, A, B,
+C, ... (one httpx.Client, keep-alive, sequential):
+
+    A  stateless: no thread_id;
+    B  thread_id of a thread whose home holds one small file;
+    C  thread_id of a thread whose home holds 10,000 files of 100 bytes under ~/many/.
+
+With a thread_id the server snapshots the thread's btrfs home for the execution, binds the
+snapshot at /home/baponi, and swaps it in (renameat2 exchange) and deletes the old state
+when the run ends (src/sandboxd/service/threads.py, src/sandboxd/storage/threads.py).
+3 warm-up runs of each first, not counted. Prints median and p95 in ms, the ratios B/A and
+C/A of medians, the server's own duration_ms medians (in-sandbox time), and the machine it
+ran on. After measuring, checks that both homes still hold what the setup wrote. Stops the
+server (SIGTERM: it unmounts its thread storage itself), unmounts what it left under
+/run/sandboxd/<instance> if it had to be killed, and deletes the temp dir, whatever
+happened. Traffic goes to 127.0.0.1 only.
+
+Needs root and a host that can run sandboxd with threads (bubblewrap, cgroups, btrfs-progs,
+loop mounts), like the server itself; httpx comes with the dev extra
+(`uv run --extra dev ...` on a fresh checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+try:
+    import httpx
+except ImportError:  # pragma: no cover - depends on how the env was synced
+    sys.exit(
+        "bench_threads: httpx is missing; run: uv run --extra dev python bench/bench_threads.py"
+    )
+
+HOST = "127.0.0.1"  # the only address this script ever talks to
+WARMUP = 3
+MIN_N = 30
+CODE, EXPECTED = "print(1+1)", "2\n"
+THREAD_SMALL = "bench-small"
+THREAD_MANY = "bench-many"
+MANY_FILES, FILE_BYTES = 10_000, 100
+TOOLS_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+SETUP_SMALL = """\
+import pathlib
+p = pathlib.Path.home() / "small.txt"
+p.write_text("x" * 99 + "\\n")
+print(p.stat().st_size)
+"""
+SETUP_MANY = f"""\
+import pathlib
+d = pathlib.Path.home() / "many"
+d.mkdir(exist_ok=True)
+blob = b"x" * {FILE_BYTES}
+for i in range({MANY_FILES}):
+    (d / f"f{{i:05d}}").write_bytes(blob)
+print(sum(1 for _ in d.iterdir()))
+"""
+CHECK_SMALL = 'import pathlib; print((pathlib.Path.home() / "small.txt").stat().st_size)'
+CHECK_MANY = (
+    "import pathlib; d = pathlib.Path.home() / 'many'; fs = list(d.iterdir());"
+    " print(len(fs), sum(f.stat().st_size for f in fs))"
+)
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
+
+
+@dataclass
+class BenchServer:
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def run_dir(self) -> Path:
+        """/run/sandboxd/<instance>: where this data dir's server mounts its storage.
+
+        As Settings.instance_id and Settings.storage_mount_point (src/sandboxd/config.py):
+        the first 12 hex digits of sha256 of the absolute data dir, which is what we pass.
+        """
+        instance = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:12]
+        return Path("/run/sandboxd") / instance
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no server log)"
+
+    def start(self, timeout_s: float = 60) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sandboxd",
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(trust_env=False, timeout=1) as c:  # never a proxy: loopback only
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"sandboxd exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
+                try:
+                    if c.get(f"{self.url}/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"sandboxd not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def languages(self) -> list[str]:
+        with httpx.Client(trust_env=False, timeout=10) as c:
+            return list(c.get(f"{self.url}/ready").json()["languages"])
+
+    def create_key(self) -> str:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sandboxd",
+                "keys",
+                "create",
+                "--name",
+                "bench",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if r.returncode != 0 or len(r.stdout.splitlines()) != 1:
+            raise RuntimeError(f"sandboxd keys create failed ({r.returncode}): {r.stderr}")
+        return r.stdout.strip()
+
+    def stop(self) -> None:
+        """SIGTERM: the server unmounts its storage itself; SIGKILL after 30 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def leftover_mounts(self) -> list[str]:
+        prefix = str(self.run_dir) + "/"
+        return [p for p in mount_points() if p.startswith(prefix) or p == str(self.run_dir)]
+
+    def unmount_leftovers(self) -> list[str]:
+        """Unmount what a killed server left under its /run/sandboxd/<instance>; returns them."""
+        left = self.leftover_mounts()
+        for point in sorted(left, reverse=True):  # deepest first
+            r = subprocess.run(
+                ["umount", point], check=False, capture_output=True, env=TOOLS_ENV, timeout=60
+            )
+            if r.returncode != 0:
+                lazy = ["umount", "-l", point]
+                subprocess.run(lazy, check=False, capture_output=True, env=TOOLS_ENV, timeout=60)
+        for d in (self.run_dir / "storage", self.run_dir):  # only if empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        return left
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    label: str
+    samples_ms: list[float] = field(default_factory=list)
+    inner_ms: list[float] = field(default_factory=list)  # the server's duration_ms (bwrap to exit)
+
+    def median(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    def p95(self) -> float:
+        ordered = sorted(self.samples_ms)  # nearest rank
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+    def inner_median(self) -> float:
+        return statistics.median(self.inner_ms)
+
+
+def execute(client: httpx.Client, code: str, thread_id: str | None, timeout: int = 30) -> dict:
+    body: dict[str, object] = {"code": code, "language": "python", "timeout": timeout}
+    if thread_id is not None:
+        body["thread_id"] = thread_id
+    r = client.post("/v1/sandbox/execute", json=body)
+    if r.status_code != 200:
+        raise RuntimeError(f"thread {thread_id}: HTTP {r.status_code}: {r.text[:500]}")
+    out: dict = r.json()
+    if not out["success"]:
+        raise RuntimeError(f"thread {thread_id}: execution failed: {out}")
+    return out
+
+
+def runner(client: httpx.Client, thread_id: str | None) -> Callable[[], float]:
+    def run() -> float:
+        out = execute(client, CODE, thread_id)
+        if out["stdout"] != EXPECTED:
+            raise RuntimeError(f"thread {thread_id}: unexpected result {out}")
+        return float(out["duration_ms"])
+
+    return run
+
+
+def timed(fn: Callable[[], float]) -> tuple[float, float]:
+    start = time.perf_counter()
+    inner = fn()
+    return (time.perf_counter() - start) * 1000, inner
+
+
+def expect(client: httpx.Client, code: str, thread_id: str, expected: str, what: str) -> float:
+    """Run `code` on the thread, check its stdout; returns the wall time in ms."""
+    start = time.perf_counter()
+    out = execute(client, code, thread_id, timeout=300)
+    ms = (time.perf_counter() - start) * 1000
+    if out["stdout"] != expected:
+        raise RuntimeError(f"{what}: expected stdout {expected!r}, got {out}")
+    return ms
+
+
+def machine_info() -> list[str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"nproc: {len(os.sched_getaffinity(0))} (cpu_count {os.cpu_count()}), cpu: {cpu}",
+        f"load average (1/5/15 min): {load}",
+        f"kernel: {platform.release()}, python (server): {platform.python_version()}",
+    ]
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=30, env=TOOLS_ENV
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    first = (r.stdout or r.stderr).strip().splitlines()[:1]
+    return first[0] if first else "?"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=50, help=f"measured samples of each (>= {MIN_N})")
+    args = parser.parse_args()
+    if args.n < MIN_N:
+        parser.error(f"--n must be at least {MIN_N}")
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # so the finally below stops the server and cleans up
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    command = shlex.join(sys.orig_argv)
+    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
+        command += "   (started by `uv run`)"
+    before = machine_info()
+    root = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
+    server = BenchServer(root=root, port=free_port())
+    try:
+        t0 = time.perf_counter()
+        server.start()
+        startup_ms = (time.perf_counter() - t0) * 1000
+        key = server.create_key()
+        if "python" not in server.languages():
+            raise RuntimeError("python is not in the server's image")
+        series = {
+            "A": Series("A stateless (no thread_id)"),
+            "B": Series("B thread, home: 1 file"),
+            "C": Series(f"C thread, home: {MANY_FILES:,} files"),
+        }
+
+        with httpx.Client(
+            base_url=server.url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+            trust_env=False,
+        ) as client:
+            # setup: one execution on each thread creates its home and writes its files
+            setup_small_ms = expect(client, SETUP_SMALL, THREAD_SMALL, "100\n", "setup B")
+            setup_many_ms = expect(client, SETUP_MANY, THREAD_MANY, f"{MANY_FILES}\n", "setup C")
+            runners = {
+                "A": runner(client, None),
+                "B": runner(client, THREAD_SMALL),
+                "C": runner(client, THREAD_MANY),
+            }
+            for _ in range(WARMUP):  # page cache, connection, first-call paths
+                for run in runners.values():
+                    run()
+            t_run = time.perf_counter()
+            for _ in range(args.n):
+                for name, run in runners.items():
+                    ms, inner = timed(run)
+                    series[name].samples_ms.append(ms)
+                    series[name].inner_ms.append(inner)
+            run_s = time.perf_counter() - t_run
+            # the homes still hold what the setup wrote: every run committed a full snapshot
+            expect(client, CHECK_SMALL, THREAD_SMALL, "100\n", "check B")
+            many = f"{MANY_FILES} {MANY_FILES * FILE_BYTES}\n"
+            expect(client, CHECK_MANY, THREAD_MANY, many, "check C")
+
+        after = machine_info()
+        print("sandboxd inline execute: stateless vs thread_id (btrfs home snapshot per execution)")
+        print(f"command: {command}   (cwd {os.getcwd()})")
+        print(
+            f"samples: n={args.n} measured per series after {WARMUP} warm-up each;"
+            f" interleaved A,B,C,A,B,C,...; sequential; {run_s:.1f} s measuring"
+        )
+        print(
+            f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB,"
+            f" thread quota 1024 MiB), ready in {startup_ms:.0f} ms;"
+            " HTTP: one httpx.Client, keep-alive, sequential"
+        )
+        print(f"code: python {CODE!r}, expected stdout {EXPECTED!r}, every response checked")
+        print(
+            f"setup: B = one execution writing ~/small.txt (100 B), {setup_small_ms:.0f} ms;"
+            f" C = one execution writing {MANY_FILES:,} files of {FILE_BYTES} B under ~/many/,"
+            f" {setup_many_ms:.0f} ms; both verified again after measuring"
+        )
+        print(f"storage: {tool_version(['btrfs', '--version'])}, loop-mounted image, quotas on")
+        for line in before:
+            print(f"before  {line}")
+        print(f"after   {after[1]}")
+        print()
+        header = (
+            f"{'series':<28} {'median':>8} {'p95':>8} {'ratio/A':>8} {'+ms vs A':>9}"
+            f" {'in-sandbox med':>15}"
+        )
+        print(header)
+        print("-" * len(header))
+        base = series["A"].median()
+        for s in series.values():
+            print(
+                f"{s.label:<28} {s.median():>8.1f} {s.p95():>8.1f} {s.median() / base:>7.2f}x"
+                f" {s.median() - base:>9.1f} {s.inner_median():>15.1f}"
+            )
+        print()
+        b, c = series["B"], series["C"]
+        print(
+            f"B/A = {b.median() / base:.2f}x   C/A = {c.median() / base:.2f}x   C/B = "
+            f"{c.median() / b.median():.2f}x   (ratios of medians)"
+        )
+        print(
+            "ms, wall time of the HTTP request from this client; p95 = nearest rank;"
+            "\nin-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
+            " interpreter);\n  not in it: the thread's snapshot before and commit (exchange +"
+            " subvolume delete) after,\n  cgroup create/remove, DB writes, HTTP, JSON."
+        )
+        return 0
+    except RuntimeError as exc:
+        print(f"bench_threads: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+        left = server.unmount_leftovers()  # only if the server died or had to be killed
+        if left:
+            print(f"bench_threads: unmounted left mounts: {', '.join(left)}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
