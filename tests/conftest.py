@@ -122,16 +122,16 @@ def server_factory() -> Iterator[object]:
     yield make
     for s in servers:
         s.stop()
-    unmount_below(root)
+        unmount_storage(s.settings)
     shutil.rmtree(root, ignore_errors=True)
 
 
-def unmount_below(root: Path) -> None:
-    """Unmount thread/volume storage that servers killed by a test left mounted under `root`."""
-    prefix = str(root.resolve()) + "/"
+def unmount_storage(settings: Settings) -> None:
+    """Unmount the thread/volume storage a server killed by a test left mounted."""
+    point = str(settings.storage_mount_point)
     with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-    for point in sorted(points, reverse=True):
+        mounted = any(line.split()[4] == point for line in f)
+    if mounted:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 

@@ -15,6 +15,7 @@ from .service import (
     KeyService,
     Runner,
     TenancyService,
+    ThreadLocks,
     ThreadPolicy,
     ThreadService,
     UrlGuard,
@@ -103,6 +104,7 @@ async def open_admin(settings: Settings) -> Admin:
             store,
             ThreadStore(fs, settings.thread_quota_mib * 1024 * 1024) if fs else None,
             thread_policy(settings),
+            ThreadLocks(settings.data_dir / "locks" / "threads"),
         ),
         volumes=VolumeService(store, VolumeStore(fs) if fs else None),
     )

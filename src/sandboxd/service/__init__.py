@@ -5,7 +5,7 @@ from .executions import ExecutionService, Outcome, Runner, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
-from .threads import ThreadPolicy, ThreadService
+from .threads import ThreadLocks, ThreadPolicy, ThreadService
 from .url_guard import UrlGuard
 from .volumes import VolumeAccess, VolumeService
 from .webhooks import WebhookService
@@ -23,6 +23,7 @@ __all__ = [
     "SandboxConfig",
     "Submission",
     "TenancyService",
+    "ThreadLocks",
     "ThreadPolicy",
     "ThreadService",
     "UrlGuard",

@@ -235,6 +235,8 @@ class ExecutionService:
                     await self._threads.close(sub.thread, keep=keep)
                 except Exception:
                     log.exception("execution %s: saving the thread home failed", sub.trace_id)
+                    if keep and outcome is not None:  # its writes are lost: say so
+                        outcome = replace(outcome, status="failed", error="thread_mount_error")
         try:
             await self._finish(sub, outcome)
         finally:

@@ -1,14 +1,17 @@
 """Threads: a `thread_id` keeps /home/baponi between executions of one organization.
 
-One execution per thread at a time (409 otherwise, before any work). Each thread runs as its
-own unprivileged host uid, so its files keep one owner and no other thread's uid can open
-them. The lock is in this process's memory: a crash cannot leave a thread busy.
+One execution per thread at a time (409 otherwise, before any work), enforced by a file lock
+that other processes (the CLI) see too and that a crash releases. Each thread runs as its own
+unprivileged host uid, never reused, so its files keep one owner and no other thread's uid can
+open them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,15 +35,53 @@ class WorkingCopy:
     """An execution's claim on a thread: the lock, and the snapshot it runs in."""
 
     thread: Thread
+    lock_fd: int
     path: Path | None = None
 
 
+class ThreadLocks:
+    """One execution (or admin action) per thread, across processes: `flock` on a lock file.
+
+    The server and the CLI share the data dir, so `sandboxd threads delete` sees a running
+    execution's lock; the kernel drops a lock when its holder dies, so a crash never leaves a
+    thread busy.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+
+    def acquire(self, org_id: str, thread_id: str) -> int:
+        path = self._dir / org_id / f"{thread_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(f"thread {thread_id!r} is busy with another execution") from None
+        return fd
+
+    def release(self, fd: int) -> None:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+    def held(self, org_id: str, thread_id: str) -> bool:
+        try:
+            fd = self.acquire(org_id, thread_id)
+        except Conflict:
+            return True
+        self.release(fd)
+        return False
+
+
 class ThreadService:
-    def __init__(self, store: Store, homes: ThreadStore | None, policy: ThreadPolicy) -> None:
+    def __init__(
+        self, store: Store, homes: ThreadStore | None, policy: ThreadPolicy, locks: ThreadLocks
+    ) -> None:
         self._store = store
         self._homes = homes
         self._policy = policy
-        self._busy: dict[tuple[str, str], str] = {}
+        self._locks = locks
+        self._creating: dict[str, asyncio.Lock] = {}  # per org: count-then-add is one step
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -55,19 +96,19 @@ class ThreadService:
     async def claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
         """Lock the thread for one execution (409 if busy), creating it on first use."""
         self._require_storage()
-        key = (org_id, thread_id)
-        if key in self._busy:
-            raise Conflict(f"thread {thread_id!r} is busy with another execution")
-        self._busy[key] = trace_id
+        fd = self._locks.acquire(org_id, thread_id)
         try:
             thread = await self._store.threads.get(org_id, thread_id)
             if thread is None:
-                if await self._store.threads.count(org_id) >= self._policy.max_per_org:
-                    raise Forbidden(f"your organization has reached its limit of {self._policy.max_per_org} threads")
-                thread = await self._store.threads.add(org_id, thread_id, self._policy.uid_base)
-            return WorkingCopy(thread=thread)
+                async with self._creating.setdefault(org_id, asyncio.Lock()):
+                    if await self._store.threads.count(org_id) >= self._policy.max_per_org:
+                        raise Forbidden(
+                            f"your organization has reached its limit of {self._policy.max_per_org} threads"
+                        )
+                    thread = await self._store.threads.add(org_id, thread_id, self._policy.uid_base)
+            return WorkingCopy(thread=thread, lock_fd=fd)
         except BaseException:
-            del self._busy[key]
+            self._locks.release(fd)
             raise
 
     async def open(self, copy: WorkingCopy, trace_id: str, gid: int | None) -> str:
@@ -89,10 +130,10 @@ class ThreadService:
                     await asyncio.to_thread(self._homes.discard, copy.path)
             await self._store.threads.touch(copy.thread.org_id, copy.thread.thread_id)
         finally:
-            self._busy.pop((copy.thread.org_id, copy.thread.thread_id), None)
+            self._locks.release(copy.lock_fd)
 
     def busy(self, org_id: str, thread_id: str) -> bool:
-        return (org_id, thread_id) in self._busy
+        return self._locks.held(org_id, thread_id)
 
     async def get(self, org_id: str, thread_id: str) -> Thread:
         thread = await self._store.threads.get(org_id, thread_id)
@@ -112,15 +153,13 @@ class ThreadService:
 
     async def delete(self, org_id: str, thread_id: str) -> None:
         await self.get(org_id, thread_id)
-        if self.busy(org_id, thread_id):
-            raise Conflict(f"thread {thread_id!r} is busy with an execution")
-        self._busy[(org_id, thread_id)] = "deleting"
+        fd = self._locks.acquire(org_id, thread_id)  # 409 while an execution holds it
         try:
             if self._homes is not None:
                 await asyncio.to_thread(self._homes.delete, org_id, thread_id)
             await self._store.threads.delete(org_id, thread_id)
         finally:
-            self._busy.pop((org_id, thread_id), None)
+            self._locks.release(fd)
 
     async def sweep(self) -> int:
         """Delete threads idle longer than the retention period; returns how many."""

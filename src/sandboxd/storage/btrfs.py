@@ -106,7 +106,7 @@ class Btrfs:
 
     def referenced_bytes(self, path: Path) -> int:
         """Bytes the subvolume references (its quota usage)."""
-        out = _run("btrfs", "qgroup", "show", "-rf", "--raw", str(path), step="subvolume usage")
+        out = _run("btrfs", "qgroup", "show", "-rf", "--raw", "--sync", str(path), step="subvolume usage")
         for line in out.splitlines():
             parts = line.split()
             if parts and parts[0].startswith("0/"):

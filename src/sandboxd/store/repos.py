@@ -247,21 +247,35 @@ class WebhookRepo(_Repo):
 
 
 class ThreadRepo(_Repo):
+    """Threads; a deleted one stays as a tombstone, so uids only ever go up."""
+
+    _live = threads.c.deleted_at.is_(None)
+
     async def get(self, org_id: str, thread_id: str) -> Thread | None:
-        query = select(threads).where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+        query = select(threads).where(
+            threads.c.org_id == org_id, threads.c.thread_id == thread_id, self._live
+        )
         return await self._one(Thread, query)
 
     async def add(self, org_id: str, thread_id: str, uid_base: int) -> Thread:
-        """A new thread with the next free host uid (uids are never reused)."""
+        """A new thread (or a deleted one again) with the next never-used host uid."""
         for _ in range(20):
             async with self._engine.connect() as conn:
                 highest = (await conn.execute(select(func.max(threads.c.uid)))).scalar()
             now = utcnow()
             thread = Thread(org_id, thread_id, max(uid_base, (highest or 0) + 1), now, now)
+            revive = (
+                update(threads)
+                .where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+                .where(threads.c.deleted_at.is_not(None))
+                .values(uid=thread.uid, created_at=now, last_used_at=now, deleted_at=None)
+            )
             try:
-                await self._insert(threads, thread.__dict__)
+                async with self._engine.begin() as conn:
+                    if (await conn.execute(revive)).rowcount == 0:
+                        await conn.execute(threads.insert().values(**thread.__dict__))
                 return thread
-            except DuplicateError:
+            except IntegrityError:
                 existing = await self.get(org_id, thread_id)
                 if existing is not None:
                     return existing
@@ -277,21 +291,25 @@ class ThreadRepo(_Repo):
             await conn.execute(query)
 
     async def list(self, org_id: str | None = None) -> list[Thread]:
-        query = select(threads).order_by(threads.c.created_at)
+        query = select(threads).where(self._live).order_by(threads.c.created_at)
         if org_id is not None:
             query = query.where(threads.c.org_id == org_id)
         return await self._all(Thread, query)
 
     async def count(self, org_id: str) -> int:
-        query = select(func.count()).select_from(threads).where(threads.c.org_id == org_id)
+        query = select(func.count()).select_from(threads).where(threads.c.org_id == org_id, self._live)
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
     async def idle_since(self, before: datetime) -> list[Thread]:
-        return await self._all(Thread, select(threads).where(threads.c.last_used_at < before))
+        return await self._all(Thread, select(threads).where(threads.c.last_used_at < before, self._live))
 
     async def delete(self, org_id: str, thread_id: str) -> None:
-        query = threads.delete().where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+        query = (
+            update(threads)
+            .where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
+            .values(deleted_at=utcnow())
+        )
         async with self._engine.begin() as conn:
             await conn.execute(query)
 

@@ -126,6 +126,8 @@ threads = Table(
     Column("uid", Integer, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=False),
+    # A deleted thread stays as a tombstone so that its uid is never handed out again.
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
 )
 
 volumes = Table(

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("uid", sa.Integer, nullable=False, unique=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 
