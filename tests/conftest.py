@@ -126,6 +126,15 @@ def server_factory() -> Iterator[object]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def unmount_below(root: Path) -> None:
+    """Unmount anything mounted under `root` (a test's own temp tree)."""
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+    for point in sorted(points, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
 def unmount_storage(settings: Settings) -> None:
     """Unmount the thread/volume storage a server killed by a test left mounted."""
     point = str(settings.storage_mount_point)

@@ -74,6 +74,7 @@ _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class VolumeResolver(Protocol):
     async def access(self, principal: Principal, slug: str) -> VolumeAccess: ...
+    async def path_of(self, org_id: str, slug: str) -> Path: ...
 
 
 # --------------------------------------------------------------------------- path rules
