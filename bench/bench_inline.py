@@ -17,20 +17,16 @@ httpx comes with the dev extra (`uv run --extra dev ...` on a fresh checkout).
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -39,7 +35,8 @@ try:
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("bench_inline: httpx is missing; run: uv run --extra dev python bench/bench_inline.py")
 
-HOST = "127.0.0.1"  # the only address this script ever talks to
+from _common import BenchServer, Series, free_port, machine_info, timed
+
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 WARMUP = 5
 
@@ -51,130 +48,7 @@ CASES: dict[str, tuple[list[str], str, str]] = {
 }
 
 
-# --- the server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class BenchServer:
-    root: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no server log)"
-
-    def start(self, timeout_s: float = 60) -> None:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sandboxd",
-                    "serve",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(trust_env=False, timeout=1) as c:  # never a proxy: loopback only
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"sandboxd exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if c.get(f"{self.url}/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError(f"sandboxd not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def languages(self) -> list[str]:
-        with httpx.Client(trust_env=False, timeout=10) as c:
-            return list(c.get(f"{self.url}/ready").json()["languages"])
-
-    def create_key(self) -> str:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sandboxd",
-                "keys",
-                "create",
-                "--name",
-                "bench",
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        if r.returncode != 0 or len(r.stdout.splitlines()) != 1:
-            raise RuntimeError(f"sandboxd keys create failed ({r.returncode}): {r.stderr}")
-        return r.stdout.strip()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 # --- measuring ----------------------------------------------------------------------------
-
-
-@dataclass
-class Series:
-    samples_ms: list[float] = field(default_factory=list)
-    inner_ms: list[float] = field(default_factory=list)  # the server's duration_ms (bwrap to exit)
-
-    def median(self) -> float:
-        return statistics.median(self.samples_ms)
-
-    def p95(self) -> float:
-        ordered = sorted(self.samples_ms)  # nearest rank
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
-def timed(fn: Callable[[], float | None]) -> tuple[float, float | None]:
-    start = time.perf_counter()
-    inner = fn()
-    return (time.perf_counter() - start) * 1000, inner
 
 
 def bare_runner(argv: list[str], expected: str) -> Callable[[], float | None]:
@@ -211,23 +85,6 @@ def server_runner(
         return float(out["duration_ms"])
 
     return run
-
-
-def machine_info() -> list[str]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [
-        f"nproc: {len(os.sched_getaffinity(0))} (cpu_count {os.cpu_count()}), cpu: {cpu}",
-        f"load average (1/5/15 min): {load}",
-        f"kernel: {platform.release()}, python (server): {platform.python_version()}",
-    ]
 
 
 def interpreter_versions(paths: dict[str, str]) -> str:
@@ -355,7 +212,7 @@ def main() -> int:
         print(f"bench_inline: {exc}", file=sys.stderr)
         return 1
     finally:
-        server.stop()
+        server.stop(timeout_s=15)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -29,22 +29,15 @@ loop mounts), like the server itself; httpx comes with the dev extra
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import math
 import os
-import platform
 import shlex
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -55,14 +48,14 @@ except ImportError:  # pragma: no cover - depends on how the env was synced
         "bench_threads: httpx is missing; run: uv run --extra dev python bench/bench_threads.py"
     )
 
-HOST = "127.0.0.1"  # the only address this script ever talks to
+from _common import TOOLS_ENV, BenchServer, Series, free_port, machine_info, timed
+
 WARMUP = 3
 MIN_N = 30
 CODE, EXPECTED = "print(1+1)", "2\n"
 THREAD_SMALL = "bench-small"
 THREAD_MANY = "bench-many"
 MANY_FILES, FILE_BYTES = 10_000, 100
-TOOLS_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 SETUP_SMALL = """\
 import pathlib
@@ -86,163 +79,7 @@ CHECK_MANY = (
 )
 
 
-# --- the server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def mount_points() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f]
-
-
-@dataclass
-class BenchServer:
-    root: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def run_dir(self) -> Path:
-        """/run/sandboxd/<instance>: where this data dir's server mounts its storage.
-
-        As Settings.instance_id and Settings.storage_mount_point (src/sandboxd/config.py):
-        the first 12 hex digits of sha256 of the absolute data dir, which is what we pass.
-        """
-        instance = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:12]
-        return Path("/run/sandboxd") / instance
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no server log)"
-
-    def start(self, timeout_s: float = 60) -> None:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sandboxd",
-                    "serve",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(trust_env=False, timeout=1) as c:  # never a proxy: loopback only
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"sandboxd exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if c.get(f"{self.url}/ready").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError(f"sandboxd not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def languages(self) -> list[str]:
-        with httpx.Client(trust_env=False, timeout=10) as c:
-            return list(c.get(f"{self.url}/ready").json()["languages"])
-
-    def create_key(self) -> str:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sandboxd",
-                "keys",
-                "create",
-                "--name",
-                "bench",
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        if r.returncode != 0 or len(r.stdout.splitlines()) != 1:
-            raise RuntimeError(f"sandboxd keys create failed ({r.returncode}): {r.stderr}")
-        return r.stdout.strip()
-
-    def stop(self) -> None:
-        """SIGTERM: the server unmounts its storage itself; SIGKILL after 30 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def leftover_mounts(self) -> list[str]:
-        prefix = str(self.run_dir) + "/"
-        return [p for p in mount_points() if p.startswith(prefix) or p == str(self.run_dir)]
-
-    def unmount_leftovers(self) -> list[str]:
-        """Unmount what a killed server left under its /run/sandboxd/<instance>; returns them."""
-        left = self.leftover_mounts()
-        for point in sorted(left, reverse=True):  # deepest first
-            r = subprocess.run(
-                ["umount", point], check=False, capture_output=True, env=TOOLS_ENV, timeout=60
-            )
-            if r.returncode != 0:
-                lazy = ["umount", "-l", point]
-                subprocess.run(lazy, check=False, capture_output=True, env=TOOLS_ENV, timeout=60)
-        for d in (self.run_dir / "storage", self.run_dir):  # only if empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        return left
-
-
 # --- measuring ----------------------------------------------------------------------------
-
-
-@dataclass
-class Series:
-    label: str
-    samples_ms: list[float] = field(default_factory=list)
-    inner_ms: list[float] = field(default_factory=list)  # the server's duration_ms (bwrap to exit)
-
-    def median(self) -> float:
-        return statistics.median(self.samples_ms)
-
-    def p95(self) -> float:
-        ordered = sorted(self.samples_ms)  # nearest rank
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-    def inner_median(self) -> float:
-        return statistics.median(self.inner_ms)
 
 
 def execute(client: httpx.Client, code: str, thread_id: str | None, timeout: int = 30) -> dict:
@@ -268,12 +105,6 @@ def runner(client: httpx.Client, thread_id: str | None) -> Callable[[], float]:
     return run
 
 
-def timed(fn: Callable[[], float]) -> tuple[float, float]:
-    start = time.perf_counter()
-    inner = fn()
-    return (time.perf_counter() - start) * 1000, inner
-
-
 def expect(client: httpx.Client, code: str, thread_id: str, expected: str, what: str) -> float:
     """Run `code` on the thread, check its stdout; returns the wall time in ms."""
     start = time.perf_counter()
@@ -282,23 +113,6 @@ def expect(client: httpx.Client, code: str, thread_id: str, expected: str, what:
     if out["stdout"] != expected:
         raise RuntimeError(f"{what}: expected stdout {expected!r}, got {out}")
     return ms
-
-
-def machine_info() -> list[str]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [
-        f"nproc: {len(os.sched_getaffinity(0))} (cpu_count {os.cpu_count()}), cpu: {cpu}",
-        f"load average (1/5/15 min): {load}",
-        f"kernel: {platform.release()}, python (server): {platform.python_version()}",
-    ]
 
 
 def tool_version(argv: list[str]) -> str:

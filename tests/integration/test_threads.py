@@ -17,85 +17,44 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import sqlite3
 import stat
 import subprocess
-import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import baponi
 import httpx
 import pytest
-from conftest import Server, start_server, unmount_below
+from _servers import (
+    EXECUTE,
+    HTTP_TIMEOUT,
+    MIB,
+    Pool,
+    api,
+    db,
+    org_id,
+    pool,
+    storage_root,
+    unique,
+)
+from conftest import Server
 
 from sandboxd.app import open_admin
 from sandboxd.config import Settings
 
-EXECUTE = "/v1/sandbox/execute"
+__all__ = ["pool"]  # a fixture, imported so pytest finds it here
+
 NDJSON = "application/x-ndjson"
 TERMINAL = {"success", "failed", "timeout", "cancelled", "blocked", "oom", "seccomp", "deepguard"}
-MIB = 1024 * 1024
-HTTP_TIMEOUT = 180
 #: Writes v2 over the thread's v1, says so, and keeps running until stopped from outside.
 WRITE_V2_THEN_SLEEP = "echo v2 > /home/baponi/state; echo written; sleep 55"
 
 
 # --- servers ------------------------------------------------------------------------------
-
-
-def storage_root(server: Server) -> Path:
-    """Where the server mounts its btrfs storage (thread homes and volumes)."""
-    return Settings(data_dir=server.data_dir).storage_mount_point
-
-
-class Pool:
-    """Real servers in data dirs of a private (0700) directory; stopped and unmounted at the end.
-
-    A server killed by a test leaves its storage mounted (under /run), so each data dir's mount
-    point is unmounted here too.
-    """
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="sandboxd-threads-"))
-        self.servers: list[Server] = []
-        self._count = 0
-
-    def start(self, **settings: object) -> Server:
-        self._count += 1
-        return self.restart(self.root / f"data{self._count}", **settings)
-
-    def restart(self, data_dir: Path, **settings: object) -> Server:
-        """A server on `data_dir` (new or left by a stopped or killed one)."""
-        server = start_server(data_dir, **settings)
-        self.servers.append(server)
-        return server
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.stop()
-        for data_dir in {s.data_dir for s in self.servers}:
-            mount_point = Settings(data_dir=data_dir).storage_mount_point
-            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
-            for path in (mount_point, mount_point.parent):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-        unmount_below(self.root)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Pool]:
-    p = Pool()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture(scope="module")
@@ -116,18 +75,6 @@ def sdk(tserver: Server, key: str) -> Iterator[baponi.Baponi]:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@contextlib.asynccontextmanager
-async def api(server: Server, key: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=HTTP_TIMEOUT
-    ) as c:
-        yield c
 
 
 async def run(
@@ -214,18 +161,6 @@ def assert_error(r: httpx.Response, status: int, code: str) -> None:
     body = r.json()
     assert body["error"] == code, body
     assert body["message"], body
-
-
-def db(server: Server, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(server.data_dir / "sandboxd.db", timeout=30)) as conn:
-        with conn:
-            return conn.execute(query, args).fetchall()
-
-
-def org_id(server: Server, name: str = "default") -> str:
-    rows = db(server, "SELECT id FROM orgs WHERE name = ?", name)
-    assert len(rows) == 1, rows
-    return rows[0][0]  # type: ignore[no-any-return]
 
 
 def thread_dir(server: Server, thread_id: str, org: str = "default") -> Path:

@@ -11,68 +11,22 @@ As in test_threads.py, servers run in data dirs of a private temporary directory
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
 import stat
 import subprocess
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from conftest import Server, start_server, unmount_below
+from _servers import EXECUTE, MIB, Pool, api, org_id, pool, storage_root, unique
+from conftest import Server
 
-from sandboxd.config import Settings
+__all__ = ["pool"]  # a fixture, imported so pytest finds it here
 
-EXECUTE = "/v1/sandbox/execute"
-MIB = 1024 * 1024
-HTTP_TIMEOUT = 180
 OTHER_ORG = "vol-other"
-
-
-def storage_root(server: Server) -> Path:
-    """Where the server mounts its btrfs storage (thread homes and volumes)."""
-    return Settings(data_dir=server.data_dir).storage_mount_point
-
-
-class Pool:
-    """Real servers in data dirs of a private (0700) directory; stopped and unmounted at the end.
-
-    A server killed by a test leaves its storage mounted (under /run), so each data dir's mount
-    point is unmounted here too.
-    """
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="sandboxd-volumes-"))
-        self.servers: list[Server] = []
-        self._count = 0
-
-    def start(self, **settings: object) -> Server:
-        self._count += 1
-        return self.restart(self.root / f"data{self._count}", **settings)
-
-    def restart(self, data_dir: Path, **settings: object) -> Server:
-        server = start_server(data_dir, **settings)
-        self.servers.append(server)
-        return server
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.stop()
-        for data_dir in {s.data_dir for s in self.servers}:
-            mount_point = Settings(data_dir=data_dir).storage_mount_point
-            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
-            for path in (mount_point, mount_point.parent):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-        unmount_below(self.root)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -102,24 +56,12 @@ def volumes(server: Server, *org: str) -> dict[str, dict[str, Any]]:
 
 
 def volume_dir(server: Server, slug: str, org: str = "default") -> Path:
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(server.data_dir / "sandboxd.db", timeout=30)) as conn:
-        (org_id,) = conn.execute("SELECT id FROM orgs WHERE name = ?", (org,)).fetchone()
-    return storage_root(server) / "volumes" / org_id / slug
-
-
-@contextlib.asynccontextmanager
-async def api(server: Server, key: Key | str) -> AsyncIterator[httpx.AsyncClient]:
-    secret = key.secret if isinstance(key, Key) else key
-    async with httpx.AsyncClient(
-        base_url=server.url, headers={"Authorization": f"Bearer {secret}"}, timeout=HTTP_TIMEOUT
-    ) as c:
-        yield c
+    return storage_root(server) / "volumes" / org_id(server, org) / slug
 
 
 async def run(server: Server, key: Key | str, code: str, **fields: Any) -> dict[str, Any]:
-    async with api(server, key) as c:
+    secret = key.secret if isinstance(key, Key) else key
+    async with api(server, secret) as c:
         r = await c.post(EXECUTE, json={"code": code, "language": "bash", "timeout": 60, **fields})
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
@@ -129,19 +71,6 @@ async def ok(server: Server, key: Key | str, code: str, **fields: Any) -> str:
     result = await run(server, key, code, **fields)
     assert result["success"] is True and result["error"] is None, result
     return result["stdout"]  # type: ignore[no-any-return]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[Pool]:
-    p = Pool()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @dataclass(frozen=True)
@@ -328,7 +257,7 @@ async def test_delete_is_refused_while_an_active_key_is_bound(vs: Setup) -> None
     assert cli_ok(server, "volumes", "delete", slug).stdout.strip() == f"deleted {slug}"
     assert slug not in volumes(server)
     assert not path.exists()
-    async with api(server, rw) as c:
+    async with api(server, rw.secret) as c:
         r = await c.post(EXECUTE, json={"code": "true", "language": "bash"})
     assert r.status_code == 401
     # the name is free again, and a new volume under it starts empty

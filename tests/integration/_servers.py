@@ -1,0 +1,106 @@
+"""Real servers for the thread and volume tests: a module's pool of them, and small helpers.
+
+`pool` (module) starts `sandboxd serve` processes in data dirs of a private (0700) temporary
+directory named after the test module (sandboxd-threads-..., sandboxd-volumes-...); at the end
+it stops them, unmounts their btrfs storage (under /run, left mounted by a killed server) and
+deletes the directory.
+
+Import what a test module needs: `from _servers import pool, ...` (the fixture too, as with
+conftest_pg).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Server, start_server, unmount_below
+
+from sandboxd.config import Settings
+
+EXECUTE = "/v1/sandbox/execute"
+MIB = 1024 * 1024
+HTTP_TIMEOUT = 180
+
+
+def storage_root(server: Server) -> Path:
+    """Where the server mounts its btrfs storage (thread homes and volumes)."""
+    return Settings(data_dir=server.data_dir).storage_mount_point
+
+
+class Pool:
+    """Real servers in data dirs of a private (0700) directory; stopped and unmounted at the end.
+
+    A server killed by a test leaves its storage mounted (under /run), so each data dir's mount
+    point is unmounted here too.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self.servers: list[Server] = []
+        self._count = 0
+
+    def start(self, **settings: object) -> Server:
+        self._count += 1
+        return self.restart(self.root / f"data{self._count}", **settings)
+
+    def restart(self, data_dir: Path, **settings: object) -> Server:
+        """A server on `data_dir` (new or left by a stopped or killed one)."""
+        server = start_server(data_dir, **settings)
+        self.servers.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        for data_dir in {s.data_dir for s in self.servers}:
+            mount_point = Settings(data_dir=data_dir).storage_mount_point
+            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+            for path in (mount_point, mount_point.parent):
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        unmount_below(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    """The module's Pool, in a temp dir named after it: test_threads -> sandboxd-threads-*."""
+    p = Pool(prefix=f"sandboxd-{request.path.stem.removeprefix('test_')}-")
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.asynccontextmanager
+async def api(server: Server, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=HTTP_TIMEOUT
+    ) as c:
+        yield c
+
+
+def db(server: Server, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(server.data_dir / "sandboxd.db", timeout=30)) as conn:
+        with conn:
+            return conn.execute(query, args).fetchall()
+
+
+def org_id(server: Server, name: str = "default") -> str:
+    rows = db(server, "SELECT id FROM orgs WHERE name = ?", name)
+    assert len(rows) == 1, rows
+    return rows[0][0]  # type: ignore[no-any-return]
