@@ -69,7 +69,7 @@ def headers_of(signed: baponi.SignedUrl) -> dict[str, str]:
 
 
 def host_home(server: Any, thread_id: str) -> Path:
-    (home,) = (server.data_dir / "storage" / "threads").glob(f"*/{thread_id}/home")
+    (home,) = (server.settings.storage_mount_point / "threads").glob(f"*/{thread_id}/home")
     return home
 
 
