@@ -29,14 +29,8 @@ pytestmark = pytest.mark.skipif(
 MB = 1024 * 1024
 
 
-def traversable(server: Any) -> None:
-    """Thread uids must traverse to <data_dir>/storage; mkdtemp made the test root 0700."""
-    os.chmod(server.data_dir.parent, 0o711)
-
-
 @pytest.fixture(scope="module")
 def sdk(server: Any, api_key: str) -> Iterator[baponi.Baponi]:
-    traversable(server)
     with baponi.Baponi(api_key=api_key, base_url=server.url, timeout=120) as client:
         yield client
 
@@ -419,7 +413,6 @@ def test_link_swapped_in_after_signing_is_not_followed(server: Any, sdk: baponi.
 
 def test_quota_exceeded_is_413(server_factory: Any) -> None:
     small = server_factory(thread_quota_mib=1, auth_failures_allowed=100_000)
-    traversable(small)
     key = asyncio.run(small.create_key())
     with baponi.Baponi(api_key=key, base_url=small.url, timeout=120) as sdk, httpx.Client(timeout=120) as blob:
         t = new_thread()
