@@ -16,11 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from sandboxd.service.files import (
-    FilesService,
+from sandboxd.service.files import FilesService, normalize_path
+from sandboxd.storage.tree import (
     Owner,
-    _Upload,
-    normalize_path,
+    Upload,
     open_dir,
     open_regular,
     open_root,
@@ -192,7 +191,7 @@ def test_upload_through_a_directory_link_is_refused(tree: tuple[Path, Path, int]
     root, outside, fd = tree
     owner = Owner(uid=os.getuid(), gid=os.getgid(), file_mode=0o600, dir_mode=0o700)
     with pytest.raises(InvalidRequest, match="symbolic link"):
-        _Upload(fd, "dirlink/new.txt", owner)
+        Upload(fd, "dirlink/new.txt", owner)
     with pytest.raises(InvalidRequest, match="symbolic link"):
         stat_target(fd, "dirlink/new.txt")
     with pytest.raises(InvalidRequest, match="symbolic link"):
@@ -203,7 +202,7 @@ def test_upload_through_a_directory_link_is_refused(tree: tuple[Path, Path, int]
 def test_upload_over_a_file_link_is_refused_and_the_host_file_untouched(tree: tuple[Path, Path, int]) -> None:
     root, outside, fd = tree
     owner = Owner(uid=os.getuid(), gid=os.getgid(), file_mode=0o640, dir_mode=0o700)
-    up = _Upload(fd, "link", owner)
+    up = Upload(fd, "link", owner)
     up.write(b"mine")
     with pytest.raises(InvalidRequest, match="symbolic link"):
         up.commit()
@@ -215,7 +214,7 @@ def test_upload_over_a_file_link_is_refused_and_the_host_file_untouched(tree: tu
 def test_upload_creates_parents_with_owner_and_leaves_no_temp(tree: tuple[Path, Path, int]) -> None:
     root, _, fd = tree
     owner = Owner(uid=4242, gid=4343, file_mode=0o600, dir_mode=0o700)
-    up = _Upload(fd, "new/deeper/f.bin", owner)
+    up = Upload(fd, "new/deeper/f.bin", owner)
     up.write(b"x" * 10)
     up.commit()
     for p in (root / "new", root / "new" / "deeper", root / "new" / "deeper" / "f.bin"):
@@ -223,7 +222,7 @@ def test_upload_creates_parents_with_owner_and_leaves_no_temp(tree: tuple[Path, 
         assert (st.st_uid, st.st_gid) == (4242, 4343), p
     assert stat.S_IMODE((root / "new").stat().st_mode) == 0o700
     assert os.listdir(root / "new" / "deeper") == ["f.bin"]
-    aborted = _Upload(fd, "new/aborted.bin", owner)
+    aborted = Upload(fd, "new/aborted.bin", owner)
     aborted.write(b"partial")
     aborted.abort()
     assert sorted(os.listdir(root / "new")) == ["deeper"]
