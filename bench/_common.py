@@ -6,19 +6,25 @@ bench/ on sys.path. Each script checks for httpx itself before importing this mo
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import math
 import os
 import platform
+import shlex
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
 
 import httpx
@@ -210,3 +216,53 @@ def machine_info() -> list[str]:
         f"load average (1/5/15 min): {load}",
         f"kernel: {platform.release()}, python (server): {platform.python_version()}",
     ]
+
+
+# --- one benchmark run --------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """What every benchmark starts from: its arguments, the machine, a running server, a key."""
+
+    args: argparse.Namespace
+    command: str
+    before: list[str]
+    server: BenchServer
+    key: str
+    startup_ms: float
+
+
+@contextlib.contextmanager
+def session(name: str, doc: str, *, min_n: int, stop_timeout_s: float = 30) -> Iterator[Session]:
+    """Parse `--n`, start a real server in a temp dir, create a key; always stop and clean up.
+
+    SIGTERM is turned into SystemExit so the cleanup also runs when the run is interrupted.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=50, help=f"measured samples of each (>= {min_n})")
+    args = parser.parse_args()
+    if args.n < min_n:
+        parser.error(f"--n must be at least {min_n}")
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    command = shlex.join(sys.orig_argv)
+    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
+        command += "   (started by `uv run`)"
+    before = machine_info()
+    root = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
+    server = BenchServer(root=root, port=free_port())
+    try:
+        t0 = time.perf_counter()
+        server.start()
+        startup_ms = (time.perf_counter() - t0) * 1000
+        yield Session(args, command, before, server, server.create_key(), startup_ms)
+    finally:
+        server.stop(timeout_s=stop_timeout_s)
+        left = server.unmount_leftovers()  # only if the server died or had to be killed
+        if left:
+            print(f"{name}: unmounted left mounts: {', '.join(left)}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)

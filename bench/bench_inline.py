@@ -16,26 +16,21 @@ httpx comes with the dev extra (`uv run --extra dev ...` on a fresh checkout).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
 
 try:
     import httpx
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("bench_inline: httpx is missing; run: uv run --extra dev python bench/bench_inline.py")
 
-from _common import BenchServer, Series, free_port, machine_info, timed
+from _common import machine_info, Series, session, timed
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 WARMUP = 5
@@ -105,115 +100,94 @@ def interpreter_versions(paths: dict[str, str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=50, help="measured samples of each (>= 50)")
-    args = parser.parse_args()
-    if args.n < 50:
-        parser.error("--n must be at least 50")
-
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # so the finally below stops the server and cleans up
-
-    signal.signal(signal.SIGTERM, on_term)
-
-    command = shlex.join(sys.orig_argv)
-    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
-        command += "   (started by `uv run`)"
-    before = machine_info()
-    root = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    server = BenchServer(root=root, port=free_port())
     try:
-        t0 = time.perf_counter()
-        server.start()
-        startup_ms = (time.perf_counter() - t0) * 1000
-        key = server.create_key()
-        available = server.languages()
-        languages = [lang for lang in CASES if lang in available]
-        bare: dict[str, Series] = {lang: Series() for lang in languages}
-        served: dict[str, Series] = {lang: Series() for lang in languages}
+        with session("bench_inline", __doc__ or "", min_n=50, stop_timeout_s=15) as s:
+            args, command, before, server = s.args, s.command, s.before, s.server
+            key, startup_ms = s.key, s.startup_ms
+            available = server.languages()
+            languages = [lang for lang in CASES if lang in available]
+            bare: dict[str, Series] = {lang: Series() for lang in languages}
+            served: dict[str, Series] = {lang: Series() for lang in languages}
 
-        with httpx.Client(
-            base_url=server.url,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-            trust_env=False,
-        ) as client:
-            runners = {}
-            exes: dict[str, str] = {}
-            for lang in languages:
-                argv, code, expected = CASES[lang]
-                exe = shutil.which(argv[0], path=CLEAN_ENV["PATH"])
-                if exe is None:
-                    raise RuntimeError(f"{argv[0]} not found on {CLEAN_ENV['PATH']}")
-                exes[lang] = exe
-                runners[lang] = (
-                    bare_runner([exe, *argv[1:]], expected),
-                    server_runner(client, lang, code, expected),
-                )
-            for lang, (
-                a,
-                b,
-            ) in runners.items():  # warm-up: page cache, connection, first-call paths
-                for _ in range(WARMUP):
-                    a()
-                    b()
-            t_run = time.perf_counter()
-            for _ in range(args.n):
-                for lang, (a, b) in runners.items():
-                    ms, _ = timed(a)
-                    bare[lang].samples_ms.append(ms)
-                    ms, inner = timed(b)
-                    served[lang].samples_ms.append(ms)
-                    if inner is not None:
-                        served[lang].inner_ms.append(inner)
-            run_s = time.perf_counter() - t_run
+            with httpx.Client(
+                base_url=server.url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+                trust_env=False,
+            ) as client:
+                runners = {}
+                exes: dict[str, str] = {}
+                for lang in languages:
+                    argv, code, expected = CASES[lang]
+                    exe = shutil.which(argv[0], path=CLEAN_ENV["PATH"])
+                    if exe is None:
+                        raise RuntimeError(f"{argv[0]} not found on {CLEAN_ENV['PATH']}")
+                    exes[lang] = exe
+                    runners[lang] = (
+                        bare_runner([exe, *argv[1:]], expected),
+                        server_runner(client, lang, code, expected),
+                    )
+                for lang, (
+                    a,
+                    b,
+                ) in runners.items():  # warm-up: page cache, connection, first-call paths
+                    for _ in range(WARMUP):
+                        a()
+                        b()
+                t_run = time.perf_counter()
+                for _ in range(args.n):
+                    for lang, (a, b) in runners.items():
+                        ms, _ = timed(a)
+                        bare[lang].samples_ms.append(ms)
+                        ms, inner = timed(b)
+                        served[lang].samples_ms.append(ms)
+                        if inner is not None:
+                            served[lang].inner_ms.append(inner)
+                run_s = time.perf_counter() - t_run
 
-        after = machine_info()
-        print("sandboxd inline execute vs bare interpreter start")
-        print(f"command: {command}   (cwd {os.getcwd()})")
-        print(
-            f"samples: n={args.n} measured per series after {WARMUP} warm-up each; interleaved A,B per language,"
-            f" languages interleaved; {run_s:.1f} s measuring"
-        )
-        print(
-            f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB), "
-            f"ready in {startup_ms:.0f} ms; HTTP: one httpx.Client, keep-alive, sequential"
-        )
-        print("bare: subprocess.run(argv, env={'PATH': '/usr/bin:/bin'}, capture_output=True)")
-        print(f"interpreters: {interpreter_versions(exes)}")
-        for line in before:
-            print(f"before  {line}")
-        print(f"after   {after[1]}")
-        print()
-        header = (
-            f"{'language':<8} {'bare med':>9} {'bare p95':>9} {'server med':>11} {'server p95':>11}"
-            f" {'ratio':>6} {'overhead':>9} {'in-sandbox med':>15}"
-        )
-        print(header)
-        print("-" * len(header))
-        for lang in languages:
-            a, b = bare[lang], served[lang]
-            inner = f"{statistics.median(b.inner_ms):.1f}" if b.inner_ms else "-"
+            after = machine_info()
+            print("sandboxd inline execute vs bare interpreter start")
+            print(f"command: {command}   (cwd {os.getcwd()})")
             print(
-                f"{lang:<8} {a.median():>9.1f} {a.p95():>9.1f} {b.median():>11.1f} {b.p95():>11.1f}"
-                f" {b.median() / a.median():>5.1f}x {b.median() - a.median():>9.1f} {inner:>15}"
+                f"samples: n={args.n} measured per series after {WARMUP} warm-up each; interleaved A,B per language,"
+                f" languages interleaved; {run_s:.1f} s measuring"
             )
-        print()
-        print("ms; ratio = server median / bare median; overhead = server median - bare median;")
-        print(
-            "in-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
-            " interpreter);\n  not in it: cgroup create/remove, DB writes, HTTP, JSON."
-        )
-        missing = [lang for lang in CASES if lang not in languages]
-        if missing:
-            print(f"not measured (not in the server's image): {', '.join(missing)}")
-        return 0
+            print(
+                f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB), "
+                f"ready in {startup_ms:.0f} ms; HTTP: one httpx.Client, keep-alive, sequential"
+            )
+            print("bare: subprocess.run(argv, env={'PATH': '/usr/bin:/bin'}, capture_output=True)")
+            print(f"interpreters: {interpreter_versions(exes)}")
+            for line in before:
+                print(f"before  {line}")
+            print(f"after   {after[1]}")
+            print()
+            header = (
+                f"{'language':<8} {'bare med':>9} {'bare p95':>9} {'server med':>11} {'server p95':>11}"
+                f" {'ratio':>6} {'overhead':>9} {'in-sandbox med':>15}"
+            )
+            print(header)
+            print("-" * len(header))
+            for lang in languages:
+                a, b = bare[lang], served[lang]
+                inner = f"{statistics.median(b.inner_ms):.1f}" if b.inner_ms else "-"
+                print(
+                    f"{lang:<8} {a.median():>9.1f} {a.p95():>9.1f} {b.median():>11.1f} {b.p95():>11.1f}"
+                    f" {b.median() / a.median():>5.1f}x {b.median() - a.median():>9.1f} {inner:>15}"
+                )
+            print()
+            print("ms; ratio = server median / bare median; overhead = server median - bare median;")
+            print(
+                "in-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
+                " interpreter);\n  not in it: cgroup create/remove, DB writes, HTTP, JSON."
+            )
+            missing = [lang for lang in CASES if lang not in languages]
+            if missing:
+                print(f"not measured (not in the server's image): {', '.join(missing)}")
+            return 0
     except RuntimeError as exc:
         print(f"bench_inline: {exc}", file=sys.stderr)
         return 1
-    finally:
-        server.stop(timeout_s=15)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,18 +28,11 @@ loop mounts), like the server itself; httpx comes with the dev extra
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
 
 try:
     import httpx
@@ -48,7 +41,7 @@ except ImportError:  # pragma: no cover - depends on how the env was synced
         "bench_threads: httpx is missing; run: uv run --extra dev python bench/bench_threads.py"
     )
 
-from _common import TOOLS_ENV, BenchServer, Series, free_port, machine_info, timed
+from _common import TOOLS_ENV, machine_info, Series, session, timed
 
 WARMUP = 3
 MIN_N = 30
@@ -127,122 +120,98 @@ def tool_version(argv: list[str]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=50, help=f"measured samples of each (>= {MIN_N})")
-    args = parser.parse_args()
-    if args.n < MIN_N:
-        parser.error(f"--n must be at least {MIN_N}")
-
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # so the finally below stops the server and cleans up
-
-    signal.signal(signal.SIGTERM, on_term)
-
-    command = shlex.join(sys.orig_argv)
-    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
-        command += "   (started by `uv run`)"
-    before = machine_info()
-    root = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    server = BenchServer(root=root, port=free_port())
     try:
-        t0 = time.perf_counter()
-        server.start()
-        startup_ms = (time.perf_counter() - t0) * 1000
-        key = server.create_key()
-        if "python" not in server.languages():
-            raise RuntimeError("python is not in the server's image")
-        series = {
-            "A": Series("A stateless (no thread_id)"),
-            "B": Series("B thread, home: 1 file"),
-            "C": Series(f"C thread, home: {MANY_FILES:,} files"),
-        }
-
-        with httpx.Client(
-            base_url=server.url,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=600,
-            trust_env=False,
-        ) as client:
-            # setup: one execution on each thread creates its home and writes its files
-            setup_small_ms = expect(client, SETUP_SMALL, THREAD_SMALL, "100\n", "setup B")
-            setup_many_ms = expect(client, SETUP_MANY, THREAD_MANY, f"{MANY_FILES}\n", "setup C")
-            runners = {
-                "A": runner(client, None),
-                "B": runner(client, THREAD_SMALL),
-                "C": runner(client, THREAD_MANY),
+        with session("bench_threads", __doc__ or "", min_n=MIN_N, stop_timeout_s=30) as s:
+            args, command, before, server = s.args, s.command, s.before, s.server
+            key, startup_ms = s.key, s.startup_ms
+            if "python" not in server.languages():
+                raise RuntimeError("python is not in the server's image")
+            series = {
+                "A": Series("A stateless (no thread_id)"),
+                "B": Series("B thread, home: 1 file"),
+                "C": Series(f"C thread, home: {MANY_FILES:,} files"),
             }
-            for _ in range(WARMUP):  # page cache, connection, first-call paths
-                for run in runners.values():
-                    run()
-            t_run = time.perf_counter()
-            for _ in range(args.n):
-                for name, run in runners.items():
-                    ms, inner = timed(run)
-                    series[name].samples_ms.append(ms)
-                    series[name].inner_ms.append(inner)
-            run_s = time.perf_counter() - t_run
-            # the homes still hold what the setup wrote: every run committed a full snapshot
-            expect(client, CHECK_SMALL, THREAD_SMALL, "100\n", "check B")
-            many = f"{MANY_FILES} {MANY_FILES * FILE_BYTES}\n"
-            expect(client, CHECK_MANY, THREAD_MANY, many, "check C")
 
-        after = machine_info()
-        print("sandboxd inline execute: stateless vs thread_id (btrfs home snapshot per execution)")
-        print(f"command: {command}   (cwd {os.getcwd()})")
-        print(
-            f"samples: n={args.n} measured per series after {WARMUP} warm-up each;"
-            f" interleaved A,B,C,A,B,C,...; sequential; {run_s:.1f} s measuring"
-        )
-        print(
-            f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB,"
-            f" thread quota 1024 MiB), ready in {startup_ms:.0f} ms;"
-            " HTTP: one httpx.Client, keep-alive, sequential"
-        )
-        print(f"code: python {CODE!r}, expected stdout {EXPECTED!r}, every response checked")
-        print(
-            f"setup: B = one execution writing ~/small.txt (100 B), {setup_small_ms:.0f} ms;"
-            f" C = one execution writing {MANY_FILES:,} files of {FILE_BYTES} B under ~/many/,"
-            f" {setup_many_ms:.0f} ms; both verified again after measuring"
-        )
-        print(f"storage: {tool_version(['btrfs', '--version'])}, loop-mounted image, quotas on")
-        for line in before:
-            print(f"before  {line}")
-        print(f"after   {after[1]}")
-        print()
-        header = (
-            f"{'series':<28} {'median':>8} {'p95':>8} {'ratio/A':>8} {'+ms vs A':>9}"
-            f" {'in-sandbox med':>15}"
-        )
-        print(header)
-        print("-" * len(header))
-        base = series["A"].median()
-        for s in series.values():
+            with httpx.Client(
+                base_url=server.url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=600,
+                trust_env=False,
+            ) as client:
+                # setup: one execution on each thread creates its home and writes its files
+                setup_small_ms = expect(client, SETUP_SMALL, THREAD_SMALL, "100\n", "setup B")
+                setup_many_ms = expect(client, SETUP_MANY, THREAD_MANY, f"{MANY_FILES}\n", "setup C")
+                runners = {
+                    "A": runner(client, None),
+                    "B": runner(client, THREAD_SMALL),
+                    "C": runner(client, THREAD_MANY),
+                }
+                for _ in range(WARMUP):  # page cache, connection, first-call paths
+                    for run in runners.values():
+                        run()
+                t_run = time.perf_counter()
+                for _ in range(args.n):
+                    for name, run in runners.items():
+                        ms, inner = timed(run)
+                        series[name].samples_ms.append(ms)
+                        series[name].inner_ms.append(inner)
+                run_s = time.perf_counter() - t_run
+                # the homes still hold what the setup wrote: every run committed a full snapshot
+                expect(client, CHECK_SMALL, THREAD_SMALL, "100\n", "check B")
+                many = f"{MANY_FILES} {MANY_FILES * FILE_BYTES}\n"
+                expect(client, CHECK_MANY, THREAD_MANY, many, "check C")
+
+            after = machine_info()
+            print("sandboxd inline execute: stateless vs thread_id (btrfs home snapshot per execution)")
+            print(f"command: {command}   (cwd {os.getcwd()})")
             print(
-                f"{s.label:<28} {s.median():>8.1f} {s.p95():>8.1f} {s.median() / base:>7.2f}x"
-                f" {s.median() - base:>9.1f} {s.inner_median():>15.1f}"
+                f"samples: n={args.n} measured per series after {WARMUP} warm-up each;"
+                f" interleaved A,B,C,A,B,C,...; sequential; {run_s:.1f} s measuring"
             )
-        print()
-        b, c = series["B"], series["C"]
-        print(
-            f"B/A = {b.median() / base:.2f}x   C/A = {c.median() / base:.2f}x   C/B = "
-            f"{c.median() / b.median():.2f}x   (ratios of medians)"
-        )
-        print(
-            "ms, wall time of the HTTP request from this client; p95 = nearest rank;"
-            "\nin-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
-            " interpreter);\n  not in it: the thread's snapshot before and commit (exchange +"
-            " subvolume delete) after,\n  cgroup create/remove, DB writes, HTTP, JSON."
-        )
-        return 0
+            print(
+                f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB,"
+                f" thread quota 1024 MiB), ready in {startup_ms:.0f} ms;"
+                " HTTP: one httpx.Client, keep-alive, sequential"
+            )
+            print(f"code: python {CODE!r}, expected stdout {EXPECTED!r}, every response checked")
+            print(
+                f"setup: B = one execution writing ~/small.txt (100 B), {setup_small_ms:.0f} ms;"
+                f" C = one execution writing {MANY_FILES:,} files of {FILE_BYTES} B under ~/many/,"
+                f" {setup_many_ms:.0f} ms; both verified again after measuring"
+            )
+            print(f"storage: {tool_version(['btrfs', '--version'])}, loop-mounted image, quotas on")
+            for line in before:
+                print(f"before  {line}")
+            print(f"after   {after[1]}")
+            print()
+            header = (
+                f"{'series':<28} {'median':>8} {'p95':>8} {'ratio/A':>8} {'+ms vs A':>9}"
+                f" {'in-sandbox med':>15}"
+            )
+            print(header)
+            print("-" * len(header))
+            base = series["A"].median()
+            for s in series.values():
+                print(
+                    f"{s.label:<28} {s.median():>8.1f} {s.p95():>8.1f} {s.median() / base:>7.2f}x"
+                    f" {s.median() - base:>9.1f} {s.inner_median():>15.1f}"
+                )
+            print()
+            b, c = series["B"], series["C"]
+            print(
+                f"B/A = {b.median() / base:.2f}x   C/A = {c.median() / base:.2f}x   C/B = "
+                f"{c.median() / b.median():.2f}x   (ratios of medians)"
+            )
+            print(
+                "ms, wall time of the HTTP request from this client; p95 = nearest rank;"
+                "\nin-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
+                " interpreter);\n  not in it: the thread's snapshot before and commit (exchange +"
+                " subvolume delete) after,\n  cgroup create/remove, DB writes, HTTP, JSON."
+            )
+            return 0
     except RuntimeError as exc:
         print(f"bench_threads: {exc}", file=sys.stderr)
         return 1
-    finally:
-        server.stop()
-        left = server.unmount_leftovers()  # only if the server died or had to be killed
-        if left:
-            print(f"bench_threads: unmounted left mounts: {', '.join(left)}", file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
