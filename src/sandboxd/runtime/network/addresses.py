@@ -65,14 +65,14 @@ def egress_refusal(ip: IPAddress, host_addresses: frozenset[IPAddress] = frozens
     inner = embedded_ipv4(ip)
     if inner is not None:
         return egress_refusal(inner, host_addresses)
-    if ip in host_addresses:
-        return "an address of this host"
     if ip == _AZURE_WIRESERVER:
         return "a cloud metadata address"
     table: tuple[IPNetwork, ...] = BLOCKED_V4 if isinstance(ip, ipaddress.IPv4Address) else BLOCKED_V6
     for net in table:
         if ip in net:
             return f"a non-public address ({net})"
+    if ip in host_addresses:
+        return "an address of this host"
     return None
 
 
