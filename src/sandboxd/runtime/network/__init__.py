@@ -75,8 +75,8 @@ class Network:
         nft: str = "nft",
     ) -> None:
         self._resolver = resolver
-        self._slirp4netns = slirp4netns
-        self._nft = nft
+        self._slirp4netns = _which(slirp4netns)
+        self._nft = _which(nft)
         self._host_addresses: frozenset[IPAddress] = host_addresses()
 
     @contextlib.asynccontextmanager
@@ -128,6 +128,11 @@ class Network:
                 await asyncio.to_thread(net.close)
         finally:
             ns.close()
+
+
+def _which(tool: str) -> str:
+    """The tool's path, also where root's tools live when the server's PATH lacks sbin."""
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin") or tool
 
 
 async def _setup(fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
