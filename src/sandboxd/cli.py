@@ -6,6 +6,7 @@ Each command parses its options, calls one service function and prints the resul
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -126,6 +127,9 @@ def run(
     sandbox: Annotated[str, typer.Option(help="Sandbox config to use.")] = DEFAULT_SANDBOX,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object instead of the output.")
+    ] = False,
 ) -> None:
     """Run one execution locally, in the same sandbox the server uses; exits with its exit code."""
     source = sys.stdin.read() if code == "-" else code
@@ -140,6 +144,13 @@ def run(
             outcome = await services.executions.execute(principal, request, delivery_mode="cli")
         finally:
             await services.close()
+        if as_json:
+            typer.echo(json.dumps(
+                {"trace_id": outcome.trace_id, "status": outcome.status, **outcome.result(),
+                 "output_truncated": outcome.output_truncated,
+                 "network": [dataclasses.asdict(d) for d in outcome.network]}
+            ))
+            return outcome.exit_code
         sys.stdout.write(outcome.stdout)
         sys.stdout.flush()
         sys.stderr.write(outcome.stderr)
@@ -225,7 +236,7 @@ def keys_revoke(key_id: str, data_dir: DataDir = None, database_url: DatabaseUrl
 def _sandbox_json(s: Any) -> str:
     return json.dumps(
         {"name": s.name, "id": s.id, "cpus": s.cpus, "memory_mib": s.memory_mib,
-         "network": s.network, "timeout_cap_s": s.timeout_cap_s}
+         "network": s.network, "allow": s.network_allow or [], "timeout_cap_s": s.timeout_cap_s}
     )
 
 
@@ -234,14 +245,27 @@ def sandboxes_create(
     name: str,
     cpus: Annotated[float, typer.Option(help="CPU quota in cores.")] = 1.0,
     memory: Annotated[int, typer.Option("--memory", help="Memory limit in MiB.")] = 1024,
-    network: Annotated[str, typer.Option(help="Network policy: none.")] = "none",
+    network: Annotated[
+        str, typer.Option(help="Network policy: none (default), allowlist (via --allow) or full.")
+    ] = "none",
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            help="With --network allowlist: a domain the code may reach over HTTP(S): pypi.org, "
+            "*.example.com (subdomains), host:port (other than 80/443). Repeatable.",
+        ),
+    ] = None,
     timeout_cap: Annotated[int, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = 60,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a sandbox config."""
-    config = SandboxConfig(name=name, cpus=cpus, memory_mib=memory, network=network, timeout_cap_s=timeout_cap)
+    config = SandboxConfig(
+        name=name, cpus=cpus, memory_mib=memory, network=network, timeout_cap_s=timeout_cap,
+        allow=tuple(allow or ()),
+    )
 
     async def go(admin: Admin) -> Any:
         return await admin.tenancy.create_sandbox(await admin.tenancy.org(org), config)

@@ -36,6 +36,14 @@ class SandboxResult(BaseModel):
         )
 
 
+class NetworkDecisionBody(BaseModel):
+    host: str = Field(description="Host name asked of the egress proxy, or the address (full policy).")
+    port: int
+    allowed: bool
+    reason: str
+    count: int = Field(description="How many times this same decision was made.")
+
+
 class ExecutionStatus(BaseModel):
     """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts)."""
 
@@ -56,6 +64,11 @@ class ExecutionStatus(BaseModel):
     thread_id: str | None = None
     metadata: dict[str, str] | None = None
     output_truncated: bool = False
+    network: list[NetworkDecisionBody] = Field(
+        default_factory=list,
+        description="The network policy's decision for each destination the code asked for "
+        "(allowlist and full policies): the audit record of its egress.",
+    )
 
 
 class WebhookAccepted(BaseModel):

@@ -6,6 +6,7 @@ namespace and environment policy, so every flag below is deliberate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class SandboxFds:
     group: int
     hosts: int
     nsswitch: int
+    #: /etc/resolv.conf for `full` mode; None elsewhere (no resolver to reach).
+    resolv: int | None = None
 
 
 def base_env() -> dict[str, str]:
@@ -58,8 +61,19 @@ def base_env() -> dict[str, str]:
     }
 
 
-def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> list[str]:
+def build_argv(
+    spec: SandboxSpec,
+    fds: SandboxFds,
+    *,
+    bwrap: str = "bwrap",
+    network_env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """`network_env` is what the network policy sets (the egress proxy's address); it wins
+    over the request's variables so the code always learns the way out that exists."""
     limits = spec.limits
+    # `none`: bwrap makes an empty namespace. Otherwise the launcher has already joined the
+    # one the network policy prepared (never the host's).
+    net = ["--unshare-net"] if spec.network.mode == "none" else []
     mib = 1024 * 1024
     argv = [
         bwrap,
@@ -70,7 +84,7 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         "--unshare-user",
         "--unshare-ipc",
         "--unshare-pid",
-        "--unshare-net",
+        *net,
         "--unshare-uts",
         "--unshare-cgroup",
         "--disable-userns",
@@ -94,6 +108,7 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         "--ro-bind-data", str(fds.group), "/etc/group",
         "--ro-bind-data", str(fds.hosts), "/etc/hosts",
         "--ro-bind-data", str(fds.nsswitch), "/etc/nsswitch.conf",
+        *(["--ro-bind-data", str(fds.resolv), "/etc/resolv.conf"] if fds.resolv is not None else []),
         "--proc", "/proc",
         "--dev", "/dev",
         # Writable places, each a size-limited tmpfs (also charged to the memory cgroup).
@@ -113,7 +128,7 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         # Environment: nothing of the server's, only ours and the request's.
         "--clearenv",
     ]
-    env = base_env() | spec.env
+    env = base_env() | spec.env | dict(network_env or {})
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += [

@@ -3,6 +3,8 @@
 It runs as host root in a copy of the server process, so it only makes syscalls (no locks,
 no allocation-heavy Python). The order is the security argument:
 
+0. join the network namespace        needs root; only when the policy prepared one (allowlist,
+                                     full); the handle is closed so the sandbox never holds it
 1. join the execution's cgroups      needs root: the cgroup files belong to root
 2. set rlimits                       inherited by bwrap and everything it starts
 3. drop to the sandbox's host ids    setgroups, setresgid, setresuid: no privilege after this;
@@ -21,16 +23,25 @@ from collections.abc import Callable, Sequence
 from . import rlimits as _rlimits
 
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def preexec(
-    cgroup_procs: Sequence[str], uid: int, gid: int, limits: _rlimits.RlimitPlan
+    cgroup_procs: Sequence[str],
+    uid: int,
+    gid: int,
+    limits: _rlimits.RlimitPlan,
+    netns_fd: int | None = None,
 ) -> Callable[[], None]:
     parent = os.getpid()
     files = tuple(cgroup_procs)
 
     def _in_child() -> None:
+        if netns_fd is not None:  # 0.
+            if _libc.setns(netns_fd, _CLONE_NEWNET) != 0:
+                os._exit(126)
+            os.close(netns_fd)
         pid = str(os.getpid()).encode()
         for path in files:  # 1. as root
             fd = os.open(path, os.O_WRONLY)

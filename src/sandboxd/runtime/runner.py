@@ -13,7 +13,7 @@ import contextlib
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import SandboxSetupError
 from ..ids import random_token
@@ -21,6 +21,7 @@ from . import bwrap as _bwrap
 from . import launch, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
 from .languages import available_languages
+from .network import Attached, Network
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
@@ -56,7 +57,9 @@ class BwrapRunner:
         uids: UidPool,
         seccomp_bpf: bytes,
         bwrap_path: str = "/usr/bin/bwrap",
+        network: Network | None = None,
     ) -> None:
+        self._network = network or Network()
         self._cgroups = cgroups
         self._uids = uids
         self._seccomp_bpf = seccomp_bpf
@@ -73,14 +76,25 @@ class BwrapRunner:
     ) -> ExecResult:
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
+        async with self._network.attach(spec.network) as net:
+            result = await self._run(spec, net, sink, cancel)
+        return _with_network(result, net)
+
+    async def _run(
+        self,
+        spec: SandboxSpec,
+        net: Attached,
+        sink: OutputSink | None,
+        cancel: asyncio.Event | None,
+    ) -> ExecResult:
         uid = spec.host_uid if spec.host_uid is not None else self._uids.acquire()
         group: Cgroup | None = None
         fds: list[int] = []
         proc: asyncio.subprocess.Process | None = None
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
-            box_fds = self._open_fds(spec, fds)
-            argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap)
+            box_fds = self._open_fds(spec, net, fds)
+            argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap, network_env=net.env)
             # The options go through a memfd (`--args`): the command line that other host users
             # can read in /proc then shows no env values. bwrap wants the command itself on
             # its real command line.
@@ -96,10 +110,14 @@ class BwrapRunner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={},
-                pass_fds=tuple(fds),
+                pass_fds=(*fds, *([net.netns_fd] if net.netns_fd is not None else [])),
                 start_new_session=True,
                 preexec_fn=launch.preexec(
-                    group.procs_files, uid, spec.host_gid or uid, rlimits.plan(spec.limits)
+                    group.procs_files,
+                    uid,
+                    spec.host_gid or uid,
+                    rlimits.plan(spec.limits),
+                    net.netns_fd,
                 ),
             )
             for fd in fds:  # the child has its copies; bwrap reads them to EOF
@@ -137,7 +155,7 @@ class BwrapRunner:
             if spec.host_uid is None:
                 self._uids.release(uid)
 
-    def _open_fds(self, spec: SandboxSpec, opened: list[int]) -> _bwrap.SandboxFds:
+    def _open_fds(self, spec: SandboxSpec, net: Attached, opened: list[int]) -> _bwrap.SandboxFds:
         return _bwrap.SandboxFds(
             program=_memfd("program", spec.code, opened),
             seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
@@ -145,7 +163,17 @@ class BwrapRunner:
             group=_memfd("group", _bwrap.group_file(), opened),
             hosts=_memfd("hosts", _bwrap.hosts_file(), opened),
             nsswitch=_memfd("nsswitch", _bwrap.nsswitch_file(), opened),
+            resolv=_memfd("resolv", net.resolv_conf, opened) if net.resolv_conf else None,
         )
+
+
+def _with_network(result: ExecResult, net: Attached) -> ExecResult:
+    """Attach the policy's decisions; a failure after a refused connection is `blocked`."""
+    if not net.decisions:
+        return result
+    if result.status is ExecStatus.FAILED and net.refused_any:
+        return replace(result, status=ExecStatus.BLOCKED, error="blocked", network=net.decisions)
+    return replace(result, network=net.decisions)
 
 
 def _memfd(name: str, content: bytes, opened: list[int]) -> int:

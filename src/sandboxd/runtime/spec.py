@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal
 
+from .network.policy import NetworkDecision, NetworkPolicy
+
 Language = Literal["python", "node", "bash"]
 Stream = Literal["stdout", "stderr"]
 
@@ -46,7 +48,7 @@ class SandboxSpec:
     code: bytes
     limits: Limits = field(default_factory=Limits)
     env: dict[str, str] = field(default_factory=dict)
-    network: Literal["none"] = "none"
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
     #: Host directory bound read-write at /home/baponi (a thread's working copy); None: a
     #: fresh empty tmpfs.
     home: str | None = None
@@ -63,6 +65,8 @@ class ExecStatus(str, enum.Enum):
     TIMEOUT = "timeout"
     OOM = "oom"
     CANCELLED = "cancelled"
+    #: The program failed after the network policy refused a connection it asked for.
+    BLOCKED = "blocked"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class ExecResult:
     duration_ms: int
     #: Machine-readable result error (spec §3.4): None, "timeout", "memory_limit_exceeded", ...
     error: str | None = None
+    #: Destinations the sandbox asked for and the policy's answers (allowlist and full modes).
+    network: tuple[NetworkDecision, ...] = ()
 
     @property
     def output_truncated(self) -> bool:

@@ -34,4 +34,5 @@ def execution_document(e: Execution) -> dict[str, Any]:
         "thread_id": e.thread_id,
         "metadata": e.metadata,
         "output_truncated": e.output_truncated,
+        "network": e.network_log or [],
     }

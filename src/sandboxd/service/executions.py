@@ -14,13 +14,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from ..bus import Event, EventLog
 from ..errors import InvalidRequest, NotFound, SandboxSetupError
 from ..ids import new_trace_id
 from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
+from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
 from .keys import Principal
@@ -52,6 +53,8 @@ class Outcome:
     error: str | None
     duration_ms: int
     output_truncated: bool
+    #: What the network policy decided for each destination the code asked for.
+    network: tuple[NetworkDecision, ...] = ()
 
     @property
     def success(self) -> bool:
@@ -148,6 +151,7 @@ class ExecutionService:
             limits=limits,
             env=dict(request.env_vars or {}),
             host_gid=principal.org.gid,
+            network=NetworkPolicy.parse(principal.sandbox.network, principal.sandbox.network_allow or ()),
         )
         trace_id = new_trace_id()
         thread = None
@@ -275,6 +279,7 @@ class ExecutionService:
             error=error,
             duration_ms=result.duration_ms,
             output_truncated=result.output_truncated,
+            network=result.network,
         )
 
     def _platform_failure(self, sub: Submission, error: str) -> Outcome:
@@ -297,6 +302,7 @@ class ExecutionService:
                 error=outcome.error,
                 duration_ms=outcome.duration_ms,
                 completed_at=utcnow(),
+                network_log=[asdict(d) for d in outcome.network] or None,
             )
         except Exception:
             log.exception("execution %s: recording the result failed", sub.trace_id)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..ids import new_id
+from ..runtime.network import NetworkPolicy
 from ..store import DuplicateError, Org, Sandbox, Store, utcnow
 
 DEFAULT_ORG = "default"
 DEFAULT_SANDBOX = "default"
-NETWORK_POLICIES = ("none",)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -24,6 +24,8 @@ class SandboxConfig:
     memory_mib: int = 1024
     network: str = "none"
     timeout_cap_s: int = 60
+    #: Allowlist entries for network "allowlist": `pypi.org`, `*.example.com`, `host:port`.
+    allow: tuple[str, ...] = ()
 
     def check(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -32,8 +34,12 @@ class SandboxConfig:
             raise InvalidRequest("cpus must be between 0.05 and 64")
         if not 32 <= self.memory_mib <= 1024 * 1024:
             raise InvalidRequest("memory_mib must be between 32 and 1048576")
-        if self.network not in NETWORK_POLICIES:
-            raise InvalidRequest(f"network must be one of: {', '.join(NETWORK_POLICIES)}")
+        try:
+            policy = NetworkPolicy.parse(self.network, self.allow)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if policy.mode == "allowlist" and not policy.allow:
+            raise InvalidRequest("network 'allowlist' needs at least one allowed domain (--allow)")
         if not 1 <= self.timeout_cap_s <= 3600:
             raise InvalidRequest("timeout_cap_s must be between 1 and 3600")
 
@@ -80,6 +86,7 @@ class TenancyService:
             network=config.network,
             timeout_cap_s=config.timeout_cap_s,
             created_at=utcnow(),
+            network_allow=[str(rule) for rule in NetworkPolicy.parse(config.network, config.allow).allow] or None,
         )
         try:
             return await self._store.sandboxes.add(sandbox)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Sandbox:
     network: str
     timeout_cap_s: int
     created_at: datetime
+    #: allowlist entries (`pypi.org`, `*.example.com:8443`) when network is "allowlist".
+    network_allow: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Execution:
     webhook_url: str | None = None
     webhook_delivery_status: str | None = None
     webhook_attempts: int = 0
+    #: The network policy's decisions: [{"host", "port", "allowed", "reason", "count"}].
+    network_log: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

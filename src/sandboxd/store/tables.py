@@ -40,6 +40,7 @@ sandboxes = Table(
     Column("cpus", Float, nullable=False),
     Column("memory_mib", Integer, nullable=False),
     Column("network", String(16), nullable=False),
+    Column("network_allow", JSON, nullable=True),
     Column("timeout_cap_s", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("org_id", "name", name="uq_sandboxes_org_name"),
@@ -83,6 +84,7 @@ executions = Table(
     Column("webhook_url", String(2048), nullable=True),
     Column("webhook_delivery_status", String(16), nullable=True),
     Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("network_log", JSON, nullable=True),
     Index("ix_executions_org_created", "org_id", "created_at"),
 )
 

@@ -1,0 +1,95 @@
+"""A sandbox's network policy as the runtime carries it out, and what the sandbox tried.
+
+`none` is an empty namespace (loopback only); `allowlist` is an empty namespace whose only way
+out is the egress proxy listening inside it; `full` is user-mode networking (slirp4netns) with
+nftables rules in the namespace that drop the operator's own ranges.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+NetworkMode = Literal["none", "allowlist", "full"]
+NETWORK_MODES: tuple[NetworkMode, ...] = ("none", "allowlist", "full")
+#: Ports an allowlist entry without `:port` opens: HTTP and HTTPS.
+DEFAULT_PORTS = (80, 443)
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One allowlist entry: `example.com` (that name only) or `*.example.com` (any subdomain,
+    not the apex), on one port or on `DEFAULT_PORTS`."""
+
+    pattern: str
+    port: int | None = None
+
+    def matches(self, host: str, port: int) -> bool:
+        if port not in ((self.port,) if self.port is not None else DEFAULT_PORTS):
+            return False
+        if self.pattern.startswith("*."):
+            return host.endswith(self.pattern[1:]) and host != self.pattern[2:]
+        return host == self.pattern
+
+    def __str__(self) -> str:
+        return self.pattern if self.port is None else f"{self.pattern}:{self.port}"
+
+
+def parse_rule(text: str) -> AllowRule:
+    """`pypi.org`, `*.example.com`, `files.example.com:8443`; raises ValueError with the reason."""
+    entry = text.strip().lower().rstrip(".")
+    pattern, _, port_text = entry.partition(":")
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"allowlist entry {text!r}: port must be 1-65535")
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(pattern)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"allowlist entry {text!r}: IP addresses are not allowed, name a domain")
+    try:
+        pattern = pattern.encode("idna").decode("ascii") if not pattern.isascii() else pattern
+    except UnicodeError:
+        raise ValueError(f"allowlist entry {text!r} is not a valid domain name") from None
+    if len(pattern) > 253 or not _DOMAIN.fullmatch(pattern) or "." not in pattern.lstrip("*."):
+        raise ValueError(
+            f"allowlist entry {text!r} must be a domain such as pypi.org or *.example.com, "
+            "with an optional :port"
+        )
+    return AllowRule(pattern, port)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    mode: NetworkMode = "none"
+    allow: tuple[AllowRule, ...] = ()
+
+    @classmethod
+    def parse(cls, mode: str, allow: list[str] | tuple[str, ...] = ()) -> NetworkPolicy:
+        if mode not in NETWORK_MODES:
+            raise ValueError(f"network must be one of: {', '.join(NETWORK_MODES)}")
+        if allow and mode != "allowlist":
+            raise ValueError("allowed domains need network policy 'allowlist'")
+        return cls(mode, tuple(parse_rule(a) for a in allow))  # type: ignore[arg-type]
+
+    def permits(self, host: str, port: int) -> bool:
+        return any(rule.matches(host, port) for rule in self.allow)
+
+
+@dataclass(frozen=True)
+class NetworkDecision:
+    """One destination the sandbox asked for and what the policy said (for the audit log)."""
+
+    host: str
+    port: int
+    allowed: bool
+    reason: str
+    count: int = 1
