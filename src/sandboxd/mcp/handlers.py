@@ -205,6 +205,8 @@ def _list_text(source: str, id: str, listing: tools.FileList) -> str:
 
 def _inline_text(head: bytes, size: int, cap: int) -> tuple[str | None, str | None]:
     """(content, None) for small UTF-8 text; (None, why not) otherwise."""
+    if cap == 0:
+        return None, "inline content is turned off on this server"
     if size > cap or len(head) > cap:
         return None, f"larger than the inline limit of {cap} bytes"
     if b"\x00" in head:

@@ -54,9 +54,9 @@ EXECUTE_INPUT: dict[str, Any] = {
             "minLength": 1,
             "maxLength": 128,
             "pattern": _THREAD_ID_PATTERN,
-            "description": "Reuse the same id to keep /home/baponi between calls (files, "
-            "`pip install --user` packages). Pick a unique id per task, e.g. a descriptive "
-            "prefix plus a random suffix. Omit it for a throwaway run.",
+            "description": "Reuse the same id to keep /home/baponi between calls (files, and "
+            "anything installed under it). Pick a unique id per task, e.g. a descriptive prefix "
+            "plus a random suffix. Omit it for a throwaway run.",
         },
         "env_vars": {
             "type": "object",
