@@ -99,7 +99,7 @@ def serve(
         try:
             config = uvicorn.Config(
                 create_api(services), host=settings.host, port=settings.port, log_level="info",
-                lifespan="off", access_log=False,
+                lifespan="on", access_log=False,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
             server = uvicorn.Server(config)

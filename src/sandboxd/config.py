@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _CPUS = os.cpu_count() or 1
 
@@ -83,6 +84,26 @@ class Settings(BaseSettings):
     file_size_mib: int = Field(default=256, ge=1, description="RLIMIT_FSIZE inside a sandbox.")
     open_files_max: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE inside a sandbox.")
     pids_max: int = Field(default=256, ge=16, description="Processes per sandbox (cgroup pids.max).")
+
+    public_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names clients use to reach this server (comma-separated; `host` or "
+        "`host:port`, IPv6 in brackets), besides localhost and --host. /mcp refuses other Host "
+        "headers (DNS-rebinding protection); `*` accepts any.",
+    )
+    mcp_inline_max_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="MCP files_download also returns a file's content inline when it is UTF-8 text "
+        "of at most this many bytes; 0 = never.",
+    )
+
+    @field_validator("public_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -18,6 +18,8 @@ __all__ = ["create_api"]
 
 
 def create_api(services: Services) -> FastAPI:
+    from ..mcp import mount_mcp  # here: sandboxd.mcp reuses this package's error table
+
     app = FastAPI(
         title="sandboxd",
         version=__version__,
@@ -27,6 +29,7 @@ def create_api(services: Services) -> FastAPI:
     errors.install(app)
     for module in (execute, executions, files, health):
         app.include_router(module.router)
+    mount_mcp(app, services)
     app.add_middleware(CatchAll)
     app.add_middleware(
         BodySizeLimit,

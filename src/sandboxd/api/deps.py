@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..errors import Unauthorized
 from ..service import Principal
+from ..service.auth import authenticate
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -29,15 +29,8 @@ async def get_principal(
 ) -> Principal:
     services: Services = request.app.state.services
     ip = request.client.host if request.client else "unknown"
-    services.auth_failures.check(ip)
-    if credentials is None:
-        services.auth_failures.failed(ip)
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    principal = await services.keys.authenticate(credentials.credentials)
-    if principal is None:
-        services.auth_failures.failed(ip)
-        raise Unauthorized("invalid or revoked API key")
-    return principal
+    token = credentials.credentials if credentials is not None else None
+    return await authenticate(services.keys, services.auth_failures, ip, token)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -56,13 +56,18 @@ def status_of(exc: e.SandboxdError) -> int:
     return 500
 
 
-async def _sandboxd_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, e.SandboxdError)
+def response_for(exc: e.SandboxdError) -> JSONResponse:
+    """The HTTP answer to a service error (also for surfaces outside FastAPI's handlers)."""
     status = status_of(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, e.RateLimited) else None
     if status >= 500:
         log.error("request failed: %s", exc.message)
     return error_response(status, exc.code, exc.message, headers)
+
+
+async def _sandboxd_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.SandboxdError)
+    return response_for(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -296,6 +296,25 @@ class FilesService:
         )
         return self._url(base_url, claims)
 
+    async def read_head(
+        self, principal: Principal, source: str, id: str, path: str, max_bytes: int
+    ) -> tuple[int, bytes]:
+        """A file's size and its first `max_bytes` bytes, for a surface that shows small files
+        inline (MCP files_download); the same checks as `download_url`."""
+        self._check_source(source, id)
+        rel = normalize_path(path, source=source, id=id)
+        root = await self._root(principal, source, id)
+        if root is None:
+            raise NotFound(f"no such file: {rel!r}")
+
+        def read(fd: int) -> tuple[int, bytes]:
+            file_fd, st = open_regular(fd, rel)
+            with os.fdopen(file_fd, "rb") as f:
+                return st.st_size, f.read(max_bytes)
+
+        result: tuple[int, bytes] = await self._in_root(root, read)
+        return result
+
     async def delete(self, principal: Principal, source: str, id: str, path: str) -> None:
         self._check_source(source, id)
         rel = normalize_path(path, source=source, id=id)
