@@ -147,11 +147,15 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes: int) -> str:
     sandbox = principal.sandbox
-    network = (
-        "no network access at all (package downloads fail)"
-        if sandbox.network == "none"
-        else f"network policy {sandbox.network!r}"
-    )
+    if sandbox.network == "allowlist":
+        network = (
+            "HTTP(S) only to " + ", ".join(sandbox.network_allow or ())
+            + " through the proxy set in HTTP_PROXY/HTTPS_PROXY (other hosts are refused: status 'blocked')"
+        )
+    elif sandbox.network == "full":
+        network = "outbound internet access (private and cloud-metadata addresses are refused)"
+    else:
+        network = "no network access at all (package downloads fail)"
     volumes = (
         "Volumes: "
         + ", ".join(f"/data/{v.slug}/ ({'read-only' if ro else 'read-write'})" for v, ro in principal.volumes)
