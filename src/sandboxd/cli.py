@@ -105,6 +105,32 @@ def serve(
 
 
 @app.command()
+def doctor(
+    host: Annotated[str | None, typer.Option(help="Address serve will listen on [default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port serve will listen on [default 8080]")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Check this host for what sandboxd needs; print OK/WARN/FAIL and a fix for each problem.
+
+    Exits 0 when nothing failed, 1 otherwise. Run it before `serve` (the port check fails
+    while a server listens there).
+    """
+    from . import doctor as checks
+
+    results = asyncio.run(checks.run_checks(_settings(data_dir, host=host, port=port)))
+    typer.echo(checks.render(results))
+    raise typer.Exit(0 if checks.passed(results) else 1)
+
+
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (docs/configuration.md) from the settings model."""
+    from .config_reference import render
+
+    typer.echo(render(), nl=False)
+
+
+@app.command()
 def run(
     code: Annotated[str, typer.Argument(help="The code, or - to read it from standard input.")],
     language: Annotated[str, typer.Option("--language", "-l", help="python, node or bash")] = "python",

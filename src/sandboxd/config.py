@@ -53,7 +53,8 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1024, description="Cap on captured stdout and on stderr, each."
     )
     max_concurrent: int = Field(
-        default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs."
+        default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs.",
+        json_schema_extra={"default_doc": "4 × CPUs, at least 4"},
     )
     max_concurrent_per_org: int = Field(
         default=0, ge=0, description="Executions running at once per organization; 0 = max_concurrent."
