@@ -142,7 +142,8 @@ def run(
     """Run one execution locally, in the same sandbox the server uses; exits with its exit code."""
     source = sys.stdin.read() if code == "-" else code
     settings = _settings(data_dir)
-    configure_logging(settings.log_level, settings.log_format)
+    # stderr is the program's here: only warnings and errors, unless debug was asked for
+    configure_logging("debug" if settings.log_level == "debug" else "warning", settings.log_format)
 
     async def go() -> int:
         services = await start(settings)

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535, description="Port the API listens on.")
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Lowest level of log lines written to stderr."
+        default="info",
+        description="Lowest level of log lines written to stderr (`sandboxd run`: warning, unless debug).",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto",

@@ -68,3 +68,23 @@ def test_console_format_is_for_people() -> None:
     lines = run('get_logger("sandboxd.c").info("hello", status=200)', fmt="console")
     assert len(lines) == 1 and "hello" in lines[0] and "status" in lines[0]
     assert not lines[0].startswith("{")
+
+
+def test_libraries_never_log_sql_or_requests_even_at_debug() -> None:
+    lines = run(
+        """
+        configure_logging("debug", "json")
+        import asyncio
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+        async def main():
+            engine = create_async_engine("sqlite+aiosqlite://")
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT :v"), {"v": "rowsecret-5"})
+            await engine.dispose()
+        asyncio.run(main())
+        get_logger("sandboxd.d").debug("ours", n=1)
+        """
+    )
+    assert "rowsecret-5" not in "\n".join(lines) and "SELECT" not in "\n".join(lines)
+    assert [json.loads(line)["event"] for line in lines if '"sandboxd.d"' in line] == ["ours"]

@@ -5,8 +5,8 @@ one handler with structlog's formatter, so uvicorn's lines, ours and those of li
 the same and all carry the context bound with `structlog.contextvars` (`request_id` for the
 HTTP request, `trace_id` for the execution).
 
-What is never logged at the default level: API keys, webhook secrets, environment variable
-values and code bodies. No log call passes them, and `_redact` blanks fields with those names
+What is never logged: API keys, webhook secrets, environment variable values and code
+bodies. No log call passes them, and `_redact` blanks fields with those names
 as a second line of defence. Tracebacks are rendered without local variables (structlog's
 rich and dict tracebacks would print them, and locals can hold any of the above).
 """
@@ -21,6 +21,10 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 LogFormat = Literal["auto", "json", "console"]
+
+#: Libraries that log SQL with its parameters (rows hold outputs and key digests) or requests
+#: at INFO and DEBUG: kept at WARNING whatever `log_level` says.
+_CHATTY = ("sqlalchemy", "aiosqlite", "asyncpg", "httpx", "httpcore", "hpack")
 
 #: Field names whose values are never written, whatever passes them.
 _SECRET_FIELDS = frozenset(
@@ -72,6 +76,8 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto", stream: Text
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         logger = logging.getLogger(name)  # uvicorn installs handlers of its own: use ours
         logger.handlers = []
