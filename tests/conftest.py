@@ -42,6 +42,11 @@ class Server:
     def settings(self) -> Settings:
         return Settings(data_dir=self.data_dir)
 
+    @property
+    def log_path(self) -> Path:
+        """Where the server's stdout and stderr (its log lines) go."""
+        return self.data_dir.parent / f"server-{self.url.rsplit(':', 1)[1]}.log"
+
     async def create_key(self, *, org: str = "default", sandbox: str = "default", **sandbox_config: object) -> str:
         """A new key; with `sandbox_config`, bound to a new sandbox config of that name."""
         from sandboxd.service import SandboxConfig

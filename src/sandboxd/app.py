@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .config import Settings
+from .observability import Metrics
 from .runtime import BwrapRunner, Limits, check_sandbox, create_runner
 from .service import (
     AuthFailureLimiter,
@@ -53,13 +55,21 @@ class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
+    metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False
 
+    async def drain(self) -> None:
+        """Stop admitting (not ready; new executions 503), give running executions the grace
+        period, then kill them and record them interrupted. The API keeps answering meanwhile."""
+        self.ready = False
+        await self.executions.shutdown(self.settings.shutdown_grace_s)
+
     async def close(self) -> None:
-        """Stop admitting, give running executions the grace period, stop deliveries, close."""
+        """Drain (at once if a drain was already under way), stop deliveries, close the store."""
         self.ready = False
         if self.executions is not None:
-            await self.executions.shutdown(self.settings.shutdown_grace_s)
+            grace_s = 0.0 if self.executions.closing else self.settings.shutdown_grace_s
+            await self.executions.shutdown(grace_s)
         await self.webhooks.stop()
         await self.threads.stop()
         await self.store.close()
@@ -74,7 +84,7 @@ def prepare_data_dir(settings: Settings) -> None:
             os.chmod(path, 0o600)
 
 
-async def open_admin(settings: Settings) -> Admin:
+async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admin:
     prepare_data_dir(settings)
     store = Store(create_engine(settings.effective_database_url))
     try:
@@ -93,6 +103,7 @@ async def open_admin(settings: Settings) -> Admin:
         max_attempts=settings.webhook_max_attempts,
         backoff_s=settings.webhook_backoff_s,
         timeout_s=settings.webhook_timeout_s,
+        metrics=metrics,
     )
     return Admin(
         settings=settings,
@@ -150,7 +161,8 @@ def build_runner(settings: Settings) -> BwrapRunner:
 
 async def start(settings: Settings, runner: Runner | None = None) -> Services:
     """Everything a server needs, self-checked. Fails closed: no sandbox, no service."""
-    admin = await open_admin(settings)
+    metrics = Metrics()
+    admin = await open_admin(settings, metrics)
     try:
         if runner is None:
             real = build_runner(settings)
@@ -159,12 +171,13 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         executions = ExecutionService(
             admin.store,
             runner,
-            ConcurrencyLimiter(settings.max_concurrent, settings.max_concurrent_per_org),
+            ConcurrencyLimiter(settings.max_concurrent, settings.max_concurrent_per_org, metrics),
             sandbox_defaults(settings),
             admin.webhooks,
             admin.threads,
             admin.volumes,
             keepalive_s=settings.keepalive_interval_s,
+            metrics=metrics,
         )
         await admin.threads.recover()
         interrupted = await executions.recover_interrupted()
@@ -173,6 +186,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     except BaseException:
         await admin.close()
         raise
+    metrics.on_scrape(_count_threads(admin, metrics))
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
     return Services(
@@ -185,10 +199,19 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         volumes=admin.volumes,
         executions=executions,
         auth_failures=AuthFailureLimiter(
-            settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s
+            settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s,
+            metrics=metrics,
         ),
         files=FilesService(
             admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir)))
         ),
+        metrics=metrics,
         ready=True,
     )
+
+
+def _count_threads(admin: Admin, metrics: Metrics) -> Callable[[], Awaitable[None]]:
+    async def refresh() -> None:
+        metrics.threads.set(await admin.store.threads.count())
+
+    return refresh

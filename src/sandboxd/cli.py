@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,8 @@ import typer
 from .app import Admin, open_admin, start
 from .config import Settings
 from .errors import InvalidRequest, SandboxdError, SandboxSetupError
+from .observability import configure_logging
+from .observability.logging import get_logger
 from .service import Principal, SandboxConfig, parse_execute_request
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
 
@@ -85,38 +86,49 @@ def serve(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Start the API server (fails closed if sandboxes cannot be isolated on this host)."""
-    import uvicorn
-
-    from .api import create_api
+    from .server import serve as serve_http
 
     settings = _settings(data_dir, database_url, host=host, port=port)
+    configure_logging(settings.log_level, settings.log_format)
 
     async def go() -> None:
         try:
             services = await start(settings)
         except SandboxSetupError as exc:
-            _fail(f"refusing to serve: {exc.message}")
+            get_logger("sandboxd.server").error("refusing to serve", reason=exc.message)
+            raise typer.Exit(1) from None
         try:
-            config = uvicorn.Config(
-                create_api(services), host=settings.host, port=settings.port, log_level="info",
-                lifespan="on", access_log=False,
-                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-            )
-            server = uvicorn.Server(config)
-            url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-            typer.echo(f"sandboxd listening on http://{url_host}:{settings.port}  (data: {settings.data_dir})")
-            typer.echo(f"  create an API key:  sandboxd keys create --data-dir {settings.data_dir}")
-            # uvicorn re-raises the SIGTERM/SIGINT it caught once serve() returns, with the
-            # previous handler back; ignoring them here lets the shutdown below run (grace
-            # period for running executions, their results and event logs recorded).
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            await server.serve()
+            await serve_http(services)
         finally:
-            services.ready = False
             await services.close()
 
     asyncio.run(go())
+
+
+@app.command()
+def doctor(
+    host: Annotated[str | None, typer.Option(help="Address serve will listen on [default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port serve will listen on [default 8080]")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Check this host for what sandboxd needs; print OK/WARN/FAIL and a fix for each problem.
+
+    Exits 0 when nothing failed, 1 otherwise. Run it before `serve` (the port check fails
+    while a server listens there).
+    """
+    from . import doctor as checks
+
+    results = asyncio.run(checks.run_checks(_settings(data_dir, host=host, port=port)))
+    typer.echo(checks.render(results))
+    raise typer.Exit(0 if checks.passed(results) else 1)
+
+
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (docs/configuration.md) from the settings model."""
+    from .config_reference import render
+
+    typer.echo(render(), nl=False)
 
 
 @app.command()
@@ -134,6 +146,8 @@ def run(
     """Run one execution locally, in the same sandbox the server uses; exits with its exit code."""
     source = sys.stdin.read() if code == "-" else code
     settings = _settings(data_dir)
+    # stderr is the program's here: only warnings and errors, unless debug was asked for
+    configure_logging("debug" if settings.log_level == "debug" else "warning", settings.log_format)
 
     async def go() -> int:
         services = await start(settings)

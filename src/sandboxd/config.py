@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,20 +28,40 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/sandboxd.db. "
         "PostgreSQL: postgresql+asyncpg://user:pass@host/db",
     )
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port the API listens on.")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Lowest level of log lines written to stderr (`sandboxd run`: warning, unless debug).",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="auto: JSON lines, or readable lines when stderr is a terminal; json; console.",
+    )
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Serve Prometheus metrics at /metrics, unauthenticated (on the API port "
+        "unless metrics_port is set).",
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="0: /metrics on the API port; else only on this port, on metrics_host.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics_port listener.")
 
     output_limit_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Cap on captured stdout and on stderr, each."
     )
     max_concurrent: int = Field(
-        default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs."
+        default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs.",
+        json_schema_extra={"default_doc": "4 × CPUs, at least 4"},
     )
     max_concurrent_per_org: int = Field(
         default=0, ge=0, description="Executions running at once per organization; 0 = max_concurrent."
     )
     auth_failures_allowed: int = Field(default=3, ge=1, description="Failed auths per IP per window.")
-    auth_failure_window_s: int = Field(default=60, ge=1)
+    auth_failure_window_s: int = Field(default=60, ge=1, description="The window of auth_failures_allowed.")
     auth_lockout_s: int = Field(default=60, ge=1, description="How long an IP is refused after that.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Request bodies above this are refused (413)."
@@ -51,7 +71,10 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="NDJSON streams: a keepalive event after this much silence."
     )
     shutdown_grace_s: float = Field(
-        default=10.0, ge=0, description="On stop, running executions get this long to finish."
+        default=10.0,
+        ge=0,
+        description="On stop, running executions get this long to finish before they are "
+        "killed and recorded failed/interrupted; then open HTTP responses get as long again.",
     )
     webhook_allow_insecure: bool = Field(
         default=False,

@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from .. import __version__
 from . import errors
 from .middleware import BodySizeLimit, CatchAll
-from .routes import execute, executions, files, health
+from .routes import execute, executions, files, health, metrics
+from .telemetry import RequestTelemetry
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -30,10 +31,13 @@ def create_api(services: Services) -> FastAPI:
     for module in (execute, executions, files, health):
         app.include_router(module.router)
     mount_mcp(app, services)
+    if services.settings.metrics_enabled and not services.settings.metrics_port:
+        app.include_router(metrics.router)
     app.add_middleware(CatchAll)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=services.settings.max_body_bytes,
         exempt_prefixes=(files.BLOB_PREFIX,),
     )
+    app.add_middleware(RequestTelemetry, metrics=services.metrics)  # outermost: sees every answer
     return app

@@ -10,12 +10,14 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 
 from ..errors import RateLimited
+from ..observability import Metrics
 
 
 class ConcurrencyLimiter:
     """A global cap sized to the machine and a per-organization cap."""
 
-    def __init__(self, global_cap: int, per_org_cap: int) -> None:
+    def __init__(self, global_cap: int, per_org_cap: int, metrics: Metrics | None = None) -> None:
+        self._rejections = (metrics or Metrics()).admission_rejections
         self._global_cap = global_cap
         self._per_org_cap = per_org_cap
         self._running = 0
@@ -25,8 +27,10 @@ class ConcurrencyLimiter:
         """Take a slot or raise RateLimited; returns the function that gives it back (once)."""
         cap = org_cap if org_cap is not None else self._per_org_cap
         if self._running >= self._global_cap:
+            self._rejections.labels("global_concurrency").inc()
             raise RateLimited("the server is running as many executions as it can; retry shortly", 1)
         if self._by_org[org_id] >= cap:
+            self._rejections.labels("org_concurrency").inc()
             raise RateLimited(
                 f"your organization already has {cap} executions running (its limit); retry shortly", 1
             )
@@ -54,7 +58,11 @@ class ConcurrencyLimiter:
 class AuthFailureLimiter:
     """N failed authentications from one client IP within a window lock that IP out for a while."""
 
-    def __init__(self, allowed: int, window_s: float, lockout_s: float, clock=time.monotonic) -> None:
+    def __init__(
+        self, allowed: int, window_s: float, lockout_s: float, clock=time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._rejections = (metrics or Metrics()).admission_rejections
         self._allowed = allowed
         self._window_s = window_s
         self._lockout_s = lockout_s
@@ -69,6 +77,7 @@ class AuthFailureLimiter:
             return
         remaining = until - self._clock()
         if remaining > 0:
+            self._rejections.labels("auth_lockout").inc()
             raise RateLimited("too many failed authentication attempts; retry later", int(remaining) + 1)
         del self._locked_until[ip]
 

@@ -17,9 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
+import structlog
+
 from ..bus import Event, EventLog
-from ..errors import InvalidRequest, NotFound, SandboxSetupError
+from ..errors import Conflict, InvalidRequest, NotFound, SandboxSetupError, Unavailable
 from ..ids import new_trace_id
+from ..observability import Metrics
+from ..observability.logging import get_logger
 from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
@@ -31,6 +35,7 @@ from .volumes import VolumeMissing, VolumeService
 from .webhooks import TERMINAL, WebhookService
 
 log = logging.getLogger("sandboxd.executions")
+events_log = get_logger("sandboxd.executions")
 
 
 class Runner(Protocol):
@@ -78,6 +83,8 @@ class Submission:
     trace_id: str
     org_id: str
     log: EventLog
+    accepted_at: float = field(default_factory=time.monotonic)
+    sandbox_s: float | None = None  # time in the sandbox, once it ran
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     thread: WorkingCopy | None = None
@@ -102,7 +109,10 @@ class ExecutionService:
         volumes: VolumeService,
         *,
         keepalive_s: float = 15.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
+        self._closing = False
         self._threads = threads
         self._volumes = volumes
         self._store = store
@@ -138,6 +148,10 @@ class ExecutionService:
         client_id: str | None = None,
     ) -> Submission:
         """Check, admit and start an execution; every refusal happens here, before any output."""
+        accepted_at = time.monotonic()
+        if self._closing:
+            self._metrics.admission_rejections.labels("shutting_down").inc()
+            raise Unavailable("the server is shutting down; retry shortly")
         if request.language not in self._runner.languages:
             raise InvalidRequest(f"language {request.language!r} is not available in this sandbox's image")
         if request.webhook_url is not None:
@@ -156,7 +170,11 @@ class ExecutionService:
         trace_id = new_trace_id()
         thread = None
         if request.thread_id is not None:  # 409 for a busy thread comes before everything else
-            thread = await self._threads.claim(principal.org.id, request.thread_id, trace_id)
+            try:
+                thread = await self._threads.claim(principal.org.id, request.thread_id, trace_id)
+            except Conflict:
+                self._metrics.admission_rejections.labels("thread_busy").inc()
+                raise
         try:
             release = self._limiter.acquire(principal.org.id, principal.org.max_concurrent)
         except BaseException:
@@ -183,7 +201,10 @@ class ExecutionService:
             )
             if request.webhook_url:
                 await self._webhooks.register(trace_id, principal.org.id, request.webhook_url)
-            submission = Submission(trace_id=trace_id, org_id=principal.org.id, log=EventLog(), thread=thread, principal=principal)
+            submission = Submission(
+                trace_id=trace_id, org_id=principal.org.id, log=EventLog(), accepted_at=accepted_at,
+                thread=thread, principal=principal,
+            )
             await submission.log.append("status", trace_id=trace_id, status="queued")
         except BaseException:
             release()
@@ -191,6 +212,7 @@ class ExecutionService:
                 await self._threads.close(thread, keep=False)
             raise
         self._live[trace_id] = submission
+        structlog.contextvars.bind_contextvars(trace_id=trace_id)  # the run's task inherits it
         submission.task = asyncio.create_task(self._run(submission, spec, release), name=trace_id)
         return submission
 
@@ -246,7 +268,19 @@ class ExecutionService:
         finally:
             self._live.pop(sub.trace_id, None)
             self._webhooks.kick()
+            self._observe(sub, spec.language, outcome)
         return outcome
+
+    def _observe(self, sub: Submission, language: str, outcome: Outcome) -> None:
+        """Count the execution and log one line for it (never its code, env or output)."""
+        wall_s = time.monotonic() - sub.accepted_at
+        self._metrics.executions.labels(language, outcome.status).inc()
+        if sub.sandbox_s is not None:
+            self._metrics.execution_overhead.labels(language).observe(max(0.0, wall_s - sub.sandbox_s))
+        events_log.info(
+            "execution finished", language=language, status=outcome.status, error=outcome.error,
+            exit_code=outcome.exit_code, duration_ms=outcome.duration_ms, wall_ms=round(wall_s * 1000),
+        )
 
     async def _sandbox(self, sub: Submission, spec: SandboxSpec) -> Outcome:
         decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
@@ -257,13 +291,16 @@ class ExecutionService:
                 await sub.log.append("output", stream=stream, data=text)
 
         try:
-            result = await self._runner.run(spec, sink=sink, cancel=sub.cancel)
+            with self._metrics.active_sandboxes.track_inprogress():
+                result = await self._runner.run(spec, sink=sink, cancel=sub.cancel)
         except SandboxSetupError as exc:
             log.error("execution %s: %s", sub.trace_id, exc.message)
             return self._platform_failure(sub, exc.code)
         except Exception:
             log.exception("execution %s failed in the runtime", sub.trace_id)
             return self._platform_failure(sub, "internal_error")
+        sub.sandbox_s = result.duration_ms / 1000
+        self._metrics.execution_duration.labels(spec.language).observe(sub.sandbox_s)
         for stream, decoder in decoders.items():
             if tail := decoder.decode(b"", final=True):
                 await sub.log.append("output", stream=stream, data=tail)
@@ -367,8 +404,14 @@ class ExecutionService:
         """On start: executions left unfinished by a stopped server end as failed/interrupted."""
         return await self._store.executions.fail_unfinished(error="interrupted", at=utcnow())
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def shutdown(self, grace_s: float = 0.0) -> None:
-        """Stop: let running executions finish for `grace_s`, then end them as interrupted."""
+        """Stop: refuse new executions (503), let running ones finish for `grace_s`, then kill
+        them; they are recorded failed/interrupted, with the output they had written."""
+        self._closing = True
         running = [s for s in self._live.values() if s.task is not None]
         if running and grace_s > 0:
             await asyncio.wait([s.task for s in running if s.task], timeout=grace_s)

@@ -20,11 +20,13 @@ import secrets
 from datetime import timedelta
 
 import httpx
+import structlog
 from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
 
 from ..errors import Forbidden, InvalidRequest
 from ..ids import new_id
+from ..observability import Metrics
 from ..store import Store, WebhookDelivery, utcnow
 from .documents import execution_document
 from .url_guard import UrlGuard
@@ -45,7 +47,9 @@ class WebhookService:
         backoff_s: float = 2.0,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._deliveries = (metrics or Metrics()).webhook_deliveries
         self._store = store
         self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"sandboxd/webhook-secrets/v1" + pepper).digest()))
         self.guard = guard
@@ -120,7 +124,8 @@ class WebhookService:
                     execution = await self._store.executions.get(delivery.trace_id)
                     if execution is None or execution.status not in TERMINAL:
                         continue
-                    await self._attempt(delivery, execution_document(execution))
+                    with structlog.contextvars.bound_contextvars(trace_id=delivery.trace_id):
+                        await self._attempt(delivery, execution_document(execution))
                     wait_s = 0
             except asyncio.CancelledError:
                 raise
@@ -142,6 +147,7 @@ class WebhookService:
             status = "failed"
         else:
             status = "pending"
+        self._deliveries.labels("retrying" if status == "pending" else status).inc()
         next_at = utcnow() + timedelta(seconds=self._backoff_s * 2 ** (attempts - 1))
         await self._store.webhooks.update_delivery(
             delivery.id, status=status, attempts=attempts, last_error=error, next_attempt_at=next_at

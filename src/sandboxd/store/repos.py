@@ -296,8 +296,11 @@ class ThreadRepo(_Repo):
             query = query.where(threads.c.org_id == org_id)
         return await self._all(Thread, query)
 
-    async def count(self, org_id: str) -> int:
-        query = select(func.count()).select_from(threads).where(threads.c.org_id == org_id, self._live)
+    async def count(self, org_id: str | None = None) -> int:
+        """Live threads of one organization, or of all."""
+        query = select(func.count()).select_from(threads).where(self._live)
+        if org_id is not None:
+            query = query.where(threads.c.org_id == org_id)
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 

@@ -1,0 +1,124 @@
+"""Serving the API with uvicorn: a drain before stopping, and the optional metrics listener.
+
+uvicorn alone stops listening as soon as it is signalled. Here the first SIGTERM or SIGINT
+starts a drain while the API keeps answering: /ready and new executions get 503, running
+executions get `shutdown_grace_s` to finish and are then killed and recorded
+failed/interrupted, and the clients waiting on them (inline, streams) get their results.
+Only then does uvicorn stop, giving open responses up to the grace period again. A second
+signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from .api import create_api
+from .api.routes import metrics as metrics_routes
+from .observability.logging import get_logger
+
+if TYPE_CHECKING:
+    from .app import Services
+
+log = get_logger("sandboxd.server")
+
+
+class _DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_requested = False
+        self.draining: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Runs in the signal handler: schedule the drain on the loop, or stop on a second signal."""
+        if self._drain_requested or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._drain_requested = True
+        self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
+
+    def _start_drain(self, signal_name: str) -> None:
+        log.info("draining", signal=signal_name)
+        self.draining = asyncio.create_task(self._drain_then_stop(), name="drain")
+
+    async def _drain_then_stop(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self.should_exit = True
+
+
+class _SignallessServer(uvicorn.Server):
+    """The metrics listener: the API server owns the signals and stops this one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(services: Services) -> None:
+    """Serve until signalled, then drain and stop; the caller closes the services."""
+    settings = services.settings
+    common: dict[str, Any] = {
+        "log_config": None,  # logging is configured once (observability.logging)
+        "log_level": settings.log_level,
+        "access_log": False,  # api.telemetry writes one structured line per request
+    }
+    api = _DrainingServer(
+        uvicorn.Config(
+            create_api(services), host=settings.host, port=settings.port,
+            lifespan="on",  # the MCP endpoint's session manager runs in the app's lifespan
+            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)), **common,
+        ),
+        services.drain,
+    )
+    side: _SignallessServer | None = None
+    if settings.metrics_enabled and settings.metrics_port:
+        side = _SignallessServer(
+            uvicorn.Config(
+                metrics_routes.standalone(services), host=settings.metrics_host,
+                port=settings.metrics_port, lifespan="off", **common,
+            )
+        )
+    metrics_url = None
+    if settings.metrics_enabled:
+        metrics_url = (
+            _url(settings.metrics_host, settings.metrics_port) if side else _url(settings.host, settings.port)
+        ) + "/metrics"
+    log.info(
+        "sandboxd starting", url=_url(settings.host, settings.port), data_dir=str(settings.data_dir),
+        metrics=metrics_url, hint=f"create an API key: sandboxd keys create --data-dir {settings.data_dir}",
+    )
+    # uvicorn re-raises the signal it caught once serve() returns, with the previous handler
+    # back; ignoring them here lets the caller's shutdown run (grace period, results recorded).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    side_task = asyncio.create_task(side.serve(), name="metrics-listener") if side else None
+    try:
+        await api.serve()
+    finally:
+        if side is not None and side_task is not None:
+            side.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await side_task
+        if api.draining is not None and not api.draining.done():  # a second signal cut it short
+            api.draining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await api.draining
