@@ -63,6 +63,8 @@ class ExecStatus(str, enum.Enum):
     TIMEOUT = "timeout"
     OOM = "oom"
     CANCELLED = "cancelled"
+    #: Killed by the seccomp filter (a syscall in its kill list, or a foreign syscall ABI).
+    SECCOMP = "seccomp"
 
 
 @dataclass(frozen=True)
