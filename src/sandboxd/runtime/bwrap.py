@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import procfs
 from .languages import INTERPRETERS
 from .spec import SandboxSpec
 
@@ -95,6 +96,7 @@ def build_argv(spec: SandboxSpec, fds: SandboxFds, *, bwrap: str = "bwrap") -> l
         "--ro-bind-data", str(fds.hosts), "/etc/hosts",
         "--ro-bind-data", str(fds.nsswitch), "/etc/nsswitch.conf",
         "--proc", "/proc",
+        *procfs.mount_args(),  # host-describing /proc entries covered; no /sys at all
         "--dev", "/dev",
         # Writable places, each a size-limited tmpfs (also charged to the memory cgroup).
         "--size", str(limits.tmp_mib * mib), "--tmpfs", "/tmp",
