@@ -71,7 +71,8 @@ def _mount_args(proc_root: str) -> tuple[str, ...]:
     for name in COVERED_DIRS:
         path = os.path.join(proc_root, name)
         if _readable(path, stat.S_ISDIR) and os.listdir(path):
-            args += ["--size", "4096", "--tmpfs", f"{PROC}/{name}", "--remount-ro", f"{PROC}/{name}"]
+            dest = f"{PROC}/{name}"
+            args += ["--size", "4096", "--tmpfs", dest, "--remount-ro", dest]
     return tuple(args)
 
 
