@@ -9,9 +9,9 @@ The filter is data, in one place:
   calls their standard libraries expose for the same jobs. Names only x86_64 has (the legacy
   `open`, `stat`, `fork`, ... that aarch64 never had) are in `_X86_64_ONLY`; the aarch64 filter
   is generated from the same table without them.
-- `_ARG_RULES`: the syscalls allowed only for some arguments: `clone` without namespace flags,
-  `socket` for AF_UNIX/AF_INET/AF_INET6 stream and datagram sockets, `socketpair` for AF_UNIX,
-  `ioctl` except terminal injection and line disciplines, `personality` queries.
+- `_arg_rules()`: the syscalls allowed only for some arguments: `clone` without namespace
+  flags, `socket` for AF_UNIX/AF_INET/AF_INET6 stream and datagram sockets, `socketpair` for
+  AF_UNIX, `ioctl` except terminal injection and line disciplines, `personality` queries.
 - `_REFUSE`: known-dangerous calls answered with an errno that runtimes handle (EPERM, or
   ENOSYS for `clone3` so glibc falls back to `clone`), with why.
 - `_KILL`: calls no interpreter or package manager makes and only an attack would; the whole
@@ -303,7 +303,7 @@ _ALLOW: dict[str, str] = {
     "shmctl": "shared memory",
     "shmdt": "shared memory",
     "shmget": "shared memory",
-    # --- sockets (which sockets may be created is in _ARG_RULES; reach is the network namespace's)
+    # --- sockets (which ones may be created: _arg_rules(); what they reach: the netns)
     "accept": "servers",
     "accept4": "servers",
     "bind": "servers",
