@@ -296,10 +296,10 @@ async def test_disk_bomb_stops_at_the_limit_and_host_stays_responsive(run) -> No
                 done
                 for p in $pids; do wait $p; codes="$codes $?"; done
                 rounds=$((rounds + 1))
-                [ $SECONDS -lt $end ] && rm -f /tmp/fill /data/fill /dev/shm/fill /home/baponi/fill
+                free=$(df -k /tmp /data /dev/shm /home/baponi | awk 'NR>1 {print $6, $4}')
+                rm -f /tmp/fill /data/fill /dev/shm/fill /home/baponi/fill
             done
-            echo exit codes $codes; echo rounds $rounds
-            df -k /tmp /data /dev/shm /home/baponi | awk 'NR>1 {print $6, $4}'
+            echo exit codes $codes; echo rounds $rounds; echo "$free"
             """,
             "bash",
             tmp_mib=16,

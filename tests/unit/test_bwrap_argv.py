@@ -192,7 +192,9 @@ def test_proc_covers_only_what_an_unprivileged_uid_could_read(tmp_path: Path) ->
         (tmp_path / name).write_text("x")
         (tmp_path / name).chmod(mode)
     (tmp_path / "bus" / "pci").mkdir(parents=True)
-    (tmp_path / "acpi").mkdir()  # empty: nothing to hide
+    (tmp_path / "bus").chmod(0o555)
+    (tmp_path / "acpi").mkdir(mode=0o555)  # empty: nothing to hide
+    (tmp_path / "acpi").chmod(0o555)
     (tmp_path / "scsi").mkdir(mode=0o700)
     (tmp_path / "scsi" / "x").write_text("x")
     (tmp_path / "scsi").chmod(0o700)
