@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .config import Settings
 from .observability import Metrics
 from .runtime import BwrapRunner, Limits, check_sandbox, create_runner
+from .runtime.landlock import abi_version as landlock_abi
 from .service import (
     AuthFailureLimiter,
     ConcurrencyLimiter,
@@ -167,6 +168,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         if runner is None:
             real = build_runner(settings)
             await check_sandbox(real)
+            log.info("landlock ABI %d; not applied to sandboxes (docs/security.md)", landlock_abi())
             runner = real
         executions = ExecutionService(
             admin.store,

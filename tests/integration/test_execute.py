@@ -228,6 +228,25 @@ async def test_memory_within_limit_succeeds(client) -> None:
     assert result["stdout"] == f"{64 * 1024 * 1024}\n"
 
 
+SECCOMP_KILL = """
+import ctypes
+print("before", flush=True)
+ctypes.CDLL(None).syscall(323, 0)  # userfaultfd: in the filter's kill list
+print("after", flush=True)
+"""
+
+
+async def test_seccomp_kill_is_status_seccomp(client) -> None:
+    result = await run(client, SECCOMP_KILL)
+    assert result["success"] is False
+    assert result["error"] == "security_policy_violation"
+    assert result["exit_code"] == 128 + 31  # SIGSYS
+    assert result["stdout"] == "before\n"  # output before the kill is kept
+    status = (await client.get(f"/v1/executions/{result['trace_id']}")).json()
+    assert status["status"] == "seccomp"
+    assert status["error"] == "security_policy_violation"
+
+
 @pytest.fixture(scope="module")
 def capped_server(server_factory) -> Any:
     return server_factory(output_limit_bytes=4096)

@@ -70,6 +70,13 @@ def test_timeout_is_a_result_not_an_exception(sdk: baponi.Baponi) -> None:
     assert result.exit_code != 0
 
 
+def test_seccomp_kill_is_a_result_with_its_status(sdk: baponi.Baponi) -> None:
+    result = sdk.execute("import ctypes; ctypes.CDLL(None).syscall(321, 0, 0, 0)")  # bpf: killed
+    assert result.success is False
+    assert result.error == "security_policy_violation"
+    assert result.exit_code == 128 + 31
+
+
 def test_env_vars_and_metadata(server, sdk: baponi.Baponi) -> None:
     marker = uuid.uuid4().hex
     result = sdk.execute(

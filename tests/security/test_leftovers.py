@@ -301,3 +301,62 @@ async def test_executions_do_not_pile_up_zombies_on_the_server(host: Host) -> No
         await host.assert_no_processes()
         remove_instance_parents(instance_hash(key))
         os.rmdir(key)
+
+
+# --------------------------------------------------------------------------- state between runs
+
+LEAVE_STATE = """
+import ctypes, json, os, socket, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+token = os.environ["TOKEN"]
+for d in ("/tmp", "/dev/shm", "/data", "/home/baponi"):
+    with open(f"{d}/{token}", "w") as f:
+        f.write(token)
+shm = libc.shmget(0x5EC0_0003, 4096, 0o1666)  # IPC_CREAT
+sem = libc.semget(0x5EC0_0004, 1, 0o1666)
+mq = libc.mq_open(b"/" + token.encode(), os.O_CREAT | os.O_RDWR, 0o666, None)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind("\\0" + token)
+listener.listen()
+os.set_inheritable(listener.fileno(), True)
+subprocess.Popen(["setsid", "sleep", "1000"], close_fds=False)
+print(json.dumps({"shm": shm, "sem": sem, "mq": mq, "map": open("/proc/self/uid_map").read()}))
+"""
+
+FIND_STATE = """
+import ctypes, errno, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+token = os.environ["TOKEN"]
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("\\0" + token)
+    abstract = "CONNECTED"
+except OSError as e:
+    abstract = errno.errorcode[e.errno]
+print(json.dumps({
+    "files": [d for d in ("/tmp", "/dev/shm", "/data", "/home/baponi") if os.path.exists(f"{d}/{token}")],
+    "shm": libc.shmget(0x5EC0_0003, 0, 0), "sem": libc.semget(0x5EC0_0004, 0, 0),
+    "mq": libc.mq_open(b"/" + token.encode(), os.O_RDONLY),
+    "sysv_tables": [open(f"/proc/sysvipc/{t}").read().count("\\n") - 1 for t in ("shm", "sem", "msg")],
+    "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "abstract": abstract,
+    "map": open("/proc/self/uid_map").read(),
+}))
+"""
+
+
+async def test_stateless_executions_share_nothing(run, host: Host, secret: str) -> None:
+    """Two stateless runs in a row (the pool hands the second the same host uid): files, /tmp,
+    /dev/shm, SysV and POSIX IPC, abstract sockets and processes of the first are all gone."""
+    env = {"TOKEN": secret[-16:]}
+    first = await run(LEAVE_STATE, env=env)
+    assert first.status is ExecStatus.SUCCESS, first
+    made = json.loads(first.stdout)
+    assert made["shm"] >= 0 and made["sem"] >= 0 and made["mq"] >= 0  # the probe did create them
+    await host.assert_no_processes()
+    second = await run(FIND_STATE, env=env)
+    assert second.status is ExecStatus.SUCCESS, second
+    assert json.loads(second.stdout) == {
+        "files": [], "shm": -1, "sem": -1, "mq": -1, "sysv_tables": [0, 0, 0],
+        "procs": [1, 2], "abstract": "ECONNREFUSED", "map": made["map"],  # same host uid
+    }

@@ -246,3 +246,89 @@ async def test_endless_output_ends_by_timeout(run, host: Host) -> None:
     assert result.stdout_truncated and result.stderr_truncated
     assert time.monotonic() - started < 15
     await host.assert_clean()
+
+
+async def host_spawn_latencies(until: asyncio.Future[object], n: int = 30) -> list[float]:
+    """Time `/bin/true` spawned on the host, repeatedly, while `until` runs."""
+    latencies: list[float] = []
+    while not until.done() and len(latencies) < n:
+        started = time.perf_counter()
+        true = await asyncio.create_subprocess_exec("/bin/true")
+        assert await true.wait() == 0
+        latencies.append(time.perf_counter() - started)
+        await asyncio.sleep(0.05)
+    return latencies
+
+
+async def test_cpu_hog_leaves_the_host_and_other_executions_served(background, run) -> None:  # type: ignore[no-untyped-def]
+    """Four busy processes in one sandbox (1 CPU): a second execution still answers promptly."""
+    hog = """
+        import os, time
+        for _ in range(4):
+            if os.fork() == 0:
+                while True:
+                    pass
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+    async with background(hog, cpus=1.0) as bg:
+        probe = asyncio.ensure_future(asyncio.sleep(3))
+        latencies = await host_spawn_latencies(probe)
+        started = time.monotonic()
+        other = await run("print(sum(range(10**6)))")
+        served_in = time.monotonic() - started
+    assert other.status is ExecStatus.SUCCESS and other.stdout == b"499999500000\n", other
+    assert served_in < 10, served_in  # generous: the machine is shared
+    assert len(latencies) >= 10 and statistics.median(latencies) < 0.2, sorted(latencies)
+    assert bg.result is not None and bg.result.status is ExecStatus.CANCELLED
+
+
+async def test_disk_bomb_stops_at_the_limit_and_host_stays_responsive(run) -> None:
+    """Fill every writable place at once, again and again for 3 s, while the host spawns."""
+    bomb = asyncio.ensure_future(
+        run(
+            """
+            end=$((SECONDS + 3)); rounds=0
+            while [ $SECONDS -lt $end ]; do
+                pids=""; codes=""
+                for d in /tmp /data /dev/shm /home/baponi; do
+                    head -c 100M /dev/zero > $d/fill 2>/dev/null & pids="$pids $!"
+                done
+                for p in $pids; do wait $p; codes="$codes $?"; done
+                rounds=$((rounds + 1))
+                free=$(df -k /tmp /data /dev/shm /home/baponi | awk 'NR>1 {print $6, $4}')
+                rm -f /tmp/fill /data/fill /dev/shm/fill /home/baponi/fill
+            done
+            echo exit codes $codes; echo rounds $rounds; echo "$free"
+            """,
+            "bash",
+            tmp_mib=16,
+            workdir_mib=16,
+            home_mib=16,
+            memory_mib=256,
+        )
+    )
+    latencies = await host_spawn_latencies(bomb)
+    result = await bomb
+    assert result.status is ExecStatus.SUCCESS, result
+    lines = result.stdout.decode().strip().split("\n")
+    assert lines[0] == "exit codes 1 1 1 1", result  # every writer hit ENOSPC ...
+    assert int(lines[1].split()[1]) >= 2, result
+    free = dict(line.split() for line in lines[2:])
+    assert free == {"/tmp": "0", "/data": "0", "/dev/shm": "0", "/home/baponi": "0"}  # ... at its size
+    assert len(latencies) >= 10 and statistics.median(latencies) < 0.2, sorted(latencies)
+
+
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("python", "import sys; data = sys.stdin.buffer.read(); print(len(data))"),
+        ("node", "let n = 0; process.stdin.on('data', d => n += d.length).on('end', () => console.log(n))"),
+        ("bash", "cat | wc -c"),
+    ],
+)
+async def test_stdin_is_empty_and_ends_at_once(run, language: str, code: str) -> None:
+    """Code that reads stdin (or waits on it forever) gets EOF at once, not a hang or a flood."""
+    result = await run(code, language, timeout_s=5)
+    assert result.status is ExecStatus.SUCCESS, result
+    assert result.stdout.strip() == b"0" and result.duration_ms < 5000

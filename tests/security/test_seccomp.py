@@ -1,8 +1,10 @@
 """The seccomp layer, attacked from inside a real sandbox with raw syscalls (ctypes).
 
-Two kinds of test:
-- real attacks (attach to pid 1, read the user keyring, new namespaces, mount, bpf, io_uring...)
+Three kinds of test:
+- real attacks (attach to pid 1, read the user keyring, new namespaces, mount, io_uring...)
   must fail with the errno of the filter table in runtime/seccomp.py;
+- calls in the kill list (bpf, userfaultfd, kexec, modules, file handles...) end the program
+  with status `seccomp` / error `security_policy_violation`;
 - a layer check: harmless invalid-argument calls, run both in the sandbox and on the host as an
   unprivileged user without seccomp. Where the kernel alone answers differently (EINVAL, EFAULT,
   ESRCH, success...), the sandbox's answer can only have come from the filter.
@@ -16,7 +18,7 @@ import json
 import pytest
 
 from sandboxd.runtime import ExecStatus
-from sandboxd.runtime.seccomp import denied_syscalls
+from sandboxd.runtime.seccomp import killed_syscalls, refused_syscalls
 
 from .hostprobe import run_as_nobody
 
@@ -90,16 +92,12 @@ ATTACKS: dict[str, tuple[str, str]] = {
     "pivot_root": ('sc(155, b"/tmp", b"/tmp")', "EPERM"),
     "open_tree_clone": ('sc(428, -100, b"/usr", 1)', "EPERM"),
     "fsopen_tmpfs": ('sc(430, b"tmpfs", 0)', "EPERM"),
-    "bpf_map_create": ("sc(321, 0, bpf_array_attr(), 72)", "EPERM"),
     "perf_event_open": ("sc(298, perf_attr(), 0, -1, -1, 0)", "EPERM"),
     "io_uring_setup": ("sc(425, 8, buf(120))", "EPERM"),
-    "userfaultfd": ("sc(323, 0)", "EPERM"),
-    "userfaultfd_user_mode": ("sc(323, 1)", "EPERM"),
-    "open_by_handle_at": ("sc(304, -100, buf(128), 0)", "EPERM"),
     "name_to_handle_at": ('sc(303, -100, b"/etc/passwd", buf(128), buf(4), 0)', "EPERM"),
     "syslog_read": ("sc(103, 3, buf(128), 128)", "EPERM"),
     "socket_netlink_route": ("sc(41, 16, 2, 0)", "EAFNOSUPPORT"),
-    "socket_netlink_raw": ("sc(41, 16, 3, 0)", "EPERM"),
+    "socket_netlink_raw": ("sc(41, 16, 3, 0)", "EAFNOSUPPORT"),
     "socket_packet": ("sc(41, 17, 2, 0)", "EAFNOSUPPORT"),
     "socket_vsock": ("sc(41, 40, 1, 0)", "EAFNOSUPPORT"),
     "socket_alg": ("sc(41, 38, 5, 0)", "EAFNOSUPPORT"),
@@ -109,6 +107,16 @@ ATTACKS: dict[str, tuple[str, str]] = {
     "tiocsti": ('sc(16, 1, 0x5412, b"x")', "EPERM"),
     "tiocsti_upper_bits_set": ('sc(16, 1, 0x1_0000_5412, b"x")', "EPERM"),
     "tioclinux": ('sc(16, 1, 0x541C, b"\\x06")', "EPERM"),
+    "tiocsetd_n_gsm": ("sc(16, os.openpty()[0], 0x5423, ctypes.byref(ctypes.c_int(21)))", "EPERM"),
+    "sethostname": ('sc(170, b"evil", 4)', "EPERM"),
+    "sync_all_filesystems": ("sc(162)", "EPERM"),
+    "get_mempolicy": ("sc(239, 0, 0, 0, 0, 0)", "EPERM"),
+    "modify_ldt": ("sc(154, 1, buf(16), 16)", "ENOSYS"),
+    "io_setup_aio": ("sc(206, 8, buf(8))", "ENOSYS"),
+    "lookup_dcookie": ("sc(212, 0, buf(64), 64)", "ENOSYS"),
+    "memfd_secret": ("sc(447, 0)", "ENOSYS"),
+    "cachestat": ("sc(451, 0, buf(16), buf(32), 0)", "ENOSYS"),
+    "personality_read_implies_exec": ("sc(135, 0x0400000)", "ENOSYS"),
 }
 
 
@@ -155,14 +163,11 @@ LAYER_PROBES: dict[str, tuple[int, ...]] = {
     "io_uring_enter": (426, -1, 0, 0, 0, 0, 0),
     "io_uring_register": (427, -1, 0, 0, 0),
     "perf_event_open": (298, 0, 0, -1, -1, 0),
-    "bpf": (321, 0x7FFF, 0, 0),
-    "userfaultfd": (323, 0x7FFF),
     "process_vm_readv": (310, NOPID, 0, 0, 0, 0, 1),
     "process_vm_writev": (311, NOPID, 0, 0, 0, 0, 1),
     "kcmp": (312, NOPID, NOPID, 0, 0, 0),
     "pidfd_getfd": (438, -1, 0, 0),
     "name_to_handle_at": (303, -1, 0, 0, 0, 0x7FFF),
-    "open_by_handle_at": (304, -1, 0, 0),
     "open_tree": (428, -1, 0, 0x7FFFFFFF),
     "mount_setattr": (442, -1, 0, 0x7FFFFFFF, 0, 0),
     "fsconfig": (431, -1, 0x7FFF, 0, 0, 0),
@@ -176,6 +181,8 @@ ALLOWED_WITHOUT_SECCOMP = {
     "clone_newuser": "clone(0x10000000)",
     "socket_netlink": "sc(41, 16, 2, 0)",
     "tiocsti_on_a_pipe": "sc(16, PIPE, 0x5412, 0)",
+    "tiocsetd_n_tty_on_a_pty": "sc(16, os.openpty()[0], 0x5423, ctypes.byref(ctypes.c_int(0)))",
+    "aio_io_setup": "sc(206, 1, buf(8))",
 }
 LAYER_CODE = (
     PRELUDE
@@ -196,17 +203,91 @@ async def test_seccomp_is_the_layer_that_answers(run) -> None:
     assert result.status is ExecStatus.SUCCESS, result
     box = json.loads(result.stdout)
 
-    table = {name: errno.errorcode[err] for name, (err, _why) in denied_syscalls().items()}
+    table = {name: errno.errorcode[err] for name, (err, _why) in refused_syscalls().items()}
     expected = {name: table[name] for name in LAYER_PROBES}
     expected |= {
         "clone_newuser": "EPERM",
         "socket_netlink": "EAFNOSUPPORT",
         "tiocsti_on_a_pipe": "EPERM",
+        "tiocsetd_n_tty_on_a_pty": "EPERM",
+        "aio_io_setup": "ENOSYS",  # not in the allowlist: the default answer
     }
     assert box == expected  # every answer is the filter table's ...
     same = {name for name in box if host[name] == box[name]}
     assert same == set(), f"... and the kernel alone would have answered differently: {same}"
     assert all(host[name] in ("OK", "ENOTTY") for name in ALLOWED_WITHOUT_SECCOMP), host
+
+
+# name -> python expression: each call is in the kill list; the program must not survive it.
+KILLS: dict[str, str] = {
+    "bpf_map_create": "sc(321, 0, bpf_array_attr(), 72)",
+    "userfaultfd": "sc(323, 0)",
+    "userfaultfd_user_mode": "sc(323, 1)",
+    "open_by_handle_at": "sc(304, -100, buf(128), 0)",
+    "kexec_load": "sc(246, 0, 0, 0, 0)",
+    "kexec_file_load": "sc(320, -1, -1, 0, 0, 0)",
+    "init_module": "sc(175, buf(64), 64, b'')",
+    "finit_module": "sc(313, 0, b'', 0)",
+    "delete_module": "sc(176, b'ext4', 0)",
+    "reboot": "sc(169, 0xfee1dead, 672274793, 0x4321FEDC, 0)",
+    "swapon": "sc(167, b'/tmp/swap', 0)",
+    "swapoff": "sc(168, b'/tmp/swap')",
+    "iopl": "sc(172, 3)",
+    "ioperm": "sc(173, 0x60, 1, 1)",
+}
+KILL_SYSCALL = {"bpf_map_create": "bpf", "userfaultfd_user_mode": "userfaultfd"}
+KILL_CODE = PRELUDE + """
+print("before", flush=True)
+{expr}
+print("survived", flush=True)
+"""
+
+
+def test_kill_list_is_covered() -> None:
+    syscalls = {KILL_SYSCALL.get(case, case) for case in KILLS}
+    assert syscalls == set(killed_syscalls())
+
+
+@pytest.mark.parametrize("call", list(KILLS))
+async def test_kill_list_call_ends_with_status_seccomp(run, call: str) -> None:
+    result = await run(KILL_CODE.format(expr=KILLS[call]))
+    assert result.status is ExecStatus.SECCOMP, result
+    assert result.error == "security_policy_violation"
+    assert result.exit_code == 128 + 31  # SIGSYS
+    assert result.stdout == b"before\n"  # killed at the call: it never returned
+
+
+async def test_seccomp_kill_of_the_last_command_decides_a_bash_script(run) -> None:
+    result = await run(
+        "echo start; python3 -c 'import ctypes; ctypes.CDLL(None).syscall(323, 0)'", "bash"
+    )
+    assert result.status is ExecStatus.SECCOMP, result
+    assert b"Bad system call" in result.stderr
+
+
+async def test_seccomp_kill_of_a_child_the_program_survives_is_not_its_status(run) -> None:
+    """Only the process that decides the exit matters: a parent that carries on decides."""
+    result = await run(
+        "python3 -c 'import ctypes; ctypes.CDLL(None).syscall(323, 0)'; echo rc=$?", "bash"
+    )
+    assert result.status is ExecStatus.SUCCESS, result
+    assert result.stdout == b"rc=159\n"
+
+
+async def test_node_and_bash_survive_the_refused_probes(run) -> None:
+    """Runtimes probe refused calls (io_uring, NUMA, namespaces) and must carry on, not die."""
+    node = await run(
+        """
+        const fs = require('fs');
+        fs.writeFileSync('/tmp/x', 'y'.repeat(100000));
+        fs.readFile('/tmp/x', (err, data) => console.log(err ? err.code : data.length));
+        """,
+        "node",
+        env={"UV_USE_IO_URING": "1"},
+    )
+    assert (node.status, node.stdout) == (ExecStatus.SUCCESS, b"100000\n"), node
+    bash = await run("unshare -U true; echo rc=$?", "bash")
+    assert bash.status is ExecStatus.SUCCESS and bash.stdout == b"rc=1\n", bash
 
 
 FOREIGN_ABI = {
@@ -237,6 +318,7 @@ async def test_foreign_syscall_abi_is_killed(run, abi: str) -> None:
     result = await run(code)
     assert b"returned" not in result.stdout, result
     assert result.exit_code == 128 + 31, result  # SIGSYS
+    assert result.status is ExecStatus.SECCOMP and result.error == "security_policy_violation"
 
 
 async def test_socketpair_gives_nothing_but_af_unix(run) -> None:

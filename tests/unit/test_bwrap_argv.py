@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.runtime import bwrap
+from sandboxd.runtime import bwrap, procfs
 from sandboxd.runtime.bwrap import SandboxFds, base_env, build_argv
 from sandboxd.runtime.languages import INTERPRETERS
 from sandboxd.runtime.spec import Limits, Mount, SandboxSpec
@@ -131,7 +131,9 @@ def test_forbidden_option_absent(option: str, language: str) -> None:
 
 def test_only_allowlisted_host_paths_are_bound(argv: list[str]) -> None:
     allowed = {"/usr"} | {p for p in bwrap._RO_HOST_FILES if Path(p).exists()}
-    bound = args_of(argv, "--ro-bind")
+    covers = [b for b in args_of(argv, "--ro-bind") if b[1].startswith("/proc/")]
+    assert covers and all(src == "/dev/null" for src, _ in covers)  # see test_proc_covers
+    bound = [b for b in args_of(argv, "--ro-bind") if b not in covers]
     assert {src for src, _ in bound} == allowed
     for src, dest in bound:
         assert src == dest  # host paths keep their names; nothing is bound over something else
@@ -176,6 +178,33 @@ def test_synthetic_identity_files_from_their_fds(argv: list[str]) -> None:
     assert data["/etc/nsswitch.conf"] == str(FDS.nsswitch)
 
 
+def test_proc_covers_follow_the_proc_mount(argv: list[str]) -> None:
+    """Host-describing /proc files are covered right after /proc is mounted, read-only."""
+    at = argv.index("--proc") + 2
+    covers = procfs.mount_args()
+    assert argv[at : at + len(covers)] == covers
+    if Path("/proc/cmdline").exists():
+        assert ("/dev/null", "/proc/cmdline") in args_of(argv, "--ro-bind")
+
+
+def test_proc_covers_only_what_an_unprivileged_uid_could_read(tmp_path: Path) -> None:
+    for name, mode in [("cmdline", 0o444), ("keys", 0o444), ("timer_list", 0o400), ("kcore", 0o400)]:
+        (tmp_path / name).write_text("x")
+        (tmp_path / name).chmod(mode)
+    (tmp_path / "bus" / "pci").mkdir(parents=True)
+    (tmp_path / "bus").chmod(0o555)
+    (tmp_path / "acpi").mkdir(mode=0o555)  # empty: nothing to hide
+    (tmp_path / "acpi").chmod(0o555)
+    (tmp_path / "scsi").mkdir(mode=0o700)
+    (tmp_path / "scsi" / "x").write_text("x")
+    (tmp_path / "scsi").chmod(0o700)
+    assert procfs.mount_args(str(tmp_path)) == [
+        "--ro-bind", "/dev/null", "/proc/cmdline",
+        "--ro-bind", "/dev/null", "/proc/keys",
+        "--size", "4096", "--tmpfs", "/proc/bus", "--remount-ro", "/proc/bus",
+    ]
+
+
 def test_proc_dev_and_workdir(argv: list[str]) -> None:
     assert args_of(argv, "--proc") == [("/proc",)]
     assert args_of(argv, "--dev") == [("/dev",)]
@@ -212,7 +241,10 @@ def test_tmpfs_sizes_match_limits(limits: Limits) -> None:
     assert sizes["/dev/shm"] == (limits.tmp_mib * MIB, None)
     assert sizes["/data"] == (limits.workdir_mib * MIB, None)
     assert sizes["/home/baponi"] == (limits.home_mib * MIB, "0700")
-    assert set(sizes) == {"/usr/local", "/tmp", "/dev/shm", "/data", "/home/baponi"}
+    assert {p for p in sizes if not p.startswith("/proc/")} == {
+        "/usr/local", "/tmp", "/dev/shm", "/data", "/home/baponi"
+    }
+    assert all(sizes[p] == (4096, None) for p in sizes if p.startswith("/proc/"))
 
 
 def setenvs(argv: list[str]) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import procfs
 from .languages import INTERPRETERS
 from .spec import SandboxSpec
 
@@ -110,6 +111,7 @@ def build_argv(
         "--ro-bind-data", str(fds.nsswitch), "/etc/nsswitch.conf",
         *(["--ro-bind-data", str(fds.resolv), "/etc/resolv.conf"] if fds.resolv is not None else []),
         "--proc", "/proc",
+        *procfs.mount_args(),  # host-describing /proc entries covered; no /sys at all
         "--dev", "/dev",
         # Writable places, each a size-limited tmpfs (also charged to the memory cgroup).
         "--size", str(limits.tmp_mib * mib), "--tmpfs", "/tmp",

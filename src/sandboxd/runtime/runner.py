@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -26,6 +27,9 @@ from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Str
 from .users import UidPool
 
 _CHUNK = 64 * 1024
+#: What bwrap exits with when the program died of SIGSYS: its pid-1 init reports a death by
+#: signal N as 128 + N, and SECCOMP_RET_KILL_PROCESS is a SIGSYS the program cannot catch.
+_SECCOMP_KILLED = 128 + signal.SIGSYS
 
 
 @dataclass
@@ -233,6 +237,8 @@ def _classify(
         status, error = ExecStatus.CANCELLED, "cancelled"
     elif oom and code != 0:
         status, error = ExecStatus.OOM, "memory_limit_exceeded"
+    elif code == _SECCOMP_KILLED:
+        status, error = ExecStatus.SECCOMP, "security_policy_violation"
     elif code == 0:
         status, error = ExecStatus.SUCCESS, None
     else:

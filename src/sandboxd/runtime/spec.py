@@ -65,6 +65,8 @@ class ExecStatus(str, enum.Enum):
     TIMEOUT = "timeout"
     OOM = "oom"
     CANCELLED = "cancelled"
+    #: Killed by the seccomp filter (a syscall in its kill list, or a foreign syscall ABI).
+    SECCOMP = "seccomp"
     #: The program failed after the network policy refused a connection it asked for.
     BLOCKED = "blocked"
 
