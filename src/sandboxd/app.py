@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .runtime import BwrapRunner, Limits, check_sandbox, create_runner
+from .runtime.pool import PoolSettings, WarmPool
 from .service import (
     AuthFailureLimiter,
     ConcurrencyLimiter,
@@ -54,12 +55,15 @@ class Services(Admin):
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
     ready: bool = False
+    pool: WarmPool | None = None
 
     async def close(self) -> None:
         """Stop admitting, give running executions the grace period, stop deliveries, close."""
         self.ready = False
         if self.executions is not None:
             await self.executions.shutdown(self.settings.shutdown_grace_s)
+        if self.pool is not None:
+            await self.pool.close()
         await self.webhooks.stop()
         await self.threads.stop()
         await self.store.close()
@@ -141,20 +145,34 @@ def sandbox_defaults(settings: Settings) -> Limits:
 
 def build_runner(settings: Settings) -> BwrapRunner:
     """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
+    pooled = settings.pool_max_total if settings.pool_enabled else 0
     return create_runner(
         instance_key=settings.instance_id,
         uid_base=settings.sandbox_uid_base,
-        slots=settings.max_concurrent + 8,
+        slots=settings.max_concurrent + pooled + 8,
+    )
+
+
+def _pool_settings(settings: Settings) -> PoolSettings:
+    return PoolSettings(
+        max_per_key=settings.pool_max_per_key,
+        max_total=settings.pool_max_total,
+        memory_budget_bytes=settings.pool_memory_budget_mib * 1024 * 1024,
+        idle_s=settings.pool_idle_s,
     )
 
 
 async def start(settings: Settings, runner: Runner | None = None) -> Services:
     """Everything a server needs, self-checked. Fails closed: no sandbox, no service."""
     admin = await open_admin(settings)
+    pool: WarmPool | None = None
     try:
         if runner is None:
             real = build_runner(settings)
             await check_sandbox(real)
+            if settings.pool_enabled:
+                pool = real.enable_pool(_pool_settings(settings))
+                pool.start()
             runner = real
         executions = ExecutionService(
             admin.store,
@@ -171,6 +189,8 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         if interrupted:
             log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
     except BaseException:
+        if pool is not None:
+            await pool.close()
         await admin.close()
         raise
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
@@ -191,4 +211,5 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir)))
         ),
         ready=True,
+        pool=pool,
     )
