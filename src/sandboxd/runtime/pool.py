@@ -11,8 +11,9 @@ no host uid of their own, network policy `none`. The rest start cold.
 
 Sizing follows demand: a key's target grows by one (up to `max_per_key`) each time a request
 finds its pool empty, and falls back by one after each `idle_s` without such a miss; a key
-unused for `idle_s` is emptied. Spawns stop while the pooled sandboxes' measured memory is
-above `memory_budget_bytes` or their count is at `max_total`.
+unused for `idle_s` is emptied. At `max_total` sandboxes, or while those waiting use more
+than `memory_budget_bytes`, a key in demand takes the place of the least recently used key's
+sandbox.
 """
 
 from __future__ import annotations
@@ -164,9 +165,18 @@ class WarmPool:
 
     def _refill(self, key: PoolKey, slot: _Slot, spec: SandboxSpec) -> None:
         template = replace(spec, code=b"", env={})
-        while len(slot.entries) + slot.spawning < slot.target and self._room():
+        while len(slot.entries) + slot.spawning < slot.target and (self._room() or self._evict(slot)):
             slot.spawning += 1
             self._spawn_task(self._spawn(key, slot, template))
+
+    def _evict(self, wanted: _Slot) -> bool:
+        """Make room for a key in demand: drop a sandbox of the least recently used other key."""
+        others = [s for s in self._slots.values() if s is not wanted and s.entries]
+        if not others:
+            return False
+        victim = min(others, key=lambda s: s.last_used)
+        self._spawn_task(self._runner.dispose(victim.entries.pop().box))
+        return True
 
     def _room(self) -> bool:
         count = self.size + sum(s.spawning for s in self._slots.values())
@@ -182,21 +192,41 @@ class WarmPool:
                     total += entry.box.group.stats().memory_peak_bytes
         return total
 
-    async def _spawn(self, key: PoolKey, slot: _Slot, template: SandboxSpec) -> None:
+    async def spawn_ready(self, spec: SandboxSpec) -> Sandbox:
+        """One pooled-style sandbox for `spec`, its interpreter up and waiting (not kept in the
+        pool: the caller serves it or disposes of it). The security suite runs every attack
+        through this path too."""
+        if key_of(spec) is None:
+            raise ValueError("this spec cannot be served from a pool")
+        box, ready = await self._start(replace(spec, code=b"", env={}))
+        if not await ready:
+            await self._runner.dispose(box)
+            raise RuntimeError(f"a pooled {spec.language} sandbox did not come up")
+        return box
+
+    async def _start(self, template: SandboxSpec) -> tuple[Sandbox, asyncio.Future[bool]]:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
             box = await self._runner.launch(
-                template, Attached(), program=warm.stub(key.language, ready_w), ready_fd=ready_w
+                template, Attached(), program=warm.stub(template.language, ready_w), ready_fd=ready_w
             )
-        except Exception:
-            log.exception("pool: starting a %s sandbox failed", key.language)
+        except BaseException:
             os.close(ready_r)
-            return
+            raise
         finally:
             os.close(ready_w)
-            slot.spawning -= 1
         ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._watch_ready(ready_r, ready)
+        return box, ready
+
+    async def _spawn(self, key: PoolKey, slot: _Slot, template: SandboxSpec) -> None:
+        try:
+            box, ready = await self._start(template)
+        except Exception:
+            log.exception("pool: starting a %s sandbox failed", key.language)
+            return
+        finally:
+            slot.spawning -= 1
         if self._closed or self._slots.get(key) is not slot:
             await self._runner.dispose(box)
             return

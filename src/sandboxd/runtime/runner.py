@@ -96,7 +96,7 @@ class BwrapRunner:
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
         if self.pool is not None and (box := self.pool.take(spec)) is not None:
-            return await self._serve(box, spec, sink, cancel)
+            return await self.serve(box, spec, sink=sink, cancel=cancel)
         async with self._network.attach(spec.network) as net:
             box = await self.launch(spec, net)
             try:
@@ -105,8 +105,13 @@ class BwrapRunner:
                 await self.dispose(box)
         return _with_network(result, net)
 
-    async def _serve(
-        self, box: Sandbox, spec: SandboxSpec, sink: OutputSink | None, cancel: asyncio.Event | None
+    async def serve(
+        self,
+        box: Sandbox,
+        spec: SandboxSpec,
+        *,
+        sink: OutputSink | None = None,
+        cancel: asyncio.Event | None = None,
     ) -> ExecResult:
         """Hand the request to a pre-spawned sandbox (its stub reads env and code from stdin)."""
         try:
