@@ -101,20 +101,24 @@ async def test_pooled_and_cold_runs_see_the_same_world(runners, name: str) -> No
 
 async def test_two_pooled_runs_share_nothing(runners) -> None:  # type: ignore[no-untyped-def]
     _, hot, pool = runners
-    first = await pooled(hot, pool, spec("""
+    # Both exist at once, so their namespace ids cannot be a freed one handed out again.
+    first_spec = spec("""
         import os, subprocess
         for d in ('/tmp', '/data', '/home/baponi', '/dev/shm'):
             open(f'{d}/left-behind', 'w').write('x')
         os.environ['LEAK'] = 'x'
         subprocess.Popen(['sleep', '300'], start_new_session=True)
         print(os.readlink('/proc/self/ns/pid'), os.readlink('/proc/self/ns/mnt'), os.readlink('/proc/self/ns/net'))
-        """))
-    second = await pooled(hot, pool, spec("""
+        """)
+    second_spec = spec("""
         import os
         print(os.readlink('/proc/self/ns/pid'), os.readlink('/proc/self/ns/mnt'), os.readlink('/proc/self/ns/net'))
         print([d for d in ('/tmp', '/data', '/home/baponi', '/dev/shm') if os.path.exists(f'{d}/left-behind')])
         print(os.environ.get('LEAK'), sorted(p for p in os.listdir('/proc') if p.isdigit()))
-        """))
+        """)
+    boxes = [await pool.spawn_ready(first_spec), await pool.spawn_ready(second_spec)]
+    first = await hot.serve(boxes[0], first_spec)
+    second = await hot.serve(boxes[1], second_spec)
     assert first.exit_code == 0 and second.exit_code == 0, (first, second)
     ns_first, (ns_second, files, rest) = first.stdout.split(b"\n")[0], second.stdout.split(b"\n")[:3]
     assert all(a != b for a, b in zip(ns_first.split(), ns_second.split()))
