@@ -25,6 +25,7 @@ from .service import (
     load_or_create_secret,
 )
 from .service.files import FilesService
+from .service.keycache import PrincipalCache
 from .service.signing import Signer, files_signing_key
 from .storage import Btrfs, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
@@ -101,7 +102,9 @@ async def open_admin(settings: Settings) -> Admin:
     return Admin(
         settings=settings,
         store=store,
-        keys=KeyService(store, pepper),
+        keys=KeyService(
+            store, pepper, PrincipalCache(settings.data_dir / "auth-epoch", settings.key_cache_ttl_s)
+        ),
         tenancy=tenancy,
         webhooks=webhooks,
         threads=ThreadService(

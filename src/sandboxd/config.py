@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = Field(
         default=15.0, gt=0, description="NDJSON streams: a keepalive event after this much silence."
     )
+    key_cache_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long an authenticated key is remembered without a database lookup; a "
+        "revocation (server or CLI on this data dir) clears it at once.",
+    )
     pool_enabled: bool = Field(
         default=True,
         description="Serve stateless runs from pre-spawned single-use sandboxes (same isolation, "
