@@ -11,6 +11,7 @@ from .config import Settings
 from .observability import Metrics
 from .runtime import BwrapRunner, Limits, check_sandbox, create_runner
 from .runtime.landlock import abi_version as landlock_abi
+from .runtime.pool import PoolSettings, WarmPool
 from .service import (
     AuthFailureLimiter,
     ConcurrencyLimiter,
@@ -27,6 +28,7 @@ from .service import (
     load_or_create_secret,
 )
 from .service.files import FilesService
+from .service.keycache import PrincipalCache
 from .service.signing import Signer, files_signing_key
 from .storage import Btrfs, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
@@ -58,6 +60,7 @@ class Services(Admin):
     files: FilesService = field(default=None)  # type: ignore[assignment]
     metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False
+    pool: WarmPool | None = None
 
     async def drain(self) -> None:
         """Stop admitting (not ready; new executions 503), give running executions the grace
@@ -71,6 +74,8 @@ class Services(Admin):
         if self.executions is not None:
             grace_s = 0.0 if self.executions.closing else self.settings.shutdown_grace_s
             await self.executions.shutdown(grace_s)
+        if self.pool is not None:
+            await self.pool.close()
         await self.webhooks.stop()
         await self.threads.stop()
         await self.store.close()
@@ -109,7 +114,9 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
     return Admin(
         settings=settings,
         store=store,
-        keys=KeyService(store, pepper),
+        keys=KeyService(
+            store, pepper, PrincipalCache(settings.data_dir / "auth-epoch", settings.key_cache_ttl_s)
+        ),
         tenancy=tenancy,
         webhooks=webhooks,
         threads=ThreadService(
@@ -153,10 +160,20 @@ def sandbox_defaults(settings: Settings) -> Limits:
 
 def build_runner(settings: Settings) -> BwrapRunner:
     """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
+    pooled = settings.pool_max_total if settings.pool_enabled else 0
     return create_runner(
         instance_key=settings.instance_id,
         uid_base=settings.sandbox_uid_base,
-        slots=settings.max_concurrent + 8,
+        slots=settings.max_concurrent + pooled + 8,
+    )
+
+
+def _pool_settings(settings: Settings) -> PoolSettings:
+    return PoolSettings(
+        max_per_key=settings.pool_max_per_key,
+        max_total=settings.pool_max_total,
+        memory_budget_bytes=settings.pool_memory_budget_mib * 1024 * 1024,
+        idle_s=settings.pool_idle_s,
     )
 
 
@@ -164,11 +181,15 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     """Everything a server needs, self-checked. Fails closed: no sandbox, no service."""
     metrics = Metrics()
     admin = await open_admin(settings, metrics)
+    pool: WarmPool | None = None
     try:
         if runner is None:
             real = build_runner(settings)
             await check_sandbox(real)
             log.info("landlock ABI %d; not applied to sandboxes (docs/security.md)", landlock_abi())
+            if settings.pool_enabled:
+                pool = real.enable_pool(_pool_settings(settings))
+                pool.start()
             runner = real
         executions = ExecutionService(
             admin.store,
@@ -186,9 +207,13 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         if interrupted:
             log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
     except BaseException:
+        if pool is not None:
+            await pool.close()
         await admin.close()
         raise
     metrics.on_scrape(_count_threads(admin, metrics))
+    if pool is not None:
+        metrics.on_scrape(_pool_sizes(pool, metrics))
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
     return Services(
@@ -209,7 +234,19 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         ),
         metrics=metrics,
         ready=True,
+        pool=pool,
     )
+
+
+def _pool_sizes(pool: WarmPool, metrics: Metrics) -> Callable[[], Awaitable[None]]:
+    async def refresh() -> None:
+        sizes = pool.sizes()
+        for language in ("python", "node", "bash"):
+            metrics.pool_sandboxes.labels(language).set(sizes.get(language, 0))
+        metrics.pool_requests.labels("hit").set(pool.hits)
+        metrics.pool_requests.labels("miss").set(pool.misses)
+
+    return refresh
 
 
 def _count_threads(admin: Admin, metrics: Metrics) -> Callable[[], Awaitable[None]]:

@@ -70,6 +70,27 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = Field(
         default=15.0, gt=0, description="NDJSON streams: a keepalive event after this much silence."
     )
+    key_cache_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long an authenticated key is remembered without a database lookup; a "
+        "revocation (server or CLI on this data dir) clears it at once.",
+    )
+    pool_enabled: bool = Field(
+        default=True,
+        description="Serve stateless runs from pre-spawned single-use sandboxes (same isolation, "
+        "the start moved off the request's path).",
+    )
+    pool_max_per_key: int = Field(
+        default=4, ge=1, description="Most sandboxes kept warm for one (sandbox config, language)."
+    )
+    pool_max_total: int = Field(default=16, ge=1, description="Most sandboxes kept warm in all.")
+    pool_memory_budget_mib: int = Field(
+        default=512, ge=16, description="No more warm sandboxes while those waiting use this much memory."
+    )
+    pool_idle_s: float = Field(
+        default=120.0, gt=0, description="A pool unused this long is emptied; its size shrinks as demand falls."
+    )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,

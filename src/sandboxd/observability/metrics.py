@@ -64,6 +64,16 @@ class Metrics:
         self.threads = Gauge(
             "sandboxd_threads", "Threads (persistent homes) that exist, all organizations.", registry=r
         )
+        self.pool_sandboxes = Gauge(
+            "sandboxd_pool_sandboxes",
+            "Pre-spawned single-use sandboxes waiting for a request, by language.",
+            ["language"], registry=r,
+        )
+        self.pool_requests = Gauge(
+            "sandboxd_pool_requests",
+            "Stateless runs since start served by a waiting sandbox (hit) or not (miss).",
+            ["result"], registry=r,
+        )
         self.webhook_deliveries = Counter(
             "sandboxd_webhook_deliveries",
             "Webhook delivery attempts by outcome: delivered, retrying (failed, will retry), "

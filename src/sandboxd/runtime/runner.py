@@ -22,7 +22,9 @@ from . import bwrap as _bwrap
 from . import launch, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
 from .languages import available_languages
+from . import warm
 from .network import Attached, Network
+from .pool import PoolSettings, WarmPool
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
@@ -51,6 +53,17 @@ class _Capture:
         return kept
 
 
+@dataclass
+class Sandbox:
+    """A started sandbox: bwrap's process, the cgroup holding everything under it, its uid."""
+
+    proc: asyncio.subprocess.Process
+    group: Cgroup
+    uid: int
+    owns_uid: bool
+    spawned_at: float
+
+
 class BwrapRunner:
     """The default runner: bubblewrap + seccomp + cgroups + rlimits, one sandbox per execution."""
 
@@ -69,7 +82,13 @@ class BwrapRunner:
         self._seccomp_bpf = seccomp_bpf
         self._bwrap = bwrap_path
         self.languages: frozenset[Language] = available_languages()
+        #: Pre-spawned single-use sandboxes for stateless runs; set by `enable_pool`.
+        self.pool: WarmPool | None = None
         reaper.become_subreaper()
+
+    def enable_pool(self, settings: PoolSettings) -> WarmPool:
+        self.pool = WarmPool(self, settings)
+        return self.pool
 
     async def run(
         self,
@@ -80,41 +99,66 @@ class BwrapRunner:
     ) -> ExecResult:
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
+        if self.pool is not None and (box := self.pool.take(spec)) is not None:
+            return await self.serve(box, spec, sink=sink, cancel=cancel)
         async with self._network.attach(spec.network) as net:
-            result = await self._run(spec, net, sink, cancel)
+            box = await self.launch(spec, net)
+            try:
+                result = await self._supervise(box, spec, sink, cancel, started=box.spawned_at)
+            finally:
+                await self.dispose(box)
         return _with_network(result, net)
 
-    async def _run(
+    async def serve(
         self,
+        box: Sandbox,
         spec: SandboxSpec,
-        net: Attached,
-        sink: OutputSink | None,
-        cancel: asyncio.Event | None,
+        *,
+        sink: OutputSink | None = None,
+        cancel: asyncio.Event | None = None,
     ) -> ExecResult:
+        """Hand the request to a pre-spawned sandbox (its stub reads env and code from stdin)."""
+        try:
+            assert box.proc.stdin is not None
+            started = time.monotonic()
+            box.proc.stdin.write(warm.request(spec))
+            with contextlib.suppress(ConnectionError):
+                await box.proc.stdin.drain()
+            box.proc.stdin.close()
+            return await self._supervise(box, spec, sink, cancel, started=started)
+        finally:
+            await self.dispose(box)
+
+    async def launch(
+        self, spec: SandboxSpec, net: Attached, *, program: bytes | None = None, ready_fd: int | None = None
+    ) -> Sandbox:
+        """Start the sandbox: uid, cgroup, fds, bwrap. With `program` (a pool's stub) stdin is a
+        pipe for the request and `ready_fd` is left open for the stub to signal on."""
         uid = spec.host_uid if spec.host_uid is not None else self._uids.acquire()
         group: Cgroup | None = None
         fds: list[int] = []
-        proc: asyncio.subprocess.Process | None = None
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
-            box_fds = self._open_fds(spec, net, fds)
+            box_fds = self._open_fds(spec, net, fds, program)
             argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap, network_env=net.env)
             # The options go through a memfd (`--args`): the command line that other host users
             # can read in /proc then shows no env values. bwrap wants the command itself on
             # its real command line.
             split = argv.index("--")
             args_fd = _memfd("args", b"".join(a.encode() + b"\0" for a in argv[1:split]), fds)
-            started = time.monotonic()
+            spawned_at = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
                 self._bwrap,
                 "--args",
                 str(args_fd),
                 *argv[split:],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if program is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={},
-                pass_fds=(*fds, *([net.netns_fd] if net.netns_fd is not None else [])),
+                pass_fds=tuple(
+                    fd for fd in (*fds, net.netns_fd, ready_fd) if fd is not None
+                ),
                 start_new_session=True,
                 preexec_fn=launch.preexec(
                     group.procs_files,
@@ -124,44 +168,66 @@ class BwrapRunner:
                     net.netns_fd,
                 ),
             )
+        except BaseException:
+            if group is not None:
+                group.kill_all()
+                group.remove()
+            if spec.host_uid is None:
+                self._uids.release(uid)
+            raise
+        finally:
             for fd in fds:  # the child has its copies; bwrap reads them to EOF
                 os.close(fd)
-            fds.clear()
-            out = _Capture(spec.limits.output_bytes, bytearray())
-            err = _Capture(spec.limits.output_bytes, bytearray())
-            assert proc.stdout is not None and proc.stderr is not None
-            pumps = [
-                asyncio.create_task(_pump(proc.stdout, "stdout", out, sink)),
-                asyncio.create_task(_pump(proc.stderr, "stderr", err, sink)),
-            ]
-            ended_by = await _wait(proc, spec.limits.timeout_s, cancel)
+        return Sandbox(proc, group, uid, owns_uid=spec.host_uid is None, spawned_at=spawned_at)
+
+    async def _supervise(
+        self,
+        box: Sandbox,
+        spec: SandboxSpec,
+        sink: OutputSink | None,
+        cancel: asyncio.Event | None,
+        *,
+        started: float,
+    ) -> ExecResult:
+        """Pump output, enforce the timeout (counted from `started`), classify the end."""
+        proc, group = box.proc, box.group
+        out = _Capture(spec.limits.output_bytes, bytearray())
+        err = _Capture(spec.limits.output_bytes, bytearray())
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            asyncio.create_task(_pump(proc.stdout, "stdout", out, sink)),
+            asyncio.create_task(_pump(proc.stderr, "stderr", err, sink)),
+        ]
+        try:
+            remaining = spec.limits.timeout_s - (time.monotonic() - started)
+            ended_by = await _wait(proc, max(0.0, remaining), cancel)
             if ended_by is not None:
                 group.kill_all()  # bwrap and everything under it: the cgroup has them all
                 await proc.wait()
             duration_ms = int((time.monotonic() - started) * 1000)
             group.kill_all()  # nothing in the sandbox outlives its execution
             await asyncio.wait(pumps, timeout=5)
+        finally:
             for task in pumps:
                 task.cancel()
-            return _classify(proc.returncode, ended_by, group.oom_killed(), out, err, duration_ms)
-        finally:
-            for fd in fds:
-                os.close(fd)
-            if group is not None:
-                group.kill_all()
-            if proc is not None and proc.returncode is None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
-            if proc is not None:
-                await reaper.reap_orphans(uid, spawned=proc.pid)
-            if group is not None:
-                group.remove()
-            if spec.host_uid is None:
-                self._uids.release(uid)
+        return _classify(proc.returncode, ended_by, group.oom_killed(), out, err, duration_ms)
 
-    def _open_fds(self, spec: SandboxSpec, net: Attached, opened: list[int]) -> _bwrap.SandboxFds:
+    async def dispose(self, box: Sandbox) -> None:
+        """Leave nothing behind: processes killed and reaped, cgroup removed, uid returned."""
+        box.group.kill_all()
+        if box.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(box.proc.wait())
+        await reaper.reap_orphans(box.uid, spawned=box.proc.pid)
+        box.group.remove()
+        if box.owns_uid:
+            self._uids.release(box.uid)
+
+    def _open_fds(
+        self, spec: SandboxSpec, net: Attached, opened: list[int], program: bytes | None
+    ) -> _bwrap.SandboxFds:
         return _bwrap.SandboxFds(
-            program=_memfd("program", spec.code, opened),
+            program=_memfd("program", spec.code if program is None else program, opened),
             seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
             passwd=_memfd("passwd", _bwrap.passwd_file(), opened),
             group=_memfd("group", _bwrap.group_file(), opened),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
 from ..ids import new_id, random_token
+from .keycache import PrincipalCache
 from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, Volume, VolumeBinding, utcnow
 
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
@@ -65,9 +66,10 @@ class CreatedKey:
 
 
 class KeyService:
-    def __init__(self, store: Store, pepper: bytes) -> None:
+    def __init__(self, store: Store, pepper: bytes, cache: PrincipalCache | None = None) -> None:
         self._store = store
         self._pepper = pepper
+        self._cache = cache
 
     def digest(self, key: str) -> str:
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
@@ -115,13 +117,24 @@ class KeyService:
         if key is None:
             raise NotFound(f"no API key {key_id!r}")
         await self._store.keys.revoke(key_id)
+        if self._cache is not None:
+            self._cache.invalidate()
         return key
 
     async def authenticate(self, presented: str) -> Principal | None:
         """The principal for a presented key, or None if it is malformed, unknown or revoked."""
         if not _KEY.fullmatch(presented):
             return None
-        key = await self._store.keys.by_digest(self.digest(presented))
+        digest = self.digest(presented)
+        if self._cache is not None and (cached := self._cache.get(digest)) is not None:
+            return cached
+        principal = await self._lookup(presented, digest)
+        if principal is not None and self._cache is not None:
+            self._cache.put(digest, principal)
+        return principal
+
+    async def _lookup(self, presented: str, digest: str) -> Principal | None:
+        key = await self._store.keys.by_digest(digest)
         if key is None or key.revoked_at is not None:
             return None
         if not hmac.compare_digest(key.digest, self.digest(presented)):

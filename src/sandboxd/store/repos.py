@@ -165,6 +165,18 @@ class ExecutionRepo(_Repo):
                 update(executions).where(executions.c.trace_id == trace_id).values(**values)
             )
 
+    async def finish(
+        self, trace_id: str, events: list[tuple[int, str, dict[str, Any]]], **values: Any
+    ) -> None:
+        """The final row and the execution's whole event log, in one transaction."""
+        rows = [{"trace_id": trace_id, "seq": seq, "type": t, "body": body} for seq, t, body in events]
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(executions).where(executions.c.trace_id == trace_id).values(**_storable(values))
+            )
+            if rows:
+                await conn.execute(execution_events.insert(), rows)
+
     async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
         """Change the status only if it is one of `only_from` (no lost update races)."""
         query = (
@@ -191,14 +203,7 @@ class ExecutionRepo(_Repo):
 
 
 class EventRepo(_Repo):
-    """A finished execution's event log, written once when it ends."""
-
-    async def add_all(self, trace_id: str, events: list[tuple[int, str, dict[str, Any]]]) -> None:
-        if not events:
-            return
-        rows = [{"trace_id": trace_id, "seq": seq, "type": t, "body": body} for seq, t, body in events]
-        async with self._engine.begin() as conn:
-            await conn.execute(execution_events.insert(), rows)
+    """A finished execution's event log (written by `ExecutionRepo.finish` when it ends)."""
 
     async def after(self, trace_id: str, after_seq: int) -> list[tuple[int, str, dict[str, Any]]]:
         query = (

@@ -1,0 +1,252 @@
+"""Pre-spawned single-use sandboxes: the cold start moved off the request's path.
+
+A pool is kept per *key*: the language and everything a sandbox is built from before any
+request exists (limits, the host gid). The request's own parts (code, env vars, timeout,
+output cap) arrive at use time through the stub (`warm.py`). So a config change (say a new
+memory limit) is a new key, and a sandbox built with the old one is never served for it.
+Each pooled sandbox serves exactly one execution and is then destroyed like any other.
+
+Only runs that need nothing per-request at build time are pooled: no thread home, no volume,
+no host uid of their own, network policy `none`. The rest start cold.
+
+Sizing follows demand: a key's target grows by one (up to `max_per_key`) each time a request
+finds its pool empty, and falls back by one after each `idle_s` without such a miss; a key
+unused for `idle_s` is emptied. At `max_total` sandboxes, or while those waiting use more
+than `memory_budget_bytes`, a key in demand takes the place of the least recently used key's
+sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from . import warm
+from .network import Attached
+from .spec import Language, Limits, SandboxSpec
+
+if TYPE_CHECKING:
+    from .runner import BwrapRunner, Sandbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    max_per_key: int = 4
+    max_total: int = 16
+    memory_budget_bytes: int = 512 * 1024 * 1024
+    idle_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    language: Language
+    limits: Limits
+    host_gid: int | None
+
+
+@dataclass
+class _Entry:
+    box: Sandbox
+    ready: asyncio.Future[bool]
+
+
+@dataclass
+class _Slot:
+    target: int = 1
+    entries: deque[_Entry] = field(default_factory=deque)
+    spawning: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    last_miss: float = field(default_factory=time.monotonic)
+
+
+def key_of(spec: SandboxSpec) -> PoolKey | None:
+    """The pool a run can be served from, or None when it must start cold."""
+    if spec.home is not None or spec.mounts or spec.host_uid is not None or spec.network.mode != "none":
+        return None
+    # Applied at use time, not at build time: not part of the key.
+    limits = replace(spec.limits, timeout_s=0.0, output_bytes=0)
+    return PoolKey(spec.language, limits, spec.host_gid)
+
+
+class WarmPool:
+    def __init__(self, runner: BwrapRunner, settings: PoolSettings) -> None:
+        self._runner = runner
+        self._settings = settings
+        self._slots: dict[PoolKey, _Slot] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._shrinker: asyncio.Task[None] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def start(self) -> None:
+        """Begin shrinking idle pools (call with the event loop running)."""
+        if self._shrinker is None:
+            self._shrinker = asyncio.get_running_loop().create_task(self._shrink_forever())
+
+    @property
+    def size(self) -> int:
+        return sum(len(slot.entries) for slot in self._slots.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Ready-or-starting sandboxes per language (for metrics)."""
+        out: dict[str, int] = {}
+        for key, slot in self._slots.items():
+            out[key.language] = out.get(key.language, 0) + len(slot.entries)
+        return out
+
+    def take(self, spec: SandboxSpec) -> Sandbox | None:
+        """A started sandbox for `spec`'s key, or None (the caller starts one cold)."""
+        key = key_of(spec)
+        if key is None or self._closed:
+            return None
+        now = time.monotonic()
+        slot = self._slots.setdefault(key, _Slot())
+        slot.last_used = now
+        for entry in [e for e in slot.entries if e.box.proc.returncode is not None]:
+            slot.entries.remove(entry)  # died waiting (e.g. killed by an operator): discard
+            self._spawn_task(self._runner.dispose(entry.box))
+        ready = [e for e in slot.entries if e.ready.done() and e.ready.result()]
+        entry = ready[0] if ready else (slot.entries[0] if slot.entries else None)
+        box = None
+        if entry is not None:
+            slot.entries.remove(entry)
+            box = entry.box
+        if not ready:  # none was waiting ready: demand outran the pool
+            self.misses += 1
+            if now - slot.last_miss < self._settings.idle_s:
+                slot.target = min(self._settings.max_per_key, slot.target + 1)
+            slot.last_miss = now
+        if box is not None:
+            self.hits += 1
+        self._refill(key, slot, spec)
+        return box
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._shrinker is not None:
+            self._shrinker.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        slots, self._slots = self._slots, {}
+        for slot in slots.values():
+            while slot.entries:
+                await self._runner.dispose(slot.entries.popleft().box)
+
+    async def shrink(self) -> None:
+        """Empty keys idle for `idle_s`; lower the target of keys without recent misses."""
+        now = time.monotonic()
+        for key, slot in list(self._slots.items()):
+            if now - slot.last_used >= self._settings.idle_s:
+                del self._slots[key]
+                while slot.entries:
+                    await self._runner.dispose(slot.entries.popleft().box)
+            elif now - slot.last_miss >= self._settings.idle_s and slot.target > 1:
+                slot.target -= 1
+                slot.last_miss = now
+                while len(slot.entries) > slot.target:
+                    await self._runner.dispose(slot.entries.pop().box)
+
+    async def _shrink_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self._settings.idle_s / 4))
+            with contextlib.suppress(Exception):
+                await self.shrink()
+
+    def _refill(self, key: PoolKey, slot: _Slot, spec: SandboxSpec) -> None:
+        template = replace(spec, code=b"", env={})
+        while len(slot.entries) + slot.spawning < slot.target and (self._room() or self._evict(slot)):
+            slot.spawning += 1
+            self._spawn_task(self._spawn(key, slot, template))
+
+    def _evict(self, wanted: _Slot) -> bool:
+        """Make room for a key in demand: drop a sandbox of the least recently used other key."""
+        others = [s for s in self._slots.values() if s is not wanted and s.entries]
+        if not others:
+            return False
+        victim = min(others, key=lambda s: s.last_used)
+        self._spawn_task(self._runner.dispose(victim.entries.pop().box))
+        return True
+
+    def _room(self) -> bool:
+        count = self.size + sum(s.spawning for s in self._slots.values())
+        if count >= self._settings.max_total:
+            return False
+        return self._memory() < self._settings.memory_budget_bytes
+
+    def _memory(self) -> int:
+        total = 0
+        for slot in self._slots.values():
+            for entry in slot.entries:
+                with contextlib.suppress(Exception):
+                    total += entry.box.group.stats().memory_peak_bytes
+        return total
+
+    async def spawn_ready(self, spec: SandboxSpec) -> Sandbox:
+        """One pooled-style sandbox for `spec`, its interpreter up and waiting (not kept in the
+        pool: the caller serves it or disposes of it). The security suite runs every attack
+        through this path too."""
+        if key_of(spec) is None:
+            raise ValueError("this spec cannot be served from a pool")
+        box, ready = await self._start(replace(spec, code=b"", env={}))
+        if not await ready:
+            await self._runner.dispose(box)
+            raise RuntimeError(f"a pooled {spec.language} sandbox did not come up")
+        return box
+
+    async def _start(self, template: SandboxSpec) -> tuple[Sandbox, asyncio.Future[bool]]:
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            box = await self._runner.launch(
+                template, Attached(), program=warm.stub(template.language, ready_w), ready_fd=ready_w
+            )
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._watch_ready(ready_r, ready)
+        return box, ready
+
+    async def _spawn(self, key: PoolKey, slot: _Slot, template: SandboxSpec) -> None:
+        try:
+            box, ready = await self._start(template)
+        except Exception:
+            log.exception("pool: starting a %s sandbox failed", key.language)
+            return
+        finally:
+            slot.spawning -= 1
+        if self._closed or self._slots.get(key) is not slot:
+            await self._runner.dispose(box)
+            return
+        slot.entries.append(_Entry(box, ready))
+
+    def _watch_ready(self, fd: int, ready: asyncio.Future[bool]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_readable() -> None:
+            loop.remove_reader(fd)
+            got = b""
+            with contextlib.suppress(OSError):
+                got = os.read(fd, 1)
+            os.close(fd)
+            if not ready.done():
+                ready.set_result(got == b"1")
+
+        loop.add_reader(fd, on_readable)
+
+    def _spawn_task(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
