@@ -214,6 +214,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     metrics.on_scrape(_count_threads(admin, metrics))
     if pool is not None:
         metrics.on_scrape(_pool_sizes(pool, metrics))
+        pool.on_take = lambda hit: metrics.pool_requests.labels("hit" if hit else "miss").inc()
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
     return Services(
@@ -243,8 +244,6 @@ def _pool_sizes(pool: WarmPool, metrics: Metrics) -> Callable[[], Awaitable[None
         sizes = pool.sizes()
         for language in ("python", "node", "bash"):
             metrics.pool_sandboxes.labels(language).set(sizes.get(language, 0))
-        metrics.pool_requests.labels("hit").set(pool.hits)
-        metrics.pool_requests.labels("miss").set(pool.misses)
 
     return refresh
 

@@ -69,9 +69,9 @@ class Metrics:
             "Pre-spawned single-use sandboxes waiting for a request, by language.",
             ["language"], registry=r,
         )
-        self.pool_requests = Gauge(
+        self.pool_requests = Counter(
             "sandboxd_pool_requests",
-            "Stateless runs since start served by a waiting sandbox (hit) or not (miss).",
+            "Poolable runs served by a waiting sandbox (hit) or started cold (miss).",
             ["result"], registry=r,
         )
         self.webhook_deliveries = Counter(

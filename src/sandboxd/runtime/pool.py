@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,8 @@ class WarmPool:
         self._shrinker: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
+        #: Told of every take: True when a sandbox was waiting (for metrics).
+        self.on_take: Callable[[bool], None] | None = None
 
     def start(self) -> None:
         """Begin shrinking idle pools (call with the event loop running)."""
@@ -127,6 +130,8 @@ class WarmPool:
             slot.last_miss = now
         if box is not None:
             self.hits += 1
+        if self.on_take is not None:
+            self.on_take(box is not None)
         self._refill(key, slot, spec)
         return box
 
