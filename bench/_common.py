@@ -230,6 +230,14 @@ def machine_info() -> list[str]:
     ]
 
 
+def print_machine(before: list[str], after: list[str] | None = None) -> None:
+    """The machine_info() taken before measuring, and the load average of one taken after."""
+    for line in before:
+        print(f"before  {line}")
+    if after is not None:
+        print(f"after   {after[1]}")
+
+
 # --- one benchmark run --------------------------------------------------------------------
 
 

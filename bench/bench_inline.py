@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("bench_inline: httpx is missing; run: uv run --extra dev python bench/bench_inline.py")
 
-from _common import exit_with, machine_info, Series, session, timed
+from _common import exit_with, print_machine, machine_info, Series, session, timed
 from _runs import bare_runner, CASES, executable, interpreter_versions, server_runner
 
 WARMUP = 5
@@ -83,9 +83,7 @@ def main() -> int:
         )
         print("bare: subprocess.run(argv, env={'PATH': '/usr/bin:/bin'}, capture_output=True)")
         print(f"interpreters: {interpreter_versions(exes)}")
-        for line in before:
-            print(f"before  {line}")
-        print(f"after   {after[1]}")
+        print_machine(before, after)
         print()
         header = (
             f"{'language':<8} {'bare med':>9} {'bare p95':>9} {'server med':>11} {'server p95':>11}"

@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - depends on how the env was synced
         "bench_threads: httpx is missing; run: uv run --extra dev python bench/bench_threads.py"
     )
 
-from _common import exit_with, TOOLS_ENV, machine_info, Series, session, timed
+from _common import exit_with, print_machine, TOOLS_ENV, machine_info, Series, session, timed
 from _runs import EXECUTE, server_runner
 
 WARMUP = 3
@@ -163,9 +163,7 @@ def main() -> int:
             f" {setup_many_ms:.0f} ms; both verified again after measuring"
         )
         print(f"storage: {tool_version(['btrfs', '--version'])}, loop-mounted image, quotas on")
-        for line in before:
-            print(f"before  {line}")
-        print(f"after   {after[1]}")
+        print_machine(before, after)
         print()
         header = (
             f"{'series':<28} {'median':>8} {'p95':>8} {'ratio/A':>8} {'+ms vs A':>9}"

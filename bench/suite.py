@@ -55,6 +55,7 @@ from _common import (
     exit_with,
     machine_info,
     parse,
+    print_machine,
     Running,
     Series,
     serving,
@@ -439,8 +440,7 @@ def print_header(b: Bench, command: str, before: list[str]) -> None:
         env = " ".join(f"{k}={v}" for k, v in r.server.env.items())
         print(f"server {label}: {r.server.url}, ready in {r.startup_ms:.0f} ms, {env}")
     print(f"interpreters: {interpreter_versions(b.exes)}")
-    for line in before:
-        print(f"before  {line}")
+    print_machine(before)
 
 
 def main() -> int:
@@ -485,7 +485,7 @@ def main() -> int:
         print_stream(stream)
         print_memory(b, idle, peak)
         print_targets(b, inline, thread, tput, stream, idle)
-    print(f"after   {machine_info()[1]}")
+    print_machine([], machine_info())
     return 0
 
 
