@@ -53,6 +53,7 @@ def mount_points() -> list[str]:
 class BenchServer:
     root: Path
     port: int
+    env: dict[str, str] = field(default_factory=dict)  # SANDBOXD_* settings over os.environ
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,6 +102,7 @@ class BenchServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + timeout_s
         with httpx.Client(trust_env=False, timeout=1) as c:  # never a proxy: loopback only
@@ -116,6 +118,15 @@ class BenchServer:
                     pass
                 time.sleep(0.1)
         raise RuntimeError(f"sandboxd not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def client(self, key: str, timeout_s: float) -> httpx.Client:
+        """A keep-alive client authenticated with `key`, never through a proxy (loopback only)."""
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout_s,
+            trust_env=False,
+        )
 
     def languages(self) -> list[str]:
         with httpx.Client(trust_env=False, timeout=10) as c:
@@ -139,6 +150,7 @@ class BenchServer:
             timeout=120,
             stdin=subprocess.DEVNULL,
             check=False,
+            env={**os.environ, **self.env},
         )
         if r.returncode != 0 or len(r.stdout.splitlines()) != 1:
             raise RuntimeError(f"sandboxd keys create failed ({r.returncode}): {r.stderr}")
@@ -218,7 +230,24 @@ def machine_info() -> list[str]:
     ]
 
 
+def print_machine(before: list[str], after: list[str] | None = None) -> None:
+    """The machine_info() taken before measuring, and the load average of one taken after."""
+    for line in before:
+        print(f"before  {line}")
+    if after is not None:
+        print(f"after   {after[1]}")
+
+
 # --- one benchmark run --------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """A started server and a key of its default organization."""
+
+    server: BenchServer
+    key: str
+    startup_ms: float
 
 
 @dataclass
@@ -233,36 +262,83 @@ class Session:
     startup_ms: float
 
 
-@contextlib.contextmanager
-def session(name: str, doc: str, *, min_n: int, stop_timeout_s: float = 30) -> Iterator[Session]:
-    """Parse `--n`, start a real server in a temp dir, create a key; always stop and clean up.
-
-    SIGTERM is turned into SystemExit so the cleanup also runs when the run is interrupted.
-    """
+def arguments(doc: str, *, min_n: int, default_n: int = 50) -> argparse.ArgumentParser:
+    """The parser every script starts from: `--n` samples of each series (checked by `parse`)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=50, help=f"measured samples of each (>= {min_n})")
+    parser.add_argument(
+        "--n", type=int, default=default_n, help=f"measured samples of each (>= {min_n})"
+    )
+    parser.set_defaults(min_n=min_n)
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
-    if args.n < min_n:
-        parser.error(f"--n must be at least {min_n}")
+    if args.n < args.min_n:
+        parser.error(f"--n must be at least {args.min_n}")
+    return args
+
+
+def command_line() -> str:
+    """How this script was started, for the printed header."""
+    command = shlex.join(sys.orig_argv)
+    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
+        command += "   (started by `uv run`)"
+    return command
+
+
+@contextlib.contextmanager
+def serving(
+    name: str, envs: dict[str, dict[str, str]], *, stop_timeout_s: float = 30
+) -> Iterator[dict[str, Running]]:
+    """One real server per entry of `envs` (its settings), each in its own temp dir, with a key.
+
+    Always stops them and cleans up; SIGTERM is turned into SystemExit so the cleanup also runs
+    when the run is interrupted.
+    """
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    command = shlex.join(sys.orig_argv)
-    if os.environ.get("UV_RUN_RECURSION_DEPTH"):
-        command += "   (started by `uv run`)"
-    before = machine_info()
-    root = Path(tempfile.mkdtemp(prefix="sandboxd-bench-"))
-    server = BenchServer(root=root, port=free_port())
+    servers = {
+        label: BenchServer(
+            root=Path(tempfile.mkdtemp(prefix="sandboxd-bench-")), port=free_port(), env=env
+        )
+        for label, env in envs.items()
+    }
     try:
-        t0 = time.perf_counter()
-        server.start()
-        startup_ms = (time.perf_counter() - t0) * 1000
-        yield Session(args, command, before, server, server.create_key(), startup_ms)
+        running = {}
+        for label, server in servers.items():
+            t0 = time.perf_counter()
+            server.start()
+            startup_ms = (time.perf_counter() - t0) * 1000
+            running[label] = Running(server, server.create_key(), startup_ms)
+        yield running
     finally:
-        server.stop(timeout_s=stop_timeout_s)
-        left = server.unmount_leftovers()  # only if the server died or had to be killed
-        if left:
-            print(f"{name}: unmounted left mounts: {', '.join(left)}", file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
+        for server in servers.values():
+            server.stop(timeout_s=stop_timeout_s)
+            left = server.unmount_leftovers()  # only if the server died or had to be killed
+            if left:
+                print(f"{name}: unmounted left mounts: {', '.join(left)}", file=sys.stderr)
+            shutil.rmtree(server.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def session(name: str, doc: str, *, min_n: int, stop_timeout_s: float = 30) -> Iterator[Session]:
+    """Parse `--n`, start a real server in a temp dir, create a key; always stop and clean up."""
+    args = parse(arguments(doc, min_n=min_n))
+    command, before = command_line(), machine_info()
+    with serving(name, {"": {}}, stop_timeout_s=stop_timeout_s) as running:
+        r = running[""]
+        yield Session(args, command, before, r.server, r.key, r.startup_ms)
+
+
+def exit_with(name: str, main: Callable[[], int]) -> None:
+    """Exit with `main()`'s status; a RuntimeError (the run itself failed) is printed, status 1."""
+    try:
+        status = main()
+    except RuntimeError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        status = 1
+    sys.exit(status)

@@ -17,178 +17,98 @@ httpx comes with the dev extra (`uv run --extra dev ...` on a fresh checkout).
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 try:
-    import httpx
+    import httpx  # noqa: F401  (the modules below need it; checked here for a clear message)
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("bench_inline: httpx is missing; run: uv run --extra dev python bench/bench_inline.py")
 
-from _common import machine_info, Series, session, timed
+from _common import exit_with, print_machine, machine_info, Series, session, timed
+from _runs import bare_runner, CASES, executable, interpreter_versions, server_runner
 
-CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
 WARMUP = 5
-
-# language -> (bare argv, code sent to the server, expected stdout)
-CASES: dict[str, tuple[list[str], str, str]] = {
-    "python": (["/usr/bin/python3", "-c", "print(1+1)"], "print(1+1)", "2\n"),
-    "node": (["node", "-e", "console.log(1+1)"], "console.log(1+1)", "2\n"),
-    "bash": (["bash", "-c", "echo 2"], "echo 2", "2\n"),
-}
-
-
-# --- measuring ----------------------------------------------------------------------------
-
-
-def bare_runner(argv: list[str], expected: str) -> Callable[[], float | None]:
-    def run() -> None:
-        r = subprocess.run(
-            argv,
-            check=False,
-            env=CLEAN_ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-        )
-        if r.returncode != 0 or r.stdout != expected:
-            raise RuntimeError(
-                f"{shlex.join(argv)}: exit {r.returncode}, stdout {r.stdout!r}, {r.stderr!r}"
-            )
-
-    return run
-
-
-def server_runner(
-    client: httpx.Client, language: str, code: str, expected: str
-) -> Callable[[], float | None]:
-    body = {"code": code, "language": language, "timeout": 30}
-
-    def run() -> float:
-        r = client.post("/v1/sandbox/execute", json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"{language}: HTTP {r.status_code}: {r.text[:500]}")
-        out = r.json()
-        if out["stdout"] != expected or not out["success"]:
-            raise RuntimeError(f"{language}: unexpected result {out}")
-        return float(out["duration_ms"])
-
-    return run
-
-
-def interpreter_versions(paths: dict[str, str]) -> str:
-    """The bare binaries measured; the sandbox runs the same host binaries (runtime/languages.py)."""
-    parts = []
-    for exe in paths.values():
-        r = subprocess.run(
-            [exe, "--version"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=CLEAN_ENV,
-        )
-        first = (r.stdout or r.stderr).strip().splitlines()[:1]
-        parts.append(f"{exe} {first[0] if first else '?'}")
-    return "; ".join(parts)
 
 
 def main() -> int:
-    try:
-        with session("bench_inline", __doc__ or "", min_n=50, stop_timeout_s=15) as s:
-            args, command, before, server = s.args, s.command, s.before, s.server
-            key, startup_ms = s.key, s.startup_ms
-            available = server.languages()
-            languages = [lang for lang in CASES if lang in available]
-            bare: dict[str, Series] = {lang: Series() for lang in languages}
-            served: dict[str, Series] = {lang: Series() for lang in languages}
+    with session("bench_inline", __doc__ or "", min_n=50, stop_timeout_s=15) as s:
+        args, command, before, server = s.args, s.command, s.before, s.server
+        key, startup_ms = s.key, s.startup_ms
+        available = server.languages()
+        languages = [lang for lang in CASES if lang in available]
+        bare: dict[str, Series] = {lang: Series() for lang in languages}
+        served: dict[str, Series] = {lang: Series() for lang in languages}
 
-            with httpx.Client(
-                base_url=server.url,
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=60,
-                trust_env=False,
-            ) as client:
-                runners = {}
-                exes: dict[str, str] = {}
-                for lang in languages:
-                    argv, code, expected = CASES[lang]
-                    exe = shutil.which(argv[0], path=CLEAN_ENV["PATH"])
-                    if exe is None:
-                        raise RuntimeError(f"{argv[0]} not found on {CLEAN_ENV['PATH']}")
-                    exes[lang] = exe
-                    runners[lang] = (
-                        bare_runner([exe, *argv[1:]], expected),
-                        server_runner(client, lang, code, expected),
-                    )
-                for lang, (
-                    a,
-                    b,
-                ) in runners.items():  # warm-up: page cache, connection, first-call paths
-                    for _ in range(WARMUP):
-                        a()
-                        b()
-                t_run = time.perf_counter()
-                for _ in range(args.n):
-                    for lang, (a, b) in runners.items():
-                        ms, _ = timed(a)
-                        bare[lang].samples_ms.append(ms)
-                        ms, inner = timed(b)
-                        served[lang].samples_ms.append(ms)
-                        if inner is not None:
-                            served[lang].inner_ms.append(inner)
-                run_s = time.perf_counter() - t_run
-
-            after = machine_info()
-            print("sandboxd inline execute vs bare interpreter start")
-            print(f"command: {command}   (cwd {os.getcwd()})")
-            print(
-                f"samples: n={args.n} measured per series after {WARMUP} warm-up each; interleaved A,B per language,"
-                f" languages interleaved; {run_s:.1f} s measuring"
-            )
-            print(
-                f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB), "
-                f"ready in {startup_ms:.0f} ms; HTTP: one httpx.Client, keep-alive, sequential"
-            )
-            print("bare: subprocess.run(argv, env={'PATH': '/usr/bin:/bin'}, capture_output=True)")
-            print(f"interpreters: {interpreter_versions(exes)}")
-            for line in before:
-                print(f"before  {line}")
-            print(f"after   {after[1]}")
-            print()
-            header = (
-                f"{'language':<8} {'bare med':>9} {'bare p95':>9} {'server med':>11} {'server p95':>11}"
-                f" {'ratio':>6} {'overhead':>9} {'in-sandbox med':>15}"
-            )
-            print(header)
-            print("-" * len(header))
+        with server.client(key, timeout_s=60) as client:
+            runners = {}
+            exes: dict[str, str] = {}
             for lang in languages:
-                a, b = bare[lang], served[lang]
-                inner = f"{statistics.median(b.inner_ms):.1f}" if b.inner_ms else "-"
-                print(
-                    f"{lang:<8} {a.median():>9.1f} {a.p95():>9.1f} {b.median():>11.1f} {b.p95():>11.1f}"
-                    f" {b.median() / a.median():>5.1f}x {b.median() - a.median():>9.1f} {inner:>15}"
+                argv, code, expected = CASES[lang]
+                exe = exes[lang] = executable(argv[0])
+                runners[lang] = (
+                    bare_runner([exe, *argv[1:]], expected),
+                    server_runner(client, lang, code, expected),
                 )
-            print()
-            print("ms; ratio = server median / bare median; overhead = server median - bare median;")
+            for lang, (
+                a,
+                b,
+            ) in runners.items():  # warm-up: page cache, connection, first-call paths
+                for _ in range(WARMUP):
+                    a()
+                    b()
+            t_run = time.perf_counter()
+            for _ in range(args.n):
+                for lang, (a, b) in runners.items():
+                    ms, _ = timed(a)
+                    bare[lang].samples_ms.append(ms)
+                    ms, inner = timed(b)
+                    served[lang].samples_ms.append(ms)
+                    if inner is not None:
+                        served[lang].inner_ms.append(inner)
+            run_s = time.perf_counter() - t_run
+
+        after = machine_info()
+        print("sandboxd inline execute vs bare interpreter start")
+        print(f"command: {command}   (cwd {os.getcwd()})")
+        print(
+            f"samples: n={args.n} measured per series after {WARMUP} warm-up each;"
+            " interleaved A,B per language,"
+            f" languages interleaved; {run_s:.1f} s measuring"
+        )
+        print(
+            f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB), "
+            f"ready in {startup_ms:.0f} ms; HTTP: one httpx.Client, keep-alive, sequential"
+        )
+        print("bare: subprocess.run(argv, env={'PATH': '/usr/bin:/bin'}, capture_output=True)")
+        print(f"interpreters: {interpreter_versions(exes)}")
+        print_machine(before, after)
+        print()
+        header = (
+            f"{'language':<8} {'bare med':>9} {'bare p95':>9} {'server med':>11} {'server p95':>11}"
+            f" {'ratio':>6} {'overhead':>9} {'in-sandbox med':>15}"
+        )
+        print(header)
+        print("-" * len(header))
+        for lang in languages:
+            a, b = bare[lang], served[lang]
+            inner = f"{statistics.median(b.inner_ms):.1f}" if b.inner_ms else "-"
             print(
-                "in-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
-                " interpreter);\n  not in it: cgroup create/remove, DB writes, HTTP, JSON."
+                f"{lang:<8} {a.median():>9.1f} {a.p95():>9.1f} {b.median():>11.1f} {b.p95():>11.1f}"
+                f" {b.median() / a.median():>5.1f}x {b.median() - a.median():>9.1f} {inner:>15}"
             )
-            missing = [lang for lang in CASES if lang not in languages]
-            if missing:
-                print(f"not measured (not in the server's image): {', '.join(missing)}")
-            return 0
-    except RuntimeError as exc:
-        print(f"bench_inline: {exc}", file=sys.stderr)
-        return 1
+        print()
+        print("ms; ratio = server median / bare median; overhead = server median - bare median;")
+        print(
+            "in-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
+            " interpreter);\n  not in it: cgroup create/remove, DB writes, HTTP, JSON."
+        )
+        missing = [lang for lang in CASES if lang not in languages]
+        if missing:
+            print(f"not measured (not in the server's image): {', '.join(missing)}")
+        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with("bench_inline", main)

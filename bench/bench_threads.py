@@ -32,7 +32,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 try:
     import httpx
@@ -41,7 +40,8 @@ except ImportError:  # pragma: no cover - depends on how the env was synced
         "bench_threads: httpx is missing; run: uv run --extra dev python bench/bench_threads.py"
     )
 
-from _common import TOOLS_ENV, machine_info, Series, session, timed
+from _common import exit_with, print_machine, TOOLS_ENV, machine_info, Series, session, timed
+from _runs import EXECUTE, server_runner
 
 WARMUP = 3
 MIN_N = 30
@@ -79,23 +79,13 @@ def execute(client: httpx.Client, code: str, thread_id: str | None, timeout: int
     body: dict[str, object] = {"code": code, "language": "python", "timeout": timeout}
     if thread_id is not None:
         body["thread_id"] = thread_id
-    r = client.post("/v1/sandbox/execute", json=body)
+    r = client.post(EXECUTE, json=body)
     if r.status_code != 200:
         raise RuntimeError(f"thread {thread_id}: HTTP {r.status_code}: {r.text[:500]}")
     out: dict = r.json()
     if not out["success"]:
         raise RuntimeError(f"thread {thread_id}: execution failed: {out}")
     return out
-
-
-def runner(client: httpx.Client, thread_id: str | None) -> Callable[[], float]:
-    def run() -> float:
-        out = execute(client, CODE, thread_id)
-        if out["stdout"] != EXPECTED:
-            raise RuntimeError(f"thread {thread_id}: unexpected result {out}")
-        return float(out["duration_ms"])
-
-    return run
 
 
 def expect(client: httpx.Client, code: str, thread_id: str, expected: str, what: str) -> float:
@@ -120,99 +110,87 @@ def tool_version(argv: list[str]) -> str:
 
 
 def main() -> int:
-    try:
-        with session("bench_threads", __doc__ or "", min_n=MIN_N, stop_timeout_s=30) as s:
-            args, command, before, server = s.args, s.command, s.before, s.server
-            key, startup_ms = s.key, s.startup_ms
-            if "python" not in server.languages():
-                raise RuntimeError("python is not in the server's image")
-            series = {
-                "A": Series("A stateless (no thread_id)"),
-                "B": Series("B thread, home: 1 file"),
-                "C": Series(f"C thread, home: {MANY_FILES:,} files"),
+    with session("bench_threads", __doc__ or "", min_n=MIN_N, stop_timeout_s=30) as s:
+        args, command, before, server = s.args, s.command, s.before, s.server
+        key, startup_ms = s.key, s.startup_ms
+        if "python" not in server.languages():
+            raise RuntimeError("python is not in the server's image")
+        series = {
+            "A": Series("A stateless (no thread_id)"),
+            "B": Series("B thread, home: 1 file"),
+            "C": Series(f"C thread, home: {MANY_FILES:,} files"),
+        }
+
+        with server.client(key, timeout_s=600) as client:
+            # setup: one execution on each thread creates its home and writes its files
+            setup_small_ms = expect(client, SETUP_SMALL, THREAD_SMALL, "100\n", "setup B")
+            setup_many_ms = expect(client, SETUP_MANY, THREAD_MANY, f"{MANY_FILES}\n", "setup C")
+            runners = {
+                name: server_runner(client, "python", CODE, EXPECTED, thread_id)
+                for name, thread_id in (("A", None), ("B", THREAD_SMALL), ("C", THREAD_MANY))
             }
+            for _ in range(WARMUP):  # page cache, connection, first-call paths
+                for run in runners.values():
+                    run()
+            t_run = time.perf_counter()
+            for _ in range(args.n):
+                for name, run in runners.items():
+                    ms, inner = timed(run)
+                    series[name].samples_ms.append(ms)
+                    series[name].inner_ms.append(inner)
+            run_s = time.perf_counter() - t_run
+            # the homes still hold what the setup wrote: every run committed a full snapshot
+            expect(client, CHECK_SMALL, THREAD_SMALL, "100\n", "check B")
+            many = f"{MANY_FILES} {MANY_FILES * FILE_BYTES}\n"
+            expect(client, CHECK_MANY, THREAD_MANY, many, "check C")
 
-            with httpx.Client(
-                base_url=server.url,
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=600,
-                trust_env=False,
-            ) as client:
-                # setup: one execution on each thread creates its home and writes its files
-                setup_small_ms = expect(client, SETUP_SMALL, THREAD_SMALL, "100\n", "setup B")
-                setup_many_ms = expect(client, SETUP_MANY, THREAD_MANY, f"{MANY_FILES}\n", "setup C")
-                runners = {
-                    "A": runner(client, None),
-                    "B": runner(client, THREAD_SMALL),
-                    "C": runner(client, THREAD_MANY),
-                }
-                for _ in range(WARMUP):  # page cache, connection, first-call paths
-                    for run in runners.values():
-                        run()
-                t_run = time.perf_counter()
-                for _ in range(args.n):
-                    for name, run in runners.items():
-                        ms, inner = timed(run)
-                        series[name].samples_ms.append(ms)
-                        series[name].inner_ms.append(inner)
-                run_s = time.perf_counter() - t_run
-                # the homes still hold what the setup wrote: every run committed a full snapshot
-                expect(client, CHECK_SMALL, THREAD_SMALL, "100\n", "check B")
-                many = f"{MANY_FILES} {MANY_FILES * FILE_BYTES}\n"
-                expect(client, CHECK_MANY, THREAD_MANY, many, "check C")
-
-            after = machine_info()
-            print("sandboxd inline execute: stateless vs thread_id (btrfs home snapshot per execution)")
-            print(f"command: {command}   (cwd {os.getcwd()})")
+        after = machine_info()
+        print("sandboxd inline execute: stateless vs thread_id (btrfs home snapshot per execution)")
+        print(f"command: {command}   (cwd {os.getcwd()})")
+        print(
+            f"samples: n={args.n} measured per series after {WARMUP} warm-up each;"
+            f" interleaved A,B,C,A,B,C,...; sequential; {run_s:.1f} s measuring"
+        )
+        print(
+            f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB,"
+            f" thread quota 1024 MiB), ready in {startup_ms:.0f} ms;"
+            " HTTP: one httpx.Client, keep-alive, sequential"
+        )
+        print(f"code: python {CODE!r}, expected stdout {EXPECTED!r}, every response checked")
+        print(
+            f"setup: B = one execution writing ~/small.txt (100 B), {setup_small_ms:.0f} ms;"
+            f" C = one execution writing {MANY_FILES:,} files of {FILE_BYTES} B under ~/many/,"
+            f" {setup_many_ms:.0f} ms; both verified again after measuring"
+        )
+        print(f"storage: {tool_version(['btrfs', '--version'])}, loop-mounted image, quotas on")
+        print_machine(before, after)
+        print()
+        header = (
+            f"{'series':<28} {'median':>8} {'p95':>8} {'ratio/A':>8} {'+ms vs A':>9}"
+            f" {'in-sandbox med':>15}"
+        )
+        print(header)
+        print("-" * len(header))
+        base = series["A"].median()
+        for s in series.values():
             print(
-                f"samples: n={args.n} measured per series after {WARMUP} warm-up each;"
-                f" interleaved A,B,C,A,B,C,...; sequential; {run_s:.1f} s measuring"
+                f"{s.label:<28} {s.median():>8.1f} {s.p95():>8.1f} {s.median() / base:>7.2f}x"
+                f" {s.median() - base:>9.1f} {s.inner_median():>15.1f}"
             )
-            print(
-                f"server: sandboxd serve on {server.url} (SQLite, default sandbox: 1 CPU, 1024 MiB,"
-                f" thread quota 1024 MiB), ready in {startup_ms:.0f} ms;"
-                " HTTP: one httpx.Client, keep-alive, sequential"
-            )
-            print(f"code: python {CODE!r}, expected stdout {EXPECTED!r}, every response checked")
-            print(
-                f"setup: B = one execution writing ~/small.txt (100 B), {setup_small_ms:.0f} ms;"
-                f" C = one execution writing {MANY_FILES:,} files of {FILE_BYTES} B under ~/many/,"
-                f" {setup_many_ms:.0f} ms; both verified again after measuring"
-            )
-            print(f"storage: {tool_version(['btrfs', '--version'])}, loop-mounted image, quotas on")
-            for line in before:
-                print(f"before  {line}")
-            print(f"after   {after[1]}")
-            print()
-            header = (
-                f"{'series':<28} {'median':>8} {'p95':>8} {'ratio/A':>8} {'+ms vs A':>9}"
-                f" {'in-sandbox med':>15}"
-            )
-            print(header)
-            print("-" * len(header))
-            base = series["A"].median()
-            for s in series.values():
-                print(
-                    f"{s.label:<28} {s.median():>8.1f} {s.p95():>8.1f} {s.median() / base:>7.2f}x"
-                    f" {s.median() - base:>9.1f} {s.inner_median():>15.1f}"
-                )
-            print()
-            b, c = series["B"], series["C"]
-            print(
-                f"B/A = {b.median() / base:.2f}x   C/A = {c.median() / base:.2f}x   C/B = "
-                f"{c.median() / b.median():.2f}x   (ratios of medians)"
-            )
-            print(
-                "ms, wall time of the HTTP request from this client; p95 = nearest rank;"
-                "\nin-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
-                " interpreter);\n  not in it: the thread's snapshot before and commit (exchange +"
-                " subvolume delete) after,\n  cgroup create/remove, DB writes, HTTP, JSON."
-            )
-            return 0
-    except RuntimeError as exc:
-        print(f"bench_threads: {exc}", file=sys.stderr)
-        return 1
+        print()
+        b, c = series["B"], series["C"]
+        print(
+            f"B/A = {b.median() / base:.2f}x   C/A = {c.median() / base:.2f}x   C/B = "
+            f"{c.median() / b.median():.2f}x   (ratios of medians)"
+        )
+        print(
+            "ms, wall time of the HTTP request from this client; p95 = nearest rank;"
+            "\nin-sandbox = the server's own duration_ms: bwrap spawn to exit (namespaces, mounts,"
+            " interpreter);\n  not in it: the thread's snapshot before and commit (exchange +"
+            " subvolume delete) after,\n  cgroup create/remove, DB writes, HTTP, JSON."
+        )
+        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with("bench_threads", main)
