@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import pytest
 
 from sandboxd.runtime import BwrapRunner, ExecResult, Limits, SandboxSpec, create_runner
+from sandboxd.runtime.pool import PoolSettings, WarmPool, key_of
 
 from .hostprobe import SLOTS, TEST_TIMEOUT_S, UID_BASE, Host, instance_hash, remove_instance_parents
 
@@ -91,9 +92,14 @@ def make_spec(
     return SandboxSpec(language=language, code=code, limits=limits, env=dict(env or {}))  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session")
-def run(runner: BwrapRunner, host: Host) -> Run:
-    """`await run(code, language='python', **limit_overrides)` -> ExecResult, in a real sandbox."""
+@pytest.fixture(scope="session", params=["cold", "pooled"])
+def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
+    """`await run(code, language='python', **limit_overrides)` -> ExecResult, in a real sandbox.
+
+    Every attack runs twice: in a sandbox started for it (cold), and in a pre-spawned one
+    whose stub receives the code at use time (pooled: the fast path, `runtime/pool.py`).
+    """
+    pool = WarmPool(runner, PoolSettings()) if request.param == "pooled" else None
 
     async def _run(
         code: str | bytes,
@@ -104,9 +110,11 @@ def run(runner: BwrapRunner, host: Host) -> Run:
         sink: Callable[[str, bytes], Awaitable[None]] | None = None,
         **limit_overrides: Any,
     ) -> ExecResult:
-        return await runner.run(
-            make_spec(code, language, env, **limit_overrides), sink=sink, cancel=cancel
-        )
+        spec = make_spec(code, language, env, **limit_overrides)
+        if pool is not None and key_of(spec) is not None:
+            box = await pool.spawn_ready(spec)
+            return await runner.serve(box, spec, sink=sink, cancel=cancel)
+        return await runner.run(spec, sink=sink, cancel=cancel)
 
     return _run  # type: ignore[return-value]
 

@@ -206,9 +206,14 @@ READ_ONLY = {
 
 
 @pytest.mark.parametrize("path", list(READ_ONLY))
-async def test_system_paths_read_only(run, path: str) -> None:
+async def test_system_paths_read_only(request: pytest.FixtureRequest, run, path: str) -> None:
     result = await run(WRITE_PROBE, env={"PROBE": json.dumps([path])})
     outcome = probe_result(result)[path]
+    if path == "/run/sandboxd/main.py" and request.node.callspec.params["run"] == "pooled":
+        # A pooled sandbox's stub wrote the code over its own copy of the program file (a
+        # file on the sandbox's private tmpfs; runtime/warm.py), so it stays writable there.
+        assert outcome == "WROTE", f"{path}: {outcome}"
+        return
     assert outcome in READ_ONLY[path], f"{path}: {outcome}"
 
 

@@ -68,6 +68,7 @@ def build_argv(
     *,
     bwrap: str = "bwrap",
     network_env: Mapping[str, str] | None = None,
+    program_writable: bool = False,
 ) -> list[str]:
     """`network_env` is what the network policy sets (the egress proxy's address); it wins
     over the request's variables so the code always learns the way out that exists."""
@@ -125,7 +126,9 @@ def build_argv(
     else:
         argv += ["--perms", "0700", "--size", str(limits.home_mib * mib), "--tmpfs", HOME]
     argv += [
-        "--ro-bind-data", str(fds.program), INTERPRETERS[spec.language].program_path,
+        # A pooled sandbox's stub writes the request's code over its own copy (runtime/warm.py).
+        *(["--perms", "0600", "--bind-data"] if program_writable else ["--ro-bind-data"]),
+        str(fds.program), INTERPRETERS[spec.language].program_path,
         "--chdir", WORKDIR,
         # Environment: nothing of the server's, only ours and the request's.
         "--clearenv",

@@ -140,7 +140,9 @@ class BwrapRunner:
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
             box_fds = self._open_fds(spec, net, fds, program)
-            argv = _bwrap.build_argv(spec, box_fds, bwrap=self._bwrap, network_env=net.env)
+            argv = _bwrap.build_argv(
+                spec, box_fds, bwrap=self._bwrap, network_env=net.env, program_writable=program is not None
+            )
             # The options go through a memfd (`--args`): the command line that other host users
             # can read in /proc then shows no env values. bwrap wants the command itself on
             # its real command line.

@@ -1,16 +1,17 @@
 """What runs in a pre-spawned sandbox until its request comes: a stub per language.
 
 A pooled sandbox is started exactly like a cold one (same bwrap argv, cgroup, rlimits, seccomp,
-uid), except that its program is a stub: it signals on `ready_fd` once the interpreter is up,
-then blocks reading stdin. The request arrives there as
+uid), except that its program file holds a stub and is writable. The stub signals on
+`ready_fd` once the interpreter is up, then blocks reading stdin. The request arrives there as
 `<10-digit length of the env block><KEY=VALUE\\0...><code>`; the stub puts the variables in
-the environment, points stdin at /dev/null (as a cold run has it), closes its signal fd and
-runs the code as the main program at the same path a cold run uses. The stub reads only what
-the server wrote; everything it does, it does inside the sandbox with the code's privileges.
+the environment, writes the code over the program file (so the file a cold run would have is
+there: tracebacks, `__file__`, multiprocessing's spawn and worker threads read it), points
+stdin at /dev/null as a cold run has it, closes its signal fd, and runs the code as the main
+program. The stub reads only what the server wrote; everything it does, it does inside the
+sandbox with the code's privileges.
 
-What differs from a cold run, visibly to the code: Python's `__file__` names the program path
-but reading that file gives the stub; Node's stack traces end in one stub frame; Bash runs the
-code with `bash -c` (so `$0` is the program path but `BASH_SOURCE` is empty).
+What differs from a cold run, visibly to the code: the program file is writable (it is the
+sandbox's own copy), and Node's stack traces end in one stub frame.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .spec import Language, SandboxSpec
 
 _PY = """\
 def _sandboxd_main():
-    import linecache, os, sys
+    import os, sys
     os.write(READY_FD, b"1")
     os.close(READY_FD)
     data = sys.stdin.buffer.read()
@@ -30,11 +31,12 @@ def _sandboxd_main():
             key, _, value = item.partition(b"=")
             os.environb[key] = value
     code = data[10 + n:]
+    path = __file__
+    with open(path, "wb") as program:
+        program.write(code)
     fd = os.open("/dev/null", os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)
-    path = __file__
-    linecache.cache[path] = (len(code), None, code.decode("utf-8", "replace").splitlines(True), path)
     scope = sys.modules["__main__"].__dict__
     builtins = scope["__builtins__"]
     scope.clear()
@@ -44,15 +46,9 @@ def _sandboxd_main():
         exec(compile(code, path, "exec"), scope)
     except SystemExit:
         raise
-    except BaseException as exc:  # as the interpreter reports it, without this frame
+    except BaseException as exc:  # reported as the interpreter would, without this frame
         exc = exc.with_traceback(exc.__traceback__.tb_next)
-        if isinstance(exc, SyntaxError) and exc.filename == path and exc.lineno:
-            exc.text = linecache.getline(path, exc.lineno)  # the parser read it from the stub file
-        if sys.excepthook is sys.__excepthook__:
-            import traceback
-            traceback.print_exception(exc)  # reads the code's lines through linecache
-        else:
-            sys.excepthook(type(exc), exc, exc.__traceback__)
+        sys.excepthook(type(exc), exc, exc.__traceback__)
         sys.exit(1)
 _sandboxd_main()
 """
@@ -67,12 +63,17 @@ const n = parseInt(data.subarray(0, 10).toString(), 10);
 for (const item of data.subarray(10, 10 + n).toString().split('\\0')) {
   if (item) { const i = item.indexOf('='); process.env[item.slice(0, i)] = item.slice(i + 1); }
 }
+const code = data.subarray(10 + n);
+fs.writeFileSync(__filename, code);
 fs.closeSync(0);
 fs.openSync('/dev/null', 'r');
-module._compile(data.subarray(10 + n).toString(), __filename);
+module._compile(code.toString(), __filename);
 """
 
+# One brace group: bash parses all of it before running any, so overwriting the file it was
+# read from (this stub's own) cannot change what it runs next.
 _BASH = """\
+{
 printf 1 >&READY_FD
 exec READY_FD>&-
 LC_ALL=C
@@ -82,10 +83,10 @@ while [ "$n" -gt 0 ] && IFS= read -r -d '' item; do
   n=$((n - ${#item} - 1))
   export -- "$item"
 done
-code=$(cat; printf x)
-unset LC_ALL
+cat >| PROGRAM
 exec </dev/null
-exec /usr/bin/bash -c "${code%x}" "PROGRAM"
+exec /usr/bin/bash PROGRAM
+}
 """
 
 
