@@ -39,13 +39,13 @@ from typing import Any  # noqa: E402
 import agents  # noqa: E402
 import anthropic  # noqa: E402
 import pytest  # noqa: E402
+from agents.tool_context import ToolContext  # noqa: E402
 from baponi import anthropic as baponi_anthropic  # noqa: E402
 from baponi import deepagents as baponi_deepagents  # noqa: E402
 from baponi import google as baponi_google  # noqa: E402
 from baponi import langchain as baponi_langchain  # noqa: E402
 from google.genai import _extra_utils as genai_dispatch  # noqa: E402
 from google.genai import types as genai_types  # noqa: E402
-from agents.tool_context import ToolContext  # noqa: E402
 from langchain_core.messages import ToolMessage  # noqa: E402
 
 with warnings.catch_warnings():
@@ -60,7 +60,11 @@ def tag() -> str:
 
 def recorded(server: Any, tag_value: str) -> list[tuple[str | None, str | None, str]]:
     """(client_id, thread_id, status) of the executions whose metadata carries `tag_value`."""
-    return [(c, t, s) for c, t, s, m in _executions(server) if (json.loads(m or "null") or {}).get("tag") == tag_value]
+    return [
+        (c, t, s)
+        for c, t, s, m in _executions(server)
+        if (json.loads(m or "null") or {}).get("tag") == tag_value
+    ]
 
 
 def recorded_from(server: Any, client_id: str) -> list[str | None]:
@@ -70,7 +74,9 @@ def recorded_from(server: Any, client_id: str) -> list[str | None]:
 
 def _executions(server: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(f"file:{server.data_dir / 'sandboxd.db'}?mode=ro", uri=True) as db:
-        return db.execute("SELECT client_id, thread_id, status, metadata FROM executions").fetchall()
+        return db.execute(
+            "SELECT client_id, thread_id, status, metadata FROM executions"
+        ).fetchall()
 
 
 # --- LangChain ----------------------------------------------------------------------------
@@ -99,7 +105,11 @@ async def test_langchain_tool(server: Any, langchain_tool: Any) -> None:
             "type": "tool_call",
             "id": "call-1",
             "name": "code_sandbox",
-            "args": {"code": "echo out; echo err >&2; exit 3", "language": "bash", "metadata": {"tag": t}},
+            "args": {
+                "code": "echo out; echo err >&2; exit 3",
+                "language": "bash",
+                "metadata": {"tag": t},
+            },
         }
     )
     assert isinstance(message, ToolMessage)
@@ -108,10 +118,22 @@ async def test_langchain_tool(server: Any, langchain_tool: Any) -> None:
 
     # a thread keeps /home/baponi between calls; env_vars reach the code
     thread = f"lc-{t}"
-    tool.invoke({"code": "echo kept > /home/baponi/note", "language": "bash", "thread_id": thread, "metadata": {"tag": t}})
+    tool.invoke(
+        {
+            "code": "echo kept > /home/baponi/note",
+            "language": "bash",
+            "thread_id": thread,
+            "metadata": {"tag": t},
+        }
+    )
     out = tool.invoke(
-        {"code": "cat /home/baponi/note; echo $GREETING", "language": "bash", "thread_id": thread,
-         "env_vars": {"GREETING": "hi"}, "metadata": {"tag": t}}
+        {
+            "code": "cat /home/baponi/note; echo $GREETING",
+            "language": "bash",
+            "thread_id": thread,
+            "env_vars": {"GREETING": "hi"},
+            "metadata": {"tag": t},
+        }
     )
     assert out == "kept\nhi\n"
 
@@ -171,9 +193,24 @@ async def test_openai_agents_function_tool(server: Any, openai_tool: Any) -> Non
         )
         return await tool.on_invoke_tool(context, raw)
 
-    assert await call({"code": "console.log(6 * 7)", "language": "node", "metadata": {"tag": t}}) == "42\n"
-    await call({"code": "open('/home/baponi/n', 'w').write('7')", "thread_id": thread, "metadata": {"tag": t}})
-    out = await call({"code": "print(open('/home/baponi/n').read())", "thread_id": thread, "metadata": {"tag": t}})
+    assert (
+        await call({"code": "console.log(6 * 7)", "language": "node", "metadata": {"tag": t}})
+        == "42\n"
+    )
+    await call(
+        {
+            "code": "open('/home/baponi/n', 'w').write('7')",
+            "thread_id": thread,
+            "metadata": {"tag": t},
+        }
+    )
+    out = await call(
+        {
+            "code": "print(open('/home/baponi/n').read())",
+            "thread_id": thread,
+            "metadata": {"tag": t},
+        }
+    )
     assert out == "7\n"
     # a failing program is text for the model, not an exception
     assert await call({"code": "raise SystemExit(4)", "metadata": {"tag": t}}) == "[exit code: 4]"
@@ -203,20 +240,34 @@ def test_anthropic_tool_handler(server: Any, anthropic_tool: tuple[dict[str, Any
     def answer(tool_input: dict[str, Any]) -> str:
         """A `tool_use` block as the Messages API returns it, handled into a `tool_result`."""
         block = anthropic.types.ToolUseBlock(
-            type="tool_use", id=f"toolu_{tag()}", name="code_sandbox", input={**tool_input, "metadata": {"tag": t}}
+            type="tool_use",
+            id=f"toolu_{tag()}",
+            name="code_sandbox",
+            input={**tool_input, "metadata": {"tag": t}},
         )
         result = handle(block.name, block.input)
         tool_result: anthropic.types.ToolResultBlockParam = {
-            "type": "tool_result", "tool_use_id": block.id, "content": result
+            "type": "tool_result",
+            "tool_use_id": block.id,
+            "content": result,
         }
         return tool_result["content"]  # type: ignore[return-value]
 
     assert answer({"code": "print(6 * 7)"}) == "42\n"
-    assert answer({"code": "mkdir -p /home/baponi/d && echo x > /home/baponi/d/f", "language": "bash", "thread_id": thread}) == "(no output)"
-    assert answer({"code": "ls /home/baponi/d", "language": "bash", "thread_id": thread}) == "f\n"
-    assert answer({"code": "print('started', flush=True); import time; time.sleep(30)", "timeout": 1}).endswith(
-        "[error]\ntimeout"
+    assert (
+        answer(
+            {
+                "code": "mkdir -p /home/baponi/d && echo x > /home/baponi/d/f",
+                "language": "bash",
+                "thread_id": thread,
+            }
+        )
+        == "(no output)"
     )
+    assert answer({"code": "ls /home/baponi/d", "language": "bash", "thread_id": thread}) == "f\n"
+    assert answer(
+        {"code": "print('started', flush=True); import time; time.sleep(30)", "timeout": 1}
+    ).endswith("[error]\ntimeout")
     with pytest.raises(ValueError, match="Unknown tool"):
         handle("other_tool", {"code": "print(1)"})
 
@@ -244,7 +295,12 @@ def test_gemini_automatic_function_calling(server: Any, gemini_function: Any) ->
     assert isinstance(declaration.parameters_json_schema, dict)
     assert declaration.parameters_json_schema["required"] == ["code"]
     assert set(declaration.parameters_json_schema["properties"]) == {
-        "code", "language", "thread_id", "timeout", "metadata", "env_vars"
+        "code",
+        "language",
+        "thread_id",
+        "timeout",
+        "metadata",
+        "env_vars",
     }
     thread = f"gm-{tag()}"
 
@@ -257,16 +313,26 @@ def test_gemini_automatic_function_calling(server: Any, gemini_function: Any) ->
         """
         call = genai_types.Part.from_function_call(name="code_sandbox", args=args)
         response = genai_types.GenerateContentResponse(
-            candidates=[genai_types.Candidate(content=genai_types.Content(role="model", parts=[call]))]
+            candidates=[
+                genai_types.Candidate(content=genai_types.Content(role="model", parts=[call]))
+            ]
         )
-        (part,) = genai_dispatch.get_function_response_parts(response, genai_dispatch.get_function_map(config))
+        (part,) = genai_dispatch.get_function_response_parts(
+            response, genai_dispatch.get_function_map(config)
+        )
         assert part.function_response is not None and part.function_response.name == "code_sandbox"
         return part.function_response.response
 
     assert model_calls({"code": "print(6 * 7)", "timeout": 30.0}) == {"result": "42\n"}
     model_calls({"code": "echo 5 > /home/baponi/v", "language": "bash", "thread_id": thread})
-    assert model_calls({"code": "cat /home/baponi/v", "language": "bash", "thread_id": thread}) == {"result": "5\n"}
-    assert sorted(t or "" for t in recorded_from(server, "baponi-python/google")) == ["", thread, thread]
+    assert model_calls({"code": "cat /home/baponi/v", "language": "bash", "thread_id": thread}) == {
+        "result": "5\n"
+    }
+    assert sorted(t or "" for t in recorded_from(server, "baponi-python/google")) == [
+        "",
+        thread,
+        thread,
+    ]
 
     # google-genai cannot convert a JSON object into a `dict[str, str] | None` parameter
     # (isinstance on a parameterized generic), so a model call with metadata or env_vars ends
@@ -296,13 +362,34 @@ def test_crewai_tool(server: Any, crewai_tool: Any) -> None:
     # `@tool` schema marks every parameter required, so a model sends them all (null if unused).
     structured = tool.to_structured_tool()
     assert structured.args_schema.model_json_schema()["required"] == [
-        "code", "language", "thread_id", "timeout", "metadata", "env_vars"
+        "code",
+        "language",
+        "thread_id",
+        "timeout",
+        "metadata",
+        "env_vars",
     ]
     unused = {"timeout": None, "env_vars": None}
-    structured.invoke(json.dumps({"code": "echo crew > /home/baponi/w", "language": "bash",
-                                  "thread_id": thread, "metadata": {"tag": t}, **unused}))
-    out = structured.invoke({"code": "cat /home/baponi/w >&2", "language": "bash",
-                             "thread_id": thread, "metadata": {"tag": t}, **unused})
+    structured.invoke(
+        json.dumps(
+            {
+                "code": "echo crew > /home/baponi/w",
+                "language": "bash",
+                "thread_id": thread,
+                "metadata": {"tag": t},
+                **unused,
+            }
+        )
+    )
+    out = structured.invoke(
+        {
+            "code": "cat /home/baponi/w >&2",
+            "language": "bash",
+            "thread_id": thread,
+            "metadata": {"tag": t},
+            **unused,
+        }
+    )
     assert out == "[stderr]\ncrew\n"
 
     rows = recorded(server, t)
@@ -314,15 +401,22 @@ def test_crewai_tool(server: Any, crewai_tool: Any) -> None:
 
 
 def test_deepagents_sandbox(server: Any, api_key: str) -> None:
-    with baponi_deepagents.create_sandbox(api_key=api_key, base_url=server.url, timeout=60) as sandbox:
+    with baponi_deepagents.create_sandbox(
+        api_key=api_key, base_url=server.url, timeout=60
+    ) as sandbox:
         assert sandbox.id.startswith("deep-")
 
         run = sandbox.execute("pwd; echo err >&2; exit 2")
         assert run.exit_code == 2
         assert run.output == "/home/baponi\n\nerr\n"
 
-        uploads = sandbox.upload_files([("/home/baponi/src/in.txt", b"alpha\nbeta\n"), ("notes.md", b"# n\n")])
-        assert [(u.path, u.error) for u in uploads] == [("/home/baponi/src/in.txt", None), ("notes.md", None)]
+        uploads = sandbox.upload_files(
+            [("/home/baponi/src/in.txt", b"alpha\nbeta\n"), ("notes.md", b"# n\n")]
+        )
+        assert [(u.path, u.error) for u in uploads] == [
+            ("/home/baponi/src/in.txt", None),
+            ("notes.md", None),
+        ]
         assert sandbox.execute("wc -l < src/in.txt > out.txt").exit_code == 0
         (down, missing) = sandbox.download_files(["/home/baponi/out.txt", "/home/baponi/nope"])
         assert (down.content, down.error) == (b"2\n", None)
@@ -342,10 +436,15 @@ def test_deepagents_sandbox(server: Any, api_key: str) -> None:
         assert read.error is None and "print('v2')" in str(read.file_data)
         assert sandbox.execute("python3 a.py").output == "v2\n"
         grep = sandbox.grep("beta", path="/home/baponi")
-        assert grep.error is None and [m["path"] for m in grep.matches or []] == ["/home/baponi/src/in.txt"]
+        assert grep.error is None and [m["path"] for m in grep.matches or []] == [
+            "/home/baponi/src/in.txt"
+        ]
         glob = sandbox.glob("**/*.txt", path="/home/baponi")
         assert glob.error is None
-        assert sorted(m["path"] for m in glob.matches or []) == ["/home/baponi/out.txt", "/home/baponi/src/in.txt"]
+        assert sorted(m["path"] for m in glob.matches or []) == [
+            "/home/baponi/out.txt",
+            "/home/baponi/src/in.txt",
+        ]
         refused = sandbox.write("/tmp/x.txt", "x")
         assert refused.error is not None and "/home/baponi" in refused.error
 
