@@ -65,6 +65,9 @@ seed = {int(os.environ.get("SANDBOXD_CONTRACT_SEED", "20240801"))}
 hooks = "{HOOKS}"
 color = false
 
+[cache]
+enabled = false
+
 [headers]
 Authorization = "Bearer {key}"
 
