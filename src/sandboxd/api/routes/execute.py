@@ -21,6 +21,16 @@ router = APIRouter()
 
 Mode = Literal["inline", "streaming", "webhook"]
 
+#: OpenAPI links: what a client (or schemathesis' stateful phase) can do with the trace id.
+_TRACE_ID_LINKS = {
+    name: {"operationRef": f"#/paths/{path}/{method}", "parameters": {"trace_id": "$response.body#/trace_id"}}
+    for name, path, method in (
+        ("GetExecution", "~1v1~1executions~1{trace_id}", "get"),
+        ("FollowOutput", "~1v1~1executions~1{trace_id}~1output", "get"),
+        ("CancelExecution", "~1v1~1executions~1{trace_id}~1cancel", "post"),
+    )
+}
+
 
 def delivery_mode(prefer: str | None, accept: str | None) -> Mode:
     if prefer and any(p.split("=")[0].strip().lower() == "respond-async" for p in prefer.split(",")):
@@ -38,8 +48,13 @@ def delivery_mode(prefer: str | None, accept: str | None) -> Mode:
             "description": "Inline: the result (JSON). Streaming (`Accept: application/x-ndjson`): "
             "one event a line, `status` first and `result` last.",
             "content": NDJSON_CONTENT,
+            "links": _TRACE_ID_LINKS,
         },
-        202: {"model": WebhookAccepted, "description": "Webhook mode (`Prefer: respond-async`)"},
+        202: {
+            "model": WebhookAccepted,
+            "description": "Webhook mode (`Prefer: respond-async`)",
+            "links": _TRACE_ID_LINKS,
+        },
         **error_responses(
             400, *AUTHENTICATED, 403, 409, 413, 503,
             s403="The organization's thread limit, or a webhook_url that is not public (`forbidden`)",
