@@ -14,7 +14,10 @@ hooks in _contract_hooks.py drop it from any generated body. A generated URL wou
 server resolve (and POST to) whatever host it names, and tests send traffic only to loopback;
 test_webhooks.py covers it against a receiver on loopback.
 
-The seed is fixed so that CI runs are reproducible; SANDBOXD_CONTRACT_SEED picks another.
+The seed is fixed so that CI runs are reproducible; SANDBOXD_CONTRACT_SEED picks another. Rules
+JSON Schema cannot state are written as the nearest schema (see docs/architecture.md, "The HTTP
+contract"), so a rare generated value can still be refused although schema-valid: a file name of
+255 characters but over 255 bytes of UTF-8, or code of 1 M characters over 1 MB.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ IdField = Field(
     json_schema_extra={"pattern": VOLUME_ID_PATTERN, "maxLength": 128},
 )
 PathField = Field(
-    description="Relative to the storage root ('x/y.txt'); '/home/baponi/x/y.txt' is the same file.",
+    description="Relative to the storage root ('x/y.txt'; '/home/baponi/x/y.txt' is the same file), "
+    "each name at most 255 bytes of UTF-8.",
     json_schema_extra=_FILE_PATH_SCHEMA,
 )
 
