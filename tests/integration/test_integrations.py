@@ -265,13 +265,17 @@ def test_anthropic_tool_handler(server: Any, anthropic_tool: tuple[dict[str, Any
         == "(no output)"
     )
     assert answer({"code": "ls /home/baponi/d", "language": "bash", "thread_id": thread}) == "f\n"
-    assert answer(
+    # the platform's own stop is told to the model too
+    timed_out = answer(
         {"code": "print('started', flush=True); import time; time.sleep(30)", "timeout": 1}
-    ).endswith("[error]\ntimeout")
+    )
+    assert timed_out.startswith("started\n") and timed_out.endswith("[error]\ntimeout"), timed_out
     with pytest.raises(ValueError, match="Unknown tool"):
         handle("other_tool", {"code": "print(1)"})
 
     rows = recorded(server, t)
+    assert len(rows) == 4
+    assert {(c, s) for c, _, s in rows} >= {("baponi-python/anthropic", "timeout")}
     assert {c for c, _, _ in rows} == {"baponi-python/anthropic"}
 
 
