@@ -454,7 +454,7 @@ def test_deepagents_sandbox(server: Any, api_key: str) -> None:
 
 
 def test_deepagents_provider(server: Any, api_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The provider behind `dcode --sandbox baponi` reads the key and base URL from the environment."""
+    """The provider behind `dcode --sandbox baponi`: key and base URL from the environment."""
     monkeypatch.setenv("BAPONI_API_KEY", api_key)
     monkeypatch.setenv("BAPONI_BASE_URL", server.url)
     provider = baponi_deepagents.BaponiSandboxProvider()

@@ -4,10 +4,11 @@ A real server (its own data dir, the failed-auth lockout off so that generated b
 lock the test out) and a key bound to a sandbox capped at 3 s, so generated code is short.
 `st run` (the schemathesis CLI, as a developer would run it) exercises every operation with
 generated input, valid and invalid: the examples, coverage (boundary values, methods the path
-does not have) and fuzzing phases, then the stateful phase (chains through the document's links:
-execute, then status/output/cancel of the trace id it answered). Every response is checked: no 5xx, a documented status code and
-content type, a body that matches its schema, required response headers, valid input accepted,
-invalid input refused, no key refused, 405 with a correct Allow header.
+does not have) and fuzzing phases, then the stateful phase (chains through the document's
+links: execute, then status/output/cancel of the trace id it answered). Every response is
+checked: no 5xx, a documented status code and content type, a body that matches its schema,
+required response headers, valid input accepted, invalid input refused, no key refused, 405
+with a correct Allow header.
 
 One deliberate gap: `webhook_url` is taken out of the document given to schemathesis, and the
 hooks in _contract_hooks.py drop it from any generated body. A generated URL would make the
