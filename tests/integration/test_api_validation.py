@@ -254,6 +254,7 @@ ACCEPTED = [
     ok("language-bash", {"code": "echo 1", "language": "bash"}),
     ok("timeout-1", body(timeout=1)),
     ok("timeout-3600", body(timeout=3600)),
+    ok("timeout-integral-float", body(timeout=30.0)),  # JSON Schema: 30.0 is an integer
     ok("thread_id-1-char", body(thread_id="a")),
     ok("thread_id-128-chars", body(thread_id="A" + "b_-9" * 31 + "xyz")),
     ok("thread_id-digit-first", body(thread_id="0-_Z")),

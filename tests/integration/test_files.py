@@ -330,7 +330,7 @@ def test_traversal_is_400(sdk: baponi.Baponi, http: httpx.Client, path: str) -> 
 def test_request_validation(http: httpx.Client, server: Any) -> None:
     for body in (
         {"id": "t", "path": "a", "content_length": "5"},  # strict: no string for an int
-        {"id": "t", "path": "a", "content_length": 1.0},
+        {"id": "t", "path": "a", "content_length": 1.5},  # 1.0 is the integer 1 (JSON Schema)
         {"id": "t", "path": "a"},
         {"id": "t", "path": "a", "content_length": 1, "extra": True},
         {"source": "bucket", "id": "t", "path": "a", "content_length": 1},

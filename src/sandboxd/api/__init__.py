@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from .. import __version__
-from . import errors
+from . import errors, openapi
 from .middleware import BodySizeLimit, CatchAll
 from .routes import execute, executions, files, health, metrics
 from .telemetry import RequestTelemetry
@@ -28,6 +28,7 @@ def create_api(services: Services) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
+    openapi.install(app)
     for module in (execute, executions, files, health):
         app.include_router(module.router)
     mount_mcp(app, services)

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import errors as e
 from ..service import validation_message
@@ -43,6 +44,9 @@ _HTTP_CODES = {
     503: "unavailable",
     504: "gateway_timeout",
 }
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -77,14 +81,37 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+        headers["Allow"] = _allowed_methods(request)
+    elif exc.status_code == 400 and exc.__cause__ is not None:
+        message = _unparsable_body(exc.__cause__)  # FastAPI's "error parsing the body"
     else:
         message = str(exc.detail)
     code = _HTTP_CODES.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "error")
-    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+    return error_response(exc.status_code, code, message, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on this path (Starlette's Allow names the first route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
+def _unparsable_body(cause: BaseException) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return "request body is not valid UTF-8"
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply"
+    return "request body is not valid JSON"
 
 
 def install(app: FastAPI) -> None:

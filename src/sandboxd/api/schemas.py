@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 from pydantic import BaseModel, Field
 
 from ..service import Outcome
+from .ndjson import MEDIA_TYPE as NDJSON
 
 
 class ErrorBody(BaseModel):
@@ -81,32 +84,100 @@ class CancelResponse(BaseModel):
     status: str
 
 
-#: NDJSON item schema: the four event types (spec §3.5).
-EVENT_SCHEMA: dict[str, object] = {
-    "type": "object",
-    "required": ["type", "seq"],
-    "properties": {
-        "type": {"enum": ["status", "output", "keepalive", "result"]},
-        "seq": {"type": "integer", "minimum": 1},
-        "trace_id": {"type": "string"},
-        "status": {"type": "string"},
-        "stream": {"enum": ["stdout", "stderr"]},
-        "data": {"type": "string"},
-        "result": {"type": "object"},
-        "output_truncated": {"type": "boolean"},
-    },
+# --- the NDJSON stream (spec §3.5): one event a line, `seq` = 1, 2, 3, ... -------------------
+
+
+class StatusEvent(BaseModel):
+    """First event of a stream (queued/running), with the trace id to reconnect with."""
+
+    type: Literal["status"]
+    seq: int = Field(ge=1)
+    trace_id: str
+    status: str
+
+
+class OutputEvent(BaseModel):
+    type: Literal["output"]
+    seq: int = Field(ge=1)
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class KeepaliveEvent(BaseModel):
+    """Sent after `SANDBOXD_KEEPALIVE_INTERVAL_S` of silence; carries nothing else."""
+
+    type: Literal["keepalive"]
+    seq: int = Field(ge=1)
+
+
+class EventResult(BaseModel):
+    success: bool
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None
+
+
+class ResultEvent(BaseModel):
+    """Last event of a stream: the final status and the whole result."""
+
+    type: Literal["result"]
+    seq: int = Field(ge=1)
+    trace_id: str
+    status: str
+    result: EventResult
+    output_truncated: bool
+
+
+ExecutionEvent = Annotated[
+    StatusEvent | OutputEvent | KeepaliveEvent | ResultEvent, Field(discriminator="type")
+]
+
+#: The models the OpenAPI document needs besides those of the routes (see api/openapi.py).
+EXTRA_MODELS: dict[str, object] = {"ExecutionEvent": ExecutionEvent}
+
+#: An NDJSON 200 response: each line is an ExecutionEvent (`itemSchema`, as FastAPI writes
+#: it for JSON Lines), the body as a whole a string.
+NDJSON_CONTENT: dict[str, object] = {
+    NDJSON: {
+        "schema": {"type": "string", "description": "Newline-delimited ExecutionEvent objects."},
+        "itemSchema": {"$ref": "#/components/schemas/ExecutionEvent"},
+    }
 }
 
 
-#: Every error status any endpoint may answer, for the OpenAPI document.
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        400: "Validation error (`validation_error`)",
-        401: "Missing, invalid or revoked API key (`unauthorized`)",
-        413: "Request body too large (`payload_too_large`)",
-        429: "Rate limited (`rate_limited`); see Retry-After",
-        500: "Server error",
-        503: "Temporarily unavailable",
-    }.items()
+# --- errors -------------------------------------------------------------------------------
+
+_ERROR_TEXT = {
+    400: "Invalid request (`validation_error`): the message names the field",
+    401: "Missing, invalid or revoked API key (`unauthorized`)",
+    403: "Not allowed (`forbidden`)",
+    404: "No such resource (`not_found`)",
+    409: "Conflict (`conflict`): the thread is busy with an execution",
+    413: "Request body too large (`payload_too_large`)",
+    429: "Rate limited (`rate_limited`); retry after `Retry-After` seconds",
+    500: "Server error (`internal_error`, `sandbox_error`)",
+    503: "Temporarily unavailable (`unavailable`)",
 }
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entries for the error statuses a route can answer, all `ErrorBody`.
+
+    `descriptions` overrides the text of a status: `error_responses(404, s404="No such file")`.
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
+            "model": ErrorBody,
+            "description": descriptions.get(f"s{status}", _ERROR_TEXT[status]),
+        }
+        if status == 429:
+            entry["headers"] = _RETRY_AFTER
+        responses[status] = entry
+    return responses
+
+
+#: What every route behind an API key can answer: no/bad key, lockout, an unexpected failure.
+AUTHENTICATED = (401, 429, 500)

@@ -49,6 +49,7 @@ SOURCES: tuple[str, ...] = ("thread", "volume")
 THREAD_ROOT = "/home/baponi"
 VOLUME_MOUNT = "/data"
 GIB = 1024**3
+MAX_FILE_BYTES = 10 * GIB
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_PATH_CHARS = 4096
 MAX_NAME_BYTES = 255
@@ -56,9 +57,12 @@ CHUNK_BYTES = 1024 * 1024
 BLOB_PATH = "v1/files/blob/"
 
 _ENCODED = ("%2e", "%2f", "%5c", "%00", "%25", "%c0", "%c1")
-_THREAD_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$")
-_SLUG = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-_CONTENT_TYPE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,254}$")
+THREAD_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$"
+VOLUME_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+CONTENT_TYPE_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
+_THREAD_ID = re.compile(THREAD_ID_PATTERN)
+_SLUG = re.compile(VOLUME_ID_PATTERN)
+_CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
 
 
 
@@ -137,7 +141,7 @@ class FilesService:
         signer: Signer,
         *,
         url_ttl_s: int = 3600,
-        max_file_bytes: int = 10 * GIB,
+        max_file_bytes: int = MAX_FILE_BYTES,
         max_list_entries: int = 10_000,
     ) -> None:
         self._threads = threads

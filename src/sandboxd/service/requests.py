@@ -7,10 +7,19 @@ Messages name the field, as the SDK's own client-side checks do.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from ..errors import InvalidRequest
 
@@ -43,30 +52,103 @@ RESERVED_ENV_NAMES = frozenset(
 RESERVED_ENV_PREFIXES = ("BAPONI_", "NSJAIL_", "SANDBOXD_", "LD_", "LC_", "XDG_", "_")
 
 
+def _integral(value: Any) -> Any:
+    """JSON's `30.0` is the integer 30 (JSON Schema's `integer` says so); `30.5` stays refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer in a JSON body: strict (no strings, no booleans, no fractions), but 30.0 is 30.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+# The rules below as JSON Schema, for the OpenAPI document; the validators stay the authority
+# (their messages name the field). Not expressible: code's limit counts UTF-8 bytes (the schema
+# counts characters) and env_vars' 64 KiB total; webhook_url must also resolve to public addresses.
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "code": {"minLength": 1, "maxLength": MAX_CODE_BYTES},
+    "timeout": {"minimum": 1, "maximum": MAX_TIMEOUT_S},
+    "thread_id": _nullable({"type": "string", "pattern": _THREAD_ID.pattern, "maxLength": 128}),
+    "metadata": _nullable({
+        "type": "object",
+        "maxProperties": 10,
+        "propertyNames": {"pattern": _METADATA_KEY.pattern, "minLength": 1, "maxLength": 40},
+        "additionalProperties": {"type": "string", "maxLength": 256},
+    }),
+    "sub_paths": _nullable({
+        "type": "array",
+        "maxItems": 10,
+        "items": {
+            "type": "string",
+            "maxLength": 512,
+            "pattern": "^/data/",
+            "not": {"pattern": r"\.\.|%(2[eEfF5]|5[cC]|00|[cC][01])|\u0000|\\"},
+        },
+    }),
+    "env_vars": _nullable({
+        "type": "object",
+        "maxProperties": 50,
+        "propertyNames": {
+            "pattern": _ENV_KEY.pattern,
+            "maxLength": 128,
+            "not": {"anyOf": [
+                {"enum": sorted(RESERVED_ENV_NAMES)},
+                {"pattern": "^(" + "|".join(RESERVED_ENV_PREFIXES) + ")"},
+            ]},
+        },
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 4096,
+            "pattern": r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f]*$",
+        },
+    }),
+    "webhook_url": _nullable({"type": "string", "maxLength": 2048, "pattern": "^https?://[^/?#]"}),
+}
+
+
 class ExecuteRequest(BaseModel):
     """Body of `POST /v1/sandbox/execute`."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    code: StrictStr = Field(description="Source code to run; 1 byte to 1 MB of UTF-8.")
+    code: StrictStr = Field(
+        description="Source code to run; 1 byte to 1 MB of UTF-8.", json_schema_extra=_SCHEMA["code"]
+    )
     language: Literal["python", "node", "bash"] = Field(default="python")
-    timeout: StrictInt = Field(
-        default=60, description="Wall-clock seconds, 1-3600; capped by the key's sandbox."
+    timeout: JsonInt = Field(
+        default=60,
+        description="Wall-clock seconds, 1-3600; capped by the key's sandbox.",
+        json_schema_extra=_SCHEMA["timeout"],
     )
     thread_id: StrictStr | None = Field(
-        default=None, description="Persist /home/baponi across executions with the same id."
+        default=None,
+        description="Persist /home/baponi across executions with the same id.",
+        json_schema_extra=_SCHEMA["thread_id"],
     )
     metadata: dict[StrictStr, StrictStr] | None = Field(
-        default=None, description="Up to 10 string pairs, kept with the execution record."
+        default=None,
+        description="Up to 10 string pairs, kept with the execution record.",
+        json_schema_extra=_SCHEMA["metadata"],
     )
     sub_paths: list[StrictStr] | None = Field(
-        default=None, description="Narrow storage mounts to these /data/... paths."
+        default=None,
+        description="Narrow storage mounts to these /data/... paths.",
+        json_schema_extra=_SCHEMA["sub_paths"],
     )
     env_vars: dict[StrictStr, StrictStr] | None = Field(
-        default=None, description="Environment variables for the code (uppercase names)."
+        default=None,
+        description="Environment variables for the code (uppercase names).",
+        json_schema_extra=_SCHEMA["env_vars"],
     )
     webhook_url: StrictStr | None = Field(
-        default=None, description="Webhook mode: the HTTPS URL the result is POSTed to."
+        default=None,
+        description="Webhook mode: the HTTPS URL the result is POSTed to.",
+        json_schema_extra=_SCHEMA["webhook_url"],
     )
 
     @field_validator("*", mode="before")
@@ -182,16 +264,20 @@ class ExecuteRequest(BaseModel):
 
 
 def _has_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogate(v) for v in value)
+    """Whether any string in `value` holds a lone surrogate; iterative, for JSON of any depth."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 

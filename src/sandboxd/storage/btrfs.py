@@ -13,6 +13,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 from ..errors import SandboxSetupError
@@ -60,11 +61,19 @@ class Btrfs:
         self.image = image
         self.root = mount_point
         self.size_gib = size_gib
+        self._mounting = threading.Lock()
 
     def mount(self) -> None:
-        """Create (sparse) and format the image on first use, mount it, enable quotas."""
-        if is_mounted(self.root):
-            return
+        """Create (sparse) and format the image on first use, mount it, enable quotas.
+
+        Requests call this from worker threads: the first ones may arrive together, and only
+        one may create, format and mount (a second `mount` of the image fails "busy").
+        """
+        with self._mounting:
+            if not is_mounted(self.root):
+                self._mount()
+
+    def _mount(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for path in (self.root, *self.root.parents[:2]):  # e.g. /run/sandboxd/<instance>/storage
             os.chmod(path, 0o711)
@@ -76,11 +85,12 @@ class Btrfs:
         _run("btrfs", "quota", "enable", str(self.root), step="thread storage quotas")
 
     def unmount(self) -> None:
-        if is_mounted(self.root):
-            _run("umount", str(self.root), step="thread storage unmount")
-            with contextlib.suppress(OSError):
-                self.root.rmdir()
-                self.root.parent.rmdir()
+        with self._mounting:
+            if is_mounted(self.root):
+                _run("umount", str(self.root), step="thread storage unmount")
+                with contextlib.suppress(OSError):
+                    self.root.rmdir()
+                    self.root.parent.rmdir()
 
     def create(self, path: Path, limit_bytes: int) -> None:
         _run("btrfs", "subvolume", "create", str(path), step="subvolume create")

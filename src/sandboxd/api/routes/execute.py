@@ -15,11 +15,21 @@ from fastapi.responses import JSONResponse, Response
 from ...service import ExecuteRequest
 from ..deps import PrincipalDep, ServicesDep
 from ..ndjson import MEDIA_TYPE, ndjson_response
-from ..schemas import ERROR_RESPONSES, EVENT_SCHEMA, SandboxResult, WebhookAccepted
+from ..schemas import AUTHENTICATED, NDJSON_CONTENT, SandboxResult, WebhookAccepted, error_responses
 
 router = APIRouter()
 
 Mode = Literal["inline", "streaming", "webhook"]
+
+#: OpenAPI links: what a client (or schemathesis' stateful phase) can do with the trace id.
+_TRACE_ID_LINKS = {
+    name: {"operationRef": f"#/paths/{path}/{method}", "parameters": {"trace_id": "$response.body#/trace_id"}}
+    for name, path, method in (
+        ("GetExecution", "~1v1~1executions~1{trace_id}", "get"),
+        ("FollowOutput", "~1v1~1executions~1{trace_id}~1output", "get"),
+        ("CancelExecution", "~1v1~1executions~1{trace_id}~1cancel", "post"),
+    )
+}
 
 
 def delivery_mode(prefer: str | None, accept: str | None) -> Mode:
@@ -35,11 +45,21 @@ def delivery_mode(prefer: str | None, accept: str | None) -> Mode:
     response_model=SandboxResult,
     responses={
         200: {
-            "description": "Inline: the result. Streaming (Accept: application/x-ndjson): events.",
-            "content": {MEDIA_TYPE: {"itemSchema": EVENT_SCHEMA}},
+            "description": "Inline: the result (JSON). Streaming (`Accept: application/x-ndjson`): "
+            "one event a line, `status` first and `result` last.",
+            "content": NDJSON_CONTENT,
+            "links": _TRACE_ID_LINKS,
         },
-        202: {"model": WebhookAccepted, "description": "Webhook mode (Prefer: respond-async)"},
-        **ERROR_RESPONSES,
+        202: {
+            "model": WebhookAccepted,
+            "description": "Webhook mode (`Prefer: respond-async`)",
+            "links": _TRACE_ID_LINKS,
+        },
+        **error_responses(
+            400, *AUTHENTICATED, 403, 409, 413, 503,
+            s403="The organization's thread limit, or a webhook_url that is not public (`forbidden`)",
+            s503="Thread storage is not available on this server (`unavailable`)",
+        ),
     },
     summary="Run code in a sandbox",
 )
@@ -47,11 +67,18 @@ async def execute(
     body: ExecuteRequest,
     principal: PrincipalDep,
     services: ServicesDep,
-    prefer: Annotated[str | None, Header()] = None,
-    accept: Annotated[str | None, Header()] = None,
-    x_client_id: Annotated[str | None, Header()] = None,
+    prefer: Annotated[
+        str | None, Header(description="`respond-async`: webhook mode, answered 202 at once.")
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_client_id: Annotated[
+        str | None, Header(description="Who is calling (the SDK sends e.g. baponi-python/langchain).")
+    ] = None,
 ) -> Response:
-    """A failing program is still a success at the HTTP level, with `success: false`."""
+    """Runs `code` and answers in one of three delivery modes, chosen by the request headers.
+
+    A failing program is still a success at the HTTP level, with `success: false`.
+    """
     mode = delivery_mode(prefer, accept)
     submission = await services.executions.submit(
         principal, body, delivery_mode=mode, client_id=x_client_id

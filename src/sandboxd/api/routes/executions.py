@@ -12,12 +12,20 @@ from ...errors import NotFound
 from ...ids import TRACE_ID_PATTERN
 from ...service.documents import execution_document
 from ..deps import PrincipalDep, ServicesDep
-from ..ndjson import MEDIA_TYPE, ndjson_response
-from ..schemas import ERROR_RESPONSES, EVENT_SCHEMA, CancelResponse, ExecutionStatus
+from ..ndjson import ndjson_response
+from ..schemas import (
+    AUTHENTICATED,
+    NDJSON_CONTENT,
+    CancelResponse,
+    ExecutionStatus,
+    error_responses,
+)
 
 router = APIRouter()
 _TRACE_ID = re.compile(TRACE_ID_PATTERN)
-_NOT_FOUND = {404: {"model": ERROR_RESPONSES[400]["model"], "description": "No such execution"}}
+#: The largest `seq` there can be (the event tables store it as a 32-bit integer).
+MAX_SEQ = 2**31 - 1
+_ERRORS = error_responses(*AUTHENTICATED, 404, s404="No execution of your organization has this trace id")
 
 
 def _checked(trace_id: str) -> str:
@@ -29,7 +37,7 @@ def _checked(trace_id: str) -> str:
 @router.get(
     "/v1/executions/{trace_id}",
     response_model=ExecutionStatus,
-    responses={**ERROR_RESPONSES, **_NOT_FOUND},
+    responses=_ERRORS,
     summary="Status and result of one execution",
 )
 async def get_execution(trace_id: str, principal: PrincipalDep, services: ServicesDep) -> ExecutionStatus:
@@ -42,9 +50,9 @@ async def get_execution(trace_id: str, principal: PrincipalDep, services: Servic
     response_class=StreamingResponse,
     responses={
         200: {"description": "Events after after_seq, then live ones until the result",
-              "content": {MEDIA_TYPE: {"itemSchema": EVENT_SCHEMA}}},
-        **ERROR_RESPONSES,
-        **_NOT_FOUND,
+              "content": NDJSON_CONTENT},
+        **_ERRORS,
+        **error_responses(400),
     },
     summary="Replay and follow an execution's events (NDJSON)",
 )
@@ -52,7 +60,7 @@ async def execution_output(
     trace_id: str,
     principal: PrincipalDep,
     services: ServicesDep,
-    after_seq: Annotated[int, Query(ge=0, description="Only events with a larger seq")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq")] = 0,
 ) -> StreamingResponse:
     events = await services.executions.events(principal, _checked(trace_id), after_seq)
     return ndjson_response(events)
@@ -61,7 +69,7 @@ async def execution_output(
 @router.post(
     "/v1/executions/{trace_id}/cancel",
     response_model=CancelResponse,
-    responses={**ERROR_RESPONSES, **_NOT_FOUND},
+    responses=_ERRORS,
     summary="Cancel a running execution",
 )
 async def cancel_execution(trace_id: str, principal: PrincipalDep, services: ServicesDep) -> CancelResponse:

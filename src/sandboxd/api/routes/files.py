@@ -13,48 +13,93 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.requests import ClientDisconnect
 
 from ...errors import InvalidRequest
-from ...service.files import CHUNK_BYTES, Download
+from ...service.files import (
+    CHUNK_BYTES,
+    CONTENT_TYPE_PATTERN,
+    MAX_FILE_BYTES,
+    MAX_PATH_CHARS,
+    THREAD_ID_PATTERN,
+    VOLUME_ID_PATTERN,
+    Download,
+)
+from ...service.requests import JsonInt
 from ..deps import PrincipalDep, ServicesDep
-from ..schemas import ERROR_RESPONSES, ErrorBody
+from ..schemas import AUTHENTICATED, error_responses
 
 router = APIRouter()
 #: Signed file URLs: no Bearer key, the token is the authority.
 BLOB_PREFIX = "/v1/files/blob/"
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    **ERROR_RESPONSES,
-    403: {"model": ErrorBody, "description": "Read-only volume, or an invalid/expired file URL (`forbidden`)"},
-    404: {"model": ErrorBody, "description": "No such thread, volume or file (`not_found`)"},
-    409: {"model": ErrorBody, "description": "The thread is busy with an execution (`conflict`)"},
+_S403 = "A read-only volume, or an invalid or expired file URL (`forbidden`)"
+_S404 = "No such thread, volume or file (`not_found`)"
+_S409 = "The thread is busy with an execution, or a directory is not empty (`conflict`)"
+_S503 = "Thread and volume storage is not available on this server (`unavailable`)"
+_READ_ERRORS = error_responses(400, *AUTHENTICATED, 404, 413, 503, s404=_S404, s503=_S503)
+_WRITE_ERRORS = error_responses(
+    400, *AUTHENTICATED, 403, 404, 409, 413, 503, s403=_S403, s404=_S404, s409=_S409, s503=_S503
+)
+
+# The rules of service/files.py as JSON Schema, for the OpenAPI document (validation stays in the
+# service). A path is documented in its relative form, components of at most 255 characters
+# (bytes, in fact); the server also takes the absolute form under the storage root.
+_COMPONENTS = "^([^/]{1,255}(/[^/]{0,255})*)?$"
+_UNSAFE = r"\u0000|\\|%(2[eEfF5]|5[cC]|00|[cC][01])|(^|/)\.\.(/|$)"
+_NAMES_A_FILE = r"(^|/)([^/.]|\.[^/.]|\.\.[^/])"
+_PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": _UNSAFE}}
+_FILE_PATH_SCHEMA = {**_PATH_SCHEMA, "allOf": [{"pattern": _NAMES_A_FILE}]}
+#: A thread_id for `source: thread`, a volume slug (which may also hold dots) for `volume`.
+_ID_BY_SOURCE = {
+    "if": {"properties": {"source": {"const": "volume"}}, "required": ["source"]},
+    "then": {"properties": {"id": {"pattern": VOLUME_ID_PATTERN}}},
+    "else": {"properties": {"id": {"pattern": THREAD_ID_PATTERN}}},
 }
 
 SourceField = Field(default="thread", description="'thread' (id = thread_id) or 'volume' (id = slug).")
-PathField = Field(description="Relative to the storage root; '/home/baponi/x' and 'x' are the same.")
+IdField = Field(
+    description="The thread_id or the volume slug.",
+    json_schema_extra={"pattern": VOLUME_ID_PATTERN, "maxLength": 128},
+)
+PathField = Field(
+    description="Relative to the storage root ('x/y.txt'; '/home/baponi/x/y.txt' is the same file), "
+    "each name at most 255 bytes of UTF-8.",
+    json_schema_extra=_FILE_PATH_SCHEMA,
+)
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, json_schema_extra=_ID_BY_SOURCE)
 
 
 class ListFilesRequest(_Body):
     source: Literal["thread", "volume"] = SourceField
-    id: StrictStr = Field(description="The thread_id or the volume slug.")
-    path: StrictStr | None = Field(default=None, description="A directory (or file) to list; default: everything.")
+    id: StrictStr = IdField
+    path: StrictStr | None = Field(
+        default=None,
+        description="A directory (or file) to list; default: everything.",
+        json_schema_extra={"anyOf": [{"type": "string", **_PATH_SCHEMA}, {"type": "null"}]},
+    )
 
 
 class FileRequest(_Body):
     source: Literal["thread", "volume"] = SourceField
-    id: StrictStr
+    id: StrictStr = IdField
     path: StrictStr = PathField
 
 
 class UploadUrlRequest(FileRequest):
-    content_length: StrictInt = Field(description="The exact size of the upload in bytes (0 to 10 GiB).")
-    content_type: StrictStr | None = Field(default=None, description="Default application/octet-stream.")
+    content_length: JsonInt = Field(
+        description="The exact size of the upload in bytes.",
+        json_schema_extra={"minimum": 0, "maximum": MAX_FILE_BYTES},
+    )
+    content_type: StrictStr | None = Field(
+        default=None,
+        description="Default application/octet-stream.",
+        json_schema_extra={"anyOf": [{"type": "string", "pattern": CONTENT_TYPE_PATTERN}, {"type": "null"}]},
+    )
 
 
 class FileEntry(BaseModel):
@@ -86,7 +131,7 @@ class UploadDone(BaseModel):
     size: int
 
 
-@router.post("/v1/files/list", response_model=FileList, responses=_ERRORS, summary="List files")
+@router.post("/v1/files/list", response_model=FileList, responses=_READ_ERRORS, summary="List files")
 async def list_files(body: ListFilesRequest, principal: PrincipalDep, services: ServicesDep) -> FileList:
     """Everything below `path` (recursively; directories included), or the one file `path`."""
     entries = await services.files.list(principal, body.source, body.id, body.path)
@@ -94,7 +139,7 @@ async def list_files(body: ListFilesRequest, principal: PrincipalDep, services: 
 
 
 @router.post(
-    "/v1/files/upload_url", response_model=SignedUrl, responses=_ERRORS, summary="A signed upload URL"
+    "/v1/files/upload_url", response_model=SignedUrl, responses=_WRITE_ERRORS, summary="A signed upload URL"
 )
 async def upload_url(
     body: UploadUrlRequest, request: Request, principal: PrincipalDep, services: ServicesDep
@@ -108,7 +153,7 @@ async def upload_url(
 
 
 @router.post(
-    "/v1/files/download_url", response_model=SignedUrl, responses=_ERRORS, summary="A signed download URL"
+    "/v1/files/download_url", response_model=SignedUrl, responses=_READ_ERRORS, summary="A signed download URL"
 )
 async def download_url(
     body: FileRequest, request: Request, principal: PrincipalDep, services: ServicesDep
@@ -124,7 +169,7 @@ async def download_url(
     methods=["DELETE"],
     status_code=204,
     response_class=Response,
-    responses=_ERRORS,
+    responses=_WRITE_ERRORS,
     summary="Delete a file or an empty directory",
 )
 async def delete_file(body: FileRequest, principal: PrincipalDep, services: ServicesDep) -> Response:
@@ -135,7 +180,19 @@ async def delete_file(body: FileRequest, principal: PrincipalDep, services: Serv
 @router.put(
     BLOB_PREFIX + "{token}",
     response_model=UploadDone,
-    responses=_ERRORS,
+    responses=error_responses(
+        400, 403, 404, 409, 413, 500, 503,
+        s400="The body's length or Content-Type is not the signed one (`validation_error`)",
+        s403=_S403, s404=_S404, s409=_S409, s503=_S503,
+        s413="The storage quota is exhausted (`payload_too_large`)",
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "Exactly the signed `content_length` bytes, with the signed Content-Type.",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
     summary="Upload to a signed URL (no Authorization: the token is the authority)",
 )
 async def put_blob(token: str, request: Request, services: ServicesDep) -> UploadDone:
@@ -173,7 +230,13 @@ def _attachment(name: str) -> str:
 @router.get(
     BLOB_PREFIX + "{token}",
     response_class=StreamingResponse,
-    responses={200: {"description": "The file's bytes", "content": {"application/octet-stream": {}}}, **_ERRORS},
+    responses={
+        200: {
+            "description": "The file's bytes, with the signed (or guessed) Content-Type",
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(403, 404, 500, 503, s403=_S403, s404=_S404, s503=_S503),
+    },
     summary="Download from a signed URL (no Authorization: the token is the authority)",
 )
 async def get_blob(token: str, services: ServicesDep) -> StreamingResponse:

@@ -1,0 +1,46 @@
+"""The OpenAPI document at /openapi.json: FastAPI's, corrected to say what the app answers.
+
+- No 422. Request validation errors are answered `400 validation_error` (api/errors.py), so
+  the 422 that FastAPI adds to every operation with parameters, and its HTTPValidationError
+  and ValidationError schemas, are taken out.
+- The NDJSON event models, which the `itemSchema` of the streaming responses refers to, are
+  added to the components (no route returns them as a model, so FastAPI would not).
+
+The checks that hold the document to the live server are in
+tests/integration/test_openapi_contract.py (schemathesis).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import TypeAdapter
+
+from .schemas import EXTRA_MODELS
+
+_REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def install(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _correct(generate())  # FastAPI caches the document in app.openapi_schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _correct(document: dict[str, Any]) -> None:
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    for name, model in EXTRA_MODELS.items():
+        schema = TypeAdapter(model).json_schema(ref_template=_REF_TEMPLATE, mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema

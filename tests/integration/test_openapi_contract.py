@@ -1,0 +1,123 @@
+"""/openapi.json holds against the live server: schemathesis over every operation it describes.
+
+A real server (its own data dir, the failed-auth lockout off so that generated bad keys do not
+lock the test out) and a key bound to a sandbox capped at 3 s, so generated code is short.
+`st run` (the schemathesis CLI, as a developer would run it) exercises every operation with
+generated input, valid and invalid: the examples, coverage (boundary values, methods the path
+does not have) and fuzzing phases, then the stateful phase (chains through the document's
+links: execute, then status/output/cancel of the trace id it answered). Every response is
+checked: no 5xx, a documented status code and content type, a body that matches its schema,
+required response headers, valid input accepted, invalid input refused, no key refused, 405
+with a correct Allow header.
+
+One deliberate gap: `webhook_url` is taken out of the document given to schemathesis, and the
+hooks in _contract_hooks.py drop it from any generated body. A generated URL would make the
+server resolve (and POST to) whatever host it names, and tests send traffic only to loopback;
+test_webhooks.py covers it against a receiver on loopback.
+
+The seed is fixed so that CI runs are reproducible; SANDBOXD_CONTRACT_SEED picks another. Rules
+JSON Schema cannot state are written as the nearest schema (see docs/architecture.md, "The HTTP
+contract"), so a rare generated value can still be refused although schema-valid: a file name of
+255 characters but over 255 bytes of UTF-8, or code of 1 M characters over 1 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+HOOKS = Path(__file__).with_name("_contract_hooks.py")
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    "positive_data_acceptance",
+    "negative_data_rejection",
+    "missing_required_header",
+    "ignored_auth",
+    "unsupported_method",
+    "allow_header_conformance",
+]
+
+
+@pytest.fixture(scope="module")
+def contract_server(server_factory: Any) -> Any:
+    return server_factory(auth_failures_allowed=1_000_000)
+
+
+@pytest.fixture(scope="module")
+async def contract_key(contract_server: Any) -> str:
+    return await contract_server.create_key(sandbox="contract", timeout_cap_s=3, memory_mib=256)
+
+
+def _config(server: Any, key: str) -> str:
+    checks = "\n".join(f"{name}.enabled = true" for name in CHECKS)
+    return f"""
+base-url = "{server.url}"
+request-timeout = 30
+workers = 2
+seed = {int(os.environ.get("SANDBOXD_CONTRACT_SEED", "20240801"))}
+hooks = "{HOOKS}"
+color = false
+
+[cache]
+enabled = false
+
+[headers]
+Authorization = "Bearer {key}"
+
+[generation]
+mode = "all"
+max-examples = 30
+database = "none"
+
+[checks]
+enabled = false
+{checks}
+
+[phases.stateful]
+max-steps = 10
+
+# A signed upload takes exactly the byte count signed into its URL (and its Content-Type): a
+# schema cannot say so, and in the stateful phase schemathesis PUTs arbitrary bytes to URLs
+# that upload_url returned, which the server rightly refuses (400). test_files.py covers uploads.
+[[operations]]
+include-path = "/v1/files/blob/{{token}}"
+include-method = "PUT"
+checks.positive_data_acceptance.enabled = false
+"""
+
+
+def test_openapi_contract(contract_server: Any, contract_key: str, tmp_path: Path) -> None:
+    document = httpx.get(f"{contract_server.url}/openapi.json", timeout=30).json()
+    del document["components"]["schemas"]["ExecuteRequest"]["properties"]["webhook_url"]
+    (tmp_path / "openapi.json").write_text(json.dumps(document))
+    (tmp_path / "schemathesis.toml").write_text(_config(contract_server, contract_key))
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            "schemathesis.toml",
+            "run",
+            "openapi.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = run.stdout + run.stderr
+    print(report)  # shown by pytest -rP, and with the failure
+    assert run.returncode == 0, report
+    assert "Tested: 12" in report or "Tested:" in report, report
