@@ -25,20 +25,10 @@ from sandboxd.runtime import ExecStatus
 from sandboxd.runtime.bwrap import SANDBOX_UID, base_env, passwd_file
 
 from .hostprobe import NOBODY, UID_RANGE, Host, read_status, run_as_nobody
+from .probes import read_probe
 
 # Reads each path in $PROBE and reports what the sandbox saw: its content, a listing, or the errno.
-PATH_PROBE = """
-import errno, json, os
-def probe(p):
-    try:
-        if os.path.isdir(p):
-            return "DIR:" + ",".join(sorted(os.listdir(p)))
-        with open(p, "rb") as f:
-            return "READ:" + f.read(300).decode(errors="replace")
-    except OSError as e:
-        return errno.errorcode[e.errno]
-print(json.dumps({p: probe(p) for p in json.loads(os.environ["PROBE"])}))
-"""
+PATH_PROBE = read_probe(300)
 
 
 def probe_result(result) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -17,19 +17,9 @@ import pytest
 from sandboxd.runtime import ExecStatus
 
 from .hostprobe import run_as_nobody
+from .probes import read_probe
 
-READ_PROBE = """
-import errno, json, os
-def probe(p):
-    try:
-        if os.path.isdir(p):
-            return "DIR:" + ",".join(sorted(os.listdir(p)))
-        with open(p, "rb") as f:
-            return "READ:" + f.read(4000).decode(errors="replace")
-    except OSError as e:
-        return errno.errorcode[e.errno]
-print(json.dumps({p: probe(p) for p in json.loads(os.environ["PROBE"])}))
-"""
+READ_PROBE = read_probe(4000)
 
 WRITE_PROBE = """
 import errno, json, os

@@ -17,22 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
+from .probes import PROBE_FUNCTION
+
 Server = Any  # tests/conftest.py's Server: a real `sandboxd serve` process
 
 EXECUTE = "/v1/sandbox/execute"
 ENV_MARKER = "SANDBOXD_SEC_SERVER_ENV_" + secrets.token_hex(4).upper()
 ENV_SECRET = "server-env-" + secrets.token_hex(12)
 
-PROBE = """
-import errno, json, os
-def probe(p):
-    try:
-        if os.path.isdir(p):
-            return "DIR:" + ",".join(sorted(os.listdir(p)))
-        with open(p, "rb") as f:
-            return "READ:" + f.read(200).decode(errors="replace")
-    except OSError as e:
-        return errno.errorcode[e.errno]
+PROBE = PROBE_FUNCTION.replace("MAX", "200") + """
 paths = json.loads(os.environ["PROBE"])
 environ = {}
 for pid in [p for p in os.listdir("/proc") if p.isdigit()]:

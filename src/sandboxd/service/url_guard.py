@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import Forbidden, InvalidRequest
+from ..runtime.network.addresses import embedded_ipv4
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -55,20 +56,6 @@ class Target:
         default = 443 if self.scheme == "https" else 80
         name = f"[{self.host}]" if ":" in self.host else self.host
         return name if self.port == default else f"{name}:{self.port}"
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 form carries to a v4 host (mapped, NAT64, 6to4), if any."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return None
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour
 
 
 def is_public(ip: IPAddress) -> bool:
