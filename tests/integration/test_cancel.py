@@ -43,8 +43,13 @@ def auth(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def box(server_factory) -> Any:
-    """A server of this module's own, so its process tree holds only these tests' sandboxes."""
-    return server_factory(auth_failures_allowed=100_000)
+    """A server of this module's own, so its process tree holds only these tests' sandboxes.
+
+    No pre-spawned sandboxes: they would wait under the server, and an empty tree is what these
+    tests assert. Cancel on the pooled path is tried in tests/security (every attack there runs
+    cold and pooled, and the host is searched for leftovers by uid).
+    """
+    return server_factory(auth_failures_allowed=100_000, pool_enabled=False)
 
 
 @pytest.fixture(scope="module")
