@@ -98,7 +98,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0004"]
+        assert versions == ["0005"]  # the newest migration (0005: network policy)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
