@@ -107,7 +107,8 @@ class WarmPool:
         return out
 
     def take(self, spec: SandboxSpec) -> Sandbox | None:
-        """A started sandbox for `spec`'s key, or None (the caller starts one cold)."""
+        """A started sandbox for `spec`'s key, or None (the caller starts one cold); either way
+        the caller calls `replenish(spec)` when its run is over."""
         key = key_of(spec)
         if key is None or self._closed:
             return None
@@ -132,8 +133,14 @@ class WarmPool:
             self.hits += 1
         if self.on_take is not None:
             self.on_take(box is not None)
-        self._refill(key, slot, spec)
         return box
+
+    def replenish(self, spec: SandboxSpec) -> None:
+        """Start sandboxes in the background until `spec`'s pool is back at its target."""
+        key = key_of(spec)
+        slot = self._slots.get(key) if key is not None else None
+        if key is not None and slot is not None and not self._closed:
+            self._refill(key, slot, spec)
 
     async def close(self) -> None:
         self._closed = True

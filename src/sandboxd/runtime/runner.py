@@ -99,15 +99,21 @@ class BwrapRunner:
     ) -> ExecResult:
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
-        if self.pool is not None and (box := self.pool.take(spec)) is not None:
-            return await self.serve(box, spec, sink=sink, cancel=cancel)
-        async with self._network.attach(spec.network) as net:
-            box = await self.launch(spec, net)
-            try:
-                result = await self._supervise(box, spec, sink, cancel, started=box.spawned_at)
-            finally:
-                await self.dispose(box)
-        return _with_network(result, net)
+        try:
+            if self.pool is not None and (box := self.pool.take(spec)) is not None:
+                return await self.serve(box, spec, sink=sink, cancel=cancel)
+            async with self._network.attach(spec.network) as net:
+                box = await self.launch(spec, net)
+                try:
+                    result = await self._supervise(box, spec, sink, cancel, started=box.spawned_at)
+                finally:
+                    await self.dispose(box)
+            return _with_network(result, net)
+        finally:
+            if self.pool is not None:
+                # After the run, not during it: on a small machine a sandbox starting next to
+                # the one serving the request slows that one down.
+                self.pool.replenish(spec)
 
     async def serve(
         self,

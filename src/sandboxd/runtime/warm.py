@@ -3,7 +3,10 @@
 A pooled sandbox is started exactly like a cold one (same bwrap argv, cgroup, rlimits, seccomp,
 uid), except that its program file holds a stub and is writable. The stub signals on
 `ready_fd` once the interpreter is up, then blocks reading stdin. The request arrives there as
-`<10-digit length of the env block><KEY=VALUE\\0...><code>`; the stub puts the variables in
+`<10-digit length of the env block><10-digit length of the code><KEY=VALUE\\0...><code>`
+and the stub reads exactly that much (waiting for EOF instead would wait for every process
+forked meanwhile to drop its copy of the pipe: a sibling sandbox's launcher holds it during
+its cgroup move). The stub puts the variables in
 the environment, writes the code over the program file (so the file a cold run would have is
 there: tracebacks, `__file__`, multiprocessing's spawn and worker threads read it), points
 stdin at /dev/null as a cold run has it, closes its signal fd, and runs the code as the main
@@ -24,13 +27,13 @@ def _sandboxd_main():
     import os, sys
     os.write(READY_FD, b"1")
     os.close(READY_FD)
-    data = sys.stdin.buffer.read()
-    n = int(data[:10])
-    for item in data[10:10 + n].split(b"\\0"):
+    head = sys.stdin.buffer.read(20)
+    env = sys.stdin.buffer.read(int(head[:10]))
+    code = sys.stdin.buffer.read(int(head[10:]))
+    for item in env.split(b"\\0"):
         if item:
             key, _, value = item.partition(b"=")
             os.environb[key] = value
-    code = data[10 + n:]
     path = __file__
     with open(path, "wb") as program:
         program.write(code)
@@ -58,12 +61,21 @@ _NODE = """\
 const fs = require('fs');
 fs.writeSync(READY_FD, '1');
 fs.closeSync(READY_FD);
-const data = fs.readFileSync(0);
-const n = parseInt(data.subarray(0, 10).toString(), 10);
-for (const item of data.subarray(10, 10 + n).toString().split('\\0')) {
+function readExactly(length) {
+  const buf = Buffer.alloc(length);
+  for (let got = 0; got < length;) {
+    const n = fs.readSync(0, buf, got, length - got, null);
+    if (n === 0) process.exit(125);
+    got += n;
+  }
+  return buf;
+}
+const head = readExactly(20).toString();
+const env = readExactly(parseInt(head.slice(0, 10), 10));
+const code = readExactly(parseInt(head.slice(10), 10));
+for (const item of env.toString().split('\\0')) {
   if (item) { const i = item.indexOf('='); process.env[item.slice(0, i)] = item.slice(i + 1); }
 }
-const code = data.subarray(10 + n);
 fs.writeFileSync(__filename, code);
 fs.closeSync(0);
 fs.openSync('/dev/null', 'r');
@@ -78,12 +90,13 @@ printf 1 >&READY_FD
 exec READY_FD>&-
 LC_ALL=C
 IFS= read -r -N 10 n
+IFS= read -r -N 10 size
 n=$((10#$n))
 while [ "$n" -gt 0 ] && IFS= read -r -d '' item; do
   n=$((n - ${#item} - 1))
   export -- "$item"
 done
-cat >| PROGRAM
+head -c $((10#$size)) >| PROGRAM
 exec </dev/null
 exec /usr/bin/bash PROGRAM
 }
@@ -99,4 +112,4 @@ def stub(language: Language, ready_fd: int) -> bytes:
 def request(spec: SandboxSpec) -> bytes:
     """The bytes a stub reads: the request's variables, then its code."""
     env = b"".join(f"{k}={v}".encode("utf-8", "surrogatepass") + b"\0" for k, v in spec.env.items())
-    return b"%010d" % len(env) + env + spec.code
+    return b"%010d%010d" % (len(env), len(spec.code)) + env + spec.code
