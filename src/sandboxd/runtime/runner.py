@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, replace
 
 from ..errors import SandboxSetupError
 from ..ids import random_token
 from . import bwrap as _bwrap
-from . import launch, reaper, rlimits
+from . import launch, process, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
 from .languages import available_languages
 from . import warm
@@ -57,7 +56,7 @@ class _Capture:
 class Sandbox:
     """A started sandbox: bwrap's process, the cgroup holding everything under it, its uid."""
 
-    proc: asyncio.subprocess.Process
+    proc: process.Child
     group: Cgroup
     uid: int
     owns_uid: bool
@@ -155,19 +154,10 @@ class BwrapRunner:
             split = argv.index("--")
             args_fd = _memfd("args", b"".join(a.encode() + b"\0" for a in argv[1:split]), fds)
             spawned_at = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                self._bwrap,
-                "--args",
-                str(args_fd),
-                *argv[split:],
-                stdin=subprocess.DEVNULL if program is None else subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={},
-                pass_fds=tuple(
-                    fd for fd in (*fds, net.netns_fd, ready_fd) if fd is not None
-                ),
-                start_new_session=True,
+            proc = await process.spawn(
+                [self._bwrap, "--args", str(args_fd), *argv[split:]],
+                stdin_pipe=program is not None,
+                pass_fds=[fd for fd in (*fds, net.netns_fd, ready_fd) if fd is not None],
                 preexec_fn=launch.preexec(
                     group.procs_files,
                     uid,
@@ -275,7 +265,7 @@ async def _pump(
 
 
 async def _wait(
-    proc: asyncio.subprocess.Process, timeout_s: float, cancel: asyncio.Event | None
+    proc: process.Child, timeout_s: float, cancel: asyncio.Event | None
 ) -> ExecStatus | None:
     """Wait for the exit; return TIMEOUT or CANCELLED if we must end it instead."""
     waiter = asyncio.ensure_future(proc.wait())
