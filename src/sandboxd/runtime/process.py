@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 
@@ -71,7 +72,26 @@ async def spawn(
     pass_fds: Sequence[int],
     preexec_fn: Callable[[], None],
 ) -> Child:
-    """Fork and exec on a worker thread; stdout and stderr are pipes, stdin a pipe or /dev/null."""
+    """Fork and exec on a worker thread; stdout and stderr are pipes, stdin a pipe or /dev/null.
+
+    Not cancellable halfway: a cancel waits for the fork to finish, kills and reaps the child,
+    then propagates, so no process is left without an owner.
+    """
+    started = asyncio.ensure_future(_spawn(argv, stdin_pipe, pass_fds, preexec_fn))
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            child = await started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            await child.wait()
+        raise
+
+
+async def _spawn(
+    argv: Sequence[str], stdin_pipe: bool, pass_fds: Sequence[int], preexec_fn: Callable[[], None]
+) -> Child:
     loop = asyncio.get_running_loop()
     popen = await loop.run_in_executor(
         None,
