@@ -152,7 +152,14 @@ class _Proxy:
                 raise socket.gaierror("no such name")
             return names[host]
 
-        self.proxy = EgressProxy(NetworkPolicy.parse("allowlist", allow), resolver=resolve)
+        async def connect(host: str, port: int):  # type: ignore[no-untyped-def]
+            # Every case here must be refused before connecting; a guard that failed would
+            # otherwise send a packet off this host, so it fails the test instead.
+            raise AssertionError(f"the proxy tried to connect to {host}:{port}")
+
+        self.proxy = EgressProxy(
+            NetworkPolicy.parse("allowlist", allow), resolver=resolve, connect=connect
+        )
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()

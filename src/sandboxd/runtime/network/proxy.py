@@ -22,6 +22,7 @@ from .addresses import IPAddress, egress_refusal
 from .policy import NetworkDecision, NetworkPolicy
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 LISTEN = ("127.0.0.1", 3128)
 PROXY_URL = f"http://{LISTEN[0]}:{LISTEN[1]}"
@@ -51,9 +52,11 @@ class EgressProxy:
         *,
         resolver: Resolver = system_resolver,
         host_addresses: frozenset[IPAddress] = frozenset(),
+        connect: Connect = asyncio.open_connection,
     ) -> None:
         self._policy = policy
         self._resolve = resolver
+        self._connect = connect
         self._host_addresses = host_addresses
         self._decisions: dict[tuple[str, int, bool, str], int] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -136,7 +139,7 @@ class EgressProxy:
         for address in addresses:
             try:
                 async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                    opened = await asyncio.open_connection(address, port)
+                    opened = await self._connect(address, port)
             except (OSError, TimeoutError) as exc:
                 last = exc if isinstance(exc, OSError) else OSError("connect timed out")
                 continue
