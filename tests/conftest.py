@@ -87,12 +87,13 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict
     )
 
 
-def start_server(data_dir: Path, **settings: object) -> Server:
+def start_server(data_dir: Path, wrap: tuple[str, ...] = (), **settings: object) -> Server:
+    """`wrap`: a command that execs the rest (e.g. to give the server a private /etc/hosts)."""
     port = free_port()
     env = {**os.environ, **{f"SANDBOXD_{k.upper()}": str(v) for k, v in settings.items()}}
     with open(data_dir.parent / f"server-{port}.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sandboxd", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            [*wrap, sys.executable, "-m", "sandboxd", "serve", "--port", str(port), "--data-dir", str(data_dir)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

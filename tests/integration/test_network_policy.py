@@ -17,7 +17,7 @@ import baponi
 import httpx
 import pytest
 
-from conftest import Server
+from conftest import Server, start_server
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,29 @@ def host_service() -> Iterator[int]:
     yield sock.getsockname()[1]
     sock.close()
     assert not reached, "a sandbox reached the host's loopback service"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose name lookups cannot leave the host: in a private mount namespace its
+    /etc/hosts knows only localhost and its resolv.conf names a loopback address with no DNS
+    server. If the allowlist ever let an unlisted name through, the proxy's lookup would fail
+    here instead of sending a query to this machine's resolver."""
+    root = tmp_path_factory.mktemp("offline")
+    (root / "hosts").write_text("127.0.0.1 localhost\n")
+    (root / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    files = 'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@"'
+    wrap = ("unshare", "--mount", "--propagation", "private", "sh", "-c", files, "sh",
+            str(root / "hosts"), str(root / "resolv.conf"))
+    (root / "data").mkdir()
+    server = start_server(root / "data", wrap=wrap, auth_failures_allowed=100_000)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def api_key(server: Server) -> str:
+    return await server.create_key()
 
 
 @pytest.fixture(scope="module")
