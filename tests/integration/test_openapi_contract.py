@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,11 @@ def _config(server: Any, key: str) -> str:
     return f"""
 base-url = "{server.url}"
 request-timeout = 30
-workers = 2
+# One worker: schemathesis's workers are threads, and hypothesis parses lambda sources with
+# ast.parse, whose recursion-depth bookkeeping on CPython 3.11 is shared between threads
+# (python/cpython#106905): two workers fail at random with "AST constructor recursion depth
+# mismatch".
+workers = 1
 seed = {int(os.environ.get("SANDBOXD_CONTRACT_SEED", "20240801"))}
 hooks = "{HOOKS}"
 color = false
@@ -120,4 +125,10 @@ def test_openapi_contract(contract_server: Any, contract_key: str, tmp_path: Pat
     report = run.stdout + run.stderr
     print(report)  # shown by pytest -rP, and with the failure
     assert run.returncode == 0, report
-    assert "Tested: 12" in report or "Tested:" in report, report
+    operations = sum(
+        method in {"get", "put", "post", "delete", "patch"}
+        for item in document["paths"].values()
+        for method in item
+    )
+    tested = re.search(r"Tested: (\d+)", report)
+    assert tested is not None and int(tested[1]) == operations, report
