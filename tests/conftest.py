@@ -7,6 +7,7 @@ free 127.0.0.1 port. Keys are created in-process against the same database, whic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -128,7 +129,7 @@ def server_factory() -> Iterator[object]:
     yield make
     for s in servers:
         s.stop()
-        unmount_storage(s.settings)
+        unmount_run_dir(s.settings)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -141,13 +142,18 @@ def unmount_below(root: Path) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def unmount_storage(settings: Settings) -> None:
-    """Unmount the thread/volume storage a server killed by a test left mounted."""
-    point = str(settings.storage_mount_point)
-    with open("/proc/self/mountinfo") as f:
-        mounted = any(line.split()[4] == point for line in f)
-    if mounted:
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+def unmount_run_dir(settings: Settings) -> None:
+    """Unmount what a server killed by a test left mounted under its run dir (the thread and
+    volume storage, its thread sandboxes' home slots) and remove the emptied directories."""
+    run_dir = settings.run_dir
+    if not run_dir.exists():
+        return
+    unmount_below(run_dir)
+    for path in sorted(run_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 @pytest.fixture(scope="session")

@@ -188,7 +188,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             await check_sandbox(real)
             log.info("landlock ABI %d; not applied to sandboxes (docs/security.md)", landlock_abi())
             if settings.pool_enabled:
-                pool = real.enable_pool(_pool_settings(settings))
+                pool = real.enable_pool(_pool_settings(settings), home_slots=settings.run_dir / "homes")
                 pool.start()
             runner = real
         executions = ExecutionService(

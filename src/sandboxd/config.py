@@ -162,10 +162,15 @@ class Settings(BaseSettings):
         return hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
 
     @property
+    def run_dir(self) -> Path:
+        """This server's mount points: under /run, which every sandbox uid can traverse (a data
+        dir under /root could not be), so the data dir itself stays 0700."""
+        return Path("/run/sandboxd") / self.instance_id
+
+    @property
     def storage_mount_point(self) -> Path:
-        """Where thread homes and volumes are mounted: under /run, which every sandbox uid can
-        traverse (a data dir under /root could not be), so the data dir itself stays 0700."""
-        return Path("/run/sandboxd") / self.instance_id / "storage"
+        """Where thread homes and volumes are mounted."""
+        return self.run_dir / "storage"
 
     @property
     def effective_database_url(self) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, start_server, unmount_below
+from conftest import Server, start_server, unmount_below, unmount_run_dir
 
 from sandboxd.config import Settings
 
@@ -48,14 +47,21 @@ class Pool:
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.servers: list[Server] = []
         self._count = 0
+        self._uid_bases: dict[Path, int] = {}
 
     def start(self, **settings: object) -> Server:
         self._count += 1
         return self.restart(self.root / f"data{self._count}", **settings)
 
     def restart(self, data_dir: Path, **settings: object) -> Server:
-        """A server on `data_dir` (new or left by a stopped or killed one)."""
-        server = start_server(data_dir, **settings)
+        """A server on `data_dir` (new or left by a stopped or killed one).
+
+        Each data dir numbers its threads' uids from a base of its own: two servers' threads
+        never share a uid, so a test that looks for a thread's processes finds only its own
+        (a thread's next sandbox waits, started, under its uid).
+        """
+        base = self._uid_bases.setdefault(data_dir, Settings().thread_uid_base + 10_000 * self._count)
+        server = start_server(data_dir, **{"thread_uid_base": base, **settings})
         self.servers.append(server)
         return server
 
@@ -63,11 +69,7 @@ class Pool:
         for server in self.servers:
             server.stop()
         for data_dir in {s.data_dir for s in self.servers}:
-            mount_point = Settings(data_dir=data_dir).storage_mount_point
-            subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
-            for path in (mount_point, mount_point.parent):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
+            unmount_run_dir(Settings(data_dir=data_dir))
         unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -6,8 +6,12 @@ output cap) arrive at use time through the stub (`warm.py`). So a config change 
 memory limit) is a new key, and a sandbox built with the old one is never served for it.
 Each pooled sandbox serves exactly one execution and is then destroyed like any other.
 
-Only runs that need nothing per-request at build time are pooled: no thread home, no volume,
-no host uid of their own, network policy `none`. The rest start cold.
+Only runs that need nothing per-request at build time are pooled: no volume, network policy
+`none`. The rest start cold. A thread's runs are pooled too when the runner has home slots
+(`homeslot.py`): the key then holds the thread's own host uid, so each thread has its own
+pool of at most one sandbox, started when a run of the thread ends, with an empty
+/home/baponi on which the next run's working copy is mounted at use time. Like any key's, it
+is emptied after `idle_s` without use: that retires an idle thread's warm sandbox.
 
 Sizing follows demand: a key's target grows by one (up to `max_per_key`) each time a request
 finds its pool empty, and falls back by one after each `idle_s` without such a miss; a key
@@ -51,6 +55,8 @@ class PoolKey:
     language: Language
     limits: Limits
     host_gid: int | None
+    #: A thread's own uid (its runs are served by its own sandboxes); None: stateless.
+    host_uid: int | None = None
 
 
 @dataclass
@@ -68,19 +74,26 @@ class _Slot:
     last_miss: float = field(default_factory=time.monotonic)
 
 
-def key_of(spec: SandboxSpec) -> PoolKey | None:
-    """The pool a run can be served from, or None when it must start cold."""
-    if spec.home is not None or spec.mounts or spec.host_uid is not None or spec.network.mode != "none":
+def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
+    """The pool a run can be served from, or None when it must start cold. With `threads`, a
+    thread's run (its home and its uid) has a key of its own."""
+    if spec.mounts or spec.network.mode != "none":
+        return None
+    is_thread = spec.home is not None and spec.host_uid is not None
+    if is_thread and not threads:
+        return None
+    if not is_thread and (spec.home is not None or spec.host_uid is not None):
         return None
     # Applied at use time, not at build time: not part of the key.
     limits = replace(spec.limits, timeout_s=0.0, output_bytes=0)
-    return PoolKey(spec.language, limits, spec.host_gid)
+    return PoolKey(spec.language, limits, spec.host_gid, spec.host_uid)
 
 
 class WarmPool:
-    def __init__(self, runner: BwrapRunner, settings: PoolSettings) -> None:
+    def __init__(self, runner: BwrapRunner, settings: PoolSettings, *, threads: bool = False) -> None:
         self._runner = runner
         self._settings = settings
+        self._threads = threads
         self._slots: dict[PoolKey, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -109,7 +122,7 @@ class WarmPool:
     def take(self, spec: SandboxSpec) -> Sandbox | None:
         """A started sandbox for `spec`'s key, or None (the caller starts one cold); either way
         the caller calls `replenish(spec)` when its run is over."""
-        key = key_of(spec)
+        key = key_of(spec, threads=self._threads)
         if key is None or self._closed:
             return None
         now = time.monotonic()
@@ -127,7 +140,7 @@ class WarmPool:
         if not ready:  # none was waiting ready: demand outran the pool
             self.misses += 1
             if now - slot.last_miss < self._settings.idle_s:
-                slot.target = min(self._settings.max_per_key, slot.target + 1)
+                slot.target = min(_cap(key, self._settings), slot.target + 1)
             slot.last_miss = now
         if box is not None:
             self.hits += 1
@@ -137,7 +150,7 @@ class WarmPool:
 
     def replenish(self, spec: SandboxSpec) -> None:
         """Start sandboxes in the background until `spec`'s pool is back at its target."""
-        key = key_of(spec)
+        key = key_of(spec, threads=self._threads)
         slot = self._slots.get(key) if key is not None else None
         if key is not None and slot is not None and not self._closed:
             self._refill(key, slot, spec)
@@ -154,6 +167,7 @@ class WarmPool:
         for slot in slots.values():
             while slot.entries:
                 await self._runner.dispose(slot.entries.popleft().box)
+        self._runner.close_home_slots()
 
     async def shrink(self) -> None:
         """Empty keys idle for `idle_s`; lower the target of keys without recent misses."""
@@ -176,7 +190,7 @@ class WarmPool:
                 await self.shrink()
 
     def _refill(self, key: PoolKey, slot: _Slot, spec: SandboxSpec) -> None:
-        template = replace(spec, code=b"", env={})
+        template = replace(spec, code=b"", env={}, home=None)
         while len(slot.entries) + slot.spawning < slot.target and (self._room() or self._evict(slot)):
             slot.spawning += 1
             self._spawn_task(self._spawn(key, slot, template))
@@ -208,9 +222,9 @@ class WarmPool:
         """One pooled-style sandbox for `spec`, its interpreter up and waiting (not kept in the
         pool: the caller serves it or disposes of it). The security suite runs every attack
         through this path too."""
-        if key_of(spec) is None:
+        if key_of(spec, threads=self._threads) is None:
             raise ValueError("this spec cannot be served from a pool")
-        box, ready = await self._start(replace(spec, code=b"", env={}))
+        box, ready = await self._start(replace(spec, code=b"", env={}, home=None))
         if not await ready:
             await self._runner.dispose(box)
             raise RuntimeError(f"a pooled {spec.language} sandbox did not come up")
@@ -220,7 +234,11 @@ class WarmPool:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
             box = await self._runner.launch(
-                template, Attached(), program=warm.stub(template.language, ready_w), ready_fd=ready_w
+                template,
+                Attached(),
+                program=warm.stub(template.language, ready_w),
+                ready_fd=ready_w,
+                home_slot=template.host_uid is not None,  # a thread's: its home comes at use time
             )
         except BaseException:
             os.close(ready_r)
@@ -262,3 +280,8 @@ class WarmPool:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _cap(key: PoolKey, settings: PoolSettings) -> int:
+    """A thread runs one execution at a time: one sandbox waiting for it is enough."""
+    return 1 if key.host_uid is not None else settings.max_per_key

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -27,14 +28,20 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-async def reap_orphans(uid: int, *, spawned: int, timeout_s: float = 5.0) -> int:
-    """Wait for and reap our adopted children running as `uid`; returns how many."""
+async def reap_orphans(
+    uid: int, *, spawned: int, live: Collection[int] = (), timeout_s: float = 5.0
+) -> int:
+    """Wait for and reap our adopted children running as `uid`; returns how many.
+
+    `live` are the pids of other sandboxes' bwrap processes (ours, not adopted) that may run
+    as the same uid: a thread's next sandbox can be starting while its last one is disposed of.
+    """
     reaped = 0
     deadline = time.monotonic() + timeout_s
     while True:
         alive = False
         for pid in _children():
-            if pid == spawned:
+            if pid == spawned or pid in live:
                 continue
             state = _state_if_owned_by(pid, uid)
             if state is None:

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..errors import SandboxSetupError
 from ..ids import random_token
@@ -22,6 +23,7 @@ from . import launch, process, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
 from .languages import available_languages
 from . import warm
+from .homeslot import HomeSlots
 from .network import Attached, Network
 from .pool import PoolSettings, WarmPool
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
@@ -61,6 +63,8 @@ class Sandbox:
     uid: int
     owns_uid: bool
     spawned_at: float
+    #: A pre-spawned thread sandbox's /home/baponi, filled at use time (runtime/homeslot.py).
+    home_slot: Path | None = None
 
 
 class BwrapRunner:
@@ -81,13 +85,25 @@ class BwrapRunner:
         self._seccomp_bpf = seccomp_bpf
         self._bwrap = bwrap_path
         self.languages: frozenset[Language] = available_languages()
-        #: Pre-spawned single-use sandboxes for stateless runs; set by `enable_pool`.
+        #: Pre-spawned single-use sandboxes; set by `enable_pool`.
         self.pool: WarmPool | None = None
+        self._home_slots: HomeSlots | None = None
+        #: bwrap processes of sandboxes not yet disposed of (none of them is an orphan).
+        self._live: set[int] = set()
         reaper.become_subreaper()
 
-    def enable_pool(self, settings: PoolSettings) -> WarmPool:
-        self.pool = WarmPool(self, settings)
+    def enable_pool(self, settings: PoolSettings, *, home_slots: Path | None = None) -> WarmPool:
+        """Pool stateless runs; with `home_slots` (a directory for mount points) thread runs too."""
+        if home_slots is not None:
+            self._home_slots = HomeSlots(home_slots)
+            self._home_slots.recover()
+        self.pool = WarmPool(self, settings, threads=home_slots is not None)
         return self.pool
+
+    def close_home_slots(self) -> None:
+        """Remove the host mounts thread sandboxes used (the pool has disposed of them all)."""
+        if self._home_slots is not None:
+            self._home_slots.close()
 
     async def run(
         self,
@@ -126,6 +142,9 @@ class BwrapRunner:
         try:
             assert box.proc.stdin is not None
             started = time.monotonic()
+            if box.home_slot is not None:
+                assert self._home_slots is not None and spec.home is not None
+                self._home_slots.attach(box.home_slot, spec.home)
             box.proc.stdin.write(warm.request(spec))
             with contextlib.suppress(ConnectionError):
                 await box.proc.stdin.drain()
@@ -135,14 +154,26 @@ class BwrapRunner:
             await self.dispose(box)
 
     async def launch(
-        self, spec: SandboxSpec, net: Attached, *, program: bytes | None = None, ready_fd: int | None = None
+        self,
+        spec: SandboxSpec,
+        net: Attached,
+        *,
+        program: bytes | None = None,
+        ready_fd: int | None = None,
+        home_slot: bool = False,
     ) -> Sandbox:
         """Start the sandbox: uid, cgroup, fds, bwrap. With `program` (a pool's stub) stdin is a
-        pipe for the request and `ready_fd` is left open for the stub to signal on."""
+        pipe for the request and `ready_fd` is left open for the stub to signal on; with
+        `home_slot`, /home/baponi is a slot that `serve` mounts the thread's home on."""
         uid = spec.host_uid if spec.host_uid is not None else self._uids.acquire()
         group: Cgroup | None = None
+        slot: Path | None = None
         fds: list[int] = []
         try:
+            if home_slot:
+                assert self._home_slots is not None, "enable_pool(home_slots=...) first"
+                slot = self._home_slots.create(uid, spec.host_gid or uid)
+                spec = replace(spec, home=str(slot))
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
             box_fds = self._open_fds(spec, net, fds, program)
             argv = _bwrap.build_argv(
@@ -170,13 +201,16 @@ class BwrapRunner:
             if group is not None:
                 group.kill_all()
                 group.remove()
+            if slot is not None and self._home_slots is not None:
+                self._home_slots.release(slot)
             if spec.host_uid is None:
                 self._uids.release(uid)
             raise
         finally:
             for fd in fds:  # the child has its copies; bwrap reads them to EOF
                 os.close(fd)
-        return Sandbox(proc, group, uid, owns_uid=spec.host_uid is None, spawned_at=spawned_at)
+        self._live.add(proc.pid)
+        return Sandbox(proc, group, uid, owns_uid=spec.host_uid is None, spawned_at=spawned_at, home_slot=slot)
 
     async def _supervise(
         self,
@@ -216,8 +250,12 @@ class BwrapRunner:
         if box.proc.returncode is None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(box.proc.wait())
-        await reaper.reap_orphans(box.uid, spawned=box.proc.pid)
+        self._live.discard(box.proc.pid)
+        # A thread's sandboxes share its uid: the others' bwrap processes are not orphans.
+        await reaper.reap_orphans(box.uid, spawned=box.proc.pid, live=self._live)
         box.group.remove()
+        if box.home_slot is not None and self._home_slots is not None:
+            self._home_slots.release(box.home_slot)
         if box.owns_uid:
             self._uids.release(box.uid)
 

@@ -13,6 +13,9 @@ stdin at /dev/null as a cold run has it, closes its signal fd, and runs the code
 program. The stub reads only what the server wrote; everything it does, it does inside the
 sandbox with the code's privileges.
 
+A thread's sandbox has /home/baponi mounted after its interpreter started (`homeslot.py`), so
+the Python stub adds the home's user site-packages as start-up would have.
+
 What differs from a cold run, visibly to the code: the program file is writable (it is the
 sandbox's own copy), and Node's stack traces end in one stub frame.
 """
@@ -34,6 +37,18 @@ def _sandboxd_main():
         if item:
             key, _, value = item.partition(b"=")
             os.environb[key] = value
+    import site
+    user_site = site.getusersitepackages()
+    if (site.ENABLE_USER_SITE and not os.environ.get("PYTHONNOUSERSITE")
+            and user_site not in sys.path and os.path.isdir(user_site)):
+        # A thread's home arrives after start-up: add its `pip install --user` site where
+        # start-up would have (before the image's site-packages).
+        system = [sys.path.index(p) for p in site.getsitepackages() if p in sys.path]
+        at = min(system, default=len(sys.path))
+        rest = sys.path[at:]
+        del sys.path[at:]
+        site.addsitedir(user_site)
+        sys.path.extend(rest)
     path = __file__
     with open(path, "wb") as program:
         program.write(code)

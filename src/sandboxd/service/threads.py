@@ -62,7 +62,10 @@ class ThreadLocks:
         return fd
 
     def release(self, fd: int) -> None:
-        os.close(fd)  # closing the only descriptor releases the flock
+        # Unlock before closing: a sandbox being forked at this moment holds a copy of the
+        # descriptor until its exec, and the lock would live as long as that copy.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
     def held(self, org_id: str, thread_id: str) -> bool:
         try:

