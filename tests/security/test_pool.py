@@ -9,10 +9,11 @@ keys, idle shrink, close) and then look at the host for leftovers.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from sandboxd.runtime.pool import PoolSettings, WarmPool, key_of
 from .hostprobe import instance_hash, remove_instance_parents, uid_procs
 
 COLD_UID, POOL_UID, SLOTS = 330_000, 331_000, 12
+#: Two threads' own uids (a thread's runs all run as its uid, cold or warm).
+THREAD_UID, OTHER_THREAD_UID = 332_000, 332_001
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +34,48 @@ async def runners() -> AsyncIterator[tuple[BwrapRunner, BwrapRunner, WarmPool]]:
     keys = [tempfile.mkdtemp(prefix="sandboxd-pool-") for _ in range(2)]
     cold = create_runner(instance_key=keys[0], uid_base=COLD_UID, slots=SLOTS)
     hot = create_runner(instance_key=keys[1], uid_base=POOL_UID, slots=SLOTS)
-    pool = hot.enable_pool(PoolSettings(max_per_key=2, max_total=4, idle_s=3600))
+    pool = hot.enable_pool(PoolSettings(max_per_key=2, max_total=4, idle_s=3600), home_slots=_run_dir(keys[1]) / "homes")
     try:
         yield cold, hot, pool
     finally:
         await pool.close()
+        assert not _run_dir(keys[1]).exists()  # the slots and their root mount are gone
         for key in keys:
             remove_instance_parents(instance_hash(key))
             shutil.rmtree(key, ignore_errors=True)
+
+
+def _run_dir(key: str) -> Path:
+    return Path("/run/sandboxd") / instance_hash(key)
+
+
+@pytest.fixture
+def homes() -> Iterator[Callable[[int], Path]]:
+    """Fresh thread homes (host dirs owned by the thread's uid, as thread storage makes them)."""
+    root = Path(tempfile.mkdtemp(prefix="sandboxd-thread-homes-", dir="/run"))
+    os.chmod(root, 0o711)
+
+    def make(uid: int) -> Path:
+        home = Path(tempfile.mkdtemp(dir=root))
+        (home / "kept.txt").write_text("from an earlier run\n")
+        for path in (home, home / "kept.txt"):
+            os.chown(path, uid, uid)
+        os.chmod(home, 0o700)
+        return home
+
+    yield make
+    shutil.rmtree(root)
+
+
+def for_thread(s: SandboxSpec, home: Path, uid: int = THREAD_UID) -> SandboxSpec:
+    return replace(s, home=str(home), host_uid=uid)
+
+
+async def warm_thread(hot: BwrapRunner, pool: WarmPool, s: SandboxSpec) -> ExecResult:
+    """A thread's run the fast way: its sandbox started first, the home mounted at use time."""
+    box = await pool.spawn_ready(s)
+    assert box.home_slot is not None
+    return await hot.serve(box, s)
 
 
 def spec(code: str, language: str = "python", **limits: object) -> SandboxSpec:
@@ -216,3 +253,69 @@ async def test_closing_the_pool_leaves_nothing(runners) -> None:  # type: ignore
         assert pool.size == 0 and not [p for uid in uids for p in uid_procs(range(uid, uid + 1))]
     finally:
         hot.pool = previous
+
+
+# --- a thread's warm sandbox -------------------------------------------------------------------
+
+HOME_PROBE = """
+    import os
+    print(os.getuid(), os.getgid(), sorted(os.listdir('/home/baponi')), open('/home/baponi/kept.txt').read())
+    mounts = [line.split() for line in open('/proc/self/mountinfo') if line.split()[4] == '/home/baponi']
+    print(mounts[-1][5])  # the mount the code sees: its options
+    open('/home/baponi/written.txt', 'w').write('w')
+    for line in open('/proc/self/status'):
+        if line.startswith(('CapEff', 'CapBnd', 'NoNewPrivs', 'Seccomp:')):
+            print(line.strip())
+    """
+
+
+@pytest.mark.parametrize("name", sorted({**PROGRAMS, "home": ("python", HOME_PROBE)}))
+async def test_warm_and_cold_thread_runs_see_the_same_world(runners, homes, name: str) -> None:  # type: ignore[no-untyped-def]
+    cold, hot, pool = runners
+    language, code = {**PROGRAMS, "home": ("python", HOME_PROBE)}[name]
+    cold_home, warm_home = homes(THREAD_UID), homes(THREAD_UID)
+    a = await cold.run(for_thread(spec(code, language), cold_home))
+    b = await warm_thread(hot, pool, for_thread(spec(code, language), warm_home))
+    assert (b.status, b.exit_code, b.stdout) == (a.status, a.exit_code, a.stdout), (a, b)
+    if name != "node-exit-code":  # node's stack traces end in one stub frame (documented)
+        assert b.stderr == a.stderr
+    if name == "home":
+        assert b.stdout.splitlines()[2].split(b",")[:3] == [b"rw", b"nosuid", b"nodev"]
+        assert (warm_home / "written.txt").read_text() == "w"  # the write reached the thread's home
+        assert (warm_home / "written.txt").stat().st_uid == THREAD_UID
+
+
+@pytest.mark.parametrize(
+    ("code", "limits"),
+    [
+        ("x = bytearray(400 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096])", {"memory_mib": 128}),
+        ("import time; time.sleep(30)", {"timeout_s": 1.0}),
+        ("import os\nwhile True:\n    os.fork()", {"pids_max": 32, "timeout_s": 5.0}),
+        ("import ctypes; print(ctypes.CDLL(None).umount2(b'/home/baponi', 2), ctypes.get_errno())", {}),
+        ("import os; print(os.listdir('/run'), os.path.exists('/run/sandboxd/homes'))", {}),
+    ],
+    ids=["memory", "timeout", "pids", "umount-home", "slots-invisible"],
+)
+async def test_limits_hold_on_the_warm_thread_path(runners, homes, code: str, limits: dict) -> None:  # type: ignore[no-untyped-def]
+    cold, hot, pool = runners
+    a = await cold.run(for_thread(spec(code, **limits), homes(THREAD_UID)))
+    b = await warm_thread(hot, pool, for_thread(spec(code, **limits), homes(THREAD_UID)))
+    assert (b.status, b.error, b.stdout) == (a.status, a.error, a.stdout), (a, b)
+    assert a.status is not ExecStatus.SUCCESS or b"-1" in a.stdout or b"False" in a.stdout
+
+
+async def test_a_threads_waiting_sandbox_serves_only_that_thread(runners, homes) -> None:  # type: ignore[no-untyped-def]
+    _, hot, pool = runners
+    mine = for_thread(spec("import os; print(os.listdir('/home/baponi'))"), homes(THREAD_UID))
+    theirs = for_thread(spec("print(1)"), homes(OTHER_THREAD_UID), uid=OTHER_THREAD_UID)
+    assert key_of(mine) is None  # without home slots a thread's run is never pooled
+    assert key_of(mine, threads=True) != key_of(theirs, threads=True)
+    await hot.run(mine)  # a miss: the thread's next sandbox starts
+    key = key_of(mine, threads=True)
+    await _until(lambda: key in pool._slots and len(pool._slots[key].entries) == 1)
+    assert pool.take(theirs) is None
+    box = pool.take(mine)
+    assert box is not None and box.uid == THREAD_UID and box.home_slot is not None
+    result = await hot.serve(box, mine)
+    assert result.stdout == b"['kept.txt']\n", result
+    assert not box.home_slot.exists()  # unmounted and removed with its sandbox

@@ -9,8 +9,8 @@ the working copy on the slot, the mount propagates into the sandbox, one way: no
 sandbox does (it cannot mount anyway) propagates back.
 
 The working copy is attached as a detached clone (`open_tree`) whose flags are set before it
-is attached (`mount_setattr`: nosuid, nodev and the storage's noatime, as a cold run's
-`--bind` has them), because a remount after the fact would not reach the sandbox's copy.
+is attached (`mount_setattr`: nosuid and nodev added, as a cold run's `--bind` adds them),
+because a remount after the fact would not reach the sandbox's copy.
 
     <root>/                 a private bind mount of itself: nothing below propagates up
     <root>/<token>/         one slot: a shared bind mount of itself, owned by the thread uid
@@ -39,8 +39,6 @@ _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_NOSUID = 0x2
 _MOUNT_ATTR_NODEV = 0x4
-_MOUNT_ATTR_NOATIME = 0x10
-_MOUNT_ATTR__ATIME = 0x70
 _MS_BIND = 0x1000
 _MS_PRIVATE = 1 << 18
 _MS_SHARED = 1 << 20
@@ -116,10 +114,7 @@ class HomeSlots:
             f"open_tree {home}",
         )
         try:
-            attr = _MountAttr(
-                attr_set=_MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOATIME,
-                attr_clr=_MOUNT_ATTR__ATIME,
-            )
+            attr = _MountAttr(attr_set=_MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV)
             _check(
                 _libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
                 "mount_setattr",
