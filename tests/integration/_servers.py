@@ -106,3 +106,17 @@ def org_id(server: Server, name: str = "default") -> str:
     rows = db(server, "SELECT id FROM orgs WHERE name = ?", name)
     assert len(rows) == 1, rows
     return rows[0][0]  # type: ignore[no-any-return]
+
+
+def processes_of(uid: int) -> list[int]:
+    """Live processes of `uid`. Zombies are dead: a killed server's are adopted by this test
+    process when an in-process runner (the security suite's) made it a subreaper."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith(("Z", "X")):
+                pids.append(int(entry.name))
+    return pids

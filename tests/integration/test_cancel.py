@@ -378,7 +378,9 @@ class ObedientRunner:
 
     languages = frozenset({"python", "node", "bash"})
 
-    async def run(self, spec: Any, *, sink: Any = None, cancel: asyncio.Event | None = None) -> Any:
+    async def run(
+        self, spec: Any, *, sink: Any = None, cancel: asyncio.Event | None = None, refill_later: bool = False
+    ) -> Any:
         from sandboxd.runtime import ExecResult, ExecStatus
 
         if sink is not None:
@@ -386,6 +388,9 @@ class ObedientRunner:
         assert cancel is not None
         await cancel.wait()
         return ExecResult(ExecStatus.CANCELLED, 137, b"ready\n", b"", False, False, 5, "cancelled")
+
+    def refill(self, spec: Any) -> None:
+        pass  # nothing pooled
 
 
 async def test_cancel_write_landing_after_the_end_does_not_undo_the_final_status(tmp_path) -> None:

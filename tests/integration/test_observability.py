@@ -158,10 +158,10 @@ async def test_metrics_move_with_executions(server_factory, receivers) -> None:
     assert moved("sandboxd_http_requests_total", method="GET", route="/v1/executions/{trace_id}", status="404") == 1
     assert moved("sandboxd_http_request_duration_seconds_count", method="POST", route=route) == 9
     assert value(after, "process_resident_memory_bytes") > 0
-    # 4 python + 3 bash stateless runs went through the pool (the thread run cannot); the first
-    # of each language is a miss, which fills the pool.
+    # 4 python + 3 bash stateless runs and the thread's run went through the pool; the first
+    # of each language and the thread's first run are misses, which fill it.
     served = moved("sandboxd_pool_requests_total", result="hit") + moved("sandboxd_pool_requests_total", result="miss")
-    assert served == 7 and moved("sandboxd_pool_requests_total", result="miss") >= 2
+    assert served == 8 and moved("sandboxd_pool_requests_total", result="miss") >= 3
     assert value(after, "sandboxd_pool_sandboxes", language="python") >= 1
 
 

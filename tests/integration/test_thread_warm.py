@@ -21,7 +21,7 @@ from typing import Any
 import baponi
 import httpx
 import pytest
-from _servers import EXECUTE, HTTP_TIMEOUT, Pool, api, db, pool, unique
+from _servers import EXECUTE, HTTP_TIMEOUT, Pool, api, db, pool, processes_of, unique
 from conftest import Server
 
 __all__ = ["pool"]  # a fixture, imported so pytest finds it here
@@ -62,19 +62,6 @@ def uid_of(server: Server, thread_id: str) -> int:
     return int(row[0])
 
 
-def processes_of(uid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if int(re.search(r"^Uid:\s+(\d+)", status, re.M)[1]) == uid:  # type: ignore[index]
-                pids.append(int(entry.name))
-    return pids
-
-
 def slot_mounts(server: Server) -> list[tuple[str, str]]:
     """(mount point, filesystem type) of every mount under the server's home slots."""
     prefix = str(server.settings.run_dir / "homes") + "/"
@@ -94,13 +81,19 @@ async def wait_until(predicate: Any, timeout: float = 30, state: Any = None) -> 
         await asyncio.sleep(0.1)
 
 
+async def warmed(c: httpx.AsyncClient, server: Server, tid: str, code: str, **fields: Any) -> int:
+    """Run `code` in the thread, then wait until the thread's next sandbox is up; its uid."""
+    await ok(c, code, thread_id=tid, **fields)
+    uid = uid_of(server, tid)
+    await wait_until(lambda: len(processes_of(uid)) >= 3)  # bwrap, its init, the interpreter
+    return uid
+
+
 async def test_a_threads_next_run_is_served_by_its_waiting_sandbox(wserver: Server, key: str) -> None:
     tid = unique("warm")
     async with api(wserver, key) as c:
-        await ok(c, "echo 1 > ~/count", thread_id=tid)
-        uid = uid_of(wserver, tid)
         # the next sandbox starts after the run: the thread's uid, an empty slot, no home in it
-        await wait_until(lambda: len(processes_of(uid)) >= 3)
+        uid = await warmed(c, wserver, tid, "echo 1 > ~/count")
         assert [fs for _, fs in slot_mounts(wserver)].count("btrfs") == 0
         for n in range(2, 5):
             before = pool_hits(wserver)
@@ -114,8 +107,7 @@ async def test_files_api_changes_between_runs_are_seen_by_the_warm_run(
 ) -> None:
     tid = unique("files")
     async with api(wserver, key) as c:
-        await ok(c, "echo old > ~/note.txt; echo keep > ~/gone.txt", thread_id=tid)
-        await wait_until(lambda: len(processes_of(uid_of(wserver, tid))) >= 3)
+        await warmed(c, wserver, tid, "echo old > ~/note.txt; echo keep > ~/gone.txt")
         signed = sdk.upload_url(path="note.txt", content_length=4, id=tid, content_type="text/plain")
         put = httpx.put(signed.url, content=b"new\n", headers={h.name: h.value for h in signed.headers}, timeout=30)
         assert put.status_code in (200, 201, 204), put.text
@@ -131,8 +123,7 @@ async def test_user_site_packages_import_in_a_warm_run_as_in_a_cold_one(wserver:
     site = "~/.local/lib/python3.11/site-packages"
     async with api(wserver, key) as c:
         write = f"import os\nos.makedirs(os.path.expanduser('{site}'))\nopen(os.path.expanduser('{site}/homemod.py'), 'w').write('NAME = \"from-home\"')"
-        await ok(c, write, language="python", thread_id=tid)  # the next sandbox is a python one
-        await wait_until(lambda: len(processes_of(uid_of(wserver, tid))) >= 3)
+        await warmed(c, wserver, tid, write, language="python")  # the next sandbox is a python one
         before = pool_hits(wserver)
         out = await ok(
             c,
@@ -170,13 +161,13 @@ async def test_the_warm_home_is_mounted_as_the_cold_one(wserver: Server, key: st
 async def test_nothing_of_the_previous_run_survives_into_the_warm_one(wserver: Server, key: str) -> None:
     tid = unique("leftover")
     async with api(wserver, key) as c:
-        await ok(
+        await warmed(
             c,
-            "nohup sleep 600 >/dev/null 2>&1 & echo x > /tmp/t; echo y > /dev/shm/s; export GONE=1; echo started",
-            thread_id=tid,
+            wserver,
+            tid,
+            "nohup sleep 600 >/dev/null 2>&1 & echo x > /tmp/t; echo y > /dev/shm/s; export GONE=1",
             env_vars={"FIRST_RUN": "1"},
         )
-        await wait_until(lambda: len(processes_of(uid_of(wserver, tid))) >= 3)
         out = await ok(
             c,
             "ls -A /tmp /dev/shm /data; echo ${FIRST_RUN:-unset} ${GONE:-unset}; ps -e -o comm=",
@@ -192,9 +183,7 @@ async def test_an_idle_threads_sandbox_retires_and_leaves_no_mount(pool: Pool) -
     key = await server.create_key()
     tid = unique("idle")
     async with api(server, key) as c:
-        await ok(c, "echo hi > ~/f", thread_id=tid)
-        uid = uid_of(server, tid)
-        await wait_until(lambda: len(processes_of(uid)) >= 3)
+        uid = await warmed(c, server, tid, "echo hi > ~/f")
         assert len(slot_mounts(server)) == 1  # the slot's own mount, nothing attached
         await wait_until(
             lambda: not processes_of(uid) and not slot_mounts(server),
@@ -210,9 +199,7 @@ async def test_an_idle_threads_sandbox_retires_and_leaves_no_mount(pool: Pool) -
 async def test_a_deleted_thread_is_never_served_by_its_old_sandbox(wserver: Server, key: str) -> None:
     tid = unique("deleted")
     async with api(wserver, key) as c:
-        await ok(c, "echo secret > ~/s", thread_id=tid)
-        old_uid = uid_of(wserver, tid)
-        await wait_until(lambda: len(processes_of(old_uid)) >= 3)
+        old_uid = await warmed(c, wserver, tid, "echo secret > ~/s")
         deleted = wserver.cli("threads", "delete", tid)
         assert deleted.returncode == 0, deleted.stderr
         out = await ok(c, "ls -A ~; id -u", thread_id=tid)

@@ -38,6 +38,7 @@ from _servers import (
     db,
     org_id,
     pool,
+    processes_of,
     storage_root,
     unique,
 )
@@ -183,20 +184,6 @@ def listed(server: Server, *org: str) -> dict[str, int]:
         assert fields[1].startswith("uid "), line
         out[fields[0]] = int(fields[1].removeprefix("uid "))
     return out
-
-
-def processes_of(uid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    if int(line.split()[1]) == uid:
-                        pids.append(int(entry.name))
-                    break
-    return pids
 
 
 def fs_sync(server: Server) -> None:

@@ -111,7 +111,10 @@ class BwrapRunner:
         *,
         sink: OutputSink | None = None,
         cancel: asyncio.Event | None = None,
+        refill_later: bool = False,
     ) -> ExecResult:
+        """Run `spec`; a pooled runner then refills the pool, unless the caller says when
+        (`refill_later`, then `refill(spec)`)."""
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
         try:
@@ -125,10 +128,14 @@ class BwrapRunner:
                     await self.dispose(box)
             return _with_network(result, net)
         finally:
-            if self.pool is not None:
+            if not refill_later:
                 # After the run, not during it: on a small machine a sandbox starting next to
                 # the one serving the request slows that one down.
-                self.pool.replenish(spec)
+                self.refill(spec)
+
+    def refill(self, spec: SandboxSpec) -> None:
+        if self.pool is not None:
+            self.pool.replenish(spec)
 
     async def serve(
         self,
