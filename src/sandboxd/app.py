@@ -50,6 +50,7 @@ class Admin:
     volumes: VolumeService
 
     async def close(self) -> None:
+        await self.threads.settle()
         await self.store.close()
 
 

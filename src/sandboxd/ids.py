@@ -9,8 +9,21 @@ _ALPHABET = string.ascii_letters + string.digits
 TRACE_ID_PATTERN = r"^trc_[A-Za-z0-9_-]{1,20}$"
 
 
+#: Bytes at or above this would make `byte % 62` favour the first letters: drawn again.
+_UNBIASED_BELOW = 256 - 256 % len(_ALPHABET)
+
+
 def random_token(length: int) -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+    """`length` base62 characters from one `getrandom` call (not one per character: this is
+    on every execution's path, several times)."""
+    chars: list[str] = []
+    while len(chars) < length:
+        for byte in secrets.token_bytes(length + 8):
+            if byte < _UNBIASED_BELOW:
+                chars.append(_ALPHABET[byte % len(_ALPHABET)])
+                if len(chars) == length:
+                    break
+    return "".join(chars)
 
 
 def new_trace_id() -> str:

@@ -86,6 +86,7 @@ class ThreadService:
         self._locks = locks
         self._creating: dict[str, asyncio.Lock] = {}  # per org: count-then-add is one step
         self._sweeper: asyncio.Task[None] | None = None
+        self._touches: set[asyncio.Task[None]] = set()
 
     @property
     def available(self) -> bool:
@@ -131,9 +132,18 @@ class ThreadService:
                     await asyncio.to_thread(self._homes.commit, copy.path)
                 else:
                     await asyncio.to_thread(self._homes.discard, copy.path)
-            await self._store.threads.touch(copy.thread.org_id, copy.thread.thread_id)
         finally:
             self._locks.release(copy.lock_fd)
+        # Only the retention sweep reads the time of last use: recorded off the request's path.
+        touch = asyncio.create_task(self._touch(copy.thread))
+        self._touches.add(touch)
+        touch.add_done_callback(self._touches.discard)
+
+    async def _touch(self, thread: Thread) -> None:
+        try:
+            await self._store.threads.touch(thread.org_id, thread.thread_id)
+        except Exception:
+            log.exception("recording the last use of thread %s failed", thread.thread_id)
 
     def busy(self, org_id: str, thread_id: str) -> bool:
         return self._locks.held(org_id, thread_id)
@@ -194,8 +204,14 @@ class ThreadService:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(loop(), name="thread-sweeper")
 
+    async def settle(self) -> None:
+        """Wait for the last-use records still being written (before the store closes)."""
+        if self._touches:
+            await asyncio.wait(self._touches, timeout=10)
+
     async def stop(self) -> None:
         """Stop the sweeper and unmount the homes' filesystem (it is mounted again on use)."""
+        await self.settle()
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:
