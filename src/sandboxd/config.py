@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     )
     pool_enabled: bool = Field(
         default=True,
-        description="Serve stateless runs from pre-spawned single-use sandboxes (same isolation, "
-        "the start moved off the request's path).",
+        description="Serve runs from pre-spawned single-use sandboxes (same isolation, the start "
+        "moved off the request's path): stateless runs, and each thread's next run.",
     )
     pool_max_per_key: int = Field(
         default=4, ge=1, description="Most sandboxes kept warm for one (sandbox config, language)."
@@ -89,7 +89,10 @@ class Settings(BaseSettings):
         default=512, ge=16, description="No more warm sandboxes while those waiting use this much memory."
     )
     pool_idle_s: float = Field(
-        default=120.0, gt=0, description="A pool unused this long is emptied; its size shrinks as demand falls."
+        default=120.0,
+        gt=0,
+        description="A pool unused this long is emptied (an idle thread's warm sandbox retires); "
+        "its size shrinks as demand falls.",
     )
     shutdown_grace_s: float = Field(
         default=10.0,
