@@ -2,7 +2,8 @@
 
 Knows nothing of HTTP, keys or the database. Layers, one module each:
 `bwrap` (namespaces, mounts, environment), `seccomp` (syscall filter), `cgroups` (memory,
-cpu, pids), `rlimits`, `users` (host uids), `launch` (privilege drop), `runner` (lifecycle).
+cpu, pids), `rlimits`, `users` (host uids), `launch` (privilege drop), `runner` (lifecycle),
+`pool` and `warm` (pre-spawned sandboxes), `homeslot` (a thread's home mounted at use time).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ bwrap's outer process can exit before the sandbox's pid 1 (bwrap's init) is reap
 process is then reparented. Under an ordinary init this is harmless, but when sandboxd itself
 is pid 1 (a container without an init) nobody would reap it, and the zombies would count
 against the sandbox uid's process limit until executions fail. As a subreaper the orphans
-come to us. Each concurrent execution has its own host uid, so after a run every child of
-ours with that uid, other than the bwrap that asyncio reaps, is that run's orphan: we reap
-exactly those (by pid, never `waitpid(-1)`, which would steal asyncio's own children).
+come to us. Each concurrent execution has its own host uid (a thread's next sandbox shares
+its uid, and is passed as `live`), so after a run every other child of ours with that uid is
+that run's orphan: we reap exactly those (by pid, never `waitpid(-1)`, which would steal
+asyncio's own children).
 """
 
 from __future__ import annotations
