@@ -62,6 +62,8 @@ class Services(Admin):
     metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False
     pool: WarmPool | None = None
+    #: The sandbox runtime this server built (None when one was passed in, e.g. a test's).
+    runtime: BwrapRunner | None = None
 
     async def drain(self) -> None:
         """Stop admitting (not ready; new executions 503), give running executions the grace
@@ -75,8 +77,8 @@ class Services(Admin):
         if self.executions is not None:
             grace_s = 0.0 if self.executions.closing else self.settings.shutdown_grace_s
             await self.executions.shutdown(grace_s)
-        if self.pool is not None:
-            await self.pool.close()
+        if self.runtime is not None:
+            await self.runtime.close()
         await self.webhooks.stop()
         await self.threads.stop()
         await self.store.close()
@@ -183,6 +185,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     metrics = Metrics()
     admin = await open_admin(settings, metrics)
     pool: WarmPool | None = None
+    real: BwrapRunner | None = None
     try:
         if runner is None:
             real = build_runner(settings)
@@ -208,8 +211,8 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         if interrupted:
             log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
     except BaseException:
-        if pool is not None:
-            await pool.close()
+        if real is not None:
+            await real.close()
         await admin.close()
         raise
     metrics.on_scrape(_count_threads(admin, metrics))
@@ -237,6 +240,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         metrics=metrics,
         ready=True,
         pool=pool,
+        runtime=real,
     )
 
 

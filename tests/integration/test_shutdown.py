@@ -77,3 +77,29 @@ async def test_sigterm_drains_then_kills_and_records(server_factory) -> None:
     assert killed["status"] == "failed" and killed["error"] == "interrupted", killed
     assert killed["completed_at"] is not None and killed["stdout"] == "started\n"
     assert rows(server, short_id)["status"] == "success"
+
+
+async def test_a_stopped_server_leaves_no_cgroup_mount_or_sandbox(server_factory) -> None:
+    """After runs of every kind (stateless, pooled, a thread's warm sandbox), SIGTERM leaves
+    nothing on the host: no process of its sandbox uids, no home slot, no cgroup of its own."""
+    import hashlib
+    from pathlib import Path
+
+    server: Server = server_factory()
+    key = await server.create_key()
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        for body in ({"code": "print(1)"}, {"code": "print(2)"}, {"code": "echo t", "language": "bash", "thread_id": "t1"}):
+            assert (await c.post(EXECUTE, json=body)).json()["success"] is True
+    instance = hashlib.sha256(server.settings.instance_id.encode()).hexdigest()[:12]
+    cgroups = lambda: list(Path("/sys/fs/cgroup").glob(f"*/**/sandboxd/{instance}")) + list(  # noqa: E731
+        Path("/sys/fs/cgroup").glob(f"**/sandboxd-{instance}")
+    )
+    assert cgroups(), "the running server's cgroups should be found where this test looks"
+    homes = server.settings.run_dir / "homes"
+    assert homes.is_dir()  # the thread's next sandbox waits with its slot
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0
+    assert cgroups() == []
+    assert not homes.exists()
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if str(server.settings.run_dir) in line.split()[4]]

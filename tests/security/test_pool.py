@@ -38,8 +38,10 @@ async def runners() -> AsyncIterator[tuple[BwrapRunner, BwrapRunner, WarmPool]]:
     try:
         yield cold, hot, pool
     finally:
-        await pool.close()
+        await cold.close()
+        await hot.close()
         assert not _run_dir(keys[1]).exists()  # the slots and their root mount are gone
+        assert not list(Path("/sys/fs/cgroup/memory").glob(f"**/sandboxd/{instance_hash(keys[1])}"))
         for key in keys:
             remove_instance_parents(instance_hash(key))
             shutil.rmtree(key, ignore_errors=True)

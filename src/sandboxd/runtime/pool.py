@@ -167,7 +167,6 @@ class WarmPool:
         for slot in slots.values():
             while slot.entries:
                 await self._runner.dispose(slot.entries.popleft().box)
-        self._runner.close_home_slots()
 
     async def shrink(self) -> None:
         """Empty keys idle for `idle_s`; lower the target of keys without recent misses."""

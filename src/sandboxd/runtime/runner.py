@@ -100,10 +100,14 @@ class BwrapRunner:
         self.pool = WarmPool(self, settings, threads=home_slots is not None)
         return self.pool
 
-    def close_home_slots(self) -> None:
-        """Remove the host mounts thread sandboxes used (the pool has disposed of them all)."""
+    async def close(self) -> None:
+        """The server is stopping: dispose of the pool's sandboxes, remove the home slots' mounts
+        and this instance's parent cgroups (runs still going keep theirs until they end)."""
+        if self.pool is not None:
+            await self.pool.close()
         if self._home_slots is not None:
             self._home_slots.close()
+        self._cgroups.release()
 
     async def run(
         self,

@@ -40,6 +40,9 @@ class CgroupDriver(Protocol):
 
     def create(self, name: str, limits: Limits) -> Cgroup: ...
 
+    def release(self) -> None:
+        """Remove this instance's parent group if no group is left in it (the server stops)."""
+
 
 def write(path: Path, value: str, *, step: str) -> None:
     try:

@@ -5,6 +5,7 @@ These machines have controllers only on v1 (reference/isolation-measurements.md 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -115,6 +116,11 @@ class CgroupV1Driver:
             for d in group._unique_dirs:
                 if d.exists():
                     rmdir_retrying(d)
+
+    def release(self) -> None:
+        for parent in dict.fromkeys(self._parents.values()):
+            with contextlib.suppress(OSError):  # a group still in it: it stays
+                parent.rmdir()
 
     def create(self, name: str, limits: Limits) -> CgroupV1Group:
         dirs = {c: parent / name for c, parent in self._parents.items()}

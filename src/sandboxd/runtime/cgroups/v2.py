@@ -7,6 +7,7 @@ a leaf `<own>/sandboxd-server`, as systemd's delegation guide describes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -88,6 +89,10 @@ class CgroupV2Driver:
             group = CgroupV2Group(stale)
             group.kill_all()
             group.remove()
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):  # a group still in it: it stays
+            self._parent.rmdir()
 
     def create(self, name: str, limits: Limits) -> CgroupV2Group:
         path = self._parent / name
