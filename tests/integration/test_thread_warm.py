@@ -179,7 +179,7 @@ async def test_nothing_of_the_previous_run_survives_into_the_warm_one(wserver: S
 
 
 async def test_an_idle_threads_sandbox_retires_and_leaves_no_mount(pool: Pool) -> None:
-    server = pool.start(pool_idle_s=4)
+    server = pool.start(pool_idle_s=8)  # long enough for a loaded machine to start the sandbox
     key = await server.create_key()
     tid = unique("idle")
     async with api(server, key) as c:
@@ -187,7 +187,7 @@ async def test_an_idle_threads_sandbox_retires_and_leaves_no_mount(pool: Pool) -
         assert len(slot_mounts(server)) == 1  # the slot's own mount, nothing attached
         await wait_until(
             lambda: not processes_of(uid) and not slot_mounts(server),
-            timeout=20,
+            timeout=40,
             state=lambda: (processes_of(uid), slot_mounts(server)),
         )
         assert await ok(c, "cat ~/f", thread_id=tid) == "hi\n"  # cold again, same home
