@@ -222,3 +222,17 @@ async def test_a_crashed_server_leaves_slots_that_its_restart_removes(pool: Pool
     async with api(restarted, key) as c:
         assert await ok(c, "cat ~/state", thread_id=tid) == "v1\n"
 
+
+
+async def test_back_to_back_runs_never_meet_a_sandbox_still_starting(wserver: Server, key: str) -> None:
+    """The next run can come while the thread's next sandbox is still being built: it must wait
+    for it to be up (or start cold), never mount the home into a half-built sandbox."""
+    tid = unique("b2b")
+    async with api(wserver, key) as c:
+        for n in range(1, 31):
+            await asyncio.sleep((n % 15) * 0.003)  # 0 to 42 ms: some runs land mid-start
+            r = await c.post(
+                EXECUTE, json={"code": "echo x >> ~/log; wc -l < ~/log", "language": "bash", "thread_id": tid}
+            )
+            result = r.json()
+            assert (result["success"], result["stdout"], result["stderr"]) == (True, f"{n}\n", ""), result

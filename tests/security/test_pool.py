@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -53,9 +54,10 @@ def _run_dir(key: str) -> Path:
 
 @pytest.fixture
 def homes() -> Iterator[Callable[[int], Path]]:
-    """Fresh thread homes (host dirs owned by the thread's uid, as thread storage makes them)."""
+    """Fresh thread homes (host dirs owned by the thread's uid, as thread storage makes them),
+    on a filesystem mounted `noatime` as the thread storage is."""
     root = Path(tempfile.mkdtemp(prefix="sandboxd-thread-homes-", dir="/run"))
-    os.chmod(root, 0o711)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noatime,mode=0711,size=64m", "tmpfs", str(root)], check=True)
 
     def make(uid: int) -> Path:
         home = Path(tempfile.mkdtemp(dir=root))
@@ -65,8 +67,11 @@ def homes() -> Iterator[Callable[[int], Path]]:
         os.chmod(home, 0o700)
         return home
 
-    yield make
-    shutil.rmtree(root)
+    try:
+        yield make
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=True)
+        root.rmdir()
 
 
 def for_thread(s: SandboxSpec, home: Path, uid: int = THREAD_UID) -> SandboxSpec:
@@ -321,3 +326,29 @@ async def test_a_threads_waiting_sandbox_serves_only_that_thread(runners, homes)
     result = await hot.serve(box, mine)
     assert result.stdout == b"['kept.txt']\n", result
     assert not box.home_slot.exists()  # unmounted and removed with its sandbox
+
+
+async def test_a_run_meeting_its_threads_sandbox_mid_start_waits_for_it(runners, homes) -> None:  # type: ignore[no-untyped-def]
+    """The home is mounted on the slot only once bubblewrap has finished building the sandbox
+    (its stub signalled): mounted earlier, bubblewrap's own bind of the slot copies it along
+    and fails. Here the run takes the sandbox the moment it is in the pool, still starting."""
+    _, hot, pool = runners
+    s = for_thread(spec("import os; print(sorted(os.listdir('/home/baponi')))"), homes(THREAD_UID))
+    key = key_of(s, threads=True)
+    assert pool.take(s) is None  # a miss: the thread's slot in the pool exists now
+    pool.replenish(s)
+    while not (key in pool._slots and pool._slots[key].entries):
+        await asyncio.sleep(0)  # no sleep: take it as soon as it is there
+    entry = pool._slots[key].entries[0]
+    assert not entry.ready.done()  # bubblewrap is still at work
+    attached_when_up = []
+    slots = hot._home_slots
+    attach = slots.attach
+    slots.attach = lambda slot, home: (attached_when_up.append(entry.ready.done()), attach(slot, home))[1]
+    try:
+        hits = pool.hits
+        result = await hot.run(s)
+    finally:
+        slots.attach = attach
+    assert pool.hits == hits + 1 and attached_when_up == [True]
+    assert (result.status, result.stdout, result.stderr) == (ExecStatus.SUCCESS, b"['kept.txt']\n", b""), result

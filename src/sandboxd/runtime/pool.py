@@ -246,6 +246,7 @@ class WarmPool:
             os.close(ready_w)
         ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._watch_ready(ready_r, ready)
+        box.up = ready
         return box, ready
 
     async def _spawn(self, key: PoolKey, slot: _Slot, template: SandboxSpec) -> None:

@@ -65,6 +65,8 @@ class Sandbox:
     spawned_at: float
     #: A pre-spawned thread sandbox's /home/baponi, filled at use time (runtime/homeslot.py).
     home_slot: Path | None = None
+    #: A pre-spawned sandbox's readiness: True once its stub runs, False if it died starting.
+    up: asyncio.Future[bool] | None = None
 
 
 class BwrapRunner:
@@ -123,7 +125,8 @@ class BwrapRunner:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
         try:
             if self.pool is not None and (box := self.pool.take(spec)) is not None:
-                return await self.serve(box, spec, sink=sink, cancel=cancel)
+                if await self._came_up(box, spec):
+                    return await self.serve(box, spec, sink=sink, cancel=cancel)
             async with self._network.attach(spec.network) as net:
                 box = await self.launch(spec, net)
                 try:
@@ -140,6 +143,22 @@ class BwrapRunner:
     def refill(self, spec: SandboxSpec) -> None:
         if self.pool is not None:
             self.pool.replenish(spec)
+
+    async def _came_up(self, box: Sandbox, spec: SandboxSpec) -> bool:
+        """Wait for a pooled sandbox's stub to run: bubblewrap has then made every mount, and only
+        then may a thread's home be mounted into it (before, bubblewrap's own bind of the slot
+        would copy it and fail to remount it). One that died starting is disposed of (False:
+        the run starts cold)."""
+        try:
+            up = box.up is None or await asyncio.wait_for(asyncio.shield(box.up), spec.limits.timeout_s)
+        except asyncio.TimeoutError:
+            up = False
+        except BaseException:
+            await asyncio.shield(self.dispose(box))
+            raise
+        if not up:
+            await self.dispose(box)
+        return up
 
     async def serve(
         self,
