@@ -1,4 +1,5 @@
-"""Principals by key digest, so an authenticated request costs no database round trip.
+"""Principals by key digest (and by key id, for signed file URLs), so an authenticated request
+costs no database round trip.
 
 Only a revocation can change what an active key may do: a sandbox config or a volume cannot be
 deleted while an active key is bound to it, and configs are not edited in place. A revocation
