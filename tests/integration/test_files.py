@@ -289,6 +289,28 @@ def test_a_revoked_keys_volume_urls_are_refused(server: Any, blob: httpx.Client)
     assert_refused(blob.get(get.url), "revoked")
 
 
+def test_a_volume_upload_url_ends_when_its_binding_is_lowered(server: Any, blob: httpx.Client) -> None:
+    slug = f"urls-{uuid.uuid4().hex[:8]}"
+    cli(server, "volumes", "create", slug, "--quota", "10")
+    secret, key_id = cli_key(server, "--volume", slug)
+    with baponi.Baponi(api_key=secret, base_url=server.url, timeout=120) as theirs:
+        put = theirs.upload_url(source="volume", id=slug, path="v.txt", content_length=2)
+        assert blob.put(put.url, content=b"v1", headers=headers_of(put)).status_code == 200
+        get = theirs.download_url(source="volume", id=slug, path="v.txt")
+        assert blob.get(get.url).content == b"v1"
+        cli(server, "keys", "bind", key_id, f"{slug}:ro")  # lowered, from beside the live server
+        assert_refused(blob.put(put.url, content=b"v2", headers=headers_of(put)), "read-only")
+        assert blob.get(get.url).content == b"v1"  # reading is still allowed
+        # and its executions see the new binding at once too
+        probe = theirs.execute(f"echo x > /data/{slug}/w", language="bash", timeout=30)
+        assert not probe.success and "Read-only file system" in probe.stderr, probe
+        cli(server, "keys", "bind", key_id, slug)  # read-write again: the same URL works again
+        assert blob.put(put.url, content=b"v3", headers=headers_of(put)).status_code == 200
+        cli(server, "keys", "unbind", key_id, slug)
+        assert_refused(blob.put(put.url, content=b"v4", headers=headers_of(put)), "read-only")
+        assert blob.get(get.url).content == b"v3"
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -119,9 +119,36 @@ class KeyService:
         if key is None:
             raise NotFound(f"no API key {key_id!r}")
         await self._store.keys.revoke(key_id)
+        self._invalidate()
+        return key
+
+    async def bind_volume(self, key_id: str, slug: str, *, read_only: bool) -> None:
+        """Bind an active key to a volume of its organization, or change the binding's mode.
+
+        Like a revocation, it bumps the cache's epoch: from the next request on, the key's
+        executions mount the volume this way and its upload URLs need a read-write binding."""
+        key, volume = await self._key_and_volume(key_id, slug)
+        await self._store.volumes.rebind(VolumeBinding(key.id, volume.id, read_only))
+        self._invalidate()
+
+    async def unbind_volume(self, key_id: str, slug: str) -> None:
+        key, volume = await self._key_and_volume(key_id, slug)
+        if not await self._store.volumes.unbind(key.id, volume.id):
+            raise NotFound(f"API key {key_id!r} is not bound to volume {slug!r}")
+        self._invalidate()
+
+    async def _key_and_volume(self, key_id: str, slug: str) -> tuple[ApiKey, Volume]:
+        key = await self._store.keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            raise NotFound(f"no active API key {key_id!r}")
+        volume = await self._store.volumes.by_slug(key.org_id, slug)
+        if volume is None:
+            raise NotFound(f"no volume {slug!r} in the key's organization")
+        return key, volume
+
+    def _invalidate(self) -> None:
         if self._cache is not None:
             self._cache.invalidate()
-        return key
 
     async def authenticate(self, presented: str) -> Principal | None:
         """The principal for a presented key, or None if it is malformed, unknown or revoked."""
