@@ -251,7 +251,7 @@ def keys_bind(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Bind a key to a volume of its organization, or change the binding (at once, on a live server too)."""
+    """Bind a key to a volume of its organization, or change the binding (at once, live too)."""
     slug, _, mode = volume.partition(":")
     if mode not in ("", "ro", "rw"):
         _fail(f"{volume!r}: the mode after ':' must be ro or rw")
@@ -263,9 +263,13 @@ def keys_bind(
 
 
 @keys_app.command("unbind")
-def keys_unbind(key_id: str, volume: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def keys_unbind(
+    key_id: str, volume: str, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
     """Unbind a key from a volume: its next executions no longer mount it."""
-    _admin_call(_settings(data_dir, database_url), lambda admin: admin.keys.unbind_volume(key_id, volume))
+    _admin_call(
+        _settings(data_dir, database_url), lambda admin: admin.keys.unbind_volume(key_id, volume)
+    )
     typer.echo(f"unbound {key_id} from {volume}")
 
 

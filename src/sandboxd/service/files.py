@@ -241,7 +241,7 @@ class FilesService:
         return principal.key_id
 
     async def _holder(self, claims: Claims) -> Principal:
-        """The key a URL was signed for, looked up now: it must still be active, in the URL's org."""
+        """The key a URL was signed for, looked up now: still active, in the URL's org."""
         principal = await self._keys.principal_of(claims.key_id)
         if principal is None or principal.org.id != claims.org_id:
             raise Forbidden(

@@ -346,13 +346,16 @@ class VolumeRepo(_Repo):
         async with self._engine.begin() as conn:
             await conn.execute(
                 key_volumes.delete().where(
-                    key_volumes.c.key_id == binding.key_id, key_volumes.c.volume_id == binding.volume_id
+                    key_volumes.c.key_id == binding.key_id,
+                    key_volumes.c.volume_id == binding.volume_id,
                 )
             )
             await conn.execute(key_volumes.insert().values(**binding.__dict__))
 
     async def unbind(self, key_id: str, volume_id: str) -> bool:
-        query = key_volumes.delete().where(key_volumes.c.key_id == key_id, key_volumes.c.volume_id == volume_id)
+        query = key_volumes.delete().where(
+            key_volumes.c.key_id == key_id, key_volumes.c.volume_id == volume_id
+        )
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount > 0
 

@@ -83,7 +83,8 @@ class ListFilesRequest(_Body):
     id: StrictStr = IdField
     path: StrictStr | None = Field(
         default=None,
-        description="A directory (or file) to list, relative to the storage root; default: everything.",
+        description="A directory (or file) to list, relative to the storage root; "
+        "default: everything.",
         json_schema_extra={"anyOf": [{"type": "string", **_PATH_SCHEMA}, {"type": "null"}]},
     )
 
@@ -107,11 +108,11 @@ class UploadUrlRequest(FileRequest):
 
 
 class FileEntry(BaseModel):
-    name: str = Field(description="The file's or directory's own name (the last component of `path`).")
+    name: str = Field(description="The file's or directory's name (the last component of `path`).")
     path: str = Field(
         description="Relative to the listed directory (the request's `path`; the storage root when "
-        "there is none), as Baponi answers: prefix the request's `path` to download it. Listing one "
-        "file gives its name."
+        "there is none), as Baponi answers: prefix the request's `path` to download it. "
+        "Listing one file gives its name."
     )
     size: int = Field(description="Bytes; 0 for directories.")
     modified: str = Field(description="ISO 8601, UTC.")
@@ -143,7 +144,8 @@ class UploadDone(BaseModel):
 async def list_files(body: ListFilesRequest, principal: PrincipalDep, services: ServicesDep) -> FileList:
     """Everything below `path` (recursively; directories included), or the one file `path`.
 
-    Entry paths are relative to `path`: listing `_plots` answers `a.png`, downloaded as `_plots/a.png`."""
+    Entry paths are relative to `path`: listing `_plots` answers `a.png` (download `_plots/a.png`).
+    """
     entries = await services.files.list(principal, body.source, body.id, body.path)
     return FileList(files=[FileEntry(**e) for e in entries])
 
