@@ -235,7 +235,10 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             metrics=metrics,
         ),
         files=FilesService(
-            admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir)))
+            admin.threads,
+            admin.volumes,
+            Signer(files_signing_key(load_or_create_secret(settings.data_dir))),
+            admin.keys,
         ),
         metrics=metrics,
         ready=True,

@@ -244,6 +244,35 @@ def keys_revoke(key_id: str, data_dir: DataDir = None, database_url: DatabaseUrl
     typer.echo(f"revoked {key.id}")
 
 
+@keys_app.command("bind")
+def keys_bind(
+    key_id: str,
+    volume: Annotated[str, typer.Argument(help="NAME (read-write), NAME:rw or NAME:ro.")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Bind a key to a volume of its organization, or change the binding (at once, live too)."""
+    slug, _, mode = volume.partition(":")
+    if mode not in ("", "ro", "rw"):
+        _fail(f"{volume!r}: the mode after ':' must be ro or rw")
+    _admin_call(
+        _settings(data_dir, database_url),
+        lambda admin: admin.keys.bind_volume(key_id, slug, read_only=mode == "ro"),
+    )
+    typer.echo(f"bound {key_id} to {slug} {'read-only' if mode == 'ro' else 'read-write'}")
+
+
+@keys_app.command("unbind")
+def keys_unbind(
+    key_id: str, volume: str, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Unbind a key from a volume: its next executions no longer mount it."""
+    _admin_call(
+        _settings(data_dir, database_url), lambda admin: admin.keys.unbind_volume(key_id, volume)
+    )
+    typer.echo(f"unbound {key_id} from {volume}")
+
+
 # --- sandboxes ----------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -83,6 +84,27 @@ def download(sdk: baponi.Baponi, blob: httpx.Client, thread_id: str, path: str) 
     return blob.get(signed.url, headers=headers_of(signed))
 
 
+def cli(server: Any, *args: str) -> str:
+    """A `sandboxd` command on the live server's data dir, as an operator runs it; its stderr."""
+    done = server.cli(*args)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return str(done.stderr)
+
+
+def cli_key(server: Any, *args: str) -> tuple[str, str]:
+    """`sandboxd keys create ARGS`: the key (stdout) and its id (stderr)."""
+    done = server.cli("keys", "create", *args)
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"key id (key_\S+)", done.stderr)
+    assert match, done.stderr
+    return done.stdout.strip(), match.group(1)
+
+
+def assert_refused(resp: httpx.Response, why: str) -> None:
+    assert resp.status_code == 403, (resp.status_code, resp.text)
+    assert resp.json()["error"] == "forbidden" and why in resp.json()["message"], resp.text
+
+
 # --------------------------------------------------------------------------- the happy paths
 
 
@@ -96,16 +118,17 @@ def test_file_written_by_code_is_listed_and_downloads(sdk: baponi.Baponi, http: 
     assert {"out/a.txt", "out/deep/b.bin", "top.txt", "out", "out/deep"} <= set(by_path)
     assert by_path["out/a.txt"].size == 5 and by_path["out/deep/b.bin"].size == 7
     assert by_path["out/a.txt"].modified and by_path["out/a.txt"].modified.endswith("Z")
-    # `path` is a directory to list; returned paths stay relative to the storage root
-    assert [e.path for e in sdk.list_files(id=t, path="out/deep")] == ["out/deep/b.bin"]
-    assert [e.path for e in sdk.list_files(id=t, path="/home/baponi/out/deep/")] == ["out/deep/b.bin"]
+    # `path` is a directory to list; returned paths are relative to it (as Baponi answers)
+    assert [e.path for e in sdk.list_files(id=t, path="out/deep")] == ["b.bin"]
+    assert [e.path for e in sdk.list_files(id=t, path="/home/baponi/out/deep/")] == ["b.bin"]
     raw = http.post("/v1/files/list", json={"id": t, "path": "out"}).json()
     assert raw["files"][0] == {
-        "name": "a.txt", "path": "out/a.txt", "size": 5,
+        "name": "a.txt", "path": "a.txt", "size": 5,
         "modified": raw["files"][0]["modified"], "is_directory": False,
     }
-    assert {"name": "deep", "path": "out/deep", "size": 0, "modified": raw["files"][1]["modified"],
+    assert {"name": "deep", "path": "deep", "size": 0, "modified": raw["files"][1]["modified"],
             "is_directory": True} in raw["files"]
+    assert [e.path for e in sdk.list_files(id=t, path="out/a.txt")] == ["a.txt"]  # one file: its name
     got = download(sdk, blob, t, "out/a.txt")
     assert got.status_code == 200 and got.content == b"hello"
     assert got.headers["content-length"] == "5"
@@ -203,6 +226,91 @@ def test_delete(server: Any, sdk: baponi.Baponi, http: httpx.Client) -> None:
     assert run(sdk, t, "ls -A /home/baponi").stdout == ""
 
 
+# --------------------------------------------------------------------------- what real clients do (#12 item 14)
+
+
+def test_sdk_lists_a_directory_and_downloads_what_it_composes(sdk: baponi.Baponi, blob: httpx.Client) -> None:
+    """The Biomni agent's Baponi integration: list `source="thread", path="_plots"`, then download
+    `f"_plots/{entry.path}"` for each plot. Entry paths are relative to the listed directory. (The
+    SDK's FileEntry has only path, size and modified: a client picks files by their names.)"""
+    t = new_thread()
+    run(sdk, t, "mkdir -p /home/baponi/_plots/run1 && printf A > /home/baponi/_plots/a.png "
+                "&& printf BB > /home/baponi/_plots/run1/b.png && printf top > /home/baponi/a.png")
+    entries = sdk.list_files(source="thread", id=t, path="_plots")
+    got = {}
+    for entry in entries:
+        if not entry.path.endswith(".png"):
+            continue
+        signed = sdk.download_url(source="thread", id=t, path=f"_plots/{entry.path}")  # 404 before #12
+        resp = blob.get(signed.url, headers=headers_of(signed))
+        assert resp.status_code == 200, (entry.path, resp.text)
+        got[entry.path] = resp.content
+    assert got == {"a.png": b"A", "run1/b.png": b"BB"}
+    assert {e.path for e in entries} == {"a.png", "run1", "run1/b.png"}
+    # a nested directory, named the absolute way, the same
+    nested = sdk.list_files(id=t, path="/home/baponi/_plots/run1")
+    assert [e.path for e in nested] == ["b.png"]
+    assert download(sdk, blob, t, f"_plots/run1/{nested[0].path}").content == b"BB"
+
+
+# --------------------------------------------------------------------------- a URL lives only as long as its key (#12 item 7)
+
+
+def test_a_revoked_keys_urls_are_refused_at_once(server: Any, sdk: baponi.Baponi, blob: httpx.Client) -> None:
+    secret, key_id = cli_key(server, "--name", "soon-revoked")
+    t = new_thread()
+    with baponi.Baponi(api_key=secret, base_url=server.url, timeout=120) as theirs:
+        run(theirs, t, "printf before > /home/baponi/f.txt")
+        get = theirs.download_url(path="f.txt", id=t)
+        put = theirs.upload_url(path="f.txt", content_length=5, id=t, content_type="text/plain")
+    # both work, so the server has looked the key up (and cached it) before the revocation
+    assert blob.get(get.url).content == b"before"
+    assert blob.put(put.url, content=b"after", headers=headers_of(put)).status_code == 200
+    cli(server, "keys", "revoke", key_id)  # another process on the live server's data dir
+    assert_refused(blob.get(get.url), "revoked")
+    assert_refused(blob.put(put.url, content=b"again", headers=headers_of(put)), "revoked")
+    assert download(sdk, blob, t, "f.txt").content == b"after"  # the org's other key still reads it
+    assert b"again" not in run(sdk, t, "cat /home/baponi/f.txt").stdout.encode()
+
+
+def test_a_revoked_keys_volume_urls_are_refused(server: Any, blob: httpx.Client) -> None:
+    slug = f"urls-{uuid.uuid4().hex[:8]}"
+    cli(server, "volumes", "create", slug, "--quota", "10")
+    secret, key_id = cli_key(server, "--volume", slug)
+    with baponi.Baponi(api_key=secret, base_url=server.url, timeout=120) as theirs:
+        put = theirs.upload_url(source="volume", id=slug, path="v.txt", content_length=2)
+        assert blob.put(put.url, content=b"v1", headers=headers_of(put)).status_code == 200
+        get = theirs.download_url(source="volume", id=slug, path="v.txt")
+        assert blob.get(get.url).content == b"v1"
+    cli(server, "keys", "revoke", key_id)
+    assert_refused(blob.get(get.url), "revoked")
+    assert_refused(blob.put(put.url, content=b"v2", headers=headers_of(put)), "revoked")
+    cli(server, "volumes", "delete", slug)  # allowed now that no active key is bound
+    assert_refused(blob.get(get.url), "revoked")
+
+
+def test_a_volume_upload_url_ends_when_its_binding_is_lowered(server: Any, blob: httpx.Client) -> None:
+    slug = f"urls-{uuid.uuid4().hex[:8]}"
+    cli(server, "volumes", "create", slug, "--quota", "10")
+    secret, key_id = cli_key(server, "--volume", slug)
+    with baponi.Baponi(api_key=secret, base_url=server.url, timeout=120) as theirs:
+        put = theirs.upload_url(source="volume", id=slug, path="v.txt", content_length=2)
+        assert blob.put(put.url, content=b"v1", headers=headers_of(put)).status_code == 200
+        get = theirs.download_url(source="volume", id=slug, path="v.txt")
+        assert blob.get(get.url).content == b"v1"
+        cli(server, "keys", "bind", key_id, f"{slug}:ro")  # lowered, from beside the live server
+        assert_refused(blob.put(put.url, content=b"v2", headers=headers_of(put)), "read-only")
+        assert blob.get(get.url).content == b"v1"  # reading is still allowed
+        # and its executions see the new binding at once too
+        probe = theirs.execute(f"echo x > /data/{slug}/w", language="bash", timeout=30)
+        assert not probe.success and "Read-only file system" in probe.stderr, probe
+        cli(server, "keys", "bind", key_id, slug)  # read-write again: the same URL works again
+        assert blob.put(put.url, content=b"v3", headers=headers_of(put)).status_code == 200
+        cli(server, "keys", "unbind", key_id, slug)
+        assert_refused(blob.put(put.url, content=b"v4", headers=headers_of(put)), "read-only")
+        assert blob.get(get.url).content == b"v3"
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -231,12 +339,12 @@ def test_signed_urls_refuse_tampering_expiry_and_the_wrong_method(
     refused(blob.put(get_url, content=b"xx"))  # a GET URL cannot write
     # a genuine token (the server's own key) that has expired
     signer = Signer(files_signing_key(load_or_create_secret(server.data_dir)))
-    org_id = db_rows(server, "SELECT org_id FROM threads WHERE thread_id = ?", t)[0][0]
-    expired = signer.sign(Claims(method="GET", source="thread", org_id=org_id, id=t, path="s.txt",
-                                 expires=int(time.time()) - 1))
+    ((org_id, key_id),) = db_rows(server, "SELECT org_id, key_id FROM executions WHERE thread_id = ?", t)
+    expired = signer.sign(Claims(method="GET", source="thread", org_id=org_id, key_id=key_id, id=t,
+                                 path="s.txt", expires=int(time.time()) - 1))
     refused(blob.get(base + expired))
-    fresh = signer.sign(Claims(method="GET", source="thread", org_id=org_id, id=t, path="s.txt",
-                               expires=int(time.time()) + 60))
+    fresh = signer.sign(Claims(method="GET", source="thread", org_id=org_id, key_id=key_id, id=t,
+                               path="s.txt", expires=int(time.time()) + 60))
     assert blob.get(base + fresh).content == b"secret\n"  # the same token, unexpired, works
     assert blob.put(put.url, content=b"ok").status_code == 200
 

@@ -296,12 +296,20 @@ async def test_files_list_and_download(server: Any, api_key: str) -> None:
         notes = await c.call_tool("files_download", {"source": "thread", "id": thread, "path": "/home/baponi/out/notes.txt"})
         blob = await c.call_tool("files_download", {"id": thread, "path": "out/blob.bin"})
         big = await c.call_tool("files_download", {"id": thread, "path": "big.txt"})
+        # entries are relative to the listed directory: a model prefixes it to download one
+        composed = [
+            await c.call_tool("files_download", {"id": thread, "path": f"out/{f['path']}"})
+            for f in sub.structured_content["files"]
+        ]
 
     paths = {f["path"]: f for f in listed.structured_content["files"]}
     assert {"out", "out/notes.txt", "out/blob.bin", "big.txt"} <= set(paths)
     assert paths["out"]["is_directory"] is True and paths["out/blob.bin"]["size"] == len(binary)
     assert "out/notes.txt\t12\t" in text_of(listed)
-    assert {f["path"] for f in sub.structured_content["files"]} == {"out/notes.txt", "out/blob.bin"}
+    assert {f["path"] for f in sub.structured_content["files"]} == {"notes.txt", "blob.bin"}
+    assert "relative to 'out'" in text_of(sub) and "\nnotes.txt\t12\t" in text_of(sub)
+    assert [r.is_error for r in composed] == [False, False]
+    assert {r.structured_content["size"] for r in composed} == {12, len(binary)}
 
     assert notes.is_error is False
     s = notes.structured_content

@@ -254,7 +254,7 @@ def test_open_dir_refuses_a_link_raced_in_for_a_created_directory(tree: tuple[Pa
 
 def claims(**over: object) -> Claims:
     base: dict[str, object] = dict(
-        method="PUT", source="thread", org_id="org_1", id="t1", path="a/b.txt",
+        method="PUT", source="thread", org_id="org_1", key_id="key_1", id="t1", path="a/b.txt",
         expires=2_000_000_000, content_length=5, content_type="text/plain",
     )
     base.update(over)
@@ -351,16 +351,29 @@ class FakeThreads:
 
 @dataclass
 class FakeVolumes:
+    """Read-write for the principals in `writers`, read-only for the rest of the org."""
+
     path: Path
-    read_only: bool
+    writers: set[str] = field(default_factory=set)
 
     async def access(self, principal: object, slug: str) -> object:
         if slug != "vol":
             raise NotFound("no volume")
-        return SimpleNamespace(volume=None, path=self.path, read_only=self.read_only)
+        read_only = principal.key_id not in self.writers  # type: ignore[attr-defined]
+        return SimpleNamespace(volume=None, path=self.path, read_only=read_only)
 
 
-PRINCIPAL = SimpleNamespace(org=SimpleNamespace(id="org_1"))
+@dataclass
+class FakeKeys:
+    """KeyService.principal_of: the active keys by id."""
+
+    active: dict[str, object]
+
+    async def principal_of(self, key_id: str) -> object | None:
+        return self.active.get(key_id)
+
+
+PRINCIPAL = SimpleNamespace(org=SimpleNamespace(id="org_1"), key_id="key_1")
 BASE = "http://127.0.0.1:9/"
 
 
@@ -377,7 +390,8 @@ def svc(tmp_path: Path) -> tuple[FilesService, FakeThreads, Path]:
     vol = tmp_path / "vol"
     vol.mkdir()
     threads = FakeThreads(homes={"t1": home})
-    service = FilesService(threads, FakeVolumes(vol, read_only=True), Signer(KEY), max_file_bytes=1000)  # type: ignore[arg-type]
+    keys = FakeKeys({"key_1": PRINCIPAL})
+    service = FilesService(threads, FakeVolumes(vol), Signer(KEY), keys, max_file_bytes=1000)  # type: ignore[arg-type]
     return service, threads, home
 
 
@@ -399,7 +413,7 @@ async def test_service_upload_list_download_delete(svc: tuple[FilesService, Fake
     assert (home / "d" / "f.txt").read_bytes() == b"hello"
     assert threads.claims == ["files:upload"] and not threads.busy_ids  # locked, then released
     listed = await service.list(PRINCIPAL, "thread", "t1", "d")  # type: ignore[arg-type]
-    assert [(e["path"], e["size"], e["is_directory"]) for e in listed] == [("d/f.txt", 5, False)]
+    assert [(e["path"], e["size"], e["is_directory"]) for e in listed] == [("f.txt", 5, False)]
     dl = await service.download_url(PRINCIPAL, "thread", "t1", "d/f.txt", base_url=BASE)  # type: ignore[arg-type]
     download = await service.open_download(token_of(dl))
     try:
@@ -455,3 +469,95 @@ async def test_service_refusals(svc: tuple[FilesService, FakeThreads, Path]) -> 
     assert not (home / "f").exists()
     with pytest.raises(Forbidden, match="for PUT"):
         await service.open_download(token_of(signed))
+
+
+# --------------------------------------------------------------------------- the key behind a URL (#12 item 7)
+
+
+def test_token_names_its_key() -> None:
+    signer = Signer(KEY, clock=lambda: 1_000_000_000)
+    token = signer.sign(claims(key_id="key_abc"))
+    payload = token.split(".")[0]
+    body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert body["key_id"] == "key_abc" and body["v"] == 2
+    assert signer.verify(token, "PUT").key_id == "key_abc"
+    with pytest.raises(ValueError, match="API key"):
+        signer.sign(claims(key_id=""))
+
+
+def _genuine(signer: Signer, body: dict[str, object]) -> str:
+    """A token MAC'd with the server's own key: only its claims can make it fail."""
+    payload = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
+    return f"{payload}.{signer._mac(payload)}"
+
+
+def test_token_without_a_key_is_refused() -> None:
+    signer = Signer(KEY, clock=lambda: 1_000_000_000)
+    fields = dict(method="GET", source="thread", org_id="org_1", id="t1", path="a", expires=2_000_000_000)
+    with pytest.raises(Forbidden):  # what version 1 signed: no key id
+        signer.verify(_genuine(signer, {"v": 1, **fields}), "GET")
+    for key_id in (None, "", 5):
+        with pytest.raises(Forbidden):
+            signer.verify(_genuine(signer, {"v": 2, **fields, "key_id": key_id}), "GET")
+    assert signer.verify(_genuine(signer, {"v": 2, **fields, "key_id": "key_1"}), "GET").key_id == "key_1"
+
+
+async def test_revoked_key_urls_are_refused_at_use(svc: tuple[FilesService, FakeThreads, Path]) -> None:
+    service, threads, home = svc
+    (home / "f.txt").write_bytes(b"old")
+    get = token_of(await service.download_url(PRINCIPAL, "thread", "t1", "f.txt", base_url=BASE))  # type: ignore[arg-type]
+    put = token_of(await service.upload_url(PRINCIPAL, "thread", "t1", "f.txt", 3, base_url=BASE))  # type: ignore[arg-type]
+    service._keys.active.clear()  # type: ignore[attr-defined]  # the key is revoked
+    with pytest.raises(Forbidden, match="revoked"):
+        await service.open_download(get)
+    with pytest.raises(Forbidden, match="revoked"):
+        await service.receive_upload(put, body(b"new"), declared_length="3", content_type=None)
+    assert (home / "f.txt").read_bytes() == b"old" and not threads.claims
+    # an active key of another organization under the same id grants nothing either
+    service._keys.active["key_1"] = SimpleNamespace(org=SimpleNamespace(id="org_2"), key_id="key_1")  # type: ignore[attr-defined]
+    with pytest.raises(Forbidden):
+        await service.open_download(get)
+
+
+async def test_volume_upload_url_needs_a_binding_still_read_write(
+    svc: tuple[FilesService, FakeThreads, Path], tmp_path: Path
+) -> None:
+    service, _, _ = svc
+    volumes = service._volumes
+    volumes.writers.add("key_1")  # type: ignore[union-attr]
+    (tmp_path / "vol" / "v.txt").write_bytes(b"shared")
+    put = token_of(await service.upload_url(PRINCIPAL, "volume", "vol", "v.txt", 3, base_url=BASE))  # type: ignore[arg-type]
+    get = token_of(await service.download_url(PRINCIPAL, "volume", "vol", "v.txt", base_url=BASE))  # type: ignore[arg-type]
+    volumes.writers.clear()  # type: ignore[union-attr]  # the binding is lowered to read-only
+    with pytest.raises(Forbidden, match="read-only"):
+        await service.receive_upload(put, body(b"new"), declared_length="3", content_type=None)
+    assert (tmp_path / "vol" / "v.txt").read_bytes() == b"shared"
+    download = await service.open_download(get)  # reading is still allowed
+    try:
+        assert download.file.read() == b"shared"
+    finally:
+        download.file.close()
+
+
+async def test_listed_paths_are_relative_to_the_listed_directory(
+    svc: tuple[FilesService, FakeThreads, Path]
+) -> None:
+    service, _, home = svc
+    (home / "_plots" / "deep").mkdir(parents=True)
+    (home / "_plots" / "a.png").write_bytes(b"png")
+    (home / "_plots" / "deep" / "b.png").write_bytes(b"b")
+
+    async def listed(path: str | None) -> list[tuple[str, str]]:
+        return [(e["name"], e["path"]) for e in await service.list(PRINCIPAL, "thread", "t1", path)]  # type: ignore[arg-type]
+
+    assert await listed(None) == [
+        ("_plots", "_plots"), ("a.png", "_plots/a.png"), ("deep", "_plots/deep"), ("b.png", "_plots/deep/b.png"),
+    ]
+    expected = [("a.png", "a.png"), ("deep", "deep"), ("b.png", "deep/b.png")]
+    assert await listed("_plots") == expected
+    assert await listed("/home/baponi/_plots/") == expected
+    assert await listed("_plots/deep") == [("b.png", "b.png")]
+    assert await listed("_plots/a.png") == [("a.png", "a.png")]  # one file: its name
+    for entry in await service.list(PRINCIPAL, "thread", "t1", "_plots"):  # type: ignore[arg-type]
+        if not entry["is_directory"]:  # what a client composes: the listed path, then the entry's
+            await service.download_url(PRINCIPAL, "thread", "t1", f"_plots/{entry['path']}", base_url=BASE)  # type: ignore[arg-type]

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import InvalidRequest, NotFound
+from sandboxd.service.keycache import PrincipalCache
 from sandboxd.service.keys import SECRET_FILE, KeyService, load_or_create_secret
 from sandboxd.service.tenancy import SandboxConfig, TenancyService
-from sandboxd.store import Org, Sandbox, Store, create_engine, migrate
+from sandboxd.store import Org, Sandbox, Store, Volume, create_engine, migrate, utcnow
 
 PEPPER = bytes(range(32))
 KEY_SHAPE = re.compile(r"\Ask-local-[A-Za-z0-9]{40}\Z")
@@ -302,3 +303,47 @@ async def test_ensure_defaults_idempotent(tenancy: TenancyService, org: Org) -> 
     assert again.id == org.id
     boxes = await tenancy.list_sandboxes(org)
     assert [b.name for b in boxes] == ["default"]
+
+
+async def test_principal_of_a_key_id_ends_with_its_revocation_even_when_cached(
+    store: Store, org: Org, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Signed file URLs name their key; the server's cached lookup must see a revocation made by
+    another process (`sandboxd keys revoke`) at the next call, not after the cache's TTL."""
+    server = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    created = await server.create(org=org, sandbox=sandbox)
+    principal = await server.principal_of(created.record.id)
+    assert principal is not None and principal.key_id == created.record.id and principal.org.id == org.id
+    assert await server.principal_of(created.record.id) is principal  # cached
+    assert await server.principal_of("key_unknown") is None
+    cli = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    await cli.revoke(created.record.id)
+    assert await server.principal_of(created.record.id) is None
+
+
+async def test_a_binding_changed_by_another_process_is_seen_at_once(
+    store: Store, org: Org, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    server = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    cli = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    volume = await store.volumes.add(Volume(id="vol_1", org_id=org.id, slug="data", quota_mib=10, created_at=utcnow()))
+    created = await server.create(org=org, sandbox=sandbox, volumes=[(volume, False)])
+    key_id = created.record.id
+
+    async def bindings() -> list[tuple[str, bool]]:
+        principal = await server.principal_of(key_id)
+        assert principal is not None
+        return [(v.slug, ro) for v, ro in principal.volumes]
+
+    assert await bindings() == [("data", False)]
+    await cli.bind_volume(key_id, "data", read_only=True)
+    assert await bindings() == [("data", True)]
+    await cli.unbind_volume(key_id, "data")
+    assert await bindings() == []
+    with pytest.raises(NotFound, match="not bound"):
+        await cli.unbind_volume(key_id, "data")
+    with pytest.raises(NotFound, match="no volume"):
+        await cli.bind_volume(key_id, "other", read_only=False)
+    await cli.revoke(key_id)
+    with pytest.raises(NotFound, match="no active API key"):
+        await cli.bind_volume(key_id, "data", read_only=False)

@@ -101,7 +101,7 @@ class Handlers:
         entries = await self._services.files.list(principal, args.source, args.id, args.path)
         listing = tools.FileList(files=[tools.FileEntry(**e) for e in entries])
         return types.CallToolResult(
-            content=[types.TextContent(text=_list_text(args.source, args.id, listing))],
+            content=[types.TextContent(text=_list_text(args.source, args.id, args.path, listing))],
             structured_content=listing.model_dump(),
         )
 
@@ -194,10 +194,12 @@ def _execute_text(outcome: Outcome) -> str:
     return "\n\n".join(parts)
 
 
-def _list_text(source: str, id: str, listing: tools.FileList) -> str:
+def _list_text(source: str, id: str, path: str | None, listing: tools.FileList) -> str:
+    where = f"{source} {id!r}" + (f" under {path!r}" if path else "")
     if not listing.files:
-        return f"No files in {source} {id!r}."
-    lines = [f"{len(listing.files)} entries in {source} {id!r} (path, size in bytes, modified):"]
+        return f"No files in {where}."
+    relative = f", relative to {path!r}" if path else ""
+    lines = [f"{len(listing.files)} entries in {where} (path{relative}, size in bytes, modified):"]
     for f in listing.files:
         lines.append(f"{f.path}/" if f.is_directory else f"{f.path}\t{f.size}\t{f.modified}")
     return "\n".join(lines)

@@ -124,7 +124,10 @@ class ExecuteResult(BaseModel):
 
 class FileEntry(BaseModel):
     name: str
-    path: str = Field(description="Relative to the root; pass it to files_download as it is.")
+    path: str = Field(
+        description="Relative to the listed directory: for files_download, prefix the path you "
+        "listed (listing 'out' gives 'a.txt', downloaded as 'out/a.txt')."
+    )
     size: int = Field(description="Bytes; 0 for directories.")
     modified: str = Field(description="ISO 8601, UTC.")
     is_directory: bool
@@ -203,8 +206,9 @@ def tool_list(principal: Principal, languages: frozenset[str], output_limit_byte
             title="List a thread's or volume's files",
             description=(
                 "List the files of a thread (what sandbox_execute runs with that thread_id kept under "
-                "/home/baponi) or of a volume (/data/<name>/), recursively. Paths are relative to that "
-                "root and can be passed to files_download as they are."
+                "/home/baponi) or of a volume (/data/<name>/), recursively. Each path is relative "
+                "to the directory you listed: listing 'out' gives 'a.txt', which files_download "
+                "takes as 'out/a.txt'."
             ),
             input_schema=_schema(FilesListArgs),
             output_schema=_schema(FileList),

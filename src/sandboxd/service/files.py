@@ -1,10 +1,18 @@
 """The Files API (spec §5): list, signed upload/download URLs, and delete, on threads and volumes.
 
-Paths are relative to the storage root: `/home/baponi` for a thread, the volume's directory
-(`/data/<slug>` in a sandbox) for a volume. `/home/baponi/x` and `x` name the same file, as in
-the SDK's deep-agents `_to_relative_path`. Every `path` this service returns (in a listing) is
-**relative to the storage root**, never to the `path` argument, so it can be passed straight to
-`download_url` (spec §5.1 leaves this open; this is the documented choice).
+Paths that name a file (upload, download, delete, and the `path` to list) are relative to the
+storage root: `/home/baponi` for a thread, the volume's directory (`/data/<slug>` in a sandbox)
+for a volume. `/home/baponi/x` and `x` name the same file, as in the SDK's deep-agents
+`_to_relative_path`. The `path` of a listed entry is **relative to the listed directory**, as
+Baponi answers (spec §5.1, observed live): listing `_plots` gives `a.png`, and clients download
+`f"_plots/{entry.path}"` (the Biomni agent's integration does). Listing a file gives its name.
+`name` is the last component, as before.
+
+Signed URLs name the key that asked for them (service/signing.py). At use, the blob handlers
+look that key up again (`KeyLookup`, the cached `KeyService.principal_of`): a revoked key's
+URLs are refused at once (403 `forbidden`, like any URL that no longer grants anything), and the
+key must still be allowed what the URL does: the thread of its organization, the volume as
+`VolumeResolver.access` allows it now (an upload needs a read-write binding).
 
 Bytes do not pass through the JSON API: `upload_url`/`download_url` answer a URL to
 `/v1/files/blob/<token>` on this server, where the signed token (service/signing.py) is the
@@ -68,7 +76,10 @@ _CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
 
 class VolumeResolver(Protocol):
     async def access(self, principal: Principal, slug: str) -> VolumeAccess: ...
-    async def path_of(self, org_id: str, slug: str) -> Path: ...
+
+
+class KeyLookup(Protocol):
+    async def principal_of(self, key_id: str) -> Principal | None: ...
 
 
 # --------------------------------------------------------------------------- path rules
@@ -139,6 +150,7 @@ class FilesService:
         threads: ThreadService,
         volumes: VolumeResolver | None,
         signer: Signer,
+        keys: KeyLookup,
         *,
         url_ttl_s: int = 3600,
         max_file_bytes: int = MAX_FILE_BYTES,
@@ -147,6 +159,7 @@ class FilesService:
         self._threads = threads
         self._volumes = volumes
         self._signer = signer
+        self._keys = keys
         self._ttl = int(url_ttl_s)
         self._max_file_bytes = max_file_bytes
         self._max_list_entries = max_list_entries
@@ -174,11 +187,6 @@ class FilesService:
         if self._volumes is None:
             raise NotFound(f"no volume {slug!r}")
         return await self._volumes.access(principal, slug)
-
-    async def _volume_path(self, org_id: str, slug: str) -> Path:
-        if self._volumes is None:
-            raise NotFound(f"no volume {slug!r}")
-        return await self._volumes.path_of(org_id, slug)
 
     async def _root(self, principal: Principal, source: str, id: str) -> Path | None:
         if source == "thread":
@@ -225,6 +233,23 @@ class FilesService:
     def _expiry(self) -> int:
         return int(self._signer.now()) + self._ttl
 
+    @staticmethod
+    def _signing_key(principal: Principal) -> str:
+        """The key a URL is signed for; a principal without one (a local CLI run) gets no URL."""
+        if principal.key_id is None:
+            raise Forbidden("file URLs are signed for an API key; this caller has none")
+        return principal.key_id
+
+    async def _holder(self, claims: Claims) -> Principal:
+        """The key a URL was signed for, looked up now: still active, in the URL's org."""
+        principal = await self._keys.principal_of(claims.key_id)
+        if principal is None or principal.org.id != claims.org_id:
+            raise Forbidden(
+                "the API key this file URL was signed for has been revoked; "
+                "request a new URL with an active key"
+            )
+        return principal
+
     # ---- the JSON API
 
     async def list(
@@ -237,10 +262,10 @@ class FilesService:
             if rel:
                 raise NotFound(f"no such file or directory: {rel!r}")
             return []
-        result: list[dict[str, Any]] = await self._in_root(
+        entries: list[dict[str, Any]] = await self._in_root(
             root, lambda fd: walk(fd, rel, self._max_list_entries)
         )
-        return result
+        return [_relative_to(rel, e) for e in entries]
 
     async def upload_url(
         self,
@@ -276,7 +301,8 @@ class FilesService:
         await self._in_root(root, lambda fd: stat_target(fd, rel))
         claims = Claims(
             method="PUT", source=source, org_id=principal.org.id, id=id, path=rel,
-            expires=self._expiry(), content_length=content_length, content_type=content_type,
+            key_id=self._signing_key(principal), expires=self._expiry(),
+            content_length=content_length, content_type=content_type,
         )
         return self._url(base_url, claims)
 
@@ -296,7 +322,7 @@ class FilesService:
         await self._in_root(root, check)
         claims = Claims(
             method="GET", source=source, org_id=principal.org.id, id=id, path=rel,
-            expires=self._expiry(),
+            key_id=self._signing_key(principal), expires=self._expiry(),
         )
         return self._url(base_url, claims)
 
@@ -344,10 +370,11 @@ class FilesService:
 
     async def open_download(self, token: str) -> Download:
         claims = self.verify(token, "GET")
+        principal = await self._holder(claims)
         if claims.source == "thread":
             _, root = await self._thread_home(claims.org_id, claims.id)
         else:
-            root = await self._volume_path(claims.org_id, claims.id)
+            root = (await self._volume(principal, claims.id)).path
         if root is None:
             raise NotFound(f"no such file: {claims.path!r}")
         fd, st = await self._in_root(root, lambda rfd: open_regular(rfd, claims.path))
@@ -368,6 +395,7 @@ class FilesService:
     ) -> Claims:
         """Stream `body` into the signed file; exactly `content_length` bytes or nothing changes."""
         claims = self.verify(token, "PUT")
+        principal = await self._holder(claims)
         expected = claims.content_length if claims.content_length is not None else -1
         if declared_length is not None and declared_length.strip() != str(expected):
             raise InvalidRequest(
@@ -389,8 +417,13 @@ class FilesService:
             finally:
                 await self._threads.close(copy, keep=False)
         else:
-            root = await self._volume_path(claims.org_id, claims.id)
-            await self._stream(root, claims, body, self._volume_owner)
+            access = await self._volume(principal, claims.id)
+            if access.read_only:
+                raise Forbidden(
+                    f"volume {claims.id!r} is now bound read-only to the API key this upload URL "
+                    "was signed for"
+                )
+            await self._stream(access.path, claims, body, self._volume_owner)
         return claims
 
     async def _stream(
@@ -426,3 +459,14 @@ class FilesService:
             await asyncio.to_thread(upload.commit)
         finally:
             await asyncio.to_thread(upload.abort)
+
+
+def _relative_to(listed: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A listed entry with its path relative to the directory `listed` (its name when `listed`
+    is the file itself); `listed` is relative to the storage root, "" for the root."""
+    path = entry["path"]
+    if not listed:
+        return entry
+    if path.startswith(listed + "/"):
+        return {**entry, "path": path[len(listed) + 1:]}
+    return {**entry, "path": entry["name"]}  # `listed` names this one file

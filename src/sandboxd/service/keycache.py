@@ -1,11 +1,13 @@
-"""Principals by key digest, so an authenticated request costs no database round trip.
+"""Principals by key digest (and by key id, for signed file URLs), so an authenticated request
+costs no database round trip.
 
-Only a revocation can change what an active key may do: a sandbox config or a volume cannot be
-deleted while an active key is bound to it, and configs are not edited in place. A revocation
-bumps the epoch file in the data dir (`KeyService.revoke`, from the server or from a CLI
-process); every lookup compares the file's mtime with the one the cache was filled under
-(one `stat`, no I/O) and starts empty when it moved. The TTL bounds how long an entry lives in
-any case, for a server whose revocations happen where it cannot see the file.
+Only a revocation or a change of a key's volume bindings can change what an active key may do:
+a sandbox config or a volume cannot be deleted while an active key is bound to it, and configs
+are not edited in place. Both bump the epoch file in the data dir (`KeyService.revoke`,
+`bind_volume`, `unbind_volume`, from the server or from a CLI process); every lookup compares
+the file's mtime with the one the cache was filled under (one `stat`, no I/O) and starts empty
+when it moved. The TTL bounds how long an entry lives in any case, for a server whose
+revocations happen where it cannot see the file.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, Volume, VolumeB
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
 _KEY = re.compile(r"^sk-[a-z0-9]{1,16}-[A-Za-z0-9]{40}$")
 SECRET_FILE = "server.secret"
+#: Cache entries by key id; the others are by digest (64 hex characters), so they never meet.
+_ID_PREFIX = "id:"
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
@@ -117,9 +119,36 @@ class KeyService:
         if key is None:
             raise NotFound(f"no API key {key_id!r}")
         await self._store.keys.revoke(key_id)
+        self._invalidate()
+        return key
+
+    async def bind_volume(self, key_id: str, slug: str, *, read_only: bool) -> None:
+        """Bind an active key to a volume of its organization, or change the binding's mode.
+
+        Like a revocation, it bumps the cache's epoch: from the next request on, the key's
+        executions mount the volume this way and its upload URLs need a read-write binding."""
+        key, volume = await self._key_and_volume(key_id, slug)
+        await self._store.volumes.rebind(VolumeBinding(key.id, volume.id, read_only))
+        self._invalidate()
+
+    async def unbind_volume(self, key_id: str, slug: str) -> None:
+        key, volume = await self._key_and_volume(key_id, slug)
+        if not await self._store.volumes.unbind(key.id, volume.id):
+            raise NotFound(f"API key {key_id!r} is not bound to volume {slug!r}")
+        self._invalidate()
+
+    async def _key_and_volume(self, key_id: str, slug: str) -> tuple[ApiKey, Volume]:
+        key = await self._store.keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            raise NotFound(f"no active API key {key_id!r}")
+        volume = await self._store.volumes.by_slug(key.org_id, slug)
+        if volume is None:
+            raise NotFound(f"no volume {slug!r} in the key's organization")
+        return key, volume
+
+    def _invalidate(self) -> None:
         if self._cache is not None:
             self._cache.invalidate()
-        return key
 
     async def authenticate(self, presented: str) -> Principal | None:
         """The principal for a presented key, or None if it is malformed, unknown or revoked."""
@@ -133,11 +162,28 @@ class KeyService:
             self._cache.put(digest, principal)
         return principal
 
+    async def principal_of(self, key_id: str) -> Principal | None:
+        """The principal of the key `key_id` while it is active, else None: for signed file URLs,
+        which name their key but do not hold it. Cached like `authenticate`, under the same
+        epoch, so a revocation (from this process or a CLI) is seen at the next call."""
+        cache_key = _ID_PREFIX + key_id
+        if self._cache is not None and (cached := self._cache.get(cache_key)) is not None:
+            return cached
+        key = await self._store.keys.get(key_id)
+        principal = await self._principal(key) if key is not None else None
+        if principal is not None and self._cache is not None:
+            self._cache.put(cache_key, principal)
+        return principal
+
     async def _lookup(self, presented: str, digest: str) -> Principal | None:
         key = await self._store.keys.by_digest(digest)
-        if key is None or key.revoked_at is not None:
+        if key is None or not hmac.compare_digest(key.digest, self.digest(presented)):
             return None
-        if not hmac.compare_digest(key.digest, self.digest(presented)):
+        return await self._principal(key)
+
+    async def _principal(self, key: ApiKey) -> Principal | None:
+        """What an active key may do; None when it is revoked or its sandbox is gone."""
+        if key.revoked_at is not None:
             return None
         if key.sandbox_id is None:  # its sandbox was deleted
             return None

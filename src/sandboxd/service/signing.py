@@ -2,8 +2,11 @@
 
     token = base64url(JSON claims) "." base64url(HMAC-SHA256(key, DOMAIN + base64url(claims)))
 
-A token binds the method (GET or PUT), the source and id, the organization, the path and an
-expiry; an upload token also binds the exact byte count and the content type. The MAC is
+A token binds the method (GET or PUT), the source and id, the organization, the API key that
+asked for it (its id, never the key), the path and an expiry; an upload token also binds the
+exact byte count and the content type. The key id lets the blob handlers check at use that the
+key is still active and still allowed (service/files.py), so a revocation ends its URLs at
+once instead of after their hour. Tokens of version 1 named no key and are refused. The MAC is
 checked (in constant time) before anything in the payload is trusted or even decoded, so a
 tampered, expired or wrong-method token is refused with the same 403 and no detail leaks.
 The payload is signed, not encrypted: it holds nothing the holder of the URL may not know.
@@ -25,7 +28,7 @@ from typing import Any
 from ..errors import Forbidden
 
 _DOMAIN = b"sandboxd-files-v1."
-_VERSION = 1
+_VERSION = 2  # 2: the key id is a claim
 _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_TOKEN_CHARS = 8192
 METHODS = ("GET", "PUT")
@@ -33,11 +36,13 @@ METHODS = ("GET", "PUT")
 
 @dataclass(frozen=True)
 class Claims:
-    """What a file URL allows: one method on one file of one thread or volume, until `expires`."""
+    """What a file URL allows: one method on one file of one thread or volume, until `expires`,
+    for as long as the key `key_id` may do it."""
 
     method: str  # "GET" or "PUT"
     source: str  # "thread" or "volume"
     org_id: str
+    key_id: str  # the API key that asked for the URL
     id: str  # the thread_id or the volume slug
     path: str  # normalized, relative to the storage root
     expires: int  # Unix seconds
@@ -74,6 +79,8 @@ class Signer:
     def sign(self, claims: Claims) -> str:
         if claims.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}")
+        if not claims.key_id:
+            raise ValueError("a file URL is signed for an API key")
         body = {"v": _VERSION, **{k: v for k, v in asdict(claims).items() if v is not None}}
         payload = _b64encode(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8"))
         return f"{payload}.{self._mac(payload)}"
@@ -95,6 +102,8 @@ class Signer:
             claims = Claims(**body)
         except (ValueError, TypeError, binascii.Error):  # only a key holder could get here
             raise refused from None
+        if not isinstance(claims.key_id, str) or not claims.key_id:
+            raise refused
         if not isinstance(claims.expires, int) or self._clock() >= claims.expires:
             raise refused
         if claims.method != method:

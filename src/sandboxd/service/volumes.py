@@ -86,16 +86,6 @@ class VolumeService:
         read_only = next((ro for v, ro in principal.volumes if v.id == volume.id), True)
         return VolumeAccess(volume=volume, path=path, read_only=read_only)
 
-    async def path_of(self, org_id: str, slug: str) -> Path:
-        """A volume's directory by organization id (signed file URLs carry no principal)."""
-        volume = await self._store.volumes.by_slug(org_id, slug)
-        path = None
-        if volume is not None:
-            path = await asyncio.to_thread(self._require_storage().ready, org_id, slug)
-        if path is None:
-            raise NotFound(f"no volume {slug!r}")
-        return path
-
     async def mounts(self, principal: Principal) -> list[VolumeAccess]:
         """The key's bound volumes, for an execution (mounted at /data/<slug>/)."""
         if not principal.volumes:

@@ -341,6 +341,24 @@ class VolumeRepo(_Repo):
     async def bind(self, binding: VolumeBinding) -> None:
         await self._insert(key_volumes, binding.__dict__)
 
+    async def rebind(self, binding: VolumeBinding) -> None:
+        """Bind, or change the mode of an existing binding, in one transaction."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                key_volumes.delete().where(
+                    key_volumes.c.key_id == binding.key_id,
+                    key_volumes.c.volume_id == binding.volume_id,
+                )
+            )
+            await conn.execute(key_volumes.insert().values(**binding.__dict__))
+
+    async def unbind(self, key_id: str, volume_id: str) -> bool:
+        query = key_volumes.delete().where(
+            key_volumes.c.key_id == key_id, key_volumes.c.volume_id == volume_id
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount > 0
+
     async def bindings(self, key_id: str) -> list[tuple[Volume, bool]]:
         query = (
             select(volumes, key_volumes.c.read_only)

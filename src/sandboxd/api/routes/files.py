@@ -1,7 +1,8 @@
 """The Files API (spec §5): list, signed upload/download URLs, delete, and the blob endpoints.
 
 The JSON endpoints take a Bearer key. `PUT`/`GET /v1/files/blob/{token}` take none: the signed
-token is the authority (spec §5.4), so any HTTP client can use the URL as it is.
+token is the authority (spec §5.4), so any HTTP client can use the URL as it is, for as long as
+the key that asked for it stays active and allowed (403 `forbidden` once it is revoked).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ router = APIRouter()
 #: Signed file URLs: no Bearer key, the token is the authority.
 BLOB_PREFIX = "/v1/files/blob/"
 
-_S403 = "A read-only volume, or an invalid or expired file URL (`forbidden`)"
+_S403 = (
+    "A read-only volume, or a file URL that is invalid, expired, or signed for an API key since "
+    "revoked (`forbidden`)"
+)
 _S404 = "No such thread, volume or file (`not_found`)"
 _S409 = "The thread is busy with an execution, or a directory is not empty (`conflict`)"
 _S503 = "Thread and volume storage is not available on this server (`unavailable`)"
@@ -79,7 +83,8 @@ class ListFilesRequest(_Body):
     id: StrictStr = IdField
     path: StrictStr | None = Field(
         default=None,
-        description="A directory (or file) to list; default: everything.",
+        description="A directory (or file) to list, relative to the storage root; "
+        "default: everything.",
         json_schema_extra={"anyOf": [{"type": "string", **_PATH_SCHEMA}, {"type": "null"}]},
     )
 
@@ -103,8 +108,12 @@ class UploadUrlRequest(FileRequest):
 
 
 class FileEntry(BaseModel):
-    name: str
-    path: str = Field(description="Relative to the storage root (not to the `path` argument).")
+    name: str = Field(description="The file's or directory's name (the last component of `path`).")
+    path: str = Field(
+        description="Relative to the listed directory (the request's `path`; the storage root when "
+        "there is none), as Baponi answers: prefix the request's `path` to download it. "
+        "Listing one file gives its name."
+    )
     size: int = Field(description="Bytes; 0 for directories.")
     modified: str = Field(description="ISO 8601, UTC.")
     is_directory: bool
@@ -133,7 +142,10 @@ class UploadDone(BaseModel):
 
 @router.post("/v1/files/list", response_model=FileList, responses=_READ_ERRORS, summary="List files")
 async def list_files(body: ListFilesRequest, principal: PrincipalDep, services: ServicesDep) -> FileList:
-    """Everything below `path` (recursively; directories included), or the one file `path`."""
+    """Everything below `path` (recursively; directories included), or the one file `path`.
+
+    Entry paths are relative to `path`: listing `_plots` answers `a.png` (download `_plots/a.png`).
+    """
     entries = await services.files.list(principal, body.source, body.id, body.path)
     return FileList(files=[FileEntry(**e) for e in entries])
 
