@@ -253,6 +253,9 @@ async def test_long_responses_are_not_timed(timed: Any) -> None:
 # --- failed-auth lockout -------------------------------------------------------------------------
 
 
+HERE = "127.0.0.6"
+
+
 def guess(server: Any, n: int, *, source: str = "127.0.0.1", forwarded: str | None = None, path: str = EXECUTE) -> httpx.Response:
     headers = {"Authorization": f"Bearer sk-local-{str(n).rjust(40, 'G')}", "Accept": MCP_ACCEPT}
     if forwarded is not None:
@@ -271,45 +274,46 @@ def defaults(server_factory: Any) -> Any:
 
 def test_forwarded_for_from_loopback_is_ignored_by_default(defaults: Any) -> None:
     srv = defaults
-    for n in range(3):
-        assert guess(srv, n, source="127.0.0.5", forwarded=f"203.0.113.{n}").status_code == 401
+    for n in range(3):  # from 127.0.0.1, which uvicorn trusts by default
+        assert guess(srv, n, forwarded=f"203.0.113.{n}").status_code == 401
     for n, path in ((3, EXECUTE), (4, "/mcp")):
-        r = guess(srv, n, source="127.0.0.5", forwarded=f"203.0.113.{n}", path=path)
+        r = guess(srv, n, forwarded=f"203.0.113.{n}", path=path)
         assert r.status_code == 429 and r.json()["error"] == "rate_limited", r.text
 
 
 def test_forwarded_for_is_believed_from_a_trusted_proxy(server_factory: Any) -> None:
-    srv = server_factory(trusted_proxies="127.0.0.1, 10.9.0.0/16")
+    proxy = "127.0.0.7"
+    srv = server_factory(trusted_proxies=f"{proxy}, 10.9.0.0/16")
     for n in range(3):
-        assert guess(srv, n, forwarded="203.0.113.1").status_code == 401
-    assert guess(srv, 3, forwarded="203.0.113.1").status_code == 429
-    assert guess(srv, 4, forwarded="203.0.113.2").status_code == 401  # another client
-    assert guess(srv, 5, forwarded="203.0.113.1", path="/mcp").status_code == 429
-    # a peer that is not a trusted proxy names no one but itself
+        assert guess(srv, n, source=proxy, forwarded="203.0.113.1").status_code == 401
+    assert guess(srv, 3, source=proxy, forwarded="203.0.113.1").status_code == 429
+    assert guess(srv, 4, source=proxy, forwarded="203.0.113.2").status_code == 401  # another client
+    assert guess(srv, 5, source=proxy, forwarded="203.0.113.1", path="/mcp").status_code == 429
+    # a peer that is not a trusted proxy (loopback included) names no one but itself
     for n in range(3):
-        assert guess(srv, 10 + n, source="127.0.0.2", forwarded=f"203.0.113.{50 + n}").status_code == 401
-    assert guess(srv, 13, source="127.0.0.2", forwarded="203.0.113.99").status_code == 429
+        assert guess(srv, 10 + n, forwarded=f"203.0.113.{50 + n}").status_code == 401
+    assert guess(srv, 13, forwarded="203.0.113.99").status_code == 429
 
 
 async def test_a_lockout_refuses_guesses_but_not_the_other_clients_behind_the_address(defaults: Any) -> None:
-    srv = defaults
+    srv = defaults  # the client address: HERE (127.0.0.1 is the other test's)
     tenant = await srv.create_key()
     never_used_here = await srv.create_key(org="other")
     mcp_body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-    with keyed(srv, tenant) as client:
+    with keyed(srv, tenant, source=HERE) as client:
         assert run_code(client, "print('before')")["stdout"] == "before\n"
         for n in range(3):
-            assert guess(srv, n).status_code == 401
+            assert guess(srv, n, source=HERE).status_code == 401
         # a 4th guess in the window is refused without being looked up ...
-        fourth = guess(srv, 3)
+        fourth = guess(srv, 3, source=HERE)
         assert fourth.status_code == 429 and fourth.json()["error"] == "rate_limited"
         # ... and so is a valid key that has not authenticated from here: no oracle
-        with keyed(srv, never_used_here) as other:
+        with keyed(srv, never_used_here, source=HERE) as other:
             refused = other.post(EXECUTE, json={"code": "1"})
         assert (refused.status_code, refused.json()) == (429, fourth.json())
         # while the tenant's key, which worked from here before, still works, REST and MCP
         assert run_code(client, "print('during')")["stdout"] == "during\n"
         r = client.post("/mcp", json=mcp_body, headers={"Accept": MCP_ACCEPT})
         assert r.status_code == 200, r.text
-        assert guess(srv, 4, path="/mcp").status_code == 429
-        assert guess(srv, 5).status_code == 429  # its successes reset nothing
+        assert guess(srv, 4, source=HERE, path="/mcp").status_code == 429
+        assert guess(srv, 5, source=HERE).status_code == 429  # its successes reset nothing
