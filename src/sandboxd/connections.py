@@ -31,6 +31,7 @@ from typing import Any, Literal
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .clients import TrustedProxies, client_key
+from .observability import Metrics
 
 #: Request line and headers larger than this are refused (431), as nginx's 4 × 8 KiB buffers do.
 MAX_HEAD_BYTES = 64 * 1024
@@ -59,8 +60,9 @@ def _response(status: int, reason: str, code: str, message: str, retry_after_s: 
 class ConnectionGuard:
     """Counts open connections per client and in total: one per server, shared by its connections."""
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, metrics: Metrics | None = None) -> None:
         self.limits = limits
+        self.closed = (metrics or Metrics()).connections_closed
         self.open = 0
         self._by_client: dict[str, int] = defaultdict(int)
         self._over_total = _response(
@@ -88,10 +90,12 @@ class ConnectionGuard:
     def admit(self, host: str | None) -> Callable[[], None] | bytes:
         """Count a connection from `host`: the function that uncounts it (once), or the refusal."""
         if self.open >= self.limits.max_connections:
+            self.closed.labels("total_cap").inc()
             return self._over_total
         key = None if host is None or host in self.limits.trusted_proxies else client_key(host)
         if key is not None:
             if self._by_client[key] >= self.limits.max_connections_per_client:
+                self.closed.labels("per_client_cap").inc()
                 return self._over_client
             self._by_client[key] += 1
         self.open += 1
@@ -153,7 +157,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
         if self._awaiting == "headers" and self._head_bytes > MAX_HEAD_BYTES:
-            self._close_with(self.guard.head_too_large)
+            self._close_with(self.guard.head_too_large, "head_too_large")
 
     # parser callbacks
 
@@ -186,7 +190,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _headers_late(self) -> None:
         self._timer = None
-        self._close_with(self.guard.headers_late)
+        self._close_with(self.guard.headers_late, "header_timeout")
 
     def _await_body(self) -> None:
         self._awaiting = "body"
@@ -198,15 +202,16 @@ class GuardedProtocol(HttpToolsProtocol):
     def _check_body(self) -> None:
         self._timer = None
         limits = self.guard.limits
+        rate = limits.body_min_rate_bytes_s
         now = self.loop.time()
         if self.flow.read_paused:  # we are not reading (the app is behind): restart the clocks
             self._body_last = now
-            self._body_start = now - (self._body_bytes / limits.body_min_rate_bytes_s if limits.body_min_rate_bytes_s else 0)
+            self._body_start = now - (self._body_bytes / rate if rate else 0.0)
         deadline = self._body_last + limits.body_timeout_s
-        if limits.body_min_rate_bytes_s:
-            deadline = min(deadline, self._body_start + limits.body_timeout_s + self._body_bytes / limits.body_min_rate_bytes_s)
+        if rate:  # the bytes so far buy this much time after the grace
+            deadline = min(deadline, self._body_start + limits.body_timeout_s + self._body_bytes / rate)
         if now + 0.001 >= deadline:
-            self._close_with(self.guard.body_late)
+            self._close_with(self.guard.body_late, "body_timeout")
         else:
             self._timer = self.loop.call_at(deadline, self._check_body)
 
@@ -215,8 +220,9 @@ class GuardedProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _close_with(self, response: bytes) -> None:
+    def _close_with(self, response: bytes, reason: str) -> None:
         """Answer `response` unless a response already started on this connection, then close."""
+        self.guard.closed.labels(reason).inc()
         reading_body = self._awaiting == "body"
         self._awaiting = None
         self._stop_timer()
@@ -234,10 +240,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(limits: ConnectionLimits) -> type[GuardedProtocol]:
+def protocol_class(limits: ConnectionLimits, metrics: Metrics | None = None) -> type[GuardedProtocol]:
     """The protocol class for `uvicorn.Config(http=...)`, bound to one server's guard."""
 
     class _Bound(GuardedProtocol):
-        guard = ConnectionGuard(limits)
+        guard = ConnectionGuard(limits, metrics)
 
     return _Bound

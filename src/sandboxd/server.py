@@ -134,7 +134,7 @@ async def serve(services: Services) -> None:
         uvicorn.Config(
             create_api(services), host=settings.host, port=settings.port,
             lifespan="on",  # the MCP endpoint's session manager runs in the app's lifespan
-            http=protocol_class(limits),
+            http=protocol_class(limits, services.metrics),
             # X-Forwarded-For/-Proto only from configured proxies (uvicorn's default trusts
             # loopback, which let every request name its own client address)
             proxy_headers=bool(limits.trusted_proxies),
@@ -148,7 +148,7 @@ async def serve(services: Services) -> None:
         side = _SignallessServer(
             uvicorn.Config(
                 metrics_routes.standalone(services), host=settings.metrics_host,
-                port=settings.metrics_port, lifespan="off", http=protocol_class(limits),
+                port=settings.metrics_port, lifespan="off", http=protocol_class(limits, services.metrics),
                 proxy_headers=False, **common,
             )
         )
