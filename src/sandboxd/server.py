@@ -96,11 +96,16 @@ def _raise_fd_limit() -> int:
     return hard
 
 
+#: Descriptors kept from the connection cap: the server's own work (1,024), plus one burst of
+#: connections accepted before any is refused (uvicorn's listen backlog, 2,048).
+_RESERVED_FDS = 1024 + 2048
+
+
 def _connection_limits(settings: Settings, open_files: int) -> ConnectionLimits:
     """The settings' limits, with the connection cap lowered to leave the server some descriptors
-    (database, pipes and cgroup files of running sandboxes, the storage image): a flood must meet
-    the cap, never EMFILE."""
-    reserve = min(1024, open_files // 2)
+    (database, pipes and cgroup files of running sandboxes, the storage image, a burst of
+    accepted connections): a flood must meet the cap, never EMFILE."""
+    reserve = min(_RESERVED_FDS, open_files // 2)
     total = min(settings.max_connections, max(1, open_files - reserve))
     if total < settings.max_connections:
         log.warning(
