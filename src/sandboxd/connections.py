@@ -204,7 +204,9 @@ class GuardedProtocol(HttpToolsProtocol):
         limits = self.guard.limits
         rate = limits.body_min_rate_bytes_s
         now = self.loop.time()
-        if self.flow.read_paused:  # we are not reading (the app is behind): restart the clocks
+        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+            # we are not reading (the app is behind, or has not asked for the body a client
+            # sending `Expect: 100-continue` holds back): restart the clocks
             self._body_last = now
             self._body_start = now - (self._body_bytes / rate if rate else 0.0)
         deadline = self._body_last + limits.body_timeout_s
