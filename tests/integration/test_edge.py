@@ -9,6 +9,7 @@ keyed client on 127.0.0.1 is another client, as it would be on a network.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import selectors
 import socket
@@ -82,6 +83,11 @@ def error_of(raw: bytes) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
+def closed_count(metrics: str, reason: str) -> float:
+    match = re.search(rf'^sandboxd_connections_closed_total{{reason="{reason}"}} (\S+)$', metrics, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def keyed(server: Any, key: str, source: str = "127.0.0.1", timeout: float = 60) -> httpx.Client:
     return httpx.Client(
         base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
@@ -135,6 +141,7 @@ async def test_idle_connections_are_closed_after_the_header_timeout(timed: Any) 
             assert status == 408 and body["error"] == "request_timeout", body
         # and the server still answers
         assert run_code(client, "print(1)")["stdout"] == "1\n"
+        assert closed_count(client.get("/metrics").text, "header_timeout") >= len(held)
 
 
 async def test_a_flood_meets_the_caps_not_the_descriptor_limit(server_factory: Any) -> None:
@@ -196,6 +203,8 @@ async def test_connection_caps_per_client_and_in_total(server_factory: Any) -> N
             time.sleep(0.1)
             r = client.post(EXECUTE, json={"code": "print(3)"})
         assert r.status_code == 200 and r.json()["stdout"] == "3\n", r.text
+        metrics = client.get("/metrics").text
+    assert closed_count(metrics, "per_client_cap") == 1 and closed_count(metrics, "total_cap") >= 2
 
 
 async def test_a_body_sent_slowly_is_cut(timed: Any) -> None:
