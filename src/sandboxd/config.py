@@ -6,6 +6,7 @@ Every field has a safe default and its unit in its name.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -62,7 +63,41 @@ class Settings(BaseSettings):
     )
     auth_failures_allowed: int = Field(default=3, ge=1, description="Failed auths per IP per window.")
     auth_failure_window_s: int = Field(default=60, ge=1, description="The window of auth_failures_allowed.")
-    auth_lockout_s: int = Field(default=60, ge=1, description="How long an IP is refused after that.")
+    auth_lockout_s: int = Field(
+        default=60, ge=1,
+        description="How long an address is refused after that (except for keys that have "
+        "already authenticated from it; docs/security.md).",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (comma-separated); from any other peer they are ignored.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="A request's headers must arrive within this long of the connection opening "
+        "(or of the request's first byte); else 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Longest silence while a request body arrives; else 408 and close. Responses "
+        "(streams, long runs) are never timed.",
+    )
+    body_min_rate_bytes_s: int = Field(
+        default=4096, ge=0,
+        description="After the first body_timeout_s, a request body must average at least this "
+        "rate (0: no minimum).",
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1,
+        description="Open client connections at once; more are answered 503 and closed. Lowered "
+        "at start to fit the open-file limit.",
+    )
+    max_connections_per_client: int = Field(
+        default=256, ge=1,
+        description="Open connections from one client address (IPv6: one /64); more are answered "
+        "429 and closed. Trusted proxies count only toward max_connections.",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Request bodies above this are refused (413)."
     )
@@ -150,6 +185,21 @@ class Settings(BaseSettings):
     def _split_hosts(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, v: Any) -> Any:
+        return cls._split_hosts(v)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or CIDR network") from None
         return v
 
     @model_validator(mode="after")

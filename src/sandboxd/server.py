@@ -6,6 +6,10 @@ executions get `shutdown_grace_s` to finish and are then killed and recorded
 failed/interrupted, and the clients waiting on them (inline, streams) get their results.
 Only then does uvicorn stop, giving open responses up to the grace period again. A second
 signal stops at once.
+
+At the edge: each connection runs `connections.GuardedProtocol` (request deadlines, connection
+caps), the open-file limit is raised to its hard limit so that those caps, not the kernel, are
+what a flood meets, and forwarded headers are believed only from `trusted_proxies`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
@@ -22,10 +27,13 @@ import uvicorn
 
 from .api import create_api
 from .api.routes import metrics as metrics_routes
+from .clients import TrustedProxies
+from .connections import ConnectionLimits, protocol_class
 from .observability.logging import get_logger
 
 if TYPE_CHECKING:
     from .app import Services
+    from .config import Settings
 
 log = get_logger("sandboxd.server")
 
@@ -69,6 +77,51 @@ class _SignallessServer(uvicorn.Server):
         yield
 
 
+def _raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; the limit now in force.
+
+    Sandboxes set their own (runtime/rlimits.py), so only the server gets the high limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        with open("/proc/sys/fs/nr_open") as f:  # the most Linux allows a process
+            hard = int(f.read())
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit", soft=soft, hard=hard, error=str(exc))
+        return soft
+    return hard
+
+
+#: Descriptors kept from the connection cap: the server's own work (1,024), plus one burst of
+#: connections accepted before any is refused (uvicorn's listen backlog, 2,048).
+_RESERVED_FDS = 1024 + 2048
+
+
+def _connection_limits(settings: Settings, open_files: int) -> ConnectionLimits:
+    """The settings' limits, with the connection cap lowered to leave the server some descriptors
+    (database, pipes and cgroup files of running sandboxes, the storage image, a burst of
+    accepted connections): a flood must meet the cap, never EMFILE."""
+    reserve = min(_RESERVED_FDS, open_files // 2)
+    total = min(settings.max_connections, max(1, open_files - reserve))
+    if total < settings.max_connections:
+        log.warning(
+            "max_connections lowered to fit the open-file limit",
+            max_connections=total, open_files_limit=open_files,
+        )
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        body_min_rate_bytes_s=settings.body_min_rate_bytes_s,
+        max_connections=total,
+        max_connections_per_client=settings.max_connections_per_client,
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+    )
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -76,6 +129,7 @@ def _url(host: str, port: int) -> str:
 async def serve(services: Services) -> None:
     """Serve until signalled, then drain and stop; the caller closes the services."""
     settings = services.settings
+    limits = _connection_limits(settings, _raise_fd_limit())
     common: dict[str, Any] = {
         "log_config": None,  # logging is configured once (observability.logging)
         "log_level": settings.log_level,
@@ -85,6 +139,11 @@ async def serve(services: Services) -> None:
         uvicorn.Config(
             create_api(services), host=settings.host, port=settings.port,
             lifespan="on",  # the MCP endpoint's session manager runs in the app's lifespan
+            http=protocol_class(limits, services.metrics),
+            # X-Forwarded-For/-Proto only from configured proxies (uvicorn's default trusts
+            # loopback, which let every request name its own client address)
+            proxy_headers=bool(limits.trusted_proxies),
+            forwarded_allow_ips=limits.trusted_proxies.as_uvicorn(),
             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)), **common,
         ),
         services.drain,
@@ -94,7 +153,8 @@ async def serve(services: Services) -> None:
         side = _SignallessServer(
             uvicorn.Config(
                 metrics_routes.standalone(services), host=settings.metrics_host,
-                port=settings.metrics_port, lifespan="off", **common,
+                port=settings.metrics_port, lifespan="off", http=protocol_class(limits, services.metrics),
+                proxy_headers=False, **common,
             )
         )
     metrics_url = None

@@ -374,15 +374,17 @@ async def test_official_client_fails_with_a_bad_key(server: Any) -> None:
 async def test_failed_auth_lockout_applies_to_mcp(server_factory: Any) -> None:
     srv = server_factory(auth_failures_allowed=2)
     valid = await srv.create_key()
+    unseen = await srv.create_key()
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     assert rpc(srv, valid, body).status_code == 200
     for _ in range(2):
         assert rpc(srv, "sk-local-" + "w" * 40, body).status_code == 401
-    locked = rpc(srv, valid, body)
+    locked = rpc(srv, unseen, body)  # valid, but never authenticated from this address
     assert locked.status_code == 429 and locked.json()["error"] == "rate_limited"
     assert int(locked.headers["Retry-After"]) >= 1
+    assert rpc(srv, valid, body).status_code == 200  # it did: it still works
     # one limiter for both surfaces
-    rest = httpx.post(f"{srv.url}{EXECUTE}", json={"code": "1"}, headers={"Authorization": f"Bearer {valid}"})
+    rest = httpx.post(f"{srv.url}{EXECUTE}", json={"code": "1"}, headers={"Authorization": f"Bearer {unseen}"})
     assert rest.status_code == 429
 
 

@@ -28,9 +28,10 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     services: Services = request.app.state.services
-    ip = request.client.host if request.client else "unknown"
+    # the peer, or the client a trusted proxy forwarded (server.py)
+    address = request.client.host if request.client else "unknown"
     token = credentials.credentials if credentials is not None else None
-    return await authenticate(services.keys, services.auth_failures, ip, token)
+    return await authenticate(services.keys, services.auth_failures, address, token)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

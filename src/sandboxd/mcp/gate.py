@@ -38,12 +38,12 @@ class McpGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        ip = client[0] if client else "unknown"
+        client = scope.get("client")  # forwarded only by trusted proxies (server.py)
+        address = client[0] if client else "unknown"
         authorization = Headers(scope=scope).get("authorization")
         try:
             principal = await authenticate(
-                self.services.keys, self.services.auth_failures, ip, bearer_token(authorization)
+                self.services.keys, self.services.auth_failures, address, bearer_token(authorization)
             )
         except SandboxdError as exc:
             await response_for(exc)(scope, receive, send)

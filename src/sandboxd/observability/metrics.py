@@ -58,6 +58,12 @@ class Metrics:
             "auth_lockout (429), thread_busy (409), shutting_down (503).",
             ["reason"], registry=r,
         )
+        self.connections_closed = Counter(
+            "sandboxd_connections_closed",
+            "Client connections the server closed at its edge: per_client_cap (429), total_cap "
+            "(503), header_timeout and body_timeout (408), head_too_large (431).",
+            ["reason"], registry=r,
+        )
         self.active_sandboxes = Gauge(
             "sandboxd_active_sandboxes", "Sandboxes running a program now.", registry=r
         )

@@ -1,8 +1,9 @@
 """The domain: executions, keys, tenancy, admission. Every surface calls into here."""
 
-from .admission import AuthFailureLimiter, ConcurrencyLimiter
+from .admission import ConcurrencyLimiter
 from .executions import ExecutionService, Outcome, Runner, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
+from .lockout import AuthFailureLimiter
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
 from .threads import ThreadLocks, ThreadPolicy, ThreadService
