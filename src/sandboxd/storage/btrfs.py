@@ -139,11 +139,12 @@ class Btrfs:
                     self.root.rmdir()
                     self.root.parent.rmdir()
 
-    def create(self, path: Path, limit_bytes: int, group: int | None = None) -> None:
-        """A new subvolume with its quota, a member of the level-1 qgroup 1/`group` if given."""
+    def create(self, path: Path, limit_bytes: int | None, group: int | None = None) -> None:
+        """A new subvolume with its quota (if any), a member of 1/`group` if given."""
         inherit = ("-i", f"1/{group}") if group is not None else ()
         _run("btrfs", "subvolume", "create", *inherit, str(path), step="subvolume create")
-        self.limit(path, limit_bytes)
+        if limit_bytes is not None:
+            self.limit(path, limit_bytes)
 
     def snapshot(self, source: Path, dest: Path, group: int | None = None) -> None:
         """A writable snapshot; it keeps the source's quota limit.

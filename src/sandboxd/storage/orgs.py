@@ -44,7 +44,7 @@ class OrgQuotas:
         self._lock = threading.Lock()
 
     def group(self, org_id: str) -> int:
-        """The organization's qgroup number, made (and its limit set) on first use per process."""
+        """The organization's qgroup number; its anchor and group are made on first use."""
         if (n := self._groups.get(org_id)) is not None:
             return n
         with self._lock:
@@ -57,7 +57,7 @@ class OrgQuotas:
                 os.chmod(parent, 0o711)
             if not anchor.is_dir():
                 try:
-                    self._fs.create(anchor, self.limit_bytes)
+                    self._fs.create(anchor, None)
                 except SandboxSetupError:
                     if not anchor.is_dir():  # not made by another process meanwhile
                         raise
@@ -74,7 +74,7 @@ class OrgQuotas:
             self._fs.group_limit(self.group(anchor.name), self.limit_bytes)
 
     def room(self, org_id: str) -> int:
-        """Bytes the organization may still write (as of the last commit)."""
+        """Bytes the organization may still write (committed usage and reservations since)."""
         used, limit = self._fs.group_usage(self.group(org_id))
         return (limit or self.limit_bytes) - used
 

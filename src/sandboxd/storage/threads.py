@@ -5,8 +5,9 @@
 
 An execution binds its working copy at /home/baponi. When it ends normally the copy is
 swapped in atomically; after a timeout, OOM, cancel or crash it is deleted and the previous
-state stays, and so it does when the shared filesystem filled up during the run (its writes may
-be cut short). Homes and working copies count against their organization's cap (orgs.py). Parents are 0711 so that bwrap, started as the thread's unprivileged uid, can
+state stays, and so it does when the shared filesystem filled up during the run (its writes
+may have been cut short). Homes and working copies count against their organization's cap
+(orgs.py). Parents are 0711 so that bwrap, started as the thread's unprivileged uid, can
 reach the one directory it owns and list nothing.
 """
 
@@ -15,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .btrfs import Btrfs
-from .orgs import OrgQuotas, StorageFull
+from .btrfs import Btrfs, StorageFull
+from .orgs import OrgQuotas
 
 _TRAVERSE_ONLY = 0o711
 
