@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 from _servers import EXECUTE, Pool, api, pool, storage_root, unique
 from conftest import Server
+
+from sandboxd.storage import Btrfs, OrgQuotas, ThreadStore
 
 __all__ = ["pool"]  # a fixture, imported so pytest finds it here
 
@@ -108,3 +111,28 @@ async def test_the_image_of_many_small_threads_stays_near_its_content(pool: Pool
             break
         await asyncio.sleep(0.1)
     assert allocated_bytes(server) < 16 * content, (allocated_bytes(server), content)
+
+
+def test_homes_and_volumes_made_before_org_caps_join_their_org_on_start(tmp_path: Path) -> None:
+    """An image from before org caps: its homes and volumes are in no org group; the server's
+    start (`recover`) adds them, so the cap counts them and a snapshot joins the group exactly."""
+    fs = Btrfs(tmp_path / "storage.img", tmp_path / "mnt", 1)
+    orgs = OrgQuotas(fs, 64 * MIB)
+    try:
+        fs.mount()
+        old_home = fs.root / "threads" / "org_a" / "t1" / "home"
+        old_volume = fs.root / "volumes" / "org_a" / "data"
+        for path in (old_home, old_volume):
+            path.parent.mkdir(parents=True)
+            fs.create(path, 32 * MIB)  # as before: no group
+            (path / "f").write_bytes(os.urandom(MIB))
+        assert fs.members() == {}
+
+        ThreadStore(fs, 32 * MIB, orgs).recover()
+        n = orgs.group("org_a")
+        assert fs.members() == {fs.subvolume_id(old_home): n, fs.subvolume_id(old_volume): n}
+        used, limit = fs.group_usage(n)
+        assert limit == 64 * MIB and 2 * MIB <= used < 3 * MIB
+    finally:
+        fs.reclaimer.stop()
+        fs.unmount()
