@@ -30,7 +30,7 @@ from .service import (
 from .service.files import FilesService
 from .service.keycache import PrincipalCache
 from .service.signing import Signer, files_signing_key
-from .storage import Btrfs, ThreadStore, VolumeStore
+from .storage import Btrfs, OrgQuotas, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
 from .store import Store, create_engine, migrate
 
@@ -105,6 +105,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         raise
     pepper = load_or_create_secret(settings.data_dir)
     fs = storage_fs(settings)
+    orgs = OrgQuotas(fs, settings.org_storage_quota_mib * 1024 * 1024) if fs else None
     webhooks = WebhookService(
         store,
         pepper,
@@ -124,11 +125,11 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         webhooks=webhooks,
         threads=ThreadService(
             store,
-            ThreadStore(fs, settings.thread_quota_mib * 1024 * 1024) if fs else None,
+            ThreadStore(fs, settings.thread_quota_mib * 1024 * 1024, orgs) if fs and orgs else None,
             thread_policy(settings),
             ThreadLocks(settings.data_dir / "locks" / "threads"),
         ),
-        volumes=VolumeService(store, VolumeStore(fs) if fs else None),
+        volumes=VolumeService(store, VolumeStore(fs, orgs) if fs and orgs else None),
     )
 
 

@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         default=64, ge=1, description="Size of the sparse btrfs image that holds thread homes."
     )
     thread_quota_mib: int = Field(default=1024, ge=1, description="Disk quota of one thread's home.")
+    org_storage_quota_mib: int = Field(
+        default=0,
+        ge=0,
+        description="Disk cap of one organization: all its threads and volumes together (a write "
+        "beyond it fails with EDQUOT; a new thread or volume is refused, 403); 0 = half of "
+        "storage_size_gib, so that no organization can fill the shared image.",
+        json_schema_extra={"default_doc": "half of storage_size_gib"},
+    )
     max_threads_per_org: int = Field(default=1000, ge=1, description="Threads an organization may have.")
     thread_retention_days: int = Field(
         default=30, ge=1, description="Threads idle longer than this are deleted."
@@ -207,6 +215,8 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser().absolute()
         if self.max_concurrent_per_org == 0:
             self.max_concurrent_per_org = self.max_concurrent
+        if self.org_storage_quota_mib == 0:
+            self.org_storage_quota_mib = max(1, self.storage_size_gib * 1024 // 2)
         return self
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import Conflict, Forbidden, NotFound, Unavailable
 from ..store import Store, Thread, utcnow
-from ..storage import ThreadStore
+from ..storage import OrgQuotaReached, ThreadStore
 
 log = logging.getLogger("sandboxd.threads")
 
@@ -98,8 +98,11 @@ class ThreadService:
         return self._homes
 
     async def claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
-        """Lock the thread for one execution (409 if busy), creating it on first use."""
-        self._require_storage()
+        """Lock the thread for one execution (409 if busy), creating it on first use.
+
+        A new thread is refused (403) when its organization has used its storage cap.
+        """
+        homes = self._require_storage()
         fd = self._locks.acquire(org_id, thread_id)
         try:
             thread = await self._store.threads.get(org_id, thread_id)
@@ -109,6 +112,10 @@ class ThreadService:
                         raise Forbidden(
                             f"your organization has reached its limit of {self._policy.max_per_org} threads"
                         )
+                    try:
+                        await asyncio.to_thread(homes.orgs.require_room, org_id)
+                    except OrgQuotaReached as exc:
+                        raise Forbidden(str(exc)) from None
                     thread = await self._store.threads.add(org_id, thread_id, self._policy.uid_base)
             return WorkingCopy(thread=thread, lock_fd=fd)
         except BaseException:

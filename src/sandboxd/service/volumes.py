@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from ..ids import new_id
-from ..storage import VolumeStore
+from ..storage import OrgQuotaReached, VolumeStore
 from ..store import DuplicateError, Org, Store, Volume, utcnow
 from .keys import Principal
 
@@ -56,8 +56,10 @@ class VolumeService:
         try:
             assert org.gid is not None
             await asyncio.to_thread(storage.create, org.id, slug, quota_mib * 1024 * 1024, org.gid)
-        except BaseException:
+        except BaseException as exc:
             await self._store.volumes.delete(volume.id)
+            if isinstance(exc, OrgQuotaReached):  # the organization's storage cap is used up
+                raise Forbidden(str(exc)) from None
             raise
         return volume
 

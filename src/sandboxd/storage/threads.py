@@ -5,7 +5,9 @@
 
 An execution binds its working copy at /home/baponi. When it ends normally the copy is
 swapped in atomically; after a timeout, OOM, cancel or crash it is deleted and the previous
-state stays. Parents are 0711 so that bwrap, started as the thread's unprivileged uid, can
+state stays, and so it does when the shared filesystem filled up during the run (its writes
+may have been cut short). Homes and working copies count against their organization's cap
+(orgs.py). Parents are 0711 so that bwrap, started as the thread's unprivileged uid, can
 reach the one directory it owns and list nothing.
 """
 
@@ -14,15 +16,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .btrfs import Btrfs
+from .btrfs import Btrfs, StorageFull
+from .orgs import OrgQuotas
 
 _TRAVERSE_ONLY = 0o711
 
 
 class ThreadStore:
-    def __init__(self, fs: Btrfs, quota_bytes: int) -> None:
+    def __init__(self, fs: Btrfs, quota_bytes: int, orgs: OrgQuotas) -> None:
         self._fs = fs
         self._quota_bytes = quota_bytes
+        self.orgs = orgs
 
     def _dir(self, org_id: str, thread_id: str) -> Path:
         return self._fs.root / "threads" / org_id / thread_id
@@ -44,28 +48,45 @@ class ThreadStore:
     def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
         """A working copy of the thread's home for one execution (created empty the first time)."""
         self._fs.mount()
+        group = self.orgs.group(org_id)
+        self.orgs.make_room(org_id, self._quota_bytes)
         thread_dir = self._dir(org_id, thread_id)
         for path in (self._fs.root, self._fs.root / "threads", thread_dir.parent, thread_dir):
             path.mkdir(exist_ok=True)
             os.chmod(path, _TRAVERSE_ONLY)
         home = thread_dir / "home"
         if not home.is_dir():
-            self._fs.create(home, self._quota_bytes)
+            self._fs.create(home, self._quota_bytes, group)
             os.chown(home, uid, gid)
             os.chmod(home, 0o700)
         for stale in thread_dir.glob("work-*"):  # left by a crash
             self._fs.delete(stale)
         work = thread_dir / f"work-{trace_id}"
-        self._fs.snapshot(home, work)
+        self._fs.snapshot(home, work, group)
         return work
 
     def unmount(self) -> None:
+        self._fs.reclaimer.stop()
         self._fs.unmount()
 
     def commit(self, work: Path) -> None:
-        """Make the working copy the thread's home; the old state goes."""
+        """Make the working copy the thread's home; the old state goes.
+
+        Not when the filesystem is full: the run's writes may have failed with ENOSPC part way,
+        so the working copy goes and the thread keeps its previous state (StorageFull).
+        """
+        if self._fs.free_bytes() < self.orgs.full_below:
+            self._fs.delete(work)
+            raise StorageFull(
+                "the storage filesystem filled up during the run, so its changes to the thread were "
+                "discarded and the thread keeps its previous state"
+            )
         home = work.parent / "home"
-        self._fs.exchange(work, home)
+        try:
+            self._fs.exchange(work, home)
+        except BaseException:
+            self._fs.delete(work)  # the home was not touched
+            raise
         self._fs.delete(work)  # now the previous state
 
     def discard(self, work: Path) -> None:
@@ -84,11 +105,26 @@ class ThreadStore:
         return self._fs.referenced_bytes(home) if home else 0
 
     def recover(self) -> int:
-        """After a crash: delete every working copy; the committed homes are intact."""
-        threads = self._fs.root / "threads"
-        if not self._mounted() or not threads.is_dir():
+        """On server start: delete every working copy a crash left (the committed homes are
+        intact), and bring organization quotas up to date."""
+        if not self._mounted():
             return 0
+        threads = self._fs.root / "threads"
         stale = list(threads.glob("*/*/work-*"))
         for path in stale:
             self._fs.delete(path)
+        self._adopt(threads)
+        self.orgs.apply_limit()
         return len(stale)
+
+    def _adopt(self, threads: Path) -> None:
+        """Homes and volumes made before organization quotas join their organization's group."""
+        parents = self._fs.members()
+        volumes = self._fs.root / "volumes"
+        org_ids = {p.name for base in (threads, volumes) if base.is_dir() for p in base.iterdir()}
+        added = False
+        for org_id in sorted(org_ids):
+            subvolumes = [*threads.glob(f"{org_id}/*/home"), *volumes.glob(f"{org_id}/*")]
+            added |= self.orgs.adopt(org_id, [p for p in subvolumes if p.is_dir()], parents)
+        if added:
+            self._fs.rescan()

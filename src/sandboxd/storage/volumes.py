@@ -13,22 +13,27 @@ import os
 from pathlib import Path
 
 from .btrfs import Btrfs
+from .orgs import OrgQuotas
 
 
 class VolumeStore:
-    def __init__(self, fs: Btrfs) -> None:
+    """Volumes count against their organization's cap with its threads (orgs.py)."""
+
+    def __init__(self, fs: Btrfs, orgs: OrgQuotas) -> None:
         self._fs = fs
+        self.orgs = orgs
 
     def path(self, org_id: str, slug: str) -> Path:
         return self._fs.root / "volumes" / org_id / slug
 
     def create(self, org_id: str, slug: str, quota_bytes: int, gid: int) -> Path:
         self._fs.mount()
+        self.orgs.require_room(org_id)
         path = self.path(org_id, slug)
         for parent in (self._fs.root, self._fs.root / "volumes", path.parent):
             parent.mkdir(exist_ok=True)
             os.chmod(parent, 0o711)
-        self._fs.create(path, quota_bytes)
+        self._fs.create(path, quota_bytes, self.orgs.group(org_id))
         os.chown(path, 0, gid)
         os.chmod(path, 0o2770)
         return path
