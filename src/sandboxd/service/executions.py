@@ -28,7 +28,15 @@ from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSin
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
-from .health import PLATFORM_ERRORS, PlatformFailure, PlatformHealth, runtime_failure, setup_failure, thread_failure, volume_failure
+from .health import (
+    PLATFORM_ERRORS,
+    PlatformFailure,
+    PlatformHealth,
+    runtime_failure,
+    setup_failure,
+    thread_failure,
+    volume_failure,
+)
 from .keys import Principal
 from .requests import ExecuteRequest
 from .threads import ThreadService, WorkingCopy

@@ -69,39 +69,32 @@ class PlatformFailure:
 def setup_failure(exc: SandboxSetupError) -> PlatformFailure:
     """A sandbox layer failed to set up (fail closed: the program did not run)."""
     layer = _layer_of(exc.step)
-    return PlatformFailure(
-        exc.code, layer, f"platform error in the {layer} layer ({_what(exc.step, exc)}); the program did not run"
-    )
+    return PlatformFailure(exc.code, layer, _message(layer, _what(exc.step, exc)))
 
 
 def runtime_failure(exc: BaseException) -> PlatformFailure:
     """An unexpected error in the sandbox runtime."""
-    return PlatformFailure(
-        "internal_error", "runtime",
-        f"platform error in the runtime layer (unexpected {_what(type(exc).__name__, exc)}); the program did not run",
-    )
+    what = "unexpected " + _what(type(exc).__name__, exc)
+    return PlatformFailure("internal_error", "runtime", _message("runtime", what))
 
 
 def volume_failure(exc: BaseException) -> PlatformFailure:
     """A volume bound to the key could not be mounted."""
     step = exc.step if isinstance(exc, SandboxSetupError) else "mount"
-    return PlatformFailure(
-        "volume_mount_error", "volume",
-        f"platform error in the volume layer ({_what(step, exc)}); the program did not run", runtime=False,
-    )
+    message = _message("volume", _what(step, exc))
+    return PlatformFailure("volume_mount_error", "volume", message, runtime=False)
 
 
 def thread_failure(exc: BaseException, *, saving: bool) -> PlatformFailure:
     """The thread's home could not be opened for the run, or its changes not saved after it."""
     step = exc.step if isinstance(exc, SandboxSetupError) else ("save" if saving else "open")
-    then = (
-        "the program ran, but its changes to /home/baponi were not kept"
-        if saving else "the program did not run"
-    )
-    return PlatformFailure(
-        "thread_mount_error", "thread_home",
-        f"platform error in the thread_home layer ({_what(step, exc)}); {then}", runtime=False,
-    )
+    then = "the program ran, but its changes to /home/baponi were not kept" if saving else None
+    message = _message("thread_home", _what(step, exc), then)
+    return PlatformFailure("thread_mount_error", "thread_home", message, runtime=False)
+
+
+def _message(layer: str, what: str, then: str | None = None) -> str:
+    return f"platform error in the {layer} layer ({what}); {then or 'the program did not run'}"
 
 
 def _layer_of(step: str) -> str:
