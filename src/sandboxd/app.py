@@ -28,6 +28,7 @@ from .service import (
     load_or_create_secret,
 )
 from .service.files import FilesService
+from .service.health import PlatformHealth
 from .service.keycache import PrincipalCache
 from .service.signing import Signer, files_signing_key
 from .storage import Btrfs, OrgQuotas, ThreadStore, VolumeStore
@@ -60,10 +61,20 @@ class Services(Admin):
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
     metrics: Metrics = field(default_factory=Metrics)
+    #: False while starting and once a drain began.
     ready: bool = False
+    #: Platform errors and the self-check that ends a not-ready spell after repeated ones.
+    health: PlatformHealth | None = None
     pool: WarmPool | None = None
     #: The sandbox runtime this server built (None when one was passed in, e.g. a test's).
     runtime: BwrapRunner | None = None
+
+    def unready_reason(self) -> str | None:
+        """Why /ready answers 503 (no host paths: it is unauthenticated); None when ready."""
+        if not self.ready:
+            closing = self.executions is not None and self.executions.closing
+            return "shutting down" if closing else "sandbox runtime not ready"
+        return self.health.unready_reason if self.health is not None else None
 
     async def drain(self) -> None:
         """Stop admitting (not ready; new executions 503), give running executions the grace
@@ -77,6 +88,8 @@ class Services(Admin):
         if self.executions is not None:
             grace_s = 0.0 if self.executions.closing else self.settings.shutdown_grace_s
             await self.executions.shutdown(grace_s)
+        if self.health is not None:
+            await self.health.close()
         if self.runtime is not None:
             await self.runtime.close()
         await self.webhooks.stop()
@@ -196,6 +209,14 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
                 pool = real.enable_pool(_pool_settings(settings), home_slots=settings.run_dir / "homes")
                 pool.start()
             runner = real
+        checked = runner
+        health = PlatformHealth(
+            metrics,
+            lambda: check_sandbox(checked),  # type: ignore[arg-type]  # a test's runner: its own run
+            threshold=settings.platform_error_threshold,
+            window_s=settings.platform_error_window_s,
+            recheck_s=settings.selfcheck_interval_s,
+        )
         executions = ExecutionService(
             admin.store,
             runner,
@@ -206,6 +227,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             admin.volumes,
             keepalive_s=settings.keepalive_interval_s,
             metrics=metrics,
+            health=health,
         )
         await admin.threads.recover()
         interrupted = await executions.recover_interrupted()
@@ -243,6 +265,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         ),
         metrics=metrics,
         ready=True,
+        health=health,
         pool=pool,
         runtime=real,
     )

@@ -169,7 +169,8 @@ def run(
         sys.stdout.flush()
         sys.stderr.write(outcome.stderr)
         if outcome.error:
-            sys.stderr.write(f"sandboxd: {outcome.status} ({outcome.error}); trace {outcome.trace_id}\n")
+            why = f"{outcome.error}: {outcome.error_message}" if outcome.error_message else outcome.error
+            sys.stderr.write(f"sandboxd: {outcome.status} ({why}); trace {outcome.trace_id}\n")
         if outcome.output_truncated:
             sys.stderr.write("sandboxd: output truncated at the configured cap\n")
         return outcome.exit_code

@@ -135,6 +135,19 @@ class Settings(BaseSettings):
         description="On stop, running executions get this long to finish before they are "
         "killed and recorded failed/interrupted; then open HTTP responses get as long again.",
     )
+    platform_error_threshold: int = Field(
+        default=3,
+        ge=0,
+        description="Platform errors of the sandbox runtime in a row (no sandbox ran between them, "
+        "all within platform_error_window_s) that turn /ready to 503 until a fresh self-check "
+        "sandbox passes; executions are still admitted meanwhile. 0 = never.",
+    )
+    platform_error_window_s: float = Field(
+        default=60.0, gt=0, description="The window of platform_error_threshold."
+    )
+    selfcheck_interval_s: float = Field(
+        default=5.0, gt=0, description="While not ready after platform errors: time between self-checks."
+    )
     webhook_allow_insecure: bool = Field(
         default=False,
         description="Development only: allow http:// webhook URLs and loopback/private targets.",

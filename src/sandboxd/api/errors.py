@@ -64,7 +64,9 @@ def response_for(exc: e.SandboxdError) -> JSONResponse:
     """The HTTP answer to a service error (also for surfaces outside FastAPI's handlers)."""
     status = status_of(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, e.RateLimited) else None
-    if status >= 500:
+    if isinstance(exc, e.Unavailable):  # expected (a drain, no thread storage): not a fault here
+        log.warning("request refused: %s", exc.message)
+    elif status >= 500:
         log.error("request failed: %s", exc.message)
     return error_response(status, exc.code, exc.message, headers)
 

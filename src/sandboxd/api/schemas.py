@@ -15,12 +15,21 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What went wrong, naming the field where there is one.")
 
 
+#: Not in the Baponi spec (its clients ignore extra fields, §3.4): platform errors never go to stderr.
+ERROR_MESSAGE: Any = Field(
+        default=None,
+        description="A platform error's message (error sandbox_error, internal_error, "
+        "volume_mount_error, thread_mount_error): names the layer that failed; null otherwise.",
+    )
+
+
 class SandboxResult(BaseModel):
     success: bool
     stdout: str
     stderr: str
     exit_code: int
     error: str | None = None
+    error_message: str | None = ERROR_MESSAGE
     trace_id: str
     duration_ms: int
     output_truncated: bool = False
@@ -33,6 +42,7 @@ class SandboxResult(BaseModel):
             stderr=outcome.stderr,
             exit_code=outcome.exit_code,
             error=outcome.error,
+            error_message=outcome.error_message,
             trace_id=outcome.trace_id,
             duration_ms=outcome.duration_ms,
             output_truncated=outcome.output_truncated,
@@ -56,6 +66,7 @@ class ExecutionStatus(BaseModel):
     stdout: str | None = None
     stderr: str | None = None
     error: str | None = None
+    error_message: str | None = ERROR_MESSAGE
     duration_ms: int = 0
     delivery_mode: str = "inline"
     created_at: str = ""
@@ -116,6 +127,7 @@ class EventResult(BaseModel):
     stderr: str
     exit_code: int
     error: str | None
+    error_message: str | None = ERROR_MESSAGE
 
 
 class ResultEvent(BaseModel):

@@ -187,7 +187,8 @@ def _execute_text(outcome: Outcome) -> str:
         parts.append("(no output)")
     parts.append(f"[exit code: {outcome.exit_code}]")
     if outcome.error:
-        parts.append("[error]\n" + outcome.error)
+        why = f"{outcome.error}: {outcome.error_message}" if outcome.error_message else outcome.error
+        parts.append("[error]\n" + why)
     if outcome.output_truncated:
         parts.append("[output truncated: stdout or stderr went past the server's cap]")
     parts.append(f"[trace_id: {outcome.trace_id}]")

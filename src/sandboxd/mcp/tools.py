@@ -117,6 +117,11 @@ class ExecuteResult(BaseModel):
         description="Why the platform stopped it: timeout, memory_limit_exceeded, cancelled, ...; "
         "null for an ordinary exit."
     )
+    error_message: str | None = Field(
+        default=None,
+        description="A platform error's message naming the layer that failed (exit_code -1: the "
+        "program did not run, not a fault of the code); null otherwise.",
+    )
     trace_id: str = Field(description="The execution's id (GET /v1/executions/{trace_id}).")
     duration_ms: int
     output_truncated: bool = Field(description="stdout or stderr went past the server's cap and was cut.")

@@ -38,8 +38,23 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.executions = Counter(
-            "sandboxd_executions", "Executions finished, by language and final status.",
+            "sandboxd_executions",
+            "Executions finished, by language and final status; platform_error when the platform "
+            "failed them (then counted by layer in sandboxd_platform_errors_total), so failed "
+            "counts only programs that failed.",
             ["language", "status"], registry=r,
+        )
+        self.platform_errors = Counter(
+            "sandboxd_platform_errors",
+            "Executions the platform failed (result error sandbox_error, internal_error, "
+            "volume_mount_error, thread_mount_error), by the failing layer: cgroup, uids, network, "
+            "home_slot, interpreter, storage, sandbox, runtime, volume, thread_home.",
+            ["layer"], registry=r,
+        )
+        self.platform_unready = Gauge(
+            "sandboxd_platform_unready",
+            "1 while /ready answers 503 after repeated platform errors, until a fresh self-check passes.",
+            registry=r,
         )
         self.execution_duration = Histogram(
             "sandboxd_execution_duration_seconds",

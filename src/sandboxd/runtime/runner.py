@@ -118,13 +118,15 @@ class BwrapRunner:
         sink: OutputSink | None = None,
         cancel: asyncio.Event | None = None,
         refill_later: bool = False,
+        pooled: bool = True,
     ) -> ExecResult:
         """Run `spec`; a pooled runner then refills the pool, unless the caller says when
-        (`refill_later`, then `refill(spec)`)."""
+        (`refill_later`, then `refill(spec)`). `pooled=False` starts a sandbox now even if a
+        pre-spawned one waits (a self-check tests the host as it is now)."""
         if spec.language not in self.languages:
             raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
         try:
-            if self.pool is not None and (box := self.pool.take(spec)) is not None:
+            if pooled and self.pool is not None and (box := self.pool.take(spec)) is not None:
                 if await self._came_up(box, spec):
                     return await self.serve(box, spec, sink=sink, cancel=cancel)
             async with self._network.attach(spec.network) as net:
@@ -135,7 +137,7 @@ class BwrapRunner:
                     await self.dispose(box)
             return _with_network(result, net)
         finally:
-            if not refill_later:
+            if not refill_later and pooled:
                 # After the run, not during it: on a small machine a sandbox starting next to
                 # the one serving the request slows that one down.
                 self.refill(spec)

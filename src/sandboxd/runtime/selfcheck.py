@@ -29,7 +29,7 @@ def check_prerequisites() -> str:
 
 
 async def check_sandbox(runner: BwrapRunner) -> None:
-    """Run a real sandbox and check what the code inside sees."""
+    """Start a real sandbox (never a pre-spawned one) and check what the code inside sees."""
     probe = (
         b"set -e\n"
         b'test "$(id -u)" = 1000\n'
@@ -40,7 +40,7 @@ async def check_sandbox(runner: BwrapRunner) -> None:
         b"echo sandbox-ok\n"
     )
     spec = SandboxSpec(language="bash", code=probe, limits=Limits(timeout_s=20, memory_mib=256))
-    result = await runner.run(spec)
+    result = await runner.run(spec, pooled=False)
     if result.status is not ExecStatus.SUCCESS or result.stdout.strip() != b"sandbox-ok":
         raise SandboxSetupError(
             "self-check",

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ..store import Execution
+from .health import PLATFORM_ERRORS
 
 
 def iso(value: datetime | None) -> str | None:
@@ -15,7 +16,9 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def execution_document(e: Execution) -> dict[str, Any]:
+def execution_document(e: Execution, error_message: str | None = None) -> dict[str, Any]:
+    """`error_message`: a platform failure's own message (ExecutionService.error_message);
+    without one, a platform error code gets its general message."""
     return {
         "trace_id": e.trace_id,
         "status": e.status,
@@ -23,6 +26,7 @@ def execution_document(e: Execution) -> dict[str, Any]:
         "stdout": e.stdout,
         "stderr": e.stderr,
         "error": e.error,
+        "error_message": error_message or PLATFORM_ERRORS.get(e.error or ""),
         "duration_ms": e.duration_ms,
         "delivery_mode": e.delivery_mode,
         "created_at": iso(e.created_at) or "",

@@ -28,6 +28,15 @@ from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSin
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
+from .health import (
+    PLATFORM_ERRORS,
+    PlatformFailure,
+    PlatformHealth,
+    runtime_failure,
+    setup_failure,
+    thread_failure,
+    volume_failure,
+)
 from .keys import Principal
 from .requests import ExecuteRequest
 from .threads import ThreadService, WorkingCopy
@@ -68,6 +77,8 @@ class Outcome:
     output_truncated: bool
     #: What the network policy decided for each destination the code asked for.
     network: tuple[NetworkDecision, ...] = ()
+    #: A platform failure's message naming the failing layer (service/health.py); else None.
+    error_message: str | None = None
 
     @property
     def success(self) -> bool:
@@ -81,6 +92,7 @@ class Outcome:
             "stderr": self.stderr,
             "exit_code": self.exit_code,
             "error": self.error,
+            "error_message": self.error_message,
         }
 
 
@@ -120,8 +132,10 @@ class ExecutionService:
         *,
         keepalive_s: float = 15.0,
         metrics: Metrics | None = None,
+        health: PlatformHealth | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._health = health or PlatformHealth(self._metrics)
         self._closing = False
         self._threads = threads
         self._volumes = volumes
@@ -251,14 +265,14 @@ class ExecutionService:
                 spec = replace(spec, mounts=mounts)
             except (VolumeMissing, SandboxSetupError, OSError) as exc:
                 log.error("execution %s: volumes: %s", sub.trace_id, exc)
-                outcome = self._platform_failure(sub, "volume_mount_error")
+                outcome = self._platform_failure(sub, volume_failure(exc))
             if sub.thread is not None and outcome is None:
                 try:
                     home = await self._threads.open(sub.thread, sub.trace_id, spec.host_gid)
                     spec = replace(spec, home=home, host_uid=sub.thread.thread.uid)
                 except Exception as exc:
                     log.error("execution %s: thread home: %s", sub.trace_id, exc)
-                    outcome = self._platform_failure(sub, "thread_mount_error")
+                    outcome = self._platform_failure(sub, thread_failure(exc, saving=False))
             if outcome is None:
                 outcome = await self._sandbox(sub, spec)
         finally:
@@ -270,10 +284,14 @@ class ExecutionService:
                 keep = outcome is not None and outcome.error is None
                 try:
                     await self._threads.close(sub.thread, keep=keep)
-                except Exception:
+                except Exception as exc:
                     log.exception("execution %s: saving the thread home failed", sub.trace_id)
                     if keep and outcome is not None:  # its writes are lost: say so
-                        outcome = replace(outcome, status="failed", error="thread_mount_error")
+                        failure = thread_failure(exc, saving=True)
+                        self._health.failed(failure)
+                        outcome = replace(
+                            outcome, status="failed", error=failure.code, error_message=failure.message
+                        )
         try:
             await self._finish(sub, outcome)
         finally:
@@ -291,7 +309,8 @@ class ExecutionService:
     def _observe(self, sub: Submission, language: str, outcome: Outcome) -> None:
         """Count the execution and log one line for it (never its code, env or output)."""
         wall_s = time.monotonic() - sub.accepted_at
-        self._metrics.executions.labels(language, outcome.status).inc()
+        status = outcome.status if outcome.error_message is None else "platform_error"
+        self._metrics.executions.labels(language, status).inc()
         if sub.sandbox_s is not None:
             self._metrics.execution_overhead.labels(language).observe(max(0.0, wall_s - sub.sandbox_s))
         events_log.info(
@@ -312,10 +331,11 @@ class ExecutionService:
                 result = await self._runner.run(spec, sink=sink, cancel=sub.cancel, refill_later=True)
         except SandboxSetupError as exc:
             log.error("execution %s: %s", sub.trace_id, exc.message)
-            return self._platform_failure(sub, exc.code)
-        except Exception:
+            return self._platform_failure(sub, setup_failure(exc))
+        except Exception as exc:
             log.exception("execution %s failed in the runtime", sub.trace_id)
-            return self._platform_failure(sub, "internal_error")
+            return self._platform_failure(sub, runtime_failure(exc))
+        self._health.ran()
         sub.sandbox_s = result.duration_ms / 1000
         self._metrics.execution_duration.labels(spec.language).observe(sub.sandbox_s)
         for stream, decoder in decoders.items():
@@ -336,9 +356,13 @@ class ExecutionService:
             network=result.network,
         )
 
-    def _platform_failure(self, sub: Submission, error: str) -> Outcome:
-        """The process never ran: exit code -1 and the platform's error code (spec §3.4)."""
-        return Outcome(sub.trace_id, "failed", -1, "", "", error, 0, False)
+    def _platform_failure(self, sub: Submission, failure: PlatformFailure) -> Outcome:
+        """The process never ran: exit code -1, the platform's error code (spec §3.4) and a
+        message naming the layer (never in stderr); counted apart from programs that failed."""
+        self._health.failed(failure)
+        return Outcome(
+            sub.trace_id, "failed", -1, "", "", failure.code, 0, False, error_message=failure.message
+        )
 
     async def _finish(self, sub: Submission, outcome: Outcome) -> None:
         """Record the result, close the log with the result event, keep the log for replays.
@@ -395,6 +419,19 @@ class ExecutionService:
         if execution is None or execution.org_id != principal.org.id:
             raise NotFound(f"no execution {trace_id!r}")
         return execution
+
+    async def error_message(self, execution: Execution) -> str | None:
+        """A finished platform failure's message naming the layer, from its stored result event
+        (no column holds it); None when there is none (documents.py then gives the code's)."""
+        if execution.error not in PLATFORM_ERRORS or execution.status not in TERMINAL:
+            return None
+        if execution.exit_code != -1:  # the program ran: its log can be long; not worth reading
+            return None
+        for _, kind, body in reversed(await self._store.events.after(execution.trace_id, 0)):
+            if kind == "result":
+                message = (body.get("result") or {}).get("error_message")
+                return message if isinstance(message, str) else None
+        return None
 
     async def events(self, principal: Principal, trace_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
         """Events after `after_seq`: live while it runs, from the store once it has ended.

@@ -42,7 +42,8 @@ def _checked(trace_id: str) -> str:
 )
 async def get_execution(trace_id: str, principal: PrincipalDep, services: ServicesDep) -> ExecutionStatus:
     execution = await services.executions.get(principal, _checked(trace_id))
-    return ExecutionStatus(**execution_document(execution))
+    message = await services.executions.error_message(execution)
+    return ExecutionStatus(**execution_document(execution, message))
 
 
 @router.get(

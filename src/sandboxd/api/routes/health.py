@@ -30,10 +30,14 @@ async def health() -> dict[str, str]:
 @router.get(
     "/ready",
     response_model=Ready,
-    responses=error_responses(503, s503="The sandbox self-check has not passed (`unavailable`)"),
+    responses=error_responses(
+        503,
+        s503="Not ready (`unavailable`, the message says why): starting, shutting down, or "
+        "repeated platform errors until a fresh sandbox self-check passes",
+    ),
     summary="Ready to run code: the sandbox self-check passed",
 )
 async def ready(services: ServicesDep) -> JSONResponse:
-    if not services.ready:
-        return error_response(503, "unavailable", "sandbox runtime not ready")
+    if (reason := services.unready_reason()) is not None:
+        return error_response(503, "unavailable", reason)
     return JSONResponse({"status": "ready", "languages": sorted(services.executions.languages)})
