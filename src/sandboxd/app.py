@@ -28,7 +28,9 @@ from .service import (
     load_or_create_secret,
 )
 from .service.files import FilesService
+from .service.executions import EventSettings
 from .service.keycache import PrincipalCache
+from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
 from .storage import Btrfs, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
@@ -59,6 +61,7 @@ class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
+    retention: RetentionService = field(default=None)  # type: ignore[assignment]
     metrics: Metrics = field(default_factory=Metrics)
     ready: bool = False
     pool: WarmPool | None = None
@@ -79,6 +82,8 @@ class Services(Admin):
             await self.executions.shutdown(grace_s)
         if self.runtime is not None:
             await self.runtime.close()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.webhooks.stop()
         await self.threads.stop()
         await self.store.close()
@@ -161,6 +166,15 @@ def sandbox_defaults(settings: Settings) -> Limits:
     )
 
 
+def event_settings(settings: Settings) -> EventSettings:
+    return EventSettings(
+        output_interval_s=settings.output_event_interval_ms / 1000,
+        output_max_bytes=settings.output_event_max_bytes,
+        max_output_events=settings.max_output_events,
+        flush_interval_s=settings.event_flush_interval_ms / 1000,
+    )
+
+
 def build_runner(settings: Settings) -> BwrapRunner:
     """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
     pooled = settings.pool_max_total if settings.pool_enabled else 0
@@ -205,6 +219,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             admin.volumes,
             keepalive_s=settings.keepalive_interval_s,
             metrics=metrics,
+            events=event_settings(settings),
         )
         await admin.threads.recover()
         interrupted = await executions.recover_interrupted()
@@ -221,6 +236,8 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         pool.on_take = lambda hit: metrics.pool_requests.labels("hit" if hit else "miss").inc()
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
+    retention = RetentionService(admin.store, execution_retention_days=settings.execution_retention_days)
+    retention.start()
     return Services(
         settings=settings,
         store=admin.store,
@@ -238,6 +255,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             admin.threads, admin.volumes, Signer(files_signing_key(load_or_create_secret(settings.data_dir)))
         ),
         metrics=metrics,
+        retention=retention,
         ready=True,
         pool=pool,
         runtime=real,
