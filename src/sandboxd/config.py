@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         "stored as events, but still reaches the execution's result (up to output_limit_bytes).",
     )
     event_flush_interval_ms: float = Field(
-        default=50.0, gt=0,
+        default=100.0, gt=0,
         description="A running execution's events are stored at most this often (after a "
         "short burst), once it has a follower or has run this long; a follower sees an event "
         "only once it is stored, so a reconnect after a crash continues where it stopped.",

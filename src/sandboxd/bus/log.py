@@ -57,7 +57,7 @@ class Event:
 class EventLog:
     """Append-only, in memory while the execution runs. Closed by its `result` event."""
 
-    def __init__(self, writer: Writer | None = None, *, flush_interval_s: float = 0.05) -> None:
+    def __init__(self, writer: Writer | None = None, *, flush_interval_s: float = 0.1) -> None:
         self._events: list[Event] = []
         self._changed = asyncio.Condition()
         self.last_append = time.monotonic()

@@ -92,7 +92,7 @@ class EventSettings:
     output_interval_s: float = 0.01
     output_max_bytes: int = 64 * 1024
     max_output_events: int = 10_000
-    flush_interval_s: float = 0.05
+    flush_interval_s: float = 0.1
 
 
 @dataclass
@@ -473,7 +473,8 @@ async def _iterate(events: list[Event]) -> AsyncIterator[Event]:
 
 
 def _synthesized(e: Execution) -> list[tuple[int, str, dict[str, Any]]]:
-    """A terminal execution with no stored log (ended by a restart): its status and result."""
+    """A terminal execution with no stored log (its result could not be stored, or a restart
+    before version 0006 ended it): its status and result."""
     result = {
         "success": e.status == "success",
         "stdout": e.stdout or "",
