@@ -99,7 +99,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0005"]  # the newest migration (0005: network policy)
+        assert versions == ["0006"]  # the newest migration (0006: event logs, output stored once)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
