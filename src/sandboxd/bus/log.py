@@ -68,6 +68,7 @@ class EventLog:
         self._tokens = float(_BURST)
         self._refilled = time.monotonic()
         self._flusher: asyncio.Task[None] | None = None
+        self._sealed = False  # closing: the last write is the caller's
         self._timer: asyncio.TimerHandle | None = None
         if writer is not None:
             self._timer = asyncio.get_running_loop().call_later(flush_interval_s, self._start_flushing)
@@ -79,11 +80,6 @@ class EventLog:
     @property
     def events(self) -> list[Event]:
         return list(self._events)
-
-    @property
-    def pending(self) -> list[Event]:
-        """Events not written yet (none without a writer)."""
-        return self._events[self._visible():]
 
     def _visible(self) -> int:
         return self._stored if self._writer is not None else len(self._events)
@@ -103,6 +99,7 @@ class EventLog:
         followers even if `write` fails (then it raises)."""
         async with self._write_lock:
             event = await self.append("result", **body)
+            self._sealed = True
             self._stop_flushing()
             try:
                 await write(self._events[self._stored:])
@@ -148,13 +145,12 @@ class EventLog:
             self._changed.notify_all()
 
     def _start_flushing(self) -> None:
-        if self._writer is None or self._flusher is not None:
+        if self._writer is None or self._flusher is not None or self._sealed:
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._ended():
-            self._flusher = asyncio.create_task(self._flush_loop(), name="event-log-flusher")
+        self._flusher = asyncio.create_task(self._flush_loop(), name="event-log-flusher")
 
     def _stop_flushing(self) -> None:
         if self._timer is not None:
