@@ -29,7 +29,9 @@ from .service import (
 )
 from .service.files import FilesService
 from .service.health import PlatformHealth
+from .service.executions import EventSettings
 from .service.keycache import PrincipalCache
+from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
 from .storage import Btrfs, OrgQuotas, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
@@ -60,6 +62,7 @@ class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
+    retention: RetentionService = field(default=None)  # type: ignore[assignment]
     metrics: Metrics = field(default_factory=Metrics)
     #: False while starting and once a drain began.
     ready: bool = False
@@ -92,6 +95,8 @@ class Services(Admin):
             await self.health.close()
         if self.runtime is not None:
             await self.runtime.close()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.webhooks.stop()
         await self.threads.stop()
         await self.store.close()
@@ -175,6 +180,15 @@ def sandbox_defaults(settings: Settings) -> Limits:
     )
 
 
+def event_settings(settings: Settings) -> EventSettings:
+    return EventSettings(
+        output_interval_s=settings.output_event_interval_ms / 1000,
+        output_max_bytes=settings.output_event_max_bytes,
+        max_output_events=settings.max_output_events,
+        flush_interval_s=settings.event_flush_interval_ms / 1000,
+    )
+
+
 def build_runner(settings: Settings) -> BwrapRunner:
     """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
     pooled = settings.pool_max_total if settings.pool_enabled else 0
@@ -228,6 +242,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             keepalive_s=settings.keepalive_interval_s,
             metrics=metrics,
             health=health,
+            events=event_settings(settings),
         )
         await admin.threads.recover()
         interrupted = await executions.recover_interrupted()
@@ -244,6 +259,8 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
         pool.on_take = lambda hit: metrics.pool_requests.labels("hit" if hit else "miss").inc()
     admin.webhooks.start()  # also resumes deliveries left pending by the last run
     admin.threads.start()
+    retention = RetentionService(admin.store, execution_retention_days=settings.execution_retention_days)
+    retention.start()
     return Services(
         settings=settings,
         store=admin.store,
@@ -264,6 +281,7 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             admin.keys,
         ),
         metrics=metrics,
+        retention=retention,
         ready=True,
         health=health,
         pool=pool,

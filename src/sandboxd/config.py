@@ -54,6 +54,30 @@ class Settings(BaseSettings):
     output_limit_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Cap on captured stdout and on stderr, each."
     )
+    output_event_interval_ms: float = Field(
+        default=10.0, ge=0,
+        description="Output of one stream becomes at most one event per this interval (the "
+        "first bytes after a quiet spell go out at once); pipe reads in between are joined.",
+    )
+    output_event_max_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="An output event is sent early once this many bytes wait."
+    )
+    max_output_events: int = Field(
+        default=10_000, ge=1,
+        description="Output events per execution; past it output is no longer streamed or "
+        "stored as events, but still reaches the execution's result (up to output_limit_bytes).",
+    )
+    event_flush_interval_ms: float = Field(
+        default=100.0, gt=0,
+        description="A running execution's events are stored at most this often (after a "
+        "short burst), once it has a follower or has run this long; a follower sees an event "
+        "only once it is stored, so a reconnect after a crash continues where it stopped.",
+    )
+    execution_retention_days: int = Field(
+        default=30, ge=1,
+        description="Finished executions older than this are deleted, with their event logs "
+        "and webhook deliveries (a sweep at start, then hourly).",
+    )
     max_concurrent: int = Field(
         default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs.",
         json_schema_extra={"default_doc": "4 × CPUs, at least 4"},

@@ -6,6 +6,7 @@ The PostgreSQL server is a throwaway one started from this machine's binaries
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -98,7 +99,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0005"]  # the newest migration (0005: network policy)
+        assert versions == ["0006"]  # the newest migration (0006: event logs, output stored once)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
@@ -346,7 +347,14 @@ def test_server_on_postgres_execute_and_read_back(
         "SELECT status, stdout, metadata->>'run' AS run FROM executions WHERE trace_id = $1",
         trace_id,
     )
-    assert rows == [{"status": "success", "stdout": "42\n", "run": "pg ✓"}]
+    # the output is stored once: raw in its output events; the row keeps only what came after
+    assert rows == [{"status": "success", "stdout": "", "run": "pg ✓"}]
+    outputs = pg_server.fetch(
+        pg_sandboxd.database,
+        "SELECT stream, data FROM execution_events WHERE trace_id = $1 AND type = 'output'",
+        trace_id,
+    )
+    assert outputs == [{"stream": "stdout", "data": b"42\n"}]
     assert not (pg_sandboxd.server.data_dir / "sandboxd.db").exists()
 
 
@@ -362,7 +370,11 @@ def test_server_on_postgres_output_with_nul_byte(pg_sandboxd: PgSandboxd) -> Non
         assert r.status_code == 200, r.text
         assert r.json()["stdout"] == "a\x00b"
         g = c.get(f"/v1/executions/{r.json()['trace_id']}")
+        with c.stream("GET", f"/v1/executions/{r.json()['trace_id']}/output") as replay:
+            events = [json.loads(line) for line in replay.iter_lines() if line]
     assert g.status_code == 200 and g.json()["status"] == "success"
+    assert g.json()["stdout"] == "a\ufffdb"  # as the status document always showed a NUL
+    assert events[-1]["result"]["stdout"] == "a\x00b"
 
 
 def test_cli_key_name_too_long_on_postgres(pg_sandboxd: PgSandboxd) -> None:

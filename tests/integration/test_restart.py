@@ -183,3 +183,41 @@ async def test_finished_executions_and_their_logs_survive_a_restart(server_facto
             check_replay(live, trace_id)
     finally:
         second.stop()
+
+
+async def test_reconnect_after_a_crash_gets_the_rest_and_the_result(server_factory) -> None:
+    """Issue #12 item 11: a client saw seq 1..k, the server was SIGKILLed; after the restart a
+    reconnect with after_seq=k gets seq k+1.. ending with the result, which keeps the output seen."""
+    first = server_factory()
+    key = await first.create_key()
+    code = 'for i in $(seq 1 600); do echo "line $i"; sleep 0.05; done'
+    seen: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=first.url, headers=auth(key), timeout=60) as c:
+        async with c.stream("POST", EXECUTE, json={"code": code, "language": "bash"}, headers={"Accept": NDJSON}) as r:
+            async for line in r.aiter_lines():
+                if line:
+                    seen.append(json.loads(line))
+                    if sum(e["type"] == "output" for e in seen) == 3:
+                        break
+        trace_id, last_seq = seen[0]["trace_id"], seen[-1]["seq"]
+        seen_text = "".join(e["data"] for e in seen if e["type"] == "output")
+        await asyncio.sleep(0.3)  # more output the client never saw
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(30)
+
+    second = restart(first.data_dir, {})
+    try:
+        async with httpx.AsyncClient(base_url=second.url, headers=auth(key), timeout=60) as c:
+            rest = await replay(c, trace_id, after_seq=last_seq)
+            result = check_replay(rest, trace_id, first_seq=last_seq + 1)
+            assert result["status"] == "failed" and result["result"]["error"] == "interrupted"
+            stdout = result["result"]["stdout"]
+            assert stdout == seen_text + "".join(e["data"] for e in rest if e["type"] == "output")
+            assert stdout.startswith("line 1\nline 2\n") and "line 600" not in stdout
+            status = await get(c, trace_id)
+            assert status["stdout"] == stdout and status["error"] == "interrupted"
+            whole = await replay(c, trace_id)
+            assert whole[:len(seen)] == seen and whole[len(seen):] == rest
+            check_replay(whole, trace_id)
+    finally:
+        second.stop()

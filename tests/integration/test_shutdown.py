@@ -20,10 +20,17 @@ GRACE_S = 4
 
 
 def rows(server: Server, trace_id: str) -> dict[str, Any]:
+    """The execution's row, its output as stored since 0006: the output events' text, then
+    the row's own stdout/stderr (what came after the last output event)."""
     with contextlib.closing(sqlite3.connect(server.data_dir / "sandboxd.db", timeout=30)) as conn:
         conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM executions WHERE trace_id = ?", (trace_id,)).fetchone()
-        return dict(row)
+        row = dict(conn.execute("SELECT * FROM executions WHERE trace_id = ?", (trace_id,)).fetchone())
+        if row["output_in_events"]:
+            for stream in ("stdout", "stderr"):
+                query = "SELECT data FROM execution_events WHERE trace_id = ? AND type = 'output' AND stream = ? ORDER BY seq"
+                logged = b"".join(r["data"] for r in conn.execute(query, (trace_id, stream)))
+                row[stream] = logged.decode() + (row[stream] or "")
+        return row
 
 
 async def first_output(c: httpx.AsyncClient, trace_id: str) -> None:

@@ -1,12 +1,14 @@
-"""The event log behind every NDJSON stream: numbering, replay, following, closing."""
+"""The event log behind every NDJSON stream: numbering, replay, following, closing; storing it
+as it goes; output events coalesced by time and size, and capped."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from sandboxd.bus import Event, EventLog
+from sandboxd.bus import Event, EventLog, OutputEvents
 
 
 async def collect(log: EventLog, after_seq: int = 0, timeout: float = 5) -> list[Event]:
@@ -181,3 +183,166 @@ async def test_last_append_moves_on_every_append() -> None:
 async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+# --- durability: a log with a writer -----------------------------------------------------------
+
+
+class Recorder:
+    """A writer that records each batch; `fail` makes the next writes raise."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.fail = False
+
+    async def __call__(self, events: list[Event]) -> None:
+        if self.fail:
+            raise OSError("database is gone")
+        self.batches.append([e.seq for e in events])
+
+    @property
+    def stored(self) -> list[int]:
+        return [seq for batch in self.batches for seq in batch]
+
+
+async def test_a_short_run_without_follower_writes_once_at_close() -> None:
+    store, final = Recorder(), Recorder()
+    log = EventLog(store, flush_interval_s=0.2)
+    await log.append("status", trace_id="trc_x", status="queued")
+    await log.append("output", stream="stdout", data="hi\n")
+    await log.close(final, trace_id="trc_x", status="success", result={}, output_truncated=False)
+    await asyncio.sleep(0.3)
+    assert store.batches == []
+    assert final.batches == [[1, 2, 3]]
+
+
+async def test_a_follower_sees_only_stored_events() -> None:
+    store, final = Recorder(), Recorder()
+    log = EventLog(store, flush_interval_s=0.05)
+    await log.append("status", trace_id="trc_x", status="queued")
+    seen: list[int] = []
+
+    async def follower() -> None:
+        async for event in log.follow(0):
+            assert event.seq in store.stored + final.stored, "shown before it was stored"
+            seen.append(event.seq)
+
+    task = asyncio.create_task(follower())
+    await asyncio.wait_for(_until(lambda: seen == [1]), 5)
+    started = time.monotonic()
+    for i in range(30):
+        await log.append("output", stream="stdout", data=str(i))
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(_until(lambda: len(seen) == 31), 5)
+    elapsed = time.monotonic() - started
+    await log.close(final, trace_id="trc_x", status="success", result={}, output_truncated=False)
+    await asyncio.wait_for(task, 5)
+    assert seen == list(range(1, 33))
+    # 31 events over ~150 ms: a burst, then one write per interval, never one per event
+    assert len(store.batches) <= 3 + elapsed / 0.05 + 2, (elapsed, store.batches)
+    assert store.stored == list(range(1, 32))
+
+
+async def test_a_long_run_is_stored_without_a_follower() -> None:
+    store = Recorder()
+    log = EventLog(store, flush_interval_s=0.05)
+    await log.append("status", trace_id="trc_x", status="queued")
+    await log.append("output", stream="stdout", data="a")
+    await asyncio.wait_for(_until(lambda: store.stored == [1, 2]), 5)
+    await log.append("output", stream="stdout", data="b")
+    await asyncio.wait_for(_until(lambda: store.stored == [1, 2, 3]), 5)
+    final = Recorder()
+    await log.close(final, trace_id="trc_x", status="success", result={}, output_truncated=False)
+    assert final.batches == [[4]]  # only what was not stored yet
+
+
+async def test_a_failed_write_is_retried_and_close_still_ends_followers() -> None:
+    store = Recorder()
+    store.fail = True
+    log = EventLog(store, flush_interval_s=0.02)
+    await log.append("status", trace_id="trc_x", status="queued")
+    follower = asyncio.create_task(collect(log, 0))
+    await asyncio.sleep(0.1)
+    assert not follower.done()
+    store.fail = False
+    await asyncio.wait_for(_until(lambda: store.stored == [1]), 5)
+    broken = Recorder()
+    broken.fail = True
+    with pytest.raises(OSError):
+        await log.close(broken, trace_id="trc_x", status="failed", result={}, output_truncated=False)
+    assert [e.seq for e in await follower] == [1, 2]
+
+
+# --- output events: coalescing by time and size, capped ---------------------------------------
+
+
+async def outputs(log: EventLog) -> list[tuple[str, str]]:
+    return [(e.body["stream"], e.body["data"]) for e in log.events if e.type == "output"]
+
+
+async def test_the_first_bytes_are_an_event_at_once() -> None:
+    log = EventLog()
+    out = OutputEvents(log, interval_s=10)
+    await out.write("stdout", b"first")
+    assert await outputs(log) == [("stdout", "first")]
+
+
+async def test_a_byte_at_a_time_makes_one_event_per_interval() -> None:
+    log = EventLog()
+    out = OutputEvents(log, interval_s=0.05)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5:
+        await out.write("stdout", b"x")
+        await asyncio.sleep(0.0005)
+    await out.drain()
+    events = await outputs(log)
+    written = "".join(d for _, d in events)
+    assert set(written) == {"x"} and len(written) > 100
+    assert 5 <= len(events) <= 0.5 / 0.05 + 3, len(events)
+
+
+async def test_waiting_bytes_go_out_within_the_interval_without_more_writes() -> None:
+    log = EventLog()
+    out = OutputEvents(log, interval_s=0.05)
+    await out.write("stdout", b"a")
+    await out.write("stdout", b"b")
+    await out.write("stderr", b"e")
+    assert await outputs(log) == [("stdout", "a")]
+    await asyncio.wait_for(_until(lambda: len(log.events) == 3), 2)
+    assert await outputs(log) == [("stdout", "a"), ("stdout", "b"), ("stderr", "e")]
+
+
+async def test_size_sends_an_event_early_and_bounds_it() -> None:
+    log = EventLog()
+    out = OutputEvents(log, interval_s=10, max_bytes=1024)
+    await out.write("stdout", b"0")
+    for _ in range(10):
+        await out.write("stdout", b"y" * 300)
+    sizes = [len(d) for _, d in await outputs(log)]
+    assert sizes[0] == 1 and all(s <= 1024 for s in sizes) and len(sizes) >= 3
+    await out.drain()
+    assert sum(len(d) for _, d in await outputs(log)) == 3001
+
+
+async def test_a_character_split_between_reads_is_not_broken() -> None:
+    log = EventLog()
+    out = OutputEvents(log, interval_s=0)
+    encoded = "é€😀\x00".encode()
+    for i in range(len(encoded)):
+        await out.write("stdout", encoded[i:i + 1])
+    await out.write("stderr", b"\xff")  # invalid bytes become U+FFFD
+    await out.drain()
+    events = await outputs(log)
+    assert "".join(d for s, d in events if s == "stdout") == "é€😀\x00"
+    assert all(d for _, d in events)
+    assert [d for s, d in events if s == "stderr"] == ["\ufffd"]
+
+
+async def test_output_events_are_capped() -> None:
+    log = EventLog()
+    out = OutputEvents(log, interval_s=0, max_events=3)
+    for i in range(10):
+        await out.write("stdout", f"{i}".encode())
+    await out.drain()
+    assert [d for _, d in await outputs(log)] == ["0", "1", "2"]
+    assert out.capped

@@ -1,5 +1,6 @@
 """Execution events: the log every delivery mode reads (in-process; Redis Streams later)."""
 
-from .log import Event, EventLog, EventType
+from .log import Event, EventLog, EventType, Writer
+from .output import OutputEvents
 
-__all__ = ["Event", "EventLog", "EventType"]
+__all__ = ["Event", "EventLog", "EventType", "OutputEvents", "Writer"]

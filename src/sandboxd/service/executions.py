@@ -9,7 +9,6 @@ nothing: the events stay replayable and the result stays retrievable.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
 import time
@@ -19,12 +18,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from ..bus import Event, EventLog
+from ..bus import Event, EventLog, OutputEvents
 from ..errors import Conflict, InvalidRequest, NotFound, SandboxSetupError, Unavailable
 from ..ids import new_trace_id
 from ..observability import Metrics
 from ..observability.logging import get_logger
-from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
+from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
@@ -96,6 +95,18 @@ class Outcome:
         }
 
 
+@dataclass(frozen=True)
+class EventSettings:
+    """How output becomes events and how often a running log is written (settings
+    `output_event_interval_ms`, `output_event_max_bytes`, `max_output_events`,
+    `event_flush_interval_ms`)."""
+
+    output_interval_s: float = 0.01
+    output_max_bytes: int = 64 * 1024
+    max_output_events: int = 10_000
+    flush_interval_s: float = 0.1
+
+
 @dataclass
 class Submission:
     """A running execution: its event log, its cancel switch and the task that runs it."""
@@ -103,6 +114,7 @@ class Submission:
     trace_id: str
     org_id: str
     log: EventLog
+    output: OutputEvents
     accepted_at: float = field(default_factory=time.monotonic)
     sandbox_s: float | None = None  # time in the sandbox, once it ran
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
@@ -133,7 +145,9 @@ class ExecutionService:
         keepalive_s: float = 15.0,
         metrics: Metrics | None = None,
         health: PlatformHealth | None = None,
+        events: EventSettings | None = None,
     ) -> None:
+        self._events = events or EventSettings()
         self._metrics = metrics or Metrics()
         self._health = health or PlatformHealth(self._metrics)
         self._closing = False
@@ -227,8 +241,8 @@ class ExecutionService:
             )
             if request.webhook_url:
                 await self._webhooks.register(trace_id, principal.org.id, request.webhook_url)
-            submission = Submission(
-                trace_id=trace_id, org_id=principal.org.id, log=EventLog(), accepted_at=accepted_at,
+            submission = self._submission(
+                trace_id=trace_id, org_id=principal.org.id, accepted_at=accepted_at,
                 thread=thread, principal=principal, webhook=request.webhook_url is not None,
             )
             await submission.log.append("status", trace_id=trace_id, status="queued")
@@ -241,6 +255,20 @@ class ExecutionService:
         structlog.contextvars.bind_contextvars(trace_id=trace_id)  # the run's task inherits it
         submission.task = asyncio.create_task(self._run(submission, spec, release), name=trace_id)
         return submission
+
+    def _submission(self, trace_id: str, **fields: Any) -> Submission:
+        """A submission whose event log is stored as it goes (module `bus.log`)."""
+
+        async def write(events: list[Event]) -> None:
+            await self._store.events.add(trace_id, [(e.seq, e.type, e.body) for e in events])
+
+        settings = self._events
+        log = EventLog(write, flush_interval_s=settings.flush_interval_s)
+        output = OutputEvents(
+            log, interval_s=settings.output_interval_s, max_bytes=settings.output_max_bytes,
+            max_events=settings.max_output_events,
+        )
+        return Submission(trace_id=trace_id, log=log, output=output, **fields)
 
     async def execute(
         self,
@@ -319,16 +347,9 @@ class ExecutionService:
         )
 
     async def _sandbox(self, sub: Submission, spec: SandboxSpec) -> Outcome:
-        decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
-
-        async def sink(stream: Stream, data: bytes) -> None:
-            text = decoders[stream].decode(data)
-            if text:
-                await sub.log.append("output", stream=stream, data=text)
-
         try:
             with self._metrics.active_sandboxes.track_inprogress():
-                result = await self._runner.run(spec, sink=sink, cancel=sub.cancel, refill_later=True)
+                result = await self._runner.run(spec, sink=sub.output.write, cancel=sub.cancel, refill_later=True)
         except SandboxSetupError as exc:
             log.error("execution %s: %s", sub.trace_id, exc.message)
             return self._platform_failure(sub, setup_failure(exc))
@@ -338,9 +359,6 @@ class ExecutionService:
         self._health.ran()
         sub.sandbox_s = result.duration_ms / 1000
         self._metrics.execution_duration.labels(spec.language).observe(sub.sandbox_s)
-        for stream, decoder in decoders.items():
-            if tail := decoder.decode(b"", final=True):
-                await sub.log.append("output", stream=stream, data=tail)
         status, error = result.status.value, result.error
         if sub.interrupted:
             status, error = "failed", "interrupted"
@@ -368,20 +386,25 @@ class ExecutionService:
         """Record the result, close the log with the result event, keep the log for replays.
 
         The result event is published even if the store fails, so no follower waits forever.
-        The row and the whole event log (result included) are written in one transaction.
+        The row and the rest of the event log (result included) are written in one
+        transaction; the output is stored once, in the output events (`store.ExecutionRepo.finish`).
         """
+        await sub.output.drain()
         result = {
             "trace_id": sub.trace_id,
             "status": outcome.status,
             "result": outcome.result(),
             "output_truncated": outcome.output_truncated,
         }
-        events = [(e.seq, e.type, e.body) for e in sub.log.events]
-        events.append((len(events) + 1, "result", result))
-        try:
+        logged = {stream: "".join(
+            e.body["data"] for e in sub.log.events if e.type == "output" and e.body["stream"] == stream
+        ) for stream in ("stdout", "stderr")}
+
+        async def write(events: list[Event]) -> None:
             await self._store.executions.finish(
                 sub.trace_id,
-                events,
+                [(e.seq, e.type, e.body) for e in events],
+                logged,
                 status=outcome.status,
                 exit_code=outcome.exit_code,
                 stdout=outcome.stdout,
@@ -392,6 +415,9 @@ class ExecutionService:
                 completed_at=utcnow(),
                 network_log=[asdict(d) for d in outcome.network] or None,
             )
+
+        try:
+            await sub.log.close(write, **result)
         except Exception:
             log.exception("execution %s: recording the result failed", sub.trace_id)
             with contextlib.suppress(Exception):
@@ -400,8 +426,6 @@ class ExecutionService:
                     stdout="", stderr="", completed_at=utcnow(),
                 )
             raise
-        finally:
-            await sub.log.append("result", **result)
 
     async def _keepalives(self, log: EventLog) -> None:
         """A keepalive whenever nothing else was published for `keepalive_s`."""
@@ -486,7 +510,8 @@ async def _iterate(events: list[Event]) -> AsyncIterator[Event]:
 
 
 def _synthesized(e: Execution) -> list[tuple[int, str, dict[str, Any]]]:
-    """A terminal execution with no stored log (ended by a restart): its status and result."""
+    """A terminal execution with no stored log (its result could not be stored, or a restart
+    before version 0006 ended it): its status and result."""
     result = {
         "success": e.status == "success",
         "stdout": e.stdout or "",

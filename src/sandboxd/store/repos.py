@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import as_utc, utcnow
 from .records import ApiKey, Execution, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
@@ -154,6 +154,60 @@ def _storable(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_UNFINISHED = ("queued", "running", "cancelling")
+_STREAMS = ("stdout", "stderr")
+EventRow = tuple[int, str, dict[str, Any]]
+
+
+def _event_row(trace_id: str, seq: int, type: str, body: dict[str, Any], *, compact_result: bool) -> dict[str, Any]:
+    """An event as stored: output as raw UTF-8 bytes, anything else as JSON; a result's
+    stdout/stderr left out when `compact_result` (they are rebuilt from the output)."""
+    row: dict[str, Any] = {"trace_id": trace_id, "seq": seq, "type": type, "body": None, "stream": None, "data": None}
+    if type == "output":
+        row.update(stream=body["stream"], data=body["data"].encode("utf-8", errors="surrogatepass"))
+    elif type == "result" and compact_result:
+        result = {k: v for k, v in body["result"].items() if k not in _STREAMS}
+        row["body"] = {**body, "result": result}
+    else:
+        row["body"] = body
+    return row
+
+
+def _event(row: Any) -> EventRow:
+    if row.data is not None:
+        return row.seq, row.type, {"stream": row.stream, "data": row.data.decode("utf-8", errors="surrogatepass")}
+    return row.seq, row.type, row.body
+
+
+async def _stored_output(conn: AsyncConnection, trace_id: str) -> dict[str, str]:
+    """stdout and stderr of an execution stored with `output_in_events`: its output events'
+    text, then the row's rest (output past the events cap)."""
+    query = (
+        select(execution_events.c.stream, execution_events.c.data)
+        .where(execution_events.c.trace_id == trace_id, execution_events.c.type == "output")
+        .order_by(execution_events.c.seq)
+    )
+    parts: dict[str, list[bytes]] = {s: [] for s in _STREAMS}
+    for row in (await conn.execute(query)).all():
+        if row.data is not None:
+            parts[row.stream].append(row.data)
+    rest = (await conn.execute(select(executions.c.stdout, executions.c.stderr).where(executions.c.trace_id == trace_id))).first()
+    tails = {"stdout": rest.stdout if rest else "", "stderr": rest.stderr if rest else ""}
+    return {s: b"".join(parts[s]).decode("utf-8", errors="surrogatepass") + (tails[s] or "") for s in _STREAMS}
+
+
+def _rests(values: dict[str, Any], logged: dict[str, str]) -> dict[str, str] | None:
+    """What of stdout/stderr came after the output events, or None if the events are not
+    their beginning (e.g. a platform failure reports no output after some was streamed)."""
+    rests = {}
+    for stream in _STREAMS:
+        full = values.get(stream) or ""
+        if not full.startswith(logged[stream]):
+            return None
+        rests[stream] = full[len(logged[stream]):]
+    return rests
+
+
 class ExecutionRepo(_Repo):
     async def add(self, execution: Execution) -> None:
         await self._insert(executions, _storable(execution.__dict__))
@@ -166,10 +220,18 @@ class ExecutionRepo(_Repo):
             )
 
     async def finish(
-        self, trace_id: str, events: list[tuple[int, str, dict[str, Any]]], **values: Any
+        self, trace_id: str, events: list[EventRow], logged: dict[str, str], **values: Any
     ) -> None:
-        """The final row and the execution's whole event log, in one transaction."""
-        rows = [{"trace_id": trace_id, "seq": seq, "type": t, "body": body} for seq, t, body in events]
+        """The final row and the rest of the event log, in one transaction.
+
+        `events` are those not stored yet; `logged` is the text of all the log's output
+        events per stream. When stdout/stderr begin with it (the rule), the output is stored
+        once: in the output events, the row keeping only what came after them.
+        """
+        rests = _rests(values, logged)
+        if rests is not None:
+            values = {**values, **rests, "output_in_events": True}
+        rows = [_event_row(trace_id, *e, compact_result=rests is not None) for e in events]
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(executions).where(executions.c.trace_id == trace_id).values(**_storable(values))
@@ -189,30 +251,85 @@ class ExecutionRepo(_Repo):
         return result.rowcount > 0
 
     async def get(self, trace_id: str) -> Execution | None:
-        return await self._one(Execution, select(executions).where(executions.c.trace_id == trace_id))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(executions).where(executions.c.trace_id == trace_id))).mappings().first()
+            if row is None:
+                return None
+            if not row["output_in_events"]:
+                return _to(Execution, row)
+            output = _storable(await _stored_output(conn, trace_id))  # as the row always showed it
+        return _to(Execution, {**row, **output})
 
     async def fail_unfinished(self, *, error: str, at: datetime) -> int:
-        query = (
-            update(executions)
-            .where(executions.c.status.in_(("queued", "running", "cancelling")))
-            .values(status="failed", exit_code=-1, error=error, completed_at=at, stdout="", stderr="")
-        )
-        async with self._engine.begin() as conn:
-            result = await conn.execute(query)
-        return result.rowcount
+        """On start: executions a stopped server left unfinished end failed with `error`. Their
+        log goes on after its last stored event (what any client may have seen) with a status
+        and a result event, and the output stored so far is their output."""
+        async with self._engine.connect() as conn:
+            query = select(executions.c.trace_id).where(executions.c.status.in_(_UNFINISHED))
+            trace_ids = list((await conn.execute(query)).scalars())
+        for trace_id in trace_ids:
+            async with self._engine.begin() as conn:
+                last = (await conn.execute(
+                    select(func.max(execution_events.c.seq)).where(execution_events.c.trace_id == trace_id)
+                )).scalar() or 0
+                result = {"success": False, "exit_code": -1, "error": error}
+                rows = [
+                    _event_row(trace_id, last + 1, "status", {"trace_id": trace_id, "status": "failed"},
+                               compact_result=True),
+                    _event_row(trace_id, last + 2, "result", {"trace_id": trace_id, "status": "failed", "result": result,
+                               "output_truncated": False}, compact_result=True),
+                ]
+                await conn.execute(execution_events.insert(), rows)
+                await conn.execute(
+                    update(executions)
+                    .where(executions.c.trace_id == trace_id, executions.c.status.in_(_UNFINISHED))
+                    .values(status="failed", exit_code=-1, error=error, completed_at=at, stdout="", stderr="",
+                            output_in_events=True)
+                )
+        return len(trace_ids)
+
+    async def delete_created_before(self, before: datetime, *, batch: int = 500) -> int:
+        """Delete finished executions created before `before`, with their event logs and
+        webhook deliveries; a batch per transaction, so writers are never held up for long."""
+        deleted = 0
+        while True:
+            query = (
+                select(executions.c.trace_id)
+                .where(executions.c.created_at < before, executions.c.status.not_in(_UNFINISHED))
+                .limit(batch)
+            )
+            async with self._engine.begin() as conn:
+                ids = list((await conn.execute(query)).scalars())
+                if not ids:
+                    return deleted
+                await conn.execute(execution_events.delete().where(execution_events.c.trace_id.in_(ids)))
+                await conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.trace_id.in_(ids)))
+                await conn.execute(executions.delete().where(executions.c.trace_id.in_(ids)))
+            deleted += len(ids)
 
 
 class EventRepo(_Repo):
-    """A finished execution's event log (written by `ExecutionRepo.finish` when it ends)."""
+    """Execution event logs: written in batches while a run goes on, the rest with its end."""
 
-    async def after(self, trace_id: str, after_seq: int) -> list[tuple[int, str, dict[str, Any]]]:
+    async def add(self, trace_id: str, events: list[EventRow]) -> None:
+        rows = [_event_row(trace_id, *e, compact_result=False) for e in events]
+        async with self._engine.begin() as conn:
+            await conn.execute(execution_events.insert(), rows)
+
+    async def after(self, trace_id: str, after_seq: int) -> list[EventRow]:
         query = (
-            select(execution_events.c.seq, execution_events.c.type, execution_events.c.body)
+            select(execution_events)
             .where(execution_events.c.trace_id == trace_id, execution_events.c.seq > after_seq)
             .order_by(execution_events.c.seq)
         )
         async with self._engine.connect() as conn:
-            return [(r.seq, r.type, r.body) for r in (await conn.execute(query)).all()]
+            events = [_event(r) for r in (await conn.execute(query)).all()]
+            if events and events[-1][1] == "result" and "stdout" not in events[-1][2]["result"]:
+                seq, type, body = events[-1]
+                output = await _stored_output(conn, trace_id)
+                result = {"success": body["result"]["success"], **output, **body["result"]}
+                events[-1] = (seq, type, {**body, "result": result})
+        return events
 
 
 class WebhookRepo(_Repo):

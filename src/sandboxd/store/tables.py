@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -85,7 +86,11 @@ executions = Table(
     Column("webhook_delivery_status", String(16), nullable=True),
     Column("webhook_attempts", Integer, nullable=False, default=0),
     Column("network_log", JSON, nullable=True),
+    # True: the output is stored once, in the output events; stdout/stderr hold only what
+    # came after the last output event (past the events cap). False: they hold it all.
+    Column("output_in_events", Boolean, nullable=False, default=False),
     Index("ix_executions_org_created", "org_id", "created_at"),
+    Index("ix_executions_created", "created_at"),
 )
 
 execution_events = Table(
@@ -94,7 +99,11 @@ execution_events = Table(
     Column("trace_id", String(32), ForeignKey("executions.trace_id", ondelete="CASCADE"), primary_key=True),
     Column("seq", Integer, primary_key=True),
     Column("type", String(16), nullable=False),
-    Column("body", JSON, nullable=False),
+    # Output events: stream and the raw UTF-8 text (no JSON escapes: a NUL costs one byte).
+    # Every other event: its JSON body; a result's stdout/stderr are rebuilt from the output.
+    Column("body", JSON, nullable=True),
+    Column("stream", String(8), nullable=True),
+    Column("data", LargeBinary, nullable=True),
 )
 
 webhook_secrets = Table(

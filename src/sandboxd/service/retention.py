@@ -1,0 +1,47 @@
+"""Retention: finished executions older than the retention period are deleted with their event
+logs and webhook deliveries, so the database stays bounded (SQLite reuses the freed pages).
+
+One sweep at start, then one every `interval_s`; `sweep` is the whole rule, callable alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+
+from ..store import Store, utcnow
+
+log = logging.getLogger("sandboxd.retention")
+
+
+class RetentionService:
+    def __init__(self, store: Store, *, execution_retention_days: int = 30) -> None:
+        self._store = store
+        self._executions = timedelta(days=execution_retention_days)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Delete the finished executions created before `now` minus the retention period."""
+        return await self._store.executions.delete_created_before((now or utcnow()) - self._executions)
+
+    def start(self, interval_s: float = 3600.0) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    if deleted := await self.sweep():
+                        log.info("deleted %d executions past their retention", deleted)
+                except Exception:
+                    log.exception("execution retention sweep failed")
+                await asyncio.sleep(interval_s)
+
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(loop(), name="retention-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None

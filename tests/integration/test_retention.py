@@ -1,0 +1,65 @@
+"""Execution retention (issue #12 item 3): the sweep deletes finished executions older than the
+retention period with their event logs and webhook deliveries, and nothing else. Real SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from sandboxd.ids import new_trace_id
+from sandboxd.service.retention import RetentionService
+from sandboxd.store import Execution, Store, WebhookDelivery, create_engine, migrate, utcnow
+from sandboxd.store.tables import execution_events, executions, webhook_deliveries
+
+
+async def _count(store: Store, table, trace_id: str) -> int:  # type: ignore[no-untyped-def]
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table).where(table.c.trace_id == trace_id))).scalar() or 0)
+
+
+async def test_sweep_deletes_old_finished_executions_with_their_events_and_deliveries(tmp_path: Path) -> None:
+    store = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
+    try:
+        await migrate(store.engine)
+        org = await store.orgs.add("org_r", "retention")
+        now = utcnow()
+
+        async def execution(age_days: float, status: str) -> str:
+            trace_id = new_trace_id()
+            await store.executions.add(Execution(
+                trace_id=trace_id, org_id=org.id, key_id=None, language="bash", status="running",
+                timeout_s=5, delivery_mode="webhook", created_at=now - timedelta(days=age_days),
+                webhook_url="https://example.invalid/hook",
+            ))
+            await store.webhooks.add_delivery(WebhookDelivery(
+                id=f"whd_{trace_id}", trace_id=trace_id, org_id=org.id, url="https://example.invalid/hook",
+                status="delivered", attempts=1, next_attempt_at=now, last_error=None, created_at=now,
+            ))
+            await store.events.add(trace_id, [(1, "status", {"trace_id": trace_id, "status": "queued"}),
+                                              (2, "output", {"stream": "stdout", "data": "hi\n"})])
+            if status != "running":
+                result = {"trace_id": trace_id, "status": status, "output_truncated": False,
+                          "result": {"success": True, "stdout": "hi\n", "stderr": "", "exit_code": 0, "error": None}}
+                await store.executions.finish(trace_id, [(3, "result", result)], {"stdout": "hi\n", "stderr": ""},
+                                              status=status, exit_code=0, stdout="hi\n", stderr="", completed_at=now)
+            return trace_id
+
+        old = await execution(31, "success")
+        old_running = await execution(31, "running")  # never deleted while unfinished
+        recent = await execution(29, "success")
+        assert (await store.executions.get(old)).stdout == "hi\n"  # type: ignore[union-attr]
+
+        assert await RetentionService(store, execution_retention_days=30).sweep() == 1
+        assert await store.executions.get(old) is None
+        for table in (executions, execution_events, webhook_deliveries):
+            assert await _count(store, table, old) == 0
+        for kept in (old_running, recent):
+            assert await store.executions.get(kept) is not None
+            assert await _count(store, execution_events, kept) >= 2
+            assert await _count(store, webhook_deliveries, kept) == 1
+        assert await RetentionService(store, execution_retention_days=30).sweep() == 0
+        assert await RetentionService(store, execution_retention_days=30).sweep(now + timedelta(days=2)) == 1
+    finally:
+        await store.close()
