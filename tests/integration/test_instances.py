@@ -19,15 +19,21 @@ from pathlib import Path
 import httpx
 import pytest
 from _servers import EXECUTE, Pool, api, pool, unique  # noqa: F401
-from conftest import LEASES, Server, free_port, run_cli, uid_bases
+from conftest import Server, free_port, run_cli, uid_bases
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real servers need root")
 
 
-def lease_of(server: Server) -> dict:  # type: ignore[type-arg]
-    """The live server's lease (runtime/lease.py): its cgroup parents and uid ranges."""
+def sandbox_uids(server: Server) -> range:
+    """The host uids of the server's sandboxes (conftest.uid_bases gave it 1,000 of its own)."""
+    base = int(server.env["SANDBOXD_SANDBOX_UID_BASE"])
+    return range(base, base + 1000)
+
+
+def parents(server: Server) -> list[Path]:
+    """The server's own cgroup parent in each hierarchy."""
     name = hashlib.sha256(server.settings.instance_id.encode()).hexdigest()[:12]
-    return json.loads((LEASES / f"{name}.json").read_text())  # type: ignore[no-any-return]
+    return sorted(Path("/sys/fs/cgroup").glob(f"*/**/sandboxd/{name}"))
 
 
 def instance_cgroups(server: Server) -> list[Path]:
@@ -59,7 +65,6 @@ async def test_run_beside_a_live_server_takes_nothing_of_it(pool: Pool) -> None:
     home slots are all still there."""
     server = pool.start()
     key = await server.create_key()
-    lease = lease_of(server)
     async with api(server, key) as c:
         thread = unique("t")
         assert (await c.post(EXECUTE, json={"code": "echo 1 > ~/n", "language": "bash", "thread_id": thread})).json()["success"]
@@ -69,16 +74,18 @@ async def test_run_beside_a_live_server_takes_nothing_of_it(pool: Pool) -> None:
             asyncio.create_task(c.post(EXECUTE, json={"code": slow})),
         ]
         await asyncio.sleep(1.5)
+        own = parents(server)
+        assert own, "precondition: the server's cgroups are where this test looks"
         cli = await asyncio.to_thread(server.cli, "run", "--language", "bash", "echo beside; id -u", timeout=120)
         assert cli.returncode == 0, cli.stderr
         out = cli.stdout.split()
         assert out[0] == "beside"
-        assert int(out[1]) not in range(*lease["sandbox_uids"])  # a uid range of its own
+        assert int(out[1]) not in sandbox_uids(server)  # a uid range of its own
         for task in in_flight:
             body = (await task).json()
             assert body["success"] is True and body["stdout"] == "start\ndone\n", body
-        for parent in lease["cgroups"]:
-            assert Path(parent).is_dir(), f"the CLI removed the server's cgroup {parent}"
+        for parent in own:
+            assert parent.is_dir(), f"the CLI removed the server's cgroup {parent}"
         with open("/proc/self/mountinfo") as f:
             points = {line.split()[4] for line in f}
         assert str(server.settings.storage_mount_point) in points, "the CLI unmounted the server's storage"
@@ -92,14 +99,14 @@ async def test_run_beside_a_live_server_takes_nothing_of_it(pool: Pool) -> None:
 
 def test_a_second_server_with_clashing_uids_refuses(pool: Pool) -> None:
     first = pool.start()
-    lease = lease_of(first)
+    taken = {k: int(first.env[f"SANDBOXD_{k.upper()}"]) for k in ("sandbox_uid_base", "thread_uid_base")}
     mine = uid_bases()
     with pytest.raises(RuntimeError) as refused:
-        pool.start(sandbox_uid_base=lease["sandbox_uids"][0] + 3, thread_uid_base=mine["thread_uid_base"])
+        pool.start(sandbox_uid_base=taken["sandbox_uid_base"] + 3, thread_uid_base=mine["thread_uid_base"])
     assert "SANDBOXD_SANDBOX_UID_BASE" in str(refused.value), refused.value
     assert str(first.data_dir) in str(refused.value)
     with pytest.raises(RuntimeError) as refused:
-        pool.start(sandbox_uid_base=mine["sandbox_uid_base"], thread_uid_base=lease["thread_uids"][0] + 10)
+        pool.start(sandbox_uid_base=mine["sandbox_uid_base"], thread_uid_base=taken["thread_uid_base"] + 10)
     assert "SANDBOXD_THREAD_UID_BASE" in str(refused.value), refused.value
     assert httpx.get(f"{first.url}/ready").status_code == 200  # the first one is untouched
 
@@ -122,7 +129,7 @@ async def test_a_clean_stop_leaves_no_cgroup_in_any_hierarchy(pool: Pool) -> Non
     cpu copy only) once left that copy and the ones after it behind, silently."""
     server = pool.start(pool_enabled="false")
     key = await server.create_key()
-    cpu_parent = next(Path(p) for p in lease_of(server)["cgroups"] if "cpu" in Path(p).parts[4])
+    cpu_parent = next(p for p in parents(server) if "cpu" in p.parts[4].split(","))
     lingering = subprocess.Popen(["sleep", "1000"])
     try:
         async with api(server, key) as c:
@@ -147,7 +154,7 @@ def test_no_sandbox_outlives_a_killed_server(pool: Pool) -> None:
     """kill -9 while a busy loop (timeout 6 s) runs and the pool's sandboxes start: every process
     of the server's sandboxes is gone within the bound, with no restart."""
     server = pool.start()
-    uids = range(*lease_of(server)["sandbox_uids"])
+    uids = sandbox_uids(server)
     key = asyncio.run(server.create_key())
     busy = "import sys; print('busy', flush=True)\nwhile True: pass"
     reply = subprocess.Popen(
