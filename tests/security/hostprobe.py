@@ -22,6 +22,10 @@ UID_BASE = 300_000
 SLOTS = 16
 #: Host uids a sandbox process of this suite can have (one past the pool: a stray uid is a leak too).
 UID_RANGE = range(UID_BASE, UID_BASE + SLOTS + 1)
+#: The uids of the runners this suite starts in child processes ("servers" it kills): a live
+#: runner refuses a uid range another live one holds (runtime/lease.py).
+CHILD_UID_BASE = 310_000
+CHILD_UID_RANGE = range(CHILD_UID_BASE, CHILD_UID_BASE + SLOTS + 1)
 #: The v1 controllers the runner puts every execution into.
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 NOBODY = 65534
