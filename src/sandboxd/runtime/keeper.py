@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -28,30 +27,37 @@ from pathlib import Path
 
 
 class Keeper:
-    """The server's side: the pipe's write end, and the keeper process to wait for."""
+    """The server's side: the pipe's write end, and the keeper's pid to wait for."""
 
     def __init__(self, parents: Sequence[Path], lease_fd: int) -> None:
         read_end, self._write_end = os.pipe()  # both close-on-exec: no sandbox inherits them
+        lease = os.dup(lease_fd)
         try:
-            self._proc = subprocess.Popen(
+            os.set_inheritable(lease, True)  # the keeper's copy of the lease (the flock is shared)
+            self._pid = os.posix_spawn(
+                sys.executable,
                 [sys.executable, "-I", __file__, *map(str, parents)],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(lease_fd,),
-                start_new_session=True,  # a terminal's Ctrl-C reaches the server, not the keeper
+                dict(os.environ),
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                ],
+                setsid=True,  # a terminal's Ctrl-C reaches the server, not the keeper
             )
         except BaseException:
             os.close(self._write_end)
             raise
         finally:
             os.close(read_end)
+            os.close(lease)
 
     def stop(self) -> None:
         """The server stops cleanly: the keeper sweeps what is left (nothing, normally) and exits."""
         if self._write_end >= 0:
             os.close(self._write_end)
             self._write_end = -1
-            self._proc.wait()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)
 
 
 def _groups(parent: Path) -> list[Path]:
