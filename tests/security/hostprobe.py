@@ -1,6 +1,6 @@
 """Host-side probes for the security suite: what a sandbox leaves on (or can reach of) the host.
 
-The suite's runner uses host uids 300000..300015, apart from the test servers (200000...), so any
+The suite's runner uses host uids 300000..300015, apart from the test servers (2000000...: conftest.uid_bases), so any
 process with a uid in `UID_RANGE` on this machine belongs to this suite.
 """
 
