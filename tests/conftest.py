@@ -8,7 +8,9 @@ free 127.0.0.1 port. Keys are created in-process against the same database, whic
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -88,8 +90,42 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict
     )
 
 
+#: Test servers' host uids: slot k has sandbox uids from 2,000,000 + 1,000 k and thread uids from
+#: 100,000,000 + 1,000,000 k (app.THREAD_UIDS), apart from the security suite's and the defaults.
+_UID_SLOTS = 1000
+#: Where live sandboxd processes keep their leases (sandboxd.runtime.lease.LEASES).
+LEASES = Path("/run/sandboxd/leases")
+_taken_slots: set[int] = set()
+
+
+def uid_bases() -> dict[str, int]:
+    """Host uid bases no live sandboxd instance on this machine uses (a server refuses a clash:
+    runtime/lease.py), so that the many servers the suite runs at once never share a uid."""
+    used: list[int] = []
+    for path in LEASES.glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            used.append(json.loads(path.read_text())["sandbox_uids"][0])
+    free = [k for k in range(_UID_SLOTS) if k not in _taken_slots
+            and not any(2_000_000 + 1000 * k <= u < 2_000_000 + 1000 * (k + 1) for u in used)]
+    k = random.choice(free)
+    _taken_slots.add(k)
+    return {"sandbox_uid_base": 2_000_000 + 1000 * k, "thread_uid_base": 100_000_000 + 1_000_000 * k}
+
+
 def start_server(data_dir: Path, wrap: tuple[str, ...] = (), **settings: object) -> Server:
-    """`wrap`: a command that execs the rest (e.g. to give the server a private /etc/hosts)."""
+    """`wrap`: a command that execs the rest (e.g. to give the server a private /etc/hosts).
+
+    Unless `settings` give them, the server gets host uid bases of its own (`uid_bases`)."""
+    for attempt in range(3):
+        try:
+            return _start_server(data_dir, wrap, **{**uid_bases(), **settings})
+        except RuntimeError as exc:  # another test process took the same uids meanwhile: again
+            if "host uids" not in str(exc) or attempt == 2 or "sandbox_uid_base" in settings:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(data_dir: Path, wrap: tuple[str, ...] = (), **settings: object) -> Server:
     port = free_port()
     env = {**os.environ, **{f"SANDBOXD_{k.upper()}": str(v) for k, v in settings.items()}}
     with open(data_dir.parent / f"server-{port}.log", "wb") as log:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .observability import Metrics
-from .runtime import BwrapRunner, Limits, check_sandbox, create_runner
+from .runtime import BwrapRunner, Limits, Role, check_sandbox, create_runner
 from .runtime.landlock import abi_version as landlock_abi
 from .runtime.pool import PoolSettings, WarmPool
 from .service import (
@@ -62,7 +62,7 @@ class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
-    retention: RetentionService = field(default=None)  # type: ignore[assignment]
+    retention: RetentionService | None = None
     metrics: Metrics = field(default_factory=Metrics)
     #: False while starting and once a drain began.
     ready: bool = False
@@ -189,13 +189,39 @@ def event_settings(settings: Settings) -> EventSettings:
     )
 
 
-def build_runner(settings: Settings) -> BwrapRunner:
-    """The real runtime; raises SandboxSetupError when this host cannot isolate code."""
+#: Host uids of one server's threads: `thread_uid_base` and this many above it (tombstones
+#: keep uids unique, so a long-lived server uses one per thread it ever created).
+THREAD_UIDS = 1_000_000
+
+
+def sandbox_uids(settings: Settings) -> range:
+    """The host uids a server of these settings gives its sandboxes."""
     pooled = settings.pool_max_total if settings.pool_enabled else 0
+    return range(settings.sandbox_uid_base, settings.sandbox_uid_base + settings.max_concurrent + pooled + 8)
+
+
+def thread_uids(settings: Settings) -> range:
+    return range(settings.thread_uid_base, settings.thread_uid_base + THREAD_UIDS)
+
+
+def build_runner(settings: Settings, role: Role = "server") -> BwrapRunner:
+    """The real runtime; raises SandboxSetupError when this host cannot isolate code, or when
+    it would share cgroups or host uids with a live instance (runtime/lease.py).
+
+    A server owns its data dir's instance and its configured uid ranges; `run` and `doctor`
+    take a parent cgroup of their own and sandbox uids clear of every live instance and of
+    the ranges their data dir's server is configured for.
+    """
+    uids = sandbox_uids(settings)
+    if role == "server":
+        return create_runner(
+            instance_key=settings.instance_id, uid_base=uids.start, slots=len(uids),
+            thread_uids=thread_uids(settings), listen=f"{settings.host}:{settings.port}",
+            data_dir=str(settings.data_dir),
+        )
     return create_runner(
-        instance_key=settings.instance_id,
-        uid_base=settings.sandbox_uid_base,
-        slots=settings.max_concurrent + pooled + 8,
+        instance_key=settings.instance_id, uid_base=uids.stop, slots=settings.max_concurrent + 8,
+        role=role, avoid=(uids, thread_uids(settings)), data_dir=str(settings.data_dir),
     )
 
 
@@ -208,18 +234,24 @@ def _pool_settings(settings: Settings) -> PoolSettings:
     )
 
 
-async def start(settings: Settings, runner: Runner | None = None) -> Services:
-    """Everything a server needs, self-checked. Fails closed: no sandbox, no service."""
+async def start(settings: Settings, runner: Runner | None = None, *, role: Role = "server") -> Services:
+    """Everything a server needs, self-checked. Fails closed: no sandbox, no service.
+
+    `role="run"` is `sandboxd run` beside (maybe) a live server on the same data dir: it takes
+    no pool, recovers nothing and starts no background work, so nothing of that server's state
+    (its executions, thread working copies, webhook deliveries, home slots) is touched.
+    """
+    server = role == "server"
     metrics = Metrics()
     admin = await open_admin(settings, metrics)
     pool: WarmPool | None = None
     real: BwrapRunner | None = None
     try:
         if runner is None:
-            real = build_runner(settings)
+            real = build_runner(settings, role)
             await check_sandbox(real)
             log.info("landlock ABI %d; not applied to sandboxes (docs/security.md)", landlock_abi())
-            if settings.pool_enabled:
+            if settings.pool_enabled and server:
                 pool = real.enable_pool(_pool_settings(settings), home_slots=settings.run_dir / "homes")
                 pool.start()
             runner = real
@@ -244,10 +276,11 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
             health=health,
             events=event_settings(settings),
         )
-        await admin.threads.recover()
-        interrupted = await executions.recover_interrupted()
-        if interrupted:
-            log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
+        if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
+            await admin.threads.recover()
+            interrupted = await executions.recover_interrupted()
+            if interrupted:
+                log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
     except BaseException:
         if real is not None:
             await real.close()
@@ -257,10 +290,12 @@ async def start(settings: Settings, runner: Runner | None = None) -> Services:
     if pool is not None:
         metrics.on_scrape(_pool_sizes(pool, metrics))
         pool.on_take = lambda hit: metrics.pool_requests.labels("hit" if hit else "miss").inc()
-    admin.webhooks.start()  # also resumes deliveries left pending by the last run
-    admin.threads.start()
-    retention = RetentionService(admin.store, execution_retention_days=settings.execution_retention_days)
-    retention.start()
+    retention: RetentionService | None = None
+    if server:
+        admin.webhooks.start()  # also resumes deliveries left pending by the last run
+        admin.threads.start()
+        retention = RetentionService(admin.store, execution_retention_days=settings.execution_retention_days)
+        retention.start()
     return Services(
         settings=settings,
         store=admin.store,

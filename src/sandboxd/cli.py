@@ -113,8 +113,9 @@ def doctor(
 ) -> None:
     """Check this host for what sandboxd needs; print OK/WARN/FAIL and a fix for each problem.
 
-    Exits 0 when nothing failed, 1 otherwise. Run it before `serve` (the port check fails
-    while a server listens there).
+    Exits 0 when nothing failed, 1 otherwise. Safe beside a running server: the port check
+    then says a sandboxd server is running there, and the sandbox check uses a cgroup and
+    host uids of its own.
     """
     from . import doctor as checks
 
@@ -150,7 +151,8 @@ def run(
     configure_logging("debug" if settings.log_level == "debug" else "warning", settings.log_format)
 
     async def go() -> int:
-        services = await start(settings)
+        # Beside a live server on this data dir: a lease, cgroups and uids of its own (app.start)
+        services = await start(settings, role="run")
         try:
             request = parse_execute_request({"code": source, "language": language, "timeout": timeout})
             the_org = await services.tenancy.org(org)

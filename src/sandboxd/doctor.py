@@ -2,16 +2,19 @@
 
 Each check gives OK, WARN (sandboxd runs, with less) or FAIL (`sandboxd serve` would refuse
 to start, or a part would not work), and a fix for anything not OK. The last check runs a
-real sandbox, as the server does before it serves; it uses a cgroup instance and a host uid
-of its own (one past the server's pool), so it never touches a server running on this host.
+real sandbox, as the server does before it serves; it takes a lease of its own
+(runtime/lease.py: its own cgroup parent, host uids clear of every live server's), removes
+everything it made, and so never touches a server running on this host.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +22,9 @@ from typing import Literal
 
 from .config import Settings
 from .errors import SandboxSetupError
-from .runtime import INTERPRETERS, available_languages, check_sandbox, create_runner
+from .runtime import INTERPRETERS, available_languages, check_sandbox
 from .runtime.cgroups import detect as detect_cgroups
+from .runtime.lease import live_leases
 from .runtime.seccomp import compile_bpf
 from .storage import available as btrfs_available
 
@@ -176,6 +180,26 @@ def check_languages() -> Check:
     return _ok("languages", ", ".join(INTERPRETERS))
 
 
+def _sandboxd_server(host: str, port: int) -> str | None:
+    """Who listens there, if it is sandboxd: a live server's lease names its address, or (a
+    server in another mount namespace, an older one) its /health answers as sandboxd's does."""
+    try:
+        leases = live_leases()
+    except OSError:  # not root: /run/sandboxd is not ours to read
+        leases = []
+    for lease in leases:
+        if lease.role == "server" and lease.listen == f"{host}:{port}":
+            return f"pid {lease.pid}, data dir {lease.data_dir}"
+    url_host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{url_host}:{port}/health", timeout=3) as reply:  # noqa: S310
+            if json.loads(reply.read(4096)) == {"status": "ok"}:
+                return "its /health answers as sandboxd's"
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def check_port(name: str, host: str, port: int, setting: str) -> Check:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -183,6 +207,9 @@ def check_port(name: str, host: str, port: int, setting: str) -> Check:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             s.bind((host, port))
     except OSError as exc:
+        server = _sandboxd_server(host, port) if name == "port" else None
+        if server is not None:
+            return _ok(name, f"{host}:{port}: a sandboxd server is running there ({server})")
         return Check(
             name, "FAIL", f"cannot listen on {host}:{port}: {exc.strerror or exc}",
             f"stop what uses it (ss -ltnp 'sport = :{port}') or choose another with {setting}",
@@ -200,14 +227,15 @@ def check_ports(settings: Settings) -> list[Check]:
 
 
 async def check_sandbox_runs(settings: Settings) -> Check:
-    """A real sandbox, with its own cgroup instance and a uid one past the server's pool."""
+    """A real sandbox, under a lease of its own (cgroups, uids); nothing of it stays."""
+    from .app import build_runner
+
     try:
-        runner = create_runner(
-            instance_key="sandboxd-doctor",
-            uid_base=settings.sandbox_uid_base + settings.max_concurrent + 8,
-            slots=1,
-        )
-        await check_sandbox(runner)
+        runner = build_runner(settings, "doctor")
+        try:
+            await check_sandbox(runner)
+        finally:
+            await runner.close()
     except SandboxSetupError as exc:
         return Check("sandbox", "FAIL", exc.message, "fix the layer it names; docs/operations.md lists what each needs")
     return _ok("sandbox", "a real sandbox ran: uid 1000 inside, no capabilities, no_new_privs, seccomp, read-only /usr")

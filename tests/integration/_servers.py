@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, start_server, unmount_below, unmount_run_dir
+from conftest import Server, start_server, uid_bases, unmount_below, unmount_run_dir
 
 from sandboxd.config import Settings
 
@@ -47,7 +47,7 @@ class Pool:
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.servers: list[Server] = []
         self._count = 0
-        self._uid_bases: dict[Path, int] = {}
+        self._uid_bases: dict[Path, dict[str, int]] = {}
 
     def start(self, **settings: object) -> Server:
         self._count += 1
@@ -56,12 +56,12 @@ class Pool:
     def restart(self, data_dir: Path, **settings: object) -> Server:
         """A server on `data_dir` (new or left by a stopped or killed one).
 
-        Each data dir numbers its threads' uids from a base of its own: two servers' threads
-        never share a uid, so a test that looks for a thread's processes finds only its own
-        (a thread's next sandbox waits, started, under its uid).
+        Each data dir keeps the host uid bases it was first given (conftest.uid_bases): two
+        servers never share a uid (a server refuses a clash), so a test that looks for a
+        thread's processes finds only its own, and a restart finds its threads' uids again.
         """
-        base = self._uid_bases.setdefault(data_dir, Settings().thread_uid_base + 10_000 * self._count)
-        server = start_server(data_dir, **{"thread_uid_base": base, **settings})
+        bases = self._uid_bases.setdefault(data_dir, uid_bases())
+        server = start_server(data_dir, **{**bases, **settings})
         self.servers.append(server)
         return server
 

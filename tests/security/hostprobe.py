@@ -1,6 +1,6 @@
 """Host-side probes for the security suite: what a sandbox leaves on (or can reach of) the host.
 
-The suite's runner uses host uids 300000..300015, apart from the test servers (200000...), so any
+The suite's runner uses host uids 300000..300015, apart from the test servers (2000000...: conftest.uid_bases), so any
 process with a uid in `UID_RANGE` on this machine belongs to this suite.
 """
 
@@ -22,6 +22,10 @@ UID_BASE = 300_000
 SLOTS = 16
 #: Host uids a sandbox process of this suite can have (one past the pool: a stray uid is a leak too).
 UID_RANGE = range(UID_BASE, UID_BASE + SLOTS + 1)
+#: The uids of the runners this suite starts in child processes ("servers" it kills): a live
+#: runner refuses a uid range another live one holds (runtime/lease.py).
+CHILD_UID_BASE = 310_000
+CHILD_UID_RANGE = range(CHILD_UID_BASE, CHILD_UID_BASE + SLOTS + 1)
 #: The v1 controllers the runner puts every execution into.
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 NOBODY = 65534

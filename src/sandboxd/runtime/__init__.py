@@ -3,14 +3,19 @@
 Knows nothing of HTTP, keys or the database. Layers, one module each:
 `bwrap` (namespaces, mounts, environment), `seccomp` (syscall filter), `cgroups` (memory,
 cpu, pids), `rlimits`, `users` (host uids), `launch` (privilege drop), `runner` (lifecycle),
-`pool` and `warm` (pre-spawned sandboxes), `homeslot` (a thread's home mounted at use time).
+`pool` and `warm` (pre-spawned sandboxes), `homeslot` (a thread's home mounted at use time),
+`lease` (which process owns which cgroups and uids), `keeper` (no sandbox outlives its server).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Sequence
 
 from .cgroups import detect as detect_cgroups
+from .keeper import Keeper
+from .lease import Role, acquire
 from .languages import INTERPRETERS, available_languages
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
@@ -27,6 +32,7 @@ __all__ = [
     "Limits",
     "Mount",
     "OutputSink",
+    "Role",
     "SandboxSpec",
     "Stream",
     "available_languages",
@@ -35,18 +41,43 @@ __all__ = [
 ]
 
 
-def create_runner(*, instance_key: str, uid_base: int, slots: int) -> BwrapRunner:
-    """Check the host and build the runner; raises SandboxSetupError when it cannot isolate.
+def create_runner(
+    *,
+    instance_key: str,
+    uid_base: int,
+    slots: int,
+    role: Role = "server",
+    thread_uids: range | None = None,
+    listen: str | None = None,
+    avoid: Sequence[range] = (),
+    data_dir: str | None = None,
+) -> BwrapRunner:
+    """Check the host, take this process's lease and build the runner; raises
+    SandboxSetupError when it cannot isolate, or when the lease is refused (runtime/lease.py).
 
-    `instance_key` (e.g. the data dir) separates the cgroups of servers sharing a machine.
+    `instance_key` (e.g. the data dir) names a server's cgroups; `run` and `doctor` get a
+    cgroup parent of their own beside it, and a uid range clear of every live instance's.
+    `data_dir` names the instance in messages (default: `instance_key`).
     """
     bwrap = check_prerequisites()
     instance = hashlib.sha256(instance_key.encode()).hexdigest()[:12]
-    cgroups = detect_cgroups(instance)
-    cgroups.prepare()
+    name = instance if role == "server" else f"{instance}-{role}{os.getpid()}"
+    cgroups = detect_cgroups(name)
+    lease = acquire(
+        name=name, role=role, data_dir=data_dir or instance_key, sandbox_uids=range(uid_base, uid_base + slots),
+        cgroups=cgroups.parents, thread_uids=thread_uids, listen=listen, avoid=avoid,
+    )
+    try:
+        cgroups.prepare()
+        keeper = Keeper(cgroups.parents, lease.fd)
+    except BaseException:
+        lease.close()
+        raise
     return BwrapRunner(
         cgroups=cgroups,
-        uids=UidPool(uid_base, slots),
+        uids=UidPool(lease.sandbox_uids.start, slots),
         seccomp_bpf=compile_bpf(),
         bwrap_path=bwrap,
+        lease=lease,
+        keeper=keeper,
     )

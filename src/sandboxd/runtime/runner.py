@@ -24,6 +24,8 @@ from .cgroups import Cgroup, CgroupDriver
 from .languages import available_languages
 from . import warm
 from .homeslot import HomeSlots
+from .keeper import Keeper
+from .lease import Lease
 from .network import Attached, Network
 from .pool import PoolSettings, WarmPool
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
@@ -80,8 +82,13 @@ class BwrapRunner:
         seccomp_bpf: bytes,
         bwrap_path: str = "/usr/bin/bwrap",
         network: Network | None = None,
+        lease: Lease | None = None,
+        keeper: Keeper | None = None,
     ) -> None:
         self._network = network or Network()
+        #: What this process owns on the host (cgroups, uids), and who sweeps it if we die.
+        self.lease = lease
+        self._keeper = keeper
         self._cgroups = cgroups
         self._uids = uids
         self._seccomp_bpf = seccomp_bpf
@@ -104,12 +111,16 @@ class BwrapRunner:
 
     async def close(self) -> None:
         """The server is stopping: dispose of the pool's sandboxes, remove the home slots' mounts
-        and this instance's parent cgroups (runs still going keep theirs until they end)."""
+        and this instance's cgroups (the keeper ends any sandbox still running), give the lease up."""
         if self.pool is not None:
             await self.pool.close()
         if self._home_slots is not None:
             self._home_slots.close()
         self._cgroups.release()
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self.lease is not None:
+            self.lease.close()
 
     async def run(
         self,

@@ -109,16 +109,38 @@ class Btrfs:
         self.size_gib = size_gib
         self._mounting = threading.Lock()
         self.reclaimer = Reclaimer(mount_point)
+        #: Our shared lock on `<mount point>.users` while this process uses the mount.
+        self._user_fd: int | None = None
 
     def mount(self) -> None:
         """Create (sparse) and format the image on first use, mount it, enable quotas.
 
         Requests call this from worker threads: the first ones may arrive together, and only
         one may create, format and mount (a second `mount` of the image fails "busy").
+        The server and `sandboxd run` on one data dir share the mount: each user holds a shared
+        flock on `<mount point>.users` (dropped by the kernel if it dies), and only the last
+        one unmounts (`unmount`).
         """
         with self._mounting:
+            if self._user_fd is None:
+                self._user_fd = self._lock_users(fcntl.LOCK_SH)
             if not is_mounted(self.root):
                 self._mount()
+
+    def _lock_users(self, how: int) -> int:
+        """Lock the users file (blocking: a last user may be unmounting); the file is removed
+        by the last user, so retry until the locked file is the one at the path."""
+        users = self.root.with_name(self.root.name + ".users")
+        users.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(users, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, how)
+            try:
+                if os.stat(users).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def _mount(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -132,12 +154,26 @@ class Btrfs:
         _run("btrfs", "quota", "enable", str(self.root), step="thread storage quotas")
 
     def unmount(self) -> None:
+        """Unmount, unless another live process still uses the mount (then it stays theirs)."""
         with self._mounting:
-            if is_mounted(self.root):
-                _run("umount", str(self.root), step="thread storage unmount")
+            fd, self._user_fd = self._user_fd, None
+            if fd is None:
+                if not is_mounted(self.root):
+                    return
+                fd = self._lock_users(fcntl.LOCK_SH)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return  # e.g. `sandboxd run` ends beside a live server: the server keeps it
+                if is_mounted(self.root):
+                    _run("umount", str(self.root), step="thread storage unmount")
+                os.unlink(self.root.with_name(self.root.name + ".users"))
                 with contextlib.suppress(OSError):
                     self.root.rmdir()
                     self.root.parent.rmdir()
+            finally:
+                os.close(fd)
 
     def create(self, path: Path, limit_bytes: int | None, group: int | None = None) -> None:
         """A new subvolume with its quota (if any), a member of 1/`group` if given."""

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ...errors import SandboxSetupError
+from ..keeper import sweep
 from ..spec import Limits
+
+log = logging.getLogger("sandboxd.runtime")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Cgroup(Protocol):
 
 class CgroupDriver(Protocol):
     version: int
+    #: This instance's parent group(s): one per v1 hierarchy, or one v2 directory.
+    parents: tuple[Path, ...]
 
     def prepare(self) -> None:
         """Create this instance's parent group and sweep groups left by a crashed run."""
@@ -41,7 +48,8 @@ class CgroupDriver(Protocol):
     def create(self, name: str, limits: Limits) -> Cgroup: ...
 
     def release(self) -> None:
-        """Remove this instance's parent group if no group is left in it (the server stops)."""
+        """Remove this instance's parent group, and groups whose removal failed before (the
+        server stops); what still cannot be removed is logged."""
 
 
 def write(path: Path, value: str, *, step: str) -> None:
@@ -93,6 +101,34 @@ def rmdir_retrying(path: Path, attempts: int = 200) -> None:
                 raise
             time.sleep(0.0002)
     os.rmdir(path)
+
+
+class Leftovers:
+    """Execution groups whose removal failed (a dying process can keep one hierarchy's copy busy
+    past `rmdir_retrying`): logged, retried at the next create and at release, never dropped."""
+
+    def __init__(self) -> None:
+        self._paths: set[Path] = set()
+
+    def remove(self, dirs: Iterable[Path]) -> None:
+        for d in dirs:  # every hierarchy, even after one failed
+            try:
+                rmdir_retrying(d)
+            except OSError as exc:
+                log.warning("cgroup %s not removed yet (%s): retried later", d, exc.strerror)
+                self._paths.add(d)
+
+    def retry(self, timeout_s: float = 0.0) -> list[Path]:
+        """Kill what is left in them and remove them; returns the ones still there."""
+        if not self._paths:
+            return []
+        left = sweep(sorted(self._paths), timeout_s=timeout_s)
+        self._paths = set(left)
+        return left
+
+    def release(self) -> None:
+        for d in self.retry(timeout_s=5.0):
+            log.error("cgroup %s could not be removed: the next start of this instance sweeps it", d)
 
 
 def own_paths() -> dict[str, str]:

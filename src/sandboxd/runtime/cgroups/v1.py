@@ -6,6 +6,7 @@ These machines have controllers only on v1 (reference/isolation-measurements.md 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -13,16 +14,19 @@ from pathlib import Path
 
 from ...errors import SandboxSetupError
 from ..spec import Limits
+from ..keeper import sweep
 from .base import (
     CgroupStats,
+    Leftovers,
     cgroup_mounts,
     own_paths,
     read_int,
     read_keyed,
     read_pids,
-    rmdir_retrying,
     write,
 )
+
+log = logging.getLogger("sandboxd.runtime")
 
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 _CFS_PERIOD_US = 100_000
@@ -41,8 +45,9 @@ def hierarchies() -> dict[str, Path]:
 
 
 class CgroupV1Group:
-    def __init__(self, dirs: dict[str, Path]) -> None:
+    def __init__(self, dirs: dict[str, Path], leftovers: Leftovers | None = None) -> None:
         self._dirs = dirs
+        self._leftovers = leftovers or Leftovers()
         unique = dict.fromkeys(dirs.values())
         self._unique_dirs = tuple(unique)
         self.procs_files = tuple(str(d / "cgroup.procs") for d in self._unique_dirs)
@@ -58,7 +63,7 @@ class CgroupV1Group:
         freezer = self._dirs["freezer"] / "freezer.state"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            pids = self.pids() | read_pids(self._dirs["memory"] / "cgroup.procs")
+            pids = {pid for d in self._unique_dirs for pid in read_pids(d / "cgroup.procs")}
             if not pids:
                 return
             _try_write(freezer, "FROZEN")
@@ -72,8 +77,7 @@ class CgroupV1Group:
         raise SandboxSetupError("cgroup kill", f"processes survive in {self._dirs['pids']}")
 
     def remove(self) -> None:
-        for d in self._unique_dirs:
-            rmdir_retrying(d)
+        self._leftovers.remove(self._unique_dirs)
 
     def stats(self) -> CgroupStats:
         return CgroupStats(
@@ -101,6 +105,8 @@ class CgroupV1Driver:
         self._parents = {
             c: mounts[c] / own.get(c, "/").lstrip("/") / "sandboxd" / instance for c in CONTROLLERS
         }
+        self.parents = tuple(dict.fromkeys(self._parents.values()))
+        self._leftovers = Leftovers()
 
     def prepare(self) -> None:
         for c, parent in self._parents.items():
@@ -108,28 +114,26 @@ class CgroupV1Driver:
                 parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise SandboxSetupError("cgroup v1", f"cannot create {parent}: {exc}") from exc
-        # Sweep what a crashed server left: kill its processes, remove its groups.
-        stale = {p.name for parent in self._parents.values() for p in parent.iterdir() if p.is_dir()}
-        for name in stale:
-            group = CgroupV1Group({c: parent / name for c, parent in self._parents.items()})
-            group.kill_all()
-            for d in group._unique_dirs:
-                if d.exists():
-                    rmdir_retrying(d)
+        # Sweep what the last run of this instance left (its lease is ours now: runtime/lease.py),
+        # in every hierarchy: kill its processes, remove its groups.
+        for d in sweep(self.parents, keep_parents=True):
+            log.error("cgroup %s left by the last run could not be removed", d)
 
     def release(self) -> None:
-        for parent in dict.fromkeys(self._parents.values()):
+        self._leftovers.release()
+        for parent in self.parents:
             with contextlib.suppress(OSError):  # a group still in it: it stays
                 parent.rmdir()
 
     def create(self, name: str, limits: Limits) -> CgroupV1Group:
+        self._leftovers.retry()
         dirs = {c: parent / name for c, parent in self._parents.items()}
         try:
             for d in dict.fromkeys(dirs.values()):
                 d.mkdir()
         except OSError as exc:
             raise SandboxSetupError("cgroup v1", f"cannot create {name}: {exc}") from exc
-        group = CgroupV1Group(dirs)
+        group = CgroupV1Group(dirs, self._leftovers)
         try:
             mem = str(limits.memory_mib * 1024 * 1024)
             write(dirs["memory"] / "memory.limit_in_bytes", mem, step="cgroup memory limit")

@@ -8,6 +8,7 @@ a leaf `<own>/sandboxd-server`, as systemd's delegation guide describes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -15,15 +16,19 @@ from pathlib import Path
 
 from ...errors import SandboxSetupError
 from ..spec import Limits
-from .base import CgroupStats, own_paths, read_keyed, read_pids, rmdir_retrying, write
+from ..keeper import sweep
+from .base import CgroupStats, Leftovers, own_paths, read_keyed, read_pids, write
+
+log = logging.getLogger("sandboxd.runtime")
 
 CONTROLLERS = ("memory", "pids", "cpu")
 _CFS_PERIOD_US = 100_000
 
 
 class CgroupV2Group:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, leftovers: Leftovers | None = None) -> None:
         self._path = path
+        self._leftovers = leftovers or Leftovers()
         self.procs_files = (str(path / "cgroup.procs"),)
 
     def oom_killed(self) -> bool:
@@ -51,7 +56,7 @@ class CgroupV2Group:
         raise SandboxSetupError("cgroup kill", f"processes survive in {self._path}")
 
     def remove(self) -> None:
-        rmdir_retrying(self._path)
+        self._leftovers.remove([self._path])
 
     def stats(self) -> CgroupStats:
         cpu = read_keyed(self._path / "cpu.stat").get("usage_usec", 0)
@@ -68,6 +73,8 @@ class CgroupV2Driver:
         own = own_paths().get("", "/") if root == Path("/sys/fs/cgroup") else "/"
         self._own = root / own.lstrip("/")
         self._parent = self._own / f"sandboxd-{instance}"
+        self.parents = (self._parent,)
+        self._leftovers = Leftovers()
 
     def _enable(self, group: Path) -> None:
         write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in CONTROLLERS),
@@ -85,22 +92,23 @@ class CgroupV2Driver:
         self._enable(self._own)
         self._parent.mkdir(exist_ok=True)
         self._enable(self._parent)
-        for stale in [p for p in self._parent.iterdir() if p.is_dir()]:
-            group = CgroupV2Group(stale)
-            group.kill_all()
-            group.remove()
+        # What the last run of this instance left (its lease is ours now: runtime/lease.py).
+        for d in sweep(self.parents, keep_parents=True):
+            log.error("cgroup %s left by the last run could not be removed", d)
 
     def release(self) -> None:
+        self._leftovers.release()
         with contextlib.suppress(OSError):  # a group still in it: it stays
             self._parent.rmdir()
 
     def create(self, name: str, limits: Limits) -> CgroupV2Group:
+        self._leftovers.retry()
         path = self._parent / name
         try:
             path.mkdir()
         except OSError as exc:
             raise SandboxSetupError("cgroup v2", f"cannot create {path}: {exc}") from exc
-        group = CgroupV2Group(path)
+        group = CgroupV2Group(path, self._leftovers)
         try:
             write(path / "memory.max", str(limits.memory_mib * 1024 * 1024), step="cgroup memory.max")
             swap = path / "memory.swap.max"
