@@ -10,6 +10,7 @@ import sqlite3
 import time
 
 import httpx
+import pytest
 
 from conftest import Server
 
@@ -110,3 +111,27 @@ async def test_waiting_requests_get_503_when_the_server_drains(server_factory) -
     assert r.json() == {"error": "unavailable", "message": "the server is shutting down; retry shortly"}
     assert srv.proc.wait(timeout=60) == 0
 
+
+
+def executions_of(server: Server, org: str) -> int:
+    with sqlite3.connect(f"file:{server.data_dir / 'sandboxd.db'}?mode=ro", uri=True) as db:
+        return int(db.execute(
+            "SELECT count(*) FROM executions JOIN orgs ON orgs.id = executions.org_id WHERE orgs.name = ?",
+            (org,),
+        ).fetchone()[0])
+
+
+async def test_client_gone_while_waiting_leaves_the_queue(server_factory) -> None:
+    """A request whose client disconnects while it waits for a slot never runs."""
+    srv: Server = server_factory(max_concurrent=1, admission_wait_s=60)
+    a, b, c_key = [await srv.create_key(org=o) for o in ("org-a", "org-b", "org-c")]
+    async with httpx.AsyncClient(base_url=srv.url, timeout=120) as c:
+        long = await start_long(c, a)
+        assert long.status_code == 202, long.text
+        await wait_running(srv, 1)
+        with pytest.raises(httpx.ReadTimeout):  # it waited (no 429), and its client gave up
+            await c.post(EXECUTE, json={"code": "print('nobody')"}, headers=auth(b), timeout=2)
+        await cancel_all(c, a, [long])
+        r = await c.post(EXECUTE, json={"code": "print('c ran')"}, headers=auth(c_key))
+        assert r.status_code == 200 and r.json()["stdout"] == "c ran\n", r.text
+    assert executions_of(srv, "org-b") == 0

@@ -10,7 +10,7 @@ import pytest
 
 from sandboxd.config import Settings
 from sandboxd.errors import RateLimited, Unavailable
-from sandboxd.service.admission import AuthFailureLimiter, ConcurrencyLimiter
+from sandboxd.service.admission import AuthFailureLimiter, ConcurrencyLimiter, caller_gone
 
 # --------------------------------------------------------------------------- concurrency
 
@@ -306,6 +306,26 @@ async def test_cancelled_while_queued_leaves_and_takes_no_slot() -> None:
     assert got == ["b"] and limiter.running == 1
     (await after)()
     assert limiter.running == 0
+
+
+async def test_caller_gone_while_queued_leaves_and_takes_no_slot() -> None:
+    """The REST API sets caller_gone when the client disconnects (api/disconnect.py)."""
+    limiter = ConcurrencyLimiter(global_cap=1, per_org_cap=1, wait_s=FOREVER_S, queue_max=10)
+    first = await limiter.acquire("a")
+    gone = asyncio.Event()
+    token = caller_gone.set(gone)
+    try:
+        left = waiter(limiter, "b")  # the task copies the context: it sees `gone`
+    finally:
+        caller_gone.reset(token)
+    await settle()
+    assert limiter.waiting == 1
+    gone.set()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(left, 10)
+    assert limiter.waiting == 0
+    first()
+    assert limiter.running == 0  # nobody was handed the slot
 
 
 async def test_cancelled_just_after_being_handed_a_slot_gives_it_back() -> None:

@@ -12,9 +12,14 @@ import itertools
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from ..errors import RateLimited, Unavailable
 from ..observability import Metrics
+
+#: Set for one request by a surface that can tell (the REST API: api/disconnect.py) once its
+#: caller has gone: a request waiting for a slot then leaves the queue instead of running for nobody.
+caller_gone: ContextVar[asyncio.Event | None] = ContextVar("caller_gone", default=None)
 
 
 class ConcurrencyLimiter:
@@ -70,11 +75,11 @@ class ConcurrencyLimiter:
         self._queued += 1
         try:
             async with asyncio.timeout(self._wait_s):
-                return await waiter
+                return await _unless_gone(waiter)
         except TimeoutError:
             self._leave(org_id, waiter)
             raise self._full() from None
-        except BaseException:  # cancelled (the client went away) or closed
+        except BaseException:  # the caller went away (or was cancelled), or closed
             self._leave(org_id, waiter)
             raise
 
@@ -164,6 +169,21 @@ class ConcurrencyLimiter:
     def _closing(self) -> Unavailable:
         self._rejections.labels("shutting_down").inc()
         return Unavailable("the server is shutting down; retry shortly")
+
+
+async def _unless_gone(waiter: asyncio.Future[Callable[[], None]]) -> Callable[[], None]:
+    """The waiter's release, or Unavailable once the request's caller has gone (caller_gone)."""
+    gone = caller_gone.get()
+    if gone is None:
+        return await waiter
+    watch = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait((waiter, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if gone.is_set():
+        raise Unavailable("the client went away while waiting for an execution slot")
+    return waiter.result()
 
 
 class AuthFailureLimiter:
