@@ -64,7 +64,8 @@ class ConcurrencyLimiter:
         if self._by_org.get(org_id, 0) + len(self._waiting.get(org_id, ())) >= cap:
             self._rejections.labels("org_concurrency").inc()
             raise RateLimited(
-                f"your organization already has {cap} executions running (its limit); retry shortly", 1
+                f"your organization already has {cap} executions running or waiting (its limit); "
+                "retry shortly", 1,
             )
         if self._may_take(org_id):
             return self._take(org_id)
