@@ -28,7 +28,9 @@ async def slot(limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None
         release()
 
 
-async def hold(stack: AsyncExitStack, limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None) -> None:
+async def hold(
+    stack: AsyncExitStack, limiter: ConcurrencyLimiter, org: str, org_cap: int | None = None
+) -> None:
     await stack.enter_async_context(slot(limiter, org, org_cap))
 
 
@@ -51,7 +53,9 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def waiter(limiter: ConcurrencyLimiter, org: str, got: list[str] | None = None, name: str = "") -> asyncio.Task[Callable[[], None]]:
+def waiter(
+    limiter: ConcurrencyLimiter, org: str, got: list[str] | None = None, name: str = ""
+) -> asyncio.Task[Callable[[], None]]:
     """A request waiting for a slot in the background; appends `name` to `got` once admitted."""
 
     async def wait() -> Callable[[], None]:
