@@ -60,6 +60,7 @@ class Admin:
 @dataclass
 class Services(Admin):
     executions: ExecutionService = field(default=None)  # type: ignore[assignment]
+    limiter: ConcurrencyLimiter = field(default=None)  # type: ignore[assignment]
     auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
     files: FilesService = field(default=None)  # type: ignore[assignment]
     retention: RetentionService | None = None
@@ -83,11 +84,14 @@ class Services(Admin):
         """Stop admitting (not ready; new executions 503), give running executions the grace
         period, then kill them and record them interrupted. The API keeps answering meanwhile."""
         self.ready = False
+        self.limiter.close()  # first: no waiter takes a slot a draining run gives back
         await self.executions.shutdown(self.settings.shutdown_grace_s)
 
     async def close(self) -> None:
         """Drain (at once if a drain was already under way), stop deliveries, close the store."""
         self.ready = False
+        if self.limiter is not None:
+            self.limiter.close()
         if self.executions is not None:
             grace_s = 0.0 if self.executions.closing else self.settings.shutdown_grace_s
             await self.executions.shutdown(grace_s)
@@ -263,10 +267,15 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             window_s=settings.platform_error_window_s,
             recheck_s=settings.selfcheck_interval_s,
         )
+        limiter = ConcurrencyLimiter(
+            settings.max_concurrent, settings.max_concurrent_per_org, metrics,
+            reserve=settings.admission_reserve_slots, wait_s=settings.admission_wait_s,
+            queue_max=settings.admission_queue_max,
+        )
         executions = ExecutionService(
             admin.store,
             runner,
-            ConcurrencyLimiter(settings.max_concurrent, settings.max_concurrent_per_org, metrics),
+            limiter,
             sandbox_defaults(settings),
             admin.webhooks,
             admin.threads,
@@ -305,6 +314,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         threads=admin.threads,
         volumes=admin.volumes,
         executions=executions,
+        limiter=limiter,
         auth_failures=AuthFailureLimiter(
             settings.auth_failures_allowed, settings.auth_failure_window_s, settings.auth_lockout_s,
             metrics=metrics,

@@ -83,7 +83,29 @@ class Settings(BaseSettings):
         json_schema_extra={"default_doc": "4 × CPUs, at least 4"},
     )
     max_concurrent_per_org: int = Field(
-        default=0, ge=0, description="Executions running at once per organization; 0 = max_concurrent."
+        default=0, ge=0,
+        description="Executions running or waiting at once per organization (a plan limit: one "
+        "more is refused at once); 0 = max_concurrent + half of admission_queue_max, so one org "
+        "can fill the server but not the whole queue. The running share is fair by itself: a "
+        "freed slot goes to the waiting org with the fewest running, and admission_reserve_slots "
+        "admit an org with nothing running at once. An org's own max_concurrent overrides it.",
+        json_schema_extra={"default_doc": "max_concurrent + admission_queue_max / 2"},
+    )
+    admission_reserve_slots: int = Field(
+        default=1, ge=0,
+        description="Slots kept for organizations with nothing running: an org that already runs "
+        "executions takes a slot only while more than this many are free.",
+    )
+    admission_wait_s: float = Field(
+        default=5.0, ge=0,
+        description="A request within its org's cap that finds the server full waits this long "
+        "for a slot (fewest-running org first, then oldest) before 429; 0 = refuse at once.",
+    )
+    admission_queue_max: int = Field(
+        default=0, ge=0,
+        description="Requests waiting for a slot at once, all orgs; beyond it 429 at once. "
+        "0 = 8 × max_concurrent.",
+        json_schema_extra={"default_doc": "8 × max_concurrent"},
     )
     auth_failures_allowed: int = Field(default=3, ge=1, description="Failed auths per IP per window.")
     auth_failure_window_s: int = Field(default=60, ge=1, description="The window of auth_failures_allowed.")
@@ -250,10 +272,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().absolute()
-        if self.max_concurrent_per_org == 0:
-            self.max_concurrent_per_org = self.max_concurrent
         if self.org_storage_quota_mib == 0:
             self.org_storage_quota_mib = max(1, self.storage_size_gib * 1024 // 2)
+        if self.admission_queue_max == 0:
+            self.admission_queue_max = 8 * self.max_concurrent
+        if self.max_concurrent_per_org == 0:
+            self.max_concurrent_per_org = self.max_concurrent + self.admission_queue_max // 2
         return self
 
     @property

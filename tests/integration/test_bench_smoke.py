@@ -58,3 +58,31 @@ def test_quick_run_prints_every_section_and_target(tmp_path: Path) -> None:
         assert re.search(r"\b(PASS|MISS)\b", row), row
     assert "QUICK SMOKE RUN" in r.stdout
     assert list(tmp.iterdir()) == [], "the suite left files behind"
+
+
+LOAD = SUITE.parent / "load.py"
+
+
+@pytest.mark.timeout(600)
+def test_load_tiny_run_prints_both_modes_and_memory(tmp_path: Path) -> None:
+    """bench/load.py at a tiny n: both SDK modes and the server's memory are printed."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run(
+        [sys.executable, str(LOAD), "--n", "4", "--concurrency", "2", "--orgs", "2"],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=500,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+    lines = r.stdout.splitlines()
+    for mode in ("retries off", "retries on"):
+        row = next((line for line in lines if line.startswith(mode)), None)
+        assert row is not None, (mode, r.stdout)
+        ok, limited, other = (int(cell) for cell in row[len(mode):].split()[:3])
+        assert ok + limited + other == 4, row
+    for when in ("after start", "after retries off", "after retries on"):
+        assert any(line.startswith(when) for line in lines), (when, r.stdout)
+    assert list(tmp.iterdir()) == [], "the load bench left files behind"

@@ -517,7 +517,7 @@ SLOW = "import time; time.sleep(4); print('slow done')"
 
 @pytest.fixture(scope="module")
 def single_slot_server(server_factory) -> Any:
-    return server_factory(max_concurrent=1)
+    return server_factory(max_concurrent=1, admission_wait_s=0)  # refused at once, not queued
 
 
 async def test_global_concurrency_cap(single_slot_server) -> None:

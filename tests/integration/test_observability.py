@@ -91,7 +91,8 @@ async def wait_terminal(c: httpx.AsyncClient, trace_id: str, field: str = "statu
 async def test_metrics_move_with_executions(server_factory, receivers) -> None:
     ok_hook, failing_hook = receivers
     server: Server = server_factory(
-        max_concurrent=1, webhook_allow_insecure=True, webhook_max_attempts=2, webhook_backoff_s=0.1
+        max_concurrent=1, webhook_allow_insecure=True, webhook_max_attempts=2, webhook_backoff_s=0.1,
+        max_concurrent_per_org=2, admission_wait_s=0,  # a second run is refused by the global cap, at once
     )
     key = await server.create_key()
     assert server.cli("webhooks", "secret").returncode == 0

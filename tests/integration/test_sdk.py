@@ -190,7 +190,7 @@ def test_client_side_validation_never_reaches_the_server(sdk: baponi.Baponi) -> 
 
 @pytest.fixture(scope="module")
 def single_slot_server(server_factory) -> Any:
-    return server_factory(max_concurrent=1)
+    return server_factory(max_concurrent=1, admission_wait_s=0)  # refused at once, not queued
 
 
 async def test_rate_limit_error(single_slot_server) -> None:

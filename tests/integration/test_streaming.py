@@ -158,7 +158,9 @@ async def other_key(server) -> str:
 @pytest.fixture(scope="module")
 def tuned(server_factory) -> Any:
     """Short keepalives, one execution at a time, a small output cap."""
-    return server_factory(keepalive_interval_s=0.5, max_concurrent=1, output_limit_bytes=1024)
+    return server_factory(
+        keepalive_interval_s=0.5, max_concurrent=1, output_limit_bytes=1024, admission_wait_s=0
+    )
 
 
 @pytest.fixture(scope="module")

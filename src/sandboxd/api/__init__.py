@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from . import errors, openapi
+from .disconnect import CallerGone
 from .middleware import BodySizeLimit, CatchAll
 from .routes import execute, executions, files, health, metrics
 from .telemetry import RequestTelemetry
@@ -34,6 +35,7 @@ def create_api(services: Services) -> FastAPI:
     mount_mcp(app, services)
     if services.settings.metrics_enabled and not services.settings.metrics_port:
         app.include_router(metrics.router)
+    app.add_middleware(CallerGone, paths=("/v1/sandbox/execute",))  # innermost: a waiter whose client left
     app.add_middleware(CatchAll)
     app.add_middleware(
         BodySizeLimit,

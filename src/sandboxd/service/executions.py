@@ -214,7 +214,7 @@ class ExecutionService:
                 self._metrics.admission_rejections.labels("thread_busy").inc()
                 raise
         try:
-            release = self._limiter.acquire(principal.org.id, principal.org.max_concurrent)
+            release = await self._limiter.acquire(principal.org.id, principal.org.max_concurrent)
         except BaseException:
             if thread is not None:
                 await self._threads.close(thread, keep=False)
