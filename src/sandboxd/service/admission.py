@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from contextvars import ContextVar
