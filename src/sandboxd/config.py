@@ -74,9 +74,10 @@ class Settings(BaseSettings):
         "only once it is stored, so a reconnect after a crash continues where it stopped.",
     )
     execution_retention_days: int = Field(
-        default=30, ge=1,
+        default=30, ge=0,
         description="Finished executions older than this are deleted, with their event logs "
-        "and webhook deliveries (a sweep at start, then hourly).",
+        "and webhook deliveries (a sweep at start, then hourly). 0 keeps every execution "
+        "(no sweep).",
     )
     max_concurrent: int = Field(
         default=max(4, 4 * _CPUS), ge=1, description="Executions running at once, all orgs.",

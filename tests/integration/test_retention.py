@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from sandboxd.config import Settings
 from sandboxd.ids import new_trace_id
 from sandboxd.service.retention import RetentionService
 from sandboxd.store import Execution, Store, WebhookDelivery, create_engine, migrate, utcnow
@@ -61,5 +62,24 @@ async def test_sweep_deletes_old_finished_executions_with_their_events_and_deliv
             assert await _count(store, webhook_deliveries, kept) == 1
         assert await RetentionService(store, execution_retention_days=30).sweep() == 0
         assert await RetentionService(store, execution_retention_days=30).sweep(now + timedelta(days=2)) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_retention_of_zero_days_keeps_every_execution(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SANDBOXD_EXECUTION_RETENTION_DAYS", "0")
+    days = Settings().execution_retention_days
+    assert days == 0
+    store = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
+    try:
+        await migrate(store.engine)
+        org = await store.orgs.add("org_k", "keep")
+        trace_id = new_trace_id()
+        await store.executions.add(Execution(
+            trace_id=trace_id, org_id=org.id, key_id=None, language="bash", status="success",
+            timeout_s=5, delivery_mode="sync", created_at=utcnow() - timedelta(days=3650),
+        ))
+        assert await RetentionService(store, execution_retention_days=days).sweep() == 0
+        assert await store.executions.get(trace_id) is not None
     finally:
         await store.close()

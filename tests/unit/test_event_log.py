@@ -346,3 +346,28 @@ async def test_output_events_are_capped() -> None:
     await out.drain()
     assert [d for _, d in await outputs(log)] == ["0", "1", "2"]
     assert out.capped
+
+
+async def test_drain_waits_for_a_round_already_publishing() -> None:
+    """A round that woke and is inside its append when the run ends: drain awaits it, so its
+    output is in the log before drain returns (and before the result closes the log)."""
+    log = EventLog()
+    out = OutputEvents(log, interval_s=0.02)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    append = log.append
+
+    async def slow_append(type, **body):  # type: ignore[no-untyped-def]
+        if body.get("data") == "b":
+            entered.set()
+            await gate.wait()
+        return await append(type, **body)
+
+    log.append = slow_append  # type: ignore[method-assign]
+    await out.write("stdout", b"a")  # the first bytes go out at once
+    await out.write("stdout", b"b")  # within the interval: left to a round
+    await asyncio.wait_for(entered.wait(), 5)  # the round took "b" and is appending it
+    draining = asyncio.create_task(out.drain())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await draining
+    assert [e.body["data"] for e in log.events if e.type == "output"] == ["a", "b"]

@@ -36,7 +36,8 @@ class OutputEvents:
         self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
         self._waiting: dict[Stream, bytearray] = {}  # insertion order = order of first arrival
         self._last_round = float("-inf")
-        self._round: asyncio.Task[None] | None = None
+        self._round: asyncio.Task[None] | None = None  # a round waiting for its time
+        self._rounds: set[asyncio.Task[None]] = set()  # every round task until it is done
 
     @property
     def capped(self) -> bool:
@@ -57,12 +58,16 @@ class OutputEvents:
             await self._publish_round()
         elif self._round is None:
             self._round = asyncio.create_task(self._later(), name="output-round")
+            self._rounds.add(self._round)
+            self._round.add_done_callback(self._rounds.discard)
 
     async def drain(self) -> None:
         """Publish everything left, the decoders' last bytes included (the run has ended)."""
         if self._round is not None:
-            self._round.cancel()
+            self._round.cancel()  # still asleep: nothing taken yet
             self._round = None
+        if self._rounds:  # a round already publishing: its events come before the rest
+            await asyncio.wait(self._rounds)
         await self._publish_round()
         for stream, decoder in self._decoders.items():
             await self._append(stream, decoder.decode(b"", final=True))

@@ -449,8 +449,8 @@ class ExecutionService:
         (no column holds it); None when there is none (documents.py then gives the code's)."""
         if execution.error not in PLATFORM_ERRORS or execution.status not in TERMINAL:
             return None
-        if execution.exit_code != -1:  # the program ran: its log can be long; not worth reading
-            return None
+        if execution.exit_code != -1 and execution.error != "thread_mount_error":
+            return None  # the program ran and nothing failed after it: its log can be long
         for _, kind, body in reversed(await self._store.events.after(execution.trace_id, 0)):
             if kind == "result":
                 message = (body.get("result") or {}).get("error_message")
@@ -467,8 +467,13 @@ class ExecutionService:
         if live is not None:
             return live.log.follow(after_seq)
         stored = await self._store.events.after(trace_id, after_seq)
-        if not stored and execution.status in TERMINAL:
-            stored = [e for e in _synthesized(execution) if e[0] > after_seq]
+        if execution.status in TERMINAL and not (stored and stored[-1][1] == "result"):
+            # Ended, but its result is not stored (its last write failed, or a restart before
+            # version 0006 ended it): a reconnect still ends with a result, numbered after
+            # anything the client or the store has, so no seq is reused.
+            last = await self._store.events.last(trace_id)
+            if last is None or last[1] != "result":
+                stored += _synthesized(execution, after=max(after_seq, last[0] if last else 0))
         return _iterate([Event(seq=s, type=t, body=b) for s, t, b in stored])  # type: ignore[arg-type]
 
     async def cancel(self, principal: Principal, trace_id: str) -> str:
@@ -509,9 +514,9 @@ async def _iterate(events: list[Event]) -> AsyncIterator[Event]:
         yield event
 
 
-def _synthesized(e: Execution) -> list[tuple[int, str, dict[str, Any]]]:
-    """A terminal execution with no stored log (its result could not be stored, or a restart
-    before version 0006 ended it): its status and result."""
+def _synthesized(e: Execution, *, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """The status and result of a terminal execution whose result is not stored, numbered
+    from `after` + 1."""
     result = {
         "success": e.status == "success",
         "stdout": e.stdout or "",
@@ -520,7 +525,7 @@ def _synthesized(e: Execution) -> list[tuple[int, str, dict[str, Any]]]:
         "error": e.error,
     }
     return [
-        (1, "status", {"trace_id": e.trace_id, "status": e.status}),
-        (2, "result", {"trace_id": e.trace_id, "status": e.status, "result": result,
+        (after + 1, "status", {"trace_id": e.trace_id, "status": e.status}),
+        (after + 2, "result", {"trace_id": e.trace_id, "status": e.status, "result": result,
                        "output_truncated": e.output_truncated}),
     ]

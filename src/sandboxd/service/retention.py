@@ -2,6 +2,7 @@
 logs and webhook deliveries, so the database stays bounded (SQLite reuses the freed pages).
 
 One sweep at start, then one every `interval_s`; `sweep` is the whole rule, callable alone.
+A retention of 0 days keeps everything: the sweep deletes nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ log = logging.getLogger("sandboxd.retention")
 class RetentionService:
     def __init__(self, store: Store, *, execution_retention_days: int = 30) -> None:
         self._store = store
-        self._executions = timedelta(days=execution_retention_days)
+        self._executions = timedelta(days=execution_retention_days) if execution_retention_days > 0 else None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def sweep(self, now: datetime | None = None) -> int:
         """Delete the finished executions created before `now` minus the retention period."""
+        if self._executions is None:
+            return 0
         return await self._store.executions.delete_created_before((now or utcnow()) - self._executions)
 
     def start(self, interval_s: float = 3600.0) -> None:

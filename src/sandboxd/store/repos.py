@@ -173,6 +173,19 @@ def _event_row(trace_id: str, seq: int, type: str, body: dict[str, Any], *, comp
     return row
 
 
+async def _insert_events(conn: AsyncConnection, trace_id: str, rows: list[dict[str, Any]]) -> None:
+    """Insert event rows, skipping seqs already stored: a write whose commit reported an error
+    may have committed, and its retry must not fail on the primary key."""
+    if not rows:
+        return
+    query = select(execution_events.c.seq).where(
+        execution_events.c.trace_id == trace_id, execution_events.c.seq.in_([r["seq"] for r in rows])
+    )
+    stored = set((await conn.execute(query)).scalars())
+    if new := [r for r in rows if r["seq"] not in stored]:
+        await conn.execute(execution_events.insert(), new)
+
+
 def _event(row: Any) -> EventRow:
     if row.data is not None:
         return row.seq, row.type, {"stream": row.stream, "data": row.data.decode("utf-8", errors="surrogatepass")}
@@ -236,8 +249,7 @@ class ExecutionRepo(_Repo):
             await conn.execute(
                 update(executions).where(executions.c.trace_id == trace_id).values(**_storable(values))
             )
-            if rows:
-                await conn.execute(execution_events.insert(), rows)
+            await _insert_events(conn, trace_id, rows)
 
     async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
         """Change the status only if it is one of `only_from` (no lost update races)."""
@@ -314,7 +326,19 @@ class EventRepo(_Repo):
     async def add(self, trace_id: str, events: list[EventRow]) -> None:
         rows = [_event_row(trace_id, *e, compact_result=False) for e in events]
         async with self._engine.begin() as conn:
-            await conn.execute(execution_events.insert(), rows)
+            await _insert_events(conn, trace_id, rows)
+
+    async def last(self, trace_id: str) -> tuple[int, str] | None:
+        """The seq and type of the last stored event, or None if none is stored."""
+        query = (
+            select(execution_events.c.seq, execution_events.c.type)
+            .where(execution_events.c.trace_id == trace_id)
+            .order_by(execution_events.c.seq.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (row.seq, row.type) if row else None
 
     async def after(self, trace_id: str, after_seq: int) -> list[EventRow]:
         query = (

@@ -29,6 +29,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Refused once an execution's output is stored the new way: the old schema has nowhere to
+    keep it, so downgrading would lose it (restore the backup taken before the upgrade)."""
+    bind = op.get_bind()
+    new_way = bind.execute(sa.text(
+        "SELECT 1 FROM executions WHERE output_in_events"
+        " UNION ALL SELECT 1 FROM execution_events WHERE data IS NOT NULL OR body IS NULL LIMIT 1"
+    )).first()
+    if new_way is not None:
+        raise RuntimeError(
+            "cannot downgrade below 0006: executions' output is stored in their output events "
+            "(execution_events.data, executions.output_in_events), which the older schema cannot "
+            "hold; restore the database backup taken before the upgrade instead"
+        )
     op.drop_index("ix_executions_created", "executions")
     with op.batch_alter_table("executions") as batch:
         batch.drop_column("output_in_events")

@@ -1,0 +1,63 @@
+"""Migration 0006's downgrade: refused once output is stored the new way (it would be lost),
+done as before while nothing is. Real SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect
+
+from sandboxd.ids import new_trace_id
+from sandboxd.store import Execution, Store, create_engine, migrate, utcnow
+from sandboxd.store.db import alembic_config
+
+
+async def _store(tmp_path: Path) -> Store:
+    store = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
+    await migrate(store.engine)
+    await store.orgs.add("org_m", "migrations")
+    return store
+
+
+async def _downgrade(store: Store) -> None:
+    async with store.engine.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0005"))
+
+
+async def _columns(store: Store) -> set[str]:
+    async with store.engine.connect() as conn:
+        return await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("execution_events")})
+
+
+async def test_downgrade_refuses_when_output_is_stored_in_events(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        trace_id = new_trace_id()
+        await store.executions.add(Execution(
+            trace_id=trace_id, org_id="org_m", key_id=None, language="bash", status="running",
+            timeout_s=5, delivery_mode="sync", created_at=utcnow(),
+        ))
+        result = {"trace_id": trace_id, "status": "success", "output_truncated": False,
+                  "result": {"success": True, "stdout": "hi\n", "stderr": "", "exit_code": 0, "error": None}}
+        await store.executions.finish(
+            trace_id, [(1, "output", {"stream": "stdout", "data": "hi\n"}), (2, "result", result)],
+            {"stdout": "hi\n", "stderr": ""}, status="success", exit_code=0, stdout="hi\n", stderr="",
+            completed_at=utcnow(),
+        )
+        with pytest.raises(RuntimeError, match="cannot downgrade below 0006"):
+            await _downgrade(store)
+        assert "data" in await _columns(store)  # nothing changed
+        assert (await store.executions.get(trace_id)).stdout == "hi\n"  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+async def test_downgrade_without_such_rows_goes_on(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        await _downgrade(store)
+        assert "data" not in await _columns(store)
+    finally:
+        await store.close()
