@@ -140,6 +140,7 @@ async def serve(services: Services) -> None:
             create_api(services), host=settings.host, port=settings.port,
             lifespan="on",  # the MCP endpoint's session manager runs in the app's lifespan
             http=protocol_class(limits, services.metrics),
+            ws="none",  # no WebSocket routes; an upgrade would hand the socket past the guard
             # X-Forwarded-For/-Proto only from configured proxies (uvicorn's default trusts
             # loopback, which let every request name its own client address)
             proxy_headers=bool(limits.trusted_proxies),
@@ -153,7 +154,7 @@ async def serve(services: Services) -> None:
         side = _SignallessServer(
             uvicorn.Config(
                 metrics_routes.standalone(services), host=settings.metrics_host,
-                port=settings.metrics_port, lifespan="off", http=protocol_class(limits, services.metrics),
+                port=settings.metrics_port, lifespan="off", http=protocol_class(limits, services.metrics), ws="none",
                 proxy_headers=False, **common,
             )
         )

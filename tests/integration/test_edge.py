@@ -207,6 +207,33 @@ async def test_connection_caps_per_client_and_in_total(server_factory: Any) -> N
     assert closed_count(metrics, "per_client_cap") == 1 and closed_count(metrics, "total_cap") >= 2
 
 
+async def test_upgrade_requests_do_not_keep_their_connection_slots(server_factory: Any) -> None:
+    """A WebSocket upgrade used to hand the socket to another protocol without releasing its
+    slot: a few such requests locked their address out until a restart."""
+    srv = server_factory(max_connections_per_client=3, auth_failures_allowed=100_000)
+    upgrade = (
+        b"GET /v1/executions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n\r\n"
+    )
+    for _ in range(6):
+        with sockets() as held:
+            held.append(connect(srv, "127.0.0.5"))
+            held[0].sendall(upgrade)
+            held[0].settimeout(10)
+            assert not held[0].recv(65536).startswith(b"HTTP/1.1 101")
+    deadline = time.monotonic() + 10
+    with sockets() as held:
+        while True:
+            held.append(connect(srv, "127.0.0.5"))
+            held[-1].sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            held[-1].settimeout(10)
+            answer = held[-1].recv(65536)
+            if not answer.startswith(b"HTTP/1.1 429") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # a closed upgrade not yet seen closing
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 async def test_a_body_sent_slowly_is_cut(timed: Any) -> None:
     srv = timed
     key = await srv.create_key()
