@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     admission_queue_max: int = Field(
         default=0, ge=0,
         description="Requests waiting for a slot at once, all orgs; beyond it 429 at once. "
-        "0 = 8 × max_concurrent.",
-        json_schema_extra={"default_doc": "8 × max_concurrent"},
+        "0 = 16 × max_concurrent.",
+        json_schema_extra={"default_doc": "16 × max_concurrent"},
     )
     auth_failures_allowed: int = Field(default=3, ge=1, description="Failed auths per IP per window.")
     auth_failure_window_s: int = Field(default=60, ge=1, description="The window of auth_failures_allowed.")
@@ -276,7 +276,7 @@ class Settings(BaseSettings):
         if self.org_storage_quota_mib == 0:
             self.org_storage_quota_mib = max(1, self.storage_size_gib * 1024 // 2)
         if self.admission_queue_max == 0:
-            self.admission_queue_max = 8 * self.max_concurrent
+            self.admission_queue_max = 16 * self.max_concurrent
         if self.max_concurrent_per_org == 0:
             self.max_concurrent_per_org = self.max_concurrent + self.admission_queue_max // 2
         return self

@@ -173,7 +173,7 @@ async def test_org_override_cap_lowers_the_limit() -> None:
 # --- fairness: the default share and the reserve ---------------------------------------------
 
 
-@pytest.mark.parametrize(("global_cap", "cap"), [(8, 8 + 32), (9, 9 + 36), (1, 1 + 4)])
+@pytest.mark.parametrize(("global_cap", "cap"), [(8, 8 + 64), (9, 9 + 72), (1, 1 + 8)])
 def test_default_per_org_cap_fills_the_server_and_half_the_queue(global_cap: int, cap: int) -> None:
     assert Settings(max_concurrent=global_cap).max_concurrent_per_org == cap
     assert Settings(max_concurrent=global_cap, admission_queue_max=10).max_concurrent_per_org == global_cap + 5
