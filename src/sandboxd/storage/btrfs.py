@@ -221,13 +221,7 @@ class Btrfs:
         """The id of the subvolume `path` is in (its level-0 qgroup is 0/id)."""
         args = bytearray(_ARGS_SIZE)
         args[8:16] = _FIRST_FREE_OBJECTID.to_bytes(8, "little")
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(fd, _IOC_INO_LOOKUP, args)
-        except OSError as exc:
-            raise SandboxSetupError("subvolume id", f"{path}: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
+        _ioctl_on(path, [(_IOC_INO_LOOKUP, args)], step="subvolume id")
         return int.from_bytes(args[0:8], "little")
 
     def group(self, group: int, limit_bytes: int) -> None:
@@ -282,14 +276,7 @@ class Btrfs:
         space = bytearray(struct.pack("<QQ", _SPACE_SLOTS, 0) + bytes(24 * _SPACE_SLOTS))
         device = bytearray(_ARGS_SIZE)
         device[0:8] = (1).to_bytes(8, "little")  # devid 1: the image is the only device
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(fd, _IOC_SPACE_INFO, space)
-            fcntl.ioctl(fd, _IOC_DEV_INFO, device)
-        except OSError as exc:
-            raise SandboxSetupError("thread storage", f"{self.root}: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
+        _ioctl_on(self.root, [(_IOC_SPACE_INFO, space), (_IOC_DEV_INFO, device)], step="thread storage")
         count = struct.unpack_from("<Q", space, 8)[0]
         free = 0
         for i in range(min(count, _SPACE_SLOTS)):
@@ -302,13 +289,7 @@ class Btrfs:
     def _qgroups(self) -> Path:
         """This filesystem's qgroups in sysfs (/sys/fs/btrfs/<fsid>/qgroups/<level>_<id>/)."""
         args = bytearray(1024)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(fd, _IOC_FS_INFO, args)
-        except OSError as exc:
-            raise SandboxSetupError("thread storage", f"{self.root}: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
+        _ioctl_on(self.root, [(_IOC_FS_INFO, args)], step="thread storage")
         fsid = args[16:32].hex()
         return Path("/sys/fs/btrfs") / f"{fsid[:8]}-{fsid[8:12]}-{fsid[12:16]}-{fsid[16:20]}-{fsid[20:]}" / "qgroups"
 
@@ -338,10 +319,19 @@ def _ioctl_on_parent(path: Path, request: int, args: bytearray, name_at: int, *,
     if not name or len(name) > _NAME_MAX or name in (b".", b".."):
         raise SandboxSetupError(step, f"bad subvolume name {path.name!r}")
     args[name_at : name_at + len(name)] = name
-    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _ioctl_on(path.parent, [(request, args)], step=step, named=path)
+
+
+def _ioctl_on(
+    directory: Path, calls: list[tuple[int, bytearray]], *, step: str, named: Path | None = None
+) -> None:
+    """Run ioctls on `directory` in order; a failure names the step and the path (`named`, if
+    the call is about a path other than the directory it runs on)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(parent, request, args)
+        for request, args in calls:
+            fcntl.ioctl(fd, request, args)
     except OSError as exc:
-        raise SandboxSetupError(step, f"{path}: {exc.strerror}") from exc
+        raise SandboxSetupError(step, f"{named or directory}: {exc.strerror}") from exc
     finally:
-        os.close(parent)
+        os.close(fd)
