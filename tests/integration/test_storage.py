@@ -195,3 +195,27 @@ async def test_a_wait_for_reclaimed_space_delays_no_other_organization(
         hold.set()
         fs.reclaimer.stop()
         fs.unmount()
+
+
+def test_a_deletion_is_reclaimed_at_once_after_another_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next run's snapshot commits the transaction that deleted the previous state before
+    the reclaimer starts: the reclaimer must still wake btrfs's cleaner (before: it slept until
+    btrfs's own 30 s commit, so a reclaim was pending that long)."""
+    fs = Btrfs(tmp_path / "storage.img", tmp_path / "mnt", 1)
+    homes = ThreadStore(fs, 64 * MIB, OrgQuotas(fs, 256 * MIB))
+    start = threading.Event()
+    reclaim = fs.reclaimer._reclaim
+    monkeypatch.setattr(fs.reclaimer, "_reclaim", lambda batch: (start.wait(20), reclaim(batch)))
+    try:
+        work = homes.begin("org", "t", 0, 0, "one")
+        (work / "f").write_bytes(os.urandom(MIB))
+        homes.commit(work)  # deletes the previous (empty) state
+        homes.begin("org", "t", 0, 0, "two")  # its snapshot commits that deletion
+        start.set()
+        began = time.monotonic()
+        fs.reclaimer.wait()
+        assert time.monotonic() - began < 10
+    finally:
+        start.set()
+        fs.reclaimer.stop()
+        fs.unmount()

@@ -132,6 +132,10 @@ class Reclaimer:
     def _reclaim(self, subvolumes: list[int]) -> None:
         fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            # The deletions' own transaction is often committed already (every snapshot commits
+            # one), and a commit request then commits nothing and so wakes no cleaner: it would
+            # sleep until btrfs's 30 s commit. A metadata change makes sure there is a commit.
+            os.utime(fd)
             _commit(fd)
             deadline = time.monotonic() + _DROP_WAIT_S
             delay = 0.001
