@@ -113,7 +113,7 @@ class ThreadService:
                             f"your organization has reached its limit of {self._policy.max_per_org} threads"
                         )
                     try:
-                        await homes.orgs.make_room_async(org_id, 0)
+                        await homes.orgs.make_room(org_id, 0)
                         await asyncio.to_thread(homes.orgs.check_room, org_id)
                     except OrgQuotaReached as exc:
                         raise Forbidden(str(exc)) from None

@@ -77,28 +77,21 @@ class OrgQuotas:
         for anchor in orgs.iterdir() if orgs.is_dir() else ():
             self._fs.group_limit(self.group(anchor.name), self.limit_bytes)
 
-    def require_room(self, org_id: str) -> None:
-        """Refuse a new thread or volume when the organization's cap is (all but) used."""
-        self.make_room(org_id, 0)
-        self.check_room(org_id)
-
     def check_room(self, org_id: str) -> None:
-        """`require_room` without waiting (the caller has made room already)."""
+        """Refuse a new thread or volume when the organization's cap is (all but) used
+        (`make_room` first)."""
         used, limit = self._fs.group_usage(self.group(org_id))
         limit = limit or self.limit_bytes
         if limit - used < self._all_but_used(limit):
             raise OrgQuotaReached(used, limit)
 
-    def make_room(self, org_id: str, want_bytes: int) -> None:
+    async def make_room(self, org_id: str, want_bytes: int) -> None:
         """Before a write of up to `want_bytes`: wait for deleted subvolumes to give their space
-        back if the write cannot go ahead otherwise (`_short`); refuse on a full filesystem."""
-        if self._short(org_id, want_bytes):
-            self._fs.reclaimer.wait(RECLAIM_WAIT_S)
-        self._require_free()
+        back if the write cannot go ahead otherwise (`_short`); refuse on a full filesystem.
 
-    async def make_room_async(self, org_id: str, want_bytes: int) -> None:
-        """`make_room` on the server's event loop: the wait holds no thread of the loop's
-        executor, which every organization's thread opens and file calls share."""
+        On the event loop: the wait holds no thread of the loop's executor, which every
+        organization's thread opens and file calls share.
+        """
         if await asyncio.to_thread(self._short, org_id, want_bytes):
             await self._fs.reclaimer.wait_async(RECLAIM_WAIT_S)
         await asyncio.to_thread(self._require_free)

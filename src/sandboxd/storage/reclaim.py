@@ -10,9 +10,9 @@ A reclaimer thread per filesystem does, for each batch of deletions: commit (whi
 cleaner), wait until the deleted subvolumes are gone, commit again (their freed extents and
 qgroup numbers land), then FITRIM: the loop device punches holes for the freed ranges, so the
 sparse image gives its freed blocks back to the host (async discard alone keeps them for
-minutes). A caller that needs the space now waits for the batch in flight: `wait` in a thread
-of its own (the CLI), `wait_async` on the server's event loop, which holds no thread while it
-waits (a wait in the loop's shared default executor would delay every organization's file calls).
+minutes). A caller that needs the space now waits for the batch in flight: `wait_async` on
+the event loop holds no thread meanwhile (a wait in the loop's shared default executor would
+delay every organization's file calls); `wait` blocks its thread.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ class ThreadStore:
         return path if path.is_dir() else None
 
     async def make_room(self, org_id: str) -> None:
-        """Before `begin`, on the event loop: room for a run's writes (OrgQuotas.make_room_async)."""
-        await self.orgs.make_room_async(org_id, self._quota_bytes)
+        """Before `begin`: room for a run's writes (OrgQuotas.make_room)."""
+        await self.orgs.make_room(org_id, self._quota_bytes)
 
     def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
         """A working copy of the thread's home for one execution (created empty the first time;
