@@ -113,7 +113,8 @@ class ThreadService:
                             f"your organization has reached its limit of {self._policy.max_per_org} threads"
                         )
                     try:
-                        await asyncio.to_thread(homes.orgs.require_room, org_id)
+                        await homes.orgs.make_room(org_id, 0)
+                        await asyncio.to_thread(homes.orgs.check_room, org_id)
                     except OrgQuotaReached as exc:
                         raise Forbidden(str(exc)) from None
                     thread = await self._store.threads.add(org_id, thread_id, self._policy.uid_base)
@@ -126,6 +127,7 @@ class ThreadService:
         """Snapshot the thread's home for the execution; returns the host path to bind."""
         homes = self._require_storage()
         t = copy.thread
+        await homes.make_room(t.org_id)
         copy.path = await asyncio.to_thread(
             homes.begin, t.org_id, t.thread_id, t.uid, gid if gid is not None else t.uid, trace_id
         )

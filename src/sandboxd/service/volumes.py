@@ -55,6 +55,7 @@ class VolumeService:
             raise Conflict(f"volume {slug!r} already exists") from None
         try:
             assert org.gid is not None
+            await storage.orgs.make_room(org.id, 0)
             await asyncio.to_thread(storage.create, org.id, slug, quota_mib * 1024 * 1024, org.gid)
         except BaseException as exc:
             await self._store.volumes.delete(volume.id)

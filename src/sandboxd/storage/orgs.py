@@ -16,6 +16,7 @@ every process on the data dir (server and CLI) with no table to keep.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from pathlib import Path
@@ -24,6 +25,9 @@ from ..errors import SandboxSetupError
 from .btrfs import Btrfs, StorageFull
 
 _MIB = 1024 * 1024
+#: At most this long a write waits for deleted subvolumes' space (a reclaim takes up to ~40 s
+#: for a big subvolume; a run rather starts and may get EDQUOT/ENOSPC than stall).
+RECLAIM_WAIT_S = 5.0
 
 
 class OrgQuotaReached(Exception):
@@ -73,28 +77,50 @@ class OrgQuotas:
         for anchor in orgs.iterdir() if orgs.is_dir() else ():
             self._fs.group_limit(self.group(anchor.name), self.limit_bytes)
 
-    def room(self, org_id: str) -> int:
-        """Bytes the organization may still write (committed usage and reservations since)."""
-        used, limit = self._fs.group_usage(self.group(org_id))
-        return (limit or self.limit_bytes) - used
-
-    def require_room(self, org_id: str) -> None:
-        """Refuse a new thread or volume when the organization's cap is (all but) used."""
-        self.make_room(org_id, 0)
+    def check_room(self, org_id: str) -> None:
+        """Refuse a new thread or volume when the organization's cap is (all but) used
+        (`make_room` first)."""
         used, limit = self._fs.group_usage(self.group(org_id))
         limit = limit or self.limit_bytes
-        if limit - used < max(4 * _MIB, limit // 50):
+        if limit - used < self._all_but_used(limit):
             raise OrgQuotaReached(used, limit)
 
-    def make_room(self, org_id: str, want_bytes: int) -> None:
-        """Before a write of up to `want_bytes`: if space is tight for the organization or the
-        filesystem, wait for deleted subvolumes to give theirs back; refuse on a full filesystem."""
+    async def make_room(self, org_id: str, want_bytes: int) -> None:
+        """Before a write of up to `want_bytes`: wait for deleted subvolumes to give their space
+        back if the write cannot go ahead otherwise (`_short`); refuse on a full filesystem.
+
+        On the event loop: the wait holds no thread of the loop's executor, which every
+        organization's thread opens and file calls share.
+        """
+        if await asyncio.to_thread(self._short, org_id, want_bytes):
+            await self._fs.reclaimer.wait_async(RECLAIM_WAIT_S)
+        await asyncio.to_thread(self._require_free)
+
+    def _short(self, org_id: str, want_bytes: int) -> bool:
+        """Whether a reclaim in flight is worth waiting for: only when the filesystem has no
+        room for a write of `want_bytes`, or the organization has all but used its cap.
+
+        Not whenever the organization is within `want_bytes` of its cap: nearly every commit
+        deletes a subvolume, so a reclaim is nearly always pending under load, and such an
+        organization (every one whose cap is below a thread's quota) would wait on every run
+        although its run may well fit. A run that then outgrows the cap gets EDQUOT.
+        """
         self.group(org_id)  # mounts the filesystem
-        reclaimer = self._fs.reclaimer
-        if reclaimer.pending and (
-            self._fs.free_bytes() < 2 * want_bytes + self.full_below or self.room(org_id) < 2 * want_bytes + _MIB
-        ):
-            reclaimer.wait()
+        if not self._fs.reclaimer.pending:
+            return False
+        if self._fs.free_bytes() < want_bytes + self.full_below:
+            return True
+        used, limit = self._fs.group_usage(self.group(org_id))
+        limit = limit or self.limit_bytes
+        return limit - used < self._all_but_used(limit)
+
+    @staticmethod
+    def _all_but_used(limit: int) -> int:
+        """Below this much room an organization's cap counts as used: a new thread or volume is
+        refused, and a run first waits for a reclaim in flight."""
+        return max(4 * _MIB, limit // 50)
+
+    def _require_free(self) -> None:
         if self._fs.free_bytes() < self.full_below:
             raise StorageFull(
                 "the storage filesystem is full (storage_size_gib); free space by deleting threads "

@@ -10,11 +10,14 @@ A reclaimer thread per filesystem does, for each batch of deletions: commit (whi
 cleaner), wait until the deleted subvolumes are gone, commit again (their freed extents and
 qgroup numbers land), then FITRIM: the loop device punches holes for the freed ranges, so the
 sparse image gives its freed blocks back to the host (async discard alone keeps them for
-minutes). A caller that needs the space now waits for the batch in flight (`wait`).
+minutes). A caller that needs the space now waits for the batch in flight: `wait_async` on
+the event loop holds no thread meanwhile (a wait in the loop's shared default executor would
+delay every organization's file calls); `wait` blocks its thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -45,6 +48,7 @@ class Reclaimer:
         self._done = 0  # batches finished
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def pending(self) -> bool:
@@ -68,12 +72,29 @@ class Reclaimer:
             target = self._requested
             self._cond.wait_for(lambda: self._done >= target or self._thread is None, timeout_s)
 
+    async def wait_async(self, timeout_s: float) -> None:
+        """`wait` on the event loop: no thread is held meanwhile."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._done >= self._requested or self._thread is None:
+                return
+            waiter = (self._requested, loop, done)
+            self._waiters.append(waiter)
+        try:
+            await asyncio.wait([done], timeout=timeout_s)
+        finally:
+            with self._cond:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
     def stop(self) -> None:
         """Finish the batch in flight and end the thread (before the filesystem is unmounted)."""
         with self._cond:
             self._stopping = True
             thread, self._thread = self._thread, None
             self._cond.notify_all()
+            self._wake()
         if thread is not None:
             thread.join(timeout=_DROP_WAIT_S + 10)
 
@@ -92,10 +113,29 @@ class Reclaimer:
             with self._cond:
                 self._done = max(self._done, target)
                 self._cond.notify_all()
+                self._wake()
+
+    def _wake(self) -> None:
+        """Resolve the async waiters whose batches are done (or all, once stopped); under `_cond`."""
+        waiting = []
+        for waiter in self._waiters:
+            target, loop, done = waiter
+            if self._done < target and self._thread is not None:
+                waiting.append(waiter)
+                continue
+            try:
+                loop.call_soon_threadsafe(_resolve, done)
+            except RuntimeError:  # its loop is closed: nobody waits any more
+                pass
+        self._waiters = waiting
 
     def _reclaim(self, subvolumes: list[int]) -> None:
         fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            # The deletions' own transaction is often committed already (every snapshot commits
+            # one), and a commit request then commits nothing and so wakes no cleaner: it would
+            # sleep until btrfs's 30 s commit. A metadata change makes sure there is a commit.
+            os.utime(fd)
             _commit(fd)
             deadline = time.monotonic() + _DROP_WAIT_S
             delay = 0.001
@@ -106,6 +146,11 @@ class Reclaimer:
             fcntl.ioctl(fd, _FITRIM, bytearray(struct.pack("<QQQ", 0, _U64_MAX, 0)))
         finally:
             os.close(fd)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 def _commit(fd: int) -> None:

