@@ -65,13 +65,14 @@ from _report import ms, table, Target, targets, times
 from _runs import bare_runner, CASES, executable, interpreter_versions, server_runner
 from _throughput import bare_throughput, server_throughput, Throughput
 
+from sandboxd.app import THREAD_UIDS
 from sandboxd.config import Settings
 
 POOLS = {"pools on": "true", "pools off": "false"}
 ON = "pools on"
 BARE = "bare"
 MAX_CONCURRENT = 32
-UID_STRIDE = 1000  # each server's sandbox and thread uids: base + i * stride, stride wide
+UID_STRIDE = 1000  # each server's sandbox uids: base + i * stride (threads: + i * THREAD_UIDS)
 CONCURRENCY = (1, 4, 16)
 THREAD_ID = "bench-thread"
 SECTIONS = (
@@ -412,7 +413,7 @@ def server_envs(settings: Settings) -> tuple[dict[str, dict[str, str]], dict[str
             "SANDBOXD_MAX_CONCURRENT": str(MAX_CONCURRENT),
             "SANDBOXD_MAX_CONCURRENT_PER_ORG": str(MAX_CONCURRENT),
             "SANDBOXD_SANDBOX_UID_BASE": str(sandbox_base),
-            "SANDBOXD_THREAD_UID_BASE": str(settings.thread_uid_base + i * UID_STRIDE),
+            "SANDBOXD_THREAD_UID_BASE": str(settings.thread_uid_base + i * THREAD_UIDS),
         }
         uids[label] = range(sandbox_base, sandbox_base + UID_STRIDE)
     return envs, uids

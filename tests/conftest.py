@@ -90,7 +90,7 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict
     )
 
 
-#: Test servers' host uids: slot k has sandbox uids from 2,000,000 + 1,000 k and thread uids from
+#: Test servers' host uids: slot k has sandbox uids from 50,000,000 + 1,000 k and thread uids from
 #: 100,000,000 + 1,000,000 k (app.THREAD_UIDS), apart from the security suite's and the defaults.
 _UID_SLOTS = 1000
 #: Where live sandboxd processes keep their leases (sandboxd.runtime.lease.LEASES).
@@ -106,10 +106,10 @@ def uid_bases() -> dict[str, int]:
         with contextlib.suppress(OSError, ValueError, KeyError):
             used.append(json.loads(path.read_text())["sandbox_uids"][0])
     free = [k for k in range(_UID_SLOTS) if k not in _taken_slots
-            and not any(2_000_000 + 1000 * k <= u < 2_000_000 + 1000 * (k + 1) for u in used)]
+            and not any(50_000_000 + 1000 * k <= u < 50_000_000 + 1000 * (k + 1) for u in used)]
     k = random.choice(free)
     _taken_slots.add(k)
-    return {"sandbox_uid_base": 2_000_000 + 1000 * k, "thread_uid_base": 100_000_000 + 1_000_000 * k}
+    return {"sandbox_uid_base": 50_000_000 + 1000 * k, "thread_uid_base": 100_000_000 + 1_000_000 * k}
 
 
 def start_server(data_dir: Path, wrap: tuple[str, ...] = (), **settings: object) -> Server:

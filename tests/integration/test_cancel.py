@@ -20,6 +20,8 @@ import baponi
 import httpx
 import pytest
 
+from sandboxd.runtime import keeper
+
 EXECUTE = "/v1/sandbox/execute"
 NDJSON = "application/x-ndjson"
 TERMINAL = {"success", "failed", "timeout", "cancelled", "blocked", "oom", "seccomp", "deepguard"}
@@ -77,8 +79,17 @@ def sdk(box, key: str) -> Iterator[baponi.Baponi]:
 # --- helpers -----------------------------------------------------------------------------------
 
 
+def _is_keeper(pid: int) -> bool:
+    """The server's keeper (runtime/keeper.py) lives as long as the server: not a leftover."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[2:3] == [keeper.__file__.encode()]
+    except OSError:
+        return False
+
+
 def descendants(pid: int) -> list[int]:
-    """Every process whose parent chain reaches `pid`."""
+    """Every process whose parent chain reaches `pid`, but the server's keeper."""
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -96,7 +107,7 @@ def descendants(pid: int) -> list[int]:
         for child in children.get(stack.pop(), []):
             found.append(child)
             stack.append(child)
-    return found
+    return [p for p in found if not _is_keeper(p)]
 
 
 async def assert_tree_empties(server: Any, timeout: float = 30) -> None:
