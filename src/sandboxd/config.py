@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         description="A request's headers must arrive within this long of the connection opening "
         "(or of the request's first byte); else 408 and close.",
     )
+    keepalive_timeout_s: int = Field(
+        default=20, ge=1,
+        description="An idle kept-alive connection is closed after this long. Longer than "
+        "clients' own expiry (httpx, which the baponi SDK uses: 5 s), so a client never sends "
+        "a request on a connection the server is closing.",
+    )
     body_timeout_s: float = Field(
         default=10.0, gt=0,
         description="Longest silence while a request body arrives; else 408 and close. Responses "

@@ -134,6 +134,7 @@ async def serve(services: Services) -> None:
         "log_config": None,  # logging is configured once (observability.logging)
         "log_level": settings.log_level,
         "access_log": False,  # api.telemetry writes one structured line per request
+        "timeout_keep_alive": settings.keepalive_timeout_s,
     }
     api = _DrainingServer(
         uvicorn.Config(

@@ -144,6 +144,28 @@ async def test_idle_connections_are_closed_after_the_header_timeout(timed: Any) 
         assert closed_count(client.get("/metrics").text, "header_timeout") >= len(held)
 
 
+def test_a_kept_alive_connection_outlives_the_clients_expiry(defaults: Any) -> None:
+    """httpx (the baponi SDK) reuses a connection idle up to 5 s: a server that closed it at
+    5 s too lost requests sent as it closed ("Server disconnected without sending a response")."""
+    alive = connect(defaults, "127.0.0.4")
+    with sockets() as held:
+        held.append(alive)
+        for _ in range(2):
+            alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert alive.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(7)  # idle past the client's own expiry
+        assert read_until_closed(held, within_s=0.5) == {}  # still open
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(server_factory: Any) -> None:
+    srv = server_factory(keepalive_timeout_s=1)
+    with sockets() as held:
+        held.append(connect(srv, "127.0.0.5"))
+        held[0].sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        (raw,) = read_until_closed(held, within_s=10).values()
+        assert raw.startswith(b"HTTP/1.1 200") and raw.count(b"HTTP/1.1") == 1
+
+
 async def test_a_flood_meets_the_caps_not_the_descriptor_limit(server_factory: Any) -> None:
     """5,000 connections that send nothing, against a server whose open-file limit is 4,096
     (soft 1,024)."""
