@@ -17,6 +17,7 @@ from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
 from .lease import Role, acquire
 from .languages import INTERPRETERS, available_languages
+from .interface import Runner
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
@@ -33,6 +34,7 @@ __all__ = [
     "Mount",
     "OutputSink",
     "Role",
+    "Runner",
     "SandboxSpec",
     "Stream",
     "available_languages",

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -23,7 +23,7 @@ from ..errors import Conflict, InvalidRequest, NotFound, SandboxSetupError, Unav
 from ..ids import new_trace_id
 from ..observability import Metrics
 from ..observability.logging import get_logger
-from ..runtime import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec
+from ..runtime import ExecStatus, Language, Limits, Mount, Runner, SandboxSpec
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
 from .admission import ConcurrencyLimiter
@@ -44,22 +44,6 @@ from .webhooks import TERMINAL, WebhookService
 
 log = logging.getLogger("sandboxd.executions")
 events_log = get_logger("sandboxd.executions")
-
-
-class Runner(Protocol):
-    languages: frozenset[Language]
-
-    async def run(
-        self,
-        spec: SandboxSpec,
-        *,
-        sink: OutputSink | None = None,
-        cancel: asyncio.Event | None = None,
-        refill_later: bool = False,
-    ) -> ExecResult: ...
-
-    def refill(self, spec: SandboxSpec) -> None:
-        """A run with `refill_later` is over: start what replaces its sandbox (if pooled)."""
 
 
 @dataclass(frozen=True)
