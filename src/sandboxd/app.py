@@ -59,10 +59,10 @@ class Admin:
 
 @dataclass
 class Services(Admin):
-    executions: ExecutionService = field(default=None)  # type: ignore[assignment]
-    limiter: ConcurrencyLimiter = field(default=None)  # type: ignore[assignment]
-    auth_failures: AuthFailureLimiter = field(default=None)  # type: ignore[assignment]
-    files: FilesService = field(default=None)  # type: ignore[assignment]
+    executions: ExecutionService
+    limiter: ConcurrencyLimiter
+    auth_failures: AuthFailureLimiter
+    files: FilesService
     retention: RetentionService | None = None
     metrics: Metrics = field(default_factory=Metrics)
     #: False while starting and once a drain began.

@@ -132,6 +132,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # connection
 
+    # asyncio.Protocol takes a BaseTransport; a server's is a Transport (uvicorn narrows it too).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         admitted = self.guard.admit(self.client[0] if self.client else None)

@@ -17,7 +17,8 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `sk-<region>-...
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    services: Services = request.app.state.services  # app.state is untyped
+    return services
 
 
 ServicesDep = Annotated["Services", Depends(get_services)]

@@ -56,7 +56,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def status_of(exc: e.SandboxdError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

@@ -146,7 +146,7 @@ ExecutionEvent = Annotated[
 ]
 
 #: The models the OpenAPI document needs besides those of the routes (see api/openapi.py).
-EXTRA_MODELS: dict[str, object] = {"ExecutionEvent": ExecutionEvent}
+EXTRA_MODELS: dict[str, Any] = {"ExecutionEvent": ExecutionEvent}  # type forms (TypeAdapter)
 
 #: An NDJSON 200 response: each line is an ExecutionEvent (`itemSchema`, as FastAPI writes
 #: it for JSON Lines), the body as a whole a string.

@@ -29,7 +29,8 @@ log = get_logger("sandboxd.access")
 
 
 def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"x-request-id" and _SANE_ID.match(value):
             return value.decode()
     return uuid.uuid4().hex

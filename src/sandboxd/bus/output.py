@@ -33,7 +33,7 @@ class OutputEvents:
         self._max_bytes = max_bytes
         self._max_events = max_events
         self._published = 0
-        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
+        self._decoders: dict[Stream, codecs.IncrementalDecoder] = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
         self._waiting: dict[Stream, bytearray] = {}  # insertion order = order of first arrival
         self._last_round = float("-inf")
         self._round: asyncio.Task[None] | None = None  # a round waiting for its time

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,8 +64,8 @@ class Record:
         raw = json.loads(text)
         return Record(
             name=raw["name"], role=raw["role"], pid=raw["pid"], data_dir=raw["data_dir"],
-            sandbox_uids=tuple(raw["sandbox_uids"]),  # type: ignore[arg-type]
-            thread_uids=tuple(raw["thread_uids"]) if raw.get("thread_uids") else None,  # type: ignore[arg-type]
+            sandbox_uids=tuple(raw["sandbox_uids"]),
+            thread_uids=tuple(raw["thread_uids"]) if raw.get("thread_uids") else None,
             cgroups=tuple(raw.get("cgroups", ())), listen=raw.get("listen"),
         )
 
@@ -160,7 +160,7 @@ def _create(record: Record) -> Lease:
 
 
 @contextlib.contextmanager
-def _registry():  # type: ignore[no-untyped-def]
+def _registry() -> Iterator[None]:
     LEASES.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(LEASES / ".registry", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -128,9 +128,9 @@ class WarmPool:
         now = time.monotonic()
         slot = self._slots.setdefault(key, _Slot())
         slot.last_used = now
-        for entry in [e for e in slot.entries if e.box.proc.returncode is not None]:
-            slot.entries.remove(entry)  # died waiting (e.g. killed by an operator): discard
-            self._spawn_task(self._runner.dispose(entry.box))
+        for dead in [e for e in slot.entries if e.box.proc.returncode is not None]:
+            slot.entries.remove(dead)  # died waiting (e.g. killed by an operator): discard
+            self._spawn_task(self._runner.dispose(dead.box))
         ready = [e for e in slot.entries if e.ready.done() and e.ready.result()]
         entry = ready[0] if ready else (slot.entries[0] if slot.entries else None)
         box = None
@@ -276,7 +276,7 @@ class WarmPool:
 
         loop.add_reader(fd, on_readable)
 
-    def _spawn_task(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn_task(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import signal
 import subprocess
@@ -93,10 +92,9 @@ async def _spawn(
     argv: Sequence[str], stdin_pipe: bool, pass_fds: Sequence[int], preexec_fn: Callable[[], None]
 ) -> Child:
     loop = asyncio.get_running_loop()
-    popen = await loop.run_in_executor(
-        None,
-        functools.partial(
-            subprocess.Popen,
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -105,8 +103,8 @@ async def _spawn(
             pass_fds=tuple(pass_fds),
             start_new_session=True,
             preexec_fn=preexec_fn,
-        ),
-    )
-    child = Child(popen)
+        )
+
+    child = Child(await loop.run_in_executor(None, popen))
     await child._connect()
     return child

@@ -350,10 +350,10 @@ async def _wait(
 ) -> ExecStatus | None:
     """Wait for the exit; return TIMEOUT or CANCELLED if we must end it instead."""
     waiter = asyncio.ensure_future(proc.wait())
-    waits: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]
+    waits: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]  # Future is invariant
     cancelled = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
     if cancelled is not None:
-        waits.add(cancelled)  # type: ignore[arg-type]
+        waits.add(cancelled)  # type: ignore[arg-type]  # Future is invariant
     try:
         done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -1,7 +1,8 @@
 """The domain: executions, keys, tenancy, admission. Every surface calls into here."""
 
 from .admission import ConcurrencyLimiter
-from .executions import ExecutionService, Outcome, Runner, Submission
+from ..runtime import Runner
+from .executions import ExecutionService, Outcome, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .lockout import AuthFailureLimiter
 from .requests import ExecuteRequest, parse_execute_request, validation_message

@@ -315,7 +315,7 @@ class ExecutionService:
             # order, so the inline response (whose handler awaits this task) is written first.
             # On a small machine a start racing the result's write slows the answer by 10 ms.
             if (task := asyncio.current_task()) is not None:
-                task.add_done_callback(lambda _, used=spec: self._runner.refill(used))
+                task.add_done_callback(lambda _: self._runner.refill(spec))  # spec is final here
         return outcome
 
     def _observe(self, sub: Submission, language: str, outcome: Outcome) -> None:
@@ -458,7 +458,7 @@ class ExecutionService:
             last = await self._store.events.last(trace_id)
             if last is None or last[1] != "result":
                 stored += _synthesized(execution, after=max(after_seq, last[0] if last else 0))
-        return _iterate([Event(seq=s, type=t, body=b) for s, t, b in stored])  # type: ignore[arg-type]
+        return _iterate([Event(seq=s, type=t, body=b) for s, t, b in stored])  # type: ignore[arg-type]  # a stored type is a str
 
     async def cancel(self, principal: Principal, trace_id: str) -> str:
         """Ask a running execution to stop; returns `cancelling`, or the final status if it ended."""

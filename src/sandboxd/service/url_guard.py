@@ -15,7 +15,7 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ..errors import Forbidden, InvalidRequest
 from ..runtime.network.addresses import embedded_ipv4
@@ -98,7 +98,7 @@ class UrlGuard:
             path += "?" + parts.query
         return Target(url=url, scheme=parts.scheme, host=host, port=port, address=str(checked[0]), path=path)
 
-    def _split(self, url: str):  # type: ignore[no-untyped-def]
+    def _split(self, url: str) -> SplitResult:
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises on a bad port

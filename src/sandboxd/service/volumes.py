@@ -9,6 +9,7 @@ other organizations' sandboxes cannot even traverse to them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ class VolumeService:
         read_only = next((ro for v, ro in principal.volumes if v.id == volume.id), True)
         return VolumeAccess(volume=volume, path=path, read_only=read_only)
 
-    async def mounts(self, principal: Principal) -> list[VolumeAccess]:
+    # builtins.list: below `def list`, `list` in this class names that method.
+    async def mounts(self, principal: Principal) -> builtins.list[VolumeAccess]:
         """The key's bound volumes, for an execution (mounted at /data/<slug>/)."""
         if not principal.volumes:
             return []

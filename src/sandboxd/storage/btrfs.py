@@ -284,7 +284,7 @@ class Btrfs:
             if flags & _BLOCK_GROUP_DATA and not flags & _GLOBAL_RESERVE:
                 free += total - used
         used_on_device, device_size = struct.unpack_from("<QQ", device, 24)
-        return free + device_size - used_on_device
+        return int(free + device_size - used_on_device)
 
     def _qgroups(self) -> Path:
         """This filesystem's qgroups in sysfs (/sys/fs/btrfs/<fsid>/qgroups/<level>_<id>/)."""

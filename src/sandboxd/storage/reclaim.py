@@ -169,4 +169,5 @@ def _exists(fd: int, subvolume: int) -> bool:
         _ROOT_ITEM_KEY, _ROOT_ITEM_KEY, 1,
     )
     fcntl.ioctl(fd, _IOC_TREE_SEARCH, args)
-    return struct.unpack_from("<I", args, 64)[0] > 0
+    found: int = struct.unpack_from("<I", args, 64)[0]
+    return found > 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Mapping
 from dataclasses import fields
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import RowMapping, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,16 +27,19 @@ from .tables import (
     webhook_secrets,
 )
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class DuplicateError(Exception):
     """A unique name is taken."""
 
 
-def _to(record: type[T], row: RowMapping) -> T:
+def _to(record: type[T], row: RowMapping | Mapping[str, Any]) -> T:
     values: dict[str, Any] = {}
-    for f in fields(record):  # type: ignore[arg-type]
+    for f in fields(record):
         value = row[f.name]
         if f.name.endswith("_at"):
             value = as_utc(value)
@@ -450,7 +455,8 @@ class ThreadRepo(_Repo):
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
-    async def idle_since(self, before: datetime) -> list[Thread]:
+    # builtins.list: below `def list`, `list` in this class names that method.
+    async def idle_since(self, before: datetime) -> builtins.list[Thread]:
         return await self._all(Thread, select(threads).where(threads.c.last_used_at < before, self._live))
 
     async def delete(self, org_id: str, thread_id: str) -> None:
@@ -500,7 +506,8 @@ class VolumeRepo(_Repo):
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount > 0
 
-    async def bindings(self, key_id: str) -> list[tuple[Volume, bool]]:
+    # builtins.list: below `def list`, `list` in this class names that method.
+    async def bindings(self, key_id: str) -> builtins.list[tuple[Volume, bool]]:
         query = (
             select(volumes, key_volumes.c.read_only)
             .join(key_volumes, key_volumes.c.volume_id == volumes.c.id)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic.config import JsonDict
 from starlette.requests import ClientDisconnect
 
 from ...errors import InvalidRequest
@@ -53,16 +54,17 @@ _WRITE_ERRORS = error_responses(
 _COMPONENTS = "^([^/]{1,255}(/[^/]{0,255})*)?$"
 _UNSAFE = r"\u0000|\\|%(2[eEfF5]|5[cC]|00|[cC][01])|(^|/)\.\.(/|$)"
 _NAMES_A_FILE = r"(^|/)([^/.]|\.[^/.]|\.\.[^/])"
-_PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": _UNSAFE}}
-_FILE_PATH_SCHEMA = {**_PATH_SCHEMA, "allOf": [{"pattern": _NAMES_A_FILE}]}
+_PATH_SCHEMA: JsonDict = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": _UNSAFE}}
+_FILE_PATH_SCHEMA: JsonDict = {**_PATH_SCHEMA, "allOf": [{"pattern": _NAMES_A_FILE}]}
 #: A thread_id for `source: thread`, a volume slug (which may also hold dots) for `volume`.
-_ID_BY_SOURCE = {
+_ID_BY_SOURCE: JsonDict = {
     "if": {"properties": {"source": {"const": "volume"}}, "required": ["source"]},
     "then": {"properties": {"id": {"pattern": VOLUME_ID_PATTERN}}},
     "else": {"properties": {"id": {"pattern": THREAD_ID_PATTERN}}},
 }
 
-SourceField = Field(default="thread", description="'thread' (id = thread_id) or 'volume' (id = slug).")
+# Any: a FieldInfo shared by two models (pydantic types Field(default=x) as x's type).
+SourceField: Any = Field(default="thread", description="'thread' (id = thread_id) or 'volume' (id = slug).")
 IdField = Field(
     description="The thread_id or the volume slug.",
     json_schema_extra={"pattern": VOLUME_ID_PATTERN, "maxLength": 128},

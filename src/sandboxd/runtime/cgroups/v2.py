@@ -29,7 +29,7 @@ class CgroupV2Group:
     def __init__(self, path: Path, leftovers: Leftovers | None = None) -> None:
         self._path = path
         self._leftovers = leftovers or Leftovers()
-        self.procs_files = (str(path / "cgroup.procs"),)
+        self.procs_files: tuple[str, ...] = (str(path / "cgroup.procs"),)
 
     def oom_killed(self) -> bool:
         return read_keyed(self._path / "memory.events").get("oom_kill", 0) > 0
@@ -73,7 +73,7 @@ class CgroupV2Driver:
         own = own_paths().get("", "/") if root == Path("/sys/fs/cgroup") else "/"
         self._own = root / own.lstrip("/")
         self._parent = self._own / f"sandboxd-{instance}"
-        self.parents = (self._parent,)
+        self.parents: tuple[Path, ...] = (self._parent,)
         self._leftovers = Leftovers()
 
     def _enable(self, group: Path) -> None:

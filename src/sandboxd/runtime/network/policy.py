@@ -78,7 +78,7 @@ class NetworkPolicy:
             raise ValueError(f"network must be one of: {', '.join(NETWORK_MODES)}")
         if allow and mode != "allowlist":
             raise ValueError("allowed domains need network policy 'allowlist'")
-        return cls(mode, tuple(parse_rule(a) for a in allow))  # type: ignore[arg-type]
+        return cls(mode, tuple(parse_rule(a) for a in allow))
 
     def permits(self, host: str, port: int) -> bool:
         return any(rule.matches(host, port) for rule in self.allow)

@@ -87,7 +87,7 @@ class EgressProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         upstream: asyncio.StreamWriter | None = None
         try:
             try:
@@ -112,7 +112,7 @@ class EgressProxy:
             for w in (writer, upstream):
                 if w is not None:
                     w.close()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Decide, resolve, check, connect: the policy in the order it is applied."""
