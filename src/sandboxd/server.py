@@ -29,6 +29,7 @@ from .api import create_api
 from .api.routes import metrics as metrics_routes
 from .clients import TrustedProxies
 from .connections import ConnectionLimits, protocol_class
+from .mcp import mount_mcp
 from .observability.logging import get_logger
 
 if TYPE_CHECKING:
@@ -136,9 +137,11 @@ async def serve(services: Services) -> None:
         "access_log": False,  # api.telemetry writes one structured line per request
         "timeout_keep_alive": settings.keepalive_timeout_s,
     }
+    app = create_api(services)
+    mount_mcp(app, services)  # here, not in api/: sandboxd.mcp uses api's error table
     api = _DrainingServer(
         uvicorn.Config(
-            create_api(services), host=settings.host, port=settings.port,
+            app, host=settings.host, port=settings.port,
             lifespan="on",  # the MCP endpoint's session manager runs in the app's lifespan
             http=protocol_class(limits, services.metrics),
             ws="none",  # no WebSocket routes; an upgrade would hand the socket past the guard

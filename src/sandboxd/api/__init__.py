@@ -20,8 +20,6 @@ __all__ = ["create_api"]
 
 
 def create_api(services: Services) -> FastAPI:
-    from ..mcp import mount_mcp  # here: sandboxd.mcp reuses this package's error table
-
     app = FastAPI(
         title="sandboxd",
         version=__version__,
@@ -32,7 +30,6 @@ def create_api(services: Services) -> FastAPI:
     openapi.install(app)
     for module in (execute, executions, files, health):
         app.include_router(module.router)
-    mount_mcp(app, services)
     if services.settings.metrics_enabled and not services.settings.metrics_port:
         app.include_router(metrics.router)
     app.add_middleware(CallerGone, paths=("/v1/sandbox/execute",))  # innermost: a waiter whose client left
