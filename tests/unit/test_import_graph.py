@@ -3,7 +3,7 @@
 The graph is read from the source with `ast` (nothing is imported), and counts every import:
 at module level, inside functions (a cycle there still means two modules that need each
 other, only hidden until the call) and under `if TYPE_CHECKING:` (a cycle for the type
-checker, and the usual way a runtime cycle is papered over: runner.py <-> pool.py is one).
+checker, and the usual way a runtime cycle is papered over).
 
 How an import becomes edges, as Python executes it:
 - `import a.b.c` and `from a.b.c import name` run a, a.b and a.b.c: an edge to each;
