@@ -30,6 +30,7 @@ from .service import (
 from .service.files import FilesService
 from .service.health import PlatformHealth
 from .service.executions import EventSettings
+from .service.invalidation import EpochFile
 from .service.keycache import PrincipalCache
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
@@ -141,7 +142,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         settings=settings,
         store=store,
         keys=KeyService(
-            store, pepper, PrincipalCache(settings.data_dir / "auth-epoch", settings.key_cache_ttl_s)
+            store, pepper, PrincipalCache(EpochFile(settings.data_dir / "auth-epoch"), settings.key_cache_ttl_s)
         ),
         tenancy=tenancy,
         webhooks=webhooks,
