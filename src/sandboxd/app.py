@@ -33,7 +33,7 @@ from .service.executions import EventSettings
 from .service.invalidation import EpochFile
 from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
-from .service.recovery import NodeRecovery
+from .service.recovery import NodeRecovery, Recovery
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
 from .service.webhook_claims import LeaseClaims
@@ -297,7 +297,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             await admin.threads.recover()
-            interrupted = await NodeRecovery(admin.store, admin.node_id).recover()
+            recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
+            interrupted = await recovery.recover()
             if interrupted:
                 log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
     except BaseException:
