@@ -30,9 +30,13 @@ from .service import (
 from .service.files import FilesService
 from .service.health import PlatformHealth
 from .service.executions import EventSettings
+from .service.invalidation import EpochFile
 from .service.keycache import PrincipalCache
+from .service.node import load_or_create_node_id
+from .service.recovery import NodeRecovery, Recovery
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
+from .service.webhook_claims import LeaseClaims
 from .storage import Btrfs, OrgQuotas, ThreadStore, VolumeStore
 from .storage import available as btrfs_available
 from .store import Store, create_engine, migrate
@@ -45,6 +49,8 @@ class Admin:
     """What the admin CLI needs: the store and the key and tenancy services; no sandbox runtime."""
 
     settings: Settings
+    #: This server's name among those sharing the database (service/node.py).
+    node_id: str
     store: Store
     keys: KeyService
     tenancy: TenancyService
@@ -126,6 +132,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         await store.close()
         raise
     pepper = load_or_create_secret(settings.data_dir)
+    node_id = settings.node_id or load_or_create_node_id(settings.data_dir)
     fs = storage_fs(settings)
     orgs = OrgQuotas(fs, settings.org_storage_quota_mib * 1024 * 1024) if fs else None
     webhooks = WebhookService(
@@ -136,12 +143,14 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         backoff_s=settings.webhook_backoff_s,
         timeout_s=settings.webhook_timeout_s,
         metrics=metrics,
+        claims=LeaseClaims(store, node_id),
     )
     return Admin(
         settings=settings,
+        node_id=node_id,
         store=store,
         keys=KeyService(
-            store, pepper, PrincipalCache(settings.data_dir / "auth-epoch", settings.key_cache_ttl_s)
+            store, pepper, PrincipalCache(EpochFile(settings.data_dir / "auth-epoch"), settings.key_cache_ttl_s)
         ),
         tenancy=tenancy,
         webhooks=webhooks,
@@ -284,10 +293,12 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             metrics=metrics,
             health=health,
             events=event_settings(settings),
+            node_id=admin.node_id,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             await admin.threads.recover()
-            interrupted = await executions.recover_interrupted()
+            recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
+            interrupted = await recovery.recover()
             if interrupted:
                 log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
     except BaseException:
@@ -307,6 +318,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         retention.start()
     return Services(
         settings=settings,
+        node_id=admin.node_id,
         store=admin.store,
         keys=admin.keys,
         tenancy=admin.tenancy,

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .ids import NODE_ID_PATTERN
+
 _CPUS = os.cpu_count() or 1
 
 
@@ -28,6 +30,12 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL; default: SQLite (WAL) at <data_dir>/sandboxd.db. "
         "PostgreSQL: postgresql+asyncpg://user:pass@host/db",
+    )
+    node_id: str | None = Field(
+        default=None,
+        pattern=NODE_ID_PATTERN,
+        description="This server's name among servers sharing one database: a restart recovers "
+        "only the executions of its own node. Default: an id made once and kept in <data_dir>/node-id.",
     )
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the API listens on.")

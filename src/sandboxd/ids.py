@@ -33,3 +33,7 @@ def new_trace_id() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{random_token(12)}"
+
+
+#: A server's node id (settings.node_id, service/node.py): stored with executions, at most 48.
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"

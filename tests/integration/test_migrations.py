@@ -1,5 +1,6 @@
 """Migration 0006's downgrade: refused once output is stored the new way (it would be lost),
-done as before while nothing is. Real SQLite."""
+done as before while nothing is. Migration 0007 (nodes, delivery claims) down and up again
+with rows in place. Real SQLite."""
 
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ async def _store(tmp_path: Path) -> Store:
     return store
 
 
-async def _downgrade(store: Store) -> None:
+async def _downgrade(store: Store, to: str = "0005") -> None:
     async with store.engine.begin() as conn:
-        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0005"))
+        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), to))
 
 
-async def _columns(store: Store) -> set[str]:
+async def _columns(store: Store, table: str = "execution_events") -> set[str]:
     async with store.engine.connect() as conn:
-        return await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("execution_events")})
+        return await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns(table)})
 
 
 async def test_downgrade_refuses_when_output_is_stored_in_events(tmp_path: Path) -> None:
@@ -59,5 +60,25 @@ async def test_downgrade_without_such_rows_goes_on(tmp_path: Path) -> None:
     try:
         await _downgrade(store)
         assert "data" not in await _columns(store)
+    finally:
+        await store.close()
+
+
+async def test_0007_down_and_up_again_keeps_the_rows(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        trace_id = new_trace_id()
+        await store.executions.add(Execution(
+            trace_id=trace_id, org_id="org_m", key_id=None, language="bash", status="running",
+            timeout_s=5, delivery_mode="sync", created_at=utcnow(), node_id="node_a",
+        ))
+        await _downgrade(store, "0006")
+        assert "node_id" not in await _columns(store, "executions")
+        assert not {"claimed_by", "claim_expires_at"} & await _columns(store, "webhook_deliveries")
+        await migrate(store.engine)
+        assert "node_id" in await _columns(store, "executions")
+        assert {"claimed_by", "claim_expires_at"} <= await _columns(store, "webhook_deliveries")
+        row = await store.executions.get(trace_id)
+        assert row is not None and row.status == "running" and row.node_id is None  # a row of no node
     finally:
         await store.close()

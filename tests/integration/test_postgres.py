@@ -99,7 +99,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0006"]  # the newest migration (0006: event logs, output stored once)
+        assert versions == ["0007"]  # the newest migration (0007: nodes, webhook delivery claims)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
@@ -244,7 +244,7 @@ async def test_repositories_round_trip(pg_database_url: str) -> None:
         await store.executions.add(bare)
         assert await store.executions.get(bare.trace_id) == bare
         at = utcnow()
-        assert await store.executions.fail_unfinished(error="interrupted", at=at) == 1
+        assert await store.executions.fail_unfinished(node_id="node_a", error="interrupted", at=at) == 1
         failed = await store.executions.get(bare.trace_id)
         assert failed == replace(
             bare,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import InvalidRequest, NotFound
+from sandboxd.service.invalidation import EpochFile
 from sandboxd.service.keycache import PrincipalCache
 from sandboxd.service.keys import SECRET_FILE, KeyService, load_or_create_secret
 from sandboxd.service.tenancy import SandboxConfig, TenancyService
@@ -310,13 +311,13 @@ async def test_principal_of_a_key_id_ends_with_its_revocation_even_when_cached(
 ) -> None:
     """Signed file URLs name their key; the server's cached lookup must see a revocation made by
     another process (`sandboxd keys revoke`) at the next call, not after the cache's TTL."""
-    server = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    server = KeyService(store, PEPPER, PrincipalCache(EpochFile(tmp_path / "auth-epoch"), ttl_s=3600))
     created = await server.create(org=org, sandbox=sandbox)
     principal = await server.principal_of(created.record.id)
     assert principal is not None and principal.key_id == created.record.id and principal.org.id == org.id
     assert await server.principal_of(created.record.id) is principal  # cached
     assert await server.principal_of("key_unknown") is None
-    cli = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    cli = KeyService(store, PEPPER, PrincipalCache(EpochFile(tmp_path / "auth-epoch"), ttl_s=3600))
     await cli.revoke(created.record.id)
     assert await server.principal_of(created.record.id) is None
 
@@ -324,8 +325,8 @@ async def test_principal_of_a_key_id_ends_with_its_revocation_even_when_cached(
 async def test_a_binding_changed_by_another_process_is_seen_at_once(
     store: Store, org: Org, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    server = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
-    cli = KeyService(store, PEPPER, PrincipalCache(tmp_path / "auth-epoch", ttl_s=3600))
+    server = KeyService(store, PEPPER, PrincipalCache(EpochFile(tmp_path / "auth-epoch"), ttl_s=3600))
+    cli = KeyService(store, PEPPER, PrincipalCache(EpochFile(tmp_path / "auth-epoch"), ttl_s=3600))
     volume = await store.volumes.add(Volume(id="vol_1", org_id=org.id, slug="data", quota_mib=10, created_at=utcnow()))
     created = await server.create(org=org, sandbox=sandbox, volumes=[(volume, False)])
     key_id = created.record.id

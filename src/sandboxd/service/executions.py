@@ -130,7 +130,9 @@ class ExecutionService:
         metrics: Metrics | None = None,
         health: PlatformHealth | None = None,
         events: EventSettings | None = None,
+        node_id: str | None = None,
     ) -> None:
+        self._node_id = node_id  # recorded with each execution: service/recovery.py
         self._events = events or EventSettings()
         self._metrics = metrics or Metrics()
         self._health = health or PlatformHealth(self._metrics)
@@ -221,6 +223,7 @@ class ExecutionService:
                     metadata=dict(request.metadata) if request.metadata else None,
                     webhook_url=request.webhook_url,
                     webhook_delivery_status="pending" if request.webhook_url else None,
+                    node_id=self._node_id,
                 )
             )
             if request.webhook_url:
@@ -469,10 +472,6 @@ class ExecutionService:
         live.cancel.set()
         await self._store.executions.move(trace_id, to="cancelling", only_from=("queued", "running"))
         return "cancelling"
-
-    async def recover_interrupted(self) -> int:
-        """On start: executions left unfinished by a stopped server end as failed/interrupted."""
-        return await self._store.executions.fail_unfinished(error="interrupted", at=utcnow())
 
     @property
     def closing(self) -> bool:

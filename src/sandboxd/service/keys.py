@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
 from ..ids import new_id, random_token
-from .keycache import PrincipalCache
 from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, Volume, VolumeBinding, utcnow
+from .keycache import PrincipalCache
 
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
 _KEY = re.compile(r"^sk-[a-z0-9]{1,16}-[A-Za-z0-9]{40}$")
@@ -68,7 +68,7 @@ class CreatedKey:
 
 
 class KeyService:
-    def __init__(self, store: Store, pepper: bytes, cache: PrincipalCache | None = None) -> None:
+    def __init__(self, store: Store, pepper: bytes, cache: PrincipalCache[Principal] | None = None) -> None:
         self._store = store
         self._pepper = pepper
         self._cache = cache

@@ -5,7 +5,9 @@ Deliveries follow the Standard Webhooks spec (`webhook-id`, `webhook-timestamp`,
 libraries. A delivery row is written when the execution is submitted and sent when the
 execution is terminal; a failed attempt is retried with exponential backoff up to a bound.
 Pending rows are picked up again after a restart. Signing secrets are stored encrypted
-(Fernet, keyed from the server secret) and shown once, when created or rotated.
+(Fernet, keyed from the server secret) and shown once, when created or rotated. An attempt
+is made under a claim (service/webhook_claims.py), so servers sharing one database never
+attempt the same delivery at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..observability import Metrics
 from ..store import Store, WebhookDelivery, utcnow
 from .documents import execution_document
 from .url_guard import UrlGuard
+from .webhook_claims import Attempt, DeliveryClaims, LeaseClaims
 
 log = logging.getLogger("sandboxd.webhooks")
 
@@ -48,14 +51,20 @@ class WebhookService:
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        claims: DeliveryClaims | None = None,
     ) -> None:
         self._deliveries = (metrics or Metrics()).webhook_deliveries
         self._store = store
+        self._claims = claims or LeaseClaims(store)
         self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"sandboxd/webhook-secrets/v1" + pepper).digest()))
         self.guard = guard
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
+        # An attempt (secret, DNS, connect, send, answer) is cut off at its budget, well within
+        # its claim, so no other server takes the delivery over while it is still being sent.
+        self._attempt_s = 3 * timeout_s + 30
+        self._claim_s = self._attempt_s + 30
         self._transport = transport
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -124,6 +133,8 @@ class WebhookService:
                     execution = await self._store.executions.get(delivery.trace_id)
                     if execution is None or execution.status not in TERMINAL:
                         continue
+                    if not await self._claims.claim(delivery, for_s=self._claim_s):
+                        continue  # another server is attempting it, or just did
                     with structlog.contextvars.bound_contextvars(trace_id=delivery.trace_id):
                         await self._attempt(delivery, execution_document(execution))
                     wait_s = 0
@@ -140,7 +151,11 @@ class WebhookService:
 
     async def _attempt(self, delivery: WebhookDelivery, document: dict[str, object]) -> None:
         attempts = delivery.attempts + 1
-        error = await self._send(delivery, document)
+        try:
+            async with asyncio.timeout(self._attempt_s):
+                error = await self._send(delivery, document)
+        except TimeoutError:
+            error = f"TimeoutError: the attempt took longer than {self._attempt_s:g} s"
         if error is None:
             status = "delivered"
         elif attempts >= self._max_attempts or error.startswith("refused"):
@@ -149,9 +164,10 @@ class WebhookService:
             status = "pending"
         self._deliveries.labels("retrying" if status == "pending" else status).inc()
         next_at = utcnow() + timedelta(seconds=self._backoff_s * 2 ** (attempts - 1))
-        await self._store.webhooks.update_delivery(
-            delivery.id, status=status, attempts=attempts, last_error=error, next_attempt_at=next_at
-        )
+        if not await self._claims.settle(delivery, Attempt(status, attempts, error, next_at)):
+            log.warning("webhook %s: its claim expired during attempt %d; another server took it over",
+                        delivery.id, attempts)
+            return
         await self._store.executions.update(
             delivery.trace_id, webhook_delivery_status=status, webhook_attempts=attempts
         )

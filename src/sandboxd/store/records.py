@@ -68,6 +68,8 @@ class Execution:
     webhook_attempts: int = 0
     #: The network policy's decisions: [{"host", "port", "allowed", "reason", "count"}].
     network_log: list[dict[str, Any]] | None = None
+    #: The server that ran it (settings.node_id); None for rows from before migration 0007.
+    node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class WebhookDelivery:
     next_attempt_at: datetime
     last_error: str | None
     created_at: datetime
+    #: Who is attempting it now, and until when (a lease: service/webhook_claims.py).
+    claimed_by: str | None = None
+    claim_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import RowMapping, func, select, update
+from sqlalchemy import RowMapping, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -277,12 +277,16 @@ class ExecutionRepo(_Repo):
             output = _storable(await _stored_output(conn, trace_id))  # as the row always showed it
         return _to(Execution, {**row, **output})
 
-    async def fail_unfinished(self, *, error: str, at: datetime) -> int:
-        """On start: executions a stopped server left unfinished end failed with `error`. Their
-        log goes on after its last stored event (what any client may have seen) with a status
-        and a result event, and the output stored so far is their output."""
+    async def fail_unfinished(self, *, node_id: str, error: str, at: datetime) -> int:
+        """On start: executions the stopped server `node_id` left unfinished (and those of no
+        node, from before nodes were recorded) end failed with `error`. Their log goes on after
+        its last stored event (what any client may have seen) with a status and a result
+        event, and the output stored so far is their output. Other nodes' are left alone."""
         async with self._engine.connect() as conn:
-            query = select(executions.c.trace_id).where(executions.c.status.in_(_UNFINISHED))
+            query = select(executions.c.trace_id).where(
+                executions.c.status.in_(_UNFINISHED),
+                or_(executions.c.node_id == node_id, executions.c.node_id.is_(None)),
+            )
             trace_ids = list((await conn.execute(query)).scalars())
         for trace_id in trace_ids:
             async with self._engine.begin() as conn:
@@ -378,11 +382,33 @@ class WebhookRepo(_Repo):
     async def add_delivery(self, delivery: WebhookDelivery) -> None:
         await self._insert(webhook_deliveries, delivery.__dict__)
 
-    async def update_delivery(self, delivery_id: str, **values: Any) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id).values(**values)
+    async def claim(self, delivery_id: str, *, attempts: int, owner: str, now: datetime, until: datetime) -> bool:
+        """Take the lease on a pending, due delivery whose lease is free or expired, as read
+        with `attempts` (so a stale read cannot claim it again); False if another has it.
+        One conditional UPDATE: of two servers claiming at once, one changes the row."""
+        query = (
+            update(webhook_deliveries)
+            .where(
+                webhook_deliveries.c.id == delivery_id,
+                webhook_deliveries.c.status == "pending",
+                webhook_deliveries.c.attempts == attempts,
+                webhook_deliveries.c.next_attempt_at <= now,
+                or_(webhook_deliveries.c.claim_expires_at.is_(None), webhook_deliveries.c.claim_expires_at < now),
             )
+            .values(claimed_by=owner, claim_expires_at=until)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount == 1
+
+    async def settle(self, delivery_id: str, *, owner: str, **values: Any) -> bool:
+        """Record an attempt and free the lease, if `owner` still holds it; False if not."""
+        query = (
+            update(webhook_deliveries)
+            .where(webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.claimed_by == owner)
+            .values(**values, claimed_by=None, claim_expires_at=None)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount == 1
 
     async def pending(self) -> list[WebhookDelivery]:
         query = (

@@ -89,6 +89,8 @@ executions = Table(
     # True: the output is stored once, in the output events; stdout/stderr hold only what
     # came after the last output event (past the events cap). False: they hold it all.
     Column("output_in_events", Boolean, nullable=False, default=False),
+    # The server (settings.node_id) that ran it: its start-up recovery ends it if left unfinished.
+    Column("node_id", String(64), nullable=True),
     Index("ix_executions_org_created", "org_id", "created_at"),
     Index("ix_executions_created", "created_at"),
 )
@@ -126,6 +128,9 @@ webhook_deliveries = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("last_error", String(512), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The server process attempting it now, until when: another may take it over after that.
+    Column("claimed_by", String(64), nullable=True),
+    Column("claim_expires_at", DateTime(timezone=True), nullable=True),
     Index("ix_webhook_deliveries_status", "status", "next_attempt_at"),
 )
 

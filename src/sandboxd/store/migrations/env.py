@@ -10,10 +10,17 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through sandboxd (sandboxd.store.db.migrate)")
 
+sqlite = connection.dialect.name == "sqlite"
+if sqlite:
+    # The sqlite3 driver opens a transaction only at the first INSERT/UPDATE/DELETE, so DDL before
+    # it would commit at once: a migration that fails half way (a refused downgrade below later
+    # ones) would leave its columns dropped under the old version stamp. Begin it ourselves, so
+    # that every step commits or rolls back together, as on PostgreSQL.
+    connection.exec_driver_sql("BEGIN")
 context.configure(
     connection=connection,
     target_metadata=metadata,
-    render_as_batch=connection.dialect.name == "sqlite",
+    render_as_batch=sqlite,
 )
 with context.begin_transaction():
     context.run_migrations()
