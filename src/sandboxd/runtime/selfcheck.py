@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import SandboxSetupError
-from .runner import BwrapRunner
+from .interface import Runner
 from .spec import ExecStatus, Limits, SandboxSpec
 
 
@@ -28,8 +28,9 @@ def check_prerequisites() -> str:
     return bwrap
 
 
-async def check_sandbox(runner: BwrapRunner) -> None:
-    """Start a real sandbox (never a pre-spawned one) and check what the code inside sees."""
+async def check_sandbox(runner: Runner) -> None:
+    """Start a real sandbox and check what the code inside sees. Give it the cold runner: the
+    check is of the host as it is now, not of a sandbox pre-spawned earlier."""
     probe = (
         b"set -e\n"
         b'test "$(id -u)" = 1000\n'
@@ -40,7 +41,7 @@ async def check_sandbox(runner: BwrapRunner) -> None:
         b"echo sandbox-ok\n"
     )
     spec = SandboxSpec(language="bash", code=probe, limits=Limits(timeout_s=20, memory_mib=256))
-    result = await runner.run(spec, pooled=False)
+    result = await runner.run(spec)
     if result.status is not ExecStatus.SUCCESS or result.stdout.strip() != b"sandbox-ok":
         raise SandboxSetupError(
             "self-check",
