@@ -139,9 +139,9 @@ class WarmPool:
         now = time.monotonic()
         slot = self._slots.setdefault(key, _Slot())
         slot.last_used = now
-        for entry in [e for e in slot.entries if e.box.proc.returncode is not None]:
-            slot.entries.remove(entry)  # died waiting (e.g. killed by an operator): discard
-            self._spawn_task(self.dispose(entry))
+        for dead in [e for e in slot.entries if e.box.proc.returncode is not None]:
+            slot.entries.remove(dead)  # died waiting (e.g. killed by an operator): discard
+            self._spawn_task(self.dispose(dead))
         ready = [e for e in slot.entries if e.ready.done() and e.ready.result()]
         entry = ready[0] if ready else (slot.entries[0] if slot.entries else None)
         if entry is not None:
