@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .observability import Metrics
-from .runtime import BwrapRunner, Limits, Role, check_sandbox, create_runner
+from .runtime import BwrapRunner, Limits, PooledRunner, PoolSettings, Role, check_sandbox, create_runner
 from .runtime.landlock import abi_version as landlock_abi
-from .runtime.pool import PoolSettings, WarmPool
+from .runtime.pool import WarmPool
 from .service import (
     AuthFailureLimiter,
     ConcurrencyLimiter,
@@ -77,7 +77,7 @@ class Services(Admin):
     health: PlatformHealth | None = None
     pool: WarmPool | None = None
     #: The sandbox runtime this server built (None when one was passed in, e.g. a test's).
-    runtime: BwrapRunner | None = None
+    runtime: Runner | None = None
 
     def unready_reason(self) -> str | None:
         """Why /ready answers 503 (no host paths: it is unauthenticated); None when ready."""
@@ -258,20 +258,23 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
     metrics = Metrics()
     admin = await open_admin(settings, metrics)
     pool: WarmPool | None = None
-    real: BwrapRunner | None = None
+    real: Runner | None = None
     try:
         if runner is None:
-            real = build_runner(settings, role)
-            await check_sandbox(real)
+            cold = real = build_runner(settings, role)
+            await check_sandbox(cold)
             log.info("landlock ABI %d; not applied to sandboxes (docs/security.md)", landlock_abi())
             if settings.pool_enabled and server:
-                pool = real.enable_pool(_pool_settings(settings), home_slots=settings.run_dir / "homes")
+                real = PooledRunner(cold, _pool_settings(settings), home_slots=settings.run_dir / "homes")
+                pool = real.pool
                 pool.start()
             runner = real
-        checked = runner
+            checked: Runner = cold  # the host as it is now, never a pre-spawned sandbox
+        else:
+            checked = runner  # a test's runner: its own run
         health = PlatformHealth(
             metrics,
-            lambda: check_sandbox(checked),  # type: ignore[arg-type]  # a test's runner: its own run
+            lambda: check_sandbox(checked),
             threshold=settings.platform_error_threshold,
             window_s=settings.platform_error_window_s,
             recheck_s=settings.selfcheck_interval_s,

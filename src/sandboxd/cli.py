@@ -233,7 +233,7 @@ def keys_list(
 
     async def go(admin: Admin) -> list[Any]:
         org_id = (await admin.tenancy.org(org)).id if org else None
-        return await admin.store.keys.list(org_id)
+        return await admin.keys.list(org_id)
 
     for key in _admin_call(_settings(data_dir, database_url), go):
         state = "revoked" if key.revoked_at else "active"
@@ -368,7 +368,7 @@ def orgs_create(name: str, data_dir: DataDir = None, database_url: DatabaseUrl =
 @orgs_app.command("list")
 def orgs_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List organizations."""
-    for org in _admin_call(_settings(data_dir, database_url), lambda admin: admin.store.orgs.list()):
+    for org in _admin_call(_settings(data_dir, database_url), lambda admin: admin.tenancy.list_orgs()):
         typer.echo(f"{org.id}\t{org.name}")
 
 

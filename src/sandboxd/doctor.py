@@ -1,8 +1,9 @@
 """`sandboxd doctor`: check that this host can run sandboxd, and say what to fix.
 
 Each check gives OK, WARN (sandboxd runs, with less) or FAIL (`sandboxd serve` would refuse
-to start, or a part would not work), and a fix for anything not OK. The last check runs a
-real sandbox, as the server does before it serves; it takes a lease of its own
+to start, or a part would not work), and a fix for anything not OK. The first are the start-up
+self-check's own (runtime/selfcheck.py), the last runs a real sandbox with its probe, as the
+server does before it serves; it takes a lease of its own
 (runtime/lease.py: its own cgroup parent, host uids clear of every live server's), removes
 everything it made, and so never touches a server running on this host.
 """
@@ -13,122 +14,23 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from .config import Settings
 from .errors import SandboxSetupError
 from .runtime import INTERPRETERS, available_languages, check_sandbox
-from .runtime.cgroups import detect as detect_cgroups
 from .runtime.lease import live_leases
-from .runtime.seccomp import compile_bpf
+from .runtime.selfcheck import PREREQUISITES, Check
 from .storage import available as btrfs_available
-
-Status = Literal["OK", "WARN", "FAIL", "SKIP"]
 
 _GIB = 1024**3
 _MIN_FREE_BYTES = 1 * _GIB
 _INSTALL = {
-    "bubblewrap": "install bubblewrap: apt-get install bubblewrap (Debian/Ubuntu) or dnf install bubblewrap (Fedora/RHEL)",
     "python": "install Python 3 at /usr/bin/python3: apt-get install python3",
     "node": "install Node.js at /usr/bin/node: apt-get install nodejs",
     "bash": "install bash at /usr/bin/bash: apt-get install bash",
 }
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
-def _ok(name: str, detail: str) -> Check:
-    return Check(name, "OK", detail)
-
-
-def check_privileges() -> Check:
-    if os.geteuid() == 0:
-        return _ok("privileges", "running as root")
-    return Check(
-        "privileges", "FAIL", f"running as uid {os.geteuid()}",
-        "run as root (sudo sandboxd doctor; the systemd unit in deploy/ runs as root): sandboxd "
-        "creates cgroups, mounts thread storage and starts each sandbox as its own unprivileged uid",
-    )
-
-
-def check_bubblewrap() -> Check:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return Check("bubblewrap", "FAIL", "bwrap (bubblewrap) not found on PATH", _INSTALL["bubblewrap"])
-    try:
-        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return Check("bubblewrap", "FAIL", f"{bwrap} does not run: {exc}", _INSTALL["bubblewrap"])
-    if os.stat(bwrap).st_mode & 0o4000:
-        return Check(
-            "bubblewrap", "WARN", f"{bwrap} is setuid root ({version.stdout.strip()})",
-            "sandboxd needs no setuid bwrap (it uses user namespaces), and NoNewPrivileges=yes in the "
-            "systemd unit stops a setuid bwrap: chmod u-s it or install a distribution build without it",
-        )
-    return _ok("bubblewrap", f"{bwrap} ({version.stdout.strip()})")
-
-
-def _sysctl(name: str) -> str | None:
-    path = Path("/proc/sys") / name.replace(".", "/")
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def check_user_namespaces() -> Check:
-    if _sysctl("user.max_user_namespaces") == "0":
-        return Check(
-            "user namespaces", "FAIL", "disabled (user.max_user_namespaces = 0)",
-            "sysctl -w user.max_user_namespaces=15000 (and set it in /etc/sysctl.d/ to keep it)",
-        )
-    if _sysctl("kernel.unprivileged_userns_clone") == "0":
-        return Check(
-            "user namespaces", "FAIL", "unprivileged user namespaces are off (kernel.unprivileged_userns_clone = 0)",
-            "sysctl -w kernel.unprivileged_userns_clone=1 (and in /etc/sysctl.d/): bubblewrap runs as "
-            "an unprivileged uid and creates the sandbox's user namespace",
-        )
-    if _sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1":
-        return Check(
-            "user namespaces", "WARN", "AppArmor restricts unprivileged user namespaces",
-            "if the sandbox check below fails: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, "
-            "or give bwrap an AppArmor profile that allows userns",
-        )
-    return _ok("user namespaces", f"enabled (max {_sysctl('user.max_user_namespaces') or 'unknown'})")
-
-
-def check_cgroups() -> Check:
-    try:
-        driver = detect_cgroups("doctor")
-    except SandboxSetupError as exc:
-        return Check(
-            "cgroups", "FAIL", exc.message,
-            "mount cgroup v2 at /sys/fs/cgroup with memory, cpu and pids enabled (or cgroup v1 with "
-            "memory, pids, cpu, cpuacct, freezer); under systemd use the unit in deploy/ (Delegate=yes)",
-        )
-    return _ok("cgroups", f"cgroup v{driver.version}, with the controllers sandboxd uses")
-
-
-def check_seccomp() -> Check:
-    status = Path("/proc/self/status").read_text()
-    if "Seccomp:" not in status:
-        return Check("seccomp", "FAIL", "the kernel has no seccomp", "use a kernel built with CONFIG_SECCOMP_FILTER")
-    try:
-        size = len(compile_bpf())
-    except Exception as exc:  # libseccomp missing or too old shows up as any error here
-        return Check("seccomp", "FAIL", f"cannot compile the filter: {exc}", "apt-get install libseccomp2")
-    return _ok("seccomp", f"filter compiles ({size // 8} BPF instructions)")
 
 
 def _existing(path: Path) -> Path:
@@ -142,7 +44,7 @@ def check_data_dir(settings: Settings) -> Check:
     nearest = _existing(target)
     if not os.access(nearest, os.W_OK | os.X_OK):
         return Check("data dir", "FAIL", f"{nearest} is not writable", f"create {target} as root, or set --data-dir")
-    return _ok("data dir", f"{target}" + ("" if target.exists() else " (created on first start)"))
+    return Check.ok("data dir", f"{target}" + ("" if target.exists() else " (created on first start)"))
 
 
 def check_disk_space(settings: Settings) -> Check:
@@ -155,12 +57,12 @@ def check_disk_space(settings: Settings) -> Check:
             "disk space", "WARN", f"{free}, below storage_size_gib = {settings.storage_size_gib}",
             "the sparse storage image can grow to storage_size_gib: lower SANDBOXD_STORAGE_SIZE_GIB or free space",
         )
-    return _ok("disk space", f"{free} for {settings.data_dir}")
+    return Check.ok("disk space", f"{free} for {settings.data_dir}")
 
 
 def check_btrfs() -> Check:
     if btrfs_available():
-        return _ok("btrfs-progs", "threads and volumes available")
+        return Check.ok("btrfs-progs", "threads and volumes available")
     return Check(
         "btrfs-progs", "WARN", "not installed: threads and volumes are refused (503)",
         "apt-get install btrfs-progs",
@@ -177,7 +79,7 @@ def check_languages() -> Check:
             "languages", "WARN", f"{', '.join(sorted(found))}; missing {', '.join(missing)}",
             "; ".join(_INSTALL[m] for m in missing),
         )
-    return _ok("languages", ", ".join(INTERPRETERS))
+    return Check.ok("languages", ", ".join(INTERPRETERS))
 
 
 def _sandboxd_server(host: str, port: int) -> str | None:
@@ -209,12 +111,12 @@ def check_port(name: str, host: str, port: int, setting: str) -> Check:
     except OSError as exc:
         server = _sandboxd_server(host, port) if name == "port" else None
         if server is not None:
-            return _ok(name, f"{host}:{port}: a sandboxd server is running there ({server})")
+            return Check.ok(name, f"{host}:{port}: a sandboxd server is running there ({server})")
         return Check(
             name, "FAIL", f"cannot listen on {host}:{port}: {exc.strerror or exc}",
             f"stop what uses it (ss -ltnp 'sport = :{port}') or choose another with {setting}",
         )
-    return _ok(name, f"{host}:{port} is free")
+    return Check.ok(name, f"{host}:{port} is free")
 
 
 def check_ports(settings: Settings) -> list[Check]:
@@ -238,20 +140,17 @@ async def check_sandbox_runs(settings: Settings) -> Check:
             await runner.close()
     except SandboxSetupError as exc:
         return Check("sandbox", "FAIL", exc.message, "fix the layer it names; docs/operations.md lists what each needs")
-    return _ok("sandbox", "a real sandbox ran: uid 1000 inside, no capabilities, no_new_privs, seccomp, read-only /usr")
-
-
-#: The checks the sandbox probe needs to pass first.
-_PREREQUISITES = ("privileges", "bubblewrap", "user namespaces", "cgroups", "seccomp")
+    return Check.ok("sandbox", "a real sandbox ran: uid 1000 inside, no capabilities, no_new_privs, seccomp, read-only /usr")
 
 
 async def run_checks(settings: Settings) -> list[Check]:
-    static: list[Callable[[], Check]] = [
-        check_privileges, check_bubblewrap, check_user_namespaces, check_cgroups, check_seccomp,
-        lambda: check_data_dir(settings), lambda: check_disk_space(settings), check_btrfs, check_languages,
+    """The start-up self-check's prerequisites, then this host's configuration, then a real sandbox."""
+    prerequisites = [check() for check in PREREQUISITES]
+    checks = [
+        *prerequisites, check_data_dir(settings), check_disk_space(settings), check_btrfs(), check_languages(),
+        *check_ports(settings),
     ]
-    checks = [check() for check in static] + check_ports(settings)
-    blocked = [c.name for c in checks if c.name in _PREREQUISITES and c.status == "FAIL"]
+    blocked = [c.name for c in prerequisites if c.status == "FAIL"]
     if blocked:
         checks.append(Check("sandbox", "SKIP", f"not tried: {', '.join(blocked)} failed"))
     else:

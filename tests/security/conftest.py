@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from sandboxd.runtime import BwrapRunner, ExecResult, Limits, SandboxSpec, create_runner
-from sandboxd.runtime.pool import PoolSettings, WarmPool, key_of
+from sandboxd.runtime import BwrapRunner, ExecResult, Limits, PooledRunner, PoolSettings, SandboxSpec, create_runner
+from sandboxd.runtime.pool import key_of
 
 from .hostprobe import SLOTS, TEST_TIMEOUT_S, UID_BASE, Host, instance_hash, remove_instance_parents
 
@@ -99,7 +99,7 @@ def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
     Every attack runs twice: in a sandbox started for it (cold), and in a pre-spawned one
     whose stub receives the code at use time (pooled: the fast path, `runtime/pool.py`).
     """
-    pool = WarmPool(runner, PoolSettings()) if request.param == "pooled" else None
+    pooled = PooledRunner(runner, PoolSettings()) if request.param == "pooled" else None
 
     async def _run(
         code: str | bytes,
@@ -111,9 +111,9 @@ def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
         **limit_overrides: Any,
     ) -> ExecResult:
         spec = make_spec(code, language, env, **limit_overrides)
-        if pool is not None and key_of(spec) is not None:
-            box = await pool.spawn_ready(spec)
-            return await runner.serve(box, spec, sink=sink, cancel=cancel)
+        if pooled is not None and key_of(spec) is not None:
+            entry = await pooled.pool.spawn_ready(spec)
+            return await pooled.serve(entry, spec, sink=sink, cancel=cancel)
         return await runner.run(spec, sink=sink, cancel=cancel)
 
     return _run  # type: ignore[return-value]

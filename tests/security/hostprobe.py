@@ -128,7 +128,7 @@ class Host:
 
     def uids_in_use(self) -> int:
         # The runner exposes no accessor; the pool's own `in_use` is the truth.
-        return self.runner._uids.in_use
+        return self.runner.sandboxes._uids.in_use
 
     async def assert_no_processes(
         self, *, live_grace: float = 3.0, zombie_grace: float = 15.0

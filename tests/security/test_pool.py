@@ -1,6 +1,6 @@
 """Pre-spawned sandboxes hold the same line as cold ones, and leave nothing behind.
 
-Two real runners side by side: one cold, one with a pool. The differential tests run the same
+Two real runners side by side: one cold, one pooled. The differential tests run the same
 program both ways (a fresh pooled sandbox each time, through `spawn_ready` + `serve`, the exact
 fast path) and compare what the code saw; the pool tests drive the pool itself (sizing, config
 keys, idle shrink, close) and then look at the host for leftovers.
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.runtime import BwrapRunner, ExecResult, ExecStatus, Limits, SandboxSpec, create_runner
-from sandboxd.runtime.pool import PoolSettings, WarmPool, key_of
+from sandboxd.runtime import (
+    BwrapRunner, ExecResult, ExecStatus, Limits, PooledRunner, PoolSettings, SandboxSpec, create_runner,
+)
+from sandboxd.runtime.pool import WarmPool, key_of
 
 from .hostprobe import instance_hash, remove_instance_parents, uid_procs
 
@@ -31,13 +33,16 @@ THREAD_UID, OTHER_THREAD_UID = 332_000, 332_001
 
 
 @pytest.fixture(scope="module")
-async def runners() -> AsyncIterator[tuple[BwrapRunner, BwrapRunner, WarmPool]]:
+async def runners() -> AsyncIterator[tuple[BwrapRunner, PooledRunner, WarmPool]]:
     keys = [tempfile.mkdtemp(prefix="sandboxd-pool-") for _ in range(2)]
     cold = create_runner(instance_key=keys[0], uid_base=COLD_UID, slots=SLOTS)
-    hot = create_runner(instance_key=keys[1], uid_base=POOL_UID, slots=SLOTS)
-    pool = hot.enable_pool(PoolSettings(max_per_key=2, max_total=4, idle_s=3600), home_slots=_run_dir(keys[1]) / "homes")
+    hot = PooledRunner(
+        create_runner(instance_key=keys[1], uid_base=POOL_UID, slots=SLOTS),
+        PoolSettings(max_per_key=2, max_total=4, idle_s=3600),
+        home_slots=_run_dir(keys[1]) / "homes",
+    )
     try:
-        yield cold, hot, pool
+        yield cold, hot, hot.pool
     finally:
         await cold.close()
         await hot.close()
@@ -78,11 +83,11 @@ def for_thread(s: SandboxSpec, home: Path, uid: int = THREAD_UID) -> SandboxSpec
     return replace(s, home=str(home), host_uid=uid)
 
 
-async def warm_thread(hot: BwrapRunner, pool: WarmPool, s: SandboxSpec) -> ExecResult:
+async def warm_thread(hot: PooledRunner, pool: WarmPool, s: SandboxSpec) -> ExecResult:
     """A thread's run the fast way: its sandbox started first, the home mounted at use time."""
-    box = await pool.spawn_ready(s)
-    assert box.home_slot is not None
-    return await hot.serve(box, s)
+    entry = await pool.spawn_ready(s)
+    assert entry.home_slot is not None
+    return await hot.serve(entry, s)
 
 
 def spec(code: str, language: str = "python", **limits: object) -> SandboxSpec:
@@ -94,9 +99,9 @@ def spec(code: str, language: str = "python", **limits: object) -> SandboxSpec:
     )
 
 
-async def pooled(hot: BwrapRunner, pool: WarmPool, s: SandboxSpec) -> ExecResult:
-    box = await pool.spawn_ready(s)
-    return await hot.serve(box, s)
+async def pooled(hot: PooledRunner, pool: WarmPool, s: SandboxSpec) -> ExecResult:
+    entry = await pool.spawn_ready(s)
+    return await hot.serve(entry, s)
 
 
 # --- the same program, cold and pooled ---------------------------------------------------------
@@ -196,9 +201,9 @@ async def test_limits_hold_on_the_pooled_path(runners, code: str, limits: dict, 
 async def test_the_timeout_counts_from_the_request_not_the_spawn(runners) -> None:  # type: ignore[no-untyped-def]
     _, hot, pool = runners
     s = spec("import time; time.sleep(0.5); print('done')", timeout_s=1.5)
-    box = await pool.spawn_ready(s)
+    entry = await pool.spawn_ready(s)
     await asyncio.sleep(2.0)  # longer than the timeout, spent waiting in the pool
-    result = await hot.serve(box, s)
+    result = await hot.serve(entry, s)
     assert result.status is ExecStatus.SUCCESS and result.stdout == b"done\n", result
 
 
@@ -227,8 +232,9 @@ async def test_pool_grows_with_demand_and_serves_hits(runners) -> None:  # type:
 
 
 async def test_idle_pools_shrink_to_zero_and_leave_nothing(runners) -> None:  # type: ignore[no-untyped-def]
-    _, hot, previous = runners
-    pool = hot.enable_pool(PoolSettings(max_per_key=2, max_total=4, idle_s=0.5))
+    _, hot, _ = runners
+    hot = PooledRunner(hot.cold, PoolSettings(max_per_key=2, max_total=4, idle_s=0.5))
+    pool = hot.pool
     s = spec("print(3)", "node")
     await hot.run(s)
     await _until(lambda: pool.size >= 1)
@@ -238,7 +244,6 @@ async def test_idle_pools_shrink_to_zero_and_leave_nothing(runners) -> None:  # 
     assert pool.size == 0
     assert not [p for uid in uids for p in uid_procs(range(uid, uid + 1))]
     await pool.close()
-    hot.pool = previous
 
 
 async def _until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -249,17 +254,15 @@ async def _until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-u
 
 
 async def test_closing_the_pool_leaves_nothing(runners) -> None:  # type: ignore[no-untyped-def]
-    _, hot, previous = runners
-    pool = hot.enable_pool(PoolSettings(max_per_key=2, max_total=4))
-    try:
-        for language in ("python", "node", "bash"):
-            await hot.run(spec("true" if language == "bash" else "1", language))
-        await _until(lambda: pool.size >= 3)
-        uids = {entry.box.uid for slot in pool._slots.values() for entry in slot.entries}
-        await pool.close()
-        assert pool.size == 0 and not [p for uid in uids for p in uid_procs(range(uid, uid + 1))]
-    finally:
-        hot.pool = previous
+    _, hot, _ = runners
+    hot = PooledRunner(hot.cold, PoolSettings(max_per_key=2, max_total=4))
+    pool = hot.pool
+    for language in ("python", "node", "bash"):
+        await hot.run(spec("true" if language == "bash" else "1", language))
+    await _until(lambda: pool.size >= 3)
+    uids = {entry.box.uid for slot in pool._slots.values() for entry in slot.entries}
+    await pool.close()
+    assert pool.size == 0 and not [p for uid in uids for p in uid_procs(range(uid, uid + 1))]
 
 
 # --- a thread's warm sandbox -------------------------------------------------------------------
@@ -321,11 +324,11 @@ async def test_a_threads_waiting_sandbox_serves_only_that_thread(runners, homes)
     key = key_of(mine, threads=True)
     await _until(lambda: key in pool._slots and len(pool._slots[key].entries) == 1)
     assert pool.take(theirs) is None
-    box = pool.take(mine)
-    assert box is not None and box.uid == THREAD_UID and box.home_slot is not None
-    result = await hot.serve(box, mine)
+    entry = pool.take(mine)
+    assert entry is not None and entry.box.uid == THREAD_UID and entry.home_slot is not None
+    result = await hot.serve(entry, mine)
     assert result.stdout == b"['kept.txt']\n", result
-    assert not box.home_slot.exists()  # unmounted and removed with its sandbox
+    assert not entry.home_slot.exists()  # unmounted and removed with its sandbox
 
 
 async def test_a_run_meeting_its_threads_sandbox_mid_start_waits_for_it(runners, homes) -> None:  # type: ignore[no-untyped-def]
@@ -342,7 +345,7 @@ async def test_a_run_meeting_its_threads_sandbox_mid_start_waits_for_it(runners,
     entry = pool._slots[key].entries[0]
     assert not entry.ready.done()  # bubblewrap is still at work
     attached_when_up = []
-    slots = hot._home_slots
+    slots = pool.home_slots
     attach = slots.attach
     slots.attach = lambda slot, home: (attached_when_up.append(entry.ready.done()), attach(slot, home))[1]
     try:

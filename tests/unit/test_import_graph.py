@@ -218,7 +218,6 @@ def describe(graph: dict[str, list[Edge]]) -> list[str]:
     return paragraphs
 
 
-@pytest.mark.xfail(strict=True, reason="cycles removed by branches runtime/cluster")
 def test_no_import_cycles() -> None:
     cycles = describe(import_graph())
     assert not cycles, "import cycles in src/sandboxd:\n" + "\n\n".join(cycles)

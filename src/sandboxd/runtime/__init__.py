@@ -2,8 +2,10 @@
 
 Knows nothing of HTTP, keys or the database. Layers, one module each:
 `bwrap` (namespaces, mounts, environment), `seccomp` (syscall filter), `cgroups` (memory,
-cpu, pids), `rlimits`, `users` (host uids), `launch` (privilege drop), `runner` (lifecycle),
-`pool` and `warm` (pre-spawned sandboxes), `homeslot` (a thread's home mounted at use time),
+cpu, pids), `rlimits`, `users` (host uids), `launch` (privilege drop), `sandbox` (a live
+sandbox: start, supervise, dispose), `runner` (the cold runner), `pooled` (the runner serving
+from pre-spawned sandboxes), `pool` and `warm` (pre-spawned sandboxes), `homeslot` (a thread's
+home mounted at use time),
 `lease` (which process owns which cgroups and uids), `keeper` (no sandbox outlives its server).
 """
 
@@ -18,6 +20,8 @@ from .keeper import Keeper
 from .lease import Role, acquire
 from .languages import INTERPRETERS, available_languages
 from .interface import Runner
+from .pool import PoolSettings
+from .pooled import PooledRunner
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
@@ -33,6 +37,8 @@ __all__ = [
     "Limits",
     "Mount",
     "OutputSink",
+    "PoolSettings",
+    "PooledRunner",
     "Role",
     "Runner",
     "SandboxSpec",

@@ -7,7 +7,7 @@ memory limit) is a new key, and a sandbox built with the old one is never served
 Each pooled sandbox serves exactly one execution and is then destroyed like any other.
 
 Only runs that need nothing per-request at build time are pooled: no volume, network policy
-`none`. The rest start cold. A thread's runs are pooled too when the runner has home slots
+`none`. The rest start cold. A thread's runs are pooled too when the pool has home slots
 (`homeslot.py`): the key then holds the thread's own host uid, so each thread has its own
 pool of at most one sandbox, started when a run of the thread ends, with an empty
 /home/baponi on which the next run's working copy is mounted at use time. Like any key's, it
@@ -30,14 +30,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from . import warm
+from .homeslot import HomeSlots
 from .network import Attached
+from .sandbox import Sandbox, Sandboxes
 from .spec import Language, Limits, SandboxSpec
-
-if TYPE_CHECKING:
-    from .runner import BwrapRunner, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +59,20 @@ class PoolKey:
 
 
 @dataclass
-class _Entry:
+class Warm:
+    """A pre-spawned sandbox: its stub waits for a request once `ready` is True (False: it
+    died starting)."""
+
     box: Sandbox
     ready: asyncio.Future[bool]
+    #: A thread's sandbox: its empty /home/baponi, the thread's home is mounted on it at use time.
+    home_slot: Path | None = None
 
 
 @dataclass
 class _Slot:
     target: int = 1
-    entries: deque[_Entry] = field(default_factory=deque)
+    entries: deque[Warm] = field(default_factory=deque)
     spawning: int = 0
     last_used: float = field(default_factory=time.monotonic)
     last_miss: float = field(default_factory=time.monotonic)
@@ -90,10 +94,17 @@ def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
 
 
 class WarmPool:
-    def __init__(self, runner: BwrapRunner, settings: PoolSettings, *, threads: bool = False) -> None:
-        self._runner = runner
+    """The waiting sandboxes, by key; with `home_slots` (a directory for mount points) a
+    thread's runs are pooled too."""
+
+    def __init__(self, sandboxes: Sandboxes, settings: PoolSettings, *, home_slots: Path | None = None) -> None:
+        self._sandboxes = sandboxes
         self._settings = settings
-        self._threads = threads
+        self.home_slots: HomeSlots | None = None
+        if home_slots is not None:
+            self.home_slots = HomeSlots(home_slots)
+            self.home_slots.recover()
+        self._threads = self.home_slots is not None
         self._slots: dict[PoolKey, _Slot] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -119,7 +130,7 @@ class WarmPool:
             out[key.language] = out.get(key.language, 0) + len(slot.entries)
         return out
 
-    def take(self, spec: SandboxSpec) -> Sandbox | None:
+    def take(self, spec: SandboxSpec) -> Warm | None:
         """A started sandbox for `spec`'s key, or None (the caller starts one cold); either way
         the caller calls `replenish(spec)` when its run is over."""
         key = key_of(spec, threads=self._threads)
@@ -130,23 +141,21 @@ class WarmPool:
         slot.last_used = now
         for dead in [e for e in slot.entries if e.box.proc.returncode is not None]:
             slot.entries.remove(dead)  # died waiting (e.g. killed by an operator): discard
-            self._spawn_task(self._runner.dispose(dead.box))
+            self._spawn_task(self.dispose(dead))
         ready = [e for e in slot.entries if e.ready.done() and e.ready.result()]
         entry = ready[0] if ready else (slot.entries[0] if slot.entries else None)
-        box = None
         if entry is not None:
             slot.entries.remove(entry)
-            box = entry.box
         if not ready:  # none was waiting ready: demand outran the pool
             self.misses += 1
             if now - slot.last_miss < self._settings.idle_s:
                 slot.target = min(_cap(key, self._settings), slot.target + 1)
             slot.last_miss = now
-        if box is not None:
+        if entry is not None:
             self.hits += 1
         if self.on_take is not None:
-            self.on_take(box is not None)
-        return box
+            self.on_take(entry is not None)
+        return entry
 
     def replenish(self, spec: SandboxSpec) -> None:
         """Start sandboxes in the background until `spec`'s pool is back at its target."""
@@ -155,7 +164,14 @@ class WarmPool:
         if key is not None and slot is not None and not self._closed:
             self._refill(key, slot, spec)
 
+    async def dispose(self, entry: Warm) -> None:
+        """Leave nothing behind, as for any sandbox, and give its home slot up."""
+        await self._sandboxes.dispose(entry.box)
+        if entry.home_slot is not None and self.home_slots is not None:
+            self.home_slots.release(entry.home_slot)
+
     async def close(self) -> None:
+        """Dispose of every waiting sandbox, then remove the home slots' mounts."""
         self._closed = True
         if self._shrinker is not None:
             self._shrinker.cancel()
@@ -166,7 +182,9 @@ class WarmPool:
         slots, self._slots = self._slots, {}
         for slot in slots.values():
             while slot.entries:
-                await self._runner.dispose(slot.entries.popleft().box)
+                await self.dispose(slot.entries.popleft())
+        if self.home_slots is not None:
+            self.home_slots.close()
 
     async def shrink(self) -> None:
         """Empty keys idle for `idle_s`; lower the target of keys without recent misses."""
@@ -175,12 +193,12 @@ class WarmPool:
             if now - slot.last_used >= self._settings.idle_s:
                 del self._slots[key]
                 while slot.entries:
-                    await self._runner.dispose(slot.entries.popleft().box)
+                    await self.dispose(slot.entries.popleft())
             elif now - slot.last_miss >= self._settings.idle_s and slot.target > 1:
                 slot.target -= 1
                 slot.last_miss = now
                 while len(slot.entries) > slot.target:
-                    await self._runner.dispose(slot.entries.pop().box)
+                    await self.dispose(slot.entries.pop())
 
     async def _shrink_forever(self) -> None:
         while True:
@@ -200,7 +218,7 @@ class WarmPool:
         if not others:
             return False
         victim = min(others, key=lambda s: s.last_used)
-        self._spawn_task(self._runner.dispose(victim.entries.pop().box))
+        self._spawn_task(self.dispose(victim.entries.pop()))
         return True
 
     def _room(self) -> bool:
@@ -217,50 +235,54 @@ class WarmPool:
                     total += entry.box.group.stats().memory_peak_bytes
         return total
 
-    async def spawn_ready(self, spec: SandboxSpec) -> Sandbox:
+    async def spawn_ready(self, spec: SandboxSpec) -> Warm:
         """One pooled-style sandbox for `spec`, its interpreter up and waiting (not kept in the
         pool: the caller serves it or disposes of it). The security suite runs every attack
         through this path too."""
         if key_of(spec, threads=self._threads) is None:
             raise ValueError("this spec cannot be served from a pool")
-        box, ready = await self._start(replace(spec, code=b"", env={}, home=None))
-        if not await ready:
-            await self._runner.dispose(box)
+        entry = await self._start(replace(spec, code=b"", env={}, home=None))
+        if not await entry.ready:
+            await self.dispose(entry)
             raise RuntimeError(f"a pooled {spec.language} sandbox did not come up")
-        return box
+        return entry
 
-    async def _start(self, template: SandboxSpec) -> tuple[Sandbox, asyncio.Future[bool]]:
+    async def _start(self, template: SandboxSpec) -> Warm:
+        """Start a sandbox whose stub waits for the request; a thread's gets an empty home slot
+        (its home comes at use time)."""
+        home_slot: Path | None = None
+        if template.host_uid is not None:
+            assert self.home_slots is not None, "a thread's run is pooled only with home slots"
+            home_slot = self.home_slots.create(template.host_uid, template.host_gid or template.host_uid)
+            template = replace(template, home=str(home_slot))
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
-            box = await self._runner.launch(
-                template,
-                Attached(),
-                program=warm.stub(template.language, ready_w),
-                ready_fd=ready_w,
-                home_slot=template.host_uid is not None,  # a thread's: its home comes at use time
+            box = await self._sandboxes.launch(
+                template, Attached(), program=warm.stub(template.language, ready_w), ready_fd=ready_w
             )
         except BaseException:
             os.close(ready_r)
+            if home_slot is not None and self.home_slots is not None:
+                self.home_slots.release(home_slot)
             raise
         finally:
             os.close(ready_w)
         ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._watch_ready(ready_r, ready)
-        box.up = ready
-        return box, ready
+        return Warm(box, ready, home_slot)
 
     async def _spawn(self, key: PoolKey, slot: _Slot, template: SandboxSpec) -> None:
         try:
-            box, ready = await self._start(template)
+            entry = await self._start(template)
         except Exception:
             log.exception("pool: starting a %s sandbox failed", key.language)
             return
         finally:
             slot.spawning -= 1
         if self._closed or self._slots.get(key) is not slot:
-            await self._runner.dispose(box)
+            await self.dispose(entry)
             return
-        slot.entries.append(_Entry(box, ready))
+        slot.entries.append(entry)
 
     def _watch_ready(self, fd: int, ready: asyncio.Future[bool]) -> None:
         loop = asyncio.get_running_loop()

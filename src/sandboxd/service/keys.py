@@ -114,6 +114,10 @@ class KeyService:
             await self._store.volumes.bind(VolumeBinding(record.id, volume.id, read_only))
         return CreatedKey(record=record, secret=secret)
 
+    async def list(self, org_id: str | None = None) -> list[ApiKey]:
+        """Every key (of one organization, if given), revoked ones too; never the secrets."""
+        return await self._store.keys.list(org_id)
+
     async def revoke(self, key_id: str) -> ApiKey:
         key = await self._store.keys.get(key_id)
         if key is None:

@@ -75,6 +75,9 @@ class TenancyService:
             raise NotFound(f"no organization {name!r}")
         return org
 
+    async def list_orgs(self) -> list[Org]:
+        return await self._store.orgs.list()
+
     async def create_sandbox(self, org: Org, config: SandboxConfig) -> Sandbox:
         config.check()
         sandbox = Sandbox(
