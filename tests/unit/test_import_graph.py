@@ -27,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "sandboxd"
 
