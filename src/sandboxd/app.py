@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .observability import Metrics
-from .runtime import BwrapRunner, Limits, Role, check_sandbox, create_runner
+from .runtime import INTERPRETERS, BwrapRunner, Limits, Role, check_sandbox, create_runner
 from .runtime.landlock import abi_version as landlock_abi
 from .runtime.pool import PoolSettings, WarmPool
 from .service import (
@@ -337,7 +337,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
 def _pool_sizes(pool: WarmPool, metrics: Metrics) -> Callable[[], Awaitable[None]]:
     async def refresh() -> None:
         sizes = pool.sizes()
-        for language in ("python", "node", "bash"):
+        for language in INTERPRETERS:
             metrics.pool_sandboxes.labels(language).set(sizes.get(language, 0))
 
     return refresh

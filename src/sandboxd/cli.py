@@ -20,6 +20,7 @@ from .config import Settings
 from .errors import InvalidRequest, SandboxdError, SandboxSetupError
 from .observability import configure_logging
 from .observability.logging import get_logger
+from .runtime import DEFAULT_LANGUAGE, LANGUAGES, spoken
 from .service import Principal, SandboxConfig, parse_execute_request
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
 
@@ -135,7 +136,7 @@ def config_reference() -> None:
 @app.command()
 def run(
     code: Annotated[str, typer.Argument(help="The code, or - to read it from standard input.")],
-    language: Annotated[str, typer.Option("--language", "-l", help="python, node or bash")] = "python",
+    language: Annotated[str, typer.Option("--language", "-l", help=spoken(LANGUAGES))] = DEFAULT_LANGUAGE,
     timeout: Annotated[int, typer.Option(help="Seconds (capped by the sandbox config).")] = 60,
     sandbox: Annotated[str, typer.Option(help="Sandbox config to use.")] = DEFAULT_SANDBOX,
     org: OrgName = DEFAULT_ORG,

@@ -34,9 +34,6 @@ _GIB = 1024**3
 _MIN_FREE_BYTES = 1 * _GIB
 _INSTALL = {
     "bubblewrap": "install bubblewrap: apt-get install bubblewrap (Debian/Ubuntu) or dnf install bubblewrap (Fedora/RHEL)",
-    "python": "install Python 3 at /usr/bin/python3: apt-get install python3",
-    "node": "install Node.js at /usr/bin/node: apt-get install nodejs",
-    "bash": "install bash at /usr/bin/bash: apt-get install bash",
 }
 
 
@@ -171,11 +168,11 @@ def check_languages() -> Check:
     found = available_languages()
     missing = [lang for lang in INTERPRETERS if lang not in found]
     if not found:
-        return Check("languages", "FAIL", "no interpreter found", "; ".join(_INSTALL[m] for m in missing))
+        return Check("languages", "FAIL", "no interpreter found", "; ".join(INTERPRETERS[m].install_hint for m in missing))
     if missing:
         return Check(
             "languages", "WARN", f"{', '.join(sorted(found))}; missing {', '.join(missing)}",
-            "; ".join(_INSTALL[m] for m in missing),
+            "; ".join(INTERPRETERS[m].install_hint for m in missing),
         )
     return _ok("languages", ", ".join(INTERPRETERS))
 

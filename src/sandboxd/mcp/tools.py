@@ -15,7 +15,8 @@ import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ..service import Principal
-from ..service.requests import LANGUAGES, MAX_CODE_BYTES, MAX_TIMEOUT_S
+from ..runtime import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, spoken
+from ..service.requests import MAX_CODE_BYTES, MAX_TIMEOUT_S
 
 EXECUTE = "sandbox_execute"
 FILES_LIST = "files_list"
@@ -38,8 +39,8 @@ EXECUTE_INPUT: dict[str, Any] = {
         "language": {
             "type": "string",
             "enum": list(LANGUAGES),
-            "default": "python",
-            "description": "python (python3), node (Node.js) or bash.",
+            "default": DEFAULT_LANGUAGE,
+            "description": spoken(i.summary for i in INTERPRETERS.values()) + ".",
         },
         "timeout": {
             "type": "integer",
@@ -187,7 +188,7 @@ def tool_list(principal: Principal, languages: frozenset[str], output_limit_byte
             name=EXECUTE,
             title="Run code in a sandbox",
             description=(
-                "Run Python, Node.js or Bash code in an isolated sandbox and get its stdout, "
+                f"Run {spoken(i.title for i in INTERPRETERS.values())} code in an isolated sandbox and get its stdout, "
                 "stderr and exit code. Every call is a new process: no variables or imports survive "
                 "between calls. The working directory is /data, emptied after every call; /tmp too. "
                 "Without thread_id nothing persists. With a thread_id, /home/baponi is kept for the "

@@ -16,16 +16,18 @@ from collections.abc import Sequence
 from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
 from .lease import Role, acquire
-from .languages import INTERPRETERS, available_languages
+from .languages import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, Language, available_languages, spoken
 from .interface import Runner
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
-from .spec import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
+from .spec import ExecResult, ExecStatus, Limits, Mount, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 __all__ = [
+    "DEFAULT_LANGUAGE",
     "INTERPRETERS",
+    "LANGUAGES",
     "BwrapRunner",
     "ExecResult",
     "ExecStatus",
@@ -38,6 +40,7 @@ __all__ = [
     "SandboxSpec",
     "Stream",
     "available_languages",
+    "spoken",
     "check_sandbox",
     "create_runner",
 ]

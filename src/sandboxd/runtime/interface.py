@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from .spec import ExecResult, Language, OutputSink, SandboxSpec
+from .languages import Language
+from .spec import ExecResult, OutputSink, SandboxSpec
 
 
 class Runner(Protocol):

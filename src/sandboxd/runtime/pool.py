@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from . import warm
 from .network import Attached
-from .spec import Language, Limits, SandboxSpec
+from .languages import Language
+from .spec import Limits, SandboxSpec
 
 if TYPE_CHECKING:
     from .runner import BwrapRunner, Sandbox

@@ -21,14 +21,14 @@ from ..ids import random_token
 from . import bwrap as _bwrap
 from . import launch, process, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
-from .languages import available_languages
+from .languages import Language, available_languages
 from . import warm
 from .homeslot import HomeSlots
 from .keeper import Keeper
 from .lease import Lease
 from .network import Attached, Network
 from .pool import PoolSettings, WarmPool
-from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
+from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 _CHUNK = 64 * 1024

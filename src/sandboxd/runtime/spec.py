@@ -6,9 +6,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal
 
+from .languages import Language
 from .network.policy import NetworkDecision, NetworkPolicy
 
-Language = Literal["python", "node", "bash"]
 Stream = Literal["stdout", "stderr"]
 
 #: Called with each chunk of output as the program writes it (after the cap, nothing more).

@@ -7,7 +7,7 @@ Messages name the field, as the SDK's own client-side checks do.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,10 +22,10 @@ from pydantic import (
 )
 
 from ..errors import InvalidRequest
+from ..runtime.languages import DEFAULT_LANGUAGE, LANGUAGES, Language
 
 MAX_CODE_BYTES = 1_048_576
 MAX_TIMEOUT_S = 3600
-LANGUAGES = ("python", "node", "bash")
 
 _THREAD_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -119,7 +119,7 @@ class ExecuteRequest(BaseModel):
     code: StrictStr = Field(
         description="Source code to run; 1 byte to 1 MB of UTF-8.", json_schema_extra=_SCHEMA["code"]
     )
-    language: Literal["python", "node", "bash"] = Field(default="python")
+    language: Language = Field(default=DEFAULT_LANGUAGE)
     timeout: JsonInt = Field(
         default=60,
         description="Wall-clock seconds, 1-3600; capped by the key's sandbox.",
@@ -316,7 +316,7 @@ def validation_message(errors: Any) -> str:
     if kind == "json_invalid":
         return "request body is not valid JSON"
     if kind == "literal_error" and loc and loc[0] == "language":
-        return "language must be one of python, node, bash"
+        return f"language must be one of {', '.join(LANGUAGES)}"
     if kind in ("model_type", "model_attributes_type", "dict_type") and not field:
         if isinstance(err.get("input"), (list, int, float, bool)) or err.get("input") is None:
             return "request body must be a JSON object"
