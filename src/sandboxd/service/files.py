@@ -21,7 +21,7 @@ the target and is renamed into place only when exactly the signed number of byte
 
 Security. The trees are written by untrusted code and this server runs as root: every file
 operation goes through `storage/tree.py`, which never follows a link; `..`, NUL, backslashes
-and percent-encoded separators are refused here before that.
+and percent-encoded separators are refused before that (service/paths.py).
 
 Threads: an upload or delete holds the thread's execution lock (409 while an execution runs,
 and an execution that starts meanwhile gets 409), so a snapshot never sees a half-written
@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..ids import THREAD_ID_PATTERN, THREAD_ID_RULE, VOLUME_ID_PATTERN
 from ..storage.tree import Owner, Upload, iso, open_regular, open_root, remove, stat_target, walk
+from .paths import normalize_path
 from .signing import Claims, Signer
 
 if TYPE_CHECKING:
@@ -54,19 +56,12 @@ log = logging.getLogger("sandboxd.files")
 
 Source = Literal["thread", "volume"]
 SOURCES: tuple[str, ...] = ("thread", "volume")
-THREAD_ROOT = "/home/baponi"
-VOLUME_MOUNT = "/data"
 GIB = 1024**3
 MAX_FILE_BYTES = 10 * GIB
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-MAX_PATH_CHARS = 4096
-MAX_NAME_BYTES = 255
 CHUNK_BYTES = 1024 * 1024
 BLOB_PATH = "v1/files/blob/"
 
-_ENCODED = ("%2e", "%2f", "%5c", "%00", "%25", "%c0", "%c1")
-THREAD_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$"
-VOLUME_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 CONTENT_TYPE_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 _SLUG = re.compile(VOLUME_ID_PATTERN)
@@ -80,55 +75,6 @@ class VolumeResolver(Protocol):
 
 class KeyLookup(Protocol):
     async def principal_of(self, key_id: str) -> Principal | None: ...
-
-
-# --------------------------------------------------------------------------- path rules
-
-
-def normalize_path(raw: str, *, source: str, id: str, allow_root: bool = False) -> str:
-    """The path as `a/b/c` relative to the storage root ("" is the root); InvalidRequest if unsafe.
-
-    Accepted: `x/y`, `./x//y/`, and for a thread `/home/baponi/x/y` (for a volume
-    `/data/<slug>/x/y`). Refused: other absolute paths, `..`, NUL, backslashes, and
-    percent-encoded dots, slashes, backslashes, NULs and percents in any case.
-    """
-    if not isinstance(raw, str):
-        raise InvalidRequest("path must be a string")
-    if len(raw) > MAX_PATH_CHARS:
-        raise InvalidRequest(f"path must be at most {MAX_PATH_CHARS} characters")
-    if "\x00" in raw:
-        raise InvalidRequest("path must not contain a NUL character")
-    if "\\" in raw:
-        raise InvalidRequest("path must not contain a backslash; use '/' between directories")
-    lowered = raw.lower()
-    if any(bad in lowered for bad in _ENCODED):
-        raise InvalidRequest("path must not contain percent-encoded characters such as %2e or %2f")
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("path contains invalid Unicode (a lone surrogate)") from None
-    rel = raw
-    if raw.startswith("/"):
-        root = THREAD_ROOT if source == "thread" else f"{VOLUME_MOUNT}/{id}"
-        if raw == root or raw.startswith(root + "/"):
-            rel = raw[len(root):]
-        else:
-            raise InvalidRequest(
-                f"path {raw[:80]!r} is outside the storage root: use a path relative to {root} "
-                f"(e.g. 'data/file.txt') or an absolute path under {root}/"
-            )
-    parts = []
-    for part in rel.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise InvalidRequest("path must not contain '..'")
-        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
-            raise InvalidRequest(f"each path component must be at most {MAX_NAME_BYTES} bytes")
-        parts.append(part)
-    if not parts and not allow_root:
-        raise InvalidRequest("path must name a file, not the storage root")
-    return "/".join(parts)
 
 
 # --------------------------------------------------------------------------- the service
@@ -171,10 +117,7 @@ class FilesService:
         if source not in SOURCES:
             raise InvalidRequest("source must be 'thread' or 'volume'")
         if source == "thread" and not _THREAD_ID.fullmatch(id):
-            raise InvalidRequest(
-                "id must be a thread_id: 1-128 characters of letters, digits, '_' or '-', "
-                "starting with a letter or digit"
-            )
+            raise InvalidRequest(f"id must be a thread_id: {THREAD_ID_RULE}")
         if source == "volume" and not _SLUG.fullmatch(id):
             raise InvalidRequest("id must be a volume slug")
 

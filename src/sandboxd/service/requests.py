@@ -22,15 +22,16 @@ from pydantic import (
 )
 
 from ..errors import InvalidRequest
+from ..ids import THREAD_ID_MAX_CHARS, THREAD_ID_PATTERN, THREAD_ID_RULE
 from ..runtime.languages import DEFAULT_LANGUAGE, LANGUAGES, Language
+from .paths import SUB_PATH_FORBIDDEN, SUB_PATH_FORBIDDEN_PATTERN, has_forbidden
 
 MAX_CODE_BYTES = 1_048_576
 MAX_TIMEOUT_S = 3600
 
-_THREAD_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
+_THREAD_ID = re.compile(THREAD_ID_PATTERN)
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_SUB_PATH_FORBIDDEN = ("..", "%2e", "%2f", "%5c", "%00", "%25", "%c0", "%c1", "\x00", "\\")
 
 RESERVED_ENV_NAMES = frozenset(
     """
@@ -73,7 +74,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 _SCHEMA: dict[str, dict[str, Any]] = {
     "code": {"minLength": 1, "maxLength": MAX_CODE_BYTES},
     "timeout": {"minimum": 1, "maximum": MAX_TIMEOUT_S},
-    "thread_id": _nullable({"type": "string", "pattern": _THREAD_ID.pattern, "maxLength": 128}),
+    "thread_id": _nullable({"type": "string", "pattern": THREAD_ID_PATTERN, "maxLength": THREAD_ID_MAX_CHARS}),
     "metadata": _nullable({
         "type": "object",
         "maxProperties": 10,
@@ -87,7 +88,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
             "type": "string",
             "maxLength": 512,
             "pattern": "^/data/",
-            "not": {"pattern": r"\.\.|%(2[eEfF5]|5[cC]|00|[cC][01])|\u0000|\\"},
+            "not": {"pattern": SUB_PATH_FORBIDDEN_PATTERN},
         },
     }),
     "env_vars": _nullable({
@@ -177,11 +178,8 @@ class ExecuteRequest(BaseModel):
     @field_validator("thread_id")
     @classmethod
     def _thread_id(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 128 or not _THREAD_ID.fullmatch(v)):
-            raise ValueError(
-                "thread_id must be 1-128 characters of letters, digits, '_' or '-', "
-                "starting with a letter or digit"
-            )
+        if v is not None and not _THREAD_ID.fullmatch(v):
+            raise ValueError(f"thread_id must be {THREAD_ID_RULE}")
         return v
 
     @field_validator("metadata")
@@ -213,8 +211,7 @@ class ExecuteRequest(BaseModel):
                 raise ValueError("each sub_paths entry must be at most 512 characters")
             if not path.startswith("/data/"):
                 raise ValueError(f"sub_paths entry {path[:80]!r} must start with /data/")
-            lowered = path.lower()
-            if any(bad in lowered for bad in _SUB_PATH_FORBIDDEN):
+            if has_forbidden(path, SUB_PATH_FORBIDDEN):
                 raise ValueError(
                     f"sub_paths entry {path[:80]!r} contains a traversal or encoded separator"
                 )

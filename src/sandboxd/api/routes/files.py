@@ -18,15 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.requests import ClientDisconnect
 
 from ...errors import InvalidRequest
-from ...service.files import (
-    CHUNK_BYTES,
-    CONTENT_TYPE_PATTERN,
-    MAX_FILE_BYTES,
-    MAX_PATH_CHARS,
-    THREAD_ID_PATTERN,
-    VOLUME_ID_PATTERN,
-    Download,
-)
+from ...ids import THREAD_ID_PATTERN, VOLUME_ID_PATTERN
+from ...service.files import CHUNK_BYTES, CONTENT_TYPE_PATTERN, MAX_FILE_BYTES, Download
+from ...service.paths import MAX_PATH_CHARS, UNSAFE_PATH_PATTERN
 from ...service.requests import JsonInt
 from ..deps import PrincipalDep, ServicesDep
 from ..schemas import AUTHENTICATED, error_responses
@@ -47,13 +41,12 @@ _WRITE_ERRORS = error_responses(
     400, *AUTHENTICATED, 403, 404, 409, 413, 503, s403=_S403, s404=_S404, s409=_S409, s503=_S503
 )
 
-# The rules of service/files.py as JSON Schema, for the OpenAPI document (validation stays in the
+# The rules of service/files.py and service/paths.py as JSON Schema, for the OpenAPI document (validation stays in the
 # service). A path is documented in its relative form, components of at most 255 characters
 # (bytes, in fact); the server also takes the absolute form under the storage root.
 _COMPONENTS = "^([^/]{1,255}(/[^/]{0,255})*)?$"
-_UNSAFE = r"\u0000|\\|%(2[eEfF5]|5[cC]|00|[cC][01])|(^|/)\.\.(/|$)"
 _NAMES_A_FILE = r"(^|/)([^/.]|\.[^/.]|\.\.[^/])"
-_PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": _UNSAFE}}
+_PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": UNSAFE_PATH_PATTERN}}
 _FILE_PATH_SCHEMA = {**_PATH_SCHEMA, "allOf": [{"pattern": _NAMES_A_FILE}]}
 #: A thread_id for `source: thread`, a volume slug (which may also hold dots) for `volume`.
 _ID_BY_SOURCE = {
