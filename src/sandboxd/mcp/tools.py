@@ -9,7 +9,7 @@ network, volumes), so the model knows what it can rely on.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ..service import Principal
 from ..runtime import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, spoken
 from ..service.requests import MAX_CODE_BYTES, MAX_TIMEOUT_S
+from ..service.storage_kind import StorageKind, StorageKindParam
 
 EXECUTE = "sandbox_execute"
 FILES_LIST = "files_list"
@@ -80,14 +81,18 @@ EXECUTE_INPUT: dict[str, Any] = {
 }
 
 
+_SOURCE = Field(
+    default=StorageKind.THREAD,
+    description="'thread' (id = a thread_id) or 'volume' (id = the volume's name).",
+)
+
+
 class _Args(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 class FilesListArgs(_Args):
-    source: Literal["thread", "volume"] = Field(
-        default="thread", description="'thread' (id = a thread_id) or 'volume' (id = the volume's name)."
-    )
+    source: StorageKindParam = _SOURCE
     id: StrictStr = Field(description="The thread_id used with sandbox_execute, or the volume's name.")
     path: StrictStr | None = Field(
         default=None,
@@ -97,9 +102,7 @@ class FilesListArgs(_Args):
 
 
 class FilesDownloadArgs(_Args):
-    source: Literal["thread", "volume"] = Field(
-        default="thread", description="'thread' (id = a thread_id) or 'volume' (id = the volume's name)."
-    )
+    source: StorageKindParam = _SOURCE
     id: StrictStr = Field(description="The thread_id used with sandbox_execute, or the volume's name.")
     path: StrictStr = Field(
         description="The file, relative to the root: 'out/report.csv' and "

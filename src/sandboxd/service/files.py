@@ -38,13 +38,14 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
 from ..ids import THREAD_ID_PATTERN, THREAD_ID_RULE, VOLUME_ID_PATTERN
 from ..storage.tree import Owner, Upload, iso, open_regular, open_root, remove, stat_target, walk
 from .paths import normalize_path
 from .signing import Claims, Signer
+from .storage_kind import StorageKind
 
 if TYPE_CHECKING:
     from ..store import Thread
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sandboxd.files")
 
-Source = Literal["thread", "volume"]
-SOURCES: tuple[str, ...] = ("thread", "volume")
 GIB = 1024**3
 MAX_FILE_BYTES = 10 * GIB
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -113,12 +112,16 @@ class FilesService:
     # ---- resolving a source
 
     @staticmethod
-    def _check_source(source: str, id: str) -> None:
-        if source not in SOURCES:
-            raise InvalidRequest("source must be 'thread' or 'volume'")
-        if source == "thread" and not _THREAD_ID.fullmatch(id):
+    def _check_source(source: StorageKind, id: str) -> None:
+        try:
+            source = StorageKind(source)
+        except ValueError:
+            raise InvalidRequest(
+                "source must be " + " or ".join(f"'{kind.value}'" for kind in StorageKind)
+            ) from None
+        if source == StorageKind.THREAD and not _THREAD_ID.fullmatch(id):
             raise InvalidRequest(f"id must be a thread_id: {THREAD_ID_RULE}")
-        if source == "volume" and not _SLUG.fullmatch(id):
+        if source == StorageKind.VOLUME and not _SLUG.fullmatch(id):
             raise InvalidRequest("id must be a volume slug")
 
     async def _thread_home(self, org_id: str, thread_id: str) -> tuple[Thread, Path | None]:
@@ -131,8 +134,8 @@ class FilesService:
             raise NotFound(f"no volume {slug!r}")
         return await self._volumes.access(principal, slug)
 
-    async def _root(self, principal: Principal, source: str, id: str) -> Path | None:
-        if source == "thread":
+    async def _root(self, principal: Principal, source: StorageKind, id: str) -> Path | None:
+        if source == StorageKind.THREAD:
             return (await self._thread_home(principal.org.id, id))[1]
         return (await self._volume(principal, id)).path
 
@@ -196,7 +199,7 @@ class FilesService:
     # ---- the JSON API
 
     async def list(
-        self, principal: Principal, source: str, id: str, path: str | None = None
+        self, principal: Principal, source: StorageKind, id: str, path: str | None = None
     ) -> list[dict[str, Any]]:
         self._check_source(source, id)
         rel = normalize_path(path or "", source=source, id=id, allow_root=True)
@@ -213,7 +216,7 @@ class FilesService:
     async def upload_url(
         self,
         principal: Principal,
-        source: str,
+        source: StorageKind,
         id: str,
         path: str,
         content_length: int,
@@ -230,7 +233,7 @@ class FilesService:
         content_type = DEFAULT_CONTENT_TYPE if content_type is None else content_type
         if not _CONTENT_TYPE.fullmatch(content_type):
             raise InvalidRequest("content_type must be 1-255 printable ASCII characters")
-        if source == "thread":
+        if source == StorageKind.THREAD:
             _, root = await self._thread_home(principal.org.id, id)
             if self._threads.busy(principal.org.id, id):
                 raise Conflict(f"thread {id!r} is busy with an execution; upload when it has finished")
@@ -250,7 +253,7 @@ class FilesService:
         return self._url(base_url, claims)
 
     async def download_url(
-        self, principal: Principal, source: str, id: str, path: str, *, base_url: str
+        self, principal: Principal, source: StorageKind, id: str, path: str, *, base_url: str
     ) -> dict[str, Any]:
         self._check_source(source, id)
         rel = normalize_path(path, source=source, id=id)
@@ -270,7 +273,7 @@ class FilesService:
         return self._url(base_url, claims)
 
     async def read_head(
-        self, principal: Principal, source: str, id: str, path: str, max_bytes: int
+        self, principal: Principal, source: StorageKind, id: str, path: str, max_bytes: int
     ) -> tuple[int, bytes]:
         """A file's size and its first `max_bytes` bytes, for a surface that shows small files
         inline (MCP files_download); the same checks as `download_url`."""
@@ -288,10 +291,10 @@ class FilesService:
         result: tuple[int, bytes] = await self._in_root(root, read)
         return result
 
-    async def delete(self, principal: Principal, source: str, id: str, path: str) -> None:
+    async def delete(self, principal: Principal, source: StorageKind, id: str, path: str) -> None:
         self._check_source(source, id)
         rel = normalize_path(path, source=source, id=id)
-        if source == "volume":
+        if source == StorageKind.VOLUME:
             access = await self._volume(principal, id)
             if access.read_only:
                 raise Forbidden(f"volume {id!r} is bound read-only to this API key")
@@ -314,7 +317,7 @@ class FilesService:
     async def open_download(self, token: str) -> Download:
         claims = self.verify(token, "GET")
         principal = await self._holder(claims)
-        if claims.source == "thread":
+        if claims.source == StorageKind.THREAD:
             _, root = await self._thread_home(claims.org_id, claims.id)
         else:
             root = (await self._volume(principal, claims.id)).path
@@ -349,7 +352,7 @@ class FilesService:
                 raise InvalidRequest(
                     f"Content-Type {content_type[:80]!r} does not match the signed {claims.content_type!r}"
                 )
-        if claims.source == "thread":
+        if claims.source == StorageKind.THREAD:
             copy = await self._lock(claims.org_id, claims.id, "files:upload")
             try:
                 home = await asyncio.to_thread(self._threads.home, copy.thread)

@@ -10,6 +10,7 @@ API says which of them it found; `sub_paths` refuses `..` anywhere, not only as 
 from __future__ import annotations
 
 from ..errors import InvalidRequest
+from .storage_kind import StorageKind
 
 THREAD_ROOT = "/home/baponi"
 VOLUME_MOUNT = "/data"
@@ -41,7 +42,7 @@ def has_forbidden(path: str, forbidden: tuple[str, ...]) -> bool:
     return any(bad in lowered for bad in forbidden)
 
 
-def normalize_path(raw: str, *, source: str, id: str, allow_root: bool = False) -> str:
+def normalize_path(raw: str, *, source: StorageKind, id: str, allow_root: bool = False) -> str:
     """The path as `a/b/c` relative to the storage root ("" is the root); InvalidRequest if unsafe.
 
     Accepted: `x/y`, `./x//y/`, and for a thread `/home/baponi/x/y` (for a volume
@@ -64,7 +65,7 @@ def normalize_path(raw: str, *, source: str, id: str, allow_root: bool = False) 
         raise InvalidRequest("path contains invalid Unicode (a lone surrogate)") from None
     rel = raw
     if raw.startswith("/"):
-        root = THREAD_ROOT if source == "thread" else f"{VOLUME_MOUNT}/{id}"
+        root = THREAD_ROOT if source == StorageKind.THREAD else f"{VOLUME_MOUNT}/{id}"
         if raw == root or raw.startswith(root + "/"):
             rel = raw[len(root):]
         else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -21,6 +20,7 @@ from ...errors import InvalidRequest
 from ...ids import THREAD_ID_PATTERN, VOLUME_ID_PATTERN
 from ...service.files import CHUNK_BYTES, CONTENT_TYPE_PATTERN, MAX_FILE_BYTES, Download
 from ...service.paths import MAX_PATH_CHARS, UNSAFE_PATH_PATTERN
+from ...service.storage_kind import StorageKind, StorageKindParam
 from ...service.requests import JsonInt
 from ..deps import PrincipalDep, ServicesDep
 from ..schemas import AUTHENTICATED, error_responses
@@ -50,12 +50,12 @@ _PATH_SCHEMA = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pa
 _FILE_PATH_SCHEMA = {**_PATH_SCHEMA, "allOf": [{"pattern": _NAMES_A_FILE}]}
 #: A thread_id for `source: thread`, a volume slug (which may also hold dots) for `volume`.
 _ID_BY_SOURCE = {
-    "if": {"properties": {"source": {"const": "volume"}}, "required": ["source"]},
+    "if": {"properties": {"source": {"const": StorageKind.VOLUME.value}}, "required": ["source"]},
     "then": {"properties": {"id": {"pattern": VOLUME_ID_PATTERN}}},
     "else": {"properties": {"id": {"pattern": THREAD_ID_PATTERN}}},
 }
 
-SourceField = Field(default="thread", description="'thread' (id = thread_id) or 'volume' (id = slug).")
+SourceField = Field(default=StorageKind.THREAD, description="'thread' (id = thread_id) or 'volume' (id = slug).")
 IdField = Field(
     description="The thread_id or the volume slug.",
     json_schema_extra={"pattern": VOLUME_ID_PATTERN, "maxLength": 128},
@@ -72,7 +72,7 @@ class _Body(BaseModel):
 
 
 class ListFilesRequest(_Body):
-    source: Literal["thread", "volume"] = SourceField
+    source: StorageKindParam = SourceField
     id: StrictStr = IdField
     path: StrictStr | None = Field(
         default=None,
@@ -83,7 +83,7 @@ class ListFilesRequest(_Body):
 
 
 class FileRequest(_Body):
-    source: Literal["thread", "volume"] = SourceField
+    source: StorageKindParam = SourceField
     id: StrictStr = IdField
     path: StrictStr = PathField
 
