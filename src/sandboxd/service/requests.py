@@ -68,13 +68,16 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-# The rules below as JSON Schema, for the OpenAPI document; the validators stay the authority
+# The rules below as JSON Schema, for the OpenAPI document and the MCP `sandbox_execute` tool
+# (mcp/tools.py derives its schema from this model's); the validators stay the authority
 # (their messages name the field). Not expressible: code's limit counts UTF-8 bytes (the schema
 # counts characters) and env_vars' 64 KiB total; webhook_url must also resolve to public addresses.
 _SCHEMA: dict[str, dict[str, Any]] = {
     "code": {"minLength": 1, "maxLength": MAX_CODE_BYTES},
     "timeout": {"minimum": 1, "maximum": MAX_TIMEOUT_S},
-    "thread_id": _nullable({"type": "string", "pattern": THREAD_ID_PATTERN, "maxLength": THREAD_ID_MAX_CHARS}),
+    "thread_id": _nullable(
+        {"type": "string", "minLength": 1, "maxLength": THREAD_ID_MAX_CHARS, "pattern": THREAD_ID_PATTERN}
+    ),
     "metadata": _nullable({
         "type": "object",
         "maxProperties": 10,
