@@ -175,12 +175,12 @@ def sandbox_defaults(settings: Settings) -> Limits:
     """Per-sandbox limits that are server settings; each sandbox config sets CPU and memory."""
     return Limits(
         pids_max=settings.pids_max,
-        tmp_mib=settings.tmp_size_mib,
-        workdir_mib=settings.workdir_size_mib,
-        home_mib=settings.home_size_mib,
+        tmp_size_mib=settings.tmp_size_mib,
+        workdir_size_mib=settings.workdir_size_mib,
+        home_size_mib=settings.home_size_mib,
         file_size_mib=settings.file_size_mib,
         open_files_max=settings.open_files_max,
-        output_bytes=settings.output_limit_bytes,
+        output_limit_bytes=settings.output_limit_bytes,
     )
 
 

@@ -16,16 +16,17 @@ from collections.abc import Sequence
 from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
 from .lease import Role, acquire
-from .languages import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, Language, available_languages, spoken
+from .languages import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, available_languages, spoken
 from .interface import Runner
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
-from .spec import ExecResult, ExecStatus, Limits, Mount, OutputSink, SandboxSpec, Stream
+from .spec import DEFAULT_TIMEOUT_S, ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 __all__ = [
     "DEFAULT_LANGUAGE",
+    "DEFAULT_TIMEOUT_S",
     "INTERPRETERS",
     "LANGUAGES",
     "BwrapRunner",

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from .languages import Language
-from .spec import ExecResult, OutputSink, SandboxSpec
+from .spec import ExecResult, Language, OutputSink, SandboxSpec
 
 
 class Runner(Protocol):

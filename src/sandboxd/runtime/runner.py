@@ -21,14 +21,14 @@ from ..ids import random_token
 from . import bwrap as _bwrap
 from . import launch, process, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
-from .languages import Language, available_languages
+from .languages import available_languages
 from . import warm
 from .homeslot import HomeSlots
 from .keeper import Keeper
 from .lease import Lease
 from .network import Attached, Network
 from .pool import PoolSettings, WarmPool
-from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
+from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 _CHUNK = 64 * 1024
@@ -266,8 +266,8 @@ class BwrapRunner:
     ) -> ExecResult:
         """Pump output, enforce the timeout (counted from `started`), classify the end."""
         proc, group = box.proc, box.group
-        out = _Capture(spec.limits.output_bytes, bytearray())
-        err = _Capture(spec.limits.output_bytes, bytearray())
+        out = _Capture(spec.limits.output_limit_bytes, bytearray())
+        err = _Capture(spec.limits.output_limit_bytes, bytearray())
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
             asyncio.create_task(_pump(proc.stdout, "stdout", out, sink)),

@@ -24,6 +24,7 @@ from pydantic import (
 from ..errors import InvalidRequest
 from ..ids import THREAD_ID_MAX_CHARS, THREAD_ID_PATTERN, THREAD_ID_RULE
 from ..runtime.languages import DEFAULT_LANGUAGE, LANGUAGES, Language
+from ..runtime.spec import DEFAULT_TIMEOUT_S
 from .paths import SUB_PATH_FORBIDDEN, SUB_PATH_FORBIDDEN_PATTERN, has_forbidden
 
 MAX_CODE_BYTES = 1_048_576
@@ -125,7 +126,7 @@ class ExecuteRequest(BaseModel):
     )
     language: Language = Field(default=DEFAULT_LANGUAGE)
     timeout: JsonInt = Field(
-        default=60,
+        default=DEFAULT_TIMEOUT_S,
         description="Wall-clock seconds, 1-3600; capped by the key's sandbox.",
         json_schema_extra=_SCHEMA["timeout"],
     )
