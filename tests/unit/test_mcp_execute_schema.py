@@ -47,7 +47,7 @@ ADDED = {
     ("metadata", "propertyNames", "minLength"): 1,
 }
 #: Written differently, accepting the same strings (test_paths_ids.py checks the pattern).
-REWRITTEN = {("thread_id", "pattern"): "^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$"}
+REWRITTEN: dict[tuple[str, ...], str] = {("thread_id", "pattern"): "^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$"}
 
 SCHEMA = INPUT_SCHEMAS[EXECUTE]
 

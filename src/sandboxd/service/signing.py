@@ -100,7 +100,7 @@ class Signer:
             body: Any = json.loads(_b64decode(payload))
             if not isinstance(body, dict) or body.pop("v", None) != _VERSION:
                 raise refused
-            claims = Claims(**{**body, "source": StorageKind(body.get("source"))})
+            claims = Claims(**{**body, "source": StorageKind(body.get("source", ""))})
         except (ValueError, TypeError, binascii.Error):  # only a key holder could get here
             raise refused from None
         if not isinstance(claims.key_id, str) or not claims.key_id:
