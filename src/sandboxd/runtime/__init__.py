@@ -41,9 +41,9 @@ __all__ = [
     "SandboxSpec",
     "Stream",
     "available_languages",
-    "spoken",
     "check_sandbox",
     "create_runner",
+    "spoken",
 ]
 
 

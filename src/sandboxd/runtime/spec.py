@@ -6,8 +6,20 @@ import enum
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal
 
-from .languages import Language as Language  # one of the runtime's types; declared with the registry
+from .languages import Language
 from .network.policy import NetworkDecision, NetworkPolicy
+
+__all__ = [  # Language too: one of the runtime's types, declared with the language registry
+    "DEFAULT_TIMEOUT_S",
+    "ExecResult",
+    "ExecStatus",
+    "Language",
+    "Limits",
+    "Mount",
+    "OutputSink",
+    "SandboxSpec",
+    "Stream",
+]
 
 Stream = Literal["stdout", "stderr"]
 

@@ -20,8 +20,8 @@ from ...errors import InvalidRequest
 from ...ids import THREAD_ID_PATTERN, VOLUME_ID_PATTERN
 from ...service.files import CHUNK_BYTES, CONTENT_TYPE_PATTERN, MAX_FILE_BYTES, Download
 from ...service.paths import MAX_PATH_CHARS, UNSAFE_PATH_PATTERN
-from ...service.storage_kind import StorageKind, StorageKindParam
 from ...service.requests import JsonInt
+from ...service.storage_kind import StorageKind, StorageKindParam
 from ..deps import PrincipalDep, ServicesDep
 from ..schemas import AUTHENTICATED, error_responses
 
