@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .config import Settings
 from .observability import Metrics
-from .runtime import BwrapRunner, Limits, PooledRunner, PoolSettings, Role, check_sandbox, create_runner
+from .runtime import INTERPRETERS, BwrapRunner, Limits, PooledRunner, PoolSettings, Role, check_sandbox, create_runner
 from .runtime.landlock import abi_version as landlock_abi
 from .runtime.pool import WarmPool
 from .service import (
@@ -184,12 +184,12 @@ def sandbox_defaults(settings: Settings) -> Limits:
     """Per-sandbox limits that are server settings; each sandbox config sets CPU and memory."""
     return Limits(
         pids_max=settings.pids_max,
-        tmp_mib=settings.tmp_size_mib,
-        workdir_mib=settings.workdir_size_mib,
-        home_mib=settings.home_size_mib,
+        tmp_size_mib=settings.tmp_size_mib,
+        workdir_size_mib=settings.workdir_size_mib,
+        home_size_mib=settings.home_size_mib,
         file_size_mib=settings.file_size_mib,
         open_files_max=settings.open_files_max,
-        output_bytes=settings.output_limit_bytes,
+        output_limit_bytes=settings.output_limit_bytes,
     )
 
 
@@ -352,7 +352,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
 def _pool_sizes(pool: WarmPool, metrics: Metrics) -> Callable[[], Awaitable[None]]:
     async def refresh() -> None:
         sizes = pool.sizes()
-        for language in ("python", "node", "bash"):
+        for language in INTERPRETERS:
             metrics.pool_sandboxes.labels(language).set(sizes.get(language, 0))
 
     return refresh

@@ -20,6 +20,7 @@ from .config import Settings
 from .errors import InvalidRequest, SandboxdError, SandboxSetupError
 from .observability import configure_logging
 from .observability.logging import get_logger
+from .runtime import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, LANGUAGES, spoken
 from .service import Principal, SandboxConfig, parse_execute_request
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
 
@@ -135,8 +136,8 @@ def config_reference() -> None:
 @app.command()
 def run(
     code: Annotated[str, typer.Argument(help="The code, or - to read it from standard input.")],
-    language: Annotated[str, typer.Option("--language", "-l", help="python, node or bash")] = "python",
-    timeout: Annotated[int, typer.Option(help="Seconds (capped by the sandbox config).")] = 60,
+    language: Annotated[str, typer.Option("--language", "-l", help=spoken(LANGUAGES))] = DEFAULT_LANGUAGE,
+    timeout: Annotated[int, typer.Option(help="Seconds (capped by the sandbox config).")] = DEFAULT_TIMEOUT_S,
     sandbox: Annotated[str, typer.Option(help="Sandbox config to use.")] = DEFAULT_SANDBOX,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
@@ -289,8 +290,8 @@ def _sandbox_json(s: Any) -> str:
 @sandboxes_app.command("create")
 def sandboxes_create(
     name: str,
-    cpus: Annotated[float, typer.Option(help="CPU quota in cores.")] = 1.0,
-    memory: Annotated[int, typer.Option("--memory", help="Memory limit in MiB.")] = 1024,
+    cpus: Annotated[float, typer.Option(help="CPU quota in cores.")] = SandboxConfig.cpus,
+    memory: Annotated[int, typer.Option("--memory", help="Memory limit in MiB.")] = SandboxConfig.memory_mib,
     network: Annotated[
         str, typer.Option(help="Network policy: none (default), allowlist (via --allow) or full.")
     ] = "none",
@@ -302,7 +303,7 @@ def sandboxes_create(
             "*.example.com (subdomains), host:port (other than 80/443). Repeatable.",
         ),
     ] = None,
-    timeout_cap: Annotated[int, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = 60,
+    timeout_cap: Annotated[int, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = SandboxConfig.timeout_cap_s,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,

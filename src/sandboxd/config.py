@@ -1,6 +1,7 @@
 """Settings: one model, read from `SANDBOXD_*` environment variables and CLI flags.
 
-Every field has a safe default and its unit in its name.
+Every field has a safe default and its unit in its name. A sandbox limit that is a server
+setting has the name the runtime's `Limits` gives it, and takes its default from there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .ids import NODE_ID_PATTERN
+from .runtime.spec import Limits
 
 _CPUS = os.cpu_count() or 1
 
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
     metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics_port listener.")
 
     output_limit_bytes: int = Field(
-        default=1024 * 1024, ge=1024, description="Cap on captured stdout and on stderr, each."
+        default=Limits.output_limit_bytes, ge=1024, description="Cap on captured stdout and on stderr, each."
     )
     output_event_interval_ms: float = Field(
         default=10.0, ge=0,
@@ -242,12 +244,12 @@ class Settings(BaseSettings):
     sandbox_uid_base: int = Field(
         default=200_000, ge=1000, description="First unprivileged host uid used for sandboxes."
     )
-    tmp_size_mib: int = Field(default=64, ge=1, description="Size of /tmp inside a sandbox.")
-    workdir_size_mib: int = Field(default=256, ge=1, description="Size of /data inside a sandbox.")
-    home_size_mib: int = Field(default=256, ge=1, description="Size of a stateless /home/baponi.")
-    file_size_mib: int = Field(default=256, ge=1, description="RLIMIT_FSIZE inside a sandbox.")
-    open_files_max: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE inside a sandbox.")
-    pids_max: int = Field(default=256, ge=16, description="Processes per sandbox (cgroup pids.max).")
+    tmp_size_mib: int = Field(default=Limits.tmp_size_mib, ge=1, description="Size of /tmp inside a sandbox.")
+    workdir_size_mib: int = Field(default=Limits.workdir_size_mib, ge=1, description="Size of /data inside a sandbox.")
+    home_size_mib: int = Field(default=Limits.home_size_mib, ge=1, description="Size of a stateless /home/baponi.")
+    file_size_mib: int = Field(default=Limits.file_size_mib, ge=1, description="RLIMIT_FSIZE inside a sandbox.")
+    open_files_max: int = Field(default=Limits.open_files_max, ge=64, description="RLIMIT_NOFILE inside a sandbox.")
+    pids_max: int = Field(default=Limits.pids_max, ge=16, description="Processes per sandbox (cgroup pids.max).")
 
     public_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

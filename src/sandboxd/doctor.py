@@ -26,13 +26,6 @@ from .storage import available as btrfs_available
 
 _GIB = 1024**3
 _MIN_FREE_BYTES = 1 * _GIB
-_INSTALL = {
-    "python": "install Python 3 at /usr/bin/python3: apt-get install python3",
-    "node": "install Node.js at /usr/bin/node: apt-get install nodejs",
-    "bash": "install bash at /usr/bin/bash: apt-get install bash",
-}
-
-
 def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -73,11 +66,11 @@ def check_languages() -> Check:
     found = available_languages()
     missing = [lang for lang in INTERPRETERS if lang not in found]
     if not found:
-        return Check("languages", "FAIL", "no interpreter found", "; ".join(_INSTALL[m] for m in missing))
+        return Check("languages", "FAIL", "no interpreter found", "; ".join(INTERPRETERS[m].install_hint for m in missing))
     if missing:
         return Check(
             "languages", "WARN", f"{', '.join(sorted(found))}; missing {', '.join(missing)}",
-            "; ".join(_INSTALL[m] for m in missing),
+            "; ".join(INTERPRETERS[m].install_hint for m in missing),
         )
     return Check.ok("languages", ", ".join(INTERPRETERS))
 

@@ -1,4 +1,8 @@
-"""Random identifiers: trace ids, key ids, org ids."""
+"""Identifiers: the patterns clients' ids must match, and random ones (trace ids, key ids, org ids).
+
+Each pattern is written once, here, in a form both Python's `re` and JSON Schema (ECMA-262)
+read the same way; validators, the OpenAPI document and the MCP tool schemas all use it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,16 @@ import string
 
 _ALPHABET = string.ascii_letters + string.digits
 TRACE_ID_PATTERN = r"^trc_[A-Za-z0-9_-]{1,20}$"
+
+#: A thread_id (spec §3.2): what THREAD_ID_RULE says.
+THREAD_ID_MAX_CHARS = 128
+THREAD_ID_PATTERN = rf"^[a-zA-Z0-9][a-zA-Z0-9_-]{{0,{THREAD_ID_MAX_CHARS - 1}}}$"
+THREAD_ID_RULE = (
+    f"1-{THREAD_ID_MAX_CHARS} characters of letters, digits, '_' or '-', starting with a letter or digit"
+)
+#: A volume as a files request may name it: a slug (service/volumes.py makes them lowercase, at
+#: most 63 characters), checked loosely so that an unknown one is 404, not 400.
+VOLUME_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 
 
 #: Bytes at or above this would make `byte % 62` favour the first letters: drawn again.

@@ -261,7 +261,7 @@ async def test_setuid_binaries_gain_nothing(run) -> None:
         df -k /tmp | tail -1
     """,
         "bash",
-        tmp_mib=8,
+        tmp_size_mib=8,
     )
     out = result.stdout.decode()
     assert "NoNewPrivs:\t1" in out

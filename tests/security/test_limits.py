@@ -38,7 +38,7 @@ async def test_tmpfs_pages_count_against_the_memory_limit(run) -> None:
         print("wrote 200 MiB")
     """,
         memory_mib=64,
-        workdir_mib=256,
+        workdir_size_mib=256,
     )
     assert result.status is ExecStatus.OOM, result
     assert result.error == "memory_limit_exceeded"
@@ -98,10 +98,10 @@ async def test_fork_bomb_is_contained_and_host_stays_responsive(run, host: Host)
 @pytest.mark.parametrize(
     ("mount", "limit"),
     [
-        ("/tmp", "tmp_mib"),
-        ("/dev/shm", "tmp_mib"),
-        ("/data", "workdir_mib"),
-        ("/home/baponi", "home_mib"),
+        ("/tmp", "tmp_size_mib"),
+        ("/dev/shm", "tmp_size_mib"),
+        ("/data", "workdir_size_mib"),
+        ("/home/baponi", "home_size_mib"),
     ],
 )
 async def test_writable_tmpfs_is_size_limited(run, mount: str, limit: str) -> None:
@@ -230,7 +230,7 @@ async def test_output_flood_is_truncated_and_drained(run) -> None:
             os.write(2, chunk)
         print("finished", flush=True)
     """,
-        output_bytes=64 * 1024,
+        output_limit_bytes=64 * 1024,
     )
     assert result.status is ExecStatus.SUCCESS, result  # it was drained, not blocked on a full pipe
     assert len(result.stdout) == len(result.stderr) == 64 * 1024
@@ -302,9 +302,9 @@ async def test_disk_bomb_stops_at_the_limit_and_host_stays_responsive(run) -> No
             echo exit codes $codes; echo rounds $rounds; echo "$free"
             """,
             "bash",
-            tmp_mib=16,
-            workdir_mib=16,
-            home_mib=16,
+            tmp_size_mib=16,
+            workdir_size_mib=16,
+            home_size_mib=16,
             memory_mib=256,
         )
     )

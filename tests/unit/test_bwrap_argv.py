@@ -20,7 +20,7 @@ LANGUAGES = sorted(INTERPRETERS)
 #: Distinct numbers, so a wrong fd in a wrong place shows.
 FDS = SandboxFds(program=11, seccomp=12, passwd=13, group=14, hosts=15, nsswitch=16)
 #: Distinct sizes, so a tmpfs given another mount's size shows.
-LIMITS = Limits(tmp_mib=7, workdir_mib=19, home_mib=23)
+LIMITS = Limits(tmp_size_mib=7, workdir_size_mib=19, home_size_mib=23)
 REQUEST_ENV = {"API_TOKEN": "s3cr3t value", "MULTI": "a\nb\tc", "EQ": "x=y", "EMPTY": ""}
 
 NAMESPACE_FLAGS = [
@@ -232,15 +232,15 @@ def tmpfs_sizes(argv: list[str]) -> dict[str, tuple[int | None, str | None]]:
 
 @pytest.mark.parametrize(
     "limits",
-    [LIMITS, Limits(), Limits(tmp_mib=1, workdir_mib=1024, home_mib=4096)],
+    [LIMITS, Limits(), Limits(tmp_size_mib=1, workdir_size_mib=1024, home_size_mib=4096)],
     ids=["distinct", "defaults", "large"],
 )
 def test_tmpfs_sizes_match_limits(limits: Limits) -> None:
     sizes = tmpfs_sizes(make(limits=limits))
-    assert sizes["/tmp"] == (limits.tmp_mib * MIB, None)
-    assert sizes["/dev/shm"] == (limits.tmp_mib * MIB, None)
-    assert sizes["/data"] == (limits.workdir_mib * MIB, None)
-    assert sizes["/home/baponi"] == (limits.home_mib * MIB, "0700")
+    assert sizes["/tmp"] == (limits.tmp_size_mib * MIB, None)
+    assert sizes["/dev/shm"] == (limits.tmp_size_mib * MIB, None)
+    assert sizes["/data"] == (limits.workdir_size_mib * MIB, None)
+    assert sizes["/home/baponi"] == (limits.home_size_mib * MIB, "0700")
     assert {p for p in sizes if not p.startswith("/proc/")} == {
         "/usr/local", "/tmp", "/dev/shm", "/data", "/home/baponi"
     }

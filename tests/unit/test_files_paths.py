@@ -16,7 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from sandboxd.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from sandboxd.service.files import FilesService, normalize_path
+from sandboxd.service.files import FilesService
+from sandboxd.service.paths import normalize_path
 from sandboxd.storage.tree import (
     Owner,
     Upload,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from .. import __version__
+from ..runtime import INTERPRETERS, spoken
 from . import errors, openapi
 from .disconnect import CallerGone
 from .middleware import BodySizeLimit, CatchAll
@@ -23,7 +24,8 @@ def create_api(services: Services) -> FastAPI:
     app = FastAPI(
         title="sandboxd",
         version=__version__,
-        description="Runs untrusted Python, Node.js and Bash in isolated sandboxes (Baponi API).",
+        description=f"Runs untrusted {spoken((i.title for i in INTERPRETERS.values()), 'and')} in isolated "
+        "sandboxes (Baponi API).",
     )
     app.state.services = services
     errors.install(app)

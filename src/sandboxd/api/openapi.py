@@ -3,6 +3,8 @@
 - No 422. Request validation errors are answered `400 validation_error` (api/errors.py), so
   the 422 that FastAPI adds to every operation with parameters, and its HTTPValidationError
   and ValidationError schemas, are taken out.
+- Enums the request models inline (StorageKind: service/storage_kind.py) get a component from
+  FastAPI that nothing refers to; taken out.
 - The NDJSON event models, which the `itemSchema` of the streaming responses refers to, are
   added to the components (no route returns them as a model, so FastAPI would not).
 
@@ -38,7 +40,7 @@ def _correct(document: dict[str, Any]) -> None:
         for operation in path_item.values():
             operation.get("responses", {}).pop("422", None)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    for unused in ("HTTPValidationError", "ValidationError"):
+    for unused in ("HTTPValidationError", "ValidationError", "StorageKind"):
         schemas.pop(unused, None)
     for name, model in EXTRA_MODELS.items():
         schema = TypeAdapter(model).json_schema(ref_template=_REF_TEMPLATE, mode="serialization")

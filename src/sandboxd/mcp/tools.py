@@ -1,82 +1,89 @@
 """The MCP tools: names, JSON Schemas and descriptions written for the model that calls them.
 
 Input validation is not here: `sandbox_execute` arguments become the REST API's
-`ExecuteRequest` (service/requests.py), so rules and messages are the same on both surfaces;
-the files tools' arguments are checked by the small models below, as the REST files routes do.
+`ExecuteRequest` (service/requests.py), so rules and messages are the same on both surfaces,
+and its input schema is that model's (only the descriptions are the tool's own); the files
+tools' arguments are checked by the small models below, as the REST files routes do.
 Descriptions are per API key: they state that key's own limits (timeout cap, CPU, memory,
 network, volumes), so the model knows what it can rely on.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ..runtime import INTERPRETERS, spoken
 from ..service import Principal
-from ..service.requests import LANGUAGES, MAX_CODE_BYTES, MAX_TIMEOUT_S
+from ..service.requests import MAX_CODE_BYTES, ExecuteRequest
+from ..service.storage_kind import StorageKind, StorageKindParam
 
 EXECUTE = "sandbox_execute"
 FILES_LIST = "files_list"
 FILES_DOWNLOAD = "files_download"
 
-#: The execute fields an LLM may set (spec §21.4: `sub_paths` and `webhook_url` are not exposed).
-EXECUTE_FIELDS = frozenset({"code", "language", "timeout", "thread_id", "env_vars", "metadata"})
+#: The execute fields an LLM may set, in the tool schema's order (spec §21.4: `sub_paths` and
+#: `webhook_url` are not exposed).
+EXECUTE_FIELDS = ("code", "language", "timeout", "thread_id", "env_vars", "metadata")
 
-_THREAD_ID_PATTERN = "^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
-
-EXECUTE_INPUT: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "code": {
-            "type": "string",
-            "minLength": 1,
-            "description": f"The program's source code (1 byte to {MAX_CODE_BYTES // 1024 // 1024} MB of "
-            "UTF-8). Print what you want to see: only stdout and stderr come back.",
-        },
-        "language": {
-            "type": "string",
-            "enum": list(LANGUAGES),
-            "default": "python",
-            "description": "python (python3), node (Node.js) or bash.",
-        },
-        "timeout": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": MAX_TIMEOUT_S,
-            "default": 60,
-            "description": "Wall-clock limit in seconds; lowered to this API key's cap. The whole "
-            "process tree is killed when it runs out.",
-        },
-        "thread_id": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 128,
-            "pattern": _THREAD_ID_PATTERN,
-            "description": "Reuse the same id to keep /home/baponi between calls (files, and "
-            "anything installed under it). Pick a unique id per task, e.g. a descriptive prefix "
-            "plus a random suffix. Omit it for a throwaway run.",
-        },
-        "env_vars": {
-            "type": "object",
-            "maxProperties": 50,
-            "propertyNames": {"pattern": "^[A-Z][A-Z0-9_]*$", "maxLength": 128},
-            "additionalProperties": {"type": "string", "maxLength": 4096},
-            "description": "Environment variables for the program; UPPERCASE names. System names "
-            "(PATH, HOME, LD_*, PYTHON*, ...) are reserved and refused.",
-        },
-        "metadata": {
-            "type": "object",
-            "maxProperties": 10,
-            "propertyNames": {"pattern": "^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$", "maxLength": 40},
-            "additionalProperties": {"type": "string", "maxLength": 256},
-            "description": "Up to 10 string labels kept with the execution record (audit).",
-        },
-    },
-    "required": ["code"],
-    "additionalProperties": False,
+#: Per field, written for the model that calls the tool (the rules come from the REST model).
+_EXECUTE_DESCRIPTIONS = {
+    "code": f"The program's source code (1 byte to {MAX_CODE_BYTES // 1024 // 1024} MB of UTF-8). "
+    "Print what you want to see: only stdout and stderr come back.",
+    "language": spoken(i.summary for i in INTERPRETERS.values()) + ".",
+    "timeout": "Wall-clock limit in seconds; lowered to this API key's cap. The whole process tree "
+    "is killed when it runs out.",
+    "thread_id": "Reuse the same id to keep /home/baponi between calls (files, and anything "
+    "installed under it). Pick a unique id per task, e.g. a descriptive prefix plus a random "
+    "suffix. Omit it for a throwaway run.",
+    "env_vars": "Environment variables for the program; UPPERCASE names. System names (PATH, HOME, "
+    "LD_*, PYTHON*, ...) are reserved and refused.",
+    "metadata": "Up to 10 string labels kept with the execution record (audit).",
 }
+
+#: Parts of the REST schema left out of the tool's: the reserved variable names (about 70) would
+#: cost every session's context; the description says it in words, and the server refuses them.
+_EXECUTE_OMITTED = (("env_vars", "propertyNames", "not"),)
+
+
+def _execute_input() -> dict[str, Any]:
+    """`sandbox_execute`'s input schema: the REST request model's, for the fields an LLM may
+    set. A field the model may leave null is just left out here (null is not offered)."""
+    rest = ExecuteRequest.model_json_schema()
+    properties: dict[str, Any] = {}
+    for name in EXECUTE_FIELDS:
+        field = dict(rest["properties"][name])
+        variants = [v for v in field.pop("anyOf", ()) if v != {"type": "null"}]
+        if variants:
+            (only,) = variants
+            field.update(only)
+        if field.get("default", ...) is None:
+            del field["default"]
+        field.pop("title", None)
+        field["description"] = _EXECUTE_DESCRIPTIONS[name]
+        properties[name] = field
+    for name, *path, key in _EXECUTE_OMITTED:
+        node = properties[name]
+        for step in path:
+            node = node[step]
+        del node[key]
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in rest["required"] if name in EXECUTE_FIELDS],
+        "additionalProperties": False,
+    }
+
+
+EXECUTE_INPUT = _execute_input()
+
+
+_SOURCE = Field(
+    default=StorageKind.THREAD,
+    description="'thread' (id = a thread_id) or 'volume' (id = the volume's name).",
+)
 
 
 class _Args(BaseModel):
@@ -84,9 +91,7 @@ class _Args(BaseModel):
 
 
 class FilesListArgs(_Args):
-    source: Literal["thread", "volume"] = Field(
-        default="thread", description="'thread' (id = a thread_id) or 'volume' (id = the volume's name)."
-    )
+    source: StorageKindParam = _SOURCE
     id: StrictStr = Field(description="The thread_id used with sandbox_execute, or the volume's name.")
     path: StrictStr | None = Field(
         default=None,
@@ -96,9 +101,7 @@ class FilesListArgs(_Args):
 
 
 class FilesDownloadArgs(_Args):
-    source: Literal["thread", "volume"] = Field(
-        default="thread", description="'thread' (id = a thread_id) or 'volume' (id = the volume's name)."
-    )
+    source: StorageKindParam = _SOURCE
     id: StrictStr = Field(description="The thread_id used with sandbox_execute, or the volume's name.")
     path: StrictStr = Field(
         description="The file, relative to the root: 'out/report.csv' and "
@@ -187,7 +190,7 @@ def tool_list(principal: Principal, languages: frozenset[str], output_limit_byte
             name=EXECUTE,
             title="Run code in a sandbox",
             description=(
-                "Run Python, Node.js or Bash code in an isolated sandbox and get its stdout, "
+                f"Run {spoken(i.title for i in INTERPRETERS.values())} code in an isolated sandbox and get its stdout, "
                 "stderr and exit code. Every call is a new process: no variables or imports survive "
                 "between calls. The working directory is /data, emptied after every call; /tmp too. "
                 "Without thread_id nothing persists. With a thread_id, /home/baponi is kept for the "

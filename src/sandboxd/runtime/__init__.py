@@ -18,18 +18,21 @@ from collections.abc import Sequence
 from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
 from .lease import Role, acquire
-from .languages import INTERPRETERS, available_languages
+from .languages import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, available_languages, spoken
 from .interface import Runner
 from .pool import PoolSettings
 from .pooled import PooledRunner
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
-from .spec import ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
+from .spec import DEFAULT_TIMEOUT_S, ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
 from .users import UidPool
 
 __all__ = [
+    "DEFAULT_LANGUAGE",
+    "DEFAULT_TIMEOUT_S",
     "INTERPRETERS",
+    "LANGUAGES",
     "BwrapRunner",
     "ExecResult",
     "ExecStatus",
@@ -46,6 +49,7 @@ __all__ = [
     "available_languages",
     "check_sandbox",
     "create_runner",
+    "spoken",
 ]
 
 

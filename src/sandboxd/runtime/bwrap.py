@@ -115,16 +115,16 @@ def build_argv(
         *procfs.mount_args(),  # host-describing /proc entries covered; no /sys at all
         "--dev", "/dev",
         # Writable places, each a size-limited tmpfs (also charged to the memory cgroup).
-        "--size", str(limits.tmp_mib * mib), "--tmpfs", "/tmp",
-        "--size", str(limits.tmp_mib * mib), "--tmpfs", "/dev/shm",
-        "--size", str(limits.workdir_mib * mib), "--tmpfs", WORKDIR,
+        "--size", str(limits.tmp_size_mib * mib), "--tmpfs", "/tmp",
+        "--size", str(limits.tmp_size_mib * mib), "--tmpfs", "/dev/shm",
+        "--size", str(limits.workdir_size_mib * mib), "--tmpfs", WORKDIR,
     ]
     for mount in spec.mounts:
         argv += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.dest]
     if spec.home is not None:
         argv += ["--bind", spec.home, HOME]
     else:
-        argv += ["--perms", "0700", "--size", str(limits.home_mib * mib), "--tmpfs", HOME]
+        argv += ["--perms", "0700", "--size", str(limits.home_size_mib * mib), "--tmpfs", HOME]
     argv += [
         # A pooled sandbox's stub writes the request's code over its own copy (runtime/warm.py).
         *(["--perms", "0600", "--bind-data"] if program_writable else ["--ro-bind-data"]),

@@ -89,7 +89,7 @@ def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
     if not is_thread and (spec.home is not None or spec.host_uid is not None):
         return None
     # Applied at use time, not at build time: not part of the key.
-    limits = replace(spec.limits, timeout_s=0.0, output_bytes=0)
+    limits = replace(spec.limits, timeout_s=0.0, output_limit_bytes=0)
     return PoolKey(spec.language, limits, spec.host_gid, spec.host_uid)
 
 

@@ -133,8 +133,8 @@ class Sandboxes:
     ) -> ExecResult:
         """Pump output, enforce the timeout (counted from `started`), classify the end."""
         proc, group = box.proc, box.group
-        out = _Capture(spec.limits.output_bytes, bytearray())
-        err = _Capture(spec.limits.output_bytes, bytearray())
+        out = _Capture(spec.limits.output_limit_bytes, bytearray())
+        err = _Capture(spec.limits.output_limit_bytes, bytearray())
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
             asyncio.create_task(_pump(proc.stdout, "stdout", out, sink)),

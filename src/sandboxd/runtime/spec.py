@@ -6,29 +6,49 @@ import enum
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal
 
+from .languages import Language
 from .network.policy import NetworkDecision, NetworkPolicy
 
-Language = Literal["python", "node", "bash"]
+__all__ = [  # Language too: one of the runtime's types, declared with the language registry
+    "DEFAULT_TIMEOUT_S",
+    "ExecResult",
+    "ExecStatus",
+    "Language",
+    "Limits",
+    "Mount",
+    "OutputSink",
+    "SandboxSpec",
+    "Stream",
+]
+
 Stream = Literal["stdout", "stderr"]
 
 #: Called with each chunk of output as the program writes it (after the cap, nothing more).
 OutputSink = Callable[[Stream, bytes], Awaitable[None]]
 
 
+#: Wall-clock seconds when a request names no timeout (spec §3.2).
+DEFAULT_TIMEOUT_S = 60
+
+
 @dataclass(frozen=True)
 class Limits:
-    """One limits model. Units are in the names; defaults are safe."""
+    """One limits model. Units are in the names; defaults are safe.
+
+    Each limit has one name everywhere: a server setting's (config.py, SANDBOXD_*) or a sandbox
+    config's (cpus, memory_mib), and its default is the one here, which those defaults read.
+    """
 
     cpus: float = 1.0
     memory_mib: int = 1024
     pids_max: int = 256
-    timeout_s: float = 60.0
-    tmp_mib: int = 64
-    workdir_mib: int = 256
-    home_mib: int = 256
+    timeout_s: float = float(DEFAULT_TIMEOUT_S)
+    tmp_size_mib: int = 64
+    workdir_size_mib: int = 256
+    home_size_mib: int = 256
     file_size_mib: int = 256
     open_files_max: int = 1024
-    output_bytes: int = 1024 * 1024
+    output_limit_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ the target and is renamed into place only when exactly the signed number of byte
 
 Security. The trees are written by untrusted code and this server runs as root: every file
 operation goes through `storage/tree.py`, which never follows a link; `..`, NUL, backslashes
-and percent-encoded separators are refused here before that.
+and percent-encoded separators are refused before that (service/paths.py).
 
 Threads: an upload or delete holds the thread's execution lock (409 while an execution runs,
 and an execution that starts meanwhile gets 409), so a snapshot never sees a half-written
@@ -38,11 +38,14 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..ids import THREAD_ID_PATTERN, THREAD_ID_RULE, VOLUME_ID_PATTERN
 from ..storage.tree import Owner, Upload, iso, open_regular, open_root, remove, stat_target, walk
+from .paths import normalize_path
 from .signing import Claims, Signer
+from .storage_kind import StorageKind
 
 if TYPE_CHECKING:
     from ..store import Thread
@@ -52,21 +55,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sandboxd.files")
 
-Source = Literal["thread", "volume"]
-SOURCES: tuple[str, ...] = ("thread", "volume")
-THREAD_ROOT = "/home/baponi"
-VOLUME_MOUNT = "/data"
 GIB = 1024**3
 MAX_FILE_BYTES = 10 * GIB
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-MAX_PATH_CHARS = 4096
-MAX_NAME_BYTES = 255
 CHUNK_BYTES = 1024 * 1024
 BLOB_PATH = "v1/files/blob/"
 
-_ENCODED = ("%2e", "%2f", "%5c", "%00", "%25", "%c0", "%c1")
-THREAD_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,127}$"
-VOLUME_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
 CONTENT_TYPE_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,254}$"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 _SLUG = re.compile(VOLUME_ID_PATTERN)
@@ -80,55 +74,6 @@ class VolumeResolver(Protocol):
 
 class KeyLookup(Protocol):
     async def principal_of(self, key_id: str) -> Principal | None: ...
-
-
-# --------------------------------------------------------------------------- path rules
-
-
-def normalize_path(raw: str, *, source: str, id: str, allow_root: bool = False) -> str:
-    """The path as `a/b/c` relative to the storage root ("" is the root); InvalidRequest if unsafe.
-
-    Accepted: `x/y`, `./x//y/`, and for a thread `/home/baponi/x/y` (for a volume
-    `/data/<slug>/x/y`). Refused: other absolute paths, `..`, NUL, backslashes, and
-    percent-encoded dots, slashes, backslashes, NULs and percents in any case.
-    """
-    if not isinstance(raw, str):
-        raise InvalidRequest("path must be a string")
-    if len(raw) > MAX_PATH_CHARS:
-        raise InvalidRequest(f"path must be at most {MAX_PATH_CHARS} characters")
-    if "\x00" in raw:
-        raise InvalidRequest("path must not contain a NUL character")
-    if "\\" in raw:
-        raise InvalidRequest("path must not contain a backslash; use '/' between directories")
-    lowered = raw.lower()
-    if any(bad in lowered for bad in _ENCODED):
-        raise InvalidRequest("path must not contain percent-encoded characters such as %2e or %2f")
-    try:
-        raw.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("path contains invalid Unicode (a lone surrogate)") from None
-    rel = raw
-    if raw.startswith("/"):
-        root = THREAD_ROOT if source == "thread" else f"{VOLUME_MOUNT}/{id}"
-        if raw == root or raw.startswith(root + "/"):
-            rel = raw[len(root):]
-        else:
-            raise InvalidRequest(
-                f"path {raw[:80]!r} is outside the storage root: use a path relative to {root} "
-                f"(e.g. 'data/file.txt') or an absolute path under {root}/"
-            )
-    parts = []
-    for part in rel.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise InvalidRequest("path must not contain '..'")
-        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
-            raise InvalidRequest(f"each path component must be at most {MAX_NAME_BYTES} bytes")
-        parts.append(part)
-    if not parts and not allow_root:
-        raise InvalidRequest("path must name a file, not the storage root")
-    return "/".join(parts)
 
 
 # --------------------------------------------------------------------------- the service
@@ -167,15 +112,16 @@ class FilesService:
     # ---- resolving a source
 
     @staticmethod
-    def _check_source(source: str, id: str) -> None:
-        if source not in SOURCES:
-            raise InvalidRequest("source must be 'thread' or 'volume'")
-        if source == "thread" and not _THREAD_ID.fullmatch(id):
+    def _check_source(source: StorageKind, id: str) -> None:
+        try:
+            source = StorageKind(source)
+        except ValueError:
             raise InvalidRequest(
-                "id must be a thread_id: 1-128 characters of letters, digits, '_' or '-', "
-                "starting with a letter or digit"
-            )
-        if source == "volume" and not _SLUG.fullmatch(id):
+                "source must be " + " or ".join(f"'{kind.value}'" for kind in StorageKind)
+            ) from None
+        if source == StorageKind.THREAD and not _THREAD_ID.fullmatch(id):
+            raise InvalidRequest(f"id must be a thread_id: {THREAD_ID_RULE}")
+        if source == StorageKind.VOLUME and not _SLUG.fullmatch(id):
             raise InvalidRequest("id must be a volume slug")
 
     async def _thread_home(self, org_id: str, thread_id: str) -> tuple[Thread, Path | None]:
@@ -188,8 +134,8 @@ class FilesService:
             raise NotFound(f"no volume {slug!r}")
         return await self._volumes.access(principal, slug)
 
-    async def _root(self, principal: Principal, source: str, id: str) -> Path | None:
-        if source == "thread":
+    async def _root(self, principal: Principal, source: StorageKind, id: str) -> Path | None:
+        if source == StorageKind.THREAD:
             return (await self._thread_home(principal.org.id, id))[1]
         return (await self._volume(principal, id)).path
 
@@ -253,7 +199,7 @@ class FilesService:
     # ---- the JSON API
 
     async def list(
-        self, principal: Principal, source: str, id: str, path: str | None = None
+        self, principal: Principal, source: StorageKind, id: str, path: str | None = None
     ) -> list[dict[str, Any]]:
         self._check_source(source, id)
         rel = normalize_path(path or "", source=source, id=id, allow_root=True)
@@ -270,7 +216,7 @@ class FilesService:
     async def upload_url(
         self,
         principal: Principal,
-        source: str,
+        source: StorageKind,
         id: str,
         path: str,
         content_length: int,
@@ -287,7 +233,7 @@ class FilesService:
         content_type = DEFAULT_CONTENT_TYPE if content_type is None else content_type
         if not _CONTENT_TYPE.fullmatch(content_type):
             raise InvalidRequest("content_type must be 1-255 printable ASCII characters")
-        if source == "thread":
+        if source == StorageKind.THREAD:
             _, root = await self._thread_home(principal.org.id, id)
             if self._threads.busy(principal.org.id, id):
                 raise Conflict(f"thread {id!r} is busy with an execution; upload when it has finished")
@@ -307,7 +253,7 @@ class FilesService:
         return self._url(base_url, claims)
 
     async def download_url(
-        self, principal: Principal, source: str, id: str, path: str, *, base_url: str
+        self, principal: Principal, source: StorageKind, id: str, path: str, *, base_url: str
     ) -> dict[str, Any]:
         self._check_source(source, id)
         rel = normalize_path(path, source=source, id=id)
@@ -327,7 +273,7 @@ class FilesService:
         return self._url(base_url, claims)
 
     async def read_head(
-        self, principal: Principal, source: str, id: str, path: str, max_bytes: int
+        self, principal: Principal, source: StorageKind, id: str, path: str, max_bytes: int
     ) -> tuple[int, bytes]:
         """A file's size and its first `max_bytes` bytes, for a surface that shows small files
         inline (MCP files_download); the same checks as `download_url`."""
@@ -345,10 +291,10 @@ class FilesService:
         result: tuple[int, bytes] = await self._in_root(root, read)
         return result
 
-    async def delete(self, principal: Principal, source: str, id: str, path: str) -> None:
+    async def delete(self, principal: Principal, source: StorageKind, id: str, path: str) -> None:
         self._check_source(source, id)
         rel = normalize_path(path, source=source, id=id)
-        if source == "volume":
+        if source == StorageKind.VOLUME:
             access = await self._volume(principal, id)
             if access.read_only:
                 raise Forbidden(f"volume {id!r} is bound read-only to this API key")
@@ -371,7 +317,7 @@ class FilesService:
     async def open_download(self, token: str) -> Download:
         claims = self.verify(token, "GET")
         principal = await self._holder(claims)
-        if claims.source == "thread":
+        if claims.source == StorageKind.THREAD:
             _, root = await self._thread_home(claims.org_id, claims.id)
         else:
             root = (await self._volume(principal, claims.id)).path
@@ -406,7 +352,7 @@ class FilesService:
                 raise InvalidRequest(
                     f"Content-Type {content_type[:80]!r} does not match the signed {claims.content_type!r}"
                 )
-        if claims.source == "thread":
+        if claims.source == StorageKind.THREAD:
             copy = await self._lock(claims.org_id, claims.id, "files:upload")
             try:
                 home = await asyncio.to_thread(self._threads.home, copy.thread)

@@ -7,7 +7,7 @@ Messages name the field, as the SDK's own client-side checks do.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -22,15 +22,17 @@ from pydantic import (
 )
 
 from ..errors import InvalidRequest
+from ..ids import THREAD_ID_MAX_CHARS, THREAD_ID_PATTERN, THREAD_ID_RULE
+from ..runtime.languages import DEFAULT_LANGUAGE, LANGUAGES, Language
+from ..runtime.spec import DEFAULT_TIMEOUT_S
+from .paths import SUB_PATH_FORBIDDEN, SUB_PATH_FORBIDDEN_PATTERN, has_forbidden
 
 MAX_CODE_BYTES = 1_048_576
 MAX_TIMEOUT_S = 3600
-LANGUAGES = ("python", "node", "bash")
 
-_THREAD_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
+_THREAD_ID = re.compile(THREAD_ID_PATTERN)
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_SUB_PATH_FORBIDDEN = ("..", "%2e", "%2f", "%5c", "%00", "%25", "%c0", "%c1", "\x00", "\\")
 
 RESERVED_ENV_NAMES = frozenset(
     """
@@ -67,13 +69,16 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-# The rules below as JSON Schema, for the OpenAPI document; the validators stay the authority
+# The rules below as JSON Schema, for the OpenAPI document and the MCP `sandbox_execute` tool
+# (mcp/tools.py derives its schema from this model's); the validators stay the authority
 # (their messages name the field). Not expressible: code's limit counts UTF-8 bytes (the schema
 # counts characters) and env_vars' 64 KiB total; webhook_url must also resolve to public addresses.
 _SCHEMA: dict[str, dict[str, Any]] = {
     "code": {"minLength": 1, "maxLength": MAX_CODE_BYTES},
     "timeout": {"minimum": 1, "maximum": MAX_TIMEOUT_S},
-    "thread_id": _nullable({"type": "string", "pattern": _THREAD_ID.pattern, "maxLength": 128}),
+    "thread_id": _nullable(
+        {"type": "string", "minLength": 1, "maxLength": THREAD_ID_MAX_CHARS, "pattern": THREAD_ID_PATTERN}
+    ),
     "metadata": _nullable({
         "type": "object",
         "maxProperties": 10,
@@ -87,7 +92,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
             "type": "string",
             "maxLength": 512,
             "pattern": "^/data/",
-            "not": {"pattern": r"\.\.|%(2[eEfF5]|5[cC]|00|[cC][01])|\u0000|\\"},
+            "not": {"pattern": SUB_PATH_FORBIDDEN_PATTERN},
         },
     }),
     "env_vars": _nullable({
@@ -119,9 +124,9 @@ class ExecuteRequest(BaseModel):
     code: StrictStr = Field(
         description="Source code to run; 1 byte to 1 MB of UTF-8.", json_schema_extra=_SCHEMA["code"]
     )
-    language: Literal["python", "node", "bash"] = Field(default="python")
+    language: Language = Field(default=DEFAULT_LANGUAGE)
     timeout: JsonInt = Field(
-        default=60,
+        default=DEFAULT_TIMEOUT_S,
         description="Wall-clock seconds, 1-3600; capped by the key's sandbox.",
         json_schema_extra=_SCHEMA["timeout"],
     )
@@ -177,11 +182,8 @@ class ExecuteRequest(BaseModel):
     @field_validator("thread_id")
     @classmethod
     def _thread_id(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 128 or not _THREAD_ID.fullmatch(v)):
-            raise ValueError(
-                "thread_id must be 1-128 characters of letters, digits, '_' or '-', "
-                "starting with a letter or digit"
-            )
+        if v is not None and not _THREAD_ID.fullmatch(v):
+            raise ValueError(f"thread_id must be {THREAD_ID_RULE}")
         return v
 
     @field_validator("metadata")
@@ -213,8 +215,7 @@ class ExecuteRequest(BaseModel):
                 raise ValueError("each sub_paths entry must be at most 512 characters")
             if not path.startswith("/data/"):
                 raise ValueError(f"sub_paths entry {path[:80]!r} must start with /data/")
-            lowered = path.lower()
-            if any(bad in lowered for bad in _SUB_PATH_FORBIDDEN):
+            if has_forbidden(path, SUB_PATH_FORBIDDEN):
                 raise ValueError(
                     f"sub_paths entry {path[:80]!r} contains a traversal or encoded separator"
                 )
@@ -316,7 +317,7 @@ def validation_message(errors: Any) -> str:
     if kind == "json_invalid":
         return "request body is not valid JSON"
     if kind == "literal_error" and loc and loc[0] == "language":
-        return "language must be one of python, node, bash"
+        return f"language must be one of {', '.join(LANGUAGES)}"
     if kind in ("model_type", "model_attributes_type", "dict_type") and not field:
         if isinstance(err.get("input"), (list, int, float, bool)) or err.get("input") is None:
             return "request body must be a JSON object"

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import Forbidden
+from .storage_kind import StorageKind
 
 _DOMAIN = b"sandboxd-files-v1."
 _VERSION = 2  # 2: the key id is a claim
@@ -40,7 +41,7 @@ class Claims:
     for as long as the key `key_id` may do it."""
 
     method: str  # "GET" or "PUT"
-    source: str  # "thread" or "volume"
+    source: StorageKind
     org_id: str
     key_id: str  # the API key that asked for the URL
     id: str  # the thread_id or the volume slug
@@ -99,7 +100,7 @@ class Signer:
             body: Any = json.loads(_b64decode(payload))
             if not isinstance(body, dict) or body.pop("v", None) != _VERSION:
                 raise refused
-            claims = Claims(**body)
+            claims = Claims(**{**body, "source": StorageKind(body.get("source", ""))})
         except (ValueError, TypeError, binascii.Error):  # only a key holder could get here
             raise refused from None
         if not isinstance(claims.key_id, str) or not claims.key_id:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..ids import new_id
+from ..runtime import Limits
 from ..runtime.network import NetworkPolicy
 from ..store import DuplicateError, Org, Sandbox, Store, utcnow
+from .requests import MAX_TIMEOUT_S
 
 DEFAULT_ORG = "default"
 DEFAULT_SANDBOX = "default"
@@ -20,8 +22,8 @@ class SandboxConfig:
     """A sandbox config as an operator writes it; units in the names."""
 
     name: str = DEFAULT_SANDBOX
-    cpus: float = 1.0
-    memory_mib: int = 1024
+    cpus: float = Limits.cpus
+    memory_mib: int = Limits.memory_mib
     network: str = "none"
     timeout_cap_s: int = 60
     #: Allowlist entries for network "allowlist": `pypi.org`, `*.example.com`, `host:port`.
@@ -40,8 +42,8 @@ class SandboxConfig:
             raise InvalidRequest(str(exc)) from None
         if policy.mode == "allowlist" and not policy.allow:
             raise InvalidRequest("network 'allowlist' needs at least one allowed domain (--allow)")
-        if not 1 <= self.timeout_cap_s <= 3600:
-            raise InvalidRequest("timeout_cap_s must be between 1 and 3600")
+        if not 1 <= self.timeout_cap_s <= MAX_TIMEOUT_S:
+            raise InvalidRequest(f"timeout_cap_s must be between 1 and {MAX_TIMEOUT_S}")
 
 
 class TenancyService:

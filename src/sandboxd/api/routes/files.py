@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -19,16 +19,11 @@ from pydantic.config import JsonDict
 from starlette.requests import ClientDisconnect
 
 from ...errors import InvalidRequest
-from ...service.files import (
-    CHUNK_BYTES,
-    CONTENT_TYPE_PATTERN,
-    MAX_FILE_BYTES,
-    MAX_PATH_CHARS,
-    THREAD_ID_PATTERN,
-    VOLUME_ID_PATTERN,
-    Download,
-)
+from ...ids import THREAD_ID_PATTERN, VOLUME_ID_PATTERN
+from ...service.files import CHUNK_BYTES, CONTENT_TYPE_PATTERN, MAX_FILE_BYTES, Download
+from ...service.paths import MAX_PATH_CHARS, UNSAFE_PATH_PATTERN
 from ...service.requests import JsonInt
+from ...service.storage_kind import StorageKind, StorageKindParam
 from ..deps import PrincipalDep, ServicesDep
 from ..schemas import AUTHENTICATED, error_responses
 
@@ -48,23 +43,22 @@ _WRITE_ERRORS = error_responses(
     400, *AUTHENTICATED, 403, 404, 409, 413, 503, s403=_S403, s404=_S404, s409=_S409, s503=_S503
 )
 
-# The rules of service/files.py as JSON Schema, for the OpenAPI document (validation stays in the
+# The rules of service/files.py and service/paths.py as JSON Schema, for the OpenAPI document (validation stays in the
 # service). A path is documented in its relative form, components of at most 255 characters
 # (bytes, in fact); the server also takes the absolute form under the storage root.
 _COMPONENTS = "^([^/]{1,255}(/[^/]{0,255})*)?$"
-_UNSAFE = r"\u0000|\\|%(2[eEfF5]|5[cC]|00|[cC][01])|(^|/)\.\.(/|$)"
 _NAMES_A_FILE = r"(^|/)([^/.]|\.[^/.]|\.\.[^/])"
-_PATH_SCHEMA: JsonDict = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": _UNSAFE}}
+_PATH_SCHEMA: JsonDict = {"maxLength": MAX_PATH_CHARS, "pattern": _COMPONENTS, "not": {"pattern": UNSAFE_PATH_PATTERN}}
 _FILE_PATH_SCHEMA: JsonDict = {**_PATH_SCHEMA, "allOf": [{"pattern": _NAMES_A_FILE}]}
 #: A thread_id for `source: thread`, a volume slug (which may also hold dots) for `volume`.
 _ID_BY_SOURCE: JsonDict = {
-    "if": {"properties": {"source": {"const": "volume"}}, "required": ["source"]},
+    "if": {"properties": {"source": {"const": StorageKind.VOLUME.value}}, "required": ["source"]},
     "then": {"properties": {"id": {"pattern": VOLUME_ID_PATTERN}}},
     "else": {"properties": {"id": {"pattern": THREAD_ID_PATTERN}}},
 }
 
 # Any: a FieldInfo shared by two models (pydantic types Field(default=x) as x's type).
-SourceField: Any = Field(default="thread", description="'thread' (id = thread_id) or 'volume' (id = slug).")
+SourceField: Any = Field(default=StorageKind.THREAD, description="'thread' (id = thread_id) or 'volume' (id = slug).")
 IdField = Field(
     description="The thread_id or the volume slug.",
     json_schema_extra={"pattern": VOLUME_ID_PATTERN, "maxLength": 128},
@@ -81,7 +75,7 @@ class _Body(BaseModel):
 
 
 class ListFilesRequest(_Body):
-    source: Literal["thread", "volume"] = SourceField
+    source: StorageKindParam = SourceField
     id: StrictStr = IdField
     path: StrictStr | None = Field(
         default=None,
@@ -92,7 +86,7 @@ class ListFilesRequest(_Body):
 
 
 class FileRequest(_Body):
-    source: Literal["thread", "volume"] = SourceField
+    source: StorageKindParam = SourceField
     id: StrictStr = IdField
     path: StrictStr = PathField
 
