@@ -29,7 +29,7 @@ from .service import (
 )
 from .service.files import FilesService
 from .service.health import PlatformHealth
-from .service.executions import EventSettings
+from .service.events import EventSettings
 from .service.keycache import PrincipalCache
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key

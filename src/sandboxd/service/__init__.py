@@ -1,7 +1,9 @@
 """The domain: executions, keys, tenancy, admission. Every surface calls into here."""
 
+from ..runtime import Runner
 from .admission import ConcurrencyLimiter
-from .executions import ExecutionService, Outcome, Runner, Submission
+from .executions import ExecutionService
+from .job import ExecutionJobs, JobDescription, Outcome, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .lockout import AuthFailureLimiter
 from .requests import ExecuteRequest, parse_execute_request, validation_message
@@ -16,7 +18,9 @@ __all__ = [
     "ConcurrencyLimiter",
     "CreatedKey",
     "ExecuteRequest",
+    "ExecutionJobs",
     "ExecutionService",
+    "JobDescription",
     "KeyService",
     "Outcome",
     "Principal",
