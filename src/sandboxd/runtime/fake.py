@@ -73,9 +73,10 @@ class FakeRunner:
                 captured[stream].extend(data)
                 if sink is not None:
                     await sink(stream, data)
+        error: str | None
         ended_by = await _sleep(min(script.sleep_s, spec.limits.timeout_s), spec.limits.timeout_s, cancel)
         if ended_by is not None:
-            status, code, error = ended_by, _KILLED, ended_by.value
+            status, code, error = ended_by, _KILLED, ended_by.value  # "timeout", "cancelled"
         elif script.oom:
             status, code, error = ExecStatus.OOM, _KILLED, "memory_limit_exceeded"
         else:

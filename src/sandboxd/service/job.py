@@ -192,7 +192,12 @@ class ExecutionJobs:
             # order, so the inline response (whose handler awaits this task) is written first.
             # On a small machine a start racing the result's write slows the answer by 10 ms.
             if (task := asyncio.current_task()) is not None:
-                task.add_done_callback(lambda _, used=spec: self._runner.refill(used))
+                used = spec
+
+                def refill(_: asyncio.Future[object]) -> None:
+                    self._runner.refill(used)
+
+                task.add_done_callback(refill)
         return outcome
 
     async def _prepared_run(
