@@ -6,6 +6,7 @@ from .executions import ExecutionService
 from .job import ExecutionJobs, JobDescription, Outcome, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .lockout import AuthFailureLimiter
+from .ports import Admission, EventLogs, ThreadLock
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
 from .threads import ThreadLocks, ThreadPolicy, ThreadService
@@ -14,9 +15,11 @@ from .volumes import VolumeAccess, VolumeService
 from .webhooks import WebhookService
 
 __all__ = [
+    "Admission",
     "AuthFailureLimiter",
     "ConcurrencyLimiter",
     "CreatedKey",
+    "EventLogs",
     "ExecuteRequest",
     "ExecutionJobs",
     "ExecutionService",
@@ -28,6 +31,7 @@ __all__ = [
     "SandboxConfig",
     "Submission",
     "TenancyService",
+    "ThreadLock",
     "ThreadLocks",
     "ThreadPolicy",
     "ThreadService",

@@ -109,7 +109,7 @@ class ExecutionService:
                 stack.push_async_callback(self._threads.release, thread)
             stack.callback(await self._limiter.acquire(principal.org.id, principal.org.max_concurrent))
             await self._record(job, principal, request, delivery_mode, client_id)
-            submission = self._submission(job.trace_id, principal.org.id, accepted_at)
+            submission = self._submission(job.trace_id, accepted_at)
             await submission.log.append("status", trace_id=job.trace_id, status="queued")
             held = Held(stack.pop_all(), thread)
         self._live[job.trace_id] = submission
@@ -168,14 +168,14 @@ class ExecutionService:
         if request.webhook_url:
             await self._webhooks.register(job.trace_id, job.org_id, request.webhook_url)
 
-    def _submission(self, trace_id: str, org_id: str, accepted_at: float) -> Submission:
+    def _submission(self, trace_id: str, accepted_at: float) -> Submission:
         log = self._logs.open(trace_id)
         settings = self._event_settings
         output = OutputEvents(
             log, interval_s=settings.output_interval_s, max_bytes=settings.output_max_bytes,
             max_events=settings.max_output_events,
         )
-        return Submission(trace_id=trace_id, org_id=org_id, log=log, output=output, accepted_at=accepted_at)
+        return Submission(trace_id=trace_id, log=log, output=output, accepted_at=accepted_at)
 
     async def _run(self, job: JobDescription, submission: Submission, held: Held) -> Outcome:
         try:

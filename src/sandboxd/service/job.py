@@ -118,7 +118,6 @@ class Submission:
     """A running execution: its event log, its cancel switch and the task that runs it."""
 
     trace_id: str
-    org_id: str
     log: ExecutionLog
     output: OutputEvents
     accepted_at: float = field(default_factory=time.monotonic)
