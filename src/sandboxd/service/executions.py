@@ -32,6 +32,7 @@ from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
 from .webhooks import TERMINAL, WebhookService
 
+
 class ExecutionService:
     def __init__(
         self,

@@ -171,10 +171,10 @@ class ExecutionJobs:
         self._health = health
 
     async def run(self, job: JobDescription, sub: Submission, held: Held) -> Outcome:
-        spec = job.spec()
         keepalive = asyncio.create_task(self._keepalives(sub.log))
         try:
             async with held.stack:
+                spec = job.spec()
                 await sub.log.append("status", trace_id=job.trace_id, status="running")
                 outcome, spec = await self._prepared_run(job, sub, spec, held.thread)
                 if held.thread is not None and outcome.error is None:
