@@ -370,6 +370,21 @@ async def test_a_failure_inside_the_job_gives_slot_and_lock_back_once(
     assert len(w.homes.discarded) == 1
 
 
+async def test_an_error_escaping_the_job_still_gives_slot_and_lock_back_once(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(VolumeService, "mounts", broken)
+    sub = await w.service.submit(w.principal, request("hello", thread_id="t5"))
+    with pytest.raises(RuntimeError):
+        await sub.outcome()
+    assert w.admission.releases == [1] and not w.threads.busy(w.principal.org.id, "t5")
+    assert w.runner.runs == []
+    await asyncio.sleep(0.1)  # its log, never closed, is written once more: not after the store closes
+
+
 # --------------------------------------------------------------------------- events
 
 
