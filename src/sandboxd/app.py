@@ -29,7 +29,7 @@ from .service import (
 )
 from .service.files import FilesService
 from .service.health import PlatformHealth
-from .service.executions import EventSettings
+from .service.events import EventSettings
 from .service.invalidation import EpochFile
 from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id

@@ -346,7 +346,7 @@ class FakeThreads:
         self.claims.append(trace_id)
         return SimpleNamespace(thread=await self.get(org_id, thread_id))
 
-    async def close(self, copy: object, *, keep: bool) -> None:
+    async def release(self, copy: object) -> None:
         self.busy_ids.discard(copy.thread.thread_id)  # type: ignore[attr-defined]
 
 

@@ -19,14 +19,14 @@ import codecs
 import time
 from typing import Literal
 
-from .log import EventLog
+from .interface import ExecutionLog
 
 Stream = Literal["stdout", "stderr"]
 
 
 class OutputEvents:
     def __init__(
-        self, log: EventLog, *, interval_s: float = 0.01, max_bytes: int = 64 * 1024, max_events: int = 10_000
+        self, log: ExecutionLog, *, interval_s: float = 0.01, max_bytes: int = 64 * 1024, max_events: int = 10_000
     ) -> None:
         self._log = log
         self._interval = interval_s

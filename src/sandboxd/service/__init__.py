@@ -1,10 +1,12 @@
 """The domain: executions, keys, tenancy, admission. Every surface calls into here."""
 
-from .admission import ConcurrencyLimiter
 from ..runtime import Runner
-from .executions import ExecutionService, Outcome, Submission
+from .admission import ConcurrencyLimiter
+from .executions import ExecutionService
+from .job import ExecutionJobs, JobDescription, Outcome, Submission
 from .keys import CreatedKey, KeyService, Principal, load_or_create_secret
 from .lockout import AuthFailureLimiter
+from .ports import Admission, EventLogs, ThreadLock
 from .requests import ExecuteRequest, parse_execute_request, validation_message
 from .tenancy import SandboxConfig, TenancyService
 from .threads import ThreadLocks, ThreadPolicy, ThreadService
@@ -13,11 +15,15 @@ from .volumes import VolumeAccess, VolumeService
 from .webhooks import WebhookService
 
 __all__ = [
+    "Admission",
     "AuthFailureLimiter",
     "ConcurrencyLimiter",
     "CreatedKey",
+    "EventLogs",
     "ExecuteRequest",
+    "ExecutionJobs",
     "ExecutionService",
+    "JobDescription",
     "KeyService",
     "Outcome",
     "Principal",
@@ -25,6 +31,7 @@ __all__ = [
     "SandboxConfig",
     "Submission",
     "TenancyService",
+    "ThreadLock",
     "ThreadLocks",
     "ThreadPolicy",
     "ThreadService",

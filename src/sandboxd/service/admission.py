@@ -22,7 +22,8 @@ caller_gone: ContextVar[asyncio.Event | None] = ContextVar("caller_gone", defaul
 
 
 class ConcurrencyLimiter:
-    """A global cap sized to the machine, shared fairly between organizations.
+    """The `Admission` of one process: a global cap sized to the machine, shared fairly
+    between organizations.
 
     - Plan limit: an organization's running plus waiting requests never exceed its cap (its own
       `org_cap`, else `per_org_cap`); one more is refused at once with 429.

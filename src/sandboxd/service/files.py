@@ -307,7 +307,7 @@ class FilesService:
                 raise NotFound(f"no such file or directory: {rel!r}")
             await self._in_root(root, lambda fd: remove(fd, rel))
         finally:
-            await self._threads.close(copy, keep=False)
+            await self._threads.release(copy)
 
     # ---- the blob handlers (authority: the token)
 
@@ -361,7 +361,7 @@ class FilesService:
                 thread = copy.thread
                 await self._stream(home, claims, body, lambda fd: self._thread_owner(fd, thread))
             finally:
-                await self._threads.close(copy, keep=False)
+                await self._threads.release(copy)
         else:
             access = await self._volume(principal, claims.id)
             if access.read_only:

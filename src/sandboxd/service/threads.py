@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import Conflict, Forbidden, NotFound, Unavailable
 from ..store import Store, Thread, utcnow
 from ..storage import OrgQuotaReached, ThreadStore
+from .ports import ThreadLock
 
 log = logging.getLogger("sandboxd.threads")
 
@@ -32,7 +33,7 @@ class ThreadPolicy:
 
 @dataclass
 class WorkingCopy:
-    """An execution's claim on a thread: the lock, and the snapshot it runs in."""
+    """An execution's claim on a thread: the lock's token, and the snapshot it runs in."""
 
     thread: Thread
     lock_fd: int
@@ -40,7 +41,8 @@ class WorkingCopy:
 
 
 class ThreadLocks:
-    """One execution (or admin action) per thread, across processes: `flock` on a lock file.
+    """The `ThreadLock` of one host: `flock` on a lock file, one execution (or admin action)
+    per thread across processes.
 
     The server and the CLI share the data dir, so `sandboxd threads delete` sees a running
     execution's lock; the kernel drops a lock when its holder dies, so a crash never leaves a
@@ -78,7 +80,7 @@ class ThreadLocks:
 
 class ThreadService:
     def __init__(
-        self, store: Store, homes: ThreadStore | None, policy: ThreadPolicy, locks: ThreadLocks
+        self, store: Store, homes: ThreadStore | None, policy: ThreadPolicy, locks: ThreadLock
     ) -> None:
         self._store = store
         self._homes = homes
@@ -133,14 +135,19 @@ class ThreadService:
         )
         return str(copy.path)
 
-    async def close(self, copy: WorkingCopy, *, keep: bool) -> None:
-        """Commit the working copy (`keep`) or drop it; always release the lock."""
+    async def commit(self, copy: WorkingCopy) -> None:
+        """Make the working copy the thread's home (a run that ended by itself). The lock stays
+        held until `release`; if saving fails the working copy is gone all the same."""
+        path, copy.path = copy.path, None
+        if path is not None and self._homes is not None:
+            await asyncio.to_thread(self._homes.commit, path)
+
+    async def release(self, copy: WorkingCopy) -> None:
+        """Drop the working copy unless it was committed, and give the lock back."""
         try:
-            if copy.path is not None and self._homes is not None:
-                if keep:
-                    await asyncio.to_thread(self._homes.commit, copy.path)
-                else:
-                    await asyncio.to_thread(self._homes.discard, copy.path)
+            path, copy.path = copy.path, None
+            if path is not None and self._homes is not None:
+                await asyncio.to_thread(self._homes.discard, path)
         finally:
             self._locks.release(copy.lock_fd)
         # Only the retention sweep reads the time of last use: recorded off the request's path.

@@ -9,13 +9,14 @@ other organizations' sandboxes cannot even traverse to them.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from ..ids import new_id
+from ..runtime import Mount
 from ..storage import OrgQuotaReached, VolumeStore
 from ..store import DuplicateError, Org, Store, Volume, utcnow
 from .keys import Principal
@@ -28,6 +29,19 @@ class VolumeAccess:
     volume: Volume
     path: Path
     read_only: bool
+
+
+@dataclass(frozen=True)
+class VolumeBinding:
+    """A volume bound to the calling key, as an execution job carries it (no host path)."""
+
+    org_id: str
+    slug: str
+    read_only: bool
+
+    @classmethod
+    def of(cls, principal: Principal) -> tuple[VolumeBinding, ...]:
+        return tuple(cls(v.org_id, v.slug, read_only) for v, read_only in principal.volumes)
 
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -90,19 +104,18 @@ class VolumeService:
         read_only = next((ro for v, ro in principal.volumes if v.id == volume.id), True)
         return VolumeAccess(volume=volume, path=path, read_only=read_only)
 
-    # builtins.list: below `def list`, `list` in this class names that method.
-    async def mounts(self, principal: Principal) -> builtins.list[VolumeAccess]:
-        """The key's bound volumes, for an execution (mounted at /data/<slug>/)."""
-        if not principal.volumes:
-            return []
+    async def mounts(self, bindings: Sequence[VolumeBinding]) -> tuple[Mount, ...]:
+        """The bound volumes of an execution, at /data/<slug>/ (paths resolved on this node)."""
+        if not bindings:
+            return ()
         storage = self._require_storage()
         out = []
-        for volume, read_only in principal.volumes:
+        for volume in bindings:
             path = await asyncio.to_thread(storage.ready, volume.org_id, volume.slug)
             if path is None:
                 raise VolumeMissing(volume.slug)
-            out.append(VolumeAccess(volume=volume, path=path, read_only=read_only))
-        return out
+            out.append(Mount(str(path), f"/data/{volume.slug}", volume.read_only))
+        return tuple(out)
 
 
 class VolumeMissing(Exception):

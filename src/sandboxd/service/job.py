@@ -1,0 +1,332 @@
+"""The execution job: prepare mounts and storage, run, commit the thread's state, record the result.
+
+Submission (executions.py) decides what runs and under which limits, and holds the thread
+lock and the admission slot; the job is handed a `JobDescription` of plain values and the
+stack that releases what submission holds. Everything that depends on the node that runs the
+sandbox (volume paths, the thread's working copy and host uid, the runner) is resolved here,
+so an executor node given only the description could do the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+from ..bus import Event, ExecutionLog, OutputEvents
+from ..errors import SandboxSetupError
+from ..observability import Metrics
+from ..observability.logging import get_logger
+from ..runtime import ExecStatus, Language, Limits, Runner, SandboxSpec
+from ..runtime.network import NetworkDecision, NetworkPolicy
+from ..store import Store, utcnow
+from .health import PlatformFailure, PlatformHealth, runtime_failure, setup_failure, thread_failure, volume_failure
+from .threads import ThreadService, WorkingCopy
+from .volumes import VolumeBinding, VolumeMissing, VolumeService
+
+log = logging.getLogger("sandboxd.executions")
+events_log = get_logger("sandboxd.executions")
+
+
+@dataclass(frozen=True)
+class JobDescription:
+    """Everything an execution job needs, as plain values: it travels as JSON (`to_json`)."""
+
+    trace_id: str
+    org_id: str
+    #: The organization's host group (a database fact, the same on every node).
+    org_gid: int | None
+    key_id: str | None
+    language: Language
+    code: str
+    env: dict[str, str]
+    #: Decided at submission: the server's defaults, the sandbox config's CPU and memory, the
+    #: requested timeout within the config's cap.
+    limits: Limits
+    network: str
+    network_allow: tuple[str, ...]
+    volumes: tuple[VolumeBinding, ...]
+    thread_id: str | None
+    #: Delivered by webhook: the delivery worker is woken when the job ends.
+    webhook: bool
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobDescription:
+        data = json.loads(text)
+        return cls(**{
+            **data,
+            "limits": Limits(**data["limits"]),
+            "network_allow": tuple(data["network_allow"]),
+            "volumes": tuple(VolumeBinding(**v) for v in data["volumes"]),
+        })
+
+    def spec(self) -> SandboxSpec:
+        """The sandbox, before this node adds mounts, the thread's home and its uid."""
+        return SandboxSpec(
+            language=self.language,
+            code=self.code.encode("utf-8", errors="surrogatepass"),
+            limits=self.limits,
+            env=dict(self.env),
+            host_gid=self.org_gid,
+            network=NetworkPolicy.parse(self.network, self.network_allow),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What every surface reports back for a finished execution."""
+
+    trace_id: str
+    status: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    error: str | None
+    duration_ms: int
+    output_truncated: bool
+    #: What the network policy decided for each destination the code asked for.
+    network: tuple[NetworkDecision, ...] = ()
+    #: A platform failure's message naming the failing layer (service/health.py); else None.
+    error_message: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.status == ExecStatus.SUCCESS.value
+
+    def result(self) -> dict[str, Any]:
+        """The spec's SandboxResult object."""
+        return {
+            "success": self.success,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "error_message": self.error_message,
+        }
+
+
+@dataclass
+class Submission:
+    """A running execution: its event log, its cancel switch and the task that runs it."""
+
+    trace_id: str
+    log: ExecutionLog
+    output: OutputEvents
+    accepted_at: float = field(default_factory=time.monotonic)
+    sandbox_s: float | None = None  # time in the sandbox, once it ran
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupted: bool = False
+    task: asyncio.Task[Outcome] | None = None
+
+    async def outcome(self) -> Outcome:
+        """Wait for the end; cancelling the waiter (a client gone) does not stop the run."""
+        assert self.task is not None
+        return await asyncio.shield(self.task)
+
+
+@dataclass
+class Held:
+    """What submission holds for the job: `stack` gives back the admission slot and the thread
+    lock (dropping an uncommitted working copy), once, however the job ends."""
+
+    stack: AsyncExitStack
+    thread: WorkingCopy | None = None
+
+
+class Kick(Protocol):
+    def kick(self) -> None:
+        """An execution ended: look for due webhook deliveries now."""
+
+
+class ExecutionJobs:
+    """Runs execution jobs on this node."""
+
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        threads: ThreadService,
+        volumes: VolumeService,
+        webhooks: Kick,
+        *,
+        keepalive_s: float,
+        metrics: Metrics,
+        health: PlatformHealth,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._threads = threads
+        self._volumes = volumes
+        self._webhooks = webhooks
+        self._keepalive_s = keepalive_s
+        self._metrics = metrics
+        self._health = health
+
+    async def run(self, job: JobDescription, sub: Submission, held: Held) -> Outcome:
+        keepalive = asyncio.create_task(self._keepalives(sub.log))
+        try:
+            async with held.stack:
+                spec = job.spec()
+                await sub.log.append("status", trace_id=job.trace_id, status="running")
+                outcome, spec = await self._prepared_run(job, sub, spec, held.thread)
+                if held.thread is not None and outcome.error is None:
+                    outcome = await self._save(job, held.thread, outcome)
+        finally:
+            keepalive.cancel()
+        try:
+            await self._finish(sub, outcome)
+        finally:
+            if job.webhook:
+                self._webhooks.kick()
+            self._observe(sub, job.language, outcome)
+            # The replacement sandbox starts once this task is done: its done-callbacks run in
+            # order, so the inline response (whose handler awaits this task) is written first.
+            # On a small machine a start racing the result's write slows the answer by 10 ms.
+            if (task := asyncio.current_task()) is not None:
+                used = spec
+
+                def refill(_: asyncio.Future[object]) -> None:
+                    self._runner.refill(used)
+
+                task.add_done_callback(refill)
+        return outcome
+
+    async def _prepared_run(
+        self, job: JobDescription, sub: Submission, spec: SandboxSpec, thread: WorkingCopy | None
+    ) -> tuple[Outcome, SandboxSpec]:
+        """Mount the volumes, open the thread's working copy, run; a failure to prepare is a
+        platform failure (the program never ran)."""
+        try:
+            spec = replace(spec, mounts=await self._volumes.mounts(job.volumes))
+        except (VolumeMissing, SandboxSetupError, OSError) as exc:
+            log.error("execution %s: volumes: %s", job.trace_id, exc)
+            return self._platform_failure(job, volume_failure(exc)), spec
+        if thread is not None:
+            try:
+                home = await self._threads.open(thread, job.trace_id, spec.host_gid)
+                spec = replace(spec, home=home, host_uid=thread.thread.uid)
+            except Exception as exc:
+                log.error("execution %s: thread home: %s", job.trace_id, exc)
+                return self._platform_failure(job, thread_failure(exc, saving=False)), spec
+        return await self._sandbox(job, sub, spec), spec
+
+    async def _save(self, job: JobDescription, thread: WorkingCopy, outcome: Outcome) -> Outcome:
+        """A thread keeps what a run that ended by itself wrote; after a timeout, OOM, cancel
+        or platform failure its working copy is dropped on release and it keeps its state."""
+        try:
+            await self._threads.commit(thread)
+        except Exception as exc:
+            log.exception("execution %s: saving the thread home failed", job.trace_id)
+            failure = thread_failure(exc, saving=True)  # its writes are lost: say so
+            self._health.failed(failure)
+            return replace(outcome, status="failed", error=failure.code, error_message=failure.message)
+        return outcome
+
+    async def _sandbox(self, job: JobDescription, sub: Submission, spec: SandboxSpec) -> Outcome:
+        try:
+            with self._metrics.active_sandboxes.track_inprogress():
+                result = await self._runner.run(spec, sink=sub.output.write, cancel=sub.cancel, refill_later=True)
+        except SandboxSetupError as exc:
+            log.error("execution %s: %s", job.trace_id, exc.message)
+            return self._platform_failure(job, setup_failure(exc))
+        except Exception as exc:
+            log.exception("execution %s failed in the runtime", job.trace_id)
+            return self._platform_failure(job, runtime_failure(exc))
+        self._health.ran()
+        sub.sandbox_s = result.duration_ms / 1000
+        self._metrics.execution_duration.labels(spec.language).observe(sub.sandbox_s)
+        status, error = result.status.value, result.error
+        if sub.interrupted:
+            status, error = "failed", "interrupted"
+        return Outcome(
+            trace_id=job.trace_id,
+            status=status,
+            exit_code=result.exit_code,
+            stdout=result.stdout.decode("utf-8", errors="replace"),
+            stderr=result.stderr.decode("utf-8", errors="replace"),
+            error=error,
+            duration_ms=result.duration_ms,
+            output_truncated=result.output_truncated,
+            network=result.network,
+        )
+
+    def _platform_failure(self, job: JobDescription, failure: PlatformFailure) -> Outcome:
+        """The process never ran: exit code -1, the platform's error code (spec §3.4) and a
+        message naming the layer (never in stderr); counted apart from programs that failed."""
+        self._health.failed(failure)
+        return Outcome(
+            job.trace_id, "failed", -1, "", "", failure.code, 0, False, error_message=failure.message
+        )
+
+    async def _finish(self, sub: Submission, outcome: Outcome) -> None:
+        """Record the result, close the log with the result event, keep the log for replays.
+
+        The result event is published even if the store fails, so no follower waits forever.
+        The row and the rest of the event log (result included) are written in one
+        transaction; the output is stored once, in the output events (`store.ExecutionRepo.finish`).
+        """
+        await sub.output.drain()
+        result = {
+            "trace_id": sub.trace_id,
+            "status": outcome.status,
+            "result": outcome.result(),
+            "output_truncated": outcome.output_truncated,
+        }
+        logged = {stream: "".join(
+            e.body["data"] for e in sub.log.events if e.type == "output" and e.body["stream"] == stream
+        ) for stream in ("stdout", "stderr")}
+
+        async def write(events: list[Event]) -> None:
+            await self._store.executions.finish(
+                sub.trace_id,
+                [(e.seq, e.type, e.body) for e in events],
+                logged,
+                status=outcome.status,
+                exit_code=outcome.exit_code,
+                stdout=outcome.stdout,
+                stderr=outcome.stderr,
+                output_truncated=outcome.output_truncated,
+                error=outcome.error,
+                duration_ms=outcome.duration_ms,
+                completed_at=utcnow(),
+                network_log=[asdict(d) for d in outcome.network] or None,
+            )
+
+        try:
+            await sub.log.close(write, **result)
+        except Exception:
+            log.exception("execution %s: recording the result failed", sub.trace_id)
+            with contextlib.suppress(Exception):
+                await self._store.executions.update(
+                    sub.trace_id, status="failed", exit_code=-1, error="internal_error",
+                    stdout="", stderr="", completed_at=utcnow(),
+                )
+            raise
+
+    def _observe(self, sub: Submission, language: str, outcome: Outcome) -> None:
+        """Count the execution and log one line for it (never its code, env or output)."""
+        wall_s = time.monotonic() - sub.accepted_at
+        status = outcome.status if outcome.error_message is None else "platform_error"
+        self._metrics.executions.labels(language, status).inc()
+        if sub.sandbox_s is not None:
+            self._metrics.execution_overhead.labels(language).observe(max(0.0, wall_s - sub.sandbox_s))
+        events_log.info(
+            "execution finished", language=language, status=outcome.status, error=outcome.error,
+            exit_code=outcome.exit_code, duration_ms=outcome.duration_ms, wall_ms=round(wall_s * 1000),
+        )
+
+    async def _keepalives(self, log: ExecutionLog) -> None:
+        """A keepalive whenever nothing else was published for `keepalive_s`."""
+        while True:
+            due = log.last_append + self._keepalive_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if time.monotonic() >= log.last_append + self._keepalive_s and not log.closed:
+                await log.append("keepalive")
