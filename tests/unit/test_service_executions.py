@@ -378,11 +378,30 @@ async def test_an_error_escaping_the_job_still_gives_slot_and_lock_back_once(
 
     monkeypatch.setattr(VolumeService, "mounts", broken)
     sub = await w.service.submit(w.principal, request("hello", thread_id="t5"))
-    with pytest.raises(RuntimeError):
-        await sub.outcome()
+    outcome = await sub.outcome()
+    # recorded and published as a platform failure: no row left running, no follower left waiting
+    assert (outcome.status, outcome.error, outcome.exit_code) == ("failed", "internal_error", -1)
+    stored = await w.store.executions.get(sub.trace_id)
+    assert stored is not None and (stored.status, stored.error) == ("failed", "internal_error")
+    assert sub.log.closed
     assert w.admission.releases == [1] and not w.threads.busy(w.principal.org.id, "t5")
     assert w.runner.runs == []
-    await asyncio.sleep(0.1)  # its log, never closed, is written once more: not after the store closes
+
+
+async def test_a_working_copy_that_cannot_be_discarded_does_not_lose_the_result(make: WorldFactory) -> None:
+    w = await make(timeout_cap_s=1)
+
+    def broken(work: Any) -> None:
+        raise OSError("subvolume busy")
+
+    w.homes.discard = broken  # type: ignore[method-assign]  # the fake's discard, failing
+    sub = await w.service.submit(w.principal, request("sleep", thread_id="t6", timeout=1))
+    outcome = await sub.outcome()
+    assert (outcome.status, outcome.error) == ("timeout", "timeout")
+    stored = await w.store.executions.get(sub.trace_id)
+    assert stored is not None and stored.status == "timeout"
+    assert sub.log.closed and w.webhooks.kicks == 0
+    assert w.admission.releases == [1] and not w.threads.busy(w.principal.org.id, "t6")
 
 
 # --------------------------------------------------------------------------- events

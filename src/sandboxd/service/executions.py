@@ -105,6 +105,7 @@ class ExecutionService:
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
         job = self._describe(new_trace_id(), principal, request)
+        job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         async with AsyncExitStack() as stack:
             thread = None
             if request.thread_id is not None:  # 409 for a busy thread comes before everything else

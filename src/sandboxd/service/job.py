@@ -172,6 +172,8 @@ class ExecutionJobs:
 
     async def run(self, job: JobDescription, sub: Submission, held: Held) -> Outcome:
         keepalive = asyncio.create_task(self._keepalives(sub.log))
+        outcome: Outcome | None = None
+        spec: SandboxSpec | None = None
         try:
             async with held.stack:
                 spec = job.spec()
@@ -179,6 +181,14 @@ class ExecutionJobs:
                 outcome, spec = await self._prepared_run(job, sub, spec, held.thread)
                 if held.thread is not None and outcome.error is None:
                     outcome = await self._save(job, held.thread, outcome)
+        except Exception as exc:
+            # The result is recorded and published whatever failed: a row left `running` and a
+            # log never closed would keep followers waiting until a restart.
+            if outcome is None:
+                log.exception("execution %s failed before it had a result", job.trace_id)
+                outcome = self._platform_failure(job, runtime_failure(exc))
+            else:  # e.g. a discarded working copy that could not be deleted: the result stands
+                log.exception("execution %s: releasing the thread or the slot failed", job.trace_id)
         finally:
             keepalive.cancel()
         try:
@@ -190,7 +200,7 @@ class ExecutionJobs:
             # The replacement sandbox starts once this task is done: its done-callbacks run in
             # order, so the inline response (whose handler awaits this task) is written first.
             # On a small machine a start racing the result's write slows the answer by 10 ms.
-            if (task := asyncio.current_task()) is not None:
+            if (task := asyncio.current_task()) is not None and spec is not None:
                 used = spec
 
                 def refill(_: asyncio.Future[object]) -> None:
