@@ -89,3 +89,17 @@ async def test_an_expired_claim_is_taken_over_and_its_late_holder_records_nothin
     stored = await stores[0].webhooks.delivery_for(delivery.trace_id)
     assert stored is not None and stored.status == "delivered" and stored.attempts == 1
     assert not await dead.claim(delivery, for_s=60)  # delivered: nobody claims it again
+
+
+async def test_a_claim_given_back_unused_is_claimable_at_once_and_only_by_its_holder(
+    stores: tuple[Store, Store],
+) -> None:
+    a, b = LeaseClaims(stores[0], "node_a"), LeaseClaims(stores[1], "node_b")
+    delivery = await _delivery(stores[0])
+    assert await a.claim(delivery, for_s=600)
+    await b.free(delivery)  # not b's to give back
+    assert not await b.claim(delivery, for_s=60)
+    await a.free(delivery)  # a's attempt was abandoned (server stopping): nothing recorded
+    stored = await stores[1].webhooks.delivery_for(delivery.trace_id)
+    assert stored is not None and (stored.attempts, stored.status, stored.claimed_by) == (0, "pending", None)
+    assert await b.claim(delivery, for_s=60)

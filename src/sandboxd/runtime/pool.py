@@ -250,13 +250,13 @@ class WarmPool:
     async def _start(self, template: SandboxSpec) -> Warm:
         """Start a sandbox whose stub waits for the request; a thread's gets an empty home slot
         (its home comes at use time)."""
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)  # first: when it fails, nothing is left to undo
         home_slot: Path | None = None
-        if template.host_uid is not None:
-            assert self.home_slots is not None, "a thread's run is pooled only with home slots"
-            home_slot = self.home_slots.create(template.host_uid, template.host_gid or template.host_uid)
-            template = replace(template, home=str(home_slot))
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
+            if template.host_uid is not None:
+                assert self.home_slots is not None, "a thread's run is pooled only with home slots"
+                home_slot = self.home_slots.create(template.host_uid, template.host_gid or template.host_uid)
+                template = replace(template, home=str(home_slot))
             box = await self._sandboxes.launch(
                 template, Attached(), program=warm.stub(template.language, ready_w), ready_fd=ready_w
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from ..ids import NODE_ID_PATTERN, random_token
@@ -22,15 +23,18 @@ def load_or_create_node_id(data_dir: Path) -> str:
     """`<data_dir>/node-id`, made once as `node_<12 base62>`; written whole or not at all."""
     path = data_dir / NODE_ID_FILE
     if not path.exists():
-        tmp = data_dir / f".{NODE_ID_FILE}.{os.getpid()}"
-        tmp.write_text(f"node_{random_token(12)}\n")
+        fd, tmp = tempfile.mkstemp(prefix=f".{NODE_ID_FILE}.", dir=data_dir)
         try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"node_{random_token(12)}\n")
+                f.flush()
+                os.fsync(f.fileno())  # never an empty node-id after a power loss
             os.link(tmp, path)  # a racing creator's file wins; both then read the same id
         except FileExistsError:
             pass
         finally:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
     node_id = path.read_text().strip()
     if not re.fullmatch(NODE_ID_PATTERN, node_id):
         raise RuntimeError(f"{path} is damaged: expected a node id like node_AbC123, got {node_id!r}")

@@ -37,6 +37,10 @@ class DeliveryClaims(Protocol):
         """Record the attempt and free the claim; False (nothing recorded) when the claim
         expired and another process took the delivery over."""
 
+    async def free(self, delivery: WebhookDelivery) -> None:
+        """Give the claim back unused (an attempt abandoned before it was recorded), so the
+        delivery is retried at once rather than when the claim expires."""
+
 
 class LeaseClaims:
     """Claims as leases in `webhook_deliveries` (claimed_by, claim_expires_at)."""
@@ -58,3 +62,6 @@ class LeaseClaims:
             delivery.id, owner=self.owner, status=attempt.status, attempts=attempt.attempts,
             last_error=attempt.last_error, next_attempt_at=attempt.next_attempt_at,
         )
+
+    async def free(self, delivery: WebhookDelivery) -> None:
+        await self._store.webhooks.settle(delivery.id, owner=self.owner)

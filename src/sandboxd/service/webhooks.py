@@ -135,8 +135,13 @@ class WebhookService:
                         continue
                     if not await self._claims.claim(delivery, for_s=self._claim_s):
                         continue  # another server is attempting it, or just did
-                    with structlog.contextvars.bound_contextvars(trace_id=delivery.trace_id):
-                        await self._attempt(delivery, execution_document(execution))
+                    try:
+                        with structlog.contextvars.bound_contextvars(trace_id=delivery.trace_id):
+                            await self._attempt(delivery, execution_document(execution))
+                    except BaseException:  # stopped or failed before the attempt was recorded
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(self._claims.free(delivery))
+                        raise
                     wait_s = 0
             except asyncio.CancelledError:
                 raise
