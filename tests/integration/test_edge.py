@@ -75,6 +75,23 @@ def read_until_closed(socks: list[socket.socket], within_s: float) -> dict[socke
     return closed
 
 
+def one_response(s: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a content-length (head and body may come apart)."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {raw!r}"
+        body += chunk
+    assert len(body) == length, "more than one response"
+    return head + b"\r\n\r\n" + body
+
+
 def error_of(raw: bytes) -> tuple[int, dict[str, Any]]:
     """Status and JSON body of one raw HTTP/1.1 response."""
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -130,7 +147,7 @@ async def test_idle_connections_are_closed_after_the_header_timeout(timed: Any) 
         alive = connect(srv, "127.0.0.3")
         held.append(alive)
         alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert alive.recv(65536).startswith(b"HTTP/1.1 200")
+        assert one_response(alive).startswith(b"HTTP/1.1 200")
         alive.sendall(b"GET /health HTTP/1.1\r\n")
         # a keyed client is served meanwhile
         assert run_code(client, "print(6 * 7)")["stdout"] == "42\n"
@@ -152,7 +169,7 @@ def test_a_kept_alive_connection_outlives_the_clients_expiry(defaults: Any) -> N
         held.append(alive)
         for _ in range(2):
             alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert alive.recv(65536).startswith(b"HTTP/1.1 200")
+            assert one_response(alive).startswith(b"HTTP/1.1 200")
             time.sleep(7)  # idle past the client's own expiry
         assert read_until_closed(held, within_s=0.5) == {}  # still open
 
