@@ -7,7 +7,7 @@ import hmac
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from sandboxd.service.invalidation import EpochFile
 from sandboxd.service.keycache import PrincipalCache
 from sandboxd.service.keys import SECRET_FILE, KeyService, load_or_create_secret
 from sandboxd.service.tenancy import SandboxConfig, TenancyService
-from sandboxd.store import Org, Sandbox, Store, Volume, create_engine, migrate, utcnow
+from sandboxd.store import Org, Sandbox, Store, Volume, utcnow
 
 PEPPER = bytes(range(32))
 KEY_SHAPE = re.compile(r"\Ask-local-[A-Za-z0-9]{40}\Z")
@@ -152,16 +152,6 @@ async def test_key_with_trailing_newline_rejected_without_db() -> None:
 
 
 # --------------------------------------------------------------------------- real SQLite
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
-    try:
-        await migrate(s.engine)
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ ends its own unfinished executions (and those of no node), never another node's.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,14 @@ from sandboxd.config import Settings
 from sandboxd.ids import new_trace_id
 from sandboxd.service.node import NODE_ID_FILE, load_or_create_node_id
 from sandboxd.service.recovery import NodeRecovery
-from sandboxd.store import Execution, Store, create_engine, migrate, utcnow
+from sandboxd.store import Execution, Store, utcnow
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
-    try:
-        await migrate(s.engine)
-        await s.orgs.add("org_r", "recovery")
-        yield s
-    finally:
-        await s.close()
+async def store(store: Store) -> Store:
+    """The unit tests' store (conftest.py), with the org the executions belong to."""
+    await store.orgs.add("org_r", "recovery")
+    return store
 
 
 async def _execution(store: Store, node_id: str | None, status: str = "running") -> str:

@@ -32,7 +32,7 @@ from sandboxd.service.threads import ThreadLocks, ThreadPolicy, ThreadService
 from sandboxd.service.url_guard import UrlGuard
 from sandboxd.service.volumes import VolumeBinding, VolumeService
 from sandboxd.service.webhooks import WebhookService
-from sandboxd.store import Store, create_engine, migrate
+from sandboxd.store import Store
 
 PEPPER = bytes(range(32))
 HOOK = "https://hooks.example.com/sandboxd"
@@ -144,16 +144,6 @@ class World:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
-    try:
-        await migrate(s.engine)
-        yield s
-    finally:
-        await s.close()
 
 
 async def world(
