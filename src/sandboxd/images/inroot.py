@@ -81,6 +81,8 @@ def open_in_root(root_fd: int, rel: str, *, follow_final: bool, make_dirs: bool 
                 if hops > MAX_SYMLINK_HOPS:
                     raise ImageError(f"too many levels of symbolic links resolving {rel!r} in the image")
                 target = os.readlink(part, dir_fd=parent)
+                if not target:
+                    raise OSError(errno.ENOENT, f"{part!r} in {rel!r} is an empty symbolic link")
                 if target.startswith("/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
@@ -185,7 +187,8 @@ def ensure_mount_points(root: Path, dirs: Iterable[str], files: Iterable[str]) -
     launch. Whatever stands in the way — a symbolic link (Debian's `/etc/resolv.conf`, a
     `/home` link), or an entry of the other type — is removed and replaced by a root-owned
     0755 directory or empty 0644 file, parents included, so the mount never lands on a link's
-    target. Links are never followed here, not even inside the root.
+    target. An entry already of the right type is kept as it is. Links are never followed
+    here, not even inside the root.
     """
     root_fd = os.open(root, _DIR_FLAGS)
     try:

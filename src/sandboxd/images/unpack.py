@@ -40,9 +40,18 @@ log = logging.getLogger(__name__)
 MEDIA_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-_GZIP_TYPES = {MEDIA_TAR_GZIP, MEDIA_DOCKER_GZIP}
-_ZSTD_TYPES = {"application/vnd.oci.image.layer.v1.tar+zstd"}
-_NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+# the deprecated non-distributable / "foreign" layer types are the same formats
+_TAR_TYPES = {MEDIA_TAR, "application/vnd.oci.image.layer.nondistributable.v1.tar"}
+_GZIP_TYPES = {
+    MEDIA_TAR_GZIP,
+    MEDIA_DOCKER_GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+}
+_ZSTD_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+}
 
 _CHUNK = 1 << 20
 _MIB = 1 << 20
@@ -101,7 +110,7 @@ def apply_layer(
         raise ImageError(f"layer {digest}: zstd layers are not supported")
     if media_type in _GZIP_TYPES:
         inner: BinaryIO = cast(BinaryIO, gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb"))
-    elif media_type in (MEDIA_TAR, _NONDISTRIBUTABLE):
+    elif media_type in _TAR_TYPES:
         inner = cast(BinaryIO, raw)
     else:
         raise ImageError(f"layer {digest}: unsupported media type {media_type!r}")
@@ -152,7 +161,7 @@ class _HashingReader:
         self._usage = usage
 
     def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(_CHUNK if size is None or size < 0 else min(size, _CHUNK))
+        data = self._inner.read(_CHUNK if size < 0 else min(size, _CHUNK))
         if self._hasher is not None:
             self._hasher.update(data)
         if self._limits is not None and self._usage is not None:
@@ -253,7 +262,7 @@ class _Applier:
                 os.chown(base, 0, 0, dir_fd=parent_fd, follow_symlinks=False)
             elif member.islnk():
                 self._hardlink(parent_fd, base, rel, member.linkname)
-            else:  # device node, FIFO, socket: nothing the sandbox may have; what was there goes
+            else:  # device node, FIFO, socket (or an unknown type): never made; what was there goes
                 remove_entry(parent_fd, base)
                 self.skipped += 1
                 return
