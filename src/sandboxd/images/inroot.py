@@ -1,0 +1,232 @@
+"""Paths inside an image's root tree, resolved as the sandbox would see them, by host root.
+
+An image tree is untrusted: its symbolic links were chosen by whoever built the image, and
+real images are full of absolute ones (`/etc/resolv.conf -> ../run/...`, conda's
+`bin/python -> /opt/conda/bin/python3.12`). Followed by the host kernel, such a link points
+into the *host's* tree. So nothing here hands a path string to the kernel: every component is
+opened relative to its parent's descriptor with `O_NOFOLLOW`, and a link met on the way is
+read and resolved by us with chroot semantics — an absolute target restarts at the image
+root, `..` never climbs above it — like Go's securejoin or openat2's RESOLVE_IN_ROOT (which
+Python does not expose).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import InvalidRequest
+
+__all__ = [
+    "ImageError",
+    "MAX_SYMLINK_HOPS",
+    "ensure_mount_points",
+    "find_command",
+    "open_in_root",
+    "remove_entry",
+]
+
+MAX_SYMLINK_HOPS = 40  # Linux's own limit (MAXSYMLINKS)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ImageError(InvalidRequest):
+    """An image cannot be used: malformed, tampered with, over a limit, or unsafe to unpack."""
+
+
+def _components(rel: str) -> list[str]:
+    return [part for part in rel.split("/") if part not in ("", ".")]
+
+
+def open_in_root(root_fd: int, rel: str, *, follow_final: bool, make_dirs: bool = False) -> int:
+    """A descriptor of `rel` inside the tree `root_fd`, resolved as if `root_fd` were `/`.
+
+    Symbolic links in parent components are always resolved inside the root; the final one
+    only with `follow_final` (otherwise the link itself is opened). With `make_dirs`, missing
+    components are created as root-owned 0755 directories, so the result is a directory.
+
+    A directory comes back opened `O_RDONLY | O_DIRECTORY` (usable with `scandir`, `fchmod`
+    and as a `dir_fd`); anything else `O_PATH` (for `fstat`). The caller closes it. Raises
+    `OSError` (ENOENT, ENOTDIR) when the path does not resolve, `ImageError` after more than
+    MAX_SYMLINK_HOPS links.
+    """
+    pending = deque(_components(rel))
+    stack = [os.dup(root_fd)]  # the directories walked through; `..` pops, never past the root
+    hops = 0
+    try:
+        while pending:
+            part = pending.popleft()
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            parent = stack[-1]
+            last = not pending
+            try:
+                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                if not make_dirs:
+                    raise
+                _make_dir(parent, part)
+                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode) and (follow_final or not last):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise ImageError(f"too many levels of symbolic links resolving {rel!r} in the image")
+                target = os.readlink(part, dir_fd=parent)
+                if not target:
+                    raise OSError(errno.ENOENT, f"{part!r} in {rel!r} is an empty symbolic link")
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                pending.extendleft(reversed(_components(target)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                # O_NOFOLLOW|O_DIRECTORY: were it swapped for a link since the stat, this fails
+                stack.append(os.open(part, _DIR_FLAGS, dir_fd=parent))
+            elif last:
+                stack.append(os.open(part, _PATH_FLAGS, dir_fd=parent))
+            else:
+                raise OSError(errno.ENOTDIR, f"{part!r} in {rel!r} is not a directory")
+        if make_dirs and not stat.S_ISDIR(os.fstat(stack[-1]).st_mode):
+            raise OSError(errno.ENOTDIR, f"{rel!r} is not a directory")
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def _make_dir(parent_fd: int, name: str, mode: int = 0o755) -> None:
+    """A new root-owned directory `name` (mode set explicitly: mkdir's is masked by the umask)."""
+    os.mkdir(name, mode, dir_fd=parent_fd)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def remove_entry(parent_fd: int, name: str) -> None:
+    """Remove `name` in `parent_fd` whatever it is, a directory with all it holds; no-op if absent.
+
+    Iterative (an image may nest deeper than Python's recursion limit) and link-safe: a
+    symbolic link is unlinked, never entered, and directories are opened `O_NOFOLLOW`.
+    """
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    # each frame: (the directory's fd, its name in the frame below, the names left to remove)
+    stack: list[tuple[int, str, list[str]]] = []
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    stack.append((fd, name, os.listdir(fd)))
+    try:
+        while stack:
+            fd, _, names = stack[-1]
+            if not names:
+                os.close(fd)
+                _, dname, _ = stack.pop()
+                os.rmdir(dname, dir_fd=stack[-1][0] if stack else parent_fd)
+                continue
+            child = names.pop()
+            if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                stack.append((cfd, child, os.listdir(cfd)))
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def find_command(root: Path, path_env: str, name: str) -> str | None:
+    """The in-image path `<dir>/<name>` of the first PATH directory holding an executable `name`.
+
+    `path_env` is the image config's PATH. The candidate is resolved inside the image (links
+    followed there, as the sandbox will) and must be a regular file with an execute bit. The
+    returned path is the one on PATH, not the link's target: the sandbox resolves it itself.
+    """
+    if name in ("", ".", "..") or "/" in name:
+        return None
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        for directory in path_env.split(":"):
+            if not directory.startswith("/"):
+                continue  # a relative PATH entry depends on the working directory: never ours
+            candidate = f"{directory.rstrip('/')}/{name}"
+            try:
+                fd = open_in_root(root_fd, candidate, follow_final=True)
+            except (OSError, ImageError):
+                continue
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+                return candidate
+        return None
+    finally:
+        os.close(root_fd)
+
+
+def ensure_mount_points(root: Path, dirs: Iterable[str], files: Iterable[str]) -> None:
+    """Make each absolute in-image path a real directory (`dirs`) or regular file (`files`).
+
+    The sandbox mounts onto these inside a read-only root, where they cannot be created at
+    launch. Whatever stands in the way — a symbolic link (Debian's `/etc/resolv.conf`, a
+    `/home` link), or an entry of the other type — is removed and replaced by a root-owned
+    0755 directory or empty 0644 file, parents included, so the mount never lands on a link's
+    target. An entry already of the right type is kept as it is. Links are never followed
+    here, not even inside the root.
+    """
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        for path in dirs:
+            _ensure(root_fd, path, want_dir=True)
+        for path in files:
+            _ensure(root_fd, path, want_dir=False)
+    finally:
+        os.close(root_fd)
+
+
+def _ensure(root_fd: int, path: str, *, want_dir: bool) -> None:
+    parts = _components(path)
+    if not path.startswith("/") or not parts or ".." in parts:
+        raise ValueError(f"a mount point must be an absolute path without '..': {path!r}")
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                st: os.stat_result | None = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if last and not want_dir:
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    remove_entry(fd, part)
+                    new = os.open(part, _NEW_FILE_FLAGS, 0o644, dir_fd=fd)
+                    try:
+                        os.fchown(new, 0, 0)
+                        os.fchmod(new, 0o644)
+                    finally:
+                        os.close(new)
+                return
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                remove_entry(fd, part)
+                _make_dir(fd, part)
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
