@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd.errors import ImageError
 from sandboxd.images.inroot import (
-    ImageError,
     ensure_mount_points,
     find_command,
     open_in_root,

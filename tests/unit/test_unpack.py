@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxd.images.unpack import ImageError, UnpackLimits, Usage, apply_layer
+from sandboxd.errors import ImageError
+from sandboxd.images.unpack import UnpackLimits, Usage, apply_layer
 
 MIB = 1 << 20
 LIMITS = UnpackLimits(max_bytes=64 * MIB, max_files=1000)

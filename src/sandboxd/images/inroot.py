@@ -19,10 +19,9 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import InvalidRequest
+from ..errors import ImageError
 
 __all__ = [
-    "ImageError",
     "MAX_SYMLINK_HOPS",
     "ensure_mount_points",
     "find_command",
@@ -35,10 +34,6 @@ MAX_SYMLINK_HOPS = 40  # Linux's own limit (MAXSYMLINKS)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class ImageError(InvalidRequest):
-    """An image cannot be used: malformed, tampered with, over a limit, or unsafe to unpack."""
 
 
 def _components(rel: str) -> list[str]:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from .inroot import ImageError, open_in_root, remove_entry
+from ..errors import ImageError
+from .inroot import open_in_root, remove_entry
 
-__all__ = ["ImageError", "UnpackLimits", "Usage", "apply_layer"]
+__all__ = ["UnpackLimits", "Usage", "apply_layer"]
 
 log = logging.getLogger(__name__)
 
