@@ -27,6 +27,9 @@ from sandboxd.runtime.bwrap import SANDBOX_UID, base_env, passwd_file
 from .hostprobe import NOBODY, UID_RANGE, Host, read_status, run_as_nobody
 from .probes import read_probe
 
+# The whole escape suite runs on the host image (cold and pooled) and on an imported image.
+pytestmark = pytest.mark.parametrize("run", ["cold", "pooled", "image"], indirect=True)
+
 # Reads each path in $PROBE and reports what the sandbox saw: its content, a listing, or the errno.
 PATH_PROBE = read_probe(300)
 

@@ -214,14 +214,9 @@ class ImageStore:
         except (OSError, ValueError):
             return 0
 
-    def disk_bytes(self, chains: tuple[str, ...]) -> int:
-        """What these layers hold on disk, each counted once (btrfs qgroups' exclusive bytes)."""
-        total = 0
-        for chain in dict.fromkeys(chains):
-            path = self._trees / "layers" / chain
-            if path.exists():
-                total += self._fs.exclusive_bytes(path)
-        return total
+    def disk_bytes(self, image_id: str) -> int:
+        """What the image's tree holds on disk (blocks shared with other images included)."""
+        return self._fs.referenced_bytes(self.root_of(image_id))
 
 
 def _name(chain_id: str) -> str:

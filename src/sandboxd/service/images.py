@@ -35,12 +35,8 @@ class ImageInfo:
     """An image as `images show` reports it."""
 
     record: Image
-    #: Bytes its layers hold on disk, shared layers included once.
+    #: Bytes its tree holds on disk (blocks shared with other images' layers included).
     disk_bytes: int
-
-    @property
-    def languages(self) -> list[str]:
-        return sorted(self.record.config.get("binaries", {}))
 
 
 class ImageService:
@@ -225,7 +221,7 @@ class ImageService:
         if image is None:
             raise ImageError("'host' is the host's own /usr: nothing stored")
         images = self._need_store()
-        disk = await asyncio.to_thread(images.disk_bytes, tuple(image.config.get("layers", ())))
+        disk = await asyncio.to_thread(images.disk_bytes, image.id)
         return ImageInfo(image, disk)
 
     async def delete(self, org: Org | None, name: str) -> None:

@@ -310,15 +310,6 @@ class Btrfs:
         and a snapshot of it starts writable."""
         _ioctl_on(path, [(_IOC_SUBVOL_SETFLAGS, bytearray(_SUBVOL_RDONLY.to_bytes(8, "little")))], step="image freeze")
 
-    def exclusive_bytes(self, path: Path) -> int:
-        """Bytes only this subvolume holds (what deleting it would free; a layer's own data)."""
-        out = _run("btrfs", "qgroup", "show", "-rf", "--raw", "--sync", str(path), step="subvolume usage")
-        for line in out.splitlines():
-            parts = line.split()
-            if parts and parts[0].startswith("0/"):
-                return int(parts[2])
-        return 0
-
     def referenced_bytes(self, path: Path) -> int:
         """Bytes the subvolume references (its quota usage)."""
         out = _run("btrfs", "qgroup", "show", "-rf", "--raw", "--sync", str(path), step="subvolume usage")
