@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,20 @@ def test_prune_after_delete_keeps_shared_blobs(tiny: LayoutImage, tmp_path: Path
     )
 
 
+def test_copy_over_a_tag_then_prune(tmp_path: Path) -> None:
+    """skopeo leaves the image a tag named before as an untagged index entry; prune drops it."""
+    a = write_tiny_layout(tmp_path / "a", "a", {"a": b"1"})
+    b = write_tiny_layout(tmp_path / "b", "b", {"b": b"2"})
+    store = tmp_path / "store"
+    skopeo.copy(Source("oci-dir", str(a.layout)), store, "x")
+    skopeo.copy(Source("oci-dir", str(b.layout)), store, "x")
+    assert oci.read_image(store, "x").diff_ids == oci.read_image(b.layout, "b").diff_ids
+    assert len(json.loads((store / "index.json").read_bytes())["manifests"]) == 2
+    assert len(oci.prune(store)) == 3
+    assert len(json.loads((store / "index.json").read_bytes())["manifests"]) == 1
+    assert oci.read_image(store, "x").diff_ids == oci.read_image(b.layout, "b").diff_ids
+
+
 def test_build_refuses_bad_package_names_without_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sandboxd.images import debian
 
@@ -247,3 +263,39 @@ def test_build_failure_leaves_nothing(tmp_path: Path) -> None:
     assert oci.tags(store) == []
     assert sorted(p.name for p in store.iterdir()) == ["blobs", "index.json", "oci-layout"]
     assert os.listdir(store / "blobs" / "sha256") == []
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes (not zombies) whose command line holds `text` (the unique store path of a test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z" and text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_killed_build_stops_mmdebstrap_and_prune_clears_it(tmp_path: Path) -> None:
+    """kill -9 of the process building: mmdebstrap and all it started die too; prune removes the rest."""
+    store = tmp_path / "store"
+    script = "import sys, pathlib; from sandboxd.images import debian; " \
+             "debian.build_layout(['bash'], pathlib.Path(sys.argv[1]), 't')"
+    builder = subprocess.Popen([sys.executable, "-c", script, str(store)])
+    deadline = time.monotonic() + 30
+    while len(processes_mentioning(str(store))) < 3:  # the builder, unshare, mmdebstrap (and its forks)
+        assert time.monotonic() < deadline and builder.poll() is None
+        time.sleep(0.05)
+    time.sleep(3)  # well into the build: apt and dpkg are running
+    builder.kill()
+    builder.wait()
+    while survivors := processes_mentioning(str(store)):
+        assert time.monotonic() < deadline + 15, f"outlived the killed builder: {survivors}"
+        time.sleep(0.05)
+    assert any(p.name.startswith(oci.TEMP_PREFIX) for p in store.iterdir())
+    oci.prune(store)
+    assert oci.tags(store) == []
+    assert sorted(p.name for p in store.iterdir()) == ["blobs", "index.json", "oci-layout"]

@@ -105,6 +105,12 @@ def test_tampered_blob_refused(tmp_path: Path, which: str, same_size: bool) -> N
         oci.read_image(tmp_path, "t")
 
 
+def test_document_of_another_type_than_its_descriptor_refused(tmp_path: Path) -> None:
+    write_index(tmp_path, tagged({**image(tmp_path), "mediaType": oci.DOCKER_MANIFEST}, "t"))
+    with pytest.raises(ImageError, match="is described as"):
+        oci.read_image(tmp_path, "t")
+
+
 def test_layer_and_diff_id_counts_must_agree(tmp_path: Path) -> None:
     write_index(tmp_path, tagged(image(tmp_path, layers=2, diff_ids=1), "t"))
     with pytest.raises(ImageError, match="2 layers but the config 1 diff_ids"):

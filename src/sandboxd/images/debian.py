@@ -2,10 +2,15 @@
 
 `mmdebstrap --variant=essential --include=P,...` installs Debian's essential set plus the named
 packages and their dependencies, with apt, from the Debian mirror (deb.debian.org unless a
-mirror is given), and writes the tree as one tar. It runs in `--mode=unshare`: its chroot
-mounts (/proc, /dev) live in a private mount namespace, so even a killed build leaves none on
-the host. The tar becomes the image's single uncompressed layer (its digest is its diff_id: no
-compression to undo, and it is unpacked on this same machine).
+mirror is given), and writes the tree as one tar. It runs in `--mode=unshare` inside pid and
+mount namespaces of its own (`_OWN_NAMESPACES`): a killed build leaves no process and no mount
+behind, only files in the layout's temporary directory (`oci.prune`). The tar becomes the
+image's single uncompressed layer (its digest is its diff_id: no compression to undo, and it
+is unpacked on this same machine).
+
+Trust: apt verifies the archive's signatures (Debian's keyring); package maintainer scripts run
+as root inside the chroot, as with debootstrap. As root, unshare mode unshares the mount, pid,
+uts and ipc namespaces but not the user namespace (no /etc/subuid entry needed).
 """
 
 from __future__ import annotations
@@ -35,10 +40,16 @@ from sandboxd.images.oci import (
     set_tag,
     write_blob,
 )
+from sandboxd.images.skopeo import DIE_WITH_PARENT
 
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1: a package name
 _SUITE = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _MIRROR = re.compile(r"https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+")
+_OWN_NAMESPACES = ("unshare", "--mount", "--propagation", "private", "--pid", "--kill-child=KILL", "--")
+"""mmdebstrap forks helpers (and apt, dpkg, maintainer scripts) that would outlive it: as pid 1
+of a pid namespace of its own, it takes them all with it when it dies (and unshare kills it
+when unshare dies, itself killed with the thread that started it: DIE_WITH_PARENT). The mount
+namespace is private, so no chroot mount (/proc, /dev) can propagate to the host's."""
 # dpkg's architecture names → OCI's (architecture, variant).
 _DPKG_TO_OCI = {
     "amd64": ("amd64", None), "arm64": ("arm64", None), "armhf": ("arm", "v7"),
@@ -80,7 +91,7 @@ def build_layout(
         argv += [suite, str(rootfs)]
         if mirror is not None:
             argv.append(mirror)
-        _run(argv, progress)
+        _run([*DIE_WITH_PARENT, *_OWN_NAMESPACES, *argv], work, progress)
         diff_id, size = _sha256_file(rootfs)
         layer = blob_path(dest_layout, diff_id)
         if not layer.exists():  # the same bytes may be there already, from an identical build
@@ -132,13 +143,18 @@ def _architecture() -> tuple[str, str | None]:
     return _DPKG_TO_OCI.get(dpkg, (dpkg, None))
 
 
-def _run(argv: list[str], progress: Callable[[str], None]) -> None:
-    """mmdebstrap with a cleared environment; its stderr log to `progress`, its E: lines into the error."""
+def _run(argv: list[str], work: Path, progress: Callable[[str], None]) -> None:
+    """mmdebstrap with a cleared environment; its stderr log to `progress`, its E: lines into the error.
+
+    Its temporary chroot goes in `work` (TMPDIR), so a killed build leaves it in the layout's
+    temporary directory, for `oci.prune`; deleting it is safe because every mount made there
+    was in the private mount namespace `_OWN_NAMESPACES` gives it.
+    """
     tail: collections.deque[str] = collections.deque(maxlen=60)
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env={"PATH": DEFAULT_PATH, "LC_ALL": "C.UTF-8"}, text=True, errors="replace",
+            env={"PATH": DEFAULT_PATH, "LC_ALL": "C.UTF-8", "TMPDIR": str(work)}, text=True, errors="replace",
         )
     except FileNotFoundError:
         raise ImageError("mmdebstrap is not installed (Debian: apt-get install mmdebstrap)") from None

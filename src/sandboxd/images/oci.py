@@ -105,6 +105,12 @@ def host_architecture() -> str:
     return _MACHINE_TO_OCI.get(machine, machine)
 
 
+def check_tag(tag: str) -> None:
+    """Refuse a tag skopeo or the layout could not take (it names the image in index.json)."""
+    if not _TAG.fullmatch(tag):
+        raise ImageError(f"not a valid image tag: {tag[:80]!r} (letters, digits, '.', '_', '-')")
+
+
 def blob_path(layout: Path, digest: str) -> Path:
     """The file of a blob; the digest is checked so nothing taken from input names a path outside."""
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
@@ -140,12 +146,14 @@ def read_image(layout: Path, tag: str) -> OciImage:
         if media_type not in INDEX_TYPES:
             break
         index = _read_json_blob(layout, descriptor, "image index")
+        _same_type(index, media_type, tag)
         descriptor = _pick_platform(index, architecture, tag)
     else:
         raise ImageError(f"image {tag!r}: image indexes nested more than {_MAX_NESTING} deep")
     if media_type not in MANIFEST_TYPES:
         raise ImageError(f"image {tag!r}: unsupported manifest type {media_type!r}")
     manifest = _read_json_blob(layout, descriptor, "manifest")
+    _same_type(manifest, media_type, tag)
     config_descriptor = _dict(manifest.get("config"), "the manifest's config")
     if _media_type(config_descriptor) not in CONFIG_TYPES:
         raise ImageError(f"image {tag!r}: unsupported config type {_media_type(config_descriptor)!r}")
@@ -313,6 +321,13 @@ def _pick_platform(index: dict[str, Any], architecture: str, tag: str) -> dict[s
     raise ImageError(f"image {tag!r} has no linux/{architecture} variant for this machine (it has: {have})")
 
 
+def _same_type(document: dict[str, Any], media_type: str, tag: str) -> None:
+    """A document that says it is of another type than its descriptor is refused, not guessed at."""
+    own = document.get("mediaType")
+    if own is not None and own != media_type:
+        raise ImageError(f"image {tag!r}: a document of type {own!r} is described as {media_type!r}")
+
+
 def _layer(descriptor: object, tag: str) -> Layer:
     d = _dict(descriptor, "a layer descriptor")
     media_type = _media_type(d)
@@ -404,12 +419,6 @@ def _size(descriptor: dict[str, Any]) -> int:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ImageError("a descriptor has no valid size")
     return size
-
-
-def check_tag(tag: str) -> None:
-    """Refuse a tag skopeo or the layout could not take (it names the image in index.json)."""
-    if not _TAG.fullmatch(tag):
-        raise ImageError(f"not a valid image tag: {tag[:80]!r} (letters, digits, '.', '_', '-')")
 
 
 def _write_index(layout: Path, index: dict[str, Any]) -> None:

@@ -40,6 +40,10 @@ ACCEPTED_FORMATS = (
     "an OCI image layout directory, an OCI archive (a tar of one) or a `docker save` tarball"
 )
 
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
+"""Prefix of a tool's argv: the tool is killed when the thread that started it dies, so a killed
+`sandboxd images ...` leaves no copy writing on into the layout (util-linux's setpriv, not a
+preexec_fn: nothing runs in Python between fork and exec in our threaded server)."""
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 _POLICY = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
@@ -160,6 +164,8 @@ def copy(
         raise ImageError(f"the image store path {layout} contains ':', which skopeo cannot take")
     if source.kind != "registry" and (credentials is not None or plain_http):
         raise ImageError("credentials and plain HTTP apply only to a registry pull")
+    if source.kind == "registry" and source.tag is not None:
+        raise ImageError("a registry image is named by its reference alone (host/name:tag or @sha256:...)")
     host = registry_host(source.ref) if source.kind == "registry" else None
     if plain_http and (host is None or not is_loopback_host(host)):
         raise ImageError("plain HTTP is allowed only to a loopback registry (127.0.0.1, [::1], localhost)")
@@ -199,6 +205,7 @@ def _argv(
     with os.fdopen(fd, "w") as f:
         json.dump({"auths": auths}, f)
     argv = [
+        *DIE_WITH_PARENT,
         "skopeo",
         "--policy", str(private / "policy.json"),
         "--registries.d", str(private / "registries.d"),
