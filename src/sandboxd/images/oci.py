@@ -9,6 +9,10 @@ The manifest and config are small and read here; both are checked against the sh
 the descriptor that names them, so a layout edited behind our back is refused rather than
 trusted. Layers are large: unpacking verifies them against their digest and diff_id.
 
+Hand-written, not a library: three small JSON documents, each checked against a sha256, are
+all we read here; skopeo and umoci offer no "read and verify" call short of copying or
+unpacking the image.
+
 Writing (`write_blob`, `set_tag`, `remove_tag`, `prune`) is not safe against concurrent writers:
 the caller holds the store's lock around it and around any skopeo copy into the layout.
 """

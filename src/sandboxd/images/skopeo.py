@@ -23,7 +23,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -172,17 +171,17 @@ def copy(
     if source.kind == "oci-dir" and source.tag is None:
         _check_single_image(Path(source.ref))
     ensure_layout(layout)
-    private = Path(tempfile.mkdtemp(prefix="sandboxd-skopeo-"))  # 0700: holds the auth file
-    scratch = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=layout))  # archives unpack here, beside the blobs
-    try:
-        argv = _argv(source, layout, tag, private, scratch, host, credentials, plain_http)
-        _run(argv, _env(private, scratch), progress, source, host, credentials)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
+    # Both 0700 and deleted however the copy ends: `private` holds the auth file; archives are
+    # unpacked in `scratch`, beside the blobs (same filesystem; `oci.prune` takes a leftover).
+    with (
+        tempfile.TemporaryDirectory(prefix="sandboxd-skopeo-", ignore_cleanup_errors=True) as private,
+        tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=layout, ignore_cleanup_errors=True) as scratch,
+    ):
+        argv = _prepare(source, layout, tag, Path(private), Path(scratch), host, credentials, plain_http)
+        _run(argv, _env(Path(private), Path(scratch)), progress, source, host, credentials)
 
 
-def _argv(
+def _prepare(
     source: Source,
     layout: Path,
     tag: str,
@@ -192,6 +191,7 @@ def _argv(
     credentials: Credentials | None,
     plain_http: bool,
 ) -> list[str]:
+    """Write skopeo's configuration and auth file into `private`; the argv that uses them."""
     (private / "policy.json").write_text(_POLICY)
     (private / "registries.conf").write_text(_REGISTRIES_CONF)
     (private / "registries.d").mkdir()

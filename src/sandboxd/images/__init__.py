@@ -1,0 +1,1 @@
+"""OCI runtime images: import, pull, build, unpack."""
