@@ -34,11 +34,12 @@ import bcrypt
 import httpx
 import pytest
 
-from sandboxd.images import debian, oci
+from conftest import DEBIAN_TAG, debian_layout
+
+from sandboxd.images import oci
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 DEBIAN_PACKAGES = ("python3-minimal", "bash")
-DEBIAN_TAG = "debian-minimal"
 INSTALL_HINT = "run scripts/bootstrap test (Debian: apt-get install docker-registry skopeo mmdebstrap)"
 
 
@@ -212,10 +213,5 @@ def write_tiny_layout(layout: Path, tag: str, files: dict[str, bytes]) -> Layout
 
 @pytest.fixture(scope="session")
 def debian_image_layout(tmp_path_factory: pytest.TempPathFactory) -> LayoutImage:
-    """The minimal Debian image (python3-minimal, bash), built once per session with debian.py."""
-    for tool in ("mmdebstrap", "skopeo"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: {INSTALL_HINT}")
-    layout = tmp_path_factory.mktemp("debian-image") / "layout"
-    debian.build_layout(DEBIAN_PACKAGES, layout, DEBIAN_TAG)
-    return LayoutImage(layout, DEBIAN_TAG)
+    """The minimal Debian image (python3-minimal, bash), built once per session."""
+    return LayoutImage(debian_layout(DEBIAN_PACKAGES, tmp_path_factory), DEBIAN_TAG)

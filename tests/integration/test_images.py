@@ -23,6 +23,7 @@ import baponi
 import httpx
 import pytest
 from _layouts import Entry, archive, extend, layer
+from _registry import LayoutImage, debian_image_layout  # noqa: F401  (a fixture)
 from _servers import EXECUTE, pool, storage_root
 from conftest import Server, run_cli
 
@@ -67,13 +68,13 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(pool: Any, debian_image_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(pool: Any, debian_image_layout: LayoutImage, tmp_path_factory: pytest.TempPathFactory) -> World:
     server = pool.start(auth_failures_allowed=100_000)
     work = tmp_path_factory.mktemp("layouts")
     built = cli_ok(server, "images", "build", "mini", "--package", "python3-minimal", "--package", "bash")
     assert json.loads(built.stdout)["languages"] == ["bash", "python"]
-    cli_ok(server, "images", "import", str(debian_image_layout), "--name", "base")
-    marked = extend(debian_image_layout, work / "marked", [layer(
+    cli_ok(server, "images", "import", str(debian_image_layout.layout), "--name", "base")
+    marked = extend(debian_image_layout.layout, work / "marked", [layer(
         Entry("opt/", kind="dir", mode=0o755),
         Entry(f"opt/{MARKER}", MARKER.encode()),
         Entry("opt/tools/", kind="dir", mode=0o755),
@@ -157,10 +158,10 @@ def test_the_image_is_read_only_and_host_files_are_absent(world: World, sdk_on: 
     assert "Read-only file system" in out.stdout and "host-tools" not in out.stdout and out.stdout.endswith("done\n")
 
 
-def test_status_document_names_the_image(world: World, sdk_on: Any) -> None:
-    result = sdk_on(world.mini).execute("print(1)")
-    doc = httpx.get(f"{world.server.url}/v1/executions/{result.trace_id}",
-                    headers={"Authorization": f"Bearer {world.mini}"}).json()
+def test_status_document_names_the_image(world: World) -> None:
+    auth = {"Authorization": f"Bearer {world.mini}"}
+    trace_id = httpx.post(f"{world.server.url}{EXECUTE}", headers=auth, json={"code": "print(1)"}, timeout=60).json()["trace_id"]
+    doc = httpx.get(f"{world.server.url}/v1/executions/{trace_id}", headers=auth).json()
     digest = images(world.server)["mini"]["digest"]
     assert doc["image"] == {"name": "mini", "digest": digest}
 
@@ -211,14 +212,14 @@ def test_delete_is_refused_while_a_sandbox_config_uses_it(world: World) -> None:
     assert listed["marked"]["id"] in trees["roots"] and len(trees["roots"]) == len(listed) - 1  # not host
 
 
-def test_the_limit_per_organization_is_a_clear_refusal(world: World, debian_image_layout: Path) -> None:
+def test_the_limit_per_organization_is_a_clear_refusal(world: World, debian_image_layout: LayoutImage) -> None:
     server = world.server
     cli_ok(server, "orgs", "create", "capped")
     env = {"SANDBOXD_MAX_IMAGES_PER_ORG": "1"}
-    first = run_cli("images", "import", str(debian_image_layout), "--name", "one", "--org", "capped",
+    first = run_cli("images", "import", str(debian_image_layout.layout), "--name", "one", "--org", "capped",
                     "--data-dir", str(server.data_dir), env=env, timeout=600)
     assert first.returncode == 0, first.stderr
-    second = run_cli("images", "import", str(debian_image_layout), "--name", "two", "--org", "capped",
+    second = run_cli("images", "import", str(debian_image_layout.layout), "--name", "two", "--org", "capped",
                      "--data-dir", str(server.data_dir), env=env, timeout=600)
     assert second.returncode != 0
     assert "has 1 images, the limit is 1 (SANDBOXD_MAX_IMAGES_PER_ORG)" in second.stderr, second.stderr
@@ -230,12 +231,12 @@ def test_a_killed_import_leaves_nothing(world: World, tmp_path: Path) -> None:
     before = image_trees(world.server)
     proc = subprocess.Popen(
         [*_cli(), "images", "import", str(big), "--name", "killed", "--data-dir", str(world.server.data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     layers = storage_root(world.server) / "images" / "layers"
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".tmp-") for p in layers.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

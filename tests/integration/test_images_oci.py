@@ -26,7 +26,7 @@ from _registry import (  # noqa: F401  (fixtures)
 )
 
 from sandboxd.images import oci, skopeo
-from sandboxd.images.oci import ImageError
+from sandboxd.errors import ImageError
 from sandboxd.images.skopeo import Credentials, Source
 
 

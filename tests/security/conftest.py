@@ -21,7 +21,9 @@ from typing import Any, Protocol
 
 import pytest
 
-from sandboxd.images import debian, oci
+from conftest import DEBIAN_TAG, debian_layout
+
+from sandboxd.images import oci
 from sandboxd.images.inroot import ensure_mount_points, find_command
 from sandboxd.images.unpack import UnpackLimits, Usage, apply_layer
 from sandboxd.runtime import (
@@ -77,21 +79,20 @@ ESCAPE_IMAGE_PACKAGES = ("python3", "nodejs", "bash")
 
 
 @pytest.fixture(scope="session")
-def escape_image() -> Iterator[RootImage]:
+def escape_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootImage]:
     """A Debian image unpacked as the image store does (layer by layer, in-root, mount points
     made), built once per session: the escape suite runs on it as well as on `host`."""
+    layout = debian_layout(ESCAPE_IMAGE_PACKAGES, tmp_path_factory)
     work = Path(tempfile.mkdtemp(prefix="sandboxd-sec-image-"))
     work.chmod(0o711)  # bubblewrap runs as the sandbox's host uid: it must reach the root
-    layout, root = work / "layout", work / "root"
-    debian.build_layout(ESCAPE_IMAGE_PACKAGES, layout, "escape", suite="bookworm", mirror=None, progress=lambda _: None)
-    image = oci.read_image(layout, "escape")
+    root = work / "root"
+    image = oci.read_image(layout, DEBIAN_TAG)
     root.mkdir(mode=0o755)
     usage = Usage()
     for layer, diff_id in zip(image.layers, image.diff_ids):
         with open(oci.blob_path(layout, layer.digest), "rb") as blob:
             apply_layer(blob, root, media_type=layer.media_type, digest=layer.digest, diff_id=diff_id,
                         limits=UnpackLimits(8 << 30, 1_000_000), usage=usage)
-    shutil.rmtree(layout)
     ensure_mount_points(root, IMAGE_MOUNT_DIRS, IMAGE_MOUNT_FILES)
     binaries = {lang: find_command(root, image.path, i.command) for lang, i in INTERPRETERS.items()}
     assert all(binaries.values()), binaries

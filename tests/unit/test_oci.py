@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from sandboxd.images import oci, skopeo
-from sandboxd.images.oci import REF_NAME, ImageError
+from sandboxd.errors import ImageError
+from sandboxd.images.oci import REF_NAME
 from sandboxd.images.skopeo import Credentials, Source
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -18,7 +18,7 @@ import pytest
 
 from sandboxd.bus import Event
 from sandboxd.errors import Conflict, RateLimited
-from sandboxd.runtime import Limits, SandboxSpec
+from sandboxd.runtime import Limits, RootImage, SandboxSpec
 from sandboxd.runtime.fake import FakeRunner, Script
 from sandboxd.service.admission import ConcurrencyLimiter
 from sandboxd.service.events import EventSettings

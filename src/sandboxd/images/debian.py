@@ -27,20 +27,20 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sandboxd.images.oci import (
+from ..errors import ImageError
+from .oci import (
     DEFAULT_PATH,
     OCI_CONFIG,
     OCI_LAYER_TAR,
     OCI_MANIFEST,
     TEMP_PREFIX,
-    ImageError,
     blob_path,
     check_tag,
     ensure_layout,
     set_tag,
     write_blob,
 )
-from sandboxd.images.skopeo import DIE_WITH_PARENT
+from .skopeo import DIE_WITH_PARENT
 
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1: a package name
 _SUITE = re.compile(r"[a-z][a-z0-9-]{0,39}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxd.errors import InvalidRequest
+from ..errors import ImageError
 
 REF_NAME = "org.opencontainers.image.ref.name"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -71,13 +71,6 @@ _MACHINE_TO_OCI = {
     "armv7l": "arm", "armv6l": "arm", "i686": "386", "i386": "386",
     "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
 }
-
-
-class ImageError(InvalidRequest):
-    """An image cannot be read, copied or built; the message says what and why, for the operator.
-
-    Defined here until errors.py gains it (the lead moves it).
-    """
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sandboxd.images.oci import REF_NAME, TEMP_PREFIX, ImageError, check_tag, ensure_layout
+from ..errors import ImageError
+from .oci import REF_NAME, TEMP_PREFIX, check_tag, ensure_layout
 
 SourceKind = Literal["registry", "oci-dir", "oci-archive", "docker-archive"]
 ACCEPTED_FORMATS = (

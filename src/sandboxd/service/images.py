@@ -20,8 +20,8 @@ from ..errors import Conflict, Forbidden, ImageError, NotFound, Unavailable
 from ..ids import NAME_PATTERN, NAME_RULE, new_id
 from ..images import debian, oci, skopeo
 from ..images.store import ImageStore, Progress, StoreLock
-from ..runtime import HOST_IMAGE, Language, RootImage
-from ..store import DuplicateError, Image, Org, Store, utcnow
+from ..runtime import HOST_IMAGE, RootImage
+from ..store import Image, Org, Store, utcnow
 from .sealing import Sealer
 
 HOST = HOST_IMAGE.name
@@ -101,7 +101,7 @@ class ImageService:
         source = skopeo.detect_source(path)
 
         def fill(layout: Path, tag: str) -> None:
-            skopeo.copy(source, layout, tag, credentials=None, plain_http=False, progress=progress)
+            skopeo.copy(source, layout, tag, progress=progress)
 
         return await self._add(org, name, f"file {path}", fill, progress)
 
@@ -116,7 +116,7 @@ class ImageService:
         progress: Progress,
     ) -> Image:
         """From a registry; credentials given are kept (sealed) for the next pull from it."""
-        registry = registry_of(ref)
+        registry = skopeo.registry_host(ref)
         owner = org.id if org else _NO_ORG
         given = credentials
         if credentials is None and (sealed := await self._store.registry_credentials.get(owner, registry)):
@@ -152,8 +152,7 @@ class ImageService:
             with tempfile.TemporaryDirectory(prefix="sandboxd-build-") as work:
                 built = Path(work) / "layout"
                 debian.build_layout(packages, built, "built", suite=suite, mirror=mirror, progress=progress)
-                skopeo.copy(skopeo.Source("oci-dir", f"{built}:built"), layout, tag, credentials=None,
-                            plain_http=False, progress=progress)
+                skopeo.copy(skopeo.Source("oci-dir", str(built), "built"), layout, tag, progress=progress)
 
         return await self._add(org, name, f"debian {suite}: {' '.join(packages)}", fill, progress)
 
@@ -281,12 +280,4 @@ class _Locked:
     async def __aexit__(self, *exc: object) -> None:
         if self._held is not None:
             self._held.release()
-
-
-def registry_of(ref: str) -> str:
-    """The registry host of an image reference (`docker.io` when it names none)."""
-    first, sep, _ = ref.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first.lower()
-    return "docker.io"
 
