@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import baponi
 import httpx
 import pytest
 from _layouts import Entry, archive, extend, layer
-from _registry import LayoutImage, debian_image_layout  # noqa: F401  (a fixture)
+from _registry import LayoutImage, Registry, auth_registry, debian_image_layout, push, registry  # noqa: F401  (fixtures)
 from _servers import EXECUTE, pool, storage_root
 from conftest import Server, run_cli
 
@@ -195,6 +196,53 @@ def test_a_thread_keeps_its_home_across_images_and_remembers_the_last(world: Wor
     assert shown["last_image"] == images(world.server)["mini"]["digest"]
 
 
+# --- pull -------------------------------------------------------------------------------------
+
+
+def test_pull_from_a_loopback_registry_over_plain_http(world: World, registry: Registry,
+                                                       debian_image_layout: LayoutImage, sdk_on: Any) -> None:
+    digest = push(debian_image_layout.transport, registry, "team/base:1")
+    pulled = json.loads(cli_ok(world.server, "images", "pull", f"{registry.host}/team/base:1", "--name", "pulled",
+                               "--plain-http").stdout)
+    assert pulled["digest"] == digest and pulled["source"] == f"registry {registry.host}/team/base:1"
+    # the same layers as `base`: nothing unpacked again, one tree more (the root)
+    assert pulled["languages"] == ["bash", "python"]
+    key = key_on(world.server, "on-pulled", "pulled")
+    assert sdk_on(key).execute("print(7*6)").stdout == "42\n"
+
+
+def test_pull_with_credentials_from_stdin_kept_sealed_and_used_again(
+    world: World, auth_registry: Registry, debian_image_layout: LayoutImage
+) -> None:
+    user, password = auth_registry.username, auth_registry.password
+    assert user and password
+    push(debian_image_layout.transport, auth_registry, "private/base:1", creds=(user, password))
+    ref = f"{auth_registry.host}/private/base:1"
+    refused = cli_fails(world.server, "images", "pull", ref, "--name", "private", "--plain-http")
+    assert "credentials" in refused and password not in refused, refused
+    wrong = cli_fails(world.server, "images", "pull", ref, "--name", "private", "--plain-http",
+                      "--credentials-file", "-", input=f"{user}:not-{password}")
+    assert "refused the credentials" in wrong and password not in wrong, wrong
+    cli_ok(world.server, "images", "pull", ref, "--name", "private", "--plain-http", "--credentials-file", "-",
+           input=f"{user}:{password}\n")
+    database = (world.server.data_dir / "sandboxd.db").read_bytes()
+    assert password.encode() not in database and user.encode() not in database  # sealed, not stored plain
+    with sqlite3.connect(world.server.data_dir / "sandboxd.db") as db:
+        rows = db.execute("SELECT registry FROM registry_credentials").fetchall()
+    assert rows == [(auth_registry.host,)]
+    # the next pull from that registry needs no credentials: the sealed ones are used
+    cli_ok(world.server, "images", "pull", ref, "--name", "private-again", "--plain-http")
+    assert {"private", "private-again"} <= set(images(world.server))
+
+
+def test_pull_refuses_plain_http_to_a_remote_registry_and_a_wrong_digest(world: World, registry: Registry) -> None:
+    remote = cli_fails(world.server, "images", "pull", "registry.example.com/x:1", "--name", "x", "--plain-http")
+    assert "plain HTTP is allowed only to a loopback registry" in remote, remote
+    wrong = cli_fails(world.server, "images", "pull", f"{registry.host}/team/base@sha256:{'0' * 64}",
+                      "--name", "wrong", "--plain-http")
+    assert "wrong" not in images(world.server), wrong
+
+
 # --- delete, limits, leftovers --------------------------------------------------------------
 
 
@@ -224,6 +272,15 @@ def test_the_limit_per_organization_is_a_clear_refusal(world: World, debian_imag
     assert second.returncode != 0
     assert "has 1 images, the limit is 1 (SANDBOXD_MAX_IMAGES_PER_ORG)" in second.stderr, second.stderr
     assert "two" not in images(server, "--org", "capped") and "one" in images(server, "--org", "capped")
+
+
+def test_a_decompression_bomb_stops_at_the_limit_and_leaves_nothing(world: World, tmp_path: Path) -> None:
+    bomb = extend(None, tmp_path / "bomb", [layer(Entry("zeros", bytes(96 * 2**20)))])  # gzip: ~100 KiB
+    before = image_trees(world.server)
+    p = run_cli("images", "import", str(bomb), "--name", "bomb", "--data-dir", str(world.server.data_dir),
+                env={"SANDBOXD_MAX_IMAGE_SIZE_MIB": "64"}, timeout=600)
+    assert p.returncode != 0 and "larger than the limit of 64 MiB" in p.stderr, p.stderr
+    assert "bomb" not in images(world.server) and image_trees(world.server) == before
 
 
 def test_a_killed_import_leaves_nothing(world: World, tmp_path: Path) -> None:
