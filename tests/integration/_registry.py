@@ -34,7 +34,7 @@ import bcrypt
 import httpx
 import pytest
 
-from conftest import DEBIAN_TAG, debian_layout
+from _debian import DEBIAN_TAG, debian_layout
 
 from sandboxd.images import oci
 

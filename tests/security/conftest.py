@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from conftest import DEBIAN_TAG, debian_layout
+from _debian import DEBIAN_TAG, debian_layout
 
 from sandboxd.images import oci
 from sandboxd.images.inroot import ensure_mount_points, find_command
