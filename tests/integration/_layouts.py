@@ -64,14 +64,15 @@ def _read_json(layout: Path, digest: str) -> dict:  # type: ignore[type-arg]
 
 
 def extend(
-    base: Path | None, dest: Path, tars: list[bytes], *, env: dict[str, str] | None = None, tag: str = "latest"
+    base: Path | None, dest: Path, tars: list[bytes], *, env: dict[str, str] | None = None, tag: str = "latest",
+    architecture: str = "amd64",
 ) -> Path:
     """A layout at `dest`: `base`'s image (its first manifest) plus `tars` as gzip layers, with
     `env` merged into its config's Env."""
     if dest.exists():
         shutil.rmtree(dest)
     layers: list[dict] = []  # type: ignore[type-arg]
-    config: dict = {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}  # type: ignore[type-arg]
+    config: dict = {"architecture": architecture, "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}  # type: ignore[type-arg]
     if base is not None:
         shutil.copytree(base / "blobs", dest / "blobs")
         index = json.loads((base / "index.json").read_text())

@@ -7,6 +7,8 @@ and bash, no node); `base`, the session's Debian layout imported as an OCI direc
 an oci-archive and shared with `base` below its top layer.
 """
 
+# ruff: noqa: F811  (the fixtures imported from _registry are redefined as parameters)
+
 from __future__ import annotations
 
 import json
@@ -27,6 +29,8 @@ from _layouts import Entry, archive, extend, layer
 from _registry import LayoutImage, Registry, auth_registry, debian_image_layout, push, registry  # noqa: F401  (fixtures)
 from _servers import EXECUTE, pool, storage_root
 from conftest import Server, run_cli
+
+from sandboxd.images import oci
 
 __all__ = ["pool"]  # a fixture, imported so pytest finds it here
 
@@ -272,6 +276,24 @@ def test_the_limit_per_organization_is_a_clear_refusal(world: World, debian_imag
     assert second.returncode != 0
     assert "has 1 images, the limit is 1 (SANDBOXD_MAX_IMAGES_PER_ORG)" in second.stderr, second.stderr
     assert "two" not in images(server, "--org", "capped") and "one" in images(server, "--org", "capped")
+
+
+def test_an_image_for_another_architecture_is_refused(world: World, tmp_path: Path) -> None:
+    other = "arm64" if oci.host_architecture() != "arm64" else "amd64"
+    foreign = extend(None, tmp_path / "foreign", [layer(Entry("x", b"x"))], architecture=other)
+    err = cli_fails(world.server, "images", "import", str(foreign), "--name", "foreign")
+    assert f"the image is built for {other}; this server runs {oci.host_architecture()}" in err, err
+    assert "foreign" not in images(world.server)
+
+
+def test_changing_a_configs_image_applies_to_its_keys_next_runs(world: World, sdk_on: Any) -> None:
+    """The key cache of the live server is told (an epoch file): no restart, no stale image."""
+    key = key_on(world.server, "switching", "marked")
+    code = f"test -e /opt/{MARKER} && echo image || echo host"
+    assert sdk_on(key).execute(code, language="bash").stdout == "image\n"
+    cli_ok(world.server, "sandboxes", "update", "switching", "--image", "host")
+    assert sdk_on(key).execute(code, language="bash").stdout == "host\n"
+    assert json.loads(cli_ok(world.server, "sandboxes", "show", "switching").stdout)["image"] == "host"
 
 
 def test_a_decompression_bomb_stops_at_the_limit_and_leaves_nothing(world: World, tmp_path: Path) -> None:

@@ -170,6 +170,8 @@ class ImageService:
             try:
                 await asyncio.to_thread(fill, images.layout, image_id)
                 found = await asyncio.to_thread(oci.read_image, images.layout, image_id)
+                if found.architecture and found.architecture != (host := oci.host_architecture()):
+                    raise ImageError(f"the image is built for {found.architecture}; this server runs {host}")
                 unpacked = await asyncio.to_thread(images.unpack, found, image_id, progress)
                 record = Image(
                     id=image_id,
