@@ -3,7 +3,7 @@
 - a Debian image (python3-minimal, bash) is built once with mmdebstrap into an OCI layout
   (not timed as the import: that is Debian's download and dpkg);
 - cold import: `sandboxd images import` of that layout into a data dir that has no layer yet;
-- disk: the storage filesystem's free bytes before and after importing it, and after importing
+- disk: the storage filesystem's used bytes (data and metadata) before and after importing it, and after importing
   a second image on the same base plus a 1 MiB layer of its own (layers are btrfs snapshots
   by chain id): two images sharing a base vs twice one image;
 - pooled python inline `print(1+1)` on the imported image and on `host`, interleaved on one
@@ -32,7 +32,6 @@ from _common import BenchServer, Series
 from _runs import server_runner
 
 from sandboxd.images import debian
-from sandboxd.storage import Btrfs
 
 PACKAGES = ("python3-minimal", "bash")
 
@@ -64,10 +63,18 @@ def _cli(server: BenchServer, *args: str) -> str:
     return r.stdout
 
 
-def _free_bytes(server: BenchServer) -> int:
-    subprocess.run(["btrfs", "filesystem", "sync", str(server.run_dir / "storage")], check=True,
-                   capture_output=True)
-    return Btrfs(server.data_dir / "storage.img", server.run_dir / "storage", 1).free_bytes()
+def _used_bytes(server: BenchServer) -> int:
+    """Data and metadata bytes in use on the storage filesystem (`btrfs filesystem df`: what
+    is written, not the chunks allocated for it, which grow by up to 1 GiB at a time)."""
+    mount = str(server.run_dir / "storage")
+    subprocess.run(["btrfs", "filesystem", "sync", mount], check=True, capture_output=True)
+    out = subprocess.run(["btrfs", "filesystem", "df", "-b", mount], check=True, capture_output=True, text=True).stdout
+    used = 0
+    for line in out.splitlines():
+        kind = line.split(",", 1)[0]
+        if kind in ("Data", "Metadata") and "used=" in line:
+            used += int(line.rsplit("used=", 1)[1].split()[0])
+    return used
 
 
 def _blob(layout: Path, data: bytes) -> dict[str, object]:
@@ -107,16 +114,16 @@ def measure(server: BenchServer, host_client: httpx.Client, sample: Callable[[di
         t0 = time.perf_counter()
         debian.build_layout(PACKAGES, layout, "bench", suite="bookworm", mirror=None, progress=lambda _: None)
         build_s = time.perf_counter() - t0
-        free0 = _free_bytes(server)  # mounted: section 3 ran threads on this server
+        used0 = _used_bytes(server)  # mounted: section 3 ran threads on this server
         t0 = time.perf_counter()
         _cli(server, "images", "import", f"{layout}", "--name", "bench-a")
         import_s = time.perf_counter() - t0
-        free1 = _free_bytes(server)
+        used1 = _used_bytes(server)
         second = _extended(layout, work / "layout-b")
         t0 = time.perf_counter()
         _cli(server, "images", "import", f"{second}", "--name", "bench-b")
         second_import_s = time.perf_counter() - t0
-        free2 = _free_bytes(server)
+        used2 = _used_bytes(server)
         _cli(server, "sandboxes", "create", "bench-image", "--image", "bench-a")
         key = _cli(server, "keys", "create", "--sandbox", "bench-image", "--name", "bench-image").strip()
         with server.client(key, timeout_s=120) as image_client:
@@ -125,7 +132,7 @@ def measure(server: BenchServer, host_client: httpx.Client, sample: Callable[[di
                 "pools on, host": server_runner(host_client, "python", "print(1+1)", "2\n"),
             })
         return ImageFigures(
-            build_s, import_s, second_import_s, free0 - free1, free0 - free2,
+            build_s, import_s, second_import_s, used1 - used0, used2 - used0,
             got["pools on, image"], got["pools on, host"],
         )
     finally:
