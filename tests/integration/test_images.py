@@ -276,6 +276,10 @@ def test_the_limit_per_organization_is_a_clear_refusal(world: World, debian_imag
     assert second.returncode != 0
     assert "has 1 images, the limit is 1 (SANDBOXD_MAX_IMAGES_PER_ORG)" in second.stderr, second.stderr
     assert "two" not in images(server, "--org", "capped") and "one" in images(server, "--org", "capped")
+    # an organization's image is its own: another one can neither see nor use it
+    assert "one" not in images(server, "--org", "default")
+    err = cli_fails(server, "sandboxes", "create", "steal", "--image", "one")
+    assert "no image 'one' in organization 'default'" in err, err
 
 
 def test_an_image_for_another_architecture_is_refused(world: World, tmp_path: Path) -> None:
