@@ -337,3 +337,26 @@ def test_gzip_is_not_an_archive_of_an_image(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(b"not a tar at all" * 100))
     with pytest.raises(ImageError, match="not a tar archive"):
         skopeo.detect_source(path)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # a NUL would split into bubblewrap options of its own: --ro-bind / /hostroot, --share-net
+        (["X=y\0--ro-bind\0/\0/hostroot\0--share-net"], "control character"),
+        (["X=line\nbreak"], "control character"),
+        (["BAD NAME=1"], "not a shell name"),
+        (["--share-net=1"], "not a shell name"),
+        ([f"V{i}=x" for i in range(oci.MAX_ENV + 1)], f"at most {oci.MAX_ENV} variables"),
+        ([f"V={'x' * oci.MAX_ENV_BYTES}"], f"larger than {oci.MAX_ENV_BYTES} bytes"),
+    ],
+)
+def test_hostile_env_in_the_config_refused(tmp_path: Path, env: list[str], message: str) -> None:
+    write_index(tmp_path, tagged(image(tmp_path, env=env), "t"))
+    with pytest.raises(ImageError, match=message):
+        oci.read_image(tmp_path, "t")
+
+
+def test_tab_and_unicode_in_env_values_are_fine(tmp_path: Path) -> None:
+    write_index(tmp_path, tagged(image(tmp_path, env=["A=x\ty", "B=naïve ✓"]), "t"))
+    assert oci.read_image(tmp_path, "t").env == {"A": "x\ty", "B": "naïve ✓"}

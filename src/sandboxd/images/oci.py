@@ -61,6 +61,10 @@ LAYER_TYPES = frozenset({
 })
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+MAX_ENV = 256
+MAX_ENV_BYTES = 64 * 1024
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_JSON = 16 * 1024 * 1024  # an index, manifest or config larger than this is refused
 _MAX_NESTING = 2  # an index may point at an index once; deeper is refused
@@ -334,14 +338,26 @@ def _layer(descriptor: object, tag: str) -> Layer:
 
 
 def _env(config: object) -> dict[str, str]:
+    """The config's `Env`, checked: it becomes the sandbox's environment through bubblewrap's
+    NUL-separated options, so a NUL (or any control character but tab) in it is refused, as are
+    names that are not shell names, and more than MAX_ENV variables or MAX_ENV_BYTES in all."""
     env: dict[str, str] = {}
     if not isinstance(config, dict):
         return env
-    for item in config.get("Env") or []:
-        if isinstance(item, str) and "=" in item:
-            name, value = item.split("=", 1)
-            if name:
-                env[name] = value
+    items = config.get("Env") or []
+    if not isinstance(items, list) or len(items) > MAX_ENV:
+        raise ImageError(f"the image config's Env must be a list of at most {MAX_ENV} variables")
+    if sum(len(item) for item in items if isinstance(item, str)) > MAX_ENV_BYTES:
+        raise ImageError(f"the image config's Env is larger than {MAX_ENV_BYTES} bytes")
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            continue
+        name, value = item.split("=", 1)
+        if not _ENV_NAME.fullmatch(name):
+            raise ImageError(f"the image config's Env has a variable named {name[:64]!r}, not a shell name")
+        if _CONTROL.search(value):
+            raise ImageError(f"the image config's Env variable {name} holds a control character")
+        env[name] = value
     return env
 
 
