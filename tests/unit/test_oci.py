@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -258,12 +257,13 @@ class FakeSkopeo:
         self.seen: dict[str, Any] = {}
 
     def __call__(self, argv: list[str], **kwargs: Any) -> Any:
-        authfile = Path(argv[argv.index("--src-authfile") + 1])
+        authfile = argv[argv.index("--src-authfile") + 1]
+        fd = int(authfile.removeprefix("/proc/self/fd/"))
         self.seen = {
-            "argv": argv, "env": kwargs["env"], "authfile": authfile,
-            "auth": json.loads(authfile.read_text()),
-            "file_mode": stat.S_IMODE(authfile.stat().st_mode),
-            "dir_mode": stat.S_IMODE(authfile.parent.stat().st_mode),
+            "argv": argv, "env": kwargs["env"], "authfile": authfile, "fd": fd,
+            "auth": json.loads(Path(f"/proc/self/fd/{fd}").read_text()),
+            "passed": kwargs.get("pass_fds"),
+            "on_disk": os.readlink(f"/proc/self/fd/{fd}"),
         }
         fake = self
 
@@ -284,7 +284,7 @@ class FakeSkopeo:
         return Proc()
 
 
-def test_copy_credentials_only_in_a_private_authfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_copy_credentials_only_in_a_memfd_authfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeSkopeo()
     monkeypatch.setattr(skopeo.subprocess, "Popen", fake)
     lines: list[str] = []
@@ -300,8 +300,10 @@ def test_copy_credentials_only_in_a_private_authfile(tmp_path: Path, monkeypatch
     assert set(env) <= {"PATH", "HOME", "XDG_RUNTIME_DIR", "TMPDIR", *skopeo._PROXY_VARS}
     token = base64.b64encode(b"alice:hunter2-secret").decode()
     assert fake.seen["auth"] == {"auths": {"registry.example.com": {"auth": token}}}
-    assert (fake.seen["file_mode"], fake.seen["dir_mode"]) == (0o600, 0o700)
-    assert not fake.seen["authfile"].parent.exists()
+    assert fake.seen["passed"] == (fake.seen["fd"],)
+    assert fake.seen["on_disk"].startswith("/memfd:sandboxd-registry-auth")  # never a file on a disk
+    with pytest.raises(OSError):  # closed once the copy ended
+        os.fstat(fake.seen["fd"])
     assert [p.name for p in (tmp_path / "store").iterdir()] != [] and not any(
         p.name.startswith(oci.TEMP_PREFIX) for p in (tmp_path / "store").iterdir()
     )

@@ -172,14 +172,33 @@ def copy(
     if source.kind == "oci-dir" and source.tag is None:
         _check_single_image(Path(source.ref))
     ensure_layout(layout)
-    # Both 0700 and deleted however the copy ends: `private` holds the auth file; archives are
-    # unpacked in `scratch`, beside the blobs (same filesystem; `oci.prune` takes a leftover).
+    # Both 0700 and deleted however the copy ends: `private` holds skopeo's configuration;
+    # archives are unpacked in `scratch`, beside the blobs (same filesystem; `oci.prune` takes a
+    # leftover). The credentials are in neither: a memfd (`_auth_fd`), gone with the processes.
     with (
         tempfile.TemporaryDirectory(prefix="sandboxd-skopeo-", ignore_cleanup_errors=True) as private,
         tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=layout, ignore_cleanup_errors=True) as scratch,
     ):
-        argv = _prepare(source, layout, tag, Path(private), Path(scratch), host, credentials, plain_http)
-        _run(argv, _env(Path(private), Path(scratch)), progress, source, host, credentials)
+        auth_fd = _auth_fd(host, credentials)
+        try:
+            argv = _prepare(source, layout, tag, Path(private), Path(scratch), auth_fd, plain_http)
+            _run(argv, _env(Path(private), Path(scratch)), progress, source, host, credentials, auth_fd)
+        finally:
+            os.close(auth_fd)
+
+
+def _auth_fd(host: str | None, credentials: Credentials | None) -> int:
+    """skopeo's auth file as a memfd: the credentials never touch a disk, and a killed command
+    (kill -9) leaves none behind. Always given, empty without credentials: skopeo then never
+    looks for the host's auth files."""
+    auths: dict[str, dict[str, str]] = {}
+    if credentials is not None and host is not None:
+        token = f"{credentials.username}:{credentials.password}".encode()
+        auths[host] = {"auth": base64.b64encode(token).decode()}
+    fd = os.memfd_create("sandboxd-registry-auth", os.MFD_CLOEXEC)
+    os.write(fd, json.dumps({"auths": auths}).encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _prepare(
@@ -188,23 +207,14 @@ def _prepare(
     tag: str,
     private: Path,
     scratch: Path,
-    host: str | None,
-    credentials: Credentials | None,
+    auth_fd: int,
     plain_http: bool,
 ) -> list[str]:
-    """Write skopeo's configuration and auth file into `private`; the argv that uses them."""
+    """Write skopeo's configuration into `private`; the argv that uses it and the auth memfd
+    (read by skopeo at /proc/self/fd/N: the fd is passed down with its number)."""
     (private / "policy.json").write_text(_POLICY)
     (private / "registries.conf").write_text(_REGISTRIES_CONF)
     (private / "registries.d").mkdir()
-    auths: dict[str, dict[str, str]] = {}
-    if credentials is not None and host is not None:
-        token = f"{credentials.username}:{credentials.password}".encode()
-        auths[host] = {"auth": base64.b64encode(token).decode()}
-    authfile = private / "auth.json"
-    # Always given, empty without credentials: skopeo then never looks for the host's auth files.
-    fd = os.open(authfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"auths": auths}, f)
     argv = [
         *DIE_WITH_PARENT,
         "skopeo",
@@ -213,7 +223,7 @@ def _prepare(
         "--registries-conf", str(private / "registries.conf"),
         "--tmpdir", str(scratch),
         "copy", "--remove-signatures",
-        "--src-authfile", str(authfile),
+        "--src-authfile", f"/proc/self/fd/{auth_fd}",
     ]
     if plain_http:
         argv.append("--src-tls-verify=false")
@@ -266,13 +276,14 @@ def _run(
     source: Source,
     host: str | None,
     credentials: Credentials | None,
+    auth_fd: int,
 ) -> None:
     """Run skopeo, its stdout lines to `progress`; a failure becomes an ImageError from its stderr."""
     stderr: collections.deque[str] = collections.deque(maxlen=40)
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, text=True, errors="replace",
+            env=env, text=True, errors="replace", pass_fds=(auth_fd,),
         )
     except FileNotFoundError:
         raise ImageError("skopeo is not installed (Debian: apt-get install skopeo)") from None

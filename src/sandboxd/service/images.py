@@ -149,7 +149,10 @@ class ImageService:
             raise ImageError("name at least one Debian package (--package)")
 
         def fill(layout: Path, tag: str) -> None:
-            with tempfile.TemporaryDirectory(prefix="sandboxd-build-") as work:
+            # Inside the store's layout, under its temp prefix: a killed build's root filesystem
+            # is removed by the next images command (oci.prune), not left in /tmp.
+            oci.ensure_layout(layout)
+            with tempfile.TemporaryDirectory(prefix=oci.TEMP_PREFIX, dir=layout) as work:
                 built = Path(work) / "layout"
                 debian.build_layout(packages, built, "built", suite=suite, mirror=mirror, progress=progress)
                 skopeo.copy(skopeo.Source("oci-dir", str(built), "built"), layout, tag, progress=progress)
