@@ -334,3 +334,19 @@ def _cli() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "sandboxd"]
+
+
+def test_a_deleted_image_a_live_server_ran_on_stays_until_that_server_stops(pool: Any, world: World) -> None:
+    server = pool.start()
+    cli_ok(server, "images", "import", str(world.layouts / "marked"), "--name", "transient")
+    image_id = images(server)["transient"]["id"]
+    key = key_on(server, "t-sb", "transient")
+    with baponi.Baponi(api_key=key, base_url=server.url) as sdk:
+        assert sdk.execute(f"cat /opt/{MARKER}", language="bash").stdout == MARKER
+    cli_ok(server, "sandboxes", "update", "t-sb", "--image", "host")
+    cli_ok(server, "images", "delete", "transient")
+    assert "transient" not in images(server)
+    assert image_id in image_trees(server)["roots"]  # the server may still run on it (a warm sandbox)
+    server.stop()
+    images(server)  # the next images command collects it
+    assert image_id not in image_trees(server)["roots"]

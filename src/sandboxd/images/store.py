@@ -71,6 +71,8 @@ class ImageStore:
         self._home = home
         self._limits = limits
         self.layout = home / "oci"
+        #: Images this process holds a `use` lock on (fd by id).
+        self._using: dict[str, int] = {}
 
     @property
     def _trees(self) -> Path:
@@ -87,6 +89,39 @@ class ImageStore:
     def mount(self) -> None:
         """The storage filesystem, which holds the trees, mounted for this process."""
         self._fs.mount()
+
+    def use(self, image_id: str) -> None:
+        """This process may run sandboxes on the image from now until it exits: a shared flock
+        on `<home>/use/<id>` that `clean` checks before deleting a root no image row names
+        (a deleted image's tree then stays until the last server that ran it has stopped)."""
+        if image_id in self._using:
+            return
+        use = self._home / "use"
+        use.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(use / image_id, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not self.root_of(image_id).is_dir():
+            os.close(fd)
+            raise SandboxSetupError("image", f"the tree of image {image_id} is gone (deleted meanwhile)")
+        self._using[image_id] = fd
+
+    def _in_use(self, image_id: str) -> bool:
+        """Whether a live process may run on the image (its `use` lock is held); if not, the lock
+        file goes too."""
+        path = self._home / "use" / image_id
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            os.unlink(path)
+            return False
+        finally:
+            os.close(fd)
 
     def lock(self) -> StoreLock:
         """The store to oneself (other commands and servers on this data dir wait): whatever
@@ -131,8 +166,12 @@ class ImageStore:
         `images` (id → chain ids), layers none of them uses, blobs no tag references."""
         used = {chain for chains in images.values() for chain in chains}
         for root in (self._trees / "roots").iterdir():
-            if root.name not in images:
-                self._delete(root)
+            if root.name in images:
+                continue
+            if self._in_use(root.name):
+                log.info("images: %s is deleted but a live server may still run on it: kept for now", root.name)
+                continue
+            self._delete(root)
         for layer in (self._trees / "layers").iterdir():
             if layer.suffix == _SIZE:
                 if layer.stem not in used:
@@ -146,8 +185,7 @@ class ImageStore:
             oci.prune(self.layout)
 
     def _delete(self, tree: Path) -> None:
-        """Delete a tree no image holds; one still mounted by a sandbox (a warm one of a deleted
-        image) stays until a later clean-up."""
+        """Delete a tree no image holds; a failure is logged and the next clean-up tries again."""
         try:
             self._fs.delete(tree)
         except SandboxSetupError as exc:

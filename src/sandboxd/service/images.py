@@ -68,6 +68,7 @@ class ImageService:
         if not self._mounted:  # the storage filesystem holds the trees: mounted once per process
             self._images.mount()
             self._mounted = True
+        self._images.use(image.id)  # its tree is not deleted while this process may run on it
         config = image.config
         return RootImage(
             name=image.name,
@@ -236,13 +237,12 @@ class ImageService:
         if (org is None) != (image.org_id is None):
             raise NotFound(f"no image {name!r} in " + (f"organization {org.name!r}" if org else "the built-in images"))
         async with self._locked(images):
-            users = await self._store.sandboxes.using_image(image.id)
-            if users:
+            if not await self._store.images.delete_unused(image.id):
+                users = await self._store.sandboxes.using_image(image.id)
                 names = ", ".join(sorted(s.name for s in users))
                 raise Conflict(f"image {name!r} is used by sandbox configs: {names}; give them another image first")
-            await self._store.images.delete(image.id)
             self._changed()
-            await self._clean(images)
+            await self._clean(images)  # a root a live server still runs on stays until it is free
 
     async def clean(self) -> None:
         """Remove what an interrupted command left (a server calls it at start): unless an

@@ -112,7 +112,8 @@ class TenancyService:
     async def set_image(self, org: Org, name: str, image: Image | None) -> Sandbox:
         """Run the config's next executions on `image` (None: `host`); threads keep their homes."""
         sandbox = await self.sandbox(org, name)
-        await self._store.sandboxes.set_image(sandbox.id, image.id if image is not None else None)
+        if not await self._store.sandboxes.set_image(sandbox.id, image.id if image is not None else None):
+            raise NotFound(f"image {image.name if image else ''!r} was deleted meanwhile")
         self._changed()
         return await self.sandbox(org, name)
 

@@ -117,9 +117,13 @@ class SandboxRepo(_Repo):
             result = await conn.execute(sandboxes.delete().where(sandboxes.c.id == sandbox_id))
         return result.rowcount > 0
 
-    async def set_image(self, sandbox_id: str, image_id: str | None) -> None:
+    async def set_image(self, sandbox_id: str, image_id: str | None) -> bool:
+        """False when the image no longer exists (one statement: a delete cannot slip between)."""
+        query = update(sandboxes).where(sandboxes.c.id == sandbox_id).values(image_id=image_id)
+        if image_id is not None:
+            query = query.where(select(images.c.id).where(images.c.id == image_id).exists())
         async with self._engine.begin() as conn:
-            await conn.execute(update(sandboxes).where(sandboxes.c.id == sandbox_id).values(image_id=image_id))
+            return (await conn.execute(query)).rowcount > 0
 
     async def using_image(self, image_id: str) -> builtins.list[Sandbox]:
         return await self._all(Sandbox, select(sandboxes).where(sandboxes.c.image_id == image_id))
@@ -596,9 +600,12 @@ class ImageRepo(_Repo):
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
-    async def delete(self, image_id: str) -> None:
+    async def delete_unused(self, image_id: str) -> bool:
+        """Delete the image unless a sandbox config uses it (one statement: a config cannot be
+        pointed at it in between); False when one does."""
+        used = select(sandboxes.c.id).where(sandboxes.c.image_id == image_id).exists()
         async with self._engine.begin() as conn:
-            await conn.execute(images.delete().where(images.c.id == image_id))
+            return (await conn.execute(images.delete().where(images.c.id == image_id, ~used))).rowcount > 0
 
 
 class RegistryCredentialRepo(_Repo):
