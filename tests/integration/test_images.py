@@ -239,6 +239,19 @@ def test_pull_with_credentials_from_stdin_kept_sealed_and_used_again(
     assert {"private", "private-again"} <= set(images(world.server))
 
 
+def test_a_pull_is_stopped_at_the_size_limit_and_leaves_nothing(world: World, registry: Registry, tmp_path: Path) -> None:
+    big = extend(None, tmp_path / "big", [layer(Entry("noise", os.urandom(48 * 2**20)))])
+    push(f"oci:{big}:latest", registry, "team/big:1")
+    blobs = world.server.data_dir / "images" / "oci" / "blobs" / "sha256"
+    before = set(os.listdir(blobs))
+    p = run_cli("images", "pull", f"{registry.host}/team/big:1", "--name", "big", "--plain-http",
+                "--data-dir", str(world.server.data_dir), env={"SANDBOXD_MAX_IMAGE_SIZE_MIB": "8"}, timeout=600)
+    assert p.returncode != 0 and "its download was stopped" in p.stderr, p.stderr
+    assert "big" not in images(world.server)  # and `list` removed what the stopped copy wrote
+    assert set(os.listdir(blobs)) == before
+    assert not [e for e in os.listdir(blobs.parent.parent) if e.startswith((".tmp-", "oci-put-blob"))]
+
+
 def test_pull_refuses_plain_http_to_a_remote_registry_and_a_wrong_digest(world: World, registry: Registry) -> None:
     remote = cli_fails(world.server, "images", "pull", "registry.example.com/x:1", "--name", "x", "--plain-http")
     assert "plain HTTP is allowed only to a loopback registry" in remote, remote

@@ -10,9 +10,9 @@ the proxy variables when set) with a private HOME and XDG_RUNTIME_DIR, our own r
 that accepts any image (`insecureAcceptAnything`): we pin images by digest and verify digests
 ourselves (`oci.read_image`); signature policy is not sandboxd's trust model.
 
-Credentials reach skopeo only through `--src-authfile`: a JSON file written 0600 in a fresh 0700
-directory, deleted when the copy ends however it ends. They are never in argv (visible in `ps`),
-the environment or a message.
+Credentials reach skopeo only through `--src-authfile` naming a memfd (`/proc/self/fd/N`): never
+a file on a disk, gone with the processes however the copy ends. They are never in argv
+(visible in `ps`), the environment or a message.
 """
 
 from __future__ import annotations
@@ -152,12 +152,15 @@ def copy(
     credentials: Credentials | None = None,
     plain_http: bool = False,
     progress: Callable[[str], None] = lambda line: None,
+    max_bytes: int | None = None,
 ) -> None:
     """Copy the image `source` names into the OCI layout `layout`, tagged `tag`.
 
     Blobs the layout already has are not fetched again. Call under the store's lock (skopeo
     rewrites index.json). Plain HTTP (`plain_http`) is allowed only to a loopback registry.
-    Raises ImageError with skopeo's own reason when the copy fails.
+    With `max_bytes`, the copy is stopped once what it wrote passes that (a registry's sizes
+    are not trusted; checked five times a second and at the end). Raises ImageError with skopeo's own reason when
+    the copy fails.
     """
     check_tag(tag)
     if ":" in str(layout):
@@ -182,7 +185,8 @@ def copy(
         auth_fd = _auth_fd(host, credentials)
         try:
             argv = _prepare(source, layout, tag, Path(private), Path(scratch), auth_fd, plain_http)
-            _run(argv, _env(Path(private), Path(scratch)), progress, source, host, credentials, auth_fd)
+            guard = _SizeGuard(layout, Path(scratch), max_bytes)
+            _run(argv, _env(Path(private), Path(scratch)), progress, source, host, credentials, auth_fd, guard)
         finally:
             os.close(auth_fd)
 
@@ -277,6 +281,7 @@ def _run(
     host: str | None,
     credentials: Credentials | None,
     auth_fd: int,
+    guard: _SizeGuard,
 ) -> None:
     """Run skopeo, its stdout lines to `progress`; a failure becomes an ImageError from its stderr."""
     stderr: collections.deque[str] = collections.deque(maxlen=40)
@@ -290,20 +295,92 @@ def _run(
     assert proc.stdout is not None and proc.stderr is not None
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True)
     reader.start()
+    guard.watch(proc)
     try:
         for line in proc.stdout:
             if line.strip():
                 progress(line.rstrip())
         proc.wait()
     finally:
+        guard.stop()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         reader.join()
         proc.stdout.close()
         proc.stderr.close()
+    if guard.tripped:
+        raise ImageError(f"the image is larger than the limit of {guard.limit_mib} MiB (SANDBOXD_MAX_IMAGE_SIZE_MIB); "
+                         "its download was stopped")
     if proc.returncode != 0:
         raise ImageError(_explain(list(stderr), source, host, credentials))
+
+
+class _SizeGuard:
+    """Kills a copy once the bytes it wrote into the layout (new blobs, skopeo's temporary
+    blob files, the scratch dir) pass `max_bytes`: a pull cannot fill the data dir's disk."""
+
+    def __init__(self, layout: Path, scratch: Path, max_bytes: int | None) -> None:
+        self._layout = layout
+        self._scratch = scratch
+        self._max = max_bytes
+        self._before = self._blobs()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tripped = False
+
+    @property
+    def limit_mib(self) -> int:
+        return (self._max or 0) // (1024 * 1024)
+
+    def watch(self, proc: subprocess.Popen[str]) -> None:
+        if self._max is not None:
+            self._thread = threading.Thread(target=self._loop, args=(proc,), daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; a copy that ended past the limit (faster than a check) trips it too."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            if not self.tripped and self._written() > (self._max or 0):
+                self.tripped = True
+
+    def _loop(self, proc: subprocess.Popen[str]) -> None:
+        while not self._done.wait(0.2):
+            if self._written() > (self._max or 0):
+                self.tripped = True
+                proc.kill()
+                return
+
+    def _blobs(self) -> set[str]:
+        blobs = self._layout / "blobs" / "sha256"
+        return {e.name for e in os.scandir(blobs)} if blobs.is_dir() else set()
+
+    def _written(self) -> int:
+        total = 0
+        places = [(self._layout / "blobs" / "sha256", True), (self._layout, False), (self._scratch, False)]
+        for directory, blobs in places:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                new = entry.name not in self._before if blobs else entry.name.startswith("oci-put-blob")
+                if directory == self._scratch or new:
+                    total += _size_of(entry)
+        return total
+
+
+def _size_of(entry: os.DirEntry[str]) -> int:
+    try:
+        if entry.is_file(follow_symlinks=False):
+            return entry.stat(follow_symlinks=False).st_size
+        if entry.is_dir(follow_symlinks=False):
+            return sum(_size_of(e) for e in os.scandir(entry.path))
+    except OSError:
+        pass
+    return 0
 
 
 def _explain(stderr: list[str], source: Source, host: str | None, credentials: Credentials | None) -> str:

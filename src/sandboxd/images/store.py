@@ -69,7 +69,7 @@ class ImageStore:
     def __init__(self, fs: Btrfs, home: Path, limits: UnpackLimits) -> None:
         self._fs = fs
         self._home = home
-        self._limits = limits
+        self.limits = limits
         self.layout = home / "oci"
         #: Images this process holds a `use` lock on (fd by id).
         self._using: dict[str, int] = {}
@@ -234,7 +234,7 @@ class ImageStore:
             with open(oci.blob_path(self.layout, layer.digest), "rb") as blob:
                 apply_layer(
                     blob, work, media_type=layer.media_type, digest=layer.digest,
-                    diff_id=image.diff_ids[index], limits=self._limits, usage=usage,
+                    diff_id=image.diff_ids[index], limits=self.limits, usage=usage,
                 )
             # The layer's own size (beside it, not in the image), so a later image reusing it
             # counts it against its limit.

@@ -102,7 +102,7 @@ class ImageService:
         source = skopeo.detect_source(path)
 
         def fill(layout: Path, tag: str) -> None:
-            skopeo.copy(source, layout, tag, progress=progress)
+            skopeo.copy(source, layout, tag, progress=progress, max_bytes=self._images_max_bytes())
 
         return await self._add(org, name, f"file {path}", fill, progress)
 
@@ -127,7 +127,7 @@ class ImageService:
 
         def fill(layout: Path, tag: str) -> None:
             skopeo.copy(skopeo.Source("registry", ref), layout, tag, credentials=credentials,
-                        plain_http=plain_http, progress=progress)
+                        plain_http=plain_http, progress=progress, max_bytes=self._images_max_bytes())
 
         image = await self._add(org, name, f"registry {ref}", fill, progress)
         if given is not None:
@@ -251,6 +251,10 @@ class ImageService:
             await self._clean_if_idle(self._images)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _images_max_bytes(self) -> int:
+        """What a copy may write: the unpacked limit (compressed layers are smaller)."""
+        return self._need_store().limits.max_bytes
 
     def _need_store(self) -> ImageStore:
         if self._images is None:
