@@ -497,3 +497,14 @@ def test_malformed_entries_are_image_errors(root: Path, entry: bytes, refusal: s
     with pytest.raises(ImageError, match=refusal):
         apply(root, entry)
     assert os.listdir(root) == []
+
+
+def test_a_whiteout_or_hard_link_walking_over_the_component_cap_names_the_entry(root: Path) -> None:
+    apply(root, [sym("up", "../" * 1365)])  # 1,365 components that resolve to the root
+    over = "up/up/up/up"
+    with pytest.raises(ImageError, match=rf"entry '{over}/\.wh\.x': .* more than 4096 path components"):
+        apply(root, [E(f"{over}/.wh.x")])
+    with pytest.raises(ImageError, match=r"entry 'h': .* more than 4096 path components"):
+        apply(root, [E("f"), hard("h", f"{over}/f")])
+    with pytest.raises(ImageError, match=r"target of hard link 'h' \('a\\x00b'\) contains a NUL byte"):
+        apply(root, pax_bytes("h", {"linkpath": "a\0b"}, tarfile.LNKTYPE))

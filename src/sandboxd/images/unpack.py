@@ -220,20 +220,20 @@ def _check_path(name: str, what: str) -> None:
         raise ImageError(f"{what} ({shown(name)}) is longer than {_MAX_PATH_BYTES} bytes")
 
 
-def _normalise(name: str) -> str:
+def _normalise(name: str, what: str = "a layer entry's path") -> str:
     """`name` relative to the root: leading "/" and "./" dropped; ".." refused.
 
     Checked before it is split or used: at most PATH_MAX bytes, NAME_MAX a component and
     _MAX_DEPTH components, so what one entry costs in memory and work stays small.
     """
-    _check_path(name, "a layer entry's path")
+    _check_path(name, what)
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise ImageError(f"a layer entry's path contains '..': {shown(name)}")
+        raise ImageError(f"{what} contains '..': {shown(name)}")
     if len(parts) > _MAX_DEPTH:
-        raise ImageError(f"a layer entry's path is deeper than {_MAX_DEPTH} directories: {shown(name)}")
+        raise ImageError(f"{what} is deeper than {_MAX_DEPTH} directories: {shown(name)}")
     if any(len(os.fsencode(part)) > _MAX_NAME_BYTES for part in parts):
-        raise ImageError(f"a layer entry's path has a name longer than {_MAX_NAME_BYTES} bytes: {shown(name)}")
+        raise ImageError(f"{what} has a name longer than {_MAX_NAME_BYTES} bytes: {shown(name)}")
     return "/".join(parts)
 
 
@@ -293,11 +293,13 @@ class _Applier:
                 f"the image has more than {self.limits.max_files} files (SANDBOXD_MAX_IMAGE_FILES)"
             )
 
-    def _open_parent_dir(self, rel: str, parent_rel: str) -> int:
-        """The directory `parent_rel` of the entry `rel`, missing ones made and counted."""
+    def _open(self, rel: str, path: str, *, make_dirs: bool = False) -> int:
+        """`path` in the root, for the entry `rel`: directories `make_dirs` makes are counted as
+        files, and a refused walk (a link loop, over MAX_COMPONENTS) names the entry."""
         try:
             return open_in_root(
-                self.root_fd, parent_rel, follow_final=True, make_dirs=True, on_mkdir=self._count_file
+                self.root_fd, path, follow_final=True, make_dirs=make_dirs,
+                on_mkdir=self._count_file if make_dirs else None,
             )
         except ImageError as err:
             raise ImageError(f"layer {self.digest}: entry {shown(rel)}: {err}") from None
@@ -316,7 +318,7 @@ class _Applier:
             _check_path(member.linkname, f"the target of symbolic link {shown(rel)}")
         if not member.isdir() and not (math.isfinite(member.mtime) and abs(member.mtime) <= _MAX_MTIME):
             raise ImageError(f"entry {shown(rel)} has an impossible modification time ({member.mtime})")
-        parent_fd = self._open_parent_dir(rel, parent_rel)
+        parent_fd = self._open(rel, parent_rel, make_dirs=True)
         try:
             if member.isdir():
                 self._dir(parent_fd, base, member)
@@ -385,7 +387,7 @@ class _Applier:
             os.close(fd)
 
     def _hardlink(self, parent_fd: int, base: str, rel: str, linkname: str) -> None:
-        target = _normalise(linkname)
+        target = _normalise(linkname, f"the target of hard link {shown(rel)}")
         target_parent, target_base = _split(target)
         refused = ImageError(
             f"hard link {shown(rel)} -> {shown(linkname)}: the target is not a regular file already in the image"
@@ -393,7 +395,7 @@ class _Applier:
         if not target_base:
             raise refused
         try:
-            tdir = open_in_root(self.root_fd, target_parent, follow_final=True)
+            tdir = self._open(rel, target_parent)
         except OSError:
             raise refused from None
         try:
@@ -425,7 +427,7 @@ class _Applier:
                 raise ImageError(f"invalid whiteout entry {shown(base)}")
             names = [name]
         try:
-            parent_fd = open_in_root(self.root_fd, parent_rel, follow_final=True)
+            parent_fd = self._open(f"{parent_rel}/{base}" if parent_rel else base, parent_rel)
         except OSError:
             return  # nothing there to hide
         try:
