@@ -6,9 +6,11 @@ import gzip
 import hashlib
 import io
 import os
+import resource
 import stat
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -508,3 +510,26 @@ def test_a_whiteout_or_hard_link_walking_over_the_component_cap_names_the_entry(
         apply(root, [E("f"), hard("h", f"{over}/f")])
     with pytest.raises(ImageError, match=r"target of hard link 'h' \('a\\x00b'\) contains a NUL byte"):
         apply(root, pax_bytes("h", {"linkpath": "a\0b"}, tarfile.LNKTYPE))
+
+
+@contextmanager
+def few_descriptors() -> Iterator[None]:
+    """RLIMIT_NOFILE lowered to 16 descriptors above those already open, then restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(n) for n in os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_deep_layer_and_its_whiteouts_hold_a_few_descriptors(root: Path) -> None:
+    # 500 levels: one descriptor a level, as the walks once held, fails with EMFILE
+    deep = "top/" + "/".join(["d"] * 500)
+    apply(root, [E(f"{deep}/old"), E(f"{deep}/gone")])
+    with few_descriptors():
+        apply(root, [E(f"{deep}/new", data=b"n"), E(f"{deep}/.wh.gone"), E("top/.wh..wh..opq")])
+    assert read_deep(root, f"{deep}/new") == b"n"
+    for hidden in ("old", "gone"):
+        with pytest.raises(FileNotFoundError):
+            read_deep(root, f"{deep}/{hidden}")

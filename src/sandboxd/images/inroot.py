@@ -24,9 +24,11 @@ from ..errors import ImageError
 __all__ = [
     "MAX_COMPONENTS",
     "MAX_SYMLINK_HOPS",
+    "dir_identity",
     "ensure_mount_points",
     "find_command",
     "open_in_root",
+    "open_parent",
     "remove_entry",
     "shown",
 ]
@@ -54,19 +56,21 @@ def _components(rel: str) -> list[str]:
     return [part for part in rel.split("/") if part not in ("", ".")]
 
 
-def _identity(fd: int) -> tuple[int, int]:
+def dir_identity(fd: int) -> tuple[int, int]:
+    """What `open_parent` checks a climb against: (st_dev, st_ino)."""
     st = os.fstat(fd)
     return st.st_dev, st.st_ino
 
 
-def _open_parent(fd: int, expected: tuple[int, int]) -> int:
+def open_parent(fd: int, expected: tuple[int, int]) -> int:
     """The directory above `fd`, which must be the one we came down from (`expected`).
 
-    Walking back up by `..` lets a walk hold two descriptors instead of one per level; the
-    identity check refuses a tree renamed under us rather than leave it through `..`.
+    Walking back up by `..` lets a walk of a deep tree hold two descriptors instead of one a
+    level (an image tree can be thousands deep: one descriptor each would exhaust the
+    daemon's); the identity check refuses a tree renamed under us rather than leave it.
     """
     parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
-    if _identity(parent) != expected:
+    if dir_identity(parent) != expected:
         os.close(parent)
         raise OSError(errno.ESTALE, "a directory moved while the image tree was walked")
     return parent
@@ -103,7 +107,7 @@ def open_in_root(
         raise ImageError(f"the path {shown(rel)} has more than {MAX_COMPONENTS} components")
     walked = 0
     # the directories walked through, as (st_dev, st_ino): `..` pops, never past the root
-    trail = [_identity(root_fd)]
+    trail = [dir_identity(root_fd)]
     fd = os.dup(root_fd)
     hops = 0
     try:
@@ -113,7 +117,7 @@ def open_in_root(
             if part == "..":
                 if len(trail) > 1:
                     trail.pop()
-                    parent = _open_parent(fd, trail[-1])
+                    parent = open_parent(fd, trail[-1])
                     os.close(fd)
                     fd = parent
                 continue
@@ -149,7 +153,7 @@ def open_in_root(
             if stat.S_ISDIR(st.st_mode):
                 # O_NOFOLLOW|O_DIRECTORY: were it swapped for a link since the stat, this fails
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                trail.append(_identity(child))
+                trail.append(dir_identity(child))
             elif last:
                 child = os.open(part, _PATH_FLAGS, dir_fd=fd)
             else:
@@ -194,13 +198,13 @@ def remove_entry(parent_fd: int, name: str) -> None:
     # each frame: (the directory's (st_dev, st_ino), its name in the frame below, the names left)
     fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     try:
-        stack = [(_identity(fd), name, os.listdir(fd))]
+        stack = [(dir_identity(fd), name, os.listdir(fd))]
         while stack:
             _, dname, names = stack[-1]
             if not names:
                 stack.pop()
                 if stack:
-                    up = _open_parent(fd, stack[-1][0])
+                    up = open_parent(fd, stack[-1][0])
                     os.close(fd)
                     fd = up
                     os.rmdir(dname, dir_fd=fd)
@@ -214,7 +218,7 @@ def remove_entry(parent_fd: int, name: str) -> None:
                 down = os.open(child, _DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = down
-                stack.append((_identity(fd), child, os.listdir(fd)))
+                stack.append((dir_identity(fd), child, os.listdir(fd)))
             else:
                 os.unlink(child, dir_fd=fd)
     finally:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
 from ..errors import ImageError
-from .inroot import open_in_root, remove_entry, shown
+from .inroot import dir_identity, open_in_root, open_parent, remove_entry, shown
 
 __all__ = ["UnpackLimits", "Usage", "apply_layer"]
 
@@ -439,22 +439,51 @@ class _Applier:
             os.close(parent_fd)
 
     def _prune(self, parent_fd: int, name: str, rel: str) -> None:
-        """Remove `name` as far as lower layers made it, keeping what this layer wrote."""
-        if rel not in self.created and rel not in self.ancestors:
+        """Remove `name` as far as lower layers made it, keeping what this layer wrote.
+
+        Iterative, holding two descriptors at most (it climbs back by a checked `..`): what
+        this layer wrote may be _MAX_DEPTH levels deep.
+        """
+        if not self._mine(rel):
             remove_entry(parent_fd, name)
             return
-        try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISDIR(st.st_mode):
+        if not _is_dir(parent_fd, name):
             return
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
-            for child in os.listdir(fd):
-                self._prune(fd, child, f"{rel}/{child}")
+            # each frame: (the directory's identity, its path, the names left to look at)
+            stack = [(dir_identity(fd), rel, os.listdir(fd))]
+            while stack:
+                _, drel, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    if stack:
+                        up = open_parent(fd, stack[-1][0])
+                        os.close(fd)
+                        fd = up
+                    continue
+                child = names.pop()
+                crel = f"{drel}/{child}"
+                if not self._mine(crel):
+                    remove_entry(fd, child)
+                elif _is_dir(fd, child):
+                    down = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = down
+                    stack.append((dir_identity(fd), crel, os.listdir(fd)))
         finally:
             os.close(fd)
+
+    def _mine(self, rel: str) -> bool:
+        """Whether this layer wrote `rel` or something below it."""
+        return rel in self.created or rel in self.ancestors
+
+
+def _is_dir(parent_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:
