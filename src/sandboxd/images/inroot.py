@@ -8,6 +8,10 @@ opened relative to its parent's descriptor with `O_NOFOLLOW`, and a link met on 
 read and resolved by us with chroot semantics — an absolute target restarts at the image
 root, `..` never climbs above it — like Go's securejoin or openat2's RESOLVE_IN_ROOT (which
 Python does not expose).
+
+The trees and the paths are built by whoever built the image, so every walk here is bounded
+whatever they hold: one resolution passes at most MAX_COMPONENTS components and
+MAX_SYMLINK_HOPS links, and no walk holds more than two descriptors however deep it goes.
 """
 
 from __future__ import annotations

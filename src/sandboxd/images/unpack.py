@@ -68,7 +68,7 @@ _ZSTD_TYPES = {
 _CHUNK = 1 << 20
 _MIB = 1 << 20
 _MAX_HEADER_BYTES = 1 << 20  # a pax header or GNU long name is read into memory whole
-_MAX_DEPTH = 512  # path components of an entry; real images stay far below, recursion stays bounded
+_MAX_DEPTH = 512  # path components of an entry; real images stay far below
 _MAX_PATH_BYTES = 4096  # PATH_MAX: an entry's path or a link's target; no longer one can be used
 _MAX_NAME_BYTES = 255  # NAME_MAX: one component
 # What `_Applier` remembers of one layer's paths (each path's bytes plus _RECORD_OVERHEAD, about
@@ -76,7 +76,9 @@ _MAX_NAME_BYTES = 255  # NAME_MAX: one component
 # an entry; a real layer of a million files averaging 100-byte paths needs ~180 MiB.
 _MAX_RECORD_BYTES = 256 * _MIB
 _RECORD_OVERHEAD = 80
-_MAX_MTIME = 1 << 40  # seconds either side of 1970 (~35,000 years): beyond, time_t conversions fail
+# seconds either side of 1970 (~35,000 years): no real file is dated beyond, and inf, NaN or
+# a value past time_t (a pax mtime can be any number) would fail in utime, not as an ImageError
+_MAX_MTIME = 1 << 40
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
