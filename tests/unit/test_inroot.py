@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,16 @@ PATH = "/opt/conda/envs/ds/bin:/opt/conda/bin:/usr/local/bin:/usr/bin:/bin"
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path) -> Iterator[Path]:
     r = tmp_path / "root"
     r.mkdir()
-    return r
+    yield r
+    # some trees here are thousands of levels deep: too deep for pytest's recursive cleanup
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_entry(fd, "root")
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -175,3 +182,75 @@ def test_ensure_mount_points_refuses_relative_and_dot_dot_paths(root: Path) -> N
         ensure_mount_points(root, ["etc"], [])
     with pytest.raises(ValueError):
         ensure_mount_points(root, ["/a/../../b"], [])
+
+
+def open_fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def few_fds() -> Iterator[None]:
+    """RLIMIT_NOFILE lowered to 16 descriptors above those already open, then restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 16, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_make_dirs_reports_each_directory_before_making_it(root: Path, root_fd: int) -> None:
+    (root / "a").mkdir()
+    made: list[int] = []
+    os.close(open_in_root(root_fd, "a/b/c", follow_final=True, make_dirs=True, on_mkdir=lambda: made.append(1)))
+    assert len(made) == 2  # b and c; a was there
+
+    def refuse_second() -> None:
+        made.append(1)
+        if len(made) > 3:
+            raise ImageError("over the limit")
+
+    with pytest.raises(ImageError, match="over the limit"):
+        open_in_root(root_fd, "x/y/z", follow_final=True, make_dirs=True, on_mkdir=refuse_second)
+    assert (root / "x").is_dir() and not (root / "x/y").exists()  # stopped before the second
+
+
+def test_a_walk_over_max_components_is_refused(root: Path, root_fd: int) -> None:
+    # "up" is 1,365 components that end where they start, the root: four of them resolve to
+    # the root, but walk 5,460 components, over MAX_COMPONENTS (4,096)
+    os.symlink("../" * 1365, root / "up")
+    assert same_file(open_in_root(root_fd, "up/up", follow_final=True), root)
+    with pytest.raises(ImageError, match=r"resolving 'up/up/up/up/x' .* more than 4096 path components"):
+        open_in_root(root_fd, "up/up/up/up/x", follow_final=True, make_dirs=True)
+    with pytest.raises(ImageError, match="more than 4096 components"):
+        open_in_root(root_fd, "a/" * 4097, follow_final=True)
+    assert os.listdir(root) == ["up"]
+
+
+def test_a_nul_byte_in_a_path_is_an_image_error(root_fd: int) -> None:
+    with pytest.raises(ImageError, match="contains a NUL byte"):
+        open_in_root(root_fd, "usr/bin\0/x", follow_final=True)
+
+
+def test_deep_walks_hold_a_few_descriptors(root: Path, root_fd: int, few_fds: None) -> None:
+    # the tree is 1,000 directories deep and the walk passes 3,000 components through links
+    # and "..": one descriptor a level (as before) would fail with EMFILE at the 16th
+    before = open_fds()
+    deep = "d/" * 1000
+    os.close(open_in_root(root_fd, deep, follow_final=True, make_dirs=True))
+    os.symlink("/" + deep, root / "bottom")
+    os.symlink("../" * 1000, root / "d/top")  # from d/, climbs to the root
+    fd = open_in_root(root_fd, "bottom/../" + "../" * 998 + "top/bottom/f", follow_final=True, make_dirs=True)
+    assert stat.S_ISDIR(os.fstat(fd).st_mode)
+    os.close(fd)
+    remove_entry(root_fd, "d")
+    assert sorted(os.listdir(root)) == ["bottom"]
+    assert open_fds() == before
+
+
+def test_find_command_skips_path_entries_with_a_nul_byte(root: Path) -> None:
+    # an image's PATH is untrusted: a NUL names no path (no environment can even carry it)
+    executable(root / "usr/bin/python")
+    assert find_command(root, "/usr/bin\0/evil:/usr/bin", "python") == "/usr/bin/python"
+    assert find_command(root, "/usr/bin\0", "python") is None
+    assert find_command(root, "/usr/bin", "python\0") is None

@@ -6,14 +6,18 @@ import gzip
 import hashlib
 import io
 import os
+import resource
 import stat
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from sandboxd.errors import ImageError
+from sandboxd.images.inroot import remove_entry
 from sandboxd.images.unpack import UnpackLimits, Usage, apply_layer
 
 MIB = 1 << 20
@@ -93,10 +97,16 @@ def apply(
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path) -> Iterator[Path]:
     r = tmp_path / "root"
     r.mkdir()
-    return r
+    yield r
+    # some trees here are thousands of levels deep: too deep for pytest's recursive cleanup
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_entry(fd, "root")
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -128,7 +138,7 @@ def test_files_dirs_and_links_are_applied_with_modes_and_mtimes(root: Path, gz: 
     assert os.readlink(root / "usr/bin/alias") == "tool"
     assert (root / "usr/bin/tool").stat().st_mtime == 1_600_000_000
     assert (root / "etc/conf").read_bytes() == b"x"  # leading "/" stripped, missing parent made
-    assert usage.files == 5 and usage.bytes >= 11
+    assert usage.files == 6 and usage.bytes >= 11  # five entries and the "etc" made for one
 
 
 def test_docker_gzip_media_type(root: Path) -> None:
@@ -251,7 +261,7 @@ def test_device_nodes_and_fifos_are_skipped(root: Path) -> None:
     assert not (root / "dev/null").exists()
     assert not (root / "dev/sda").exists()
     assert not (root / "run/fifo").exists()
-    assert usage.files == 3
+    assert usage.files == 4  # three entries and the "run" made for one
 
 
 def test_every_entry_is_owned_by_root(root: Path) -> None:
@@ -362,3 +372,164 @@ def test_a_huge_pax_header_is_refused_before_it_is_read(root: Path) -> None:
 def test_a_file_under_a_regular_file_is_refused(root: Path) -> None:
     with pytest.raises(ImageError, match="could not be applied"):
         apply(root, [E("f"), E("f/g")])
+
+
+def pax_bytes(name: str, headers: dict[str, str], type: bytes = tarfile.REGTYPE, data: bytes = b"") -> bytes:
+    """One pax entry with `headers` as given, which `tar_bytes` cannot write (NUL, huge mtimes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.type = type
+        info.pax_headers = headers
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+def tree_entries(root: Path) -> int:
+    """Everything in the tree below `root`, directories included; by descriptors, as the
+    tree may be deeper than PATH_MAX or the recursion limit."""
+    count, stack = 0, [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    while stack:
+        fd = stack.pop()
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                count += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd))
+        os.close(fd)
+    return count
+
+
+def read_deep(root: Path, rel: str) -> bytes:
+    """The file `rel` below `root`, opened component by component (it may pass PATH_MAX)."""
+    *dirs, name = rel.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for part in dirs:
+        child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    try:
+        with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def test_directories_made_for_missing_parents_count_against_the_file_limit(root: Path) -> None:
+    # the reviewer's bomb, small: a few entries deep below missing parents made ~100,000
+    # directories while usage.files counted only the entries
+    limits = UnpackLimits(max_bytes=64 * MIB, max_files=100)
+    deep = "/".join(["a"] * 60)
+    with pytest.raises(ImageError, match=r"more than 100 files \(SANDBOXD_MAX_IMAGE_FILES\)"):
+        apply(root, [E(f"k{i}/{deep}/f") for i in range(5)], gz=True, limits=limits)
+    assert tree_entries(root) <= 100
+
+
+def test_directories_made_through_a_link_count_against_the_file_limit(root: Path) -> None:
+    limits = UnpackLimits(max_bytes=64 * MIB, max_files=100)
+    with pytest.raises(ImageError, match="more than 100 files"):
+        apply(root, [sym("s", "d/" + "a/" * 500), E("s/f")], limits=limits)
+    assert tree_entries(root) <= 100
+
+
+def test_usage_counts_exactly_what_was_made(root: Path) -> None:
+    usage = apply(root, [E("a/b/c/f"), sym("l", "x/y"), E("l/g")])
+    assert tree_entries(root) == usage.files == 8  # 3 entries; a, a/b, a/b/c, x, x/y made
+
+
+def test_a_resolution_over_the_component_cap_is_refused_naming_the_entry(root: Path) -> None:
+    # each link adds 2,000 components; the third walk would pass 4,096 (the reviewer's chain
+    # reached 80,000 directories for one entry)
+    limits = UnpackLimits(max_bytes=64 * MIB, max_files=100_000)
+    many = "a/" * 2000
+    with pytest.raises(ImageError, match=r"entry 'l/n/m/f': resolving 'l/n/m' .* more than 4096 path components"):
+        apply(root, [sym("l", many), sym("l/n", many), sym("l/n/m", many), E("l/n/m/f")], limits=limits)
+    assert tree_entries(root) < 4096 + 10
+
+
+@pytest.mark.parametrize(
+    ("name", "refusal"),
+    [
+        ("k/" + "/".join(["a" * 255] * 512) + "/f", "longer than 4096 bytes"),  # the reviewer's 130 KB
+        ("/".join(["d" * 200] * 21), "longer than 4096 bytes"),
+        ("d/" + "n" * 256, "name longer than 255 bytes"),
+        ("/".join(["a"] * 513), "deeper than 512 directories"),
+    ],
+)
+def test_overlong_paths_and_names_are_refused_with_a_short_message(root: Path, name: str, refusal: str) -> None:
+    with pytest.raises(ImageError, match=refusal) as caught:
+        apply(root, [E(name)])
+    assert len(str(caught.value)) < 400  # the path is shown cut short
+    assert os.listdir(root) == []
+
+
+def test_paths_at_the_limits_are_applied(root: Path) -> None:
+    name = "/".join(["d" * 254] * 16)  # 4,079 bytes of 254-byte names
+    apply(root, [E(name, data=b"deep"), E("n" * 255)])
+    assert read_deep(root, name) == b"deep"
+    assert (root / ("n" * 255)).exists()
+
+
+def test_the_record_of_a_layers_paths_is_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one long deep path records its ~60 ancestors too: a few entries cross a small cap
+    # (the real one, 256 MiB, bounds the 30 MB an entry once cost)
+    monkeypatch.setattr("sandboxd.images.unpack._MAX_RECORD_BYTES", 200_000)
+    deep = "/".join(["a" * 50] * 60)
+    with pytest.raises(ImageError, match="MiB of bookkeeping in one layer"):
+        apply(root, [E(f"k{i}/{deep}/f") for i in range(10)], limits=UnpackLimits(64 * MIB, 100_000))
+
+
+@pytest.mark.parametrize(
+    ("entry", "refusal"),
+    [
+        (pax_bytes("x", {"path": "a\0b"}), "path .* contains a NUL byte"),
+        (pax_bytes("x", {"linkpath": "a\0b"}, tarfile.SYMTYPE), "target of symbolic link 'x' .* NUL byte"),
+        (pax_bytes("x", {"linkpath": "a\0b"}, tarfile.LNKTYPE), "NUL byte"),
+        (pax_bytes("x", {"linkpath": "t" * 4097}, tarfile.SYMTYPE), "longer than 4096 bytes"),
+        (pax_bytes("x", {"mtime": "1e400"}), "impossible modification time"),
+        (pax_bytes("x", {"mtime": "nan"}), "impossible modification time"),
+        (pax_bytes("x", {"mtime": "99999999999999999999"}), "impossible modification time"),
+        (pax_bytes("x", {"GNU.sparse.map": "a,b", "GNU.sparse.name": "x"}), "tar header is malformed"),
+        (pax_bytes("x", {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "x",
+                         "GNU.sparse.realsize": "10"}, data=b"zz\n" + bytes(509)), "tar header is malformed"),
+    ],
+)
+def test_malformed_entries_are_image_errors(root: Path, entry: bytes, refusal: str) -> None:
+    with pytest.raises(ImageError, match=refusal):
+        apply(root, entry)
+    assert os.listdir(root) == []
+
+
+def test_a_whiteout_or_hard_link_walking_over_the_component_cap_names_the_entry(root: Path) -> None:
+    apply(root, [sym("up", "../" * 1365)])  # 1,365 components that resolve to the root
+    over = "up/up/up/up"
+    with pytest.raises(ImageError, match=rf"entry '{over}/\.wh\.x': .* more than 4096 path components"):
+        apply(root, [E(f"{over}/.wh.x")])
+    with pytest.raises(ImageError, match=r"entry 'h': .* more than 4096 path components"):
+        apply(root, [E("f"), hard("h", f"{over}/f")])
+    with pytest.raises(ImageError, match=r"target of hard link 'h' \('a\\x00b'\) contains a NUL byte"):
+        apply(root, pax_bytes("h", {"linkpath": "a\0b"}, tarfile.LNKTYPE))
+
+
+@contextmanager
+def few_descriptors() -> Iterator[None]:
+    """RLIMIT_NOFILE lowered to 16 descriptors above those already open, then restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(n) for n in os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_deep_layer_and_its_whiteouts_hold_a_few_descriptors(root: Path) -> None:
+    # 500 levels: one descriptor a level, as the walks once held, fails with EMFILE
+    deep = "top/" + "/".join(["d"] * 500)
+    apply(root, [E(f"{deep}/old"), E(f"{deep}/gone")])
+    with few_descriptors():
+        apply(root, [E(f"{deep}/new", data=b"n"), E(f"{deep}/.wh.gone"), E("top/.wh..wh..opq")])
+    assert read_deep(root, f"{deep}/new") == b"n"
+    for hidden in ("old", "gone"):
+        with pytest.raises(FileNotFoundError):
+            read_deep(root, f"{deep}/{hidden}")

@@ -8,6 +8,10 @@ opened relative to its parent's descriptor with `O_NOFOLLOW`, and a link met on 
 read and resolved by us with chroot semantics — an absolute target restarts at the image
 root, `..` never climbs above it — like Go's securejoin or openat2's RESOLVE_IN_ROOT (which
 Python does not expose).
+
+The trees and the paths are built by whoever built the image, so every walk here is bounded
+whatever they hold: one resolution passes at most MAX_COMPONENTS components and
+MAX_SYMLINK_HOPS links, and no walk holds more than two descriptors however deep it goes.
 """
 
 from __future__ import annotations
@@ -16,85 +20,156 @@ import errno
 import os
 import stat
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import ImageError
 
 __all__ = [
+    "MAX_COMPONENTS",
     "MAX_SYMLINK_HOPS",
+    "dir_identity",
     "ensure_mount_points",
     "find_command",
     "open_in_root",
+    "open_parent",
     "remove_entry",
+    "shown",
 ]
 
 MAX_SYMLINK_HOPS = 40  # Linux's own limit (MAXSYMLINKS)
+# Path components one resolution may walk, links' targets included. Without it a path of 512
+# components through 40 links of ~2,000 components each walks (and with `make_dirs` creates)
+# some 80,000 directories for one tar entry. Real resolutions walk a few dozen.
+MAX_COMPONENTS = 4096
+_SHOWN_CHARS = 100  # of an untrusted path in an operator message
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def shown(path: str) -> str:
+    """`path` quoted for an operator message, cut short: an image's paths may be kilobytes long."""
+    if len(path) <= _SHOWN_CHARS:
+        return repr(path)
+    return f"{path[:_SHOWN_CHARS]!r}... ({len(path)} characters)"
+
+
 def _components(rel: str) -> list[str]:
     return [part for part in rel.split("/") if part not in ("", ".")]
 
 
-def open_in_root(root_fd: int, rel: str, *, follow_final: bool, make_dirs: bool = False) -> int:
+def dir_identity(fd: int) -> tuple[int, int]:
+    """What `open_parent` checks a climb against: (st_dev, st_ino)."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def open_parent(fd: int, expected: tuple[int, int]) -> int:
+    """The directory above `fd`, which must be the one we came down from (`expected`).
+
+    Walking back up by `..` lets a walk of a deep tree hold two descriptors instead of one a
+    level (an image tree can be thousands deep: one descriptor each would exhaust the
+    daemon's); the identity check refuses a tree renamed under us rather than leave it.
+    """
+    parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+    if dir_identity(parent) != expected:
+        os.close(parent)
+        raise OSError(errno.ESTALE, "a directory moved while the image tree was walked")
+    return parent
+
+
+def open_in_root(
+    root_fd: int,
+    rel: str,
+    *,
+    follow_final: bool,
+    make_dirs: bool = False,
+    on_mkdir: Callable[[], None] | None = None,
+) -> int:
     """A descriptor of `rel` inside the tree `root_fd`, resolved as if `root_fd` were `/`.
 
     Symbolic links in parent components are always resolved inside the root; the final one
     only with `follow_final` (otherwise the link itself is opened). With `make_dirs`, missing
-    components are created as root-owned 0755 directories, so the result is a directory.
+    components are created as root-owned 0755 directories, so the result is a directory;
+    `on_mkdir` is called before each one is made, so a caller can count them against its
+    limits (and raise to stop).
 
     A directory comes back opened `O_RDONLY | O_DIRECTORY` (usable with `scandir`, `fchmod`
     and as a `dir_fd`); anything else `O_PATH` (for `fstat`). The caller closes it. Raises
-    `OSError` (ENOENT, ENOTDIR) when the path does not resolve, `ImageError` after more than
-    MAX_SYMLINK_HOPS links.
+    `OSError` (ENOENT, ENOTDIR) when the path does not resolve; `ImageError` for a NUL byte in
+    `rel`, after more than MAX_SYMLINK_HOPS links, or when the walk, links' targets included,
+    would pass more than MAX_COMPONENTS components (so one call does bounded work and makes
+    at most that many directories). At most two descriptors are open at a time besides the
+    result: `..` is walked back up, checked against where we came from, not kept open.
     """
+    if "\0" in rel:
+        raise ImageError(f"the path {shown(rel)} contains a NUL byte")
     pending = deque(_components(rel))
-    stack = [os.dup(root_fd)]  # the directories walked through; `..` pops, never past the root
+    if len(pending) > MAX_COMPONENTS:
+        raise ImageError(f"the path {shown(rel)} has more than {MAX_COMPONENTS} components")
+    walked = 0
+    # the directories walked through, as (st_dev, st_ino): `..` pops, never past the root
+    trail = [dir_identity(root_fd)]
+    fd = os.dup(root_fd)
     hops = 0
     try:
         while pending:
             part = pending.popleft()
+            walked += 1
             if part == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
+                if len(trail) > 1:
+                    trail.pop()
+                    parent = open_parent(fd, trail[-1])
+                    os.close(fd)
+                    fd = parent
                 continue
-            parent = stack[-1]
             last = not pending
             try:
-                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 if not make_dirs:
                     raise
-                _make_dir(parent, part)
-                st = os.stat(part, dir_fd=parent, follow_symlinks=False)
+                if on_mkdir is not None:
+                    on_mkdir()
+                _make_dir(fd, part)
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode) and (follow_final or not last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
-                    raise ImageError(f"too many levels of symbolic links resolving {rel!r} in the image")
-                target = os.readlink(part, dir_fd=parent)
+                    raise ImageError(f"too many levels of symbolic links resolving {shown(rel)} in the image")
+                target = os.readlink(part, dir_fd=fd)
                 if not target:
-                    raise OSError(errno.ENOENT, f"{part!r} in {rel!r} is an empty symbolic link")
+                    raise OSError(errno.ENOENT, f"{shown(part)} in {shown(rel)} is an empty symbolic link")
+                expansion = _components(target)
+                if walked + len(pending) + len(expansion) > MAX_COMPONENTS:
+                    raise ImageError(
+                        f"resolving {shown(rel)} in the image walks more than {MAX_COMPONENTS} "
+                        "path components (symbolic links included)"
+                    )
                 if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                pending.extendleft(reversed(_components(target)))
+                    del trail[1:]
+                    os.close(fd)
+                    fd = os.dup(root_fd)
+                pending.extendleft(reversed(expansion))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 # O_NOFOLLOW|O_DIRECTORY: were it swapped for a link since the stat, this fails
-                stack.append(os.open(part, _DIR_FLAGS, dir_fd=parent))
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                trail.append(dir_identity(child))
             elif last:
-                stack.append(os.open(part, _PATH_FLAGS, dir_fd=parent))
+                child = os.open(part, _PATH_FLAGS, dir_fd=fd)
             else:
-                raise OSError(errno.ENOTDIR, f"{part!r} in {rel!r} is not a directory")
-        if make_dirs and not stat.S_ISDIR(os.fstat(stack[-1]).st_mode):
-            raise OSError(errno.ENOTDIR, f"{rel!r} is not a directory")
-        return stack.pop()
+                raise OSError(errno.ENOTDIR, f"{shown(part)} in {shown(rel)} is not a directory")
+            os.close(fd)
+            fd = child
+        if make_dirs and not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOTDIR, f"{shown(rel)} is not a directory")
+        result, fd = fd, -1
+        return result
     finally:
-        for fd in stack:
+        if fd >= 0:
             os.close(fd)
 
 
@@ -113,7 +188,9 @@ def remove_entry(parent_fd: int, name: str) -> None:
     """Remove `name` in `parent_fd` whatever it is, a directory with all it holds; no-op if absent.
 
     Iterative (an image may nest deeper than Python's recursion limit) and link-safe: a
-    symbolic link is unlinked, never entered, and directories are opened `O_NOFOLLOW`.
+    symbolic link is unlinked, never entered, and directories are opened `O_NOFOLLOW`. Holds
+    two descriptors at most, however deep the tree: it climbs back by `..`, checked against
+    the directory it came from, so a deep tree cannot exhaust the daemon's descriptors.
     """
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -122,26 +199,34 @@ def remove_entry(parent_fd: int, name: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
         return
-    # each frame: (the directory's fd, its name in the frame below, the names left to remove)
-    stack: list[tuple[int, str, list[str]]] = []
+    # each frame: (the directory's (st_dev, st_ino), its name in the frame below, the names left)
     fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    stack.append((fd, name, os.listdir(fd)))
     try:
+        stack = [(dir_identity(fd), name, os.listdir(fd))]
         while stack:
-            fd, _, names = stack[-1]
+            _, dname, names = stack[-1]
             if not names:
-                os.close(fd)
-                _, dname, _ = stack.pop()
-                os.rmdir(dname, dir_fd=stack[-1][0] if stack else parent_fd)
+                stack.pop()
+                if stack:
+                    up = open_parent(fd, stack[-1][0])
+                    os.close(fd)
+                    fd = up
+                    os.rmdir(dname, dir_fd=fd)
+                else:
+                    os.close(fd)
+                    fd = -1
+                    os.rmdir(dname, dir_fd=parent_fd)
                 continue
             child = names.pop()
             if stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
-                cfd = os.open(child, _DIR_FLAGS, dir_fd=fd)
-                stack.append((cfd, child, os.listdir(cfd)))
+                down = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = down
+                stack.append((dir_identity(fd), child, os.listdir(fd)))
             else:
                 os.unlink(child, dir_fd=fd)
     finally:
-        for fd, _, _ in stack:
+        if fd >= 0:
             os.close(fd)
 
 
@@ -151,13 +236,17 @@ def find_command(root: Path, path_env: str, name: str) -> str | None:
     `path_env` is the image config's PATH. The candidate is resolved inside the image (links
     followed there, as the sandbox will) and must be a regular file with an execute bit. The
     returned path is the one on PATH, not the link's target: the sandbox resolves it itself.
+
+    `path_env` is untrusted: an entry that cannot resolve — relative, holding a NUL byte (no
+    such path can exist, and no environment can carry it), a link loop, a walk over
+    MAX_COMPONENTS — is skipped like a directory that lacks `name`, never an exception.
     """
-    if name in ("", ".", "..") or "/" in name:
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
         return None
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         for directory in path_env.split(":"):
-            if not directory.startswith("/"):
+            if not directory.startswith("/") or "\0" in directory:
                 continue  # a relative PATH entry depends on the working directory: never ours
             candidate = f"{directory.rstrip('/')}/{name}"
             try:

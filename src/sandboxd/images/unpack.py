@@ -16,6 +16,14 @@ images are full of. So this module reads the tar as a stream and applies each en
   leaves a half-applied tree, which the caller deletes.
 - Size and entry-count limits run over a whole image (`Usage` is carried across its layers)
   and stop the stream as soon as they are crossed, so a decompression bomb never fills the disk.
+  The count includes the directories made for an entry's missing parents: otherwise a 3 KB
+  layer of deep paths makes 100,000 directories past the limit.
+- Everything else an entry costs is capped too, since a tiny layer can otherwise ask for a
+  lot: a path is at most PATH_MAX (4096) bytes and each name NAME_MAX (255), as on Linux; an
+  entry at most 512 components deep; one resolution walks at most `inroot.MAX_COMPONENTS`
+  (links included); and the per-layer record of what was written (for whiteouts) at most
+  256 MiB. Malformed input (a NUL byte in a name, an impossible mtime, a garbled header)
+  ends as an `ImageError`, like every other refusal.
 """
 
 from __future__ import annotations
@@ -23,20 +31,23 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import stat
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 from ..errors import ImageError
-from .inroot import open_in_root, remove_entry
+from .inroot import dir_identity, open_in_root, open_parent, remove_entry, shown
 
 __all__ = ["UnpackLimits", "Usage", "apply_layer"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MEDIA_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -57,7 +68,17 @@ _ZSTD_TYPES = {
 _CHUNK = 1 << 20
 _MIB = 1 << 20
 _MAX_HEADER_BYTES = 1 << 20  # a pax header or GNU long name is read into memory whole
-_MAX_DEPTH = 512  # path components of an entry; real images stay far below, recursion stays bounded
+_MAX_DEPTH = 512  # path components of an entry; real images stay far below
+_MAX_PATH_BYTES = 4096  # PATH_MAX: an entry's path or a link's target; no longer one can be used
+_MAX_NAME_BYTES = 255  # NAME_MAX: one component
+# What `_Applier` remembers of one layer's paths (each path's bytes plus _RECORD_OVERHEAD, about
+# what a str in a set costs). Paths of 4096 bytes and their ancestors would otherwise cost ~1 MB
+# an entry; a real layer of a million files averaging 100-byte paths needs ~180 MiB.
+_MAX_RECORD_BYTES = 256 * _MIB
+_RECORD_OVERHEAD = 80
+# seconds either side of 1970 (~35,000 years): no real file is dated beyond, and inf, NaN or
+# a value past time_t (a pax mtime can be any number) would fail in utime, not as an ImageError
+_MAX_MTIME = 1 << 40
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -83,7 +104,8 @@ class UnpackLimits:
 class Usage:
     """What the layers applied so far hold: carried across one image's layers, so a bomb
     split over many layers is caught on the total. `bytes` counts the uncompressed tar
-    stream (file contents plus the tar's own headers); `files` every entry."""
+    stream (file contents plus the tar's own headers); `files` every entry, and every
+    directory made for an entry's missing parents, so `max_files` bounds all that is made."""
 
     bytes: int = 0
     files: int = 0
@@ -192,13 +214,28 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return cast(tarfile.TarInfo, getattr(super(), "_proc_member")(tf))
 
 
-def _normalise(name: str) -> str:
-    """`name` relative to the root: leading "/" and "./" dropped; ".." refused."""
+def _check_path(name: str, what: str) -> None:
+    """Refuse a path no kernel call could take: a NUL byte, or longer than PATH_MAX."""
+    if "\0" in name:
+        raise ImageError(f"{what} ({shown(name)}) contains a NUL byte")
+    if len(os.fsencode(name)) > _MAX_PATH_BYTES:
+        raise ImageError(f"{what} ({shown(name)}) is longer than {_MAX_PATH_BYTES} bytes")
+
+
+def _normalise(name: str, what: str = "a layer entry's path") -> str:
+    """`name` relative to the root: leading "/" and "./" dropped; ".." refused.
+
+    Checked before it is split or used: at most PATH_MAX bytes, NAME_MAX a component and
+    _MAX_DEPTH components, so what one entry costs in memory and work stays small.
+    """
+    _check_path(name, what)
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise ImageError(f"a layer entry's path contains '..': {name!r}")
+        raise ImageError(f"{what} contains '..': {shown(name)}")
     if len(parts) > _MAX_DEPTH:
-        raise ImageError(f"a layer entry's path is deeper than {_MAX_DEPTH} directories")
+        raise ImageError(f"{what} is deeper than {_MAX_DEPTH} directories: {shown(name)}")
+    if any(len(os.fsencode(part)) > _MAX_NAME_BYTES for part in parts):
+        raise ImageError(f"{what} has a name longer than {_MAX_NAME_BYTES} bytes: {shown(name)}")
     return "/".join(parts)
 
 
@@ -214,32 +251,60 @@ class _Applier:
     limits: UnpackLimits
     usage: Usage
     # paths this layer wrote, and their ancestors: a whiteout or opaque marker of the same
-    # layer hides only what lower layers put there (OCI image spec, "Whiteouts")
+    # layer hides only what lower layers put there (OCI image spec, "Whiteouts"). Each path
+    # is stored once; `record_bytes` is what they cost, capped at _MAX_RECORD_BYTES.
     created: set[str] = field(default_factory=set)
     ancestors: set[str] = field(default_factory=set)
+    record_bytes: int = 0
     skipped: int = 0
 
     def run(self, stream: _HashingReader) -> None:
-        tf = tarfile.open(fileobj=cast(BinaryIO, stream), mode="r|", tarinfo=_BoundedTarInfo)
-        while (member := tf.next()) is not None:
+        tf = self._parse(
+            lambda: tarfile.open(fileobj=cast(BinaryIO, stream), mode="r|", tarinfo=_BoundedTarInfo)
+        )
+        while (member := self._parse(tf.next)) is not None:
             # stream mode would keep every member (typeshed does not declare the list)
             del tf.members[:]  # type: ignore[attr-defined]
-            self.usage.files += 1
-            if self.usage.files > self.limits.max_files:
-                raise ImageError(
-                    f"the image has more than {self.limits.max_files} files (SANDBOXD_MAX_IMAGE_FILES)"
-                )
+            self._count_file()
             try:
                 self._apply(tf, member)
             except gzip.BadGzipFile:
                 raise
             except OSError as err:
                 raise ImageError(
-                    f"layer {self.digest}: entry {member.name!r} could not be applied "
+                    f"layer {self.digest}: entry {shown(member.name)} could not be applied "
                     f"({err.strerror or err})"
                 ) from None
         if self.skipped:
             log.debug("skipped %d device nodes, FIFOs or sockets in a layer", self.skipped)
+
+    def _parse(self, read: Callable[[], _T]) -> _T:
+        """`read()` of the tar's headers (opening it reads the first): a header `tarfile` chokes
+        on outside its own errors (a garbled GNU sparse map raises ValueError) is an
+        `ImageError` like any other malformed layer."""
+        try:
+            return read()
+        except (ValueError, OverflowError):
+            raise ImageError(f"layer {self.digest}: a tar header is malformed") from None
+
+    def _count_file(self) -> None:
+        """Count one more entry or implicitly made directory; refuse past `max_files`."""
+        self.usage.files += 1
+        if self.usage.files > self.limits.max_files:
+            raise ImageError(
+                f"the image has more than {self.limits.max_files} files (SANDBOXD_MAX_IMAGE_FILES)"
+            )
+
+    def _open(self, rel: str, path: str, *, make_dirs: bool = False) -> int:
+        """`path` in the root, for the entry `rel`: directories `make_dirs` makes are counted as
+        files, and a refused walk (a link loop, over MAX_COMPONENTS) names the entry."""
+        try:
+            return open_in_root(
+                self.root_fd, path, follow_final=True, make_dirs=make_dirs,
+                on_mkdir=self._count_file if make_dirs else None,
+            )
+        except ImageError as err:
+            raise ImageError(f"layer {self.digest}: entry {shown(rel)}: {err}") from None
 
     def _apply(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         rel = _normalise(member.name)
@@ -250,8 +315,12 @@ class _Applier:
             self._whiteout(parent_rel, base)
             return
         if member.issparse():
-            raise ImageError(f"{rel!r} is a sparse file; sparse files in layers are not supported")
-        parent_fd = open_in_root(self.root_fd, parent_rel, follow_final=True, make_dirs=True)
+            raise ImageError(f"{shown(rel)} is a sparse file; sparse files in layers are not supported")
+        if member.issym():
+            _check_path(member.linkname, f"the target of symbolic link {shown(rel)}")
+        if not member.isdir() and not (math.isfinite(member.mtime) and abs(member.mtime) <= _MAX_MTIME):
+            raise ImageError(f"entry {shown(rel)} has an impossible modification time ({member.mtime})")
+        parent_fd = self._open(rel, parent_rel, make_dirs=True)
         try:
             if member.isdir():
                 self._dir(parent_fd, base, member)
@@ -274,11 +343,22 @@ class _Applier:
         self._record(rel)
 
     def _record(self, rel: str) -> None:
-        self.created.add(rel)
+        if rel not in self.created:
+            self._charge(rel)
+            self.created.add(rel)
         parent = _split(rel)[0]
         while parent and parent not in self.ancestors:
+            self._charge(parent)
             self.ancestors.add(parent)
             parent = _split(parent)[0]
+
+    def _charge(self, path: str) -> None:
+        self.record_bytes += len(path) + _RECORD_OVERHEAD
+        if self.record_bytes > _MAX_RECORD_BYTES:
+            raise ImageError(
+                f"layer {self.digest}: its paths are too many or too long to track "
+                f"(over {_MAX_RECORD_BYTES // _MIB} MiB of bookkeeping in one layer)"
+            )
 
     def _dir(self, parent_fd: int, base: str, member: tarfile.TarInfo) -> None:
         try:
@@ -309,15 +389,15 @@ class _Applier:
             os.close(fd)
 
     def _hardlink(self, parent_fd: int, base: str, rel: str, linkname: str) -> None:
-        target = _normalise(linkname)
+        target = _normalise(linkname, f"the target of hard link {shown(rel)}")
         target_parent, target_base = _split(target)
         refused = ImageError(
-            f"hard link {rel!r} -> {linkname!r}: the target is not a regular file already in the image"
+            f"hard link {shown(rel)} -> {shown(linkname)}: the target is not a regular file already in the image"
         )
         if not target_base:
             raise refused
         try:
-            tdir = open_in_root(self.root_fd, target_parent, follow_final=True)
+            tdir = self._open(rel, target_parent)
         except OSError:
             raise refused from None
         try:
@@ -346,10 +426,10 @@ class _Applier:
         else:
             name = base[len(_WHITEOUT) :]
             if name in ("", ".", ".."):
-                raise ImageError(f"invalid whiteout entry {base!r}")
+                raise ImageError(f"invalid whiteout entry {shown(base)}")
             names = [name]
         try:
-            parent_fd = open_in_root(self.root_fd, parent_rel, follow_final=True)
+            parent_fd = self._open(f"{parent_rel}/{base}" if parent_rel else base, parent_rel)
         except OSError:
             return  # nothing there to hide
         try:
@@ -361,22 +441,51 @@ class _Applier:
             os.close(parent_fd)
 
     def _prune(self, parent_fd: int, name: str, rel: str) -> None:
-        """Remove `name` as far as lower layers made it, keeping what this layer wrote."""
-        if rel not in self.created and rel not in self.ancestors:
+        """Remove `name` as far as lower layers made it, keeping what this layer wrote.
+
+        Iterative, holding two descriptors at most (it climbs back by a checked `..`): what
+        this layer wrote may be _MAX_DEPTH levels deep.
+        """
+        if not self._mine(rel):
             remove_entry(parent_fd, name)
             return
-        try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISDIR(st.st_mode):
+        if not _is_dir(parent_fd, name):
             return
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
-            for child in os.listdir(fd):
-                self._prune(fd, child, f"{rel}/{child}")
+            # each frame: (the directory's identity, its path, the names left to look at)
+            stack = [(dir_identity(fd), rel, os.listdir(fd))]
+            while stack:
+                _, drel, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    if stack:
+                        up = open_parent(fd, stack[-1][0])
+                        os.close(fd)
+                        fd = up
+                    continue
+                child = names.pop()
+                crel = f"{drel}/{child}"
+                if not self._mine(crel):
+                    remove_entry(fd, child)
+                elif _is_dir(fd, child):
+                    down = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = down
+                    stack.append((dir_identity(fd), crel, os.listdir(fd)))
         finally:
             os.close(fd)
+
+    def _mine(self, rel: str) -> bool:
+        """Whether this layer wrote `rel` or something below it."""
+        return rel in self.created or rel in self.ancestors
+
+
+def _is_dir(parent_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:
