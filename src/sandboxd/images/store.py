@@ -200,7 +200,15 @@ class ImageStore:
             done = self._trees / "layers" / _name(chain)
             if done.exists():
                 progress(f"layer {n}/{len(chains)} {layer.digest[:19]}: already unpacked")
-                usage.bytes += self._layer_size(done)
+                # counted against this image's limits as if unpacked again
+                size, files = self._layer_size(done)
+                usage.bytes += size
+                usage.files += files
+                if usage.bytes > self.limits.max_bytes or usage.files > self.limits.max_files:
+                    raise ImageError(
+                        f"the image is larger than the limits of {self.limits.max_bytes // 2**20} MiB and "
+                        f"{self.limits.max_files} files (SANDBOXD_MAX_IMAGE_SIZE_MIB, SANDBOXD_MAX_IMAGE_FILES)"
+                    )
             else:
                 progress(f"layer {n}/{len(chains)} {layer.digest[:19]}: unpacking {layer.size / 2**20:.1f} MiB")
                 self._build_layer(image, n - 1, parent, done, usage)
@@ -225,7 +233,7 @@ class ImageStore:
     def _build_layer(self, image: oci.OciImage, index: int, parent: Path | None, done: Path, usage: Usage) -> None:
         layer = image.layers[index]
         work = done.with_name(f"{_TMP}{done.name}-{secrets.token_hex(4)}")
-        before = usage.bytes
+        before = usage.bytes, usage.files
         if parent is None:
             self._fs.create(work, None)
         else:
@@ -238,7 +246,7 @@ class ImageStore:
                 )
             # The layer's own size (beside it, not in the image), so a later image reusing it
             # counts it against its limit.
-            _size_file(done).write_text(str(usage.bytes - before))
+            _size_file(done).write_text(f"{usage.bytes - before[0]} {usage.files - before[1]}")
             self._fs.set_read_only(work)
             os.rename(work, done)
         except BaseException:
@@ -246,11 +254,13 @@ class ImageStore:
                 self._fs.delete(work)
             raise
 
-    def _layer_size(self, layer: Path) -> int:
+    def _layer_size(self, layer: Path) -> tuple[int, int]:
+        """The bytes and files the layer's own tar held."""
         try:
-            return int(_size_file(layer).read_text())
+            size, files = _size_file(layer).read_text().split()
+            return int(size), int(files)
         except (OSError, ValueError):
-            return 0
+            return 0, 0
 
     def disk_bytes(self, image_id: str) -> int:
         """What the image's tree holds on disk (blocks shared with other images included)."""

@@ -23,6 +23,8 @@ sandbox's own copy), and Node's stack traces end in one stub frame.
 
 from __future__ import annotations
 
+import shlex
+
 from .languages import INTERPRETERS, Language
 from .spec import SandboxSpec
 
@@ -33,7 +35,7 @@ def stub(language: Language, ready_fd: int, binary: str | None = None) -> bytes:
     text = (
         interpreter.warm_stub.replace("READY_FD", str(ready_fd))
         .replace("PROGRAM", interpreter.program_path)
-        .replace("BINARY", binary or interpreter.binary)
+        .replace("BINARY", shlex.quote(binary or interpreter.binary))  # an image's path, into bash
     )
     return text.encode()
 

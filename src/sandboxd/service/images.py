@@ -121,9 +121,7 @@ class ImageService:
         owner = org.id if org else _NO_ORG
         given = credentials
         if credentials is None and (sealed := await self._store.registry_credentials.get(owner, registry)):
-            opened = self._sealer.open(sealed)
-            if opened is not None:
-                credentials = skopeo.parse_credentials(opened.decode())
+            credentials = self._unseal(owner, registry, sealed)
 
         def fill(layout: Path, tag: str) -> None:
             skopeo.copy(skopeo.Source("registry", ref), layout, tag, credentials=credentials,
@@ -131,9 +129,19 @@ class ImageService:
 
         image = await self._add(org, name, f"registry {ref}", fill, progress)
         if given is not None:
-            plain = f"{given.username}:{given.password}".encode()
+            # sealed with their owner and registry: a row copied elsewhere does not open
+            plain = f"{owner}\n{registry}\n{given.username}:{given.password}".encode()
             await self._store.registry_credentials.put(owner, registry, self._sealer.seal(plain))
         return image
+
+    def _unseal(self, owner: str, registry: str, sealed: bytes) -> skopeo.Credentials | None:
+        opened = self._sealer.open(sealed)
+        if opened is None:
+            return None
+        own, reg, text = (opened.decode(errors="replace").split("\n", 2) + ["", ""])[:3]
+        if (own, reg) != (owner, registry):
+            return None
+        return skopeo.parse_credentials(text)
 
     async def build(
         self,
