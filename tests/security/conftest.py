@@ -137,11 +137,8 @@ def make_spec(
     return spec if image is None else replace(spec, image=image)
 
 
-#: Where `run` runs: `host` cold and pooled; `test_escape.py` adds "image" (cold, on an image).
-RUN_ON = ["cold", "pooled"]
-
-
-@pytest.fixture(scope="session", params=RUN_ON)
+# `test_escape.py` parametrizes `run` itself: cold, pooled and "image" (cold, on `escape_image`).
+@pytest.fixture(scope="session", params=["cold", "pooled"])
 def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
     """`await run(code, language='python', **limit_overrides)` -> ExecResult, in a real sandbox.
 

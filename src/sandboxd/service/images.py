@@ -205,7 +205,9 @@ class ImageService:
             except BaseException:
                 await self._clean(images)  # this image's tag, root and new layers
                 raise
-        progress(f"image {name!r} ready: {unpacked.size_bytes / 2**20:.1f} MiB, "
+        disk = await asyncio.to_thread(images.disk_bytes, image_id)
+        progress(f"image {name!r} ready: {unpacked.size_bytes / 2**20:.1f} MiB of files, "
+                 f"{disk / 2**20:.1f} MiB on disk (layers shared with other images included), "
                  f"languages: {', '.join(sorted(unpacked.binaries)) or 'none'}")
         return record
 

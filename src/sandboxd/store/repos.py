@@ -587,12 +587,11 @@ class ImageRepo(_Repo):
         rows = await self._all(Image, query)
         return next((i for i in rows if i.org_id is not None), rows[0] if rows else None)
 
-    async def list(self, org_id: str | None = None, *, builtins_too: bool = True) -> builtins.list[Image]:
-        """An organization's images (and the built-in ones); no org: every image."""
+    async def list(self, org_id: str | None = None) -> builtins.list[Image]:
+        """An organization's images and the built-in ones; no org: every image."""
         query = select(images).order_by(images.c.created_at)
         if org_id is not None:
-            owner = images.c.org_id == org_id
-            query = query.where(or_(owner, images.c.org_id.is_(None)) if builtins_too else owner)
+            query = query.where(or_(images.c.org_id == org_id, images.c.org_id.is_(None)))
         return await self._all(Image, query)
 
     async def count(self, org_id: str) -> int:
