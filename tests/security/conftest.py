@@ -87,7 +87,8 @@ def escape_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootImage
     work.chmod(0o711)  # bubblewrap runs as the sandbox's host uid: it must reach the root
     root = work / "root"
     image = oci.read_image(layout, DEBIAN_TAG)
-    root.mkdir(mode=0o755)
+    root.mkdir()
+    root.chmod(0o755)  # whatever the umask (the integration tests' open_admin sets 077)
     usage = Usage()
     for layer, diff_id in zip(image.layers, image.diff_ids):
         with open(oci.blob_path(layout, layer.digest), "rb") as blob:
