@@ -21,7 +21,9 @@ is never refused with 429. Then, with keep-alive httpx clients, sequential unles
      baseline is the time from starting python to reading its first line; interleaved;
   6. memory: VmRSS/VmHWM of each server process idle (after start and one execution) and
      peak after section 4; RSS (and PSS) of the warm pooled sandboxes waiting under the
-     server while it is idle, per sandbox.
+     server while it is idle, per sandbox;
+  7. runtime images (bench/_images.py): cold import of a Debian image, disk of two images on
+     one base vs twice one image, pooled python inline on the image vs on `host`.
 
 Every table gives median and p95 (nearest rank) in ms and the ratio of medians to the bare
 baseline of the same language measured in this run; then a "targets" table: PASS or MISS,
@@ -47,6 +49,7 @@ try:
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("suite: httpx is missing; run: uv sync --extra dev")
 
+import _images
 import _memory
 import _stream
 from _common import (
@@ -82,6 +85,7 @@ SECTIONS = (
     "4. throughput, stateless python",
     "5. time to first NDJSON event (python)",
     "6. memory",
+    "7. runtime images (python, pools on)",
 )
 T = TypeVar("T")
 K = TypeVar("K")
@@ -174,6 +178,15 @@ class Bench:
             label: {kind: Series(kind, [s[kind] for s in samples]) for kind in samples[0]}
             for label, samples in got.items()
         }
+
+    def images(self) -> _images.ImageFigures:
+        """Section 7, on the pools-on server."""
+
+        def sample(runners: dict[str, Callable[[], float]]) -> dict[str, Series]:
+            got = rounds({k: wall(run) for k, run in runners.items()}, self.n, self.warmup)
+            return {k: series(k, v) for k, v in got.items()}
+
+        return _images.measure(self.running[ON].server, self.clients[ON], sample)
 
     def idle(self) -> dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]]:
         """Section 6, idle: after one execution, once the sandboxes under each server settle."""
@@ -368,6 +381,22 @@ def print_memory(
     )
 
 
+def print_images(got: _images.ImageFigures) -> None:
+    base = got.on_host.median()
+    table(
+        SECTIONS[6],
+        ["series", "median ms", "p95 ms", "ratio to host"],
+        [[s.label, ms(s.median()), ms(s.p95()), times(s.median(), base)] for s in (got.on_host, got.on_image)],
+        [
+            f"build of the Debian image ({', '.join(_images.PACKAGES)}, mmdebstrap): {got.build_s:.1f} s",
+            f"cold import (no layer present): {got.import_s:.1f} s; a second image on the same base "
+            f"plus a 1 MiB layer: {got.second_import_s:.1f} s",
+            f"disk: one image {got.one_image_bytes / _memory.MB:.1f} MB; two images sharing the base "
+            f"{got.two_images_bytes / _memory.MB:.1f} MB = {got.sharing_ratio:.2f} of twice one image",
+        ],
+    )
+
+
 def print_targets(
     b: Bench,
     inline: dict[tuple[str, str], Series],
@@ -375,6 +404,7 @@ def print_targets(
     tput: dict[tuple[str, int], Throughput],
     stream: dict[str, dict[str, Series]],
     idle: dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]],
+    images: _images.ImageFigures,
 ) -> None:
     def ratio(lang: str) -> float | None:
         if lang not in b.languages:
@@ -396,6 +426,7 @@ def print_targets(
             150,
             "MB",
         ),
+        Target("(7) python inline on an image / on host", images.on_image.median() / images.on_host.median(), 1.1, "x"),
     ]
     targets(rows, ["medians; the targets are for this 2-core machine, measured with pools on"])
 
@@ -485,7 +516,9 @@ def main() -> int:
         stream = b.stream()
         print_stream(stream)
         print_memory(b, idle, peak)
-        print_targets(b, inline, thread, tput, stream, idle)
+        images = b.images()
+        print_images(images)
+        print_targets(b, inline, thread, tput, stream, idle, images)
     print_machine([], machine_info())
     return 0
 

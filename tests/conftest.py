@@ -209,3 +209,4 @@ async def client(server: Server, api_key: str) -> object:
         base_url=server.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=120
     ) as c:
         yield c
+

@@ -27,7 +27,11 @@ from .service import (
     WebhookService,
     load_or_create_secret,
 )
+from .images.store import ImageStore
+from .images.unpack import UnpackLimits
 from .service.files import FilesService
+from .service.images import ImageService
+from .service.sealing import Sealer
 from .service.health import PlatformHealth
 from .service.events import EventSettings
 from .service.invalidation import EpochFile
@@ -57,6 +61,7 @@ class Admin:
     webhooks: WebhookService
     threads: ThreadService
     volumes: VolumeService
+    images: ImageService
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -124,14 +129,17 @@ def prepare_data_dir(settings: Settings) -> None:
 async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admin:
     prepare_data_dir(settings)
     store = Store(create_engine(settings.effective_database_url))
+    pepper = load_or_create_secret(settings.data_dir)
+    keys = KeyService(
+        store, pepper, PrincipalCache(EpochFile(settings.data_dir / "auth-epoch"), settings.key_cache_ttl_s)
+    )
     try:
         await migrate(store.engine)
-        tenancy = TenancyService(store)
+        tenancy = TenancyService(store, keys.invalidate)
         await tenancy.ensure_defaults()
     except BaseException:
         await store.close()
         raise
-    pepper = load_or_create_secret(settings.data_dir)
     node_id = settings.node_id or load_or_create_node_id(settings.data_dir)
     fs = storage_fs(settings)
     orgs = OrgQuotas(fs, settings.org_storage_quota_mib * 1024 * 1024) if fs else None
@@ -149,9 +157,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         settings=settings,
         node_id=node_id,
         store=store,
-        keys=KeyService(
-            store, pepper, PrincipalCache(EpochFile(settings.data_dir / "auth-epoch"), settings.key_cache_ttl_s)
-        ),
+        keys=keys,
         tenancy=tenancy,
         webhooks=webhooks,
         threads=ThreadService(
@@ -161,7 +167,18 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             ThreadLocks(settings.data_dir / "locks" / "threads"),
         ),
         volumes=VolumeService(store, VolumeStore(fs, orgs) if fs and orgs else None),
+        images=ImageService(
+            store,
+            ImageStore(fs, settings.data_dir / "images", image_limits(settings)) if fs else None,
+            Sealer(pepper, "registry credentials"),
+            max_per_org=settings.max_images_per_org,
+            changed=keys.invalidate,
+        ),
     )
+
+
+def image_limits(settings: Settings) -> UnpackLimits:
+    return UnpackLimits(max_bytes=settings.max_image_size_mib * 1024 * 1024, max_files=settings.max_image_files)
 
 
 def storage_fs(settings: Settings) -> Btrfs | None:
@@ -297,9 +314,11 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             health=health,
             events=event_settings(settings),
             node_id=admin.node_id,
+            images=admin.images,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             await admin.threads.recover()
+            await admin.images.clean()
             recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
             interrupted = await recovery.recover()
             if interrupted:
@@ -328,6 +347,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         webhooks=admin.webhooks,
         threads=admin.threads,
         volumes=admin.volumes,
+        images=admin.images,
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(

@@ -21,13 +21,18 @@ from .errors import InvalidRequest, SandboxdError, SandboxSetupError
 from .observability import configure_logging
 from .observability.logging import get_logger
 from .runtime import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, LANGUAGES, spoken
-from .service import Principal, SandboxConfig, parse_execute_request
+from .service import SandboxConfig, parse_execute_request
+from .images import skopeo
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
 
 app = typer.Typer(help="sandboxd: run untrusted code for AI agents in isolated sandboxes.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (each bound to one organization and sandbox).", no_args_is_help=True)
 sandboxes_app = typer.Typer(help="Sandbox configs: CPU, memory, network, timeout cap.", no_args_is_help=True)
 orgs_app = typer.Typer(help="Organizations.", no_args_is_help=True)
+images_app = typer.Typer(
+    help="Runtime images: the root filesystem a sandbox config runs on (OCI images; `host` is the host's /usr).",
+    no_args_is_help=True,
+)
 webhooks_app = typer.Typer(help="Webhook signing secrets.", no_args_is_help=True)
 threads_app = typer.Typer(help="Threads: persistent /home/baponi per thread_id.", no_args_is_help=True)
 volumes_app = typer.Typer(help="Volumes: shared storage at /data/<name>/.", no_args_is_help=True)
@@ -37,6 +42,7 @@ app.add_typer(volumes_app, name="volumes")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(orgs_app, name="orgs")
+app.add_typer(images_app, name="images")
 
 T = TypeVar("T")
 
@@ -157,7 +163,7 @@ def run(
         try:
             request = parse_execute_request({"code": source, "language": language, "timeout": timeout})
             the_org = await services.tenancy.org(org)
-            principal = Principal(key=None, org=the_org, sandbox=await services.tenancy.sandbox(the_org, sandbox))
+            principal = await services.keys.local_principal(the_org, await services.tenancy.sandbox(the_org, sandbox))
             outcome = await services.executions.execute(principal, request, delivery_mode="cli")
         finally:
             await services.close()
@@ -280,11 +286,21 @@ def keys_unbind(
 # --- sandboxes ----------------------------------------------------------------------------
 
 
-def _sandbox_json(s: Any) -> str:
+def _sandbox_json(s: Any, image: str) -> str:
     return json.dumps(
         {"name": s.name, "id": s.id, "cpus": s.cpus, "memory_mib": s.memory_mib,
-         "network": s.network, "allow": s.network_allow or [], "timeout_cap_s": s.timeout_cap_s}
+         "network": s.network, "allow": s.network_allow or [], "timeout_cap_s": s.timeout_cap_s,
+         "image": image}
     )
+
+
+async def _sandbox_line(admin: Admin, sandbox: Any) -> str:
+    return _sandbox_json(sandbox, await admin.images.name_of(sandbox.image_id))
+
+
+ImageOption = Annotated[
+    str, typer.Option("--image", help="Runtime image (`sandboxd images list`); host: the host's /usr.")
+]
 
 
 @sandboxes_app.command("create")
@@ -304,6 +320,7 @@ def sandboxes_create(
         ),
     ] = None,
     timeout_cap: Annotated[int, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = SandboxConfig.timeout_cap_s,
+    image: ImageOption = "host",
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -314,21 +331,41 @@ def sandboxes_create(
         allow=tuple(allow or ()),
     )
 
-    async def go(admin: Admin) -> Any:
-        return await admin.tenancy.create_sandbox(await admin.tenancy.org(org), config)
+    async def go(admin: Admin) -> str:
+        the_org = await admin.tenancy.org(org)
+        found = await admin.images.find(the_org, image)
+        return await _sandbox_line(admin, await admin.tenancy.create_sandbox(the_org, config, found))
 
-    typer.echo(_sandbox_json(_admin_call(_settings(data_dir, database_url), go)))
+    typer.echo(_admin_call(_settings(data_dir, database_url), go))
+
+
+@sandboxes_app.command("update")
+def sandboxes_update(
+    name: str,
+    image: ImageOption,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Change a sandbox config's image: its keys' next executions run on it (threads keep their homes)."""
+
+    async def go(admin: Admin) -> str:
+        the_org = await admin.tenancy.org(org)
+        found = await admin.images.find(the_org, image)
+        return await _sandbox_line(admin, await admin.tenancy.set_image(the_org, name, found))
+
+    typer.echo(_admin_call(_settings(data_dir, database_url), go))
 
 
 @sandboxes_app.command("list")
 def sandboxes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List sandbox configs, one JSON object a line."""
 
-    async def go(admin: Admin) -> list[Any]:
-        return await admin.tenancy.list_sandboxes(await admin.tenancy.org(org))
+    async def go(admin: Admin) -> list[str]:
+        return [await _sandbox_line(admin, s) for s in await admin.tenancy.list_sandboxes(await admin.tenancy.org(org))]
 
-    for s in _admin_call(_settings(data_dir, database_url), go):
-        typer.echo(_sandbox_json(s))
+    for line in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(line)
 
 
 @sandboxes_app.command("show")
@@ -337,10 +374,10 @@ def sandboxes_show(
 ) -> None:
     """Show one sandbox config."""
 
-    async def go(admin: Admin) -> Any:
-        return await admin.tenancy.sandbox(await admin.tenancy.org(org), name)
+    async def go(admin: Admin) -> str:
+        return await _sandbox_line(admin, await admin.tenancy.sandbox(await admin.tenancy.org(org), name))
 
-    typer.echo(_sandbox_json(_admin_call(_settings(data_dir, database_url), go)))
+    typer.echo(_admin_call(_settings(data_dir, database_url), go))
 
 
 @sandboxes_app.command("delete")
@@ -351,6 +388,156 @@ def sandboxes_delete(
 
     async def go(admin: Admin) -> None:
         await admin.tenancy.delete_sandbox(await admin.tenancy.org(org), name)
+
+    _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"deleted {name}")
+
+
+# --- images -------------------------------------------------------------------------------
+
+ImageOrg = Annotated[
+    str | None,
+    typer.Option("--org", help="The organization that owns it; without: a built-in image every organization can use."),
+]
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+        raise  # unreachable
+
+
+def _progress(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _image_json(image: Any, **extra: Any) -> str:
+    return json.dumps({
+        "name": image.name,
+        "id": image.id,
+        "org": image.org_id,
+        "digest": image.digest,
+        "languages": sorted(image.config.get("binaries", {})),
+        "size_bytes": image.size_bytes,
+        "source": image.source,
+        "created_at": image.created_at.isoformat(timespec="seconds"),
+        **extra,
+    })
+
+
+async def _image_org(admin: Admin, org: str | None) -> Any:
+    return await admin.tenancy.org(org) if org is not None else None
+
+
+@images_app.command("import")
+def images_import(
+    path: Annotated[Path, typer.Argument(help="An OCI image layout directory, an oci-archive or a `docker save` tarball.")],
+    name: Annotated[str, typer.Option("--name", help="The image's name.")],
+    org: ImageOrg = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Import an image from a file or directory: verified, unpacked once, stored read-only."""
+
+    async def go(admin: Admin) -> Any:
+        return await admin.images.import_path(await _image_org(admin, org), name, path, _progress)
+
+    typer.echo(_image_json(_admin_call(_settings(data_dir, database_url), go)))
+
+
+@images_app.command("pull")
+def images_pull(
+    ref: Annotated[str, typer.Argument(help="registry/repository:tag or @sha256:digest")],
+    name: Annotated[str, typer.Option("--name", help="The image's name.")],
+    credentials_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--credentials-file",
+            help="A file holding 'user:password' (or user and password on two lines); '-' reads it "
+            "from stdin. Kept encrypted for the next pull from this registry.",
+        ),
+    ] = None,
+    plain_http: Annotated[
+        bool, typer.Option("--plain-http", help="Plain HTTP, allowed only to a registry on a loopback address.")
+    ] = False,
+    org: ImageOrg = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Pull an image from an OCI registry (HTTPS), verified and unpacked; layers present are reused."""
+    credentials = None
+    if credentials_file is not None:
+        text = sys.stdin.read() if str(credentials_file) == "-" else _read_secret_file(credentials_file)
+        try:
+            credentials = skopeo.parse_credentials(text)
+        except SandboxdError as exc:
+            _fail(exc.message)
+
+    async def go(admin: Admin) -> Any:
+        return await admin.images.pull(
+            await _image_org(admin, org), name, ref, credentials=credentials, plain_http=plain_http,
+            progress=_progress,
+        )
+
+    typer.echo(_image_json(_admin_call(_settings(data_dir, database_url), go)))
+
+
+@images_app.command("build")
+def images_build(
+    name: str,
+    package: Annotated[list[str], typer.Option("--package", help="A Debian package to install. Repeatable.")],
+    suite: Annotated[str, typer.Option("--suite", help="Debian release.")] = "bookworm",
+    mirror: Annotated[str | None, typer.Option("--mirror", help="Debian mirror URL [default: apt's]")] = None,
+    org: ImageOrg = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Build a Debian image from packages (mmdebstrap): the way to make the image your team wants."""
+
+    async def go(admin: Admin) -> Any:
+        return await admin.images.build(
+            await _image_org(admin, org), name, package, suite=suite, mirror=mirror, progress=_progress
+        )
+
+    typer.echo(_image_json(_admin_call(_settings(data_dir, database_url), go)))
+
+
+@images_app.command("list")
+def images_list(org: ImageOrg = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List images, one JSON object a line: an organization's and the built-in ones (no --org: all)."""
+
+    async def go(admin: Admin) -> list[Any]:
+        return await admin.images.list(await _image_org(admin, org))
+
+    typer.echo(json.dumps({"name": "host", "id": None, "org": None, "digest": None,
+                           "languages": sorted(LANGUAGES), "source": "the host's /usr"}))
+    for image in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(_image_json(image))
+
+
+@images_app.command("show")
+def images_show(name: str, org: ImageOrg = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Show one image, with the disk its layers use (layers shared with other images included)."""
+
+    async def go(admin: Admin) -> Any:
+        return await admin.images.show(await _image_org(admin, org), name)
+
+    info = _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(_image_json(
+        info.record, disk_bytes=info.disk_bytes, layers=len(info.record.config.get("layers", [])),
+        compressed_bytes=info.record.config.get("blob_bytes"), env=info.record.config.get("env", {}),
+        binaries=info.record.config.get("binaries", {}),
+    ))
+
+
+@images_app.command("delete")
+def images_delete(name: str, org: ImageOrg = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Delete an image no sandbox config uses; layers no other image uses are freed."""
+
+    async def go(admin: Admin) -> None:
+        await admin.images.delete(await _image_org(admin, org), name)
 
     _admin_call(_settings(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
@@ -422,6 +609,8 @@ def threads_show(
             "used_bytes": await admin.threads.usage_bytes(t),
             "home": str(admin.threads.home(t) or ""),
             "quota_bytes": admin.settings.thread_quota_mib * 1024 * 1024,
+            # The image its home was last used with: `pip install --user` packages were built there.
+            "last_image": t.image_digest,
         }
 
     typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go)))

@@ -234,6 +234,19 @@ class Settings(BaseSettings):
         json_schema_extra={"default_doc": "half of storage_size_gib"},
     )
     max_threads_per_org: int = Field(default=1000, ge=1, description="Threads an organization may have.")
+    max_images_per_org: int = Field(
+        default=10, ge=0,
+        description="Runtime images an organization may have (a plan's custom OCI images; built-in "
+        "images and `host` do not count). Over it, an import, pull or build is refused (403).",
+    )
+    max_image_size_mib: int = Field(
+        default=32768, ge=1,
+        description="Largest unpacked image (all its layers' files); a bigger one, or a "
+        "decompression bomb, is refused while it unpacks and nothing of it is kept.",
+    )
+    max_image_files: int = Field(
+        default=2_000_000, ge=1, description="Most entries (files, directories, links) in one image, all layers."
+    )
     thread_retention_days: int = Field(
         default=30, ge=1, description="Threads idle longer than this are deleted."
     )

@@ -23,6 +23,7 @@ from .runtime import INTERPRETERS, available_languages, check_sandbox
 from .runtime.lease import live_leases
 from .runtime.selfcheck import PREREQUISITES, Check
 from .storage import available as btrfs_available
+from .storage.btrfs import TOOLS_PATH
 
 _GIB = 1024**3
 _MIN_FREE_BYTES = 1 * _GIB
@@ -59,6 +60,21 @@ def check_btrfs() -> Check:
     return Check(
         "btrfs-progs", "WARN", "not installed: threads and volumes are refused (503)",
         "apt-get install btrfs-progs",
+    )
+
+
+_IMAGE_TOOLS = {"skopeo": "pulled or imported", "mmdebstrap": "built"}
+
+
+def check_image_tools() -> Check:
+    """`images pull` and `import` need skopeo, `images build` mmdebstrap; `host` needs neither."""
+    missing = [tool for tool in _IMAGE_TOOLS if shutil.which(tool, path=TOOLS_PATH) is None]
+    if not missing:
+        return Check.ok("image tools", "skopeo and mmdebstrap: images can be pulled, imported and built")
+    cannot = " or ".join(_IMAGE_TOOLS[tool] for tool in missing)
+    return Check(
+        "image tools", "WARN", f"{' and '.join(missing)} not installed: images cannot be {cannot} "
+        "(the host image runs as before)", f"apt-get install {' '.join(missing)}",
     )
 
 
@@ -140,7 +156,7 @@ async def run_checks(settings: Settings) -> list[Check]:
     """The start-up self-check's prerequisites, then this host's configuration, then a real sandbox."""
     prerequisites = [check() for check in PREREQUISITES]
     checks = [
-        *prerequisites, check_data_dir(settings), check_disk_space(settings), check_btrfs(), check_languages(),
+        *prerequisites, check_data_dir(settings), check_disk_space(settings), check_btrfs(), check_image_tools(), check_languages(),
         *check_ports(settings),
     ]
     blocked = [c.name for c in prerequisites if c.status == "FAIL"]

@@ -2,6 +2,7 @@
 
     SandboxdError                 base; carries the spec's error code
     ├── InvalidRequest            400 validation_error
+    │   └── ImageError            an image that cannot be imported, pulled, built or unpacked
     ├── PayloadTooLarge           413 payload_too_large
     ├── Unauthorized              401 unauthorized
     ├── Forbidden                 403 forbidden
@@ -27,6 +28,10 @@ class SandboxdError(Exception):
 
 class InvalidRequest(SandboxdError):
     code = "validation_error"
+
+
+class ImageError(InvalidRequest):
+    """An image is untrusted input: a bad one is the caller's to fix (what and why is said)."""
 
 
 class PayloadTooLarge(SandboxdError):

@@ -18,6 +18,9 @@ THREAD_ID_PATTERN = rf"^[a-zA-Z0-9][a-zA-Z0-9_-]{{0,{THREAD_ID_MAX_CHARS - 1}}}$
 THREAD_ID_RULE = (
     f"1-{THREAD_ID_MAX_CHARS} characters of letters, digits, '_' or '-', starting with a letter or digit"
 )
+#: A name an operator gives (an organization, a sandbox config, an image): safe in paths and URLs.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+NAME_RULE = "1-63 lowercase letters, digits, '_' or '-'"
 #: A volume as a files request may name it: a slug (service/volumes.py makes them lowercase, at
 #: most 63 characters), checked loosely so that an unknown one is 404, not 400.
 VOLUME_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"

@@ -22,6 +22,7 @@ SECTIONS = [
     "4. throughput",
     "5. time to first NDJSON event",
     "6. memory",
+    "7. runtime images",
     "targets",
 ]
 TARGETS = [
@@ -32,6 +33,7 @@ TARGETS = [
     "(4) errors",
     "(5) first output",
     "(6) server idle RSS",
+    "(7) python inline on an image",
 ]
 
 

@@ -11,7 +11,7 @@ from alembic import command
 from sqlalchemy import inspect
 
 from sandboxd.ids import new_trace_id
-from sandboxd.store import Execution, Store, create_engine, migrate, utcnow
+from sandboxd.store import Execution, Image, Sandbox, Store, create_engine, migrate, utcnow
 from sandboxd.store.db import alembic_config
 
 
@@ -80,5 +80,29 @@ async def test_0007_down_and_up_again_keeps_the_rows(tmp_path: Path) -> None:
         assert {"claimed_by", "claim_expires_at"} <= await _columns(store, "webhook_deliveries")
         row = await store.executions.get(trace_id)
         assert row is not None and row.status == "running" and row.node_id is None  # a row of no node
+    finally:
+        await store.close()
+
+
+async def test_0008_down_and_up_again_sandboxes_fall_back_to_host(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        org = await store.orgs.add("org_i", "imgs")
+        image = await store.images.add(Image(
+            id="img_1", org_id=org.id, name="ds", digest="sha256:" + "d" * 64, source="t",
+            config={"binaries": {"python": "/usr/bin/python3"}}, size_bytes=1, created_at=utcnow(),
+        ))
+        sandbox = await store.sandboxes.add(Sandbox(
+            id="sbx_i", org_id=org.id, name="on-ds", cpus=1.0, memory_mib=256, network="none",
+            timeout_cap_s=60, created_at=utcnow(), image_id=image.id,
+        ))
+        assert not await store.images.delete_unused(image.id)  # a config uses it
+        await _downgrade(store, "0007")
+        assert "image_id" not in await _columns(store, "sandboxes")
+        assert "image_digest" not in await _columns(store, "threads")
+        await migrate(store.engine)
+        again = await store.sandboxes.get(sandbox.id)
+        assert again is not None and again.image_id is None  # the host image, as before 0008
+        assert await store.images.list() == []
     finally:
         await store.close()

@@ -59,6 +59,8 @@ TABLES = {
     "threads",
     "volumes",
     "key_volumes",
+    "images",
+    "registry_credentials",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -99,7 +101,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0007"]  # the newest migration (0007: nodes, webhook delivery claims)
+        assert versions == ["0008"]  # the newest migration (0008: runtime images)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",

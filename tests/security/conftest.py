@@ -15,13 +15,29 @@ import shutil
 import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
-from sandboxd.runtime import BwrapRunner, ExecResult, Limits, PooledRunner, PoolSettings, SandboxSpec, create_runner
+from _debian import DEBIAN_TAG, debian_layout
+
+from sandboxd.images import oci
+from sandboxd.images.inroot import ensure_mount_points, find_command
+from sandboxd.images.unpack import UnpackLimits, Usage, apply_layer
+from sandboxd.runtime import (
+    INTERPRETERS,
+    BwrapRunner,
+    ExecResult,
+    Limits,
+    PooledRunner,
+    PoolSettings,
+    RootImage,
+    SandboxSpec,
+    create_runner,
+)
+from sandboxd.runtime.bwrap import IMAGE_MOUNT_DIRS, IMAGE_MOUNT_FILES
 from sandboxd.runtime.pool import key_of
 
 from .hostprobe import SLOTS, TEST_TIMEOUT_S, UID_BASE, Host, instance_hash, remove_instance_parents
@@ -58,6 +74,34 @@ def runner(data_dir: Path) -> Iterator[BwrapRunner]:
     remove_instance_parents(instance_hash(str(data_dir)))
 
 
+#: The escape suite's image: each of its languages, from Debian's packages.
+ESCAPE_IMAGE_PACKAGES = ("python3", "nodejs", "bash")
+
+
+@pytest.fixture(scope="session")
+def escape_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootImage]:
+    """A Debian image unpacked as the image store does (layer by layer, in-root, mount points
+    made), built once per session: the escape suite runs on it as well as on `host`."""
+    layout = debian_layout(ESCAPE_IMAGE_PACKAGES, tmp_path_factory)
+    work = Path(tempfile.mkdtemp(prefix="sandboxd-sec-image-"))
+    work.chmod(0o711)  # bubblewrap runs as the sandbox's host uid: it must reach the root
+    root = work / "root"
+    image = oci.read_image(layout, DEBIAN_TAG)
+    root.mkdir()
+    root.chmod(0o755)  # whatever the umask (the integration tests' open_admin sets 077)
+    usage = Usage()
+    for layer, diff_id in zip(image.layers, image.diff_ids):
+        with open(oci.blob_path(layout, layer.digest), "rb") as blob:
+            apply_layer(blob, root, media_type=layer.media_type, digest=layer.digest, diff_id=diff_id,
+                        limits=UnpackLimits(8 << 30, 1_000_000), usage=usage)
+    ensure_mount_points(root, IMAGE_MOUNT_DIRS, IMAGE_MOUNT_FILES)
+    binaries = {lang: find_command(root, image.path, i.command) for lang, i in INTERPRETERS.items()}
+    assert all(binaries.values()), binaries
+    yield RootImage("escape", image.manifest_digest, str(root),
+                    tuple((lang, path) for lang, path in binaries.items() if path), tuple(image.env.items()))
+    shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 async def host(runner: BwrapRunner, data_dir: Path) -> Host:
     h = Host(runner, instance_hash(str(data_dir)))
@@ -84,22 +128,27 @@ class Run(Protocol):
 
 
 def make_spec(
-    code: str | bytes, language: str, env: dict[str, str] | None, **limit_overrides: Any
+    code: str | bytes, language: str, env: dict[str, str] | None, image: RootImage | None = None,
+    **limit_overrides: Any,
 ) -> SandboxSpec:
     if isinstance(code, str):
         code = textwrap.dedent(code).encode()
     limits = Limits(**{"timeout_s": TEST_TIMEOUT_S, **limit_overrides})
-    return SandboxSpec(language=language, code=code, limits=limits, env=dict(env or {}))  # type: ignore[arg-type]
+    spec = SandboxSpec(language=language, code=code, limits=limits, env=dict(env or {}))  # type: ignore[arg-type]
+    return spec if image is None else replace(spec, image=image)
 
 
+# `test_escape.py` parametrizes `run` itself: cold, pooled and "image" (cold, on `escape_image`).
 @pytest.fixture(scope="session", params=["cold", "pooled"])
 def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
     """`await run(code, language='python', **limit_overrides)` -> ExecResult, in a real sandbox.
 
     Every attack runs twice: in a sandbox started for it (cold), and in a pre-spawned one
-    whose stub receives the code at use time (pooled: the fast path, `runtime/pool.py`).
+    whose stub receives the code at use time (pooled: the fast path, `runtime/pool.py`). The
+    escape suite runs a third time on an imported image ("image", `escape_image`).
     """
     pooled = PooledRunner(runner, PoolSettings()) if request.param == "pooled" else None
+    image = request.getfixturevalue("escape_image") if request.param == "image" else None
 
     async def _run(
         code: str | bytes,
@@ -110,7 +159,7 @@ def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
         sink: Callable[[str, bytes], Awaitable[None]] | None = None,
         **limit_overrides: Any,
     ) -> ExecResult:
-        spec = make_spec(code, language, env, **limit_overrides)
+        spec = make_spec(code, language, env, image, **limit_overrides)
         if pooled is not None and key_of(spec) is not None:
             entry = await pooled.pool.spawn_ready(spec)
             return await pooled.serve(entry, spec, sink=sink, cancel=cancel)

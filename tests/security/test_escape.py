@@ -27,8 +27,18 @@ from sandboxd.runtime.bwrap import SANDBOX_UID, base_env, passwd_file
 from .hostprobe import NOBODY, UID_RANGE, Host, read_status, run_as_nobody
 from .probes import read_probe
 
+# The whole escape suite runs on the host image (cold and pooled) and on an imported image.
+pytestmark = pytest.mark.parametrize("run", ["cold", "pooled", "image"], indirect=True)
+
 # Reads each path in $PROBE and reports what the sandbox saw: its content, a listing, or the errno.
 PATH_PROBE = read_probe(300)
+
+
+def on_image(request: pytest.FixtureRequest) -> Path | None:
+    """The image root this variant runs on (`run` "image"), else None (the host's /usr)."""
+    if request.node.callspec.params["run"] != "image":
+        return None
+    return Path(request.getfixturevalue("escape_image").root)
 
 
 def probe_result(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -67,11 +77,13 @@ def host_secret(secret: str) -> Iterator[Path]:
         "/proc/1/cwd/etc/shadow",
     ],
 )
-async def test_host_secrets_not_in_view(run, path: str) -> None:
+async def test_host_secrets_not_in_view(request: pytest.FixtureRequest, run, path: str) -> None:
     host_path = path.replace("/proc/1/root", "").replace("/proc/1/cwd", "")
     assert os.path.exists(host_path), f"precondition: {host_path} exists on the host"
     seen = await probe_paths(run, [path])
-    assert seen[path] == "ENOENT", f"{path} in the sandbox: {seen[path][:100]}"
+    # On an image, the image's own root-only /root may be there: closed to the sandbox user.
+    allowed = ("ENOENT", "EACCES") if on_image(request) else ("ENOENT",)
+    assert seen[path] in allowed, f"{path} in the sandbox: {seen[path][:100]}"
 
 
 @pytest.mark.parametrize(
@@ -110,7 +122,7 @@ async def test_world_readable_host_file_hidden_by_mount_namespace(
     assert result.stdout == b"end\n", result
 
 
-async def test_server_data_dir_hidden(run, data_dir: Path, secret: str) -> None:
+async def test_server_data_dir_hidden(request: pytest.FixtureRequest, run, data_dir: Path, secret: str) -> None:
     key = data_dir / "secret.key"
     assert run_as_nobody(["/usr/bin/cat", str(key)]).stdout.strip() == secret  # DAC would allow it
     paths = [
@@ -124,14 +136,24 @@ async def test_server_data_dir_hidden(run, data_dir: Path, secret: str) -> None:
         "/srv",
     ]
     seen = await probe_paths(run, paths)
+    if (image := on_image(request)) is not None:  # the image's own /var/lib and /srv
+        for p in ("/var/lib", "/srv"):
+            assert seen.pop(p) == "DIR:" + ",".join(sorted(os.listdir(image / p.lstrip("/"))))
+        paths = [p for p in paths if p not in ("/var/lib", "/srv")]
     assert seen == {p: "ENOENT" for p in paths}
 
 
-async def test_only_curated_host_files_visible(run) -> None:
+async def test_only_curated_host_files_visible(request: pytest.FixtureRequest, run) -> None:
     assert os.listdir("/usr/local"), "precondition: the host has tools under /usr/local"
     seen = await probe_paths(
         run, ["/usr/local", "/etc", "/etc/passwd", "/home", "/etc/ssl/private"]
     )
+    if (image := on_image(request)) is not None:  # the image's own /usr/local and /etc only
+        for p in ("/usr/local", "/etc"):
+            assert seen[p] == "DIR:" + ",".join(sorted(os.listdir(image / p.lstrip("/")))), p
+        assert seen["/etc/passwd"] == "READ:" + passwd_file().decode()
+        assert seen["/home"] == "DIR:baponi"
+        return
     assert seen["/usr/local"] == "DIR:"  # host-local tools hidden by an empty tmpfs
     etc = set(seen["/etc"].removeprefix("DIR:").split(","))
     assert etc <= {
@@ -218,7 +240,8 @@ async def test_writable_places_are_private_tmpfs(run, secret: str) -> None:
 async def test_no_devices_sysfs_or_mknod(run) -> None:
     result = await run("""
         import errno, json, os, stat
-        out = {"dev": sorted(os.listdir("/dev")), "sys": os.path.exists("/sys"),
+        # An image may hold an empty /sys directory: what matters is that no sysfs is there.
+        out = {"dev": sorted(os.listdir("/dev")), "sys": os.path.exists("/sys") and os.listdir("/sys") != [],
                "vda": os.path.exists("/dev/vda"), "kmsg": os.path.exists("/dev/kmsg")}
         try:
             os.mknod("/tmp/disk", stat.S_IFBLK | 0o600, os.makedev(254, 0))
@@ -248,14 +271,18 @@ async def test_no_devices_sysfs_or_mknod(run) -> None:
     assert out["mknod"] == "EPERM"
 
 
-async def test_setuid_binaries_gain_nothing(run) -> None:
+async def test_setuid_binaries_gain_nothing(request: pytest.FixtureRequest, run) -> None:
     assert os.stat("/usr/bin/mount").st_mode & 0o4000, (
         "precondition: mount is setuid root on the host"
     )
+    image = on_image(request)
+    if image is not None:  # the image's setuid bits were dropped when it was unpacked
+        assert os.stat(image / "usr/bin/su").st_mode & 0o6000 == 0
+    mounted = "/" if image is not None else "/usr"
     result = await run(
-        """
+        f"""
         grep -E '^NoNewPrivs' /proc/self/status
-        awk '$5 == "/usr" {print $6}' /proc/self/mountinfo
+        awk '$5 == "{mounted}" {{print $6}}' /proc/self/mountinfo
         /usr/bin/mount -t tmpfs none /tmp; echo "mount=$?"
         /usr/bin/su -c id root </dev/null; echo "su=$?"
         df -k /tmp | tail -1
@@ -265,7 +292,7 @@ async def test_setuid_binaries_gain_nothing(run) -> None:
     )
     out = result.stdout.decode()
     assert "NoNewPrivs:\t1" in out
-    assert "nosuid" in out  # /usr is mounted nosuid
+    assert "nosuid" in out  # /usr (an image: /) is mounted nosuid
     assert "mount=0" not in out and "su=0" not in out, out
     assert " 8192 " in out, out  # /tmp is still our 8 MiB tmpfs, not a new mount
 

@@ -12,7 +12,7 @@ import pytest
 from sandboxd.runtime import bwrap, procfs
 from sandboxd.runtime.bwrap import SandboxFds, base_env, build_argv
 from sandboxd.runtime.languages import INTERPRETERS
-from sandboxd.runtime.spec import Limits, Mount, SandboxSpec
+from sandboxd.runtime.spec import Limits, Mount, RootImage, SandboxSpec
 
 MIB = 1024 * 1024
 LANGUAGES = sorted(INTERPRETERS)
@@ -342,7 +342,7 @@ def test_golden_tail() -> None:
     """Privileges dropped, root read-only and the filter installed last, right before the command."""
     argv = make("python", env={})
     assert argv[-12:] == [
-        "--setenv", "PIP_BREAK_SYSTEM_PACKAGES", "1",
+        "--setenv", "PWD", "/data",
         "--cap-drop", "ALL",
         "--remount-ro", "/",
         "--seccomp", "12",
@@ -373,3 +373,61 @@ def test_volumes_are_bound_under_data_read_only_or_not() -> None:
     assert argv[argv.index("/v/rw") - 1 : argv.index("/v/rw") + 2] == ["--bind", "/v/rw", "/data/shared"]
     data_tmpfs = argv.index("/data")
     assert data_tmpfs < argv.index("/v/ro") and data_tmpfs < argv.index("/v/rw")  # inside /data
+
+
+# --- an imported image as the root -----------------------------------------------------------
+
+IMAGE = RootImage(
+    name="ds",
+    digest="sha256:" + "a" * 64,
+    root="/run/sandboxd/x/storage/images/roots/img_1",
+    binaries=(("python", "/opt/conda/envs/ds/bin/python3"), ("bash", "/usr/bin/bash")),
+    env=(("PATH", "/opt/conda/envs/ds/bin:/usr/bin:/bin"), ("HOME", "/root"), ("CONDA_PREFIX", "/opt/conda")),
+)
+
+
+def make_on_image(language: str = "python") -> list[str]:
+    spec = SandboxSpec(language=language, code=b"x", limits=LIMITS, env=dict(REQUEST_ENV), image=IMAGE)  # type: ignore[arg-type]
+    return build_argv(spec, FDS, bwrap="/usr/bin/bwrap")
+
+
+def test_image_root_is_the_only_host_path_and_read_only() -> None:
+    options, _ = ops(make_on_image())
+    binds = [args for opt, args in options if opt == "--ro-bind" and not args[1].startswith("/proc/")]
+    assert binds == [(IMAGE.root, "/")]  # nothing of the host's /usr or /etc (/proc covers aside)
+    assert ("--remount-ro", ("/",)) in options
+    assert not any(opt == "--symlink" for opt, _ in options)
+
+
+def test_image_interpreter_is_the_one_found_on_its_path() -> None:
+    _, command = ops(make_on_image())
+    assert command == ["/opt/conda/envs/ds/bin/python3", INTERPRETERS["python"].program_path]
+
+
+def test_image_env_under_request_env_and_sandbox_names_fixed() -> None:
+    env = dict(setenvs(make_on_image()))
+    assert env["PATH"] == "/opt/conda/envs/ds/bin:/usr/bin:/bin"
+    assert env["CONDA_PREFIX"] == "/opt/conda"
+    assert env["HOME"] == "/home/baponi"  # the image's HOME=/root does not move the thread home
+    assert env["PWD"] == "/data"
+    assert {k: env[k] for k in REQUEST_ENV} == REQUEST_ENV
+
+
+def test_image_mount_points_cover_every_mount_on_the_root() -> None:
+    """Whatever bwrap mounts in an image's read-only root must exist there (the store makes
+    IMAGE_MOUNT_DIRS and IMAGE_MOUNT_FILES): a new mount point missing from them fails here."""
+    options, _ = ops(make_on_image())
+    points = {args[-1] for opt, args in options if opt in MOUNT_OPS | {"--bind"} and args[-1] != "/"}
+    resolv = set(ops(build_argv(
+        SandboxSpec("python", b"x", image=IMAGE), SandboxFds(11, 12, 13, 14, 15, 16, resolv=17)
+    ))[0])
+    points |= {args[-1] for opt, args in resolv if opt == "--ro-bind-data"}
+    covered = set(bwrap.IMAGE_MOUNT_DIRS) | set(bwrap.IMAGE_MOUNT_FILES)
+    under_covered_dir = {p for p in points if any(p.startswith(d + "/") for d in ("/dev", "/data", "/tmp", "/proc"))}
+    assert points - under_covered_dir <= covered
+
+
+def test_language_missing_from_image_has_no_interpreter() -> None:
+    with pytest.raises(KeyError):
+        IMAGE.binary("node")
+    assert IMAGE.languages == {"python", "bash"}

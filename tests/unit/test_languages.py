@@ -37,3 +37,15 @@ def test_spoken() -> None:
     assert spoken(["a"]) == "a"
     assert spoken(["a", "b"]) == "a or b"
     assert spoken(["a", "b", "c"], "and") == "a, b and c"
+
+
+def test_python_stub_parses_as_python_3_8() -> None:
+    """An image may bring any Python >= 3.8: the warm stub uses nothing newer."""
+    import ast
+
+    ast.parse(warm.stub("python", 9).decode(), feature_version=(3, 8))
+
+
+def test_bash_stub_runs_the_images_bash() -> None:
+    assert "exec /opt/bin/bash " in warm.stub("bash", 9, "/opt/bin/bash").decode()
+    assert "exec /usr/bin/bash " in warm.stub("bash", 9).decode()

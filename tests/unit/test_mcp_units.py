@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sandboxd.mcp.handlers import _execute_text, _inline_text
 from sandboxd.mcp.tools import INPUT_SCHEMAS, tool_list
 from sandboxd.service import Outcome, Principal
 from sandboxd.service.auth import bearer_token
-from sandboxd.store import Org, Sandbox, Volume
+from sandboxd.store import Image, Org, Sandbox, Volume
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -81,7 +82,7 @@ def test_tool_descriptions_state_the_keys_sandbox() -> None:
     scratch = Volume(id="vol_2", org_id="org_1", slug="scratch", quota_mib=10, created_at=NOW)
     tools = {t.name: t for t in tool_list(_principal(volumes=((data, True), (scratch, False))), frozenset({"python", "bash"}), 4096)}
     text = tools["sandbox_execute"].description or ""
-    assert "bash, python;" in text
+    assert "bash, python on the image 'host';" in text
     assert "timeout at most 900 s" in text and "2.5 CPU" in text and "4096 MiB memory" in text
     assert "no network access" in text and "up to 4096 bytes" in text
     assert "/data/datasets/ (read-only)" in text and "/data/scratch/ (read-write)" in text
@@ -135,3 +136,11 @@ def test_inline_text(head: bytes, size: int, cap: int, content: str | None) -> N
     got, why_not = _inline_text(head, size, cap)
     assert got == content
     assert (why_not is None) == (content is not None)
+
+
+def test_tool_description_names_the_keys_image_and_its_languages() -> None:
+    image = Image(id="img_1", org_id="org_1", name="datascience", digest="sha256:" + "c" * 64, source="t",
+                  config={"binaries": {"python": "/usr/bin/python3"}}, size_bytes=1, created_at=NOW)
+    principal = replace(_principal(), image=image)
+    text = {t.name: t for t in tool_list(principal, frozenset({"python"}), 4096)}["sandbox_execute"].description
+    assert "python on the image 'datascience';" in (text or "")

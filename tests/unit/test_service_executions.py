@@ -18,7 +18,7 @@ import pytest
 
 from sandboxd.bus import Event
 from sandboxd.errors import Conflict, RateLimited
-from sandboxd.runtime import Limits, SandboxSpec
+from sandboxd.runtime import Limits, RootImage, SandboxSpec
 from sandboxd.runtime.fake import FakeRunner, Script
 from sandboxd.service.admission import ConcurrencyLimiter
 from sandboxd.service.events import EventSettings
@@ -445,6 +445,8 @@ def test_a_job_description_round_trips_through_json() -> None:
         code="print('\u00e9')\n\udcff", env={"A": "1"}, limits=replace(Limits(), timeout_s=5.0, cpus=0.5),
         network="allowlist", network_allow=("pypi.org", "*.example.com:8443"),
         volumes=(VolumeBinding("org_1", "data", True),), thread_id="t1", webhook=True,
+        image=RootImage("ds", "sha256:" + "b" * 64, "/x/roots/img_1", (("python", "/opt/py/bin/python3"),),
+                        (("PATH", "/opt/py/bin:/usr/bin"),)),
     )
     text = job.to_json()
     assert isinstance(json.loads(text), dict)
@@ -452,6 +454,7 @@ def test_a_job_description_round_trips_through_json() -> None:
     spec = JobDescription.from_json(text).spec()
     assert spec.code == job.code.encode("utf-8", errors="surrogatepass") and spec.host_gid == 2_000_001
     assert spec.home is None and spec.host_uid is None and spec.mounts == ()  # decided by the job
+    assert spec.image == job.image and spec.image.binary("python") == "/opt/py/bin/python3"
 
 
 def test_outcome_is_what_the_surfaces_report() -> None:

@@ -57,8 +57,13 @@ class NetworkDecisionBody(BaseModel):
     count: int = Field(description="How many times this same decision was made.")
 
 
+class ImageUsed(BaseModel):
+    name: str = Field(description="The runtime image's name (`host`: the host's own /usr).")
+    digest: str | None = Field(default=None, description="Its manifest digest; null for `host`.")
+
+
 class ExecutionStatus(BaseModel):
-    """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts)."""
+    """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts, image)."""
 
     trace_id: str
     status: str
@@ -83,6 +88,7 @@ class ExecutionStatus(BaseModel):
         description="The network policy's decision for each destination the code asked for "
         "(allowlist and full policies): the audit record of its egress.",
     )
+    image: ImageUsed | None = Field(default=None, description="The runtime image it ran on.")
 
 
 class WebhookAccepted(BaseModel):

@@ -46,7 +46,7 @@ class Handlers:
         return types.ListToolsResult(
             tools=tools.tool_list(
                 principal,
-                self._services.executions.languages,
+                self._services.executions.languages_for(principal),
                 self._services.settings.output_limit_bytes,
             )
         )

@@ -174,8 +174,9 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
         if principal.volumes
         else ""
     )
+    image = principal.image.name if principal.image is not None else "host"
     return (
-        f"This API key's sandbox: {', '.join(sorted(languages))}; timeout at most "
+        f"This API key's sandbox: {', '.join(sorted(languages))} on the image {image!r}; timeout at most "
         f"{sandbox.timeout_cap_s} s; {sandbox.cpus:g} CPU; {sandbox.memory_mib} MiB memory; {network}. "
         f"stdout and stderr are each kept up to {output_limit_bytes} bytes (the rest is cut and "
         f"output_truncated is true). {volumes}"

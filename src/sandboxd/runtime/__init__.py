@@ -25,12 +25,25 @@ from .pooled import PooledRunner
 from .runner import BwrapRunner
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
-from .spec import DEFAULT_TIMEOUT_S, ExecResult, ExecStatus, Language, Limits, Mount, OutputSink, SandboxSpec, Stream
+from .spec import (
+    DEFAULT_TIMEOUT_S,
+    HOST_IMAGE,
+    ExecResult,
+    ExecStatus,
+    Language,
+    Limits,
+    Mount,
+    OutputSink,
+    RootImage,
+    SandboxSpec,
+    Stream,
+)
 from .users import UidPool
 
 __all__ = [
     "DEFAULT_LANGUAGE",
     "DEFAULT_TIMEOUT_S",
+    "HOST_IMAGE",
     "INTERPRETERS",
     "LANGUAGES",
     "BwrapRunner",
@@ -43,6 +56,7 @@ __all__ = [
     "PoolSettings",
     "PooledRunner",
     "Role",
+    "RootImage",
     "Runner",
     "SandboxSpec",
     "Stream",

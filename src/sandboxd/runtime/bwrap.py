@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procfs
-from .languages import INTERPRETERS
-from .spec import SandboxSpec
+from .languages import INTERPRETERS, PROGRAM_DIR
+from .spec import RootImage, SandboxSpec
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -46,20 +46,54 @@ class SandboxFds:
     resolv: int | None = None
 
 
-def base_env() -> dict[str, str]:
-    return {
+#: What bubblewrap mounts on in an image's read-only root: they must exist in the tree, as a
+#: directory or a regular file (images/store.py makes them when it prepares an image's root).
+IMAGE_MOUNT_DIRS = ("/proc", "/dev", "/tmp", WORKDIR, HOME, PROGRAM_DIR)
+IMAGE_MOUNT_FILES = (
+    "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf", "/etc/resolv.conf",
+    *(interp.program_path for interp in INTERPRETERS.values()),
+)
+
+
+def base_env(image: RootImage | None = None) -> dict[str, str]:
+    """The sandbox's own variables: ours, the image config's `Env` over them (its PATH, LANG,
+    a conda env's variables), then the ones that describe the sandbox, which no image changes."""
+    env = {
         "PATH": PATH,
-        "HOME": HOME,
-        "USER": SANDBOX_USER,
-        "LOGNAME": SANDBOX_USER,
         "SHELL": "/bin/bash",
         "LANG": "C.UTF-8",
-        "TMPDIR": "/tmp",
-        "PWD": WORKDIR,
         "PYTHONUNBUFFERED": "1",
         # `pip install --user` lands in the thread's home; the image's own site stays read-only.
         "PIP_BREAK_SYSTEM_PACKAGES": "1",
     }
+    if image is not None:
+        env |= dict(image.env)
+    return env | {
+        "HOME": HOME,
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
+        "TMPDIR": "/tmp",
+        "PWD": WORKDIR,
+    }
+
+
+def _root_args(image: RootImage) -> list[str]:
+    """The read-only root: an image's tree, or the host's /usr with host-local tools hidden."""
+    if image.root is not None:
+        return ["--ro-bind", image.root, "/"]
+    argv = [
+        "--ro-bind", "/usr", "/usr",
+        "--tmpfs", "/usr/local",
+        "--remount-ro", "/usr/local",
+        "--symlink", "usr/bin", "/bin",
+        "--symlink", "usr/sbin", "/sbin",
+        "--symlink", "usr/lib", "/lib",
+        "--symlink", "usr/lib64", "/lib64",
+    ]
+    for path in _RO_HOST_FILES:
+        if Path(path).exists():
+            argv += ["--ro-bind", path, path]
+    return argv
 
 
 def build_argv(
@@ -93,18 +127,9 @@ def build_argv(
         "--uid", str(SANDBOX_UID),
         "--gid", str(SANDBOX_GID),
         "--hostname", "sandbox",
-        # Filesystem: the image read-only, host-local tools hidden, synthetic identity files.
-        "--ro-bind", "/usr", "/usr",
-        "--tmpfs", "/usr/local",
-        "--remount-ro", "/usr/local",
-        "--symlink", "usr/bin", "/bin",
-        "--symlink", "usr/sbin", "/sbin",
-        "--symlink", "usr/lib", "/lib",
-        "--symlink", "usr/lib64", "/lib64",
+        # Filesystem: the image read-only, synthetic identity files.
+        *_root_args(spec.image),
     ]
-    for path in _RO_HOST_FILES:
-        if Path(path).exists():
-            argv += ["--ro-bind", path, path]
     argv += [
         "--ro-bind-data", str(fds.passwd), "/etc/passwd",
         "--ro-bind-data", str(fds.group), "/etc/group",
@@ -133,7 +158,7 @@ def build_argv(
         # Environment: nothing of the server's, only ours and the request's.
         "--clearenv",
     ]
-    env = base_env() | spec.env | dict(network_env or {})
+    env = base_env(spec.image) | spec.env | dict(network_env or {})
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += [
@@ -142,7 +167,7 @@ def build_argv(
         "--remount-ro", "/",
         "--seccomp", str(fds.seccomp),
         "--",
-        *INTERPRETERS[spec.language].argv(),
+        spec.image.binary(spec.language), INTERPRETERS[spec.language].program_path,
     ]
     return argv
 

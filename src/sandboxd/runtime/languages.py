@@ -24,7 +24,9 @@ PROGRAM_DIR = "/run/sandboxd"
 @dataclass(frozen=True)
 class Interpreter:
     language: Language
+    #: The interpreter in the host image; an imported image's is `command` found on its PATH.
     binary: str
+    command: str
     program_name: str
     #: The language as the API's texts name it ("Run Python, Node.js or Bash code").
     title: str
@@ -33,15 +35,13 @@ class Interpreter:
     #: What `sandboxd doctor` tells the operator when `binary` is missing.
     install_hint: str
     #: What a pre-spawned sandbox runs until its request comes (the protocol: runtime/warm.py).
-    #: `READY_FD` and `PROGRAM` are replaced by the ready pipe's fd and `program_path`.
+    #: `READY_FD`, `PROGRAM` and `BINARY` are replaced by the ready pipe's fd, `program_path` and
+    #: the image's interpreter.
     warm_stub: str
 
     @property
     def program_path(self) -> str:
         return f"{PROGRAM_DIR}/{self.program_name}"
-
-    def argv(self) -> list[str]:
-        return [self.binary, self.program_path]
 
 
 _PYTHON_STUB = """\
@@ -132,21 +132,21 @@ while [ "$n" -gt 0 ] && IFS= read -r -d '' item; do
 done
 head -c $((10#$size)) >| PROGRAM
 exec </dev/null
-exec /usr/bin/bash PROGRAM
+exec BINARY PROGRAM
 }
 """
 
 INTERPRETERS: dict[Language, Interpreter] = {
     "python": Interpreter(
-        "python", "/usr/bin/python3", "main.py", "Python", "python (python3)",
+        "python", "/usr/bin/python3", "python3", "main.py", "Python", "python (python3)",
         "install Python 3 at /usr/bin/python3: apt-get install python3", _PYTHON_STUB,
     ),
     "node": Interpreter(
-        "node", "/usr/bin/node", "main.js", "Node.js", "node (Node.js)",
+        "node", "/usr/bin/node", "node", "main.js", "Node.js", "node (Node.js)",
         "install Node.js at /usr/bin/node: apt-get install nodejs", _NODE_STUB,
     ),
     "bash": Interpreter(
-        "bash", "/usr/bin/bash", "main.sh", "Bash", "bash",
+        "bash", "/usr/bin/bash", "bash", "main.sh", "Bash", "bash",
         "install bash at /usr/bin/bash: apt-get install bash", _BASH_STUB,
     ),
 }

@@ -36,7 +36,7 @@ from . import warm
 from .homeslot import HomeSlots
 from .network import Attached
 from .sandbox import Sandbox, Sandboxes
-from .spec import Language, Limits, SandboxSpec
+from .spec import HOST_IMAGE, Language, Limits, RootImage, SandboxSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class PoolKey:
     host_gid: int | None
     #: A thread's own uid (its runs are served by its own sandboxes); None: stateless.
     host_uid: int | None = None
+    #: Pools are per image: a sandbox is built on its root.
+    image: RootImage = HOST_IMAGE
 
 
 @dataclass
@@ -90,7 +92,7 @@ def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
         return None
     # Applied at use time, not at build time: not part of the key.
     limits = replace(spec.limits, timeout_s=0.0, output_limit_bytes=0)
-    return PoolKey(spec.language, limits, spec.host_gid, spec.host_uid)
+    return PoolKey(spec.language, limits, spec.host_gid, spec.host_uid, spec.image)
 
 
 class WarmPool:
@@ -258,7 +260,7 @@ class WarmPool:
                 home_slot = self.home_slots.create(template.host_uid, template.host_gid or template.host_uid)
                 template = replace(template, home=str(home_slot))
             box = await self._sandboxes.launch(
-                template, Attached(), program=warm.stub(template.language, ready_w), ready_fd=ready_w
+                template, Attached(), program=warm.stub(template.language, ready_w, template.image.binary(template.language)), ready_fd=ready_w
             )
         except BaseException:
             os.close(ready_r)

@@ -73,8 +73,9 @@ class BwrapRunner:
         """Nothing to refill: every run starts its own sandbox."""
 
     def check_language(self, spec: SandboxSpec) -> None:
-        if spec.language not in self.languages:
-            raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in this image")
+        found = self.languages if spec.image.root is None else spec.image.languages
+        if spec.language not in found:
+            raise SandboxSetupError("interpreter", f"language {spec.language!r} is not in image {spec.image.name!r}")
 
 
 def _with_network(result: ExecResult, net: Attached) -> ExecResult:

@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from ..errors import SandboxSetupError
 from ..ids import random_token
 from . import bwrap as _bwrap
 from . import launch, process, reaper, rlimits
@@ -95,6 +96,8 @@ class Sandboxes:
             # can read in /proc then shows no env values. bwrap wants the command itself on
             # its real command line.
             split = argv.index("--")
+            if any("\0" in a for a in argv):  # one would split into options of its own
+                raise SandboxSetupError("sandbox options", "a NUL byte in a bubblewrap option")
             args_fd = _memfd("args", b"".join(a.encode() + b"\0" for a in argv[1:split]), fds)
             spawned_at = time.monotonic()
             proc = await process.spawn(

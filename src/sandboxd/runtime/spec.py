@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal
 
-from .languages import Language
+from .languages import INTERPRETERS, Language
 from .network.policy import NetworkDecision, NetworkPolicy
 
 __all__ = [  # Language too: one of the runtime's types, declared with the language registry
@@ -17,6 +17,7 @@ __all__ = [  # Language too: one of the runtime's types, declared with the langu
     "Limits",
     "Mount",
     "OutputSink",
+    "RootImage",
     "SandboxSpec",
     "Stream",
 ]
@@ -61,6 +62,38 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class RootImage:
+    """The root filesystem a sandbox runs on: an image's read-only tree, or the host's /usr.
+
+    Plain, hashable values (a pool key holds it): what the image is called, where its tree
+    is on this node and what was found in it when it was imported.
+    """
+
+    name: str = "host"
+    #: The manifest digest (`sha256:…`); None for `host`.
+    digest: str | None = None
+    #: The unpacked tree, bound read-only at `/`; None: the built-in `host` image (the host's
+    #: /usr and a few files of its /etc).
+    root: str | None = None
+    #: Each language's interpreter as found on the image's PATH (e.g. a conda env's python).
+    binaries: tuple[tuple[Language, str], ...] = ()
+    #: The image config's `Env` (its PATH included), applied under the request's variables.
+    env: tuple[tuple[str, str], ...] = ()
+
+    def binary(self, language: Language) -> str:
+        if self.root is None:
+            return INTERPRETERS[language].binary
+        return dict(self.binaries)[language]
+
+    @property
+    def languages(self) -> frozenset[Language]:
+        return frozenset(lang for lang, _ in self.binaries)
+
+
+HOST_IMAGE = RootImage()
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
     """One execution, fully decided: the runner only carries it out."""
 
@@ -77,6 +110,7 @@ class SandboxSpec:
     #: The host gid to run as (the organization's, which owns its volumes); None: = the uid.
     host_gid: int | None = None
     mounts: tuple[Mount, ...] = ()
+    image: RootImage = HOST_IMAGE
 
 
 class ExecStatus(str, enum.Enum):

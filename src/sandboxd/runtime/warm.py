@@ -23,13 +23,20 @@ sandbox's own copy), and Node's stack traces end in one stub frame.
 
 from __future__ import annotations
 
+import shlex
+
 from .languages import INTERPRETERS, Language
 from .spec import SandboxSpec
 
 
-def stub(language: Language, ready_fd: int) -> bytes:
+def stub(language: Language, ready_fd: int, binary: str | None = None) -> bytes:
+    """The stub for `language`; `binary` is the image's interpreter (default: the host's)."""
     interpreter = INTERPRETERS[language]
-    text = interpreter.warm_stub.replace("READY_FD", str(ready_fd)).replace("PROGRAM", interpreter.program_path)
+    text = (
+        interpreter.warm_stub.replace("READY_FD", str(ready_fd))
+        .replace("PROGRAM", interpreter.program_path)
+        .replace("BINARY", shlex.quote(binary or interpreter.binary))  # an image's path, into bash
+    )
     return text.encode()
 
 

@@ -20,10 +20,11 @@ from ..bus import Event, OutputEvents
 from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
 from ..ids import new_trace_id
 from ..observability import Metrics
-from ..runtime import Language, Limits, Runner
+from ..runtime import HOST_IMAGE, Language, Limits, RootImage, Runner, spoken
 from ..store import Execution, Store, utcnow
 from .events import EventSettings, StoredEventLogs
 from .health import PLATFORM_ERRORS, PlatformHealth
+from .images import ImageService
 from .job import ExecutionJobs, Held, JobDescription, Outcome, Submission
 from .keys import Principal
 from .ports import Admission, EventLogs
@@ -49,8 +50,10 @@ class ExecutionService:
         health: PlatformHealth | None = None,
         events: EventSettings | None = None,
         node_id: str | None = None,
+        images: ImageService | None = None,
     ) -> None:
-        self._node_id = node_id  # recorded with each execution: service/recovery.py
+        self._node_id = node_id
+        self._images = images  # recorded with each execution: service/recovery.py
         self._metrics = metrics or Metrics()
         self._closing = False
         self._threads = threads
@@ -98,13 +101,17 @@ class ExecutionService:
         if self._closing:
             self._metrics.admission_rejections.labels("shutting_down").inc()
             raise Unavailable("the server is shutting down; retry shortly")
-        if request.language not in self._runner.languages:
-            raise InvalidRequest(f"language {request.language!r} is not available in this sandbox's image")
+        image = self.image_of(principal)
+        if request.language not in (found := self.languages_of(image)):
+            has = spoken(sorted(found), "and") if found else "no language sandboxd runs"
+            raise InvalidRequest(
+                f"language {request.language!r} is not available in image {image.name!r} (it has {has})"
+            )
         if request.webhook_url is not None:
             if delivery_mode != "webhook":
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
-        job = self._describe(new_trace_id(), principal, request)
+        job = self._describe(new_trace_id(), principal, request, image)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         async with AsyncExitStack() as stack:
             thread = None
@@ -121,7 +128,27 @@ class ExecutionService:
         submission.task = asyncio.create_task(self._run(job, submission, held), name=job.trace_id)
         return submission
 
-    def _describe(self, trace_id: str, principal: Principal, request: ExecuteRequest) -> JobDescription:
+    def image_of(self, principal: Principal) -> RootImage:
+        """The root the principal's runs use: its sandbox config's image, or `host`."""
+        if principal.image is None:
+            if principal.sandbox.image_id is not None:
+                raise Unavailable(f"the image of sandbox {principal.sandbox.name!r} was deleted; give it another")
+            return HOST_IMAGE
+        if self._images is None:
+            raise Unavailable("this server runs no images")
+        return self._images.runtime(principal.image)
+
+    def languages_of(self, image: RootImage) -> frozenset[Language]:
+        return self._runner.languages if image.root is None else image.languages
+
+    def languages_for(self, principal: Principal) -> frozenset[Language]:
+        """The languages the principal's runs may use (none while its image is gone)."""
+        try:
+            return self.languages_of(self.image_of(principal))
+        except Unavailable:
+            return frozenset()
+
+    def _describe(self, trace_id: str, principal: Principal, request: ExecuteRequest, image: RootImage) -> JobDescription:
         sandbox = principal.sandbox
         return JobDescription(
             trace_id=trace_id,
@@ -137,6 +164,7 @@ class ExecutionService:
             volumes=VolumeBinding.of(principal),
             thread_id=request.thread_id,
             webhook=request.webhook_url is not None,
+            image=image,
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
@@ -168,6 +196,8 @@ class ExecutionService:
                 webhook_url=request.webhook_url,
                 webhook_delivery_status="pending" if request.webhook_url else None,
                 node_id=self._node_id,
+                image_name=job.image.name,
+                image_digest=job.image.digest,
             )
         )
         if request.webhook_url:

@@ -22,7 +22,7 @@ from ..bus import Event, ExecutionLog, OutputEvents
 from ..errors import SandboxSetupError
 from ..observability import Metrics
 from ..observability.logging import get_logger
-from ..runtime import ExecStatus, Language, Limits, Runner, SandboxSpec
+from ..runtime import ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
 from .health import PlatformFailure, PlatformHealth, runtime_failure, setup_failure, thread_failure, volume_failure
@@ -54,6 +54,8 @@ class JobDescription:
     thread_id: str | None
     #: Delivered by webhook: the delivery worker is woken when the job ends.
     webhook: bool
+    #: The root it runs on (the sandbox config's image, as found at submission).
+    image: RootImage
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -66,6 +68,11 @@ class JobDescription:
             "limits": Limits(**data["limits"]),
             "network_allow": tuple(data["network_allow"]),
             "volumes": tuple(VolumeBinding(**v) for v in data["volumes"]),
+            "image": RootImage(**{
+                **data["image"],
+                "binaries": tuple(tuple(pair) for pair in data["image"]["binaries"]),
+                "env": tuple(tuple(pair) for pair in data["image"]["env"]),
+            }),
         })
 
     def spec(self) -> SandboxSpec:
@@ -77,6 +84,7 @@ class JobDescription:
             env=dict(self.env),
             host_gid=self.org_gid,
             network=NetworkPolicy.parse(self.network, self.network_allow),
+            image=self.image,
         )
 
 
@@ -232,7 +240,7 @@ class ExecutionJobs:
         """A thread keeps what a run that ended by itself wrote; after a timeout, OOM, cancel
         or platform failure its working copy is dropped on release and it keeps its state."""
         try:
-            await self._threads.commit(thread)
+            await self._threads.commit(thread, job.image.digest or job.image.name)
         except Exception as exc:
             log.exception("execution %s: saving the thread home failed", job.trace_id)
             failure = thread_failure(exc, saving=True)  # its writes are lost: say so

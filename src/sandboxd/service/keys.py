@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InvalidRequest, NotFound
 from ..ids import new_id, random_token
-from ..store import ApiKey, DuplicateError, Org, Sandbox, Store, Volume, VolumeBinding, utcnow
+from ..store import ApiKey, DuplicateError, Image, Org, Sandbox, Store, Volume, VolumeBinding, utcnow
 from .keycache import PrincipalCache
 
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
@@ -55,6 +55,9 @@ class Principal:
     sandbox: Sandbox
     #: Volumes the key is bound to, with read_only per binding.
     volumes: tuple[tuple[Volume, bool], ...] = ()
+    #: The sandbox config's runtime image; None: `host` (or, if `sandbox.image_id` is set, an
+    #: image deleted since: its runs are refused).
+    image: Image | None = None
 
     @property
     def key_id(self) -> str | None:
@@ -123,7 +126,7 @@ class KeyService:
         if key is None:
             raise NotFound(f"no API key {key_id!r}")
         await self._store.keys.revoke(key_id)
-        self._invalidate()
+        self.invalidate()
         return key
 
     async def bind_volume(self, key_id: str, slug: str, *, read_only: bool) -> None:
@@ -133,13 +136,13 @@ class KeyService:
         executions mount the volume this way and its upload URLs need a read-write binding."""
         key, volume = await self._key_and_volume(key_id, slug)
         await self._store.volumes.rebind(VolumeBinding(key.id, volume.id, read_only))
-        self._invalidate()
+        self.invalidate()
 
     async def unbind_volume(self, key_id: str, slug: str) -> None:
         key, volume = await self._key_and_volume(key_id, slug)
         if not await self._store.volumes.unbind(key.id, volume.id):
             raise NotFound(f"API key {key_id!r} is not bound to volume {slug!r}")
-        self._invalidate()
+        self.invalidate()
 
     async def _key_and_volume(self, key_id: str, slug: str) -> tuple[ApiKey, Volume]:
         key = await self._store.keys.get(key_id)
@@ -150,7 +153,7 @@ class KeyService:
             raise NotFound(f"no volume {slug!r} in the key's organization")
         return key, volume
 
-    def _invalidate(self) -> None:
+    def invalidate(self) -> None:
         if self._cache is not None:
             self._cache.invalidate()
 
@@ -185,6 +188,11 @@ class KeyService:
             return None
         return await self._principal(key)
 
+    async def local_principal(self, org: Org, sandbox: Sandbox) -> Principal:
+        """A run with no key (`sandboxd run`): the sandbox config's limits and image."""
+        image = await self._store.images.get(sandbox.image_id) if sandbox.image_id else None
+        return Principal(key=None, org=org, sandbox=sandbox, image=image)
+
     async def _principal(self, key: ApiKey) -> Principal | None:
         """What an active key may do; None when it is revoked or its sandbox is gone."""
         if key.revoked_at is not None:
@@ -196,4 +204,5 @@ class KeyService:
         if org is None or sandbox is None:
             return None
         volumes = tuple(await self._store.volumes.bindings(key.id))
-        return Principal(key=key, org=org, sandbox=sandbox, volumes=volumes)
+        image = await self._store.images.get(sandbox.image_id) if sandbox.image_id else None
+        return Principal(key=key, org=org, sandbox=sandbox, volumes=volumes, image=image)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..ids import new_id
+from ..ids import NAME_PATTERN, NAME_RULE, new_id
 from ..runtime import Limits
 from ..runtime.network import NetworkPolicy
-from ..store import DuplicateError, Org, Sandbox, Store, utcnow
+from ..store import DuplicateError, Image, Org, Sandbox, Store, utcnow
 from .requests import MAX_TIMEOUT_S
 
 DEFAULT_ORG = "default"
 DEFAULT_SANDBOX = "default"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class SandboxConfig:
 
     def check(self) -> None:
         if not _NAME.fullmatch(self.name):
-            raise InvalidRequest("sandbox name must be 1-63 lowercase letters, digits, '_' or '-'")
+            raise InvalidRequest(f"sandbox name must be {NAME_RULE}")
         if not 0.05 <= self.cpus <= 64:
             raise InvalidRequest("cpus must be between 0.05 and 64")
         if not 32 <= self.memory_mib <= 1024 * 1024:
@@ -47,8 +48,10 @@ class SandboxConfig:
 
 
 class TenancyService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, changed: Callable[[], None] = lambda: None) -> None:
+        """`changed` is told when a sandbox config changes (cached principals hold it)."""
         self._store = store
+        self._changed = changed
 
     async def ensure_defaults(self) -> Org:
         """First start: the default organization with its default sandbox (1 CPU, 1 GiB, 60 s)."""
@@ -58,7 +61,7 @@ class TenancyService:
         org = await self._store.orgs.by_name(name)
         if org is None:
             if not _NAME.fullmatch(name):
-                raise InvalidRequest("organization name must be 1-63 lowercase letters, digits, '_' or '-'")
+                raise InvalidRequest(f"organization name must be {NAME_RULE}")
             try:
                 org = await self._store.orgs.add(new_id("org"), name)
             except DuplicateError:
@@ -80,7 +83,8 @@ class TenancyService:
     async def list_orgs(self) -> list[Org]:
         return await self._store.orgs.list()
 
-    async def create_sandbox(self, org: Org, config: SandboxConfig) -> Sandbox:
+    async def create_sandbox(self, org: Org, config: SandboxConfig, image: Image | None = None) -> Sandbox:
+        """`image` (service/images.py `find`): None runs on `host`."""
         config.check()
         sandbox = Sandbox(
             id=new_id("sbx"),
@@ -92,6 +96,7 @@ class TenancyService:
             timeout_cap_s=config.timeout_cap_s,
             created_at=utcnow(),
             network_allow=[str(rule) for rule in NetworkPolicy.parse(config.network, config.allow).allow] or None,
+            image_id=image.id if image is not None else None,
         )
         try:
             return await self._store.sandboxes.add(sandbox)
@@ -103,6 +108,14 @@ class TenancyService:
         if sandbox is None:
             raise NotFound(f"no sandbox {name!r} in organization {org.name!r}")
         return sandbox
+
+    async def set_image(self, org: Org, name: str, image: Image | None) -> Sandbox:
+        """Run the config's next executions on `image` (None: `host`); threads keep their homes."""
+        sandbox = await self.sandbox(org, name)
+        if not await self._store.sandboxes.set_image(sandbox.id, image.id if image is not None else None):
+            raise NotFound(f"image {image.name if image else ''!r} was deleted meanwhile")
+        self._changed()
+        return await self.sandbox(org, name)
 
     async def list_sandboxes(self, org: Org) -> list[Sandbox]:
         return await self._store.sandboxes.list(org.id)

@@ -38,6 +38,8 @@ class WorkingCopy:
     thread: Thread
     lock_fd: int
     path: Path | None = None
+    #: The image (digest, or "host") a committed run used: recorded as the home's last image.
+    image: str | None = None
 
 
 class ThreadLocks:
@@ -135,10 +137,11 @@ class ThreadService:
         )
         return str(copy.path)
 
-    async def commit(self, copy: WorkingCopy) -> None:
-        """Make the working copy the thread's home (a run that ended by itself). The lock stays
-        held until `release`; if saving fails the working copy is gone all the same."""
+    async def commit(self, copy: WorkingCopy, image: str | None = None) -> None:
+        """Make the working copy the thread's home (a run that ended by itself, on `image`).
+        The lock stays held until `release`; if saving fails the working copy is gone all the same."""
         path, copy.path = copy.path, None
+        copy.image = image
         if path is not None and self._homes is not None:
             await asyncio.to_thread(self._homes.commit, path)
 
@@ -151,13 +154,13 @@ class ThreadService:
         finally:
             self._locks.release(copy.lock_fd)
         # Only the retention sweep reads the time of last use: recorded off the request's path.
-        touch = asyncio.create_task(self._touch(copy.thread))
+        touch = asyncio.create_task(self._touch(copy.thread, copy.image))
         self._touches.add(touch)
         touch.add_done_callback(self._touches.discard)
 
-    async def _touch(self, thread: Thread) -> None:
+    async def _touch(self, thread: Thread, image: str | None) -> None:
         try:
-            await self._store.threads.touch(thread.org_id, thread.thread_id)
+            await self._store.threads.touch(thread.org_id, thread.thread_id, image)
         except Exception:
             log.exception("recording the last use of thread %s failed", thread.thread_id)
 

@@ -35,6 +35,8 @@ _IOC_SNAP_CREATE_V2 = 0x50009417  # _IOW(0x94, 23, struct btrfs_ioctl_vol_args_v
 _IOC_SNAP_DESTROY = 0x5000940F  # _IOW(0x94, 15, struct btrfs_ioctl_vol_args)
 _IOC_INO_LOOKUP = 0xD0009412  # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args)
 _IOC_FS_INFO = 0x8400941F  # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)
+_IOC_SUBVOL_SETFLAGS = 0x4008941A  # _IOW(0x94, 26, __u64)
+_SUBVOL_RDONLY = 1 << 1
 _ARGS_SIZE = 4096
 _V2_FLAGS_OFFSET = 16
 _V2_INHERIT_OFFSET = 24  # the union's {u64 size; struct btrfs_qgroup_inherit *qgroup_inherit}
@@ -302,6 +304,11 @@ class Btrfs:
                 raise StorageFull("the storage filesystem is full: the run's changes to the thread were "
                                   "discarded and the thread keeps its previous state")
             raise SandboxSetupError("subvolume switch", f"renameat2({a}, {b}): {os.strerror(err)}")
+
+    def set_read_only(self, path: Path) -> None:
+        """Freeze a subvolume (an image's layer or root): not even root can write it then,
+        and a snapshot of it starts writable."""
+        _ioctl_on(path, [(_IOC_SUBVOL_SETFLAGS, bytearray(_SUBVOL_RDONLY.to_bytes(8, "little")))], step="image freeze")
 
     def referenced_bytes(self, path: Path) -> int:
         """Bytes the subvolume references (its quota usage)."""

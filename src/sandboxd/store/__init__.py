@@ -1,13 +1,14 @@
 """Persistence: SQLAlchemy Core tables, repositories and Alembic migrations."""
 
 from .db import create_engine, migrate, utcnow
-from .records import ApiKey, Execution, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
+from .records import ApiKey, Execution, Image, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
 from .repos import DuplicateError, Store
 
 __all__ = [
     "ApiKey",
     "DuplicateError",
     "Execution",
+    "Image",
     "Org",
     "Sandbox",
     "Store",

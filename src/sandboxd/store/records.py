@@ -28,6 +28,8 @@ class Sandbox:
     created_at: datetime
     #: allowlist entries (`pypi.org`, `*.example.com:8443`) when network is "allowlist".
     network_allow: list[str] | None = None
+    #: The runtime image (Image.id); None: the built-in `host`.
+    image_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class Execution:
     network_log: list[dict[str, Any]] | None = None
     #: The server that ran it (settings.node_id); None for rows from before migration 0007.
     node_id: str | None = None
+    #: The image it ran on (None for rows from before migration 0008).
+    image_name: str | None = None
+    image_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ class Thread:
     uid: int
     created_at: datetime
     last_used_at: datetime
+    #: The image its home was last used with (None: not since migration 0008).
+    image_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,3 +118,19 @@ class VolumeBinding:
     key_id: str
     volume_id: str
     read_only: bool
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    #: None: a built-in image, usable by every organization.
+    org_id: str | None
+    name: str
+    #: The manifest's digest (`sha256:…`).
+    digest: str
+    #: Where it came from: a registry reference, a file, or the packages it was built from.
+    source: str
+    #: {"env": {...}, "path": str, "binaries": {language: path}, "layers": [chain ids]}
+    config: dict[str, Any]
+    size_bytes: int
+    created_at: datetime

@@ -13,13 +13,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import as_utc, utcnow
-from .records import ApiKey, Execution, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
+from .records import ApiKey, Execution, Image, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
 from .tables import (
     api_keys,
     execution_events,
     executions,
+    images,
     key_volumes,
     orgs,
+    registry_credentials,
     sandboxes,
     threads,
     volumes,
@@ -114,6 +116,17 @@ class SandboxRepo(_Repo):
         async with self._engine.begin() as conn:
             result = await conn.execute(sandboxes.delete().where(sandboxes.c.id == sandbox_id))
         return result.rowcount > 0
+
+    async def set_image(self, sandbox_id: str, image_id: str | None) -> bool:
+        """False when the image no longer exists (one statement: a delete cannot slip between)."""
+        query = update(sandboxes).where(sandboxes.c.id == sandbox_id).values(image_id=image_id)
+        if image_id is not None:
+            query = query.where(select(images.c.id).where(images.c.id == image_id).exists())
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount > 0
+
+    async def using_image(self, image_id: str) -> builtins.list[Sandbox]:
+        return await self._all(Sandbox, select(sandboxes).where(sandboxes.c.image_id == image_id))
 
     async def in_use(self, sandbox_id: str) -> bool:
         query = select(api_keys.c.id).where(
@@ -458,11 +471,15 @@ class ThreadRepo(_Repo):
                     return existing
         raise DuplicateError("could not allocate a thread uid")
 
-    async def touch(self, org_id: str, thread_id: str) -> None:
+    async def touch(self, org_id: str, thread_id: str, image_digest: str | None = None) -> None:
+        """Used now; with `image_digest`, on that image."""
+        values: dict[str, Any] = {"last_used_at": utcnow()}
+        if image_digest is not None:
+            values["image_digest"] = image_digest
         query = (
             update(threads)
             .where(threads.c.org_id == org_id, threads.c.thread_id == thread_id)
-            .values(last_used_at=utcnow())
+            .values(**values)
         )
         async with self._engine.begin() as conn:
             await conn.execute(query)
@@ -555,6 +572,61 @@ class VolumeRepo(_Repo):
             return (await conn.execute(query)).first() is not None
 
 
+class ImageRepo(_Repo):
+    async def add(self, image: Image) -> Image:
+        await self._insert(images, image.__dict__)
+        return image
+
+    async def get(self, image_id: str) -> Image | None:
+        return await self._one(Image, select(images).where(images.c.id == image_id))
+
+    async def visible(self, org_id: str | None, name: str) -> Image | None:
+        """The image `name` as `org_id` sees it: its own, else a built-in one."""
+        query = select(images).where(images.c.name == name)
+        query = query.where(or_(images.c.org_id.is_(None), images.c.org_id == org_id) if org_id else images.c.org_id.is_(None))
+        rows = await self._all(Image, query)
+        return next((i for i in rows if i.org_id is not None), rows[0] if rows else None)
+
+    async def list(self, org_id: str | None = None) -> builtins.list[Image]:
+        """An organization's images and the built-in ones; no org: every image."""
+        query = select(images).order_by(images.c.created_at)
+        if org_id is not None:
+            query = query.where(or_(images.c.org_id == org_id, images.c.org_id.is_(None)))
+        return await self._all(Image, query)
+
+    async def count(self, org_id: str) -> int:
+        query = select(func.count()).select_from(images).where(images.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def delete_unused(self, image_id: str) -> bool:
+        """Delete the image unless a sandbox config uses it (one statement: a config cannot be
+        pointed at it in between); False when one does."""
+        used = select(sandboxes.c.id).where(sandboxes.c.image_id == image_id).exists()
+        async with self._engine.begin() as conn:
+            return (await conn.execute(images.delete().where(images.c.id == image_id, ~used))).rowcount > 0
+
+
+class RegistryCredentialRepo(_Repo):
+    """Sealed (encrypted) registry credentials, one per organization and registry host."""
+
+    async def put(self, org_id: str, registry: str, sealed: bytes) -> None:
+        key = (registry_credentials.c.org_id == org_id) & (registry_credentials.c.registry == registry)
+        async with self._engine.begin() as conn:
+            await conn.execute(registry_credentials.delete().where(key))
+            await conn.execute(
+                registry_credentials.insert().values(org_id=org_id, registry=registry, sealed=sealed, updated_at=utcnow())
+            )
+
+    async def get(self, org_id: str, registry: str) -> bytes | None:
+        query = select(registry_credentials.c.sealed).where(
+            registry_credentials.c.org_id == org_id, registry_credentials.c.registry == registry
+        )
+        async with self._engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        return bytes(value) if value is not None else None
+
+
 class Store:
     """All repositories over one engine."""
 
@@ -568,6 +640,8 @@ class Store:
         self.webhooks = WebhookRepo(engine)
         self.threads = ThreadRepo(engine)
         self.volumes = VolumeRepo(engine)
+        self.images = ImageRepo(engine)
+        self.registry_credentials = RegistryCredentialRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

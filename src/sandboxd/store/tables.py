@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -45,6 +46,8 @@ sandboxes = Table(
     Column("timeout_cap_s", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("org_id", "name", name="uq_sandboxes_org_name"),
+    # The runtime image (images.id); NULL: the built-in `host` image.
+    Column("image_id", String(32), nullable=True),
 )
 
 api_keys = Table(
@@ -91,6 +94,9 @@ executions = Table(
     Column("output_in_events", Boolean, nullable=False, default=False),
     # The server (settings.node_id) that ran it: its start-up recovery ends it if left unfinished.
     Column("node_id", String(64), nullable=True),
+    # The image it ran on, as it was then (the image may be deleted or replaced later).
+    Column("image_name", String(128), nullable=True),
+    Column("image_digest", String(80), nullable=True),
     Index("ix_executions_org_created", "org_id", "created_at"),
     Index("ix_executions_created", "created_at"),
 )
@@ -144,6 +150,8 @@ threads = Table(
     Column("last_used_at", DateTime(timezone=True), nullable=False),
     # A deleted thread stays as a tombstone so that its uid is never handed out again.
     Column("deleted_at", DateTime(timezone=True), nullable=True),
+    # The image the home was last used with (its `pip install --user` packages were built there).
+    Column("image_digest", String(80), nullable=True),
 )
 
 volumes = Table(
@@ -163,4 +171,30 @@ key_volumes = Table(
     Column("key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
     Column("volume_id", String(32), ForeignKey("volumes.id", ondelete="CASCADE"), primary_key=True),
     Column("read_only", Boolean, nullable=False),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # NULL: a built-in image, usable by every organization.
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=True),
+    Column("name", String(128), nullable=False),
+    Column("digest", String(80), nullable=False),
+    Column("source", String(1024), nullable=False),
+    # {"env": {...}, "path": str, "binaries": {language: path}, "layers": [chain ids]}
+    Column("config", JSON, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_images_org_name", "org_id", "name"),
+)
+
+registry_credentials = Table(
+    "registry_credentials",
+    metadata,
+    Column("org_id", String(32), primary_key=True),
+    Column("registry", String(255), primary_key=True),
+    # "user:password", encrypted with a key derived from the server secret (service/sealing.py).
+    Column("sealed", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
