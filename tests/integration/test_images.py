@@ -253,8 +253,14 @@ def test_a_pull_is_stopped_at_the_size_limit_and_leaves_nothing(world: World, re
 
 
 def test_pull_refuses_plain_http_to_a_remote_registry_and_a_wrong_digest(world: World, registry: Registry) -> None:
-    remote = cli_fails(world.server, "images", "pull", "registry.example.com/x:1", "--name", "x", "--plain-http")
-    assert "plain HTTP is allowed only to a loopback registry" in remote, remote
+    # In an empty network namespace: were the guard to fail, skopeo could still reach nothing.
+    remote = subprocess.run(
+        ["unshare", "--net", *_cli(), "images", "pull", "registry.example.com/x:1", "--name", "x", "--plain-http",
+         "--data-dir", str(world.server.data_dir)],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False,
+    )
+    assert remote.returncode != 0, remote.stdout
+    assert "plain HTTP is allowed only to a loopback registry" in remote.stderr, remote.stderr
     wrong = cli_fails(world.server, "images", "pull", f"{registry.host}/team/base@sha256:{'0' * 64}",
                       "--name", "wrong", "--plain-http")
     assert "wrong" not in images(world.server), wrong

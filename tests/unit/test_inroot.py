@@ -22,19 +22,6 @@ PATH = "/opt/conda/envs/ds/bin:/opt/conda/bin:/usr/local/bin:/usr/bin:/bin"
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    r = tmp_path / "root"
-    r.mkdir()
-    yield r
-    # some trees here are thousands of levels deep: too deep for pytest's recursive cleanup
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        remove_entry(fd, "root")
-    finally:
-        os.close(fd)
-
-
-@pytest.fixture
 def host(tmp_path: Path) -> Path:
     """A directory beside the root standing for the host: nothing may touch it."""
     h = tmp_path / "host"

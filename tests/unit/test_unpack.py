@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from sandboxd.errors import ImageError
-from sandboxd.images.inroot import remove_entry
 from sandboxd.images.unpack import UnpackLimits, Usage, apply_layer
 
 MIB = 1 << 20
@@ -94,19 +93,6 @@ def apply(
         usage=usage,
     )
     return usage
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    r = tmp_path / "root"
-    r.mkdir()
-    yield r
-    # some trees here are thousands of levels deep: too deep for pytest's recursive cleanup
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        remove_entry(fd, "root")
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
