@@ -32,6 +32,8 @@ from .images.unpack import UnpackLimits
 from .service.files import FilesService
 from .service.images import ImageService
 from .service.sealing import Sealer
+from .service.storage import StorageService
+from .buckets.mounts import BucketMounts
 from .service.health import PlatformHealth
 from .service.events import EventSettings
 from .service.invalidation import EpochFile
@@ -62,6 +64,7 @@ class Admin:
     threads: ThreadService
     volumes: VolumeService
     images: ImageService
+    storage: StorageService
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -110,6 +113,8 @@ class Services(Admin):
             await self.health.close()
         if self.runtime is not None:
             await self.runtime.close()
+        if self.storage.mounts is not None:  # after the runtime: no warm sandbox holds one
+            await self.storage.mounts.close()
         if self.retention is not None:
             await self.retention.stop()
         await self.webhooks.stop()
@@ -173,6 +178,10 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             Sealer(pepper, "registry credentials"),
             max_per_org=settings.max_images_per_org,
             changed=keys.invalidate,
+        ),
+        # Mounts are a server's (`start`); the CLI's `storage test` mounts in a directory of its own.
+        storage=StorageService(
+            store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
     )
 
@@ -315,8 +324,12 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             events=event_settings(settings),
             node_id=admin.node_id,
             images=admin.images,
+            storage=admin.storage,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
+            admin.storage.mounts = BucketMounts(settings.run_dir / "buckets", idle_s=settings.storage_mount_idle_s)
+            if stale := admin.storage.mounts.recover():
+                log.warning("unmounted %d bucket mounts left by the last run", stale)
             await admin.threads.recover()
             await admin.images.clean()
             recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
@@ -348,6 +361,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         threads=admin.threads,
         volumes=admin.volumes,
         images=admin.images,
+        storage=admin.storage,
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(

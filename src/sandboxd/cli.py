@@ -24,6 +24,8 @@ from .runtime import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, LANGUAGES, spoken
 from .service import SandboxConfig, parse_execute_request
 from .images import skopeo
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
+from .service.storage import ConnectionSpec, describe
+from .buckets.rclone import MountFailed
 
 app = typer.Typer(help="sandboxd: run untrusted code for AI agents in isolated sandboxes.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (each bound to one organization and sandbox).", no_args_is_help=True)
@@ -36,9 +38,13 @@ images_app = typer.Typer(
 webhooks_app = typer.Typer(help="Webhook signing secrets.", no_args_is_help=True)
 threads_app = typer.Typer(help="Threads: persistent /home/baponi per thread_id.", no_args_is_help=True)
 volumes_app = typer.Typer(help="Volumes: shared storage at /data/<name>/.", no_args_is_help=True)
+storage_app = typer.Typer(
+    help="Storage connections: an organization's S3, GCS or Azure buckets at /data/<name>/.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(threads_app, name="threads")
 app.add_typer(volumes_app, name="volumes")
+app.add_typer(storage_app, name="storage")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(orgs_app, name="orgs")
@@ -203,6 +209,14 @@ def keys_create(
     volume: Annotated[
         list[str] | None, typer.Option("--volume", help="Bind a volume: NAME (read-write) or NAME:ro. Repeatable.")
     ] = None,
+    storage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage",
+            help="Bind a storage connection: NAME[:ro][:prefix=PATH] (PATH below the connection's own "
+            "prefix: the key sees only that). Repeatable.",
+        ),
+    ] = None,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -218,8 +232,9 @@ def keys_create(
             if mode not in ("", "ro", "rw"):
                 raise InvalidRequest(f"--volume {spec!r}: the mode after ':' must be ro or rw")
             bindings.append((await admin.volumes.get(the_org, slug), mode == "ro"))
+        buckets = await admin.storage.resolve_bindings(the_org, storage or [], [v.slug for v, _ in bindings])
         return await admin.keys.create(
-            org=the_org, sandbox=the_sandbox, name=name, region=region, volumes=bindings
+            org=the_org, sandbox=the_sandbox, name=name, region=region, volumes=bindings, storage=buckets
         )
 
     created = _admin_call(_settings(data_dir, database_url), go)
@@ -668,6 +683,96 @@ def volumes_delete(
 
     async def go(admin: Admin) -> None:
         await admin.volumes.delete(await admin.tenancy.org(org), name)
+
+    _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"deleted {name}")
+
+
+# --- storage connections ----------------------------------------------------------------------
+
+
+@storage_app.command("create")
+def storage_create(
+    name: Annotated[str, typer.Argument(help="Its name: the slug under /data/ (lowercase letters, digits, '_', '-').")],
+    kind: Annotated[str, typer.Option("--type", help="s3 (and S3-compatible stores), gcs or azure.")],
+    bucket: Annotated[str, typer.Option("--bucket", help="The bucket (Azure: the container).")],
+    credentials_file: Annotated[
+        Path,
+        typer.Option(
+            "--credentials-file",
+            help="A JSON file of the credentials ('-' reads stdin): s3 {access_key_id, secret_access_key}; "
+            "gcs a service-account key (or {\"anonymous\": true}); azure {account, key} or {account, sas_url}. "
+            "Kept encrypted; never shown again.",
+        ),
+    ],
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="The service's URL (S3-compatible stores, emulators); https, or http to loopback.")
+    ] = None,
+    region: Annotated[str | None, typer.Option("--region", help="The bucket's region (s3).")] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="Show only this path of the bucket to every key.")] = "",
+    read_only: Annotated[bool, typer.Option("--read-only", help="No key may write through this connection.")] = False,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Connect a bucket; bind it to keys with `keys create --storage NAME[:ro][:prefix=PATH]`."""
+    raw = sys.stdin.buffer.read() if str(credentials_file) == "-" else _read_secret_file(credentials_file).encode()
+    spec = ConnectionSpec(name, kind, bucket, endpoint, region, prefix, read_only)
+
+    async def go(admin: Admin) -> Any:
+        return await admin.storage.create(await admin.tenancy.org(org), spec, raw)
+
+    typer.echo(json.dumps(describe(_admin_call(_settings(data_dir, database_url), go))))
+
+
+@storage_app.command("list")
+def storage_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List storage connections, one JSON object a line (never their credentials)."""
+
+    async def go(admin: Admin) -> list[Any]:
+        return await admin.storage.list(await admin.tenancy.org(org))
+
+    for connection in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(json.dumps(describe(connection)))
+
+
+@storage_app.command("show")
+def storage_show(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """One storage connection and the active keys bound to it (never its credentials)."""
+
+    async def go(admin: Admin) -> dict[str, Any]:
+        connection = await admin.storage.get(await admin.tenancy.org(org), name)
+        return {**describe(connection), "keys": await admin.store.storage.bound_keys(connection.id)}
+
+    typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go), indent=2))
+
+
+@storage_app.command("test")
+def storage_test(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Mount the connection, list it and unmount: says what failed (credentials, bucket, endpoint)."""
+
+    async def go(admin: Admin) -> None:
+        await admin.storage.test(await admin.tenancy.org(org), name)
+
+    try:
+        _admin_call(_settings(data_dir, database_url), go)
+    except MountFailed as exc:
+        _fail(f"storage connection {name!r}: {exc.message}")
+    typer.echo(f"storage connection {name!r}: mounted, listed and unmounted")
+
+
+@storage_app.command("delete")
+def storage_delete(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Delete a storage connection no active key is bound to (the bucket is not touched)."""
+
+    async def go(admin: Admin) -> None:
+        await admin.storage.delete(await admin.tenancy.org(org), name)
 
     _admin_call(_settings(data_dir, database_url), go)
     typer.echo(f"deleted {name}")

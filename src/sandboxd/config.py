@@ -192,6 +192,12 @@ class Settings(BaseSettings):
         description="A pool unused this long is emptied (an idle thread's warm sandbox retires); "
         "its size shrinks as demand falls.",
     )
+    storage_mount_idle_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A bucket mount (storage connection) no execution used this long is unmounted; "
+        "the next execution that needs it mounts it again.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,

@@ -61,6 +61,8 @@ TABLES = {
     "key_volumes",
     "images",
     "registry_credentials",
+    "storage_connections",
+    "key_storage",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -101,7 +103,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0008"]  # the newest migration (0008: runtime images)
+        assert versions == ["0009"]  # the newest migration (0009: storage connections)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -365,14 +366,21 @@ def test_thread_home_is_bound_instead_of_an_empty_tmpfs() -> None:
     assert argv.index("/data") < i < argv.index("--remount-ro", argv.index("--cap-drop"))
 
 
-def test_volumes_are_bound_under_data_read_only_or_not() -> None:
-    argv = _stateful(
-        mounts=(Mount("/v/ro", "/data/refs", True), Mount("/v/rw", "/data/shared", False)),
+def test_mounts_are_bound_by_descriptor_under_data_read_only_or_not() -> None:
+    """A mount is bound from the descriptor the runtime opened (runtime/beneath.py), never by a
+    path bwrap would resolve again: a link swapped in between cannot redirect it."""
+    spec = SandboxSpec(
+        language="python", code=b"x", limits=LIMITS,
+        mounts=(Mount("/v/ro", "/data/refs", True), Mount("/v/rw", "/data/shared/sub", False, sub="sub")),
     )
-    assert argv[argv.index("/v/ro") - 1 : argv.index("/v/ro") + 2] == ["--ro-bind", "/v/ro", "/data/refs"]
-    assert argv[argv.index("/v/rw") - 1 : argv.index("/v/rw") + 2] == ["--bind", "/v/rw", "/data/shared"]
+    argv = build_argv(spec, replace(FDS, mounts=(21, 22)), bwrap="/usr/bin/bwrap")
+    assert argv[argv.index("21") - 1 : argv.index("21") + 2] == ["--ro-bind-fd", "21", "/data/refs"]
+    assert argv[argv.index("22") - 1 : argv.index("22") + 2] == ["--bind-fd", "22", "/data/shared/sub"]
+    assert "/v/ro" not in argv and "/v/rw" not in argv
     data_tmpfs = argv.index("/data")
-    assert data_tmpfs < argv.index("/v/ro") and data_tmpfs < argv.index("/v/rw")  # inside /data
+    assert data_tmpfs < argv.index("21") and data_tmpfs < argv.index("22")  # inside /data
+    with pytest.raises(ValueError):
+        build_argv(spec, FDS, bwrap="/usr/bin/bwrap")  # a mount without its descriptor
 
 
 # --- an imported image as the root -----------------------------------------------------------

@@ -20,7 +20,7 @@ from sandboxd.service.health import (
     runtime_failure,
     setup_failure,
     thread_failure,
-    volume_failure,
+    data_mount_failure,
 )
 
 
@@ -60,9 +60,11 @@ def test_runtime_volume_and_thread_failures() -> None:
     assert (runtime.code, runtime.layer, runtime.runtime) == ("internal_error", "runtime", True)
     assert "FileNotFoundError: No such file or directory" in runtime.message
     assert "/usr/bin/bwrap" not in runtime.message
-    volume = volume_failure(OSError(28, "No space left on device", "/run/sandboxd/x"))
+    volume = data_mount_failure("volume_mount_error", "volume 'v': No space left on device")
     assert (volume.code, volume.layer, volume.runtime) == ("volume_mount_error", "volume", False)
-    assert "No space left on device" in volume.message and "/run/" not in volume.message
+    assert volume.message.endswith("the program did not run")
+    bucket = data_mount_failure("storage_mount_error", "storage connection 'b' could not be mounted")
+    assert (bucket.code, bucket.layer, bucket.runtime) == ("storage_mount_error", "storage", False)
     saved = thread_failure(errors.SandboxSetupError("subvolume switch", "renameat2(/a, /b): EIO"), saving=True)
     assert saved.code == "thread_mount_error" and saved.layer == "thread_home"
     assert "subvolume switch" in saved.message and "were not kept" in saved.message
@@ -120,7 +122,7 @@ async def test_failures_outside_the_window_or_of_storage_do_not_count(monkeypatc
     h.failed(runtime_failure(RuntimeError("x")))
     assert h.unready_reason is None, "the first one is out of the window"
     h.failed(thread_failure(OSError(5, "EIO"), saving=False))
-    h.failed(volume_failure(OSError(5, "EIO")))
+    h.failed(data_mount_failure("volume_mount_error", "volume 'v': EIO"))
     assert h.unready_reason is None, "storage failures are counted, not a runtime fault"
     assert metrics.platform_errors.labels("thread_home")._value.get() == 1
     assert metrics.platform_errors.labels("runtime")._value.get() == 2

@@ -62,8 +62,19 @@ class ImageUsed(BaseModel):
     digest: str | None = Field(default=None, description="Its manifest digest; null for `host`.")
 
 
+class MountUsed(BaseModel):
+    name: str = Field(description="The volume's or storage connection's name (its slug under /data/).")
+    type: str = Field(description="`volume`, or the bucket's provider: `s3`, `gcs`, `azure`.")
+    path: str = Field(description="Where it showed in the sandbox: `/data/<name>/` or, with sub_paths, a directory of it.")
+    read_only: bool
+    scope: str = Field(
+        description="What of the volume or bucket that path showed: for a bucket, the path below the "
+        "bucket's name (connection prefix, key prefix, sub_paths); \"\" = all of it."
+    )
+
+
 class ExecutionStatus(BaseModel):
-    """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts, image)."""
+    """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts, image, storage)."""
 
     trace_id: str
     status: str
@@ -89,6 +100,10 @@ class ExecutionStatus(BaseModel):
         "(allowlist and full policies): the audit record of its egress.",
     )
     image: ImageUsed | None = Field(default=None, description="The runtime image it ran on.")
+    storage: list[MountUsed] = Field(
+        default_factory=list,
+        description="The volumes and storage connections it had under /data/, each as scoped for it.",
+    )
 
 
 class WebhookAccepted(BaseModel):

@@ -44,6 +44,8 @@ class SandboxFds:
     nsswitch: int
     #: /etc/resolv.conf for `full` mode; None elsewhere (no resolver to reach).
     resolv: int | None = None
+    #: One directory descriptor per `spec.mounts` entry, in order (runtime/beneath.py).
+    mounts: tuple[int, ...] = ()
 
 
 #: What bubblewrap mounts on in an image's read-only root: they must exist in the tree, as a
@@ -144,8 +146,10 @@ def build_argv(
         "--size", str(limits.tmp_size_mib * mib), "--tmpfs", "/dev/shm",
         "--size", str(limits.workdir_size_mib * mib), "--tmpfs", WORKDIR,
     ]
-    for mount in spec.mounts:
-        argv += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.dest]
+    if len(fds.mounts) != len(spec.mounts):
+        raise ValueError("one descriptor per mount")
+    for mount, fd in zip(spec.mounts, fds.mounts, strict=True):
+        argv += ["--ro-bind-fd" if mount.read_only else "--bind-fd", str(fd), mount.dest]
     if spec.home is not None:
         argv += ["--bind", spec.home, HOME]
     else:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..errors import SandboxSetupError
 from ..ids import random_token
 from . import bwrap as _bwrap
-from . import launch, process, reaper, rlimits
+from . import beneath, launch, process, reaper, rlimits
 from .cgroups import Cgroup, CgroupDriver
 from .network import Attached
 from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
@@ -177,6 +177,16 @@ class Sandboxes:
     def _open_fds(
         self, spec: SandboxSpec, net: Attached, opened: list[int], program: bytes | None
     ) -> _bwrap.SandboxFds:
+        mounts = []
+        for mount in spec.mounts:
+            try:
+                fd = beneath.open_beneath(mount.source, mount.sub)
+            except beneath.BeneathError as exc:
+                raise SandboxSetupError("storage mount", f"{mount.dest}: {exc.reason}") from None
+            except OSError as exc:
+                raise SandboxSetupError("storage mount", mount.dest) from exc
+            opened.append(fd)
+            mounts.append(fd)
         return _bwrap.SandboxFds(
             program=_memfd("program", spec.code if program is None else program, opened),
             seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
@@ -185,6 +195,7 @@ class Sandboxes:
             hosts=_memfd("hosts", _bwrap.hosts_file(), opened),
             nsswitch=_memfd("nsswitch", _bwrap.nsswitch_file(), opened),
             resolv=_memfd("resolv", net.resolv_conf, opened) if net.resolv_conf else None,
+            mounts=tuple(mounts),
         )
 
 

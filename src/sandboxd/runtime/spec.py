@@ -54,11 +54,20 @@ class Limits:
 
 @dataclass(frozen=True)
 class Mount:
-    """A host directory shown inside the sandbox (a volume at /data/<slug>)."""
+    """A host directory shown inside the sandbox: a volume or a bucket at /data/<slug>, or one
+    sub-directory of it (`sub_paths`).
+
+    `source` is trusted (the server's own path); `sub` is below it and is not: a sandbox may
+    have put links there, so the runtime opens it component by component without following
+    any (runtime/beneath.py) and binds the descriptor, not the path."""
 
     source: str
     dest: str
     read_only: bool
+    #: Below `source`: "a/b" ("" = `source` itself).
+    sub: str = ""
+    #: Make the missing directories of `sub` (a writable binding's `sub_paths`).
+    create: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,4 +41,6 @@ def execution_document(e: Execution, error_message: str | None = None) -> dict[s
         "network": e.network_log or [],
         # Which root it ran on (sandboxd's addition; None for runs from before images existed).
         "image": {"name": e.image_name, "digest": e.image_digest} if e.image_name else None,
+        # What it had under /data/, as scoped for it (service/data_mounts.py).
+        "storage": e.storage or [],
     }

@@ -24,11 +24,13 @@ from ..runtime import HOST_IMAGE, Language, Limits, RootImage, Runner, spoken
 from ..store import Execution, Store, utcnow
 from .events import EventSettings, StoredEventLogs
 from .health import PLATFORM_ERRORS, PlatformHealth
+from . import data_mounts
 from .images import ImageService
 from .job import ExecutionJobs, Held, JobDescription, Outcome, Submission
 from .keys import Principal
 from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
+from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
 from .webhooks import TERMINAL, WebhookService
@@ -51,6 +53,7 @@ class ExecutionService:
         events: EventSettings | None = None,
         node_id: str | None = None,
         images: ImageService | None = None,
+        storage: StorageService | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -66,7 +69,7 @@ class ExecutionService:
         self._logs: EventLogs = StoredEventLogs(store, self._event_settings)
         self._jobs = ExecutionJobs(
             store, runner, threads, volumes, webhooks, keepalive_s=keepalive_s, metrics=self._metrics,
-            health=health or PlatformHealth(self._metrics),
+            health=health or PlatformHealth(self._metrics), storage=storage,
         )
         self._live: dict[str, Submission] = {}
 
@@ -113,13 +116,14 @@ class ExecutionService:
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
         job = self._describe(new_trace_id(), principal, request, image)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
+        shown = data_mounts.plan(job.volumes, job.storage, job.sub_paths)  # 400 for a stray sub_path
         async with AsyncExitStack() as stack:
             thread = None
             if request.thread_id is not None:  # 409 for a busy thread comes before everything else
                 thread = await self._claim(principal.org.id, request.thread_id, job.trace_id)
                 stack.push_async_callback(self._threads.release, thread)
             stack.callback(await self._limiter.acquire(principal.org.id, principal.org.max_concurrent))
-            await self._record(job, principal, request, delivery_mode, client_id)
+            await self._record(job, principal, request, delivery_mode, client_id, shown)
             submission = self._submission(job.trace_id, accepted_at)
             await submission.log.append("status", trace_id=job.trace_id, status="queued")
             held = Held(stack.pop_all(), thread)
@@ -165,6 +169,8 @@ class ExecutionService:
             thread_id=request.thread_id,
             webhook=request.webhook_url is not None,
             image=image,
+            storage=StorageMountBinding.of(principal),
+            sub_paths=tuple(request.sub_paths) if request.sub_paths is not None else None,
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
@@ -176,7 +182,7 @@ class ExecutionService:
 
     async def _record(
         self, job: JobDescription, principal: Principal, request: ExecuteRequest, delivery_mode: str,
-        client_id: str | None,
+        client_id: str | None, shown: list[data_mounts.Scoped],
     ) -> None:
         await self._store.executions.add(
             Execution(
@@ -198,6 +204,7 @@ class ExecutionService:
                 node_id=self._node_id,
                 image_name=job.image.name,
                 image_digest=job.image.digest,
+                storage=[m.record() for m in shown] or None,
             )
         )
         if request.webhook_url:

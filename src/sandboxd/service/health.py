@@ -39,6 +39,8 @@ PLATFORM_ERRORS = {
     "internal_error": "platform error: the server failed to run or record this execution",
     "volume_mount_error": "platform error in the volume layer: a volume could not be mounted; "
     "the program did not run",
+    "storage_mount_error": "platform error in the storage layer: a storage connection could not be "
+    "mounted; the program did not run",
     "thread_mount_error": "platform error in the thread_home layer: the thread's home could not "
     "be prepared or saved; it keeps its previous state",
 }
@@ -53,6 +55,7 @@ _STEP_LAYERS = (
     ("interpreter", "interpreter"),
     ("subvolume", "storage"),
     ("thread storage", "storage"),
+    ("storage mount", "storage"),
 )
 LAYERS = (*dict.fromkeys(layer for _, layer in _STEP_LAYERS), "sandbox", "runtime", "volume", "thread_home")
 
@@ -78,11 +81,10 @@ def runtime_failure(exc: BaseException) -> PlatformFailure:
     return PlatformFailure("internal_error", "runtime", _message("runtime", what))
 
 
-def volume_failure(exc: BaseException) -> PlatformFailure:
-    """A volume bound to the key could not be mounted."""
-    step = exc.step if isinstance(exc, SandboxSetupError) else "mount"
-    message = _message("volume", _what(step, exc))
-    return PlatformFailure("volume_mount_error", "volume", message, runtime=False)
+def data_mount_failure(code: str, message: str) -> PlatformFailure:
+    """A volume or bucket of /data could not be shown; `message` is already safe to show."""
+    layer = "volume" if code == "volume_mount_error" else "storage"
+    return PlatformFailure(code, layer, f"{message}; the program did not run", runtime=False)
 
 
 def thread_failure(exc: BaseException, *, saving: bool) -> PlatformFailure:

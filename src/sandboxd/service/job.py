@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
+from ..buckets.mounts import Lease
 from ..bus import Event, ExecutionLog, OutputEvents
 from ..errors import SandboxSetupError
 from ..observability import Metrics
@@ -25,9 +26,11 @@ from ..observability.logging import get_logger
 from ..runtime import ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
-from .health import PlatformFailure, PlatformHealth, runtime_failure, setup_failure, thread_failure, volume_failure
+from .data_mounts import DataMountError, DataMounts
+from .health import PlatformFailure, PlatformHealth, data_mount_failure, runtime_failure, setup_failure, thread_failure
+from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
-from .volumes import VolumeBinding, VolumeMissing, VolumeService
+from .volumes import VolumeBinding, VolumeService
 
 log = logging.getLogger("sandboxd.executions")
 events_log = get_logger("sandboxd.executions")
@@ -56,6 +59,10 @@ class JobDescription:
     webhook: bool
     #: The root it runs on (the sandbox config's image, as found at submission).
     image: RootImage
+    #: The buckets bound to the key (service/storage.py).
+    storage: tuple[StorageMountBinding, ...] = ()
+    #: The request's `sub_paths` (service/scoping.py); None: every mount whole.
+    sub_paths: tuple[str, ...] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -68,6 +75,8 @@ class JobDescription:
             "limits": Limits(**data["limits"]),
             "network_allow": tuple(data["network_allow"]),
             "volumes": tuple(VolumeBinding(**v) for v in data["volumes"]),
+            "storage": tuple(StorageMountBinding(**b) for b in data.get("storage", ())),
+            "sub_paths": tuple(data["sub_paths"]) if data.get("sub_paths") is not None else None,
             "image": RootImage(**{
                 **data["image"],
                 "binaries": tuple(tuple(pair) for pair in data["image"]["binaries"]),
@@ -168,11 +177,12 @@ class ExecutionJobs:
         keepalive_s: float,
         metrics: Metrics,
         health: PlatformHealth,
+        storage: StorageService | None = None,
     ) -> None:
         self._store = store
         self._runner = runner
         self._threads = threads
-        self._volumes = volumes
+        self._data = DataMounts(volumes, storage)
         self._webhooks = webhooks
         self._keepalive_s = keepalive_s
         self._metrics = metrics
@@ -220,21 +230,28 @@ class ExecutionJobs:
     async def _prepared_run(
         self, job: JobDescription, sub: Submission, spec: SandboxSpec, thread: WorkingCopy | None
     ) -> tuple[Outcome, SandboxSpec]:
-        """Mount the volumes, open the thread's working copy, run; a failure to prepare is a
-        platform failure (the program never ran)."""
+        """Mount /data (volumes, buckets), open the thread's working copy, run; a failure to
+        prepare is a platform failure (the program never ran). Bucket mounts are leased for
+        the run and given back after it, however it ends."""
+        leases: list[Lease] = []
         try:
-            spec = replace(spec, mounts=await self._volumes.mounts(job.volumes))
-        except (VolumeMissing, SandboxSetupError, OSError) as exc:
-            log.error("execution %s: volumes: %s", job.trace_id, exc)
-            return self._platform_failure(job, volume_failure(exc)), spec
-        if thread is not None:
             try:
-                home = await self._threads.open(thread, job.trace_id, spec.host_gid)
-                spec = replace(spec, home=home, host_uid=thread.thread.uid)
-            except Exception as exc:
-                log.error("execution %s: thread home: %s", job.trace_id, exc)
-                return self._platform_failure(job, thread_failure(exc, saving=False)), spec
-        return await self._sandbox(job, sub, spec), spec
+                mounts = await self._data.prepare(job.volumes, job.storage, job.sub_paths, job.org_gid, leases)
+            except DataMountError as exc:
+                log.error("execution %s: %s: %s", job.trace_id, exc.code, exc.message)
+                return self._platform_failure(job, data_mount_failure(exc.code, exc.message)), spec
+            spec = replace(spec, mounts=mounts)
+            if thread is not None:
+                try:
+                    home = await self._threads.open(thread, job.trace_id, spec.host_gid)
+                    spec = replace(spec, home=home, host_uid=thread.thread.uid)
+                except Exception as exc:
+                    log.error("execution %s: thread home: %s", job.trace_id, exc)
+                    return self._platform_failure(job, thread_failure(exc, saving=False)), spec
+            return await self._sandbox(job, sub, spec), spec
+        finally:
+            for lease in leases:
+                lease.release()
 
     async def _save(self, job: JobDescription, thread: WorkingCopy, outcome: Outcome) -> Outcome:
         """A thread keeps what a run that ended by itself wrote; after a timeout, OOM, cancel

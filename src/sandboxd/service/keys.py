@@ -15,9 +15,21 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..ids import new_id, random_token
-from ..store import ApiKey, DuplicateError, Image, Org, Sandbox, Store, Volume, VolumeBinding, utcnow
+from ..store import (
+    ApiKey,
+    DuplicateError,
+    Image,
+    Org,
+    Sandbox,
+    StorageBinding,
+    StorageConnection,
+    Store,
+    Volume,
+    VolumeBinding,
+    utcnow,
+)
 from .keycache import PrincipalCache
 
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
@@ -58,6 +70,8 @@ class Principal:
     #: The sandbox config's runtime image; None: `host` (or, if `sandbox.image_id` is set, an
     #: image deleted since: its runs are refused).
     image: Image | None = None
+    #: Storage connections the key is bound to, with each binding (read-only, the key's prefix).
+    storage: tuple[tuple[StorageConnection, StorageBinding], ...] = ()
 
     @property
     def key_id(self) -> str | None:
@@ -87,6 +101,7 @@ class KeyService:
         name: str = "",
         region: str = "local",
         volumes: list[tuple[Volume, bool]] | None = None,
+        storage: list[tuple[StorageConnection, bool, str]] | None = None,
     ) -> CreatedKey:
         if not _REGION.fullmatch(region):
             raise InvalidRequest("region must be 1-16 lowercase letters or digits")
@@ -109,12 +124,23 @@ class KeyService:
         for volume, _ in volumes or []:
             if volume.org_id != org.id:
                 raise InvalidRequest(f"volume {volume.slug!r} belongs to another organization")
+        slugs = [v.slug for v, _ in volumes or []]
+        for connection, _, _ in storage or []:
+            if connection.org_id != org.id:
+                raise InvalidRequest(f"storage connection {connection.name!r} belongs to another organization")
+            if connection.name in slugs:
+                raise Conflict(f"a volume and a storage connection are both named {connection.name!r}: "
+                               f"both would show at /data/{connection.name}/")
         try:
             await self._store.keys.add(record)
         except DuplicateError:  # 2^-238: a second draw is cheaper than an argument
-            return await self.create(org=org, sandbox=sandbox, name=name, region=region, volumes=volumes)
+            return await self.create(
+                org=org, sandbox=sandbox, name=name, region=region, volumes=volumes, storage=storage
+            )
         for volume, read_only in volumes or []:
             await self._store.volumes.bind(VolumeBinding(record.id, volume.id, read_only))
+        for connection, read_only, prefix in storage or []:
+            await self._store.storage.bind(StorageBinding(record.id, connection.id, read_only, prefix))
         return CreatedKey(record=record, secret=secret)
 
     async def list(self, org_id: str | None = None) -> list[ApiKey]:
@@ -135,6 +161,8 @@ class KeyService:
         Like a revocation, it bumps the cache's epoch: from the next request on, the key's
         executions mount the volume this way and its upload URLs need a read-write binding."""
         key, volume = await self._key_and_volume(key_id, slug)
+        if any(c.name == slug for c, _ in await self._store.storage.bindings(key.id)):
+            raise Conflict(f"the key binds a storage connection named {slug!r}: both would show at /data/{slug}/")
         await self._store.volumes.rebind(VolumeBinding(key.id, volume.id, read_only))
         self.invalidate()
 
@@ -204,5 +232,6 @@ class KeyService:
         if org is None or sandbox is None:
             return None
         volumes = tuple(await self._store.volumes.bindings(key.id))
+        storage = tuple(await self._store.storage.bindings(key.id))
         image = await self._store.images.get(sandbox.image_id) if sandbox.image_id else None
-        return Principal(key=key, org=org, sandbox=sandbox, volumes=volumes, image=image)
+        return Principal(key=key, org=org, sandbox=sandbox, volumes=volumes, image=image, storage=storage)

@@ -63,6 +63,8 @@ class VolumeService:
         if not 1 <= quota_mib <= 16 * 1024 * 1024:
             raise InvalidRequest("quota must be between 1 MiB and 16 TiB")
         storage = self._require_storage()
+        if await self._store.storage.by_name(org.id, slug) is not None:
+            raise Conflict(f"a storage connection is named {slug!r}: both would show at /data/{slug}/; choose another name")
         volume = Volume(id=new_id("vol"), org_id=org.id, slug=slug, quota_mib=quota_mib, created_at=utcnow())
         try:
             await self._store.volumes.add(volume)

@@ -1,7 +1,19 @@
 """Persistence: SQLAlchemy Core tables, repositories and Alembic migrations."""
 
 from .db import create_engine, migrate, utcnow
-from .records import ApiKey, Execution, Image, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
+from .records import (
+    ApiKey,
+    Execution,
+    Image,
+    Org,
+    Sandbox,
+    StorageBinding,
+    StorageConnection,
+    Thread,
+    Volume,
+    VolumeBinding,
+    WebhookDelivery,
+)
 from .repos import DuplicateError, Store
 
 __all__ = [
@@ -11,6 +23,8 @@ __all__ = [
     "Image",
     "Org",
     "Sandbox",
+    "StorageBinding",
+    "StorageConnection",
     "Store",
     "Thread",
     "Volume",

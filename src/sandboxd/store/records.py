@@ -75,6 +75,8 @@ class Execution:
     #: The image it ran on (None for rows from before migration 0008).
     image_name: str | None = None
     image_digest: str | None = None
+    #: The storage it mounted: [{"name", "kind", "path", "read_only"}] (None: none).
+    storage: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,3 +136,33 @@ class Image:
     config: dict[str, Any]
     size_bytes: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class StorageConnection:
+    """An organization's bucket, shown at /data/<name>/ to the keys bound to it."""
+
+    id: str
+    org_id: str
+    name: str
+    kind: str
+    bucket: str
+    endpoint: str | None
+    region: str | None
+    #: The connection's prefix in the bucket, without leading or trailing '/' ("" = all of it).
+    prefix: str
+    read_only: bool
+    #: The credentials, encrypted (service/sealing.py); never leaves the service layer.
+    sealed: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class StorageBinding:
+    """A key's binding to a storage connection: read-only or not, and the key's own prefix."""
+
+    key_id: str
+    connection_id: str
+    read_only: bool
+    #: Below the connection's prefix, without leading or trailing '/' ("" = all it shows).
+    prefix: str

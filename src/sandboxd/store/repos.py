@@ -13,16 +13,30 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import as_utc, utcnow
-from .records import ApiKey, Execution, Image, Org, Sandbox, Thread, Volume, VolumeBinding, WebhookDelivery
+from .records import (
+    ApiKey,
+    Execution,
+    Image,
+    Org,
+    Sandbox,
+    StorageBinding,
+    StorageConnection,
+    Thread,
+    Volume,
+    VolumeBinding,
+    WebhookDelivery,
+)
 from .tables import (
     api_keys,
     execution_events,
     executions,
     images,
+    key_storage,
     key_volumes,
     orgs,
     registry_credentials,
     sandboxes,
+    storage_connections,
     threads,
     volumes,
     webhook_deliveries,
@@ -37,6 +51,10 @@ T = TypeVar("T", bound="DataclassInstance")
 
 class DuplicateError(Exception):
     """A unique name is taken."""
+
+
+class _RollBack(Exception):
+    """Raised inside a transaction to undo it."""
 
 
 def _to(record: type[T], row: RowMapping | Mapping[str, Any]) -> T:
@@ -627,6 +645,84 @@ class RegistryCredentialRepo(_Repo):
         return bytes(value) if value is not None else None
 
 
+class StorageRepo(_Repo):
+    """Storage connections and the keys' bindings to them."""
+
+    async def add(self, connection: StorageConnection) -> StorageConnection:
+        await self._insert(storage_connections, connection.__dict__)
+        return connection
+
+    async def get(self, connection_id: str) -> StorageConnection | None:
+        return await self._one(StorageConnection, select(storage_connections).where(storage_connections.c.id == connection_id))
+
+    async def by_name(self, org_id: str, name: str) -> StorageConnection | None:
+        query = select(storage_connections).where(
+            storage_connections.c.org_id == org_id, storage_connections.c.name == name
+        )
+        return await self._one(StorageConnection, query)
+
+    async def list(self, org_id: str) -> builtins.list[StorageConnection]:
+        query = select(storage_connections).where(storage_connections.c.org_id == org_id)
+        return await self._all(StorageConnection, query.order_by(storage_connections.c.name))
+
+    async def bind(self, binding: StorageBinding) -> None:
+        await self._insert(key_storage, binding.__dict__)
+
+    async def bindings(self, key_id: str) -> builtins.list[tuple[StorageConnection, StorageBinding]]:
+        query = (
+            select(storage_connections, key_storage.c.read_only.label("binding_read_only"), key_storage.c.prefix.label("binding_prefix"))
+            .join(key_storage, key_storage.c.connection_id == storage_connections.c.id)
+            .where(key_storage.c.key_id == key_id)
+            .order_by(storage_connections.c.name)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            (
+                _to(StorageConnection, r),
+                StorageBinding(key_id, r["id"], bool(r["binding_read_only"]), r["binding_prefix"]),
+            )
+            for r in rows
+        ]
+
+    async def bound_keys(self, connection_id: str) -> builtins.list[str]:
+        """The ids of the active keys bound to the connection."""
+        query = (
+            select(key_storage.c.key_id)
+            .join(api_keys, api_keys.c.id == key_storage.c.key_id)
+            .where(key_storage.c.connection_id == connection_id, api_keys.c.revoked_at.is_(None))
+            .order_by(key_storage.c.key_id)
+        )
+        async with self._engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(query)).all()]
+
+    async def delete_unbound(self, connection_id: str) -> bool:
+        """Delete the connection unless an active key is bound to it, in one transaction (the
+        revoked keys' bindings go with it); False when one is."""
+        revoked = select(api_keys.c.id).where(api_keys.c.revoked_at.is_not(None))
+        active = (
+            select(key_storage.c.key_id)
+            .join(api_keys, api_keys.c.id == key_storage.c.key_id)
+            .where(key_storage.c.connection_id == connection_id, api_keys.c.revoked_at.is_(None))
+            .exists()
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    key_storage.delete().where(
+                        key_storage.c.connection_id == connection_id, key_storage.c.key_id.in_(revoked)
+                    )
+                )
+                deleted = await conn.execute(
+                    storage_connections.delete().where(storage_connections.c.id == connection_id, ~active)
+                )
+                if deleted.rowcount == 0:
+                    raise _RollBack
+        except _RollBack:
+            return False
+        return True
+
+
 class Store:
     """All repositories over one engine."""
 
@@ -642,6 +738,7 @@ class Store:
         self.volumes = VolumeRepo(engine)
         self.images = ImageRepo(engine)
         self.registry_credentials = RegistryCredentialRepo(engine)
+        self.storage = StorageRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -97,6 +97,8 @@ executions = Table(
     # The image it ran on, as it was then (the image may be deleted or replaced later).
     Column("image_name", String(128), nullable=True),
     Column("image_digest", String(80), nullable=True),
+    # The storage it mounted, as it was then: [{"name", "kind", "path", "read_only"}]; NULL: none.
+    Column("storage", JSON, nullable=True),
     Index("ix_executions_org_created", "org_id", "created_at"),
     Index("ix_executions_created", "created_at"),
 )
@@ -187,6 +189,37 @@ images = Table(
     Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_images_org_name", "org_id", "name"),
+)
+
+storage_connections = Table(
+    "storage_connections",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    # The slug under /data/ (ids.NAME_PATTERN).
+    Column("name", String(64), nullable=False),
+    # buckets.providers.KINDS
+    Column("kind", String(16), nullable=False),
+    Column("bucket", String(255), nullable=False),
+    Column("endpoint", String(1024), nullable=True),
+    Column("region", String(64), nullable=True),
+    # The connection's prefix inside the bucket ("" = the whole bucket).
+    Column("prefix", String(1024), nullable=False),
+    Column("read_only", Boolean, nullable=False),
+    # The credentials, encrypted with a key derived from the server secret (service/sealing.py).
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_storage_connections_org_name"),
+)
+
+key_storage = Table(
+    "key_storage",
+    metadata,
+    Column("key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("connection_id", String(32), ForeignKey("storage_connections.id"), primary_key=True),
+    Column("read_only", Boolean, nullable=False),
+    # The key's prefix below the connection's ("" = all the connection shows).
+    Column("prefix", String(1024), nullable=False),
 )
 
 registry_credentials = Table(

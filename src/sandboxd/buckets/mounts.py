@@ -1,0 +1,168 @@
+"""The server's bucket mounts: one FUSE mount per (connection, scoped path), shared by the
+executions that need it and released when idle.
+
+An rclone mount takes a few hundred milliseconds to start (a process, a FUSE session, a first
+listing), so an execution must not pay it each time: the first execution of a (connection,
+path) mounts it, the next ones reuse it, and a mount nobody used for `idle_s` is unmounted.
+Every mount lives under `root` (this server instance's run directory): on start, what a
+crashed server left there is unmounted (`rclone.unmount_stale`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..ids import random_token
+from . import rclone
+from .providers import Remote
+
+log = logging.getLogger("sandboxd.buckets")
+
+
+@dataclass(frozen=True)
+class MountKey:
+    """What makes two mounts the same: the connection, the path in the bucket, whether rclone
+    itself refuses writes (the connection is read-only) and the group that owns the files."""
+
+    connection_id: str
+    path: str
+    read_only: bool
+    gid: int
+
+
+@dataclass
+class _Entry:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    mount: rclone.RcloneMount | None = None
+    refs: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    token: str = ""
+
+
+class Lease:
+    """One execution's use of a mount; `release` once it is done."""
+
+    def __init__(self, path: Path, release: Callable[[], None]) -> None:
+        self.path = path
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        release = self._release
+        self._release = None
+        if release is not None:
+            release()
+
+
+class BucketMounts:
+    def __init__(self, root: Path, *, idle_s: float) -> None:
+        self._root = root
+        self._idle_s = idle_s
+        self._entries: dict[MountKey, _Entry] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def recover(self) -> int:
+        """Unmount what a previous run of this instance left (after a crash); the count."""
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        count = rclone.unmount_stale(self._root)
+        for leftover in self._root.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        return count
+
+    async def acquire(self, key: MountKey, remote: Callable[[], Remote]) -> Lease:
+        """The mount of `key`, mounted now if it is not (or if its rclone died); raises
+        rclone.MountFailed with a message for the user."""
+        entry = self._entries.setdefault(key, _Entry())
+        entry.refs += 1
+        try:
+            async with entry.lock:
+                if entry.mount is not None and not entry.mount.alive():
+                    log.warning("bucket mount of %s died; mounting it again", key.connection_id)
+                    await self._unmount(entry)
+                if entry.mount is None:
+                    entry.token = random_token(16)
+                    base = self._root / entry.token
+                    (base / "mnt").mkdir(parents=True, mode=0o700)
+                    try:
+                        entry.mount = await rclone.mount(
+                            remote(), key.path, base / "mnt", read_only=key.read_only, gid=key.gid,
+                            cache_dir=base / "cache",
+                        )
+                    except BaseException:
+                        shutil.rmtree(base, ignore_errors=True)
+                        raise
+                path = entry.mount.path
+        except BaseException:
+            self._done(key, entry)
+            raise
+        self._ensure_reaper()
+        return Lease(path, lambda: self._done(key, entry))
+
+    def _done(self, key: MountKey, entry: _Entry) -> None:
+        entry.refs -= 1
+        entry.last_used = time.monotonic()
+        if entry.refs == 0 and entry.mount is None and self._entries.get(key) is entry:
+            del self._entries[key]
+
+    async def drop(self, connection_id: str) -> None:
+        """Unmount every idle mount of a connection (it is being deleted)."""
+        for key, entry in list(self._entries.items()):
+            if key.connection_id == connection_id and entry.refs == 0:
+                async with entry.lock:
+                    await self._unmount(entry)
+                self._entries.pop(key, None)
+
+    async def release_idle(self) -> int:
+        """Unmount the mounts nobody used for `idle_s`; the count."""
+        now, count = time.monotonic(), 0
+        for key, entry in list(self._entries.items()):
+            if entry.refs == 0 and now - entry.last_used >= self._idle_s:
+                async with entry.lock:
+                    if entry.refs == 0 and entry.mount is not None:
+                        await self._unmount(entry)
+                        count += 1
+                if entry.refs == 0:
+                    self._entries.pop(key, None)
+        return count
+
+    @property
+    def mounted(self) -> int:
+        return sum(1 for e in self._entries.values() if e.mount is not None)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for entry in list(self._entries.values()):
+            await self._unmount(entry)
+        self._entries.clear()
+
+    async def _unmount(self, entry: _Entry) -> None:
+        mount, entry.mount = entry.mount, None
+        if mount is not None:
+            try:
+                await mount.unmount()
+            except Exception:
+                log.exception("unmounting a bucket failed")
+        if entry.token:
+            shutil.rmtree(self._root / entry.token, ignore_errors=True)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while self._entries:
+            await asyncio.sleep(max(0.05, self._idle_s / 4))
+            try:
+                await self.release_idle()
+            except Exception:
+                log.exception("releasing idle bucket mounts failed")
