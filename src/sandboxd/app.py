@@ -330,6 +330,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             admin.storage.mounts = BucketMounts(settings.run_dir / "buckets", idle_s=settings.storage_mount_idle_s)
             if stale := admin.storage.mounts.recover():
                 log.warning("unmounted %d bucket mounts left by the last run", stale)
+            if pool is not None:
+                admin.storage.mounts.before_unmount = lambda path: pool.discard(str(path))
             await admin.threads.recover()
             await admin.images.clean()
             recovery: Recovery = NodeRecovery(admin.store, admin.node_id)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,9 @@ class BucketMounts:
         self._idle_s = idle_s
         self._entries: dict[MountKey, _Entry] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: Called with a mount's path before it is unmounted: the warm pool drops the sandboxes
+        #: started with it (runtime/pool.py).
+        self.before_unmount: Callable[[Path], Awaitable[None]] | None = None
 
     def recover(self) -> int:
         """Unmount what a previous run of this instance left (after a crash); the count."""
@@ -147,6 +150,11 @@ class BucketMounts:
 
     async def _unmount(self, entry: _Entry) -> None:
         mount, entry.mount = entry.mount, None
+        if mount is not None and self.before_unmount is not None:
+            try:
+                await self.before_unmount(mount.path)
+            except Exception:
+                log.exception("dropping warm sandboxes of a bucket mount failed")
         if mount is not None:
             try:
                 await mount.unmount()

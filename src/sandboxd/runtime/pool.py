@@ -36,7 +36,7 @@ from . import warm
 from .homeslot import HomeSlots
 from .network import Attached
 from .sandbox import Sandbox, Sandboxes
-from .spec import HOST_IMAGE, Language, Limits, RootImage, SandboxSpec
+from .spec import HOST_IMAGE, Language, Limits, Mount, RootImage, SandboxSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class PoolKey:
     host_uid: int | None = None
     #: Pools are per image: a sandbox is built on its root.
     image: RootImage = HOST_IMAGE
+    #: The bucket mounts under /data it binds (only `Mount.pooled` ones).
+    mounts: tuple[Mount, ...] = ()
 
 
 @dataclass
@@ -83,7 +85,7 @@ class _Slot:
 def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
     """The pool a run can be served from, or None when it must start cold. With `threads`, a
     thread's run (its home and its uid) has a key of its own."""
-    if spec.mounts or spec.network.mode != "none":
+    if spec.network.mode != "none" or not all(m.pooled for m in spec.mounts):
         return None
     is_thread = spec.home is not None and spec.host_uid is not None
     if is_thread and not threads:
@@ -92,7 +94,7 @@ def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
         return None
     # Applied at use time, not at build time: not part of the key.
     limits = replace(spec.limits, timeout_s=0.0, output_limit_bytes=0)
-    return PoolKey(spec.language, limits, spec.host_gid, spec.host_uid, spec.image)
+    return PoolKey(spec.language, limits, spec.host_gid, spec.host_uid, spec.image, spec.mounts)
 
 
 class WarmPool:
@@ -171,6 +173,14 @@ class WarmPool:
         await self._sandboxes.dispose(entry.box)
         if entry.home_slot is not None and self.home_slots is not None:
             self.home_slots.release(entry.home_slot)
+
+    async def discard(self, source: str) -> None:
+        """Dispose of the waiting sandboxes that bind `source` (a bucket mount about to go)."""
+        for key, slot in list(self._slots.items()):
+            if any(m.source == source for m in key.mounts):
+                del self._slots[key]
+                while slot.entries:
+                    await self.dispose(slot.entries.popleft())
 
     async def close(self) -> None:
         """Dispose of every waiting sandbox, then remove the home slots' mounts."""

@@ -66,8 +66,9 @@ class Mount:
     read_only: bool
     #: Below `source`: "a/b" ("" = `source` itself).
     sub: str = ""
-    #: Make the missing directories of `sub` (a writable binding's `sub_paths`).
-    create: bool = False
+    #: A warm sandbox may be started with it ahead of time: `source` never shows other content
+    #: later (a bucket mount's own directory, dropped from the pool before it is unmounted).
+    pooled: bool = False
 
 
 @dataclass(frozen=True)

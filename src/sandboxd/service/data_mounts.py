@@ -113,7 +113,9 @@ class DataMounts:
             leases.append(lease)
             for sub in narrowed[bucket.name]:
                 await _check(str(lease.path), sub, not bucket.read_only, "storage_mount_error", bucket.name)
-                out.append(Mount(str(lease.path), scoping.dest(bucket.name, sub), bucket.read_only, sub=sub))
+                out.append(
+                    Mount(str(lease.path), scoping.dest(bucket.name, sub), bucket.read_only, sub=sub, pooled=True)
+                )
         return tuple(out)
 
 
