@@ -180,8 +180,8 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
             f"/data/{c.name}/ ({c.kind}, {'read-only' if b.read_only or c.read_only else 'read-write'})"
             for c, b in principal.storage
         )
-        + " are cloud storage shown as local directories (no SDK or credentials needed); "
-        "sub_paths can narrow a run to some of their directories."
+        + " are cloud storage buckets shown as local directories: use them as files (no SDK or "
+        "credentials needed)."
         if principal.storage
         else ""
     )

@@ -5,8 +5,8 @@ A bucket is narrowed by the connection's prefix (set by the admin), then by the 
 above, and an unset level inherits. Volumes take the `sub_paths` level too. All of it is
 decided here, on the server, from what the key is bound to: nothing the client says widens it.
 
-`sub_paths` (full sandbox paths under /data/): with none, every mount of the key is shown
-whole; with some, the sandbox sees only the listed directories, and mounts no entry names are
+`sub_paths` (full sandbox paths under /data/): with none (or an empty list), every mount of
+the key is shown whole; with some, the sandbox sees only the listed directories, and mounts no entry names are
 not mounted at all (least privilege: an agent given one folder sees one folder). A listed
 directory that does not exist is made when the binding is writable, refused when it is not.
 """
@@ -63,7 +63,7 @@ def narrow(sub_paths: Sequence[str] | None, slugs: Collection[str]) -> dict[str,
 
     A slug absent from the answer is not mounted. An entry outside every mount of the key is
     refused (400), naming the entry and the mounts there are."""
-    if sub_paths is None:
+    if not sub_paths:  # unset (or empty): the level inherits
         return {slug: ("",) for slug in slugs}
     wanted: dict[str, set[str]] = {}
     for entry in sub_paths:
