@@ -100,7 +100,7 @@ class BucketMounts:
                     except BaseException:
                         shutil.rmtree(base, ignore_errors=True)
                         raise
-                path = entry.mount.path
+                path = entry.mount.mountpoint
         except BaseException:
             self._done(key, entry)
             raise
@@ -152,7 +152,7 @@ class BucketMounts:
         mount, entry.mount = entry.mount, None
         if mount is not None and self.before_unmount is not None:
             try:
-                await self.before_unmount(mount.path)
+                await self.before_unmount(mount.mountpoint)
             except Exception:
                 log.exception("dropping warm sandboxes of a bucket mount failed")
         if mount is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 import json
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +89,10 @@ class StorageService:
             raise InvalidRequest(f"storage connection name must be {NAME_RULE}")
         if spec.kind not in providers.KINDS:
             raise InvalidRequest(f"storage type must be one of {', '.join(providers.KINDS)}")
-        if spec.endpoint is not None:
-            providers.check_endpoint(spec.endpoint)
         parsed = providers.parse_credentials(spec.kind, credentials)
-        providers.Remote(spec.kind, spec.bucket, spec.endpoint, spec.region, parsed)  # checks the bucket's name
+        providers.Remote(  # checks the bucket's name, the endpoint and the region
+            kind=spec.kind, bucket=spec.bucket, credentials=parsed, endpoint=spec.endpoint, region=spec.region
+        )
         if await self._store.volumes.by_slug(org.id, spec.name) is not None:
             raise Conflict(f"a volume is named {spec.name!r}: both would show at /data/{spec.name}/; choose another name")
         connection = StorageConnection(
@@ -142,8 +141,7 @@ class StorageService:
         rclone.MountFailed says what failed in words a user can act on."""
         connection = await self.get(org, name)
         self._work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(prefix="test-", dir=self._work_dir) as work:
-            await rclone.check(self.remote(connection), connection.prefix, work_dir=Path(work))
+        await rclone.check(self.remote(connection), connection.prefix, work_dir=self._work_dir)
 
     def remote(self, connection: StorageConnection) -> providers.Remote:
         """The connection with its credentials opened: for rclone, never for a surface."""
@@ -155,7 +153,8 @@ class StorageService:
                 "(the data dir's server.secret changed?); delete the connection and create it again"
             )
         return providers.Remote(
-            connection.kind, connection.bucket, connection.endpoint, connection.region, data["credentials"]
+            kind=connection.kind, bucket=connection.bucket, credentials=data["credentials"],
+            endpoint=connection.endpoint, region=connection.region,
         )
 
     async def resolve_bindings(
