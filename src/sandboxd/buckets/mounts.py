@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,10 @@ from . import rclone
 from .providers import Remote
 
 log = logging.getLogger("sandboxd.buckets")
+
+#: bwrap binds a mount as the sandbox's uid, by path: it must traverse to it. Nothing here can
+#: be listed, and the mount's own root is 0770, root and the organization's group.
+_TRAVERSE = 0o711
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,9 @@ class BucketMounts:
 
     def recover(self) -> int:
         """Unmount what a previous run of this instance left (after a crash); the count."""
-        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._root.mkdir(parents=True, exist_ok=True)
+        for path in (self._root.parent, self._root):  # the instance's run dir, then ours
+            os.chmod(path, _TRAVERSE)
         count = rclone.unmount_stale(self._root)
         for leftover in self._root.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -91,7 +98,8 @@ class BucketMounts:
                 if entry.mount is None:
                     entry.token = random_token(16)
                     base = self._root / entry.token
-                    (base / "mnt").mkdir(parents=True, mode=0o700)
+                    (base / "mnt").mkdir(parents=True)
+                    os.chmod(base, _TRAVERSE)
                     try:
                         entry.mount = await rclone.mount(
                             remote(), key.path, base / "mnt", read_only=key.read_only, gid=key.gid,
