@@ -72,7 +72,7 @@ def describe(connection: StorageConnection) -> dict[str, Any]:
         "region": connection.region,
         "prefix": connection.prefix,
         "read_only": connection.read_only,
-        "mounted_at": scoping.dest(connection.name, ""),
+        "mounted_at": scoping.dest(connection.name, "") + "/",
         "created_at": connection.created_at.isoformat(),
     }
 
