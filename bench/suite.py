@@ -23,7 +23,10 @@ is never refused with 429. Then, with keep-alive httpx clients, sequential unles
      peak after section 4; RSS (and PSS) of the warm pooled sandboxes waiting under the
      server while it is idle, per sandbox;
   7. runtime images (bench/_images.py): cold import of a Debian image, disk of two images on
-     one base vs twice one image, pooled python inline on the image vs on `host`.
+     one base vs twice one image, pooled python inline on the image vs on `host`;
+  8. storage connections (bench/_buckets.py, SeaweedFS S3 on loopback): python inline on a key
+     with one S3 connection (warm mount) vs without; the first execution on a mount not up
+     yet; 100 MB written and read through the mount vs with the S3 API directly.
 
 Every table gives median and p95 (nearest rank) in ms and the ratio of medians to the bare
 baseline of the same language measured in this run; then a "targets" table: PASS or MISS,
@@ -49,6 +52,7 @@ try:
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("suite: httpx is missing; run: uv sync --extra dev")
 
+import _buckets
 import _images
 import _memory
 import _stream
@@ -86,6 +90,7 @@ SECTIONS = (
     "5. time to first NDJSON event (python)",
     "6. memory",
     "7. runtime images (python, pools on)",
+    "8. storage connections (python, pools on, S3)",
 )
 T = TypeVar("T")
 K = TypeVar("K")
@@ -187,6 +192,15 @@ class Bench:
             return {k: series(k, v) for k, v in got.items()}
 
         return _images.measure(self.running[ON].server, self.clients[ON], sample)
+
+    def buckets(self) -> _buckets.BucketFigures:
+        """Section 8, on the pools-on server."""
+
+        def sample(runners: dict[str, Callable[[], float]]) -> dict[str, Series]:
+            got = rounds({k: wall(run) for k, run in runners.items()}, self.n, self.warmup)
+            return {k: series(k, v) for k, v in got.items()}
+
+        return _buckets.measure(self.running[ON].server, self.clients[ON], sample)
 
     def idle(self) -> dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]]:
         """Section 6, idle: after one execution, once the sandboxes under each server settle."""
@@ -397,6 +411,25 @@ def print_images(got: _images.ImageFigures) -> None:
     )
 
 
+def print_buckets(got: _buckets.BucketFigures) -> None:
+    base = got.plain.median()
+    mb = _buckets.FILE_MB
+    table(
+        SECTIONS[7],
+        ["series", "median ms", "p95 ms", "ratio to no connection"],
+        [[s.label, ms(s.median()), ms(s.p95()), times(s.median(), base)] for s in (got.plain, got.warm)],
+        [
+            f"first execution on a mount not up yet (rclone start + first listing), median of "
+            f"{len(got.first_ms)}: {_buckets.first_median(got):.0f} ms "
+            f"({', '.join(f'{v:.0f}' for v in got.first_ms)})",
+            f"write {mb} MB: through the mount {got.write_mount_s:.2f} s (the whole execution, until uploaded), "
+            f"S3 API {got.write_api_s:.2f} s = {got.write_mount_s / got.write_api_s:.2f}x",
+            f"read {mb} MB: through the mount {got.read_mount_s:.2f} s (the whole execution), "
+            f"S3 API {got.read_api_s:.2f} s = {got.read_mount_s / got.read_api_s:.2f}x",
+        ],
+    )
+
+
 def print_targets(
     b: Bench,
     inline: dict[tuple[str, str], Series],
@@ -405,6 +438,7 @@ def print_targets(
     stream: dict[str, dict[str, Series]],
     idle: dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]],
     images: _images.ImageFigures,
+    buckets: _buckets.BucketFigures,
 ) -> None:
     def ratio(lang: str) -> float | None:
         if lang not in b.languages:
@@ -427,6 +461,7 @@ def print_targets(
             "MB",
         ),
         Target("(7) python inline on an image / on host", images.on_image.median() / images.on_host.median(), 1.1, "x"),
+        Target("(8) python inline, one S3 connection (warm) / none", buckets.warm_ratio, 1.3, "x"),
     ]
     targets(rows, ["medians; the targets are for this 2-core machine, measured with pools on"])
 
@@ -518,7 +553,9 @@ def main() -> int:
         print_memory(b, idle, peak)
         images = b.images()
         print_images(images)
-        print_targets(b, inline, thread, tput, stream, idle, images)
+        buckets = b.buckets()
+        print_buckets(buckets)
+        print_targets(b, inline, thread, tput, stream, idle, images, buckets)
     print_machine([], machine_info())
     return 0
 

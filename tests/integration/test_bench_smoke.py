@@ -23,6 +23,7 @@ SECTIONS = [
     "5. time to first NDJSON event",
     "6. memory",
     "7. runtime images",
+    "8. storage connections",
     "targets",
 ]
 TARGETS = [
@@ -34,6 +35,7 @@ TARGETS = [
     "(5) first output",
     "(6) server idle RSS",
     "(7) python inline on an image",
+    "(8) python inline, one S3 connection",
 ]
 
 

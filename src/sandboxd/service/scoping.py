@@ -15,25 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+from ..buckets.providers import check_path_in_bucket
 from ..errors import InvalidRequest
 from .paths import ENCODED, MAX_NAME_BYTES, VOLUME_MOUNT, has_forbidden
 
-MAX_PREFIX_CHARS = 1024
-
-
 def prefix_of(raw: str, what: str) -> str:
-    """A prefix inside a bucket as `a/b` (no leading or trailing '/'; "" = all of it)."""
-    if len(raw) > MAX_PREFIX_CHARS:
-        raise InvalidRequest(f"{what} must be at most {MAX_PREFIX_CHARS} characters")
-    if any(ord(c) < 32 or c in "\\\x7f" for c in raw) or has_forbidden(raw, ENCODED):
-        raise InvalidRequest(f"{what} must not contain control characters, backslashes or percent-encodings")
-    parts = [p for p in raw.strip("/").split("/")] if raw.strip("/") else []
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise InvalidRequest(f"{what} {raw[:80]!r} must be plain names separated by single '/' (no '.', '..')")
-        if len(part.encode("utf-8", errors="surrogatepass")) > MAX_NAME_BYTES:
-            raise InvalidRequest(f"each part of {what} must be at most {MAX_NAME_BYTES} bytes")
-    return "/".join(parts)
+    """A prefix inside a bucket as `a/b` ("" = all of it): the bucket path rule
+    (buckets/providers.py), and no percent-encodings, no component over 255 bytes."""
+    if has_forbidden(raw, ENCODED):
+        raise InvalidRequest(f"{what} must not contain percent-encoded characters such as %2e or %2f")
+    try:
+        path = check_path_in_bucket(raw)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{what}: {exc.message}") from None
+    if any(len(part.encode("utf-8", errors="surrogatepass")) > MAX_NAME_BYTES for part in path.split("/")):
+        raise InvalidRequest(f"each part of {what} must be at most {MAX_NAME_BYTES} bytes")
+    return path
 
 
 def join(*prefixes: str) -> str:
