@@ -64,12 +64,12 @@ _CLASSES: tuple[tuple[str, re.Pattern[str], str], ...] = (
      "the endpoint's TLS certificate was not accepted"),
     ("unreachable", re.compile(
         r"connection refused|no such host|i/o timeout|network is unreachable|no route to host|"
-        r"connection reset|context deadline exceeded|dial tcp|server misbehaving|EOF$", re.I),
+        r"connection reset|context deadline exceeded|dial tcp|server misbehaving", re.I),
      "the storage endpoint could not be reached (connection refused, unknown host or timed out)"),
     ("credentials", re.compile(
         r"SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied|AuthorizationFailure|"
         r"AuthenticationFailed|AuthorizationPermissionMismatch|InvalidAuthenticationInfo|"
-        r"ExpiredToken|InvalidToken|invalid_grant|invalid_client|Unauthorized|\b40[13]\b", re.I),
+        r"ExpiredToken|InvalidToken|invalid_grant|invalid_client|cannot fetch token|Unauthorized|\b40[13]\b", re.I),
      "the credentials were refused, or they do not allow listing this bucket"),
     ("bucket", re.compile(
         r"directory not found|NoSuchBucket|ContainerNotFound|bucket does not exist|\b404\b", re.I),
@@ -351,7 +351,10 @@ async def _wait_ready(mounted: RcloneMount, remote: Remote, deadline: float, tim
                 raise MountFailed(f"{_what(remote)}: the mount did not list within {timeout_s:g} s",
                                   "timeout") from None
             except OSError as exc:
-                raise MountFailed(f"{_what(remote)}: the mount could not be listed ({exc.strerror})") from None
+                await asyncio.sleep(0.05)  # let the reader take rclone's lines
+                said = next((_strip_stamp(ln) for ln in mounted.log_lines()), "")
+                detail = f": {said[:300]}" if said else ""
+                raise MountFailed(f"{_what(remote)}: the mount could not be listed ({exc.strerror}){detail}") from None
         if time.monotonic() > deadline:
             raise MountFailed(f"{_what(remote)}: the mount did not come up within {timeout_s:g} s", "timeout")
         await asyncio.sleep(delay)
