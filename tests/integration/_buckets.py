@@ -83,7 +83,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -305,7 +305,8 @@ class GcsRig(BucketRig):
         self.client.create_bucket(bucket)
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
-        self.client.bucket(bucket).blob(key).upload_from_string(data)
+        # No retries: a refused name (the emulator drops the connection on `..`) fails at once.
+        self.client.bucket(bucket).blob(key).upload_from_string(data, retry=None, timeout=30)
 
     def get(self, bucket: str, key: str) -> bytes:
         return bytes(self.client.bucket(bucket).blob(key).download_as_bytes())

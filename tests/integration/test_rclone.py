@@ -37,7 +37,7 @@ GID = 23456  # the organization's group in these tests; another gid is another t
 def root() -> Iterator[Path]:
     """Where mounts and their private dirs go (0755 up to /tmp: an unprivileged uid can reach
     the mountpoints); checked free of mounts and rclone processes afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="sandboxd-buckets-"))
+    path = Path(tempfile.mkdtemp(prefix="sandboxd-rclone-test-"))
     path.chmod(0o755)
     yield path
     leftovers = _leftovers(path)
