@@ -101,8 +101,9 @@ async def test_write_in_mount_reads_back_through_provider_api(bucket_rig: Bucket
                 f.write("a,b\n1,2\n")
 
         await asyncio.to_thread(write)
-        # Uploaded on close, while the mount stays: visible to the provider's API within seconds.
-        assert await eventually(lambda: "team/a/out/result.csv" in bucket_rig.keys(bucket, "team/a/"))
+        # Uploaded after close, while the mount stays: `flush` waits for it.
+        assert await m.flush(timeout_s=30) == 0
+        assert "team/a/out/result.csv" in bucket_rig.keys(bucket, "team/a/")
         assert bucket_rig.get(bucket, "team/a/out/result.csv") == b"a,b\n1,2\n"
         # And the other way: an object put through the API shows in the mount within about a second.
         bucket_rig.put(bucket, "team/a/later.txt", b"later")
@@ -110,12 +111,17 @@ async def test_write_in_mount_reads_back_through_provider_api(bucket_rig: Bucket
     assert bucket_rig.keys(bucket, "team/") == ["team/a/existing.txt", "team/a/later.txt", "team/a/out/result.csv"]
 
 
-async def test_unmount_waits_for_pending_uploads(s3_rig: BucketRig, root: Path) -> None:
+async def test_flush_and_unmount_wait_for_pending_uploads(s3_rig: BucketRig, root: Path) -> None:
     bucket = s3_rig.new_bucket()
-    payload = os.urandom(8 * 1024 * 1024)
+    payload = os.urandom(32 * 1024 * 1024)
     async with mounted(s3_rig.remote(bucket), "", root) as m:
-        await asyncio.to_thread((m.mountpoint / "big.bin").write_bytes, payload)
-    assert s3_rig.get(bucket, "big.bin") == payload
+        await asyncio.to_thread((m.mountpoint / "flushed.bin").write_bytes, payload)
+        assert await m.flush() == 0
+        assert s3_rig.get(bucket, "flushed.bin") == payload
+        await asyncio.to_thread((m.mountpoint / "unmounted.bin").write_bytes, payload[::-1])
+    assert s3_rig.get(bucket, "unmounted.bin") == payload[::-1]
+    with pytest.raises(MountFailed, match="mount is gone"):
+        await m.flush(timeout_s=1)
 
 
 async def test_read_only_mount_refuses_writes(bucket_rig: BucketRig, root: Path) -> None:
@@ -243,7 +249,8 @@ async def test_credentials_absent_from_rclone_process_and_mountinfo(bucket_rig: 
         # Nothing written to disk holds them either: the private dir has only the VFS cache.
         for dirpath, _, files in os.walk(m.private_dir):
             for name in files:
-                _assert_no_secret((Path(dirpath) / name).read_bytes().decode(errors="replace"), secrets)
+                if (Path(dirpath) / name).is_file():  # not rc.sock
+                    _assert_no_secret((Path(dirpath) / name).read_bytes().decode(errors="replace"), secrets)
         _assert_no_secret("\n".join(m.log_lines()), secrets)
 
 

@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from ..errors import SandboxdError
 from .providers import Remote, check_path_in_bucket
 
@@ -57,6 +59,7 @@ _DEVNAME = "sandboxd"
 _PROBE_FLAGS = ("--retries", "1", "--low-level-retries", "1", "--contimeout", "5s", "--timeout", "10s")
 _PROBE_NAME = ".sandboxd-probe"
 _LOG_LINES = 50
+_RC_SOCKET = "rc.sock"
 
 # (reason, pattern over rclone's output, the words a user reads); first match wins.
 _CLASSES: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -124,12 +127,42 @@ class RcloneMount:
         """The last lines rclone printed (ERROR level), credentials scrubbed."""
         return list(self._log)
 
-    async def unmount(self, *, timeout_s: float = 15) -> None:
-        """Unmount (lazily if busy), end rclone, remove the private dir; safe to call twice.
+    async def flush(self, *, timeout_s: float = 60) -> int:
+        """Wait until every file written through the mount is uploaded; the number that failed.
 
-        A plain unmount lets rclone finish uploading files written through its cache
-        before it exits; it is killed after `timeout_s`.
+        An upload is queued when a written file is closed and starts 0.1 s later
+        (`--vfs-write-back`; rclone's upload queue is visible only with a delay), after close
+        returns: call this before saying an execution's writes are in the bucket.
+        Asks rclone's remote control on a unix socket in the private dir (root only; never
+        in a sandbox). Raises MountFailed when uploads are still pending after `timeout_s`.
         """
+        deadline = time.monotonic() + timeout_s
+        transport = httpx.AsyncHTTPTransport(uds=str(self.private_dir / _RC_SOCKET))
+        async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+            while True:
+                try:
+                    reply = await client.post("http://rclone/vfs/stats")
+                    cache = reply.json()["diskCache"]
+                    pending = int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    raise MountFailed("the bucket mount is gone; its pending uploads are unknown") from None
+                if pending == 0:
+                    return int(cache.get("erroredFiles", 0))
+                if time.monotonic() > deadline:
+                    raise MountFailed(f"{pending} file(s) written to the bucket were not uploaded within {timeout_s:g} s",
+                                      "timeout")
+                await asyncio.sleep(0.05)
+
+    async def unmount(self, *, flush_timeout_s: float = 120, timeout_s: float = 15) -> None:
+        """Upload what is pending (`flush`, up to `flush_timeout_s`), unmount (lazily if busy),
+        end rclone (killed after `timeout_s`), remove the private dir; safe to call twice.
+
+        rclone does not finish queued uploads when it is unmounted: without the flush, a file
+        closed just before would be lost with the cache dir.
+        """
+        if self.proc.returncode is None:
+            with contextlib.suppress(MountFailed):
+                await self.flush(timeout_s=flush_timeout_s)
         if fuse_mounted(self.mountpoint):
             if not await _fusermount("-u", self.mountpoint):
                 await _fusermount("-uz", self.mountpoint)
@@ -307,11 +340,13 @@ async def _start(
         "--allow-other", "--default-permissions",
         "--uid", "0", "--gid", str(gid), "--umask", "0007",
         "--vfs-cache-mode", "writes", "--cache-dir", str(private / "vfs"),
-        "--vfs-write-back", "0s",
+        "--vfs-write-back", "100ms",  # 0s uploads untracked: `flush` could not wait for it
         "--dir-cache-time", "1s", "--attr-timeout", "1s",
         "--use-server-modtime", "--devname", _DEVNAME,
         "--contimeout", "10s", "--low-level-retries", "3",
         "--log-level", "ERROR",
+        # Remote control on a unix socket in the 0700 private dir, for `flush` (vfs/stats).
+        "--rc", "--rc-addr", f"unix://{private / _RC_SOCKET}",
     ]
     if read_only:
         argv.append("--read-only")
