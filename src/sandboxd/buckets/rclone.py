@@ -21,9 +21,9 @@ How rclone runs, and why:
   so an object named `x.rclonelink` is a plain file and no symlink is ever made or followed;
   a 1 s directory cache so objects written through the provider's API show within about a
   second; `--devname sandboxd` so mountinfo (visible in a sandbox) names no bucket.
-- **Failures** are classified by a probe (`rclone lsjson` of the mounted path, one attempt,
-  short timeouts; ~0.1 s) before the mount, then the mount must show in mountinfo as
-  fuse.rclone and list its root: `MountFailed` with words a user can act on, never a secret
+- **Failures** are classified before the mount by a TCP connect to an explicit endpoint and
+  a probe (`rclone lsjson` of a name under the mounted path, one attempt, short timeouts;
+  ~0.1 s); then the mount must show in mountinfo as fuse.rclone and list its root: `MountFailed` with words a user can act on, never a secret
   (every credential value is scrubbed from every line rclone prints).
 """
 
@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -203,6 +204,7 @@ async def mount(
     binary = rclone_binary()
     _make_private(cache_dir)
     try:
+        await _reach(remote, min(timeout_s, 5))
         await _probe(binary, remote, path, cache_dir, timeout_s)
         return await _start(binary, remote, path, mountpoint, read_only, gid, cache_dir, deadline, timeout_s)
     except BaseException:
@@ -293,6 +295,24 @@ def _config_fd(remote: Remote) -> int:
 
 def _target(remote: Remote, path: str) -> str:
     return f"{_SECTION}:{remote.bucket}/{path}" if path else f"{_SECTION}:{remote.bucket}"
+
+
+async def _reach(remote: Remote, timeout_s: float) -> None:
+    """A TCP connect to an explicit endpoint: a refused or unresolvable one is said at once
+    (rclone's Azure client retries a refused connection for ~9 s before it says so)."""
+    if remote.endpoint is None:
+        return
+    parts = urlsplit(remote.endpoint)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        raise MountFailed(
+            f"{_what(remote)}: the storage endpoint could not be reached (connection refused, unknown host or timed out)",
+            "unreachable") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _probe(binary: str, remote: Remote, path: str, private: Path, timeout_s: float) -> None:
