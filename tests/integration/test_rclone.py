@@ -298,3 +298,36 @@ async def test_mount_start_up_time(bucket_rig: BucketRig, root: Path) -> None:
 def _assert_no_secret(text: str, secrets: list[str]) -> None:
     for secret in secrets:
         assert secret not in text, "a credential value leaked"
+
+
+async def test_a_sandbox_uses_a_bind_of_a_sub_directory(s3_rig: BucketRig, root: Path) -> None:
+    """How the runtime will use a mount: bubblewrap, started as a sandbox host uid with the
+    organization's gid, in its own user namespace, bind-mounts one sub-directory at /data/<slug>.
+    It reads and writes there, sees no credentials in its mountinfo, and nothing of the
+    bucket above the sub-directory; a sandbox with another gid cannot even reach the source."""
+    bucket = s3_rig.new_bucket()
+    s3_rig.put(bucket, "p/sub/f.txt", b"hello\n")
+    s3_rig.put(bucket, "p/top.txt", b"TOP\n")
+    remote = s3_rig.remote(bucket)
+    async with mounted(remote, "p", root) as m:
+        await asyncio.to_thread((m.mountpoint / "sub" / "made" / "here").mkdir, parents=True)  # a sub_path created
+        script = ("cat /data/b/f.txt; echo written > /data/b/made/here/w.txt && echo WROTE; "
+                  "ls /data/b/..; grep ' /data/b' /proc/self/mountinfo")
+
+        def sandbox(gid: int) -> subprocess.CompletedProcess[str]:
+            return as_user(gid, "bwrap", "--unshare-all", "--uid", "1000", "--gid", "1000",
+                           "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+                           "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/data",
+                           "--bind", str(m.mountpoint / "sub"), "/data/b", "--", "sh", "-c", script)
+
+        own = await asyncio.to_thread(sandbox, GID)
+        assert own.returncode == 0, own.stderr
+        assert own.stdout.startswith("hello\nWROTE\nb\n"), own.stdout
+        assert "fuse.rclone sandboxd " in own.stdout and bucket not in own.stdout
+        _assert_no_secret(own.stdout, remote.secrets())
+        other = await asyncio.to_thread(sandbox, GID + 1)
+        assert other.returncode != 0 and "Permission denied" in other.stderr, other
+        assert "hello" not in other.stdout
+        assert await m.flush() == 0
+    assert s3_rig.get(bucket, "p/sub/made/here/w.txt") == b"written\n"
