@@ -176,9 +176,10 @@ class RcloneMount:
                 await self.proc.wait()
         if fuse_mounted(self.mountpoint):  # killed before it unmounted: detach what is left
             await _fusermount("-uz", self.mountpoint)
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 2)
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader, 2)  # stderr ends with rclone; cancelled if not
         shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
@@ -418,10 +419,16 @@ async def _wait_ready(mounted: RcloneMount, remote: Remote, deadline: float, tim
 
 async def _read_log(proc: asyncio.subprocess.Process, log: collections.deque[str], secrets: list[str]) -> None:
     assert proc.stderr is not None
-    async for raw in proc.stderr:
+    while True:
+        try:
+            raw = await proc.stderr.readline()
+        except ValueError:  # a line past the stream's limit: take what there is, go on
+            raw = await proc.stderr.read(64 * 1024)
+        if not raw:
+            return
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
-            log.extend(_scrub([line], secrets))
+            log.extend(_scrub([line[:2000]], secrets))
 
 
 async def _fusermount(flag: str, mountpoint: Path) -> bool:
