@@ -428,7 +428,7 @@ async def _read_log(proc: asyncio.subprocess.Process, log: collections.deque[str
             return
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
-            log.extend(_scrub([line[:2000]], secrets))
+            log.extend(line[:2000] for line in _scrub([line], secrets))  # scrubbed, then cut
 
 
 async def _fusermount(flag: str, mountpoint: Path) -> bool:
