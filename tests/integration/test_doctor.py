@@ -14,7 +14,7 @@ def test_doctor_passes_on_this_host(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[-1] == "all checks passed"
     names = [line.split()[1] for line in lines[:-1] if line[:4] in ("OK  ", "WARN", "FAIL", "SKIP")]
-    for name in ("privileges", "bubblewrap", "cgroups", "seccomp", "port", "sandbox"):
+    for name in ("privileges", "bubblewrap", "cgroups", "seccomp", "rclone", "port", "sandbox"):
         assert name in names, result.stdout
     assert any(line.startswith("OK    sandbox") for line in lines), result.stdout
     assert not any(line.startswith("FAIL") for line in lines)

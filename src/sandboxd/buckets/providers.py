@@ -298,7 +298,7 @@ class Remote:
         """Every credential value and its parts worth scrubbing from any text rclone prints."""
         values: list[str] = []
         for name, value in self.credentials.items():
-            if name == "anonymous":
+            if name in ("anonymous", "account"):  # not secrets: a flag, a public account name
                 continue
             values.append(value)
             if name == "service_account_credentials":

@@ -21,9 +21,9 @@ How rclone runs, and why:
   so an object named `x.rclonelink` is a plain file and no symlink is ever made or followed;
   a 1 s directory cache so objects written through the provider's API show within about a
   second; `--devname sandboxd` so mountinfo (visible in a sandbox) names no bucket.
-- **Failures** are classified by a probe (`rclone lsjson` of the mounted path, one attempt,
-  short timeouts; ~0.1 s) before the mount, then the mount must show in mountinfo as
-  fuse.rclone and list its root: `MountFailed` with words a user can act on, never a secret
+- **Failures** are classified before the mount by a TCP connect to an explicit endpoint and
+  a probe (`rclone lsjson` of a name under the mounted path, one attempt, short timeouts;
+  ~0.1 s); then the mount must show in mountinfo as fuse.rclone and list its root: `MountFailed` with words a user can act on, never a secret
   (every credential value is scrubbed from every line rclone prints).
 """
 
@@ -42,6 +42,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
 
 from ..errors import SandboxdError
 from .providers import Remote, check_path_in_bucket
@@ -57,6 +60,7 @@ _DEVNAME = "sandboxd"
 _PROBE_FLAGS = ("--retries", "1", "--low-level-retries", "1", "--contimeout", "5s", "--timeout", "10s")
 _PROBE_NAME = ".sandboxd-probe"
 _LOG_LINES = 50
+_RC_SOCKET = "rc.sock"
 
 # (reason, pattern over rclone's output, the words a user reads); first match wins.
 _CLASSES: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -64,12 +68,12 @@ _CLASSES: tuple[tuple[str, re.Pattern[str], str], ...] = (
      "the endpoint's TLS certificate was not accepted"),
     ("unreachable", re.compile(
         r"connection refused|no such host|i/o timeout|network is unreachable|no route to host|"
-        r"connection reset|context deadline exceeded|dial tcp|server misbehaving|EOF$", re.I),
+        r"connection reset|context deadline exceeded|dial tcp|server misbehaving", re.I),
      "the storage endpoint could not be reached (connection refused, unknown host or timed out)"),
     ("credentials", re.compile(
         r"SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied|AuthorizationFailure|"
         r"AuthenticationFailed|AuthorizationPermissionMismatch|InvalidAuthenticationInfo|"
-        r"ExpiredToken|InvalidToken|invalid_grant|invalid_client|Unauthorized|\b40[13]\b", re.I),
+        r"ExpiredToken|InvalidToken|invalid_grant|invalid_client|cannot fetch token|Unauthorized|\b40[13]\b", re.I),
      "the credentials were refused, or they do not allow listing this bucket"),
     ("bucket", re.compile(
         r"directory not found|NoSuchBucket|ContainerNotFound|bucket does not exist|\b404\b", re.I),
@@ -124,12 +128,42 @@ class RcloneMount:
         """The last lines rclone printed (ERROR level), credentials scrubbed."""
         return list(self._log)
 
-    async def unmount(self, *, timeout_s: float = 15) -> None:
-        """Unmount (lazily if busy), end rclone, remove the private dir; safe to call twice.
+    async def flush(self, *, timeout_s: float = 60) -> int:
+        """Wait until every file written through the mount is uploaded; the number that failed.
 
-        A plain unmount lets rclone finish uploading files written through its cache
-        before it exits; it is killed after `timeout_s`.
+        An upload is queued when a written file is closed and starts 0.1 s later
+        (`--vfs-write-back`; rclone's upload queue is visible only with a delay), after close
+        returns: call this before saying an execution's writes are in the bucket.
+        Asks rclone's remote control on a unix socket in the private dir (root only; never
+        in a sandbox). Raises MountFailed when uploads are still pending after `timeout_s`.
         """
+        deadline = time.monotonic() + timeout_s
+        transport = httpx.AsyncHTTPTransport(uds=str(self.private_dir / _RC_SOCKET))
+        async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+            while True:
+                try:
+                    reply = await client.post("http://rclone/vfs/stats")
+                    cache = reply.json()["diskCache"]
+                    pending = int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    raise MountFailed("the bucket mount is gone; its pending uploads are unknown") from None
+                if pending == 0:
+                    return int(cache.get("erroredFiles", 0))
+                if time.monotonic() > deadline:
+                    raise MountFailed(f"{pending} file(s) written to the bucket were not uploaded within {timeout_s:g} s",
+                                      "timeout")
+                await asyncio.sleep(0.05)
+
+    async def unmount(self, *, flush_timeout_s: float = 120, timeout_s: float = 15) -> None:
+        """Upload what is pending (`flush`, up to `flush_timeout_s`), unmount (lazily if busy),
+        end rclone (killed after `timeout_s`), remove the private dir; safe to call twice.
+
+        rclone does not finish queued uploads when it is unmounted: without the flush, a file
+        closed just before would be lost with the cache dir.
+        """
+        if self.proc.returncode is None:
+            with contextlib.suppress(MountFailed):
+                await self.flush(timeout_s=flush_timeout_s)
         if fuse_mounted(self.mountpoint):
             if not await _fusermount("-u", self.mountpoint):
                 await _fusermount("-uz", self.mountpoint)
@@ -142,9 +176,10 @@ class RcloneMount:
                 await self.proc.wait()
         if fuse_mounted(self.mountpoint):  # killed before it unmounted: detach what is left
             await _fusermount("-uz", self.mountpoint)
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 2)
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader, 2)  # stderr ends with rclone; cancelled if not
         shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
@@ -170,6 +205,7 @@ async def mount(
     binary = rclone_binary()
     _make_private(cache_dir)
     try:
+        await _reach(remote, min(timeout_s, 5))
         await _probe(binary, remote, path, cache_dir, timeout_s)
         return await _start(binary, remote, path, mountpoint, read_only, gid, cache_dir, deadline, timeout_s)
     except BaseException:
@@ -262,6 +298,24 @@ def _target(remote: Remote, path: str) -> str:
     return f"{_SECTION}:{remote.bucket}/{path}" if path else f"{_SECTION}:{remote.bucket}"
 
 
+async def _reach(remote: Remote, timeout_s: float) -> None:
+    """A TCP connect to an explicit endpoint: a refused or unresolvable one is said at once
+    (rclone's Azure client retries a refused connection for ~9 s before it says so)."""
+    if remote.endpoint is None:
+        return
+    parts = urlsplit(remote.endpoint)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        raise MountFailed(
+            f"{_what(remote)}: the storage endpoint could not be reached (connection refused, unknown host or timed out)",
+            "unreachable") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def _probe(binary: str, remote: Remote, path: str, private: Path, timeout_s: float) -> None:
     """List a name that is never there, under the mounted path: an existing bucket answers
     with nothing (exit 0) for every provider; the error, if any, says what is wrong. It stays
@@ -307,11 +361,13 @@ async def _start(
         "--allow-other", "--default-permissions",
         "--uid", "0", "--gid", str(gid), "--umask", "0007",
         "--vfs-cache-mode", "writes", "--cache-dir", str(private / "vfs"),
-        "--vfs-write-back", "0s",
+        "--vfs-write-back", "100ms",  # 0s uploads untracked: `flush` could not wait for it
         "--dir-cache-time", "1s", "--attr-timeout", "1s",
         "--use-server-modtime", "--devname", _DEVNAME,
         "--contimeout", "10s", "--low-level-retries", "3",
         "--log-level", "ERROR",
+        # Remote control on a unix socket in the 0700 private dir, for `flush` (vfs/stats).
+        "--rc", "--rc-addr", f"unix://{private / _RC_SOCKET}",
     ]
     if read_only:
         argv.append("--read-only")
@@ -351,7 +407,10 @@ async def _wait_ready(mounted: RcloneMount, remote: Remote, deadline: float, tim
                 raise MountFailed(f"{_what(remote)}: the mount did not list within {timeout_s:g} s",
                                   "timeout") from None
             except OSError as exc:
-                raise MountFailed(f"{_what(remote)}: the mount could not be listed ({exc.strerror})") from None
+                await asyncio.sleep(0.05)  # let the reader take rclone's lines
+                said = next((_strip_stamp(ln) for ln in mounted.log_lines()), "")
+                detail = f": {said[:300]}" if said else ""
+                raise MountFailed(f"{_what(remote)}: the mount could not be listed ({exc.strerror}){detail}") from None
         if time.monotonic() > deadline:
             raise MountFailed(f"{_what(remote)}: the mount did not come up within {timeout_s:g} s", "timeout")
         await asyncio.sleep(delay)
@@ -360,10 +419,16 @@ async def _wait_ready(mounted: RcloneMount, remote: Remote, deadline: float, tim
 
 async def _read_log(proc: asyncio.subprocess.Process, log: collections.deque[str], secrets: list[str]) -> None:
     assert proc.stderr is not None
-    async for raw in proc.stderr:
+    while True:
+        try:
+            raw = await proc.stderr.readline()
+        except ValueError:  # a line past the stream's limit: take what there is, go on
+            raw = await proc.stderr.read(64 * 1024)
+        if not raw:
+            return
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
-            log.extend(_scrub([line], secrets))
+            log.extend(line[:2000] for line in _scrub([line], secrets))  # scrubbed, then cut
 
 
 async def _fusermount(flag: str, mountpoint: Path) -> bool:
