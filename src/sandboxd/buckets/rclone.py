@@ -129,30 +129,36 @@ class RcloneMount:
         return list(self._log)
 
     async def flush(self, *, timeout_s: float = 60) -> int:
-        """Wait until every file written through the mount is uploaded; the number that failed.
+        """Wait until every file written through the mount is uploaded; the number that failed
+        since the mount started.
 
         An upload is queued when a written file is closed and starts 0.1 s later
         (`--vfs-write-back`; rclone's upload queue is visible only with a delay), after close
         returns: call this before saying an execution's writes are in the bucket.
-        Asks rclone's remote control on a unix socket in the private dir (root only; never
-        in a sandbox). Raises MountFailed when uploads are still pending after `timeout_s`.
+        Raises MountFailed when uploads are still pending after `timeout_s`.
         """
         deadline = time.monotonic() + timeout_s
+        while True:
+            pending, errored = await self.uploads()
+            if pending == 0:
+                return errored
+            if time.monotonic() > deadline:
+                raise MountFailed(f"{pending} file(s) written to the bucket were not uploaded within {timeout_s:g} s",
+                                  "timeout")
+            await asyncio.sleep(0.05)
+
+    async def uploads(self) -> tuple[int, int]:
+        """(uploads pending, uploads failed since the mount started), from rclone's remote
+        control on a unix socket in the private dir (root only; never in a sandbox)."""
         transport = httpx.AsyncHTTPTransport(uds=str(self.private_dir / _RC_SOCKET))
         async with httpx.AsyncClient(transport=transport, timeout=10) as client:
-            while True:
-                try:
-                    reply = await client.post("http://rclone/vfs/stats")
-                    cache = reply.json()["diskCache"]
-                    pending = int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"])
-                except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                    raise MountFailed("the bucket mount is gone; its pending uploads are unknown") from None
-                if pending == 0:
-                    return int(cache.get("erroredFiles", 0))
-                if time.monotonic() > deadline:
-                    raise MountFailed(f"{pending} file(s) written to the bucket were not uploaded within {timeout_s:g} s",
-                                      "timeout")
-                await asyncio.sleep(0.05)
+            try:
+                reply = await client.post("http://rclone/vfs/stats")
+                cache = reply.json()["diskCache"]
+                pending = int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"])
+                return pending, int(cache.get("erroredFiles", 0))
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                raise MountFailed("the bucket mount is gone; its pending uploads are unknown") from None
 
     async def unmount(self, *, flush_timeout_s: float = 120, timeout_s: float = 15) -> None:
         """Upload what is pending (`flush`, up to `flush_timeout_s`), unmount (lazily if busy),

@@ -81,10 +81,12 @@ def runtime_failure(exc: BaseException) -> PlatformFailure:
     return PlatformFailure("internal_error", "runtime", _message("runtime", what))
 
 
-def data_mount_failure(code: str, message: str) -> PlatformFailure:
-    """A volume or bucket of /data could not be shown; `message` is already safe to show."""
+def data_mount_failure(code: str, message: str, *, ran: bool = False) -> PlatformFailure:
+    """A volume or bucket of /data could not be shown (or, `ran`, what the program wrote to a
+    bucket could not be uploaded); `message` is already safe to show."""
     layer = "volume" if code == "volume_mount_error" else "storage"
-    return PlatformFailure(code, layer, f"{message}; the program did not run", runtime=False)
+    then = "the program ran, but what it wrote there may be lost" if ran else "the program did not run"
+    return PlatformFailure(code, layer, f"{message}; {then}", runtime=False)
 
 
 def thread_failure(exc: BaseException, *, saving: bool) -> PlatformFailure:

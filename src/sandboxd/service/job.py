@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from ..buckets.mounts import Lease
+from ..buckets.rclone import MountFailed
 from ..bus import Event, ExecutionLog, OutputEvents
 from ..errors import SandboxSetupError
 from ..observability import Metrics
@@ -248,10 +249,25 @@ class ExecutionJobs:
                 except Exception as exc:
                     log.error("execution %s: thread home: %s", job.trace_id, exc)
                     return self._platform_failure(job, thread_failure(exc, saving=False)), spec
-            return await self._sandbox(job, sub, spec), spec
+            outcome = await self._sandbox(job, sub, spec)
+            return await self._settle(job, leases, outcome), spec
         finally:
             for lease in leases:
                 lease.release()
+
+    async def _settle(self, job: JobDescription, leases: list[Lease], outcome: Outcome) -> Outcome:
+        """The run's writes to its buckets are uploaded before its result says anything (what
+        rclone cached is uploaded after the program closed it); a write that did not make it
+        fails the execution with storage_mount_error, as a thread's unsaved home does."""
+        for lease in leases:
+            try:
+                await lease.settle()
+            except MountFailed as exc:
+                log.error("execution %s: bucket upload: %s", job.trace_id, exc.message)
+                failure = data_mount_failure("storage_mount_error", exc.message, ran=True)
+                self._health.failed(failure)
+                return replace(outcome, status="failed", error=failure.code, error_message=failure.message)
+        return outcome
 
     async def _save(self, job: JobDescription, thread: WorkingCopy, outcome: Outcome) -> Outcome:
         """A thread keeps what a run that ended by itself wrote; after a timeout, OOM, cancel
