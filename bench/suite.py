@@ -24,7 +24,7 @@ is never refused with 429. Then, with keep-alive httpx clients, sequential unles
      server while it is idle, per sandbox;
   7. runtime images (bench/_images.py): cold import of a Debian image, disk of two images on
      one base vs twice one image, pooled python inline on the image vs on `host`;
-  8. storage connections (bench/_buckets.py, SeaweedFS S3 on loopback): python inline on a key
+  8. storage connections (bench/_connections.py, SeaweedFS S3 on loopback): python inline on a key
      with one S3 connection (warm mount) vs without; the first execution on a mount not up
      yet; 100 MB written and read through the mount vs with the S3 API directly.
 
@@ -52,7 +52,7 @@ try:
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("suite: httpx is missing; run: uv sync --extra dev")
 
-import _buckets
+import _connections
 import _images
 import _memory
 import _stream
@@ -193,14 +193,14 @@ class Bench:
 
         return _images.measure(self.running[ON].server, self.clients[ON], sample)
 
-    def buckets(self) -> _buckets.BucketFigures:
+    def buckets(self) -> _connections.BucketFigures:
         """Section 8, on the pools-on server."""
 
         def sample(runners: dict[str, Callable[[], float]]) -> dict[str, Series]:
             got = rounds({k: wall(run) for k, run in runners.items()}, self.n, self.warmup)
             return {k: series(k, v) for k, v in got.items()}
 
-        return _buckets.measure(self.running[ON].server, self.clients[ON], sample)
+        return _connections.measure(self.running[ON].server, self.clients[ON], sample)
 
     def idle(self) -> dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]]:
         """Section 6, idle: after one execution, once the sandboxes under each server settle."""
@@ -411,16 +411,16 @@ def print_images(got: _images.ImageFigures) -> None:
     )
 
 
-def print_buckets(got: _buckets.BucketFigures) -> None:
+def print_buckets(got: _connections.BucketFigures) -> None:
     base = got.plain.median()
-    mb = _buckets.FILE_MB
+    mb = _connections.FILE_MB
     table(
         SECTIONS[7],
         ["series", "median ms", "p95 ms", "ratio to no connection"],
         [[s.label, ms(s.median()), ms(s.p95()), times(s.median(), base)] for s in (got.plain, got.warm)],
         [
             f"first execution on a mount not up yet (rclone start + first listing), median of "
-            f"{len(got.first_ms)}: {_buckets.first_median(got):.0f} ms "
+            f"{len(got.first_ms)}: {_connections.first_median(got):.0f} ms "
             f"({', '.join(f'{v:.0f}' for v in got.first_ms)})",
             f"write {mb} MB: through the mount {got.write_mount_s:.2f} s (the whole execution, until uploaded), "
             f"S3 API {got.write_api_s:.2f} s = {got.write_mount_s / got.write_api_s:.2f}x",
@@ -438,7 +438,7 @@ def print_targets(
     stream: dict[str, dict[str, Series]],
     idle: dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]],
     images: _images.ImageFigures,
-    buckets: _buckets.BucketFigures,
+    buckets: _connections.BucketFigures,
 ) -> None:
     def ratio(lang: str) -> float | None:
         if lang not in b.languages:

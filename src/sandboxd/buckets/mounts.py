@@ -94,7 +94,7 @@ class BucketMounts:
             shutil.rmtree(leftover, ignore_errors=True)
         return count
 
-    async def acquire(self, key: MountKey, remote: Callable[[], Remote]) -> Lease:
+    async def acquire(self, key: MountKey, remote: Callable[[], Awaitable[Remote]]) -> Lease:
         """The mount of `key`, mounted now if it is not (or if its rclone died); raises
         rclone.MountFailed with a message for the user."""
         entry = self._entries.setdefault(key, _Entry())
@@ -111,7 +111,7 @@ class BucketMounts:
                     os.chmod(base, _TRAVERSE)
                     try:
                         entry.mount = await rclone.mount(
-                            remote(), key.path, base / "mnt", read_only=key.read_only, gid=key.gid,
+                            await remote(), key.path, base / "mnt", read_only=key.read_only, gid=key.gid,
                             cache_dir=base / "cache",
                         )
                     except BaseException:

@@ -40,11 +40,13 @@ class StorageMountBinding:
     read_only: bool
     #: The path in the bucket the key sees: the connection's prefix, then the key's.
     path: str
+    #: The connection itself is read-only (rclone mounts it so).
+    connection_read_only: bool = False
 
     @classmethod
     def of(cls, principal: Principal) -> tuple[StorageMountBinding, ...]:
         return tuple(
-            cls(c.org_id, c.id, c.name, c.kind, b.read_only or c.read_only, scoping.join(c.prefix, b.prefix))
+            cls(c.org_id, c.id, c.name, c.kind, b.read_only or c.read_only, scoping.join(c.prefix, b.prefix), c.read_only)
             for c, b in principal.storage
         )
 
@@ -175,11 +177,16 @@ class StorageService:
         return out
 
     async def acquire(self, binding: StorageMountBinding, gid: int) -> Lease:
-        """The bucket mount for one execution (reused; mounted on first use)."""
+        """The bucket mount for one execution (reused; mounted on first use, when the
+        connection is read from the store for its credentials)."""
         if self.mounts is None:
             raise Unavailable("bucket mounts are not available on this node")
-        connection = await self._store.storage.get(binding.connection_id)
-        if connection is None:
-            raise rclone.MountFailed(f"storage connection {binding.name!r} was deleted")
-        key = MountKey(connection.id, binding.path, connection.read_only, gid)
-        return await self.mounts.acquire(key, lambda: self.remote(connection))
+
+        async def remote() -> providers.Remote:
+            connection = await self._store.storage.get(binding.connection_id)
+            if connection is None:
+                raise rclone.MountFailed(f"storage connection {binding.name!r} was deleted")
+            return self.remote(connection)
+
+        key = MountKey(binding.connection_id, binding.path, binding.connection_read_only, gid)
+        return await self.mounts.acquire(key, remote)
