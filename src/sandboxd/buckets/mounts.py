@@ -54,18 +54,18 @@ class _Entry:
 class Lease:
     """One execution's use of a mount: `settle` after the run, then `release`."""
 
-    def __init__(self, path: Path, mount: rclone.RcloneMount, errored: int, release: Callable[[], None]) -> None:
+    def __init__(self, path: Path, mount: rclone.RcloneMount, before: rclone.Uploads, release: Callable[[], None]) -> None:
         self.path = path
         self._mount = mount
-        self._errored = errored
+        self._before = before
         self._release: Callable[[], None] | None = release
 
     async def settle(self, timeout_s: float = 120) -> None:
         """Wait for the uploads of what was written through the mount (also by other
         executions sharing it); rclone.MountFailed if one failed or they did not finish."""
-        errored = await self._mount.flush(timeout_s=timeout_s)
-        if errored > self._errored:
-            raise rclone.MountFailed(f"{errored - self._errored} file(s) written could not be uploaded to the bucket")
+        errored = await self._mount.flush(timeout_s=timeout_s, since=self._before)
+        if errored > self._before.errored:
+            raise rclone.MountFailed(f"{errored - self._before.errored} file(s) written could not be uploaded to the bucket")
 
     def release(self) -> None:
         release = self._release
@@ -118,12 +118,12 @@ class BucketMounts:
                         shutil.rmtree(base, ignore_errors=True)
                         raise
                 mounted = entry.mount
-                _, errored = await mounted.uploads()
+                before = await mounted.uploads()
         except BaseException:
             self._done(key, entry)
             raise
         self._ensure_reaper()
-        return Lease(mounted.mountpoint, mounted, errored, lambda: self._done(key, entry))
+        return Lease(mounted.mountpoint, mounted, before, lambda: self._done(key, entry))
 
     def _done(self, key: MountKey, entry: _Entry) -> None:
         entry.refs -= 1

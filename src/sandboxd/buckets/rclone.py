@@ -105,6 +105,20 @@ def rclone_binary() -> str:
     return found
 
 
+#: How long an empty upload queue must stay empty to be believed (see `RcloneMount.flush`).
+_SETTLE_S = 0.05
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """rclone's upload queue of one mount: pending now, failed since the mount started, and
+    files in its write cache (one more each time a file is opened for writing)."""
+
+    pending: int
+    errored: int
+    cached: int
+
+
 @dataclass
 class RcloneMount:
     """A live rclone FUSE mount at `mountpoint`, its process and its private directory."""
@@ -129,36 +143,48 @@ class RcloneMount:
         """The last lines rclone printed (ERROR level), credentials scrubbed."""
         return list(self._log)
 
-    async def flush(self, *, timeout_s: float = 60) -> int:
+    async def flush(self, *, timeout_s: float = 60, since: Uploads | None = None) -> int:
         """Wait until every file written through the mount is uploaded; the number that failed
         since the mount started.
 
-        An upload is queued when a written file is closed and starts 0.1 s later
-        (`--vfs-write-back`; rclone's upload queue is visible only with a delay), after close
-        returns: call this before saying an execution's writes are in the bucket.
-        Raises MountFailed when uploads are still pending after `timeout_s`.
+        An upload is queued when a written file is released, which the kernel tells rclone
+        a moment after close() returned (asynchronously), and starts 0.1 s later
+        (`--vfs-write-back`). So an empty queue is believed only when it is still empty
+        `_SETTLE_S` later, unless `since` (taken before the writer ran) shows that no file
+        was opened for writing meanwhile. Raises MountFailed when uploads are still pending
+        after `timeout_s`.
         """
         deadline = time.monotonic() + timeout_s
+        confirmed = False
         while True:
-            pending, errored = await self.uploads()
-            if pending == 0:
-                return errored
+            now = await self.uploads()
+            if now.pending == 0:
+                if confirmed or (since is not None and now.cached == since.cached and now.errored == since.errored):
+                    return now.errored
+                confirmed = True
+                await asyncio.sleep(_SETTLE_S)
+                continue
+            confirmed = False
             if time.monotonic() > deadline:
-                raise MountFailed(f"{pending} file(s) written to the bucket were not uploaded within {timeout_s:g} s",
-                                  "timeout")
+                raise MountFailed(
+                    f"{now.pending} file(s) written to the bucket were not uploaded within {timeout_s:g} s", "timeout"
+                )
             await asyncio.sleep(0.05)
 
-    async def uploads(self) -> tuple[int, int]:
-        """(uploads pending, uploads failed since the mount started), from rclone's remote
-        control on a unix socket in the private dir (root only; never in a sandbox)."""
+    async def uploads(self) -> Uploads:
+        """Where its uploads stand, from rclone's remote control on a unix socket in the
+        private dir (root only; never in a sandbox)."""
         if self._rc is None:  # one client for the mount's life: a new one costs ~35 ms (TLS setup)
             transport = httpx.AsyncHTTPTransport(uds=str(self.private_dir / _RC_SOCKET), verify=False)
             self._rc = httpx.AsyncClient(transport=transport, timeout=10)
         try:
             reply = await self._rc.post("http://rclone/vfs/stats")
             cache = reply.json()["diskCache"]
-            pending = int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"])
-            return pending, int(cache.get("erroredFiles", 0))
+            return Uploads(
+                pending=int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"]),
+                errored=int(cache.get("erroredFiles", 0)),
+                cached=int(cache["files"]),
+            )
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             raise MountFailed("the bucket mount is gone; its pending uploads are unknown") from None
 
