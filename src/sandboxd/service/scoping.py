@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ..errors import InvalidRequest
-from .paths import ENCODED, MAX_NAME_BYTES, VOLUME_MOUNT, has_forbidden
+from .paths import ENCODED, MAX_NAME_BYTES, SUB_PATH_FORBIDDEN, VOLUME_MOUNT, has_forbidden
 
 MAX_PREFIX_CHARS = 1024
 
@@ -67,6 +67,7 @@ def narrow(sub_paths: Sequence[str] | None, slugs: Collection[str]) -> dict[str,
         return {slug: ("",) for slug in slugs}
     wanted: dict[str, set[str]] = {}
     for entry in sub_paths:
+        _check_entry(entry)
         slug, _, rest = entry.removeprefix(VOLUME_MOUNT + "/").partition("/")
         if not entry.startswith(VOLUME_MOUNT + "/") or slug not in slugs:
             have = ", ".join(f"{VOLUME_MOUNT}/{s}/" for s in sorted(slugs)) or "none"
@@ -78,6 +79,23 @@ def narrow(sub_paths: Sequence[str] | None, slugs: Collection[str]) -> dict[str,
             raise InvalidRequest(f"sub_paths entry {entry[:80]!r} must not contain '..'")
         wanted.setdefault(slug, set()).add("/".join(parts))
     return {slug: _outermost(subs) for slug, subs in wanted.items()}
+
+
+def _check_entry(entry: str) -> None:
+    """What the request's validation refuses, refused here again (this is where a path is
+    decided; MCP and REST both come through): control characters, a lone surrogate, '..',
+    backslashes, percent-encodings, an over-long name."""
+    if any(ord(c) < 32 or c == "\x7f" for c in entry) or has_forbidden(entry, SUB_PATH_FORBIDDEN):
+        raise InvalidRequest(
+            f"sub_paths entry {entry[:80]!r} must not contain control characters, '..', backslashes "
+            "or percent-encodings"
+        )
+    try:
+        names = [part.encode("utf-8") for part in entry.split("/")]
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"sub_paths entry {entry[:80]!r} is not valid Unicode (a lone surrogate)") from None
+    if any(len(name) > MAX_NAME_BYTES for name in names):
+        raise InvalidRequest(f"each name in sub_paths entry {entry[:80]!r} must be at most {MAX_NAME_BYTES} bytes")
 
 
 def _outermost(subs: set[str]) -> tuple[str, ...]:
