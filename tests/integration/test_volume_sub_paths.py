@@ -7,7 +7,9 @@ is a 400. The attack: a sandbox plants symbolic links in its volume (to /etc, to
 organization's volume) and asks for them by `sub_paths`; the server opens each component
 without following a link (runtime/beneath.py) and refuses, before anything runs.
 
-Volumes and keys are made with the real CLI, as in test_volumes.py.
+Storage connections are made and bound with the real CLI (`storage create`, `keys create
+--storage`); a bucket is never reached here (no rclone needed): a key bound to one fails with
+`storage_mount_error` unless `sub_paths` leaves the bucket out.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ import pytest
 from _servers import api, db, storage_root
 from conftest import Server
 from test_volumes import Key, cli_key, cli_ok, volume_dir
+
+from sandboxd.app import open_admin
+from sandboxd.store import Org, Volume
 
 ORG = f"subp-{uuid.uuid4().hex[:8]}"
 OTHER_ORG = f"subp-other-{uuid.uuid4().hex[:8]}"
@@ -43,28 +48,39 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def sp(server: Server) -> Iterator[Setup]:
-    for org in (ORG, OTHER_ORG):
-        cli_ok(server, "orgs", "create", org)
-    for slug in ("a", "b"):
-        cli_ok(server, "volumes", "create", slug, "--quota", "20", "--org", ORG)
-    cli_ok(server, "volumes", "create", "a", "--quota", "20", "--org", OTHER_ORG)
-    key = cli_key(server, "--org", ORG, "--volume", "a", "--volume", "b:ro")
-    writer_b = cli_key(server, "--org", ORG, "--volume", "b")
-    theirs_key = cli_key(server, "--org", OTHER_ORG, "--volume", "a")
-    a, b = volume_dir(server, "a", ORG), volume_dir(server, "b", ORG)
-    theirs = volume_dir(server, "a", OTHER_ORG)
-    with baponi.Baponi(api_key=key.secret, base_url=server.url, max_retries=0) as sdk:
-        # some of everything in the volumes: what a narrowed run must not see
-        for k, code in (
-            (key, "mkdir -p /data/a/x/inner /data/a/y && echo top > /data/a/top && echo in-x > /data/a/x/f"),
-            (writer_b, "mkdir -p /data/b/y/z /data/b/other && echo in-b > /data/b/y/f && echo top > /data/b/top"),
-            (theirs_key, "mkdir -p /data/a/private && echo their-secret > /data/a/private/s"),
-        ):
-            with _sdk(server, k) as client:
-                result = client.execute(code, language="bash")
-            assert result.success, result
-        yield Setup(server, key, a, b, theirs, sdk)
+async def sp(server: Server) -> AsyncIterator[Setup]:
+    """Made in-process, as `sandboxd volumes create` and `keys create --volume` do (the CLI
+    itself is exercised in test_volumes.py and below): a CLI call costs seconds."""
+    admin = await open_admin(server.settings)
+    try:
+        mine, other = await admin.tenancy.ensure_org(ORG), await admin.tenancy.ensure_org(OTHER_ORG)
+        a, b = [await admin.volumes.create(mine, slug, 20) for slug in ("a", "b")]
+        theirs = await admin.volumes.create(other, "a", 20)
+
+        async def key(org: Org, *volumes: tuple[Volume, bool]) -> Key:
+            sandbox = await admin.tenancy.sandbox(org, "default")
+            created = await admin.keys.create(org=org, sandbox=sandbox, name="t", volumes=list(volumes))
+            return Key(created.secret, created.record.id)
+
+        rw_ro = await key(mine, (a, False), (b, True))
+        writer_b = await key(mine, (b, False))
+        theirs_key = await key(other, (theirs, False))
+    finally:
+        await admin.close()
+    # some of everything in the volumes: what a narrowed run must not see
+    for k, code in (
+        (rw_ro, "mkdir -p /data/a/x/inner /data/a/y && echo top > /data/a/top && echo in-x > /data/a/x/f"),
+        (writer_b, "mkdir -p /data/b/y/z /data/b/other && echo in-b > /data/b/y/f && echo top > /data/b/top"),
+        (theirs_key, "mkdir -p /data/a/private && echo their-secret > /data/a/private/s"),
+    ):
+        with _sdk(server, k) as client:
+            result = client.execute(code, language="bash")
+        assert result.success, result
+    with _sdk(server, rw_ro) as sdk:
+        yield Setup(
+            server, rw_ro, volume_dir(server, "a", ORG), volume_dir(server, "b", ORG),
+            volume_dir(server, "a", OTHER_ORG), sdk,
+        )
 
 
 def _sdk(server: Server, key: Key) -> baponi.Baponi:
@@ -297,3 +313,80 @@ async def test_nothing_is_left_behind(sp: Setup) -> None:
     assert mounts() == before_mounts
     running = db(sp.server, "SELECT count(*) FROM executions WHERE status IN ('queued', 'running')")
     assert running == [(0,)]
+
+
+# --- a key with a bucket too (no rclone needed: the bucket is never reached) -----------------
+
+SECRET = f"s3cr3t-{uuid.uuid4().hex}"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_storage_cli_and_a_key_with_a_volume_and_a_bucket(sp: Setup) -> None:
+    server = sp.server
+    credentials = json.dumps({"access_key_id": "AKIDTEST", "secret_access_key": SECRET})
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    created = server.cli(
+        "storage", "create", "lake", "--type", "s3", "--bucket", "bkt", "--endpoint", endpoint,
+        "--prefix", "/conn/p/", "--credentials-file", "-", "--org", ORG, input=credentials,
+    )
+    assert created.returncode == 0, created
+    shown = json.loads(created.stdout)
+    assert shown["name"] == "lake" and shown["type"] == "s3" and shown["prefix"] == "conn/p"
+    assert shown["mounted_at"] == "/data/lake" and shown["read_only"] is False
+    clash = server.cli("storage", "create", "a", "--type", "s3", "--bucket", "bkt", "--credentials-file", "-",
+                       "--org", ORG, input=credentials)
+    assert clash.returncode != 0 and "a volume is named 'a'" in clash.stderr, clash
+    again = server.cli("storage", "create", "lake", "--type", "s3", "--bucket", "bkt", "--credentials-file", "-",
+                       "--org", ORG, input=credentials)
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+    key = cli_key(server, "--org", ORG, "--volume", "a", "--storage", "lake:prefix=team")
+    for bad, words in (("nope", "no storage connection 'nope'"), ("lake:rx", "NAME[:ro][:prefix=PATH]")):
+        refused_key = server.cli("keys", "create", "--org", ORG, "--storage", bad)
+        assert refused_key.returncode != 0 and words in refused_key.stderr, (bad, refused_key.stderr)
+    other = server.cli("keys", "create", "--org", OTHER_ORG, "--storage", "lake")
+    assert other.returncode != 0 and "no storage connection 'lake'" in other.stderr  # no binding across orgs
+
+    listed = [json.loads(line) for line in cli_ok(server, "storage", "list", "--org", ORG).stdout.splitlines()]
+    assert [c["name"] for c in listed] == ["lake"]
+    detail = json.loads(cli_ok(server, "storage", "show", "lake", "--org", ORG).stdout)
+    assert detail["keys"] == [key.id]
+
+    with _sdk(server, key) as sdk:
+        # sub_paths naming only the volume: the bucket is not mounted at all, so its failure is not met
+        narrowed = sdk.execute("ls -A /data; ls -A /data/a", language="bash", sub_paths=["/data/a/x"])
+        assert narrowed.success and narrowed.stdout == "a\nx\n", narrowed
+        for sub_paths in (None, ["/data/lake/in"], ["/data/a/x", "/data/lake"]):
+            refused(sdk.execute("echo ran", language="bash", sub_paths=sub_paths), "storage_mount_error")
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key.secret}"}, timeout=120) as c:
+        answer = c.post("/v1/sandbox/execute", json={"code": "echo ran", "language": "bash",
+                                                    "sub_paths": ["/data/a/x", "/data/lake/in/2026"]}).json()
+        assert answer["error"] == "storage_mount_error" and answer["stdout"] == "", answer
+        assert "storage connection 'lake' could not be mounted" in answer["error_message"], answer
+        doc = c.get(f"/v1/executions/{answer['trace_id']}").json()
+    assert doc["storage"] == [  # what the run was to show: the three levels of the bucket joined
+        {"name": "a", "type": "volume", "path": "/data/a/x", "read_only": False, "scope": "x"},
+        {"name": "lake", "type": "s3", "path": "/data/lake/in/2026", "read_only": False,
+         "scope": "conn/p/team/in/2026"},
+    ]
+    for text in (json.dumps(answer), json.dumps(doc), created.stdout, created.stderr,
+                 json.dumps(detail), sp.server.log_path.read_text()):
+        assert SECRET not in text and "AKIDTEST" not in text
+    with open(server.data_dir / "sandboxd.db", "rb") as f:
+        assert SECRET.encode() not in f.read()  # sealed at rest
+
+    # delete: refused while the key is active, done once it is revoked
+    busy = server.cli("storage", "delete", "lake", "--org", ORG)
+    assert busy.returncode != 0 and "bound to active API keys" in busy.stderr and key.id in busy.stderr
+    cli_ok(server, "keys", "revoke", key.id)
+    assert cli_ok(server, "storage", "delete", "lake", "--org", ORG).stdout.strip() == "deleted lake"
+    assert cli_ok(server, "storage", "list", "--org", ORG).stdout == ""
+    buckets = server.settings.run_dir / "buckets"
+    assert not buckets.exists() or list(buckets.iterdir()) == []  # no mount left, nor its directory

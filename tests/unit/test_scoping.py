@@ -1,19 +1,25 @@
 """Where a key's storage shows: prefixes (connection, key), `--storage` specs and `sub_paths`
-narrowing (service/scoping.py), and what an execution records of it (service/data_mounts.plan).
+narrowing (service/scoping.py), what an execution records of it (service/data_mounts.plan),
+and what the MCP tool description says of a key's buckets (mcp/tools.py).
 
 Every refusal is an InvalidRequest (400 validation_error) that names what was refused."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from sandboxd.errors import InvalidRequest
-from sandboxd.service import scoping
+from sandboxd.mcp.tools import tool_list
+from sandboxd.service import Principal, scoping
 from sandboxd.service.data_mounts import plan
 from sandboxd.service.storage import StorageMountBinding
 from sandboxd.service.volumes import VolumeBinding
+from sandboxd.store import Org, Sandbox, StorageBinding, StorageConnection, Volume
 
 SLUGS = ("alpha", "beta", "gamma")
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
 
 
 # --- prefix_of, join ------------------------------------------------------------------------
@@ -308,3 +314,49 @@ def test_plan_with_sub_paths_records_only_what_is_shown() -> None:
 def test_plan_refuses_an_entry_of_no_mount_of_the_key() -> None:
     with pytest.raises(InvalidRequest, match=r"'/data/gamma/x' is not inside a mount .*/data/alpha/, /data/lake/"):
         plan([_volume("alpha")], [_bucket("lake", "")], ["/data/gamma/x"])
+
+
+# --- what the MCP tool says of it ------------------------------------------------------------
+
+
+def _mcp_description(
+    volumes: tuple[tuple[Volume, bool], ...] = (),
+    storage: tuple[tuple[StorageConnection, StorageBinding], ...] = (),
+) -> str:
+    org = Org(id="org_1", name="acme", max_concurrent=None, created_at=NOW)
+    sandbox = Sandbox(id="sbx_1", org_id=org.id, name="s", cpus=1, memory_mib=512, network="none",
+                      timeout_cap_s=60, created_at=NOW)
+    principal = Principal(key=None, org=org, sandbox=sandbox, volumes=volumes, storage=storage)
+    tools = {t.name: t for t in tool_list(principal, frozenset({"python"}), 4096)}
+    return tools["sandbox_execute"].description or ""
+
+
+def _connection(name: str, kind: str, read_only: bool) -> StorageConnection:
+    return StorageConnection(f"stc_{name}", "org_1", name, kind, "bkt", None, None, "conn-prefix", read_only,
+                             b"sealed-secret", NOW)
+
+
+def test_the_mcp_tool_lists_buckets_only_when_the_key_has_storage() -> None:
+    assert "Buckets" not in _mcp_description()
+    assert "bucket" not in _mcp_description().lower()
+    data = Volume(id="vol_1", org_id="org_1", slug="datasets", quota_mib=10, created_at=NOW)
+    assert "Buckets" not in _mcp_description(volumes=((data, False),))
+
+    lake, pond, sea = _connection("lake", "s3", False), _connection("pond", "gcs", True), _connection("sea", "azure", False)
+    text = _mcp_description(
+        volumes=((data, False),),
+        storage=(
+            (lake, StorageBinding("key_1", lake.id, False, "team")),
+            (pond, StorageBinding("key_1", pond.id, False, "")),  # the connection is read-only
+            (sea, StorageBinding("key_1", sea.id, True, "")),  # the binding is
+        ),
+    )
+    assert "Buckets: /data/lake/ (s3, read-write), /data/pond/ (gcs, read-only), /data/sea/ (azure, read-only)" in text
+    assert "/data/datasets/ (read-write) hold shared, persistent files. Buckets:" in text
+    # nothing of the bucket's name, prefixes or credentials; no sub_paths (not an MCP field)
+    for hidden in ("bkt", "conn-prefix", "team", "sealed", "sub_paths"):
+        assert hidden not in text
+    assert "  " not in text
+    only_buckets = _mcp_description(storage=((lake, StorageBinding("key_1", lake.id, False, "")),))
+    assert "output_truncated is true). Buckets: /data/lake/ (s3, read-write) are cloud storage" in only_buckets
+    assert "Volumes" not in only_buckets and "  " not in only_buckets
