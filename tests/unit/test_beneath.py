@@ -134,6 +134,7 @@ def test_missing_without_create_is_refused_as_missing(tree: Path, sub: str) -> N
         "to-etc/ssl",
         "to-outside",
         "to-outside/secret",
+        "to-outside/made",  # would be made in outside/ if the link were followed
         "relative",
         "relative/b",
         "dangling",
@@ -157,10 +158,11 @@ def test_a_link_or_a_file_in_the_way_is_refused(tree: Path, sub: str, create: bo
 def test_a_link_planted_below_a_made_directory_is_refused(tree: Path) -> None:
     """A directory made by `create` is opened below its parent like any other: a link put in
     its place (a sandbox racing the server) is refused, not followed."""
-    (tree / "racy").symlink_to("/etc")
+    outside = tree.parent / "outside"  # never /etc: a regression would make a directory there
+    (tree / "racy").symlink_to(outside)
     with pytest.raises(BeneathError, match="symbolic link"):
         open_beneath(str(tree), "racy/x", create=True)
-    assert not Path("/etc/x").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]
 
 
 @pytest.mark.parametrize("sub", ["..", "a/..", "a/../..", "../outside", ".", "a/./b"])
