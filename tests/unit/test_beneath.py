@@ -2,7 +2,9 @@
 component by component without following a link, made when asked, and nothing else.
 
 The returned descriptor is what bwrap binds (`--bind-fd`), so each test checks which inode it
-refers to, and that no descriptor is left open on any path."""
+refers to, and that no descriptor is left open on any path. The runtime opens each mount so
+again at launch (runtime/sandbox.py): a link swapped in after the server's check is refused
+there, as a failure of the tenant's storage, not of the runtime (service/health.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from sandboxd.errors import SandboxSetupError
 from sandboxd.runtime.beneath import BeneathError, open_beneath
+from sandboxd.runtime.bwrap import SandboxFds
+from sandboxd.runtime.network import Attached
+from sandboxd.runtime.sandbox import Sandboxes
+from sandboxd.runtime.spec import Limits, Mount, SandboxSpec
+from sandboxd.service.health import setup_failure
 
 
 def _open_fds() -> set[str]:
@@ -178,3 +186,44 @@ def test_a_missing_source_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         open_beneath(str(tmp_path / "gone"), "a")
     assert _open_fds() == before
+
+
+# --- at launch: the runtime opens each mount again ----------------------------------------
+
+
+def _launch_fds(mounts: tuple[Mount, ...]) -> tuple[list[int], SandboxFds]:
+    sandboxes = object.__new__(Sandboxes)  # _open_fds needs nothing of a live runtime but the filter
+    sandboxes._seccomp_bpf = b"\x00" * 8
+    opened: list[int] = []
+    spec = SandboxSpec(language="bash", code=b"true", limits=Limits(), mounts=mounts)
+    try:
+        return opened, sandboxes._open_fds(spec, Attached(), opened, None)
+    except BaseException:
+        for fd in opened:  # what Sandboxes.launch does
+            os.close(fd)
+        raise
+
+
+def test_launch_binds_the_descriptors_of_the_checked_directories(tree: Path) -> None:
+    opened, fds = _launch_fds((Mount(str(tree), "/data/v", True), Mount(str(tree), "/data/v/a/b", False, sub="a/b")))
+    try:
+        assert len(fds.mounts) == 2 and set(fds.mounts) <= set(opened)
+        _same(fds.mounts[0], tree)
+        _same(fds.mounts[1], tree / "a" / "b")
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("sub", ["to-outside", "a/up", "file", "missing"])
+def test_a_link_swapped_in_before_launch_is_refused_and_not_a_runtime_fault(tree: Path, sub: str) -> None:
+    """The server checked the directory (service/data_mounts.py); a sandbox replaced it by a
+    link before the launch: the launch refuses it (never made there: `create` is the check's)
+    and the failure does not count toward /ready, which a tenant could otherwise turn off."""
+    with pytest.raises(SandboxSetupError) as info:
+        _launch_fds((Mount(str(tree), "/data/v", False), Mount(str(tree), f"/data/v/{sub}", False, sub=sub)))
+    assert info.value.step == "storage mount" and f"/data/v/{sub}" in info.value.message
+    assert not (tree / sub).is_dir() or (tree / sub).is_symlink()
+    failure = setup_failure(info.value)
+    assert failure.runtime is False and failure.layer == "storage"
+    assert str(tree) not in failure.message
