@@ -136,6 +136,15 @@ def test_writes_land_in_the_listed_directory_of_the_volume(sp: Setup) -> None:
     assert not (sp.a / f"{name}.above").exists()
 
 
+def test_a_thread_run_is_narrowed_the_same_way(sp: Setup) -> None:
+    thread = f"subp-{uuid.uuid4().hex[:8]}"
+    code = "ls -A /data /data/a; cp /data/a/x/f /home/baponi/copied; cat /home/baponi/copied"
+    result = bash(sp, code, ["/data/a/x"], thread_id=thread)
+    assert result.success and result.stdout == "/data:\na\n\n/data/a:\nx\nin-x\n", result
+    again = bash(sp, "cat /home/baponi/copied; ls -A /data", ["/data/b/y"], thread_id=thread)
+    assert again.stdout == "in-x\nb\n", again
+
+
 def test_a_read_only_binding_stays_read_only_when_narrowed(sp: Setup) -> None:
     result = bash(sp, "cat /data/b/y/f; touch /data/b/y/new", ["/data/b/y"])
     assert result.stdout == "in-b\n" and "Read-only file system" in result.stderr, result
@@ -321,7 +330,8 @@ async def test_nothing_is_left_behind(sp: Setup) -> None:
         refused(bash(sp, "true", [f"/data/a/leak-{tag}"]), "volume_mount_error")
         refused(bash(sp, "true", [f"/data/b/missing-{tag}"]), "volume_mount_error")
         assert bash(sp, "true").success
-    assert fds() <= before_fds, "the server keeps descriptors open"
+    # a leak would be one descriptor a mount a run (20 here); a pooled connection may come and go
+    assert fds() <= before_fds + 3, f"the server keeps descriptors open: {before_fds} -> {fds()}"
     assert mounts() == before_mounts
     running = db(sp.server, "SELECT count(*) FROM executions WHERE status IN ('queued', 'running')")
     assert running == [(0,)]
