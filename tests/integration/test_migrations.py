@@ -1,6 +1,7 @@
 """Migration 0006's downgrade: refused once output is stored the new way (it would be lost),
-done as before while nothing is. Migration 0007 (nodes, delivery claims) down and up again
-with rows in place. Real SQLite."""
+done as before while nothing is. Migrations 0007 (nodes, delivery claims), 0008 (images) and
+0009 (storage connections) down and up again with rows in place; the storage connections'
+repository. Real SQLite."""
 
 from __future__ import annotations
 
@@ -10,8 +11,20 @@ import pytest
 from alembic import command
 from sqlalchemy import inspect
 
-from sandboxd.ids import new_trace_id
-from sandboxd.store import Execution, Image, Sandbox, Store, create_engine, migrate, utcnow
+from sandboxd.ids import new_id, new_trace_id
+from sandboxd.store import (
+    ApiKey,
+    DuplicateError,
+    Execution,
+    Image,
+    Sandbox,
+    StorageBinding,
+    StorageConnection,
+    Store,
+    create_engine,
+    migrate,
+    utcnow,
+)
 from sandboxd.store.db import alembic_config
 
 
@@ -104,5 +117,121 @@ async def test_0008_down_and_up_again_sandboxes_fall_back_to_host(tmp_path: Path
         again = await store.sandboxes.get(sandbox.id)
         assert again is not None and again.image_id is None  # the host image, as before 0008
         assert await store.images.list() == []
+    finally:
+        await store.close()
+
+
+# --- 0009: storage connections ----------------------------------------------------------------
+
+
+def _connection(org_id: str, name: str, **kw: object) -> StorageConnection:
+    values: dict[str, object] = {
+        "id": new_id("stc"), "org_id": org_id, "name": name, "kind": "s3", "bucket": "bkt",
+        "endpoint": "http://127.0.0.1:9", "region": None, "prefix": "conn", "read_only": False,
+        "sealed": b"\x00sealed\xff", "created_at": utcnow(),
+    }
+    return StorageConnection(**{**values, **kw})  # type: ignore[arg-type]
+
+
+async def _key(store: Store, org_id: str) -> ApiKey:
+    key = ApiKey(
+        id=new_id("key"), org_id=org_id, sandbox_id=None, name="k", region="local",
+        digest=new_id("dig"), display_prefix="sk-local-", created_at=utcnow(), revoked_at=None,
+    )
+    return await store.keys.add(key)
+
+
+async def _tables(store: Store) -> set[str]:
+    async with store.engine.connect() as conn:
+        return await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+
+
+async def test_0009_down_and_up_again_drops_connections_and_keeps_executions(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        key = await _key(store, "org_m")
+        connection = await store.storage.add(_connection("org_m", "lake"))
+        await store.storage.bind(StorageBinding(key.id, connection.id, True, "team"))
+        shown = [{"name": "lake", "type": "s3", "path": "/data/lake/x", "read_only": True, "scope": "conn/team/x"}]
+        trace_id = new_trace_id()
+        await store.executions.add(Execution(
+            trace_id=trace_id, org_id="org_m", key_id=key.id, language="bash", status="success",
+            timeout_s=5, delivery_mode="sync", created_at=utcnow(), storage=shown,
+        ))
+        assert (await store.executions.get(trace_id)).storage == shown  # type: ignore[union-attr]
+
+        await _downgrade(store, "0008")
+        assert not {"storage_connections", "key_storage"} & await _tables(store)
+        assert "storage" not in await _columns(store, "executions")
+        await migrate(store.engine)
+        assert {"storage_connections", "key_storage"} <= await _tables(store)
+        assert "storage" in await _columns(store, "executions")
+        row = await store.executions.get(trace_id)
+        assert row is not None and row.key_id == key.id and row.storage is None  # the run stays, unscoped
+        assert await store.storage.list("org_m") == []
+        assert await store.storage.bindings(key.id) == []
+        assert await store.keys.get(key.id) == key  # the key stays; it runs without the bucket
+    finally:
+        await store.close()
+
+
+async def test_storage_repo(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        other = await store.orgs.add("org_o", "other")
+        lake = await store.storage.add(_connection("org_m", "lake"))
+        pond = await store.storage.add(_connection("org_m", "pond", kind="gcs", prefix="", read_only=True, endpoint=None))
+        theirs = await store.storage.add(_connection(other.id, "lake"))  # the same name in another org
+        with pytest.raises(DuplicateError):
+            await store.storage.add(_connection("org_m", "lake"))
+
+        assert await store.storage.get(lake.id) == lake
+        assert await store.storage.get("stc_nope") is None
+        assert await store.storage.by_name("org_m", "lake") == lake
+        assert await store.storage.by_name(other.id, "lake") == theirs
+        assert await store.storage.by_name("org_m", "nope") is None
+        assert await store.storage.list("org_m") == [lake, pond]  # by name
+        assert (await store.storage.get(pond.id)).sealed == pond.sealed  # type: ignore[union-attr]  # bytes intact
+
+        first, second, unbound = [await _key(store, "org_m") for _ in range(3)]
+        await store.storage.bind(StorageBinding(first.id, lake.id, False, "team/a"))
+        await store.storage.bind(StorageBinding(first.id, pond.id, True, ""))
+        await store.storage.bind(StorageBinding(second.id, lake.id, True, ""))
+        with pytest.raises(DuplicateError):  # one binding per key and connection
+            await store.storage.bind(StorageBinding(first.id, lake.id, True, "other"))
+
+        # a binding comes with its own mode and prefix, apart from the connection's
+        assert await store.storage.bindings(first.id) == [
+            (lake, StorageBinding(first.id, lake.id, False, "team/a")),
+            (pond, StorageBinding(first.id, pond.id, True, "")),
+        ]
+        assert await store.storage.bindings(second.id) == [(lake, StorageBinding(second.id, lake.id, True, ""))]
+        assert await store.storage.bindings(unbound.id) == []
+        assert await store.storage.bound_keys(lake.id) == sorted([first.id, second.id])
+        assert await store.storage.bound_keys(pond.id) == [first.id]
+        assert await store.storage.bound_keys(theirs.id) == []
+
+        # refused while an active key is bound: nothing is deleted, not even a binding
+        assert not await store.storage.delete_unbound(lake.id)
+        assert await store.storage.get(lake.id) == lake
+        assert await store.keys.revoke(first.id)
+        assert await store.storage.bound_keys(lake.id) == [second.id]
+        assert not await store.storage.delete_unbound(lake.id)
+        assert await store.storage.bindings(first.id) != []  # the revoked key's bindings are kept
+        assert await store.keys.revoke(second.id)
+        assert await store.storage.bound_keys(lake.id) == []
+
+        # allowed once every bound key is revoked: the revoked keys' bindings go with it
+        assert await store.storage.delete_unbound(lake.id)
+        assert await store.storage.get(lake.id) is None
+        assert await store.storage.bindings(second.id) == []
+        assert await store.storage.bindings(first.id) == [(pond, StorageBinding(first.id, pond.id, True, ""))]
+        assert await store.storage.list("org_m") == [pond]
+        assert await store.storage.by_name(other.id, "lake") == theirs  # the other org's is untouched
+        assert await store.storage.delete_unbound(theirs.id)  # never bound
+        assert not await store.storage.delete_unbound(theirs.id)  # gone already
+        # the name is free again
+        again = await store.storage.add(_connection("org_m", "lake"))
+        assert await store.storage.by_name("org_m", "lake") == again
     finally:
         await store.close()

@@ -10,6 +10,9 @@ checked: no 5xx, a documented status code and content type, a body that matches 
 required response headers, valid input accepted, invalid input refused, no key refused, 405
 with a correct Allow header.
 
+`sub_paths` entries are valid only inside a mount of the key: the key is bound read-only to
+the volume `c`, and the document schemathesis reads says so (the pattern of its entries).
+
 One deliberate gap: `webhook_url` is taken out of the document given to schemathesis, and the
 hooks in _contract_hooks.py drop it from any generated body. A generated URL would make the
 server resolve (and POST to) whatever host it names, and tests send traffic only to loopback;
@@ -34,6 +37,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sandboxd.app import open_admin
+from sandboxd.service import SandboxConfig
+
 HOOKS = Path(__file__).with_name("_contract_hooks.py")
 CHECKS = [
     "not_a_server_error",
@@ -57,7 +63,18 @@ def contract_server(server_factory: Any) -> Any:
 
 @pytest.fixture(scope="module")
 async def contract_key(contract_server: Any) -> str:
-    return await contract_server.create_key(sandbox="contract", timeout_cap_s=3, memory_mib=256)
+    """Bound read-only to the volume `c`: a `sub_paths` entry there is run (or, missing, refused
+    with volume_mount_error, a 200), an entry of no mount of the key is a 400."""
+    admin = await open_admin(contract_server.settings)
+    try:
+        org = await admin.tenancy.ensure_org("default")
+        config = SandboxConfig(name="contract", timeout_cap_s=3, memory_mib=256)
+        sandbox = await admin.tenancy.create_sandbox(org, config)
+        volume = await admin.volumes.create(org, "c", 10)
+        created = await admin.keys.create(org=org, sandbox=sandbox, name="contract", volumes=[(volume, True)])
+        return created.secret
+    finally:
+        await admin.close()
 
 
 def _config(server: Any, key: str) -> str:
@@ -105,6 +122,10 @@ checks.positive_data_acceptance.enabled = false
 def test_openapi_contract(contract_server: Any, contract_key: str, tmp_path: Path) -> None:
     document = httpx.get(f"{contract_server.url}/openapi.json", timeout=30).json()
     del document["components"]["schemas"]["ExecuteRequest"]["properties"]["webhook_url"]
+    # What the document cannot state: a `sub_paths` entry must lie in a mount of the key (here
+    # /data/c), each name at most 255 bytes and without control characters (service/scoping.py).
+    items = document["components"]["schemas"]["ExecuteRequest"]["properties"]["sub_paths"]["anyOf"][0]["items"]
+    items["pattern"] = r"^/data/c(/[^/\u0000-\u001f\u007f]{0,255})*$"
     (tmp_path / "openapi.json").write_text(json.dumps(document))
     (tmp_path / "schemathesis.toml").write_text(_config(contract_server, contract_key))
     run = subprocess.run(

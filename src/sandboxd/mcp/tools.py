@@ -180,8 +180,7 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
             f"/data/{c.name}/ ({c.kind}, {'read-only' if b.read_only or c.read_only else 'read-write'})"
             for c, b in principal.storage
         )
-        + " are cloud storage buckets shown as local directories: use them as files (no SDK or "
-        "credentials needed)."
+        + " are cloud storage shown as local directories (no SDK or credentials needed)."
         if principal.storage
         else ""
     )
@@ -190,7 +189,7 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
         f"This API key's sandbox: {', '.join(sorted(languages))} on the image {image!r}; timeout at most "
         f"{sandbox.timeout_cap_s} s; {sandbox.cpus:g} CPU; {sandbox.memory_mib} MiB memory; {network}. "
         f"stdout and stderr are each kept up to {output_limit_bytes} bytes (the rest is cut and "
-        f"output_truncated is true). {volumes} {buckets}"
+        "output_truncated is true). " + " ".join(part for part in (volumes, buckets) if part)
     ).strip()
 
 

@@ -70,9 +70,15 @@ class PlatformFailure:
 
 
 def setup_failure(exc: SandboxSetupError) -> PlatformFailure:
-    """A sandbox layer failed to set up (fail closed: the program did not run)."""
+    """A sandbox layer failed to set up (fail closed: the program did not run).
+
+    A mount's directory refused at launch ("storage mount": a sandbox swapped a link in after
+    the server's check, or a bucket's mount failed) is what a tenant's storage holds, not a
+    fault of the runtime: it must not count toward turning /ready off, or a tenant racing
+    its own links could take the node out of rotation."""
     layer = _layer_of(exc.step)
-    return PlatformFailure(exc.code, layer, _message(layer, _what(exc.step, exc)))
+    runtime = not exc.step.startswith("storage mount")
+    return PlatformFailure(exc.code, layer, _message(layer, _what(exc.step, exc)), runtime=runtime)
 
 
 def runtime_failure(exc: BaseException) -> PlatformFailure:

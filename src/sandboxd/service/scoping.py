@@ -5,10 +5,11 @@ A bucket is narrowed by the connection's prefix (set by the admin), then by the 
 above, and an unset level inherits. Volumes take the `sub_paths` level too. All of it is
 decided here, on the server, from what the key is bound to: nothing the client says widens it.
 
-`sub_paths` (full sandbox paths under /data/): with none (or an empty list), every mount of
-the key is shown whole; with some, the sandbox sees only the listed directories, and mounts no entry names are
-not mounted at all (least privilege: an agent given one folder sees one folder). A listed
-directory that does not exist is made when the binding is writable, refused when it is not.
+`sub_paths` (full sandbox paths under /data/): without it, every mount of the key is shown
+whole; with some, the sandbox sees only the listed directories, and mounts no entry names are
+not mounted at all (least privilege: an agent given one folder sees one folder; an empty
+list shows no mount). A listed directory that does not exist is made when the binding is
+writable, refused when it is not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Collection, Sequence
 
 from ..buckets.providers import check_path_in_bucket
 from ..errors import InvalidRequest
-from .paths import ENCODED, MAX_NAME_BYTES, VOLUME_MOUNT, has_forbidden
+from .paths import ENCODED, MAX_NAME_BYTES, SUB_PATH_FORBIDDEN, VOLUME_MOUNT, has_forbidden
 
 def prefix_of(raw: str, what: str) -> str:
     """A prefix inside a bucket as `a/b` ("" = all of it): the bucket path rule
@@ -60,10 +61,11 @@ def narrow(sub_paths: Sequence[str] | None, slugs: Collection[str]) -> dict[str,
 
     A slug absent from the answer is not mounted. An entry outside every mount of the key is
     refused (400), naming the entry and the mounts there are."""
-    if not sub_paths:  # unset (or empty): the level inherits
+    if sub_paths is None:  # unset: the level inherits
         return {slug: ("",) for slug in slugs}
     wanted: dict[str, set[str]] = {}
     for entry in sub_paths:
+        _check_entry(entry)
         slug, _, rest = entry.removeprefix(VOLUME_MOUNT + "/").partition("/")
         if not entry.startswith(VOLUME_MOUNT + "/") or slug not in slugs:
             have = ", ".join(f"{VOLUME_MOUNT}/{s}/" for s in sorted(slugs)) or "none"
@@ -75,6 +77,23 @@ def narrow(sub_paths: Sequence[str] | None, slugs: Collection[str]) -> dict[str,
             raise InvalidRequest(f"sub_paths entry {entry[:80]!r} must not contain '..'")
         wanted.setdefault(slug, set()).add("/".join(parts))
     return {slug: _outermost(subs) for slug, subs in wanted.items()}
+
+
+def _check_entry(entry: str) -> None:
+    """What the request's validation refuses, refused here again (this is where a path is
+    decided; MCP and REST both come through): control characters, a lone surrogate, '..',
+    backslashes, percent-encodings, an over-long name."""
+    if any(ord(c) < 32 or c == "\x7f" for c in entry) or has_forbidden(entry, SUB_PATH_FORBIDDEN):
+        raise InvalidRequest(
+            f"sub_paths entry {entry[:80]!r} must not contain control characters, '..', backslashes "
+            "or percent-encodings"
+        )
+    try:
+        names = [part.encode("utf-8") for part in entry.split("/")]
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"sub_paths entry {entry[:80]!r} is not valid Unicode (a lone surrogate)") from None
+    if any(len(name) > MAX_NAME_BYTES for name in names):
+        raise InvalidRequest(f"each name in sub_paths entry {entry[:80]!r} must be at most {MAX_NAME_BYTES} bytes")
 
 
 def _outermost(subs: set[str]) -> tuple[str, ...]:
