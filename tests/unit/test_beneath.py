@@ -19,7 +19,7 @@ from sandboxd.errors import SandboxSetupError
 from sandboxd.runtime.beneath import BeneathError, open_beneath
 from sandboxd.runtime.bwrap import SandboxFds
 from sandboxd.runtime.network import Attached
-from sandboxd.runtime.sandbox import Sandboxes
+from sandboxd.runtime.sandbox import Sandboxes, _open_mounts
 from sandboxd.runtime.spec import Limits, Mount, SandboxSpec
 from sandboxd.service.health import setup_failure
 
@@ -193,11 +193,12 @@ def test_a_missing_source_is_an_os_error(tmp_path: Path) -> None:
 
 def _launch_fds(mounts: tuple[Mount, ...]) -> tuple[list[int], SandboxFds]:
     sandboxes = object.__new__(Sandboxes)  # _open_fds needs nothing of a live runtime but the filter
+    # launch opens the mounts (off the event loop) with _open_mounts, then the rest
     sandboxes._seccomp_bpf = b"\x00" * 8
     opened: list[int] = []
     spec = SandboxSpec(language="bash", code=b"true", limits=Limits(), mounts=mounts)
     try:
-        return opened, sandboxes._open_fds(spec, Attached(), opened, None)
+        return opened, sandboxes._open_fds(spec, Attached(), opened, None, _open_mounts(spec, opened))
     except BaseException:
         for fd in opened:  # what Sandboxes.launch does
             os.close(fd)

@@ -128,7 +128,7 @@ def check_path_in_bucket(path: str) -> str:
     for part in parts:
         if part in (".", "..") or _PATH_COMPONENT_BAD.search(part):
             raise InvalidRequest(
-                f"invalid path inside the bucket {path[:200]!r}: no '.' or '..' components, "
+                f"invalid path inside the bucket {path[:80]!r}: no '.' or '..' components, "
                 "backslashes or control characters"
             )
     return "/".join(parts)

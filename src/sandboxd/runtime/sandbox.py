@@ -88,7 +88,9 @@ class Sandboxes:
         fds: list[int] = []
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
-            box_fds = self._open_fds(spec, net, fds, program)
+            # A bucket's directory is looked up by rclone (maybe over the network): off the loop.
+            mounts = await asyncio.to_thread(_open_mounts, spec, fds) if spec.mounts else ()
+            box_fds = self._open_fds(spec, net, fds, program, mounts)
             argv = _bwrap.build_argv(
                 spec, box_fds, bwrap=self._bwrap, network_env=net.env, program_writable=program is not None
             )
@@ -175,18 +177,9 @@ class Sandboxes:
         self._cgroups.release()
 
     def _open_fds(
-        self, spec: SandboxSpec, net: Attached, opened: list[int], program: bytes | None
+        self, spec: SandboxSpec, net: Attached, opened: list[int], program: bytes | None,
+        mounts: tuple[int, ...] = (),
     ) -> _bwrap.SandboxFds:
-        mounts = []
-        for mount in spec.mounts:
-            try:
-                fd = beneath.open_beneath(mount.source, mount.sub)
-            except beneath.BeneathError as exc:
-                raise SandboxSetupError("storage mount", f"{mount.dest}: {exc.reason}") from None
-            except OSError as exc:
-                raise SandboxSetupError("storage mount", mount.dest) from exc
-            opened.append(fd)
-            mounts.append(fd)
         return _bwrap.SandboxFds(
             program=_memfd("program", spec.code if program is None else program, opened),
             seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
@@ -195,8 +188,23 @@ class Sandboxes:
             hosts=_memfd("hosts", _bwrap.hosts_file(), opened),
             nsswitch=_memfd("nsswitch", _bwrap.nsswitch_file(), opened),
             resolv=_memfd("resolv", net.resolv_conf, opened) if net.resolv_conf else None,
-            mounts=tuple(mounts),
+            mounts=mounts,
         )
+
+
+def _open_mounts(spec: SandboxSpec, opened: list[int]) -> tuple[int, ...]:
+    """Each mount's directory, opened without following a link (runtime/beneath.py)."""
+    fds = []
+    for mount in spec.mounts:
+        try:
+            fd = beneath.open_beneath(mount.source, mount.sub)
+        except beneath.BeneathError as exc:
+            raise SandboxSetupError("storage mount", f"{mount.dest}: {exc.reason}") from None
+        except OSError as exc:
+            raise SandboxSetupError("storage mount", mount.dest) from exc
+        opened.append(fd)
+        fds.append(fd)
+    return tuple(fds)
 
 
 def _memfd(name: str, content: bytes, opened: list[int]) -> int:
