@@ -10,15 +10,15 @@ leaves nothing behind; mounts are shared between executions and released when id
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import baponi
 import httpx
@@ -27,9 +27,13 @@ from _buckets import BucketRig, azure_rig, bucket_rig, gcs_rig, s3_rig, stopped_
 from _servers import EXECUTE, Pool, pool, unique
 from conftest import Server
 
+from sandboxd.app import Admin, open_admin
+from sandboxd.service.storage import ConnectionSpec
+
 __all__ = ["azure_rig", "bucket_rig", "gcs_rig", "pool", "s3_rig", "stopped_endpoint"]  # fixtures
 
 IDLE_S = 3.0
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -52,34 +56,57 @@ def credentials_of(rig: BucketRig, bucket: str, *, bad: bool = False) -> str:
     return json.dumps(creds)
 
 
+def admin_call(server: Server, fn: Callable[[Admin], Awaitable[T]]) -> T:
+    """The service layer the CLI calls, in-process: a CLI process costs seconds to start, and
+    the CLI itself is tested in its own tests (here and test_volume_sub_paths.py)."""
+
+    async def go() -> T:
+        admin = await open_admin(server.settings)
+        try:
+            return await fn(admin)
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
 def connect(
     server: Server, rig: BucketRig, bucket: str, *, prefix: str = "", read_only: bool = False,
     bad: bool = False, endpoint: str | None = None, org: str = "default",
 ) -> str:
     name = unique(rig.kind)
-    args = ["storage", "create", name, "--type", rig.kind, "--bucket", bucket,
-            "--endpoint", endpoint or rig.endpoint, "--credentials-file", "-", "--org", org]
-    if prefix:
-        args += ["--prefix", prefix]
-    if read_only:
-        args.append("--read-only")
-    cli_ok(server, *args, input=credentials_of(rig, bucket, bad=bad))
+    spec = ConnectionSpec(name, rig.kind, bucket, endpoint or rig.endpoint, None, prefix, read_only)
+    raw = credentials_of(rig, bucket, bad=bad).encode()
+
+    async def go(admin: Admin) -> None:
+        await admin.storage.create(await admin.tenancy.org(org), spec, raw)
+
+    admin_call(server, go)
     return name
 
 
 def key_and_id(server: Server, *bindings: str, org: str = "default") -> tuple[str, str]:
-    args = ["keys", "create", "--org", org]
-    for binding in bindings:
-        args += ["--storage", binding]
-    p = cli_ok(server, *args)
-    (secret,) = p.stdout.split()
-    match = re.search(r"key id (key_\S+)", p.stderr)
-    assert match, p.stderr
-    return secret, match.group(1)
+    async def go(admin: Admin) -> tuple[str, str]:
+        the_org = await admin.tenancy.org(org)
+        storage = await admin.storage.resolve_bindings(the_org, bindings)
+        created = await admin.keys.create(
+            org=the_org, sandbox=await admin.tenancy.sandbox(the_org, "default"), storage=storage
+        )
+        return created.secret, created.record.id
+
+    return admin_call(server, go)
 
 
 def key_for(server: Server, *bindings: str, org: str = "default") -> str:
     return key_and_id(server, *bindings, org=org)[0]
+
+
+def cli_connect(server: Server, rig: BucketRig, bucket: str) -> str:
+    """`storage create` and `storage test` through the real CLI, credentials on stdin."""
+    name = unique(rig.kind)
+    cli_ok(server, "storage", "create", name, "--type", rig.kind, "--bucket", bucket, "--endpoint", rig.endpoint,
+           "--credentials-file", "-", input=credentials_of(rig, bucket))
+    return name
 
 
 @pytest.fixture
@@ -375,9 +402,10 @@ def test_a_mount_that_fails_says_why_and_leaves_nothing(
     assert answer["exit_code"] == -1 and "ran" not in answer["stdout"]
     assert words in answer["error_message"], answer["error_message"]
     assert not any(s in answer["error_message"] for s in rig.secrets)
-    # The same words from the CLI, which mounts without a server.
-    p = server.cli("storage", "test", name)
-    assert p.returncode == 1 and words in p.stderr, p.stderr
+    if rig.kind == "s3":  # the same words from the CLI, which mounts without a server (each
+        # provider's words through the same code: test_rclone.py)
+        p = server.cli("storage", "test", name)
+        assert p.returncode == 1 and words in p.stderr, p.stderr
     # The server goes on.
     ok = execute(server, key_for(server), "print(2)")
     assert ok["success"] and ok["stdout"] == "2\n"
@@ -385,7 +413,7 @@ def test_a_mount_that_fails_says_why_and_leaves_nothing(
 
 def test_storage_test_mounts_lists_and_unmounts(server: Server, bucket_rig: BucketRig) -> None:
     bucket = bucket_rig.new_bucket()
-    name = connect(server, bucket_rig, bucket)
+    name = cli_connect(server, bucket_rig, bucket)
     p = cli_ok(server, "storage", "test", name)
     assert "mounted, listed and unmounted" in p.stdout
     work = server.settings.run_dir / "storage-tests"

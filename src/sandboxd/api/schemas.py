@@ -102,7 +102,8 @@ class ExecutionStatus(BaseModel):
     image: ImageUsed | None = Field(default=None, description="The runtime image it ran on.")
     storage: list[MountUsed] = Field(
         default_factory=list,
-        description="The volumes and storage connections it had under /data/, each as scoped for it.",
+        description="The volumes and storage connections it had under /data/, each as scoped for it "
+        "(decided at submission: a run refused at mount time lists what it was to get).",
     )
 
 
