@@ -327,7 +327,10 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             storage=admin.storage,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
-            admin.storage.mounts = BucketMounts(settings.run_dir / "buckets", idle_s=settings.storage_mount_idle_s)
+            admin.storage.mounts = BucketMounts(
+                settings.run_dir / "buckets", settings.data_dir / "bucket-cache",
+                idle_s=settings.storage_mount_idle_s, cache_max_mib=settings.storage_cache_max_mib,
+            )
             if stale := admin.storage.mounts.recover():
                 log.warning("unmounted %d bucket mounts left by the last run", stale)
             if pool is not None:

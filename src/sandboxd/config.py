@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         description="A bucket mount (storage connection) no execution used this long is unmounted; "
         "the next execution that needs it mounts it again.",
     )
+    storage_cache_max_mib: int = Field(
+        default=4096,
+        ge=64,
+        description="Disk one bucket mount may use for files written and not yet uploaded (under "
+        "<data_dir>/bucket-cache; rclone drops uploaded files first and keeps 1 GiB of the disk free).",
+    )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,

@@ -54,7 +54,9 @@ class _Entry:
 class Lease:
     """One execution's use of a mount: `settle` after the run, then `release`."""
 
-    def __init__(self, path: Path, mount: rclone.RcloneMount, before: rclone.Uploads, release: Callable[[], None]) -> None:
+    def __init__(
+        self, path: Path, mount: rclone.RcloneMount, before: rclone.Uploads | None, release: Callable[[], None]
+    ) -> None:
         self.path = path
         self._mount = mount
         self._before = before
@@ -62,7 +64,10 @@ class Lease:
 
     async def settle(self, timeout_s: float = 120) -> None:
         """Wait for the uploads of what was written through the mount (also by other
-        executions sharing it); rclone.MountFailed if one failed or they did not finish."""
+        executions sharing it); rclone.MountFailed if one failed or they did not finish.
+        A read-only lease wrote nothing: nothing to wait for."""
+        if self._before is None:
+            return
         errored = await self._mount.flush(timeout_s=timeout_s, since=self._before)
         if errored > self._before.errored:
             raise rclone.MountFailed(f"{errored - self._before.errored} file(s) written could not be uploaded to the bucket")
@@ -75,8 +80,12 @@ class Lease:
 
 
 class BucketMounts:
-    def __init__(self, root: Path, *, idle_s: float) -> None:
+    def __init__(self, root: Path, cache_root: Path, *, idle_s: float, cache_max_mib: int = 4096) -> None:
+        """Mount points under `root` (the run dir: bwrap, as a sandbox uid, must traverse to
+        them); rclone's caches of written files under `cache_root` (on disk, root's alone)."""
         self._root = root
+        self._cache_root = cache_root
+        self._cache_max_mib = cache_max_mib
         self._idle_s = idle_s
         self._entries: dict[MountKey, _Entry] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -89,14 +98,16 @@ class BucketMounts:
         self._root.mkdir(parents=True, exist_ok=True)
         for path in (self._root.parent, self._root):  # the instance's run dir, then ours
             os.chmod(path, _TRAVERSE)
-        count = rclone.unmount_stale(self._root)
+        self._cache_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        count = rclone.unmount_stale(self._root, cache_root=self._cache_root)
         for leftover in self._root.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            _remove_mount_dir(leftover)
         return count
 
-    async def acquire(self, key: MountKey, remote: Callable[[], Awaitable[Remote]]) -> Lease:
+    async def acquire(self, key: MountKey, remote: Callable[[], Awaitable[Remote]], *, writable: bool) -> Lease:
         """The mount of `key`, mounted now if it is not (or if its rclone died); raises
-        rclone.MountFailed with a message for the user."""
+        rclone.MountFailed with a message for the user. A `writable` lease settles its
+        uploads after the run."""
         entry = self._entries.setdefault(key, _Entry())
         entry.refs += 1
         try:
@@ -112,13 +123,14 @@ class BucketMounts:
                     try:
                         entry.mount = await rclone.mount(
                             await remote(), key.path, base / "mnt", read_only=key.read_only, gid=key.gid,
-                            cache_dir=base / "cache",
+                            cache_dir=base / "private", vfs_dir=self._cache_root / entry.token,
+                            cache_max_mib=self._cache_max_mib,
                         )
                     except BaseException:
-                        shutil.rmtree(base, ignore_errors=True)
+                        _remove_mount_dir(base)
                         raise
                 mounted = entry.mount
-                before = await mounted.uploads()
+                before = await mounted.uploads() if writable else None
         except BaseException:
             self._done(key, entry)
             raise
@@ -162,8 +174,7 @@ class BucketMounts:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
-        for entry in list(self._entries.values()):
-            await self._unmount(entry)
+        await asyncio.gather(*(self._unmount(entry) for entry in self._entries.values()))
         self._entries.clear()
 
     async def _unmount(self, entry: _Entry) -> None:
@@ -179,7 +190,7 @@ class BucketMounts:
             except Exception:
                 log.exception("unmounting a bucket failed")
         if entry.token:
-            shutil.rmtree(self._root / entry.token, ignore_errors=True)
+            _remove_mount_dir(self._root / entry.token)
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
@@ -192,3 +203,19 @@ class BucketMounts:
                 await self.release_idle()
             except Exception:
                 log.exception("releasing idle bucket mounts failed")
+
+
+def _remove_mount_dir(base: Path) -> None:
+    """A mount's directories, once unmounted: never a recursive delete, which would walk into
+    a mount that failed to go and delete the bucket's files. What is still mounted stays."""
+    for path in (base / "private", base / "mnt", base):
+        if path.name == "private":
+            shutil.rmtree(path, ignore_errors=True)  # never a mount point: rclone's HOME and socket
+            continue
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("bucket mount directory %s left in place: %s", path, exc.strerror)
+            return

@@ -130,6 +130,8 @@ class RcloneMount:
     _log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_LOG_LINES))
     _reader: asyncio.Task[None] | None = None
     _rc: httpx.AsyncClient | None = field(default=None, repr=False)
+    #: rclone's VFS cache (in `private_dir` unless the caller put it on disk elsewhere).
+    vfs_dir: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -218,6 +220,8 @@ class RcloneMount:
             rc, self._rc = self._rc, None
             await rc.aclose()
         shutil.rmtree(self.private_dir, ignore_errors=True)
+        if self.vfs_dir is not None:
+            shutil.rmtree(self.vfs_dir, ignore_errors=True)
 
 
 async def mount(
@@ -228,12 +232,17 @@ async def mount(
     read_only: bool,
     gid: int,
     cache_dir: Path,
+    vfs_dir: Path | None = None,
+    cache_max_mib: int = 4096,
     timeout_s: float = 20,
 ) -> RcloneMount:
     """Mount `path_in_bucket` of `remote` at `mountpoint` (an existing empty directory).
 
-    `cache_dir` is this mount's own private directory (created 0700; rclone's VFS cache,
-    HOME and TMPDIR), removed by `unmount` or on failure. Call from the server's event loop
+    `cache_dir` is this mount's own private directory (created 0700; HOME, TMPDIR, the remote
+    control's socket and, without `vfs_dir`, rclone's VFS cache), removed by `unmount` or on
+    failure. `vfs_dir` (made 0700, removed likewise) holds the files written until they are
+    uploaded: on disk, not in /run's memory; rclone keeps it under `cache_max_mib` by dropping
+    uploaded files first and leaves 1 GiB free on its filesystem. Call from the server's event loop
     thread: rclone dies with the thread that started it. Raises MountFailed; on failure
     nothing is left: no process, no mount, no cache dir.
     """
@@ -241,12 +250,18 @@ async def mount(
     deadline = time.monotonic() + timeout_s
     binary = rclone_binary()
     _make_private(cache_dir)
+    vfs = vfs_dir if vfs_dir is not None else cache_dir / "vfs"
     try:
+        vfs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(vfs, 0o700)
         await _reach(remote, min(timeout_s, 5))
         await _probe(binary, remote, path, cache_dir, timeout_s)
-        return await _start(binary, remote, path, mountpoint, read_only, gid, cache_dir, deadline, timeout_s)
+        return await _start(
+            binary, remote, path, mountpoint, read_only, gid, cache_dir, vfs, cache_max_mib, deadline, timeout_s
+        )
     except BaseException:
         shutil.rmtree(cache_dir, ignore_errors=True)
+        shutil.rmtree(vfs, ignore_errors=True)
         raise
 
 
@@ -389,7 +404,7 @@ async def _probe(binary: str, remote: Remote, path: str, private: Path, timeout_
 
 async def _start(
     binary: str, remote: Remote, path: str, mountpoint: Path, read_only: bool, gid: int,
-    private: Path, deadline: float, timeout_s: float,
+    private: Path, vfs: Path, cache_max_mib: int, deadline: float, timeout_s: float,
 ) -> RcloneMount:
     if fuse_mounted(mountpoint):
         raise MountFailed(f"{mountpoint} is already a FUSE mount")
@@ -397,11 +412,13 @@ async def _start(
         *DIE_WITH_PARENT, binary, "mount", _target(remote, path), str(mountpoint),
         "--allow-other", "--default-permissions",
         "--uid", "0", "--gid", str(gid), "--umask", "0007",
-        "--vfs-cache-mode", "writes", "--cache-dir", str(private / "vfs"),
+        "--vfs-cache-mode", "writes", "--cache-dir", str(vfs),
+        "--vfs-cache-max-size", f"{cache_max_mib}M", "--vfs-cache-min-free-space", "1G",
+        "--vfs-cache-max-age", "10m",
         "--vfs-write-back", "100ms",  # 0s uploads untracked: `flush` could not wait for it
         "--dir-cache-time", "1s", "--attr-timeout", "1s",
         "--use-server-modtime", "--devname", _DEVNAME,
-        "--contimeout", "10s", "--low-level-retries", "3",
+        "--contimeout", "10s", "--timeout", "30s", "--low-level-retries", "3",
         "--log-level", "ERROR",
         # Remote control on a unix socket in the 0700 private dir, for `flush` (vfs/stats).
         "--rc", "--rc-addr", f"unix://{private / _RC_SOCKET}",
@@ -417,7 +434,7 @@ async def _start(
         )
     finally:
         os.close(fd)
-    mounted = RcloneMount(mountpoint, private, proc, remote.secrets())
+    mounted = RcloneMount(mountpoint, private, proc, remote.secrets(), vfs_dir=vfs)
     mounted._reader = asyncio.create_task(_read_log(proc, mounted._log, mounted._secrets))
     try:
         await _wait_ready(mounted, remote, deadline, timeout_s)

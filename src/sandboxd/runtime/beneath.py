@@ -10,10 +10,21 @@ what was checked, whatever is renamed in between.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Lookups on a bucket's FUSE mount wait on rclone, maybe on the network: they run on threads
+#: of their own, so a stalled bucket can neither block the event loop nor take every thread
+#: of the loop's default executor (which the rest of the server shares).
+_LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="beneath")
 
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
@@ -53,6 +64,11 @@ def open_beneath(source: str, sub: str, *, create: bool = False) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    """`fn` (opens below mounts) on the lookup threads."""
+    return await asyncio.get_running_loop().run_in_executor(_LOOKUPS, fn)
 
 
 def _make_dir(parent: int, name: str) -> int:

@@ -89,7 +89,7 @@ class Sandboxes:
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
             # A bucket's directory is looked up by rclone (maybe over the network): off the loop.
-            mounts = await asyncio.to_thread(_open_mounts, spec, fds) if spec.mounts else ()
+            mounts = await beneath.off_loop(lambda: _open_mounts(spec, fds)) if spec.mounts else ()
             box_fds = self._open_fds(spec, net, fds, program, mounts)
             argv = _bwrap.build_argv(
                 spec, box_fds, bwrap=self._bwrap, network_env=net.env, program_writable=program is not None

@@ -9,7 +9,6 @@ the runtime opens it the same way again and binds the descriptor.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from ..buckets.mounts import Lease
 from ..buckets.rclone import MountFailed
 from ..errors import SandboxdError
 from ..runtime import Mount
-from ..runtime.beneath import BeneathError, open_beneath
+from ..runtime.beneath import BeneathError, off_loop, open_beneath
 from . import scoping
 from .storage import StorageMountBinding, StorageService
 from .volumes import VolumeBinding, VolumeMissing, VolumeService
@@ -113,8 +112,10 @@ class DataMounts:
             leases.append(lease)
             for sub in narrowed[bucket.name]:
                 await _check(str(lease.path), sub, not bucket.read_only, "storage_mount_error", bucket.name)
+                # Warm sandboxes only for the whole mount: sub_paths come from clients, and each
+                # distinct one would be a pool of its own crowding out everyone's.
                 out.append(
-                    Mount(str(lease.path), scoping.dest(bucket.name, sub), bucket.read_only, sub=sub, pooled=True)
+                    Mount(str(lease.path), scoping.dest(bucket.name, sub), bucket.read_only, sub=sub, pooled=not sub)
                 )
         return tuple(out)
 
@@ -124,7 +125,7 @@ async def _check(source: str, sub: str, writable: bool, code: str, slug: str) ->
     if not sub:
         return
     try:
-        fd = await asyncio.to_thread(open_beneath, source, sub, create=writable)
+        fd = await off_loop(lambda: open_beneath(source, sub, create=writable))
     except BeneathError as exc:
         missing = " and the binding is read-only" if exc.missing else ""
         raise DataMountError(code, f"sub_paths entry {scoping.dest(slug, sub)!r} {exc.reason}{missing}") from None

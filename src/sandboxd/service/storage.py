@@ -189,4 +189,4 @@ class StorageService:
             return self.remote(connection)
 
         key = MountKey(binding.connection_id, binding.path, binding.connection_read_only, gid)
-        return await self.mounts.acquire(key, remote)
+        return await self.mounts.acquire(key, remote, writable=not binding.read_only)
