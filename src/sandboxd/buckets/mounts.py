@@ -89,6 +89,7 @@ class BucketMounts:
         self._idle_s = idle_s
         self._entries: dict[MountKey, _Entry] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._releasing: asyncio.Future[int] | None = None
         #: Called with a mount's path before it is unmounted: the warm pool drops the sandboxes
         #: started with it (runtime/pool.py).
         self.before_unmount: Callable[[Path], Awaitable[None]] | None = None
@@ -174,6 +175,9 @@ class BucketMounts:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        if self._releasing is not None:
+            with contextlib.suppress(Exception):
+                await self._releasing
         await asyncio.gather(*(self._unmount(entry) for entry in self._entries.values()))
         self._entries.clear()
 
@@ -199,8 +203,12 @@ class BucketMounts:
     async def _reap(self) -> None:
         while self._entries:
             await asyncio.sleep(max(0.05, self._idle_s / 4))
+            # Shielded: `close` cancels the reaper, never an unmount half done (it waits for it).
+            self._releasing = asyncio.ensure_future(self.release_idle())
             try:
-                await self.release_idle()
+                await asyncio.shield(self._releasing)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("releasing idle bucket mounts failed")
 
