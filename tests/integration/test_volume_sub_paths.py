@@ -361,7 +361,7 @@ def test_storage_cli_and_a_key_with_a_volume_and_a_bucket(sp: Setup) -> None:
     assert created.returncode == 0, created
     shown = json.loads(created.stdout)
     assert shown["name"] == "lake" and shown["type"] == "s3" and shown["prefix"] == "conn/p"
-    assert shown["mounted_at"] == "/data/lake" and shown["read_only"] is False
+    assert shown["mounted_at"] == "/data/lake/" and shown["read_only"] is False
     clash = server.cli("storage", "create", "a", "--type", "s3", "--bucket", "bkt", "--credentials-file", "-",
                        "--org", ORG, input=credentials)
     assert clash.returncode != 0 and "a volume is named 'a'" in clash.stderr, clash
