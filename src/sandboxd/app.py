@@ -32,6 +32,8 @@ from .images.unpack import UnpackLimits
 from .service.files import FilesService
 from .service.images import ImageService
 from .service.sealing import Sealer
+from .connectors.keyring import Keyring
+from .service.connectors import ConnectorService
 from .service.storage import StorageService
 from .buckets.mounts import BucketMounts
 from .service.health import PlatformHealth
@@ -65,6 +67,7 @@ class Admin:
     volumes: VolumeService
     images: ImageService
     storage: StorageService
+    connectors: ConnectorService
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -183,6 +186,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         storage=StorageService(
             store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
+        connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
     )
 
 
@@ -325,6 +329,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             node_id=admin.node_id,
             images=admin.images,
             storage=admin.storage,
+            connectors=admin.connectors,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -367,6 +372,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         volumes=admin.volumes,
         images=admin.images,
         storage=admin.storage,
+        connectors=admin.connectors,
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(

@@ -216,6 +216,9 @@ def keys_create(
             "prefix: the key sees only that). Repeatable.",
         ),
     ] = None,
+    connector: Annotated[
+        list[str] | None, typer.Option("--connector", help="Bind a connector: NAME. Repeatable.")
+    ] = None,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -232,8 +235,10 @@ def keys_create(
                 raise InvalidRequest(f"--volume {spec!r}: the mode after ':' must be ro or rw")
             bindings.append((await admin.volumes.get(the_org, slug), mode == "ro"))
         buckets = await admin.storage.resolve_bindings(the_org, storage or [], [v.slug for v, _ in bindings])
+        connectors = await admin.connectors.resolve(the_org, connector or [])
         return await admin.keys.create(
-            org=the_org, sandbox=the_sandbox, name=name, region=region, volumes=bindings, storage=buckets
+            org=the_org, sandbox=the_sandbox, name=name, region=region, volumes=bindings, storage=buckets,
+            connectors=connectors,
         )
 
     created = _admin_call(_settings(data_dir, database_url), go)
@@ -772,3 +777,130 @@ def storage_delete(
 
     _admin_call(_settings(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
+
+
+# --- connectors -----------------------------------------------------------------------------
+
+connectors_app = typer.Typer(
+    help="Connectors: credentials (env variables, databases, brokered HTTP APIs) given to keys' executions.",
+    no_args_is_help=True,
+)
+app.add_typer(connectors_app, name="connectors")
+
+SecretFile = Annotated[
+    Path,
+    typer.Option(
+        "--secret-file",
+        help="The secret ('-' reads stdin). env: a JSON object {NAME: value} or NAME=value lines; "
+        "postgres/mysql: the database URL; http: the token. Kept encrypted; never shown again.",
+    ),
+]
+
+
+def _read_secret(path: Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}")
+        raise  # unreachable
+
+
+@connectors_app.command("create")
+def connectors_create(
+    name: Annotated[str, typer.Argument(help="Its name (lowercase letters, digits, '_', '-').")],
+    kind: Annotated[str, typer.Option("--type", help="env, postgres, mysql or http (brokered).")],
+    secret_file: SecretFile,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="http: a host the secret is for (api.example.com, *.example.com, host:port). Repeatable."),
+    ] = None,
+    header: Annotated[
+        str | None, typer.Option("--header", help="http: the header that carries it [default 'Authorization: Bearer {secret}'].")
+    ] = None,
+    env_var: Annotated[
+        str | None, typer.Option("--env-var", help="http: the variable that holds the placeholder in the sandbox.")
+    ] = None,
+    org: OrgName = DEFAULT_ORG,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a connector; bind it to keys with `keys create --connector NAME`."""
+    from .connectors.kinds import Options
+    from .service.connectors import describe as describe_connector
+
+    raw = _read_secret(secret_file)
+    options = Options(hosts=tuple(host or ()), header=header, env_var=env_var)
+
+    async def go(admin: Admin) -> Any:
+        return await admin.connectors.create(await admin.tenancy.org(org), name, kind, raw, options)
+
+    typer.echo(json.dumps(describe_connector(_admin_call(_settings(data_dir, database_url), go))))
+
+
+@connectors_app.command("update")
+def connectors_update(
+    name: str, secret_file: SecretFile, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Replace a connector's secret (its keys' next executions get the new one)."""
+    from .service.connectors import describe as describe_connector
+
+    raw = _read_secret(secret_file)
+
+    async def go(admin: Admin) -> Any:
+        return await admin.connectors.update(await admin.tenancy.org(org), name, raw)
+
+    typer.echo(json.dumps(describe_connector(_admin_call(_settings(data_dir, database_url), go))))
+
+
+@connectors_app.command("list")
+def connectors_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List connectors, one JSON object a line (never their secrets)."""
+    from .service.connectors import describe as describe_connector
+
+    async def go(admin: Admin) -> list[Any]:
+        return await admin.connectors.list(await admin.tenancy.org(org))
+
+    for connector in _admin_call(_settings(data_dir, database_url), go):
+        typer.echo(json.dumps(describe_connector(connector)))
+
+
+@connectors_app.command("show")
+def connectors_show(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """One connector and the active keys bound to it (never its secret)."""
+    from .service.connectors import describe as describe_connector
+
+    async def go(admin: Admin) -> dict[str, Any]:
+        connector = await admin.connectors.get(await admin.tenancy.org(org), name)
+        return {**describe_connector(connector), "keys": await admin.store.connectors.bound_keys(connector.id)}
+
+    typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go), indent=2))
+
+
+@connectors_app.command("delete")
+def connectors_delete(
+    name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """Delete a connector no active key is bound to."""
+
+    async def go(admin: Admin) -> None:
+        await admin.connectors.delete(await admin.tenancy.org(org), name)
+
+    _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"deleted {name}")
+
+
+@connectors_app.command("rotate-key")
+def connectors_rotate_key(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """A new key for every connector's secret: all re-encrypted, the old key dropped (safe beside a
+    running server; servers sharing a database need the new key file)."""
+
+    async def go(admin: Admin) -> int:
+        return await admin.connectors.rotate_key()
+
+    count = _admin_call(_settings(data_dir, database_url), go)
+    typer.echo(f"re-encrypted {count} connectors under a new key")

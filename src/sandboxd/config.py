@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         description="Disk one bucket mount may use for files written and not yet uploaded (under "
         "<data_dir>/bucket-cache; rclone drops uploaded files first and keeps 1 GiB of the disk free).",
     )
+    connectors_key_file: Path | None = Field(
+        default=None,
+        description="The key file connectors' secrets are sealed with (rotate it with `sandboxd "
+        "connectors rotate-key`); default <data_dir>/connectors.key. Keep it apart from the database "
+        "(e.g. on another disk or a secrets mount); servers sharing a database need the same file.",
+    )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,
@@ -314,6 +320,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().absolute()
+        if self.connectors_key_file is not None:
+            self.connectors_key_file = self.connectors_key_file.expanduser().absolute()
         if self.org_storage_quota_mib == 0:
             self.org_storage_quota_mib = max(1, self.storage_size_gib * 1024 // 2)
         if self.admission_queue_max == 0:
@@ -337,6 +345,10 @@ class Settings(BaseSettings):
     def storage_mount_point(self) -> Path:
         """Where thread homes and volumes are mounted."""
         return self.run_dir / "storage"
+
+    @property
+    def effective_connectors_key_file(self) -> Path:
+        return self.connectors_key_file or self.data_dir / "connectors.key"
 
     @property
     def effective_database_url(self) -> str:

@@ -55,6 +55,11 @@ class NetworkDecisionBody(BaseModel):
     allowed: bool
     reason: str
     count: int = Field(description="How many times this same decision was made.")
+    connector: str | None = Field(
+        default=None, description="The connector that brokered this request or forwarded this port (never a secret)."
+    )
+    method: str | None = Field(default=None, description="A brokered request's HTTP method.")
+    status: int | None = Field(default=None, description="A brokered request's upstream HTTP status.")
 
 
 class ImageUsed(BaseModel):
@@ -71,6 +76,11 @@ class MountUsed(BaseModel):
         description="What of the volume or bucket that path showed: for a bucket, the path below the "
         "bucket's name (connection prefix, key prefix, sub_paths); \"\" = all of it."
     )
+
+
+class ConnectorUsed(BaseModel):
+    name: str = Field(description="The connector's name.")
+    type: str = Field(description="`env`, `postgres`, `mysql` or `http` (brokered).")
 
 
 class ExecutionStatus(BaseModel):
@@ -104,6 +114,10 @@ class ExecutionStatus(BaseModel):
         default_factory=list,
         description="The volumes and storage connections it had under /data/, each as scoped for it "
         "(decided at submission: a run refused at mount time lists what it was to get).",
+    )
+    connectors: list[ConnectorUsed] = Field(
+        default_factory=list,
+        description="The connectors it was given (their names; secrets are never recorded).",
     )
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ..runtime import INTERPRETERS, spoken
 from ..service import Principal
 from ..service.requests import MAX_CODE_BYTES, ExecuteRequest
+from ..service.connectors import ConnectorBinding, usage
 from ..service.storage_kind import StorageKind, StorageKindParam
 
 EXECUTE = "sandbox_execute"
@@ -184,12 +185,19 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
         if principal.storage
         else ""
     )
+    bound = ConnectorBinding.of(principal)
+    connectors = (
+        "Connectors (credentials the platform provides; never print them): "
+        + "; ".join(usage(b) for b in bound) + "."
+        if bound
+        else ""
+    )
     image = principal.image.name if principal.image is not None else "host"
     return (
         f"This API key's sandbox: {', '.join(sorted(languages))} on the image {image!r}; timeout at most "
         f"{sandbox.timeout_cap_s} s; {sandbox.cpus:g} CPU; {sandbox.memory_mib} MiB memory; {network}. "
         f"stdout and stderr are each kept up to {output_limit_bytes} bytes (the rest is cut and "
-        "output_truncated is true). " + " ".join(part for part in (volumes, buckets) if part)
+        "output_truncated is true). " + " ".join(part for part in (volumes, buckets, connectors) if part)
     ).strip()
 
 

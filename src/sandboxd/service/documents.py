@@ -43,4 +43,5 @@ def execution_document(e: Execution, error_message: str | None = None) -> dict[s
         "image": {"name": e.image_name, "digest": e.image_digest} if e.image_name else None,
         # What it had under /data/, as scoped for it (service/data_mounts.py).
         "storage": e.storage or [],
+        "connectors": e.connectors or [],
     }

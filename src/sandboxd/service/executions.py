@@ -30,6 +30,7 @@ from .job import ExecutionJobs, Held, JobDescription, Outcome, Submission
 from .keys import Principal
 from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
+from .connectors import ConnectorBinding, ConnectorService
 from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
@@ -54,6 +55,7 @@ class ExecutionService:
         node_id: str | None = None,
         images: ImageService | None = None,
         storage: StorageService | None = None,
+        connectors: ConnectorService | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -69,7 +71,7 @@ class ExecutionService:
         self._logs: EventLogs = StoredEventLogs(store, self._event_settings)
         self._jobs = ExecutionJobs(
             store, runner, threads, volumes, webhooks, keepalive_s=keepalive_s, metrics=self._metrics,
-            health=health or PlatformHealth(self._metrics), storage=storage,
+            health=health or PlatformHealth(self._metrics), storage=storage, connectors=connectors,
         )
         self._live: dict[str, Submission] = {}
 
@@ -115,6 +117,7 @@ class ExecutionService:
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
         job = self._describe(new_trace_id(), principal, request, image)
+        _check_connector_variables(job)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         shown = data_mounts.plan(job.volumes, job.storage, job.sub_paths)  # 400 for a stray sub_path
         async with AsyncExitStack() as stack:
@@ -171,6 +174,7 @@ class ExecutionService:
             image=image,
             storage=StorageMountBinding.of(principal),
             sub_paths=tuple(request.sub_paths) if request.sub_paths is not None else None,
+            connectors=ConnectorBinding.of(principal),
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
@@ -205,6 +209,7 @@ class ExecutionService:
                 image_name=job.image.name,
                 image_digest=job.image.digest,
                 storage=[m.record() for m in shown] or None,
+                connectors=[c.record() for c in job.connectors] or None,
             )
         )
         if request.webhook_url:
@@ -326,3 +331,14 @@ def _synthesized(e: Execution, *, after: int) -> list[Event]:
         Event(after + 2, "result", {"trace_id": e.trace_id, "status": e.status, "result": result,
                              "output_truncated": e.output_truncated}),
     ]
+
+
+def _check_connector_variables(job: JobDescription) -> None:
+    """A request may not set a variable its key's connectors set: the connector's value is
+    the admin's decision, and silently replacing either one would surprise someone."""
+    for binding in job.connectors:
+        for name in binding.variables:
+            if name in job.env:
+                raise InvalidRequest(
+                    f"env_vars key {name!r} is set by the key's connector {binding.name!r}; leave it out"
+                )

@@ -41,6 +41,8 @@ PLATFORM_ERRORS = {
     "the program did not run",
     "storage_mount_error": "platform error in the storage layer: a storage connection could not be "
     "mounted; the program did not run",
+    "connector_error": "platform error in the connectors layer: a connector could not be given to "
+    "the run; the program did not run",
     "thread_mount_error": "platform error in the thread_home layer: the thread's home could not "
     "be prepared or saved; it keeps its previous state",
 }
@@ -57,7 +59,9 @@ _STEP_LAYERS = (
     ("thread storage", "storage"),
     ("storage mount", "storage"),
 )
-LAYERS = (*dict.fromkeys(layer for _, layer in _STEP_LAYERS), "sandbox", "runtime", "volume", "thread_home")
+LAYERS = (
+    *dict.fromkeys(layer for _, layer in _STEP_LAYERS), "sandbox", "runtime", "volume", "thread_home", "connectors",
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,11 @@ def data_mount_failure(code: str, message: str, *, ran: bool = False) -> Platfor
     layer = "volume" if code == "volume_mount_error" else "storage"
     then = "the program ran, but what it wrote there may be lost" if ran else "the program did not run"
     return PlatformFailure(code, layer, f"{message}; {then}", runtime=False)
+
+
+def connector_failure(message: str) -> PlatformFailure:
+    """A connector's secret could not be opened for the run (`message` is safe to show)."""
+    return PlatformFailure("connector_error", "connectors", f"{message}; the program did not run", runtime=False)
 
 
 def thread_failure(exc: BaseException, *, saving: bool) -> PlatformFailure:

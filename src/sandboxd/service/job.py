@@ -27,8 +27,18 @@ from ..observability.logging import get_logger
 from ..runtime import ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
+from ..connectors.redact import Redactor
+from .connectors import ConnectorBinding, ConnectorError, ConnectorService
 from .data_mounts import DataMountError, DataMounts
-from .health import PlatformFailure, PlatformHealth, data_mount_failure, runtime_failure, setup_failure, thread_failure
+from .health import (
+    PlatformFailure,
+    PlatformHealth,
+    connector_failure,
+    data_mount_failure,
+    runtime_failure,
+    setup_failure,
+    thread_failure,
+)
 from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
@@ -64,6 +74,8 @@ class JobDescription:
     storage: tuple[StorageMountBinding, ...] = ()
     #: The request's `sub_paths` (service/scoping.py); None: every mount whole.
     sub_paths: tuple[str, ...] | None = None
+    #: The connectors bound to the key, by id (their secrets are opened where the job runs).
+    connectors: tuple[ConnectorBinding, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -77,6 +89,9 @@ class JobDescription:
             "network_allow": tuple(data["network_allow"]),
             "volumes": tuple(VolumeBinding(**v) for v in data["volumes"]),
             "storage": tuple(StorageMountBinding(**b) for b in data.get("storage", ())),
+            "connectors": tuple(
+                ConnectorBinding(**{**b, "variables": tuple(b["variables"])}) for b in data.get("connectors", ())
+            ),
             "sub_paths": tuple(data["sub_paths"]) if data.get("sub_paths") is not None else None,
             "image": RootImage(**{
                 **data["image"],
@@ -179,8 +194,10 @@ class ExecutionJobs:
         metrics: Metrics,
         health: PlatformHealth,
         storage: StorageService | None = None,
+        connectors: ConnectorService | None = None,
     ) -> None:
         self._store = store
+        self._connectors = connectors
         self._runner = runner
         self._threads = threads
         self._data = DataMounts(volumes, storage)
@@ -235,6 +252,17 @@ class ExecutionJobs:
         prepare is a platform failure (the program never ran). Bucket mounts are leased for
         the run and given back after it, however it ends."""
         leases: list[Lease] = []
+        redactor = Redactor(())
+        if job.connectors:
+            try:
+                if self._connectors is None:
+                    raise ConnectorError("connectors are not available on this node")
+                given = await self._connectors.open(job.connectors)
+            except ConnectorError as exc:
+                log.error("execution %s: connector_error: %s", job.trace_id, exc.message)
+                return self._platform_failure(job, connector_failure(exc.message)), spec
+            spec = replace(spec, env=spec.env | given.env, egress=given.egress)
+            redactor = given.redactor
         try:
             try:
                 mounts = await self._data.prepare(job.volumes, job.storage, job.sub_paths, job.org_gid, leases)
@@ -249,7 +277,7 @@ class ExecutionJobs:
                 except Exception as exc:
                     log.error("execution %s: thread home: %s", job.trace_id, exc)
                     return self._platform_failure(job, thread_failure(exc, saving=False)), spec
-            outcome = await self._sandbox(job, sub, spec)
+            outcome = await self._sandbox(job, sub, spec, redactor)
             return await self._settle(job, leases, outcome), spec
         finally:
             for lease in leases:
@@ -281,10 +309,16 @@ class ExecutionJobs:
             return replace(outcome, status="failed", error=failure.code, error_message=failure.message)
         return outcome
 
-    async def _sandbox(self, job: JobDescription, sub: Submission, spec: SandboxSpec) -> Outcome:
+    async def _sandbox(self, job: JobDescription, sub: Submission, spec: SandboxSpec, redactor: Redactor) -> Outcome:
+        """Run; the output is redacted of the connectors' secrets before anything sees it."""
         try:
             with self._metrics.active_sandboxes.track_inprogress():
-                result = await self._runner.run(spec, sink=sub.output.write, cancel=sub.cancel, refill_later=True)
+                try:
+                    result = await self._runner.run(
+                        spec, sink=redactor.sink(sub.output.write), cancel=sub.cancel, refill_later=True
+                    )
+                finally:
+                    await redactor.flush(sub.output.write)
         except SandboxSetupError as exc:
             log.error("execution %s: %s", job.trace_id, exc.message)
             return self._platform_failure(job, setup_failure(exc))
@@ -301,8 +335,8 @@ class ExecutionJobs:
             trace_id=job.trace_id,
             status=status,
             exit_code=result.exit_code,
-            stdout=result.stdout.decode("utf-8", errors="replace"),
-            stderr=result.stderr.decode("utf-8", errors="replace"),
+            stdout=redactor.redact(result.stdout).decode("utf-8", errors="replace"),
+            stderr=redactor.redact(result.stderr).decode("utf-8", errors="replace"),
             error=error,
             duration_ms=result.duration_ms,
             output_truncated=result.output_truncated,

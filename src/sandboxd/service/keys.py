@@ -19,6 +19,7 @@ from ..errors import Conflict, InvalidRequest, NotFound
 from ..ids import new_id, random_token
 from ..store import (
     ApiKey,
+    Connector,
     DuplicateError,
     Image,
     Org,
@@ -72,6 +73,8 @@ class Principal:
     image: Image | None = None
     #: Storage connections the key is bound to, with each binding (read-only, the key's prefix).
     storage: tuple[tuple[StorageConnection, StorageBinding], ...] = ()
+    #: Connectors the key is bound to (their secrets stay sealed: service/connectors.py).
+    connectors: tuple[Connector, ...] = ()
 
     @property
     def key_id(self) -> str | None:
@@ -102,6 +105,7 @@ class KeyService:
         region: str = "local",
         volumes: list[tuple[Volume, bool]] | None = None,
         storage: list[tuple[StorageConnection, bool, str]] | None = None,
+        connectors: list[Connector] | None = None,
     ) -> CreatedKey:
         if not _REGION.fullmatch(region):
             raise InvalidRequest("region must be 1-16 lowercase letters or digits")
@@ -131,16 +135,22 @@ class KeyService:
             if connection.name in slugs:
                 raise Conflict(f"a volume and a storage connection are both named {connection.name!r}: "
                                f"both would show at /data/{connection.name}/")
+        for connector in connectors or []:
+            if connector.org_id != org.id:
+                raise InvalidRequest(f"connector {connector.name!r} belongs to another organization")
         try:
             await self._store.keys.add(record)
         except DuplicateError:  # 2^-238: a second draw is cheaper than an argument
             return await self.create(
-                org=org, sandbox=sandbox, name=name, region=region, volumes=volumes, storage=storage
+                org=org, sandbox=sandbox, name=name, region=region, volumes=volumes, storage=storage,
+                connectors=connectors,
             )
         for volume, read_only in volumes or []:
             await self._store.volumes.bind(VolumeBinding(record.id, volume.id, read_only))
         for connection, read_only, prefix in storage or []:
             await self._store.storage.bind(StorageBinding(record.id, connection.id, read_only, prefix))
+        for connector in connectors or []:
+            await self._store.connectors.bind(record.id, connector.id)
         return CreatedKey(record=record, secret=secret)
 
     async def list(self, org_id: str | None = None) -> list[ApiKey]:
@@ -233,5 +243,8 @@ class KeyService:
             return None
         volumes = tuple(await self._store.volumes.bindings(key.id))
         storage = tuple(await self._store.storage.bindings(key.id))
+        connectors = tuple(await self._store.connectors.bindings(key.id))
         image = await self._store.images.get(sandbox.image_id) if sandbox.image_id else None
-        return Principal(key=key, org=org, sandbox=sandbox, volumes=volumes, image=image, storage=storage)
+        return Principal(
+            key=key, org=org, sandbox=sandbox, volumes=volumes, image=image, storage=storage, connectors=connectors
+        )

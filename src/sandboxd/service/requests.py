@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from ..envnames import ENV_NAME, RESERVED_ENV_NAMES, RESERVED_ENV_PREFIXES, reserved_env_name
 from ..errors import InvalidRequest
 from ..ids import THREAD_ID_MAX_CHARS, THREAD_ID_PATTERN, THREAD_ID_RULE
 from ..runtime.languages import DEFAULT_LANGUAGE, LANGUAGES, Language
@@ -32,26 +33,7 @@ MAX_TIMEOUT_S = 3600
 
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
-RESERVED_ENV_NAMES = frozenset(
-    """
-    PATH HOME TMPDIR PWD OLDPWD SHELL TERM USER LOGNAME MAIL EDITOR VISUAL
-    LANG LANGUAGE LC_ALL LC_COLLATE LC_CTYPE LC_MESSAGES LC_MONETARY LC_NUMERIC LC_TIME
-    PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE PYTHONUNBUFFERED PYTHONDONTWRITEBYTECODE
-    PYTHONHASHSEED PYTHONWARNINGS PYTHONOPTIMIZE PYTHONINSPECT PYTHONDEBUG PYTHONIOENCODING
-    PYTHONMALLOC PYTHONCOERCECLOCALE PYTHONFAULTHANDLER PYTHONPROFILEIMPORTTIME PYTHONPYCACHEPREFIX
-    PIP_USER PIP_TARGET PIP_PREFIX
-    LD_LIBRARY_PATH LD_PRELOAD LD_AUDIT LD_DEBUG LD_BIND_NOW LD_TRACE_LOADED_OBJECTS LD_PROFILE
-    LD_DYNAMIC_WEAK
-    BASH_ENV ENV CDPATH GLOBIGNORE BASH_XTRACEFD PS1 PS2 PS4 PROMPT_COMMAND IFS
-    HTTP_PROXY HTTPS_PROXY FTP_PROXY ALL_PROXY NO_PROXY
-    NODE_PATH NODE_OPTIONS NODE_EXTRA_CA_CERTS NPM_CONFIG_PREFIX NPM_CONFIG_CACHE
-    NPM_CONFIG_GLOBALCONFIG
-    CARGO_HOME RUSTUP_HOME GOPATH GOMODCACHE GOBIN R_LIBS_USER JULIA_DEPOT_PATH
-    """.split()
-)
-RESERVED_ENV_PREFIXES = ("BAPONI_", "NSJAIL_", "SANDBOXD_", "LD_", "LC_", "XDG_", "_")
 
 
 def _integral(value: Any) -> Any:
@@ -99,7 +81,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "type": "object",
         "maxProperties": 50,
         "propertyNames": {
-            "pattern": _ENV_KEY.pattern,
+            "pattern": ENV_NAME.pattern,
             "maxLength": 128,
             "not": {"anyOf": [
                 {"enum": sorted(RESERVED_ENV_NAMES)},
@@ -230,13 +212,12 @@ class ExecuteRequest(BaseModel):
             raise ValueError("env_vars may have at most 50 entries")
         total = 0
         for key, value in v.items():
-            if not key.isascii() or not 1 <= len(key) <= 128 or not _ENV_KEY.fullmatch(key):
+            if not key.isascii() or not 1 <= len(key) <= 128 or not ENV_NAME.fullmatch(key):
                 raise ValueError(
                     f"env_vars key {key[:50]!r} must be 1-128 characters: an uppercase letter, "
                     "then uppercase letters, digits or '_'"
                 )
-            upper = key.upper()
-            if upper in RESERVED_ENV_NAMES or upper.startswith(RESERVED_ENV_PREFIXES):
+            if reserved_env_name(key):
                 raise ValueError(f"env_vars key {key!r} is reserved by the system")
             if len(value) > 4096:
                 raise ValueError(f"env_vars value for {key!r} must be at most 4096 characters")

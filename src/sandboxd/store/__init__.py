@@ -3,6 +3,7 @@
 from .db import create_engine, migrate, utcnow
 from .records import (
     ApiKey,
+    Connector,
     Execution,
     Image,
     Org,
@@ -18,6 +19,7 @@ from .repos import DuplicateError, Store
 
 __all__ = [
     "ApiKey",
+    "Connector",
     "DuplicateError",
     "Execution",
     "Image",

@@ -77,6 +77,8 @@ class Execution:
     image_digest: str | None = None
     #: The storage it mounted: [{"name", "kind", "path", "read_only"}] (None: none).
     storage: list[dict[str, Any]] | None = None
+    #: The connectors it was given: [{"name", "type"}] (None: none).
+    connectors: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,3 +168,19 @@ class StorageBinding:
     read_only: bool
     #: Below the connection's prefix, without leading or trailing '/' ("" = all it shows).
     prefix: str
+
+
+@dataclass(frozen=True)
+class Connector:
+    """An organization's credential, given to the executions of the keys bound to it."""
+
+    id: str
+    org_id: str
+    name: str
+    kind: str
+    #: What may be shown (connectors/kinds.py); never the secret.
+    config: dict[str, Any]
+    #: The secret, sealed (connectors/keyring.py); never leaves the service layer.
+    sealed: bytes = field(repr=False)
+    created_at: datetime
+    updated_at: datetime

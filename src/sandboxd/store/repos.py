@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .db import as_utc, utcnow
 from .records import (
     ApiKey,
+    Connector,
     Execution,
     Image,
     Org,
@@ -28,9 +29,11 @@ from .records import (
 )
 from .tables import (
     api_keys,
+    connectors,
     execution_events,
     executions,
     images,
+    key_connectors,
     key_storage,
     key_volumes,
     orgs,
@@ -723,6 +726,84 @@ class StorageRepo(_Repo):
         return True
 
 
+class ConnectorRepo(_Repo):
+    """Connectors and the keys' bindings to them."""
+
+    async def add(self, connector: Connector) -> Connector:
+        await self._insert(connectors, connector.__dict__)
+        return connector
+
+    async def get(self, connector_id: str) -> Connector | None:
+        return await self._one(Connector, select(connectors).where(connectors.c.id == connector_id))
+
+    async def by_name(self, org_id: str, name: str) -> Connector | None:
+        query = select(connectors).where(connectors.c.org_id == org_id, connectors.c.name == name)
+        return await self._one(Connector, query)
+
+    async def list(self, org_id: str) -> builtins.list[Connector]:
+        return await self._all(Connector, select(connectors).where(connectors.c.org_id == org_id).order_by(connectors.c.name))
+
+    async def all(self) -> builtins.list[Connector]:
+        return await self._all(Connector, select(connectors).order_by(connectors.c.id))
+
+    async def update(self, connector_id: str, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(connectors).where(connectors.c.id == connector_id).values(**values))
+
+    async def reseal(self, sealed: dict[str, bytes]) -> None:
+        """New sealed secrets for these ids, all in one transaction (a key rotation)."""
+        async with self._engine.begin() as conn:
+            for connector_id, value in sealed.items():
+                await conn.execute(update(connectors).where(connectors.c.id == connector_id).values(sealed=value))
+
+    async def bind(self, key_id: str, connector_id: str) -> None:
+        await self._insert(key_connectors, {"key_id": key_id, "connector_id": connector_id})
+
+    async def bindings(self, key_id: str) -> builtins.list[Connector]:
+        query = (
+            select(connectors)
+            .join(key_connectors, key_connectors.c.connector_id == connectors.c.id)
+            .where(key_connectors.c.key_id == key_id)
+            .order_by(connectors.c.name)
+        )
+        return await self._all(Connector, query)
+
+    async def bound_keys(self, connector_id: str) -> builtins.list[str]:
+        """The ids of the active keys bound to the connector."""
+        query = (
+            select(key_connectors.c.key_id)
+            .join(api_keys, api_keys.c.id == key_connectors.c.key_id)
+            .where(key_connectors.c.connector_id == connector_id, api_keys.c.revoked_at.is_(None))
+            .order_by(key_connectors.c.key_id)
+        )
+        async with self._engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(query)).all()]
+
+    async def delete_unbound(self, connector_id: str) -> bool:
+        """Delete the connector unless an active key is bound to it, in one transaction (the
+        revoked keys' bindings go with it); False when one is."""
+        revoked = select(api_keys.c.id).where(api_keys.c.revoked_at.is_not(None))
+        active = (
+            select(key_connectors.c.key_id)
+            .join(api_keys, api_keys.c.id == key_connectors.c.key_id)
+            .where(key_connectors.c.connector_id == connector_id, api_keys.c.revoked_at.is_(None))
+            .exists()
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    key_connectors.delete().where(
+                        key_connectors.c.connector_id == connector_id, key_connectors.c.key_id.in_(revoked)
+                    )
+                )
+                deleted = await conn.execute(connectors.delete().where(connectors.c.id == connector_id, ~active))
+                if deleted.rowcount == 0:
+                    raise _RollBack
+        except _RollBack:
+            return False
+        return True
+
+
 class Store:
     """All repositories over one engine."""
 
@@ -739,6 +820,7 @@ class Store:
         self.images = ImageRepo(engine)
         self.registry_credentials = RegistryCredentialRepo(engine)
         self.storage = StorageRepo(engine)
+        self.connectors = ConnectorRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -99,6 +99,8 @@ executions = Table(
     Column("image_digest", String(80), nullable=True),
     # The storage it mounted, as it was then: [{"name", "kind", "path", "read_only"}]; NULL: none.
     Column("storage", JSON, nullable=True),
+    # The connectors it was given, by name, as they were then: [{"name", "type"}]; NULL: none.
+    Column("connectors", JSON, nullable=True),
     Index("ix_executions_org_created", "org_id", "created_at"),
     Index("ix_executions_created", "created_at"),
 )
@@ -220,6 +222,30 @@ key_storage = Table(
     Column("read_only", Boolean, nullable=False),
     # The key's prefix below the connection's ("" = all the connection shows).
     Column("prefix", String(1024), nullable=False),
+)
+
+connectors = Table(
+    "connectors",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    # connectors.kinds.KINDS
+    Column("kind", String(16), nullable=False),
+    # What may be shown: hosts, header, variable names, database host (connectors/kinds.py).
+    Column("config", JSON, nullable=False),
+    # The secret, sealed with the connectors key file (connectors/keyring.py), bound to the id.
+    Column("sealed", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_connectors_org_name"),
+)
+
+key_connectors = Table(
+    "key_connectors",
+    metadata,
+    Column("key_id", String(32), ForeignKey("api_keys.id"), primary_key=True),
+    Column("connector_id", String(32), ForeignKey("connectors.id"), primary_key=True),
 )
 
 registry_credentials = Table(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 NetworkMode = Literal["none", "allowlist", "full"]
@@ -93,3 +93,34 @@ class NetworkDecision:
     allowed: bool
     reason: str
     count: int = 1
+
+
+@dataclass(frozen=True)
+class Brokered:
+    """An HTTP connector: the sandbox holds `placeholder`; requests to `hosts` get `secret`."""
+
+    connector: str
+    hosts: tuple[AllowRule, ...]
+    header: str
+    template: str
+    placeholder: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A database connector: 127.0.0.1:`port` inside the sandbox reaches host:upstream_port."""
+
+    connector: str
+    port: int
+    host: str
+    upstream_port: int
+
+
+@dataclass(frozen=True)
+class Egress:
+    brokered: tuple[Brokered, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.brokered or self.forwards)
