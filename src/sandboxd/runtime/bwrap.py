@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import procfs
 from .languages import INTERPRETERS, PROGRAM_DIR
+from .network import CA_BUNDLE_PATH
 from .spec import RootImage, SandboxSpec
 
 SANDBOX_UID = 1000
@@ -20,6 +21,7 @@ SANDBOX_USER = "baponi"
 HOME = "/home/baponi"
 WORKDIR = "/data"
 PATH = "/usr/local/bin:/usr/bin:/bin"
+CA_BUNDLE_DIR = str(Path(CA_BUNDLE_PATH).parent)
 
 #: Host files shared read-only into every sandbox (the runtime image is the host's /usr).
 _RO_HOST_FILES = (
@@ -46,11 +48,13 @@ class SandboxFds:
     resolv: int | None = None
     #: One directory descriptor per `spec.mounts` entry, in order (runtime/beneath.py).
     mounts: tuple[int, ...] = ()
+    #: The CA bundle for brokered connectors, bound read-only at `CA_BUNDLE_PATH`; None: none.
+    ca_bundle: int | None = None
 
 
 #: What bubblewrap mounts on in an image's read-only root: they must exist in the tree, as a
 #: directory or a regular file (images/store.py makes them when it prepares an image's root).
-IMAGE_MOUNT_DIRS = ("/proc", "/dev", "/tmp", WORKDIR, HOME, PROGRAM_DIR)
+IMAGE_MOUNT_DIRS = ("/proc", "/dev", "/tmp", WORKDIR, HOME, PROGRAM_DIR, CA_BUNDLE_DIR)
 IMAGE_MOUNT_FILES = (
     "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf", "/etc/resolv.conf",
     *(interp.program_path for interp in INTERPRETERS.values()),
@@ -109,9 +113,9 @@ def build_argv(
     """`network_env` is what the network policy sets (the egress proxy's address); it wins
     over the request's variables so the code always learns the way out that exists."""
     limits = spec.limits
-    # `none`: bwrap makes an empty namespace. Otherwise the launcher has already joined the
-    # one the network policy prepared (never the host's).
-    net = ["--unshare-net"] if spec.network.mode == "none" else []
+    # `none` without connectors: bwrap makes an empty namespace. Otherwise the launcher has
+    # already joined the one the network policy prepared (never the host's).
+    net = ["--unshare-net"] if spec.network.mode == "none" and not spec.egress else []
     mib = 1024 * 1024
     argv = [
         bwrap,
@@ -154,6 +158,8 @@ def build_argv(
         argv += ["--bind", spec.home, HOME]
     else:
         argv += ["--perms", "0700", "--size", str(limits.home_size_mib * mib), "--tmpfs", HOME]
+    if fds.ca_bundle is not None:
+        argv += _ca_bundle_args(spec.image, fds.ca_bundle)
     argv += [
         # A pooled sandbox's stub writes the request's code over its own copy (runtime/warm.py).
         *(["--perms", "0600", "--bind-data"] if program_writable else ["--ro-bind-data"]),
@@ -174,6 +180,21 @@ def build_argv(
         spec.image.binary(spec.language), INTERPRETERS[spec.language].program_path,
     ]
     return argv
+
+
+def _ca_bundle_args(image: RootImage, fd: int) -> list[str]:
+    """The bundle at CA_BUNDLE_PATH on a read-only tmpfs of its own. An image's read-only root
+    needs the mount point: images prepared since have it; older ones get /run covered."""
+    where = CA_BUNDLE_DIR
+    if image.root is not None and not Path(image.root, CA_BUNDLE_DIR.lstrip("/")).is_dir():
+        if not Path(image.root, "run").is_dir():
+            return []  # nowhere to mount: the sandbox has no bundle (connector TLS then fails)
+        where = "/run"
+    return [
+        "--size", str(1024 * 1024), "--tmpfs", where,
+        "--ro-bind-data", str(fd), CA_BUNDLE_PATH,
+        "--remount-ro", where,
+    ]
 
 
 def passwd_file() -> bytes:

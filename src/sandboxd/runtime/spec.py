@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Literal
 
 from .languages import INTERPRETERS, Language
-from .network.policy import NetworkDecision, NetworkPolicy
+from .network.policy import Egress, NetworkDecision, NetworkPolicy
 
 __all__ = [  # Language too: one of the runtime's types, declared with the language registry
     "DEFAULT_TIMEOUT_S",
@@ -121,6 +121,8 @@ class SandboxSpec:
     host_gid: int | None = None
     mounts: tuple[Mount, ...] = ()
     image: RootImage = HOST_IMAGE
+    #: The key's connectors as the network carries them out (brokered hosts, forwarded ports).
+    egress: Egress = field(default_factory=Egress)
 
 
 class ExecStatus(str, enum.Enum):
