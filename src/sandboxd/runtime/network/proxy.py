@@ -93,10 +93,13 @@ class EgressProxy:
     async def start(self, listener: socket.socket) -> None:
         self._servers.append(await asyncio.start_server(self._handle, sock=listener, limit=_HEAD_LIMIT))
 
-    async def start_transparent(self, listener: socket.socket, contexts: Mapping[str, ssl.SSLContext]) -> None:
+    async def start_transparent(
+        self, listener: socket.socket, contexts: Mapping[str, ssl.SSLContext], *, port: int | None = None
+    ) -> None:
         """TLS on `listener` (127.0.0.1:port in the sandbox) for the exact connector hosts in
-        `contexts`, picked by SNI; any other name is refused in the handshake."""
-        port = listener.getsockname()[1]
+        `contexts`, picked by SNI; any other name is refused in the handshake. `port` is the
+        one the sandbox meant (default: the listener's)."""
+        port = port if port is not None else listener.getsockname()[1]
         names = {id(ctx): host for host, ctx in contexts.items()}
         front = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         front.minimum_version = ssl.TLSVersion.TLSv1_2
