@@ -21,6 +21,7 @@ import pytest
 
 from sandboxd.runtime import SandboxSpec
 from sandboxd.runtime.bwrap import SandboxFds, build_argv
+from sandboxd.runtime.languages import PROGRAM_DIR
 from sandboxd.runtime.network import CA_BUNDLE_PATH, Brokered, CertificateAuthority, Egress, Forward, NetworkPolicy
 from sandboxd.runtime.network.broker import Scrubber
 from sandboxd.runtime.network.forward import Forwarder
@@ -341,7 +342,9 @@ def test_bwrap_joins_the_namespace_and_binds_the_bundle_with_connectors() -> Non
     spec = SandboxSpec(language="python", code=b"", egress=Egress(brokered=(_rule(),)))
     argv = build_argv(spec, SandboxFds(program=3, seccomp=4, passwd=5, group=6, hosts=7, nsswitch=8, ca_bundle=9))
     assert "--unshare-net" not in argv
+    assert CA_BUNDLE_PATH.startswith(PROGRAM_DIR + "/")  # one tmpfs holds both
     at = argv.index(CA_BUNDLE_PATH)
     assert argv[at - 2 : at] == ["--ro-bind-data", "9"]
-    assert argv.index("--tmpfs", at - 6) < at < argv.index("--remount-ro", at)
+    assert argv[at - 4 : at - 2] == ["--tmpfs", "/run/sandboxd"]
+    assert argv.index("--remount-ro", at) < argv.index("--remount-ro", argv.index("--remount-ro", at) + 1)
     assert SECRET not in " ".join(argv)

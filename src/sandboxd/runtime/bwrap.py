@@ -21,7 +21,6 @@ SANDBOX_USER = "baponi"
 HOME = "/home/baponi"
 WORKDIR = "/data"
 PATH = "/usr/local/bin:/usr/bin:/bin"
-CA_BUNDLE_DIR = str(Path(CA_BUNDLE_PATH).parent)
 
 #: Host files shared read-only into every sandbox (the runtime image is the host's /usr).
 _RO_HOST_FILES = (
@@ -54,7 +53,7 @@ class SandboxFds:
 
 #: What bubblewrap mounts on in an image's read-only root: they must exist in the tree, as a
 #: directory or a regular file (images/store.py makes them when it prepares an image's root).
-IMAGE_MOUNT_DIRS = ("/proc", "/dev", "/tmp", WORKDIR, HOME, PROGRAM_DIR, CA_BUNDLE_DIR)
+IMAGE_MOUNT_DIRS = ("/proc", "/dev", "/tmp", WORKDIR, HOME, PROGRAM_DIR)
 IMAGE_MOUNT_FILES = (
     "/etc/passwd", "/etc/group", "/etc/hosts", "/etc/nsswitch.conf", "/etc/resolv.conf",
     *(interp.program_path for interp in INTERPRETERS.values()),
@@ -159,11 +158,17 @@ def build_argv(
     else:
         argv += ["--perms", "0700", "--size", str(limits.home_size_mib * mib), "--tmpfs", HOME]
     if fds.ca_bundle is not None:
-        argv += _ca_bundle_args(spec.image, fds.ca_bundle)
+        # The CA bundle beside the program: their directory a tmpfs of its own (an image's root
+        # is read-only), read-only once both are in.
+        argv += [
+            "--size", str(4 * mib), "--tmpfs", PROGRAM_DIR,
+            "--ro-bind-data", str(fds.ca_bundle), CA_BUNDLE_PATH,
+        ]
     argv += [
         # A pooled sandbox's stub writes the request's code over its own copy (runtime/warm.py).
         *(["--perms", "0600", "--bind-data"] if program_writable else ["--ro-bind-data"]),
         str(fds.program), INTERPRETERS[spec.language].program_path,
+        *(["--remount-ro", PROGRAM_DIR] if fds.ca_bundle is not None else []),
         "--chdir", WORKDIR,
         # Environment: nothing of the server's, only ours and the request's.
         "--clearenv",
@@ -180,21 +185,6 @@ def build_argv(
         spec.image.binary(spec.language), INTERPRETERS[spec.language].program_path,
     ]
     return argv
-
-
-def _ca_bundle_args(image: RootImage, fd: int) -> list[str]:
-    """The bundle at CA_BUNDLE_PATH on a read-only tmpfs of its own. An image's read-only root
-    needs the mount point: images prepared since have it; older ones get /run covered."""
-    where = CA_BUNDLE_DIR
-    if image.root is not None and not Path(image.root, CA_BUNDLE_DIR.lstrip("/")).is_dir():
-        if not Path(image.root, "run").is_dir():
-            return []  # nowhere to mount: the sandbox has no bundle (connector TLS then fails)
-        where = "/run"
-    return [
-        "--size", str(1024 * 1024), "--tmpfs", where,
-        "--ro-bind-data", str(fd), CA_BUNDLE_PATH,
-        "--remount-ro", where,
-    ]
 
 
 def passwd_file() -> bytes:

@@ -170,9 +170,12 @@ class EgressProxy:
                 method, host, port, forward = _parse_head(head)
                 rule = self._egress.broker_for(host, port)
                 if method == "CONNECT" and rule is not None and self._ca is not None:
+                    ctx = await asyncio.to_thread(self._ca.server_context, host)
+                    # The client's hello must stay in the socket for TLS, not in the reader.
+                    if isinstance(writer.transport, asyncio.ReadTransport):
+                        writer.transport.pause_reading()
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     await writer.drain()
-                    ctx = await asyncio.to_thread(self._ca.server_context, host)
                     await writer.start_tls(ctx)
                     await self._broker(reader, writer, host, port, rule)
                     return
