@@ -188,7 +188,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     )
     listeners = []
     for _ in range(2):
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         sock.setblocking(False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -113,6 +114,10 @@ async def serve(
 ) -> None:
     """Broker every request on this (already TLS-terminated) client connection, then close it."""
     session = _Session(reader, writer, host, port, rule, dial, upstream_tls, note)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:  # small writes (a head, a chunk) go out at once
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         await session.run()
     except Exception:  # noqa: BLE001 - anything here could carry the secret: say nothing

@@ -176,7 +176,11 @@ class EgressProxy:
                         writer.transport.pause_reading()
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     await writer.drain()
-                    await writer.start_tls(ctx)
+                    try:
+                        await writer.start_tls(ctx)
+                    except (OSError, TimeoutError):  # e.g. a client that does not trust our CA
+                        self._note(host, port, True, "TLS with the sandbox failed", rule.connector)
+                        return
                     await self._broker(reader, writer, host, port, rule)
                     return
                 up_reader, upstream = await self._open(host, port, rule)
