@@ -348,3 +348,45 @@ def test_bwrap_joins_the_namespace_and_binds_the_bundle_with_connectors() -> Non
     assert argv[at - 4 : at - 2] == ["--tmpfs", "/run/sandboxd"]
     assert argv.index("--remount-ro", at) < argv.index("--remount-ro", argv.index("--remount-ro", at) + 1)
     assert SECRET not in " ".join(argv)
+
+
+async def _raw(rig: Rig, request: bytes) -> bytes:
+    """One request on a brokered connection, and everything that comes back until it closes."""
+    r, w = await _connect(rig, "api.test")
+    await w.start_tls(rig.client_tls, server_hostname="api.test")
+    w.write(request)
+    await w.drain()
+    try:
+        return await asyncio.wait_for(r.read(), 10)  # to the end: each request here closes
+    finally:
+        w.close()
+
+
+async def test_a_post_body_and_expect_continue_go_through(rig: Rig) -> None:
+    body = f"payload {PLACEHOLDER}".encode()
+    out = await _raw(rig, (
+        b"POST /submit HTTP/1.1\r\nHost: api.test\r\nExpect: 100-continue\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    ))
+    assert out.startswith(b"HTTP/1.1 100 ") and b"HTTP/1.1 200 " in out, out
+    assert SECRET.encode() not in out
+    assert "Expect" not in rig.seen[-1] and rig.seen[-1]["Content-Length"] == str(len(body))
+
+
+async def test_an_upstream_that_fails_verification_is_a_502_and_recorded(rig: Rig, tmp_path: Path) -> None:
+    rig.proxy._upstream_tls = ssl.create_default_context()  # the system store: not the test's CA
+    out = await _raw(rig, b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 502 "), out
+    assert [(d.reason, d.status) for d in rig.proxy.decisions if d.connector == "api"] == [("upstream failed", None)]
+
+
+async def test_a_client_that_does_not_trust_the_ca_is_recorded(rig: Rig) -> None:
+    r, w = await _connect(rig, "api.test")
+    with pytest.raises(ssl.SSLError):
+        await w.start_tls(ssl.create_default_context(), server_hostname="api.test")
+    w.close()
+    for _ in range(50):
+        if any(d.reason == "TLS with the sandbox failed" for d in rig.proxy.decisions):
+            break
+        await asyncio.sleep(0.02)
+    assert any(d.reason == "TLS with the sandbox failed" and d.connector == "api" for d in rig.proxy.decisions)
