@@ -149,6 +149,8 @@ async def _upstream_handler(seen: list[dict[str, str]], r: asyncio.StreamReader,
                     out += conn.send(h11.Data(data=body[i : i + 5]))
                 w.write(out + conn.send(h11.EndOfMessage()))
                 await w.drain()
+                if event.target.endswith(b"/then-hang-up"):  # unannounced: as an idle timeout
+                    break
             elif isinstance(event, h11.EndOfMessage):
                 conn.start_next_cycle()
             else:
@@ -390,3 +392,11 @@ async def test_a_client_that_does_not_trust_the_ca_is_recorded(rig: Rig) -> None
             break
         await asyncio.sleep(0.02)
     assert any(d.reason == "TLS with the sandbox failed" and d.connector == "api" for d in rig.proxy.decisions)
+
+
+async def test_a_kept_alive_upstream_that_hung_up_is_tried_again(rig: Rig) -> None:
+    r, w = await _connect(rig, "api.test")
+    await w.start_tls(rig.client_tls, server_hostname="api.test")
+    answers = await _requests(r, w, "api.test", [("/then-hang-up", []), ("/after", [])])
+    assert [a[0] for a in answers] == [200, 200]
+    assert [s["target"] for s in rig.seen] == ["/then-hang-up", "/after"]

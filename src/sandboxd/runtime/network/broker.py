@@ -173,32 +173,25 @@ class _Session:
         method = request.method.decode("ascii", "replace")
         if self.client.client_is_waiting_for_100_continue:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        outgoing = h11.Request(method=request.method, target=self._put(request.target), headers=self._headers(request))
+        has_body = any(name in (b"content-length", b"transfer-encoding") for name, _ in request.headers)
         try:
-            up = await self._upstream()
-            await _send(up, outgoing)
-            while True:  # the request's body, as it comes
-                event = await _next(self.client, self.reader)
-                if isinstance(event, h11.Data):
-                    await _send(up, h11.Data(data=event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    await _send(up, h11.EndOfMessage())
-                    break
-                else:
-                    raise _Failed("the client went away")
-            async with asyncio.timeout(_UPSTREAM_S):
-                response = await _next(up.conn, up.reader)
-                while isinstance(response, h11.InformationalResponse):
-                    response = await _next(up.conn, up.reader)
-        except (_Failed, OSError, TimeoutError, ssl.SSLError, h11.ProtocolError):
+            outgoing = h11.Request(
+                method=request.method, target=self._put(request.target), headers=self._headers(request)
+            )
+            reused = self.upstream is not None and self.upstream.conn.our_state is h11.IDLE
+            try:
+                up, response = await self._exchange(outgoing)
+            except (_Failed, OSError, TimeoutError, h11.ProtocolError):
+                if not reused or has_body:
+                    raise
+                # A kept-alive upstream connection may have been closed while idle: nothing of
+                # the request was lost (it has no body), so once more on a new connection.
+                self._drop_upstream()
+                up, response = await self._exchange(outgoing)
+        except (_Failed, OSError, TimeoutError, h11.ProtocolError):
             self._drop_upstream()
             self.note(self.host, self.port, "upstream failed", method, None)
             await self._answer(502, "sandboxd broker: the upstream could not be reached")
-            return False
-        if not isinstance(response, h11.Response):
-            self._drop_upstream()
-            self.note(self.host, self.port, "upstream failed", method, None)
-            await self._answer(502, "sandboxd broker: the upstream closed the connection")
             return False
         self.note(self.host, self.port, "brokered", method, response.status_code)
         scrub = Scrubber(self.rule.secret, self.rule.placeholder)
@@ -229,6 +222,29 @@ class _Session:
         else:
             self._drop_upstream()
         return True
+
+    async def _exchange(self, outgoing: h11.Request) -> tuple[_Upstream, h11.Response]:
+        """Send the request (its body read from the client as it comes); the response's head."""
+        up = await self._upstream()
+        await _send(up, outgoing)
+        while up.conn.our_state is h11.SEND_BODY:
+            if self.client.their_state is h11.DONE:  # a second try: the request was all read
+                await _send(up, h11.EndOfMessage())
+                break
+            event = await _next(self.client, self.reader)
+            if isinstance(event, h11.Data):
+                await _send(up, h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await _send(up, h11.EndOfMessage())
+            else:
+                raise _Failed("the client went away")
+        async with asyncio.timeout(_UPSTREAM_S):
+            response = await _next(up.conn, up.reader)
+            while isinstance(response, h11.InformationalResponse):
+                response = await _next(up.conn, up.reader)
+        if not isinstance(response, h11.Response):
+            raise _Failed("the upstream closed the connection")
+        return up, response
 
     def _put(self, value: bytes) -> bytes:
         return value.replace(self.placeholder, self.secret)
