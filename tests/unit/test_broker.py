@@ -67,6 +67,13 @@ def test_scrubber_replaces_the_secret_and_its_base64_forms_across_chunk_boundari
         assert out.startswith(b"before ") and out.endswith(b" after")
 
 
+def test_scrubber_holds_back_only_what_could_start_the_secret() -> None:
+    scrub = Scrubber(SECRET, PLACEHOLDER)
+    assert scrub.feed(b"data: {}\n\n") == b"data: {}\n\n"  # an event goes out at once
+    assert scrub.feed(b"x " + SECRET[:5].encode()) == b"x "
+    assert scrub.feed(SECRET[5:].encode() + b" y") == PLACEHOLDER.encode() + b" y"
+
+
 def test_scrubber_leaves_other_text_alone() -> None:
     scrub = Scrubber(SECRET, PLACEHOLDER)
     text = b"nothing secret here, " * 100

@@ -64,14 +64,20 @@ class Scrubber:
         return data
 
     def feed(self, data: bytes) -> bytes:
-        """What may be sent now; a tail that could start a match is held for the next chunk."""
+        """What may be sent now. Only a tail that could be the start of a match is held for
+        the next chunk, so a stream (server-sent events) is not delayed otherwise."""
         buf = self.replace(self._held + data)
-        if len(buf) <= self._keep:
-            self._held = buf
-            return b""
-        cut = len(buf) - self._keep
-        self._held = buf[cut:]
-        return buf[:cut]
+        hold = self._partial(buf)
+        self._held = buf[len(buf) - hold :] if hold else b""
+        return buf[: len(buf) - hold]
+
+    def _partial(self, buf: bytes) -> int:
+        """The length of the longest end of `buf` that begins some pattern (0: none)."""
+        for size in range(min(self._keep, len(buf)), 0, -1):
+            tail = buf[-size:]
+            if any(secret.startswith(tail) for secret, _ in self._pairs):
+                return size
+        return 0
 
     def flush(self) -> bytes:
         held, self._held = self.replace(self._held), b""
