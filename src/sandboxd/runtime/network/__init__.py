@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -120,6 +119,7 @@ class Network:
         self._upstream_ca_file = upstream_ca_file
         self._ca: CertificateAuthority | None = None
         self._upstream_tls: ssl.SSLContext | None = None
+        self._bundle = b""
 
     @contextlib.asynccontextmanager
     async def attach(self, policy: NetworkPolicy, egress: Egress = Egress()) -> AsyncIterator[Attached]:
@@ -216,13 +216,13 @@ class Network:
             if ca is not None and proxy is not None:
                 for port, hosts in tls_ports.items():
                     contexts = {h: await asyncio.to_thread(ca.server_context, h) for h in hosts}
-                    await proxy.start_transparent(_take(listeners), contexts)
+                    await proxy.start_transparent(listeners.pop(0), contexts)
                 names = sorted({h for hosts in tls_ports.values() for h in hosts})
                 attached.hosts = "".join(f"127.0.0.1 {h}\n" for h in names).encode()
-                attached.ca_bundle = await asyncio.to_thread(ca.bundle)
+                attached.ca_bundle = self._bundle
                 attached.env.update(_CA_ENV)
             for forward in egress.forwards:
-                await forwarder.start(forward, _take(listeners))
+                await forwarder.start(forward, listeners.pop(0))
             try:
                 yield attached
             finally:
@@ -241,25 +241,26 @@ class Network:
             ns.close()
 
     async def _authority(self) -> CertificateAuthority:
-        """The server's CA (made or loaded once) and the context that checks connector hosts."""
+        """The server's CA (made or loaded once), its bundle for sandboxes, and the context that
+        checks connector hosts."""
         if self._ca is None:
             if self._ca_dir is None:
                 raise SandboxSetupError("network", "brokered connectors need the server's CA directory")
-            self._ca = await _setup(CertificateAuthority.load_or_create, self._ca_dir)
+            try:
+                ca = await _setup(CertificateAuthority.load_or_create, self._ca_dir)
+            except ValueError as exc:
+                raise SandboxSetupError("network", f"the server's CA in {self._ca_dir}: {exc}") from exc
             tls = ssl.create_default_context()
             if self._upstream_ca_file is not None:
                 await _setup(tls.load_verify_locations, str(self._upstream_ca_file))
-            self._upstream_tls = tls
+            self._bundle = await asyncio.to_thread(ca.bundle)
+            self._upstream_tls, self._ca = tls, ca  # together: a concurrent attach sees both
         return self._ca
 
     def _check_full_tools(self) -> None:
         for tool in (self._slirp4netns, self._nft):
             if shutil.which(tool) is None:
                 raise SandboxSetupError("network", f"network policy 'full' needs {tool}, which is not installed")
-
-
-def _take(listeners: list[socket.socket]) -> socket.socket:
-    return listeners.pop(0)
 
 
 def _which(tool: str) -> str:
