@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
 from .lease import Role, acquire
-from .network import Network
+from .network import Brokered, Egress, Forward, Network
 from .languages import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, available_languages, spoken
 from .interface import Runner
 from .pool import PoolSettings
@@ -47,12 +47,16 @@ __all__ = [
     "HOST_IMAGE",
     "INTERPRETERS",
     "LANGUAGES",
+    "Brokered",
     "BwrapRunner",
+    "Egress",
     "ExecResult",
     "ExecStatus",
     "Language",
     "Limits",
+    "Forward",
     "Mount",
+    "Network",
     "OutputSink",
     "PoolSettings",
     "PooledRunner",
