@@ -27,6 +27,8 @@ is never refused with 429. Then, with keep-alive httpx clients, sequential unles
   8. storage connections (bench/_connections.py, SeaweedFS S3 on loopback): python inline on a key
      with one S3 connection (warm mount) vs without; the first execution on a mount not up
      yet; 100 MB written and read through the mount vs with the S3 API directly.
+  9. brokered HTTPS (bench/_brokered.py, in-process on loopback): one HTTPS request through
+     the brokering proxy vs through the plain allowlist proxy's CONNECT tunnel, same upstream.
 
 Every table gives median and p95 (nearest rank) in ms and the ratio of medians to the bare
 baseline of the same language measured in this run; then a "targets" table: PASS or MISS,
@@ -52,6 +54,7 @@ try:
 except ImportError:  # pragma: no cover - depends on how the env was synced
     sys.exit("suite: httpx is missing; run: uv sync --extra dev")
 
+import _brokered
 import _connections
 import _images
 import _memory
@@ -91,6 +94,7 @@ SECTIONS = (
     "6. memory",
     "7. runtime images (python, pools on)",
     "8. storage connections (python, pools on, S3)",
+    "9. brokered HTTPS (one request, in-process, loopback)",
 )
 T = TypeVar("T")
 K = TypeVar("K")
@@ -201,6 +205,10 @@ class Bench:
             return {k: series(k, v) for k, v in got.items()}
 
         return _connections.measure(self.running[ON].server, self.clients[ON], sample)
+
+    def brokered(self) -> _brokered.BrokerFigures:
+        """Section 9, in this process (no server)."""
+        return _brokered.measure(self.n, self.warmup)
 
     def idle(self) -> dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]]:
         """Section 6, idle: after one execution, once the sandboxes under each server settle."""
@@ -430,6 +438,20 @@ def print_buckets(got: _connections.BucketFigures) -> None:
     )
 
 
+def print_brokered(got: _brokered.BrokerFigures) -> None:
+    base = got.tunnel.median()
+    table(
+        SECTIONS[8],
+        ["series", "median ms", "p95 ms", "ratio to tunnel"],
+        [[s.label, ms(s.median()), ms(s.p95()), times(s.median(), base)] for s in (got.tunnel, got.brokered)],
+        [
+            f"added by brokering (difference of medians): {got.added_ms:.1f} ms; each call: connect, "
+            "CONNECT, TLS handshake, GET, the whole response, close (brokered: a second TLS "
+            "connection, broker to upstream)",
+        ],
+    )
+
+
 def print_targets(
     b: Bench,
     inline: dict[tuple[str, str], Series],
@@ -439,6 +461,7 @@ def print_targets(
     idle: dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]],
     images: _images.ImageFigures,
     buckets: _connections.BucketFigures,
+    brokered: _brokered.BrokerFigures,
 ) -> None:
     def ratio(lang: str) -> float | None:
         if lang not in b.languages:
@@ -462,6 +485,7 @@ def print_targets(
         ),
         Target("(7) python inline on an image / on host", images.on_image.median() / images.on_host.median(), 1.1, "x"),
         Target("(8) python inline, one S3 connection (warm) / none", buckets.warm_ratio, 1.3, "x"),
+        Target("(9) brokered HTTPS request, added median", brokered.added_ms, 10, "ms"),
     ]
     targets(rows, ["medians; the targets are for this 2-core machine, measured with pools on"])
 
@@ -555,7 +579,9 @@ def main() -> int:
         print_images(images)
         buckets = b.buckets()
         print_buckets(buckets)
-        print_targets(b, inline, thread, tput, stream, idle, images, buckets)
+        brokered = b.brokered()
+        print_brokered(brokered)
+        print_targets(b, inline, thread, tput, stream, idle, images, buckets, brokered)
     print_machine([], machine_info())
     return 0
 

@@ -11,6 +11,7 @@ from .config import Settings
 from .observability import Metrics
 from .runtime import INTERPRETERS, BwrapRunner, Limits, PooledRunner, PoolSettings, Role, check_sandbox, create_runner
 from .runtime.landlock import abi_version as landlock_abi
+from .runtime.network import Network
 from .runtime.pool import WarmPool
 from .service import (
     AuthFailureLimiter,
@@ -256,15 +257,16 @@ def build_runner(settings: Settings, role: Role = "server") -> BwrapRunner:
     the ranges their data dir's server is configured for.
     """
     uids = sandbox_uids(settings)
+    network = Network(ca_dir=settings.data_dir / "ca", upstream_ca_file=settings.broker_upstream_ca_file)
     if role == "server":
         return create_runner(
             instance_key=settings.instance_id, uid_base=uids.start, slots=len(uids),
             thread_uids=thread_uids(settings), listen=f"{settings.host}:{settings.port}",
-            data_dir=str(settings.data_dir),
+            data_dir=str(settings.data_dir), network=network,
         )
     return create_runner(
         instance_key=settings.instance_id, uid_base=uids.stop, slots=settings.max_concurrent + 8,
-        role=role, avoid=(uids, thread_uids(settings)), data_dir=str(settings.data_dir),
+        role=role, avoid=(uids, thread_uids(settings)), data_dir=str(settings.data_dir), network=network,
     )
 
 

@@ -282,6 +282,13 @@ class Settings(BaseSettings):
     open_files_max: int = Field(default=Limits.open_files_max, ge=64, description="RLIMIT_NOFILE inside a sandbox.")
     pids_max: int = Field(default=Limits.pids_max, ge=16, description="Processes per sandbox (cgroup pids.max).")
 
+    broker_upstream_ca_file: Path | None = Field(
+        default=None,
+        description="A PEM file of CA certificates trusted, besides the system trust store, for "
+        "the hosts of brokered (HTTP) connectors: a private CA, or a test's. The sandbox never "
+        "sees it.",
+    )
+
     public_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Host names clients use to reach this server (comma-separated; `host` or "

@@ -24,6 +24,7 @@ SECTIONS = [
     "6. memory",
     "7. runtime images",
     "8. storage connections",
+    "9. brokered HTTPS",
     "targets",
 ]
 TARGETS = [
@@ -36,6 +37,7 @@ TARGETS = [
     "(6) server idle RSS",
     "(7) python inline on an image",
     "(8) python inline, one S3 connection",
+    "(9) brokered HTTPS request",
 ]
 
 

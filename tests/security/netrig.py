@@ -3,6 +3,8 @@
     [run ns]  sandboxd (the runner, its proxy, slirp4netns) ── veth ──  [up ns] fake upstreams
      198.51.100.2/24                                                    198.51.100.1/24 and, on lo:
      routes only to the up ns, no default route                        203.0.113.10  "the internet"
+                                                                       203.0.113.20  api.test (HTTPS,
+                                                                         started on demand)
                                                                        10.99.0.10    "private"
                                                                        169.254.169.254 "metadata"
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INTERNET = "203.0.113.10"
+API = "203.0.113.20"
 PRIVATE = "10.99.0.10"
 METADATA = "169.254.169.254"
 RUN_ADDR = "198.51.100.2"
@@ -35,6 +38,7 @@ UPSTREAM_PORTS = (80, 443, 8443)
 
 HOSTS = f"""127.0.0.1 localhost
 {INTERNET} allowed.test www.allowed.test other.test
+{API} api.test other-api.test
 {PRIVATE} rebind.test
 {METADATA} metadata.test
 127.0.0.1 loopy.test
@@ -45,6 +49,7 @@ _UPSTREAM = r"""
 import socket, sys, threading
 def serve(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # api.test's own :443 beside it
     s.bind(("0.0.0.0", port)); s.listen(64)
     while True:
         c, _ = s.accept()
@@ -61,6 +66,55 @@ for port in map(int, sys.argv[1:]):
     threading.Thread(target=serve, args=(port,), daemon=True).start()
 print("ready", flush=True)
 sys.stdin.read()
+"""
+
+
+_HTTPS_API = r"""
+import json, os, socket, ssl, sys, threading
+address, cert_dir = sys.argv[1], sys.argv[2]
+secret = sys.stdin.readline().strip()
+contexts = {}
+for name in os.listdir(cert_dir):
+    if name.endswith(".pem"):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(os.path.join(cert_dir, name))
+        contexts[name[:-4]] = ctx
+front = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+front.load_cert_chain(os.path.join(cert_dir, sorted(contexts)[0] + ".pem"))
+def pick(obj, name, _):
+    if name in contexts:
+        obj.context = contexts[name]
+front.sni_callback = pick
+def answer(c):
+    try:
+        c.settimeout(10)
+        t = front.wrap_socket(c, server_side=True)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = t.recv(65536)
+            if not chunk:
+                return
+            head += chunk
+        lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        status = "200 OK" if auth == "Bearer " + secret else "401 Unauthorized"
+        body = json.dumps({"target": lines[0].split(" ")[1], "headers": headers}).encode()
+        t.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                  f"Connection: close\r\n\r\n".encode() + body)
+        t.close()
+    except (OSError, ValueError):
+        pass
+    finally:
+        c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the exact address wins over 0.0.0.0
+s.bind((address, 443)); s.listen(64)
+print("ready", flush=True)
+threading.Thread(target=lambda: sys.stdin.read() or os._exit(0), daemon=True).start()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=answer, args=(c,), daemon=True).start()
 """
 
 
@@ -89,7 +143,7 @@ class NetRig:
                 _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")
                 _ip("-n", ns, "link", "set", "lo", "up")
-            for target in (INTERNET, PRIVATE, METADATA):
+            for target in (INTERNET, API, PRIVATE, METADATA):
                 _ip("-n", up_ns, "addr", "add", f"{target}/32", "dev", "lo")
                 _ip("-n", run_ns, "route", "add", f"{target}/32", "via", UP_ADDR)
             (data_dir / "hosts").write_text(HOSTS)
@@ -132,6 +186,24 @@ class NetRig:
         ) as proc:
             try:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+                yield
+            finally:
+                proc.kill()
+
+    @contextlib.contextmanager
+    def https_api(self, cert_dir: Path, secret: str) -> Iterator[None]:
+        """An HTTPS API at API:443 in the up ns (cert_dir/<name>.pem per served name, chain and
+        key): 200 only with `Authorization: Bearer <secret>`, echoing the request's target and
+        headers as JSON. The secret goes in on stdin."""
+        with subprocess.Popen(
+            ["ip", "netns", "exec", self.up_ns, sys.executable, "-c", _HTTPS_API, API, str(cert_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        ) as proc:
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(secret + "\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == "ready"
                 yield
             finally:
                 proc.kill()

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
 from .lease import Role, acquire
+from .network import Brokered, Egress, Forward, Network
 from .languages import DEFAULT_LANGUAGE, INTERPRETERS, LANGUAGES, available_languages, spoken
 from .interface import Runner
 from .pool import PoolSettings
@@ -46,12 +47,16 @@ __all__ = [
     "HOST_IMAGE",
     "INTERPRETERS",
     "LANGUAGES",
+    "Brokered",
     "BwrapRunner",
+    "Egress",
     "ExecResult",
     "ExecStatus",
     "Language",
     "Limits",
+    "Forward",
     "Mount",
+    "Network",
     "OutputSink",
     "PoolSettings",
     "PooledRunner",
@@ -77,13 +82,15 @@ def create_runner(
     listen: str | None = None,
     avoid: Sequence[range] = (),
     data_dir: str | None = None,
+    network: Network | None = None,
 ) -> BwrapRunner:
     """Check the host, take this process's lease and build the runner; raises
     SandboxSetupError when it cannot isolate, or when the lease is refused (runtime/lease.py).
 
     `instance_key` (e.g. the data dir) names a server's cgroups; `run` and `doctor` get a
     cgroup parent of their own beside it, and a uid range clear of every live instance's.
-    `data_dir` names the instance in messages (default: `instance_key`).
+    `data_dir` names the instance in messages (default: `instance_key`); `network` is the
+    sandboxes' network (default: one without a CA, so no brokered connectors).
     """
     bwrap = check_prerequisites()
     instance = hashlib.sha256(instance_key.encode()).hexdigest()[:12]
@@ -106,4 +113,5 @@ def create_runner(
         bwrap_path=bwrap,
         lease=lease,
         keeper=keeper,
+        network=network,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import procfs
 from .languages import INTERPRETERS, PROGRAM_DIR
+from .network import CA_BUNDLE_PATH
 from .spec import RootImage, SandboxSpec
 
 SANDBOX_UID = 1000
@@ -46,6 +47,8 @@ class SandboxFds:
     resolv: int | None = None
     #: One directory descriptor per `spec.mounts` entry, in order (runtime/beneath.py).
     mounts: tuple[int, ...] = ()
+    #: The CA bundle for brokered connectors, bound read-only at `CA_BUNDLE_PATH`; None: none.
+    ca_bundle: int | None = None
 
 
 #: What bubblewrap mounts on in an image's read-only root: they must exist in the tree, as a
@@ -109,9 +112,9 @@ def build_argv(
     """`network_env` is what the network policy sets (the egress proxy's address); it wins
     over the request's variables so the code always learns the way out that exists."""
     limits = spec.limits
-    # `none`: bwrap makes an empty namespace. Otherwise the launcher has already joined the
-    # one the network policy prepared (never the host's).
-    net = ["--unshare-net"] if spec.network.mode == "none" else []
+    # `none` without connectors: bwrap makes an empty namespace. Otherwise the launcher has
+    # already joined the one the network policy prepared (never the host's).
+    net = ["--unshare-net"] if spec.network.mode == "none" and not spec.egress else []
     mib = 1024 * 1024
     argv = [
         bwrap,
@@ -154,10 +157,18 @@ def build_argv(
         argv += ["--bind", spec.home, HOME]
     else:
         argv += ["--perms", "0700", "--size", str(limits.home_size_mib * mib), "--tmpfs", HOME]
+    if fds.ca_bundle is not None:
+        # The CA bundle beside the program: their directory a tmpfs of its own (an image's root
+        # is read-only), read-only once both are in.
+        argv += [
+            "--size", str(4 * mib), "--tmpfs", PROGRAM_DIR,
+            "--ro-bind-data", str(fds.ca_bundle), CA_BUNDLE_PATH,
+        ]
     argv += [
         # A pooled sandbox's stub writes the request's code over its own copy (runtime/warm.py).
         *(["--perms", "0600", "--bind-data"] if program_writable else ["--ro-bind-data"]),
         str(fds.program), INTERPRETERS[spec.language].program_path,
+        *(["--remount-ro", PROGRAM_DIR] if fds.ca_bundle is not None else []),
         "--chdir", WORKDIR,
         # Environment: nothing of the server's, only ours and the request's.
         "--clearenv",

@@ -6,7 +6,7 @@ output cap) arrive at use time through the stub (`warm.py`). So a config change 
 memory limit) is a new key, and a sandbox built with the old one is never served for it.
 Each pooled sandbox serves exactly one execution and is then destroyed like any other.
 
-Only runs that need nothing per-request at build time are pooled: no volume, network policy
+Only runs that need nothing per-request at build time are pooled: no volume, no connector, network policy
 `none`. The rest start cold. A thread's runs are pooled too when the pool has home slots
 (`homeslot.py`): the key then holds the thread's own host uid, so each thread has its own
 pool of at most one sandbox, started when a run of the thread ends, with an empty
@@ -85,7 +85,7 @@ class _Slot:
 def key_of(spec: SandboxSpec, *, threads: bool = False) -> PoolKey | None:
     """The pool a run can be served from, or None when it must start cold. With `threads`, a
     thread's run (its home and its uid) has a key of its own."""
-    if spec.network.mode != "none" or not all(m.pooled for m in spec.mounts):
+    if spec.network.mode != "none" or spec.egress or not all(m.pooled for m in spec.mounts):
         return None
     is_thread = spec.home is not None and spec.host_uid is not None
     if is_thread and not threads:

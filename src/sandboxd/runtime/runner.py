@@ -61,7 +61,7 @@ class BwrapRunner:
     ) -> ExecResult:
         """Run `spec` in a sandbox started for it (`refill_later` is a pooled runner's business)."""
         self.check_language(spec)
-        async with self._network.attach(spec.network) as net:
+        async with self._network.attach(spec.network, spec.egress) as net:
             box = await self.sandboxes.launch(spec, net)
             try:
                 result = await self.sandboxes.supervise(box, spec, sink, cancel, started=box.spawned_at)

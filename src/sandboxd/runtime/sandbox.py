@@ -185,10 +185,11 @@ class Sandboxes:
             seccomp=_memfd("seccomp", self._seccomp_bpf, opened),
             passwd=_memfd("passwd", _bwrap.passwd_file(), opened),
             group=_memfd("group", _bwrap.group_file(), opened),
-            hosts=_memfd("hosts", _bwrap.hosts_file(), opened),
+            hosts=_memfd("hosts", _bwrap.hosts_file() + net.hosts, opened),
             nsswitch=_memfd("nsswitch", _bwrap.nsswitch_file(), opened),
             resolv=_memfd("resolv", net.resolv_conf, opened) if net.resolv_conf else None,
             mounts=mounts,
+            ca_bundle=_memfd("ca", net.ca_bundle, opened) if net.ca_bundle else None,
         )
 
 

@@ -121,7 +121,7 @@ class SandboxSpec:
     host_gid: int | None = None
     mounts: tuple[Mount, ...] = ()
     image: RootImage = HOST_IMAGE
-    #: What the run's connectors need of the network: forwarded ports, brokered hosts.
+    #: The key's connectors as the network carries them out (brokered hosts, forwarded ports).
     egress: Egress = field(default_factory=Egress)
 
 

@@ -74,7 +74,9 @@ def _make(listen: tuple[tuple[str, int], ...], result: list[NetNamespace | BaseE
             _loopback_up()
             for host, port in listen:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on what it accepts (no
+                # Nagle stall between a small response head and its body).
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
                 made.listeners.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((host, port))

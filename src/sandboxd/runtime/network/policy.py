@@ -93,6 +93,11 @@ class NetworkDecision:
     allowed: bool
     reason: str
     count: int = 1
+    #: A connector's traffic: its name; for a brokered request also its method and the
+    #: upstream's status (None when no answer came).
+    connector: str | None = None
+    method: str | None = None
+    status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,21 @@ class Brokered:
     """An HTTP connector: the sandbox holds `placeholder`; requests to `hosts` get `secret`."""
 
     connector: str
+    #: Host patterns (exact or `*.domain`, on a port or on `DEFAULT_PORTS`).
     hosts: tuple[AllowRule, ...]
+    #: The header that carries the secret, e.g. "Authorization".
     header: str
+    #: The header's value, e.g. "Bearer {secret}" (contains "{secret}" once).
     template: str
+    #: Random per execution: what the sandbox's variable holds instead of the secret.
     placeholder: str
     secret: str = field(repr=False)
+
+    def matches(self, host: str, port: int) -> bool:
+        return any(rule.matches(host, port) for rule in self.hosts)
+
+    def header_value(self) -> str:
+        return self.template.replace("{secret}", self.secret, 1)
 
 
 @dataclass(frozen=True)
@@ -113,14 +128,21 @@ class Forward:
 
     connector: str
     port: int
+    #: Admin-configured: a name or an address, loopback allowed.
     host: str
     upstream_port: int
 
 
 @dataclass(frozen=True)
 class Egress:
+    """What an execution's connectors need from the network: brokered hosts, forwarded ports."""
+
     brokered: tuple[Brokered, ...] = ()
     forwards: tuple[Forward, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.brokered or self.forwards)
+
+    def broker_for(self, host: str, port: int) -> Brokered | None:
+        """The connector that brokers host:port, if any (the first one listed wins)."""
+        return next((b for b in self.brokered if b.matches(host, port)), None)

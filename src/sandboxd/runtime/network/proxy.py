@@ -7,6 +7,14 @@ name only. The proxy resolves the name itself and refuses it when any address it
 to is in `addresses.egress_refusal` (no DNS rebinding into the operator's network), then
 connects to the address it checked. Raw IP destinations are refused: an allowlist is a list
 of names. Every decision is counted for the execution's audit record.
+
+With brokered connectors (broker.py) it also terminates TLS for their hosts: `CONNECT` to a
+connector host gets a 200, then the server side of TLS with a leaf of the server's CA, then
+the broker; and `start_transparent` serves clients that ignore proxy variables, which reach a
+connector host through the sandbox's /etc/hosts at 127.0.0.1:443 and are told apart by SNI.
+A connector host is reachable for its connector even when the allowlist lacks it (plain
+`http://` to it goes through unchanged, never with the secret). `permit_any` (network `full`)
+lets any name through that passes `egress_refusal`.
 """
 
 from __future__ import annotations
@@ -15,11 +23,15 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
+from . import broker as _broker
 from .addresses import IPAddress, egress_refusal
-from .policy import NetworkDecision, NetworkPolicy
+from .ca import CertificateAuthority
+from .forward import splice
+from .policy import Brokered, Egress, NetworkDecision, NetworkPolicy
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -53,36 +65,98 @@ class EgressProxy:
         resolver: Resolver = system_resolver,
         host_addresses: frozenset[IPAddress] = frozenset(),
         connect: Connect = asyncio.open_connection,
+        egress: Egress = Egress(),
+        ca: CertificateAuthority | None = None,
+        upstream_tls: ssl.SSLContext | None = None,
+        permit_any: bool = False,
     ) -> None:
         self._policy = policy
         self._resolve = resolver
         self._connect = connect
         self._host_addresses = host_addresses
-        self._decisions: dict[tuple[str, int, bool, str], int] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._egress = egress if ca is not None else Egress(forwards=egress.forwards)
+        self._ca = ca
+        self._upstream_tls = upstream_tls or ssl.create_default_context()
+        self._permit_any = permit_any
+        self._decisions: dict[_Key, int] = {}
+        self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def decisions(self) -> tuple[NetworkDecision, ...]:
-        return tuple(NetworkDecision(h, p, a, r, n) for (h, p, a, r), n in self._decisions.items())
+        return tuple(NetworkDecision(h, p, a, r, n, c, m, s) for (h, p, a, r, c, m, s), n in self._decisions.items())
 
     @property
     def refused_any(self) -> bool:
-        return any(not allowed for (_, _, allowed, _) in self._decisions)
+        return any(not key[2] for key in self._decisions)
 
     async def start(self, listener: socket.socket) -> None:
-        self._server = await asyncio.start_server(self._handle, sock=listener, limit=_HEAD_LIMIT)
+        self._servers.append(await asyncio.start_server(self._handle, sock=listener, limit=_HEAD_LIMIT))
+
+    async def start_transparent(
+        self, listener: socket.socket, contexts: Mapping[str, ssl.SSLContext], *, port: int | None = None
+    ) -> None:
+        """TLS on `listener` (127.0.0.1:port in the sandbox) for the exact connector hosts in
+        `contexts`, picked by SNI; any other name is refused in the handshake. `port` is the
+        one the sandbox meant (default: the listener's)."""
+        port = port if port is not None else listener.getsockname()[1]
+        names = {id(ctx): host for host, ctx in contexts.items()}
+        front = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        front.minimum_version = ssl.TLSVersion.TLSv1_2
+
+        def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+            host = (name or "").rstrip(".").lower()
+            if host not in contexts:
+                self._note(host or "(no SNI)", port, False, "not a connector host")
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sslobj.context = contexts[host]
+            return None
+
+        front.sni_callback = pick
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sslobj = writer.get_extra_info("ssl_object")
+            host = names.get(id(sslobj.context)) if sslobj is not None else None
+            rule = self._egress.broker_for(host, port) if host is not None else None
+            if host is None or rule is None:
+                writer.close()
+                return
+            await self._tracked(self._broker(reader, writer, host, port, rule))
+
+        self._servers.append(await asyncio.start_server(handle, sock=listener, ssl=front, limit=_HEAD_LIMIT))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
-        if self._server is not None:
+        for server in self._servers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    async def _tracked(self, work: Awaitable[None]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await work
+        finally:
+            self._tasks.discard(task)
+
+    async def _broker(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, rule: Brokered
+    ) -> None:
+        def note(h: str, p: int, reason: str, method: str, status: int | None) -> None:
+            self._note(h, p, True, reason, rule.connector, method, status)
+
+        async def dial(h: str, p: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await self._dial(h, p, rule.connector)
+
+        await _broker.serve(
+            reader, writer, host, port, rule, dial=dial, upstream_tls=self._upstream_tls, note=note
+        )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -94,7 +168,22 @@ class EgressProxy:
                 async with asyncio.timeout(_HEAD_TIMEOUT_S):
                     head = await reader.readuntil(b"\r\n\r\n")
                 method, host, port, forward = _parse_head(head)
-                up_reader, upstream = await self._open(host, port)
+                rule = self._egress.broker_for(host, port)
+                if method == "CONNECT" and rule is not None and self._ca is not None:
+                    ctx = await asyncio.to_thread(self._ca.server_context, host)
+                    # The client's hello must stay in the socket for TLS, not in the reader.
+                    if isinstance(writer.transport, asyncio.ReadTransport):
+                        writer.transport.pause_reading()
+                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    await writer.drain()
+                    try:
+                        await writer.start_tls(ctx)
+                    except (OSError, TimeoutError):  # e.g. a client that does not trust our CA
+                        self._note(host, port, True, "TLS with the sandbox failed", rule.connector)
+                        return
+                    await self._broker(reader, writer, host, port, rule)
+                    return
+                up_reader, upstream = await self._open(host, port, rule)
             except _Refused as refused:
                 await _reply(writer, refused.status, refused.reason)
                 return
@@ -105,7 +194,7 @@ class EgressProxy:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
                 upstream.write(forward)
-            await _splice(reader, writer, up_reader, upstream)
+            await splice(reader, writer, up_reader, upstream)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -114,7 +203,9 @@ class EgressProxy:
                     w.close()
             self._tasks.discard(task)
 
-    async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(
+        self, host: str, port: int, rule: Brokered | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Decide, resolve, check, connect: the policy in the order it is applied."""
         try:
             ipaddress.ip_address(host)
@@ -122,40 +213,56 @@ class EgressProxy:
             pass
         else:
             raise self._deny(host, port, "raw IP destinations are refused; use a host name")
-        if not self._policy.permits(host, port):
+        if rule is not None:  # plain http to a connector host: through, but never with the secret
+            opened = await self._dial(host, port, rule.connector)
+            self._note(host, port, True, "brokered only over https", rule.connector)
+            return opened
+        if not (self._permit_any or self._policy.permits(host, port)):
             raise self._deny(host, port, "not in this sandbox's allowlist")
+        opened = await self._dial(host, port)
+        self._note(host, port, True, "allowed")
+        return opened
+
+    async def _dial(
+        self, host: str, port: int, connector: str | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Resolve, refuse any address that leads inside, connect to an address checked."""
         try:
             addresses = await self._resolve(host, port)
         except OSError:
             addresses = []
         if not addresses:
-            self._note(host, port, True, "does not resolve")
+            self._note(host, port, True, "does not resolve", connector)
             raise _Refused(502, f"sandboxd egress proxy: {host} does not resolve")
         for address in addresses:
             why = egress_refusal(ipaddress.ip_address(address), self._host_addresses)
             if why is not None:
-                raise self._deny(host, port, f"resolves to {why}")
+                raise self._deny(host, port, f"resolves to {why}", connector)
         last: OSError | None = None
         for address in addresses:
             try:
                 async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                    opened = await self._connect(address, port)
+                    return await self._connect(address, port)
             except (OSError, TimeoutError) as exc:
                 last = exc if isinstance(exc, OSError) else OSError("connect timed out")
                 continue
-            self._note(host, port, True, "allowed")
-            return opened
-        self._note(host, port, True, "connect failed")
+        self._note(host, port, True, "connect failed", connector)
         raise _Refused(502, f"sandboxd egress proxy: cannot connect to {host}:{port}: {last}")
 
-    def _deny(self, host: str, port: int, reason: str) -> _Refused:
-        self._note(host, port, False, reason)
+    def _deny(self, host: str, port: int, reason: str, connector: str | None = None) -> _Refused:
+        self._note(host, port, False, reason, connector)
         return _Refused(403, f"sandboxd: egress to {host}:{port} refused by network policy: {reason}")
 
-    def _note(self, host: str, port: int, allowed: bool, reason: str) -> None:
-        key = (host, port, allowed, reason)
+    def _note(
+        self, host: str, port: int, allowed: bool, reason: str,
+        connector: str | None = None, method: str | None = None, status: int | None = None,
+    ) -> None:
+        key = (host, port, allowed, reason, connector, method, status)
         if key in self._decisions or len(self._decisions) < _MAX_DECISIONS:
             self._decisions[key] = self._decisions.get(key, 0) + 1
+
+
+_Key = tuple[str, int, bool, str, str | None, str | None, int | None]
 
 
 def _parse_head(head: bytes) -> tuple[str, str, int, bytes]:
@@ -203,20 +310,3 @@ async def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
     )
     with contextlib.suppress(ConnectionError, OSError):
         await writer.drain()
-
-
-async def _splice(
-    client_r: asyncio.StreamReader,
-    client_w: asyncio.StreamWriter,
-    up_r: asyncio.StreamReader,
-    up_w: asyncio.StreamWriter,
-) -> None:
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while chunk := await src.read(65536):
-                dst.write(chunk)
-                await dst.drain()
-            if dst.can_write_eof():
-                dst.write_eof()
-
-    await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))

@@ -1,0 +1,323 @@
+"""Brokered connectors: HTTP/1.1 on a TLS stream the server terminated, the secret put in on
+the way out and taken out on the way back.
+
+The sandbox holds only a placeholder (random per execution). For each request to a connector
+host, every occurrence of the placeholder in the request target and in header values becomes
+the secret, and when the request lacks the connector's header it is added from the template.
+The request goes on over TLS verified against the host's trust store (plus an optional extra
+CA: `Settings.broker_upstream_ca_file`). The response comes back with the secret, and its
+base64 forms, replaced by the placeholder in headers and body (streamed, across chunk
+boundaries; `Accept-Encoding: identity` upstream keeps the body scrubbable), re-framed since
+its length changed. Several requests may share one client connection.
+
+The secret never reaches a log, an exception that leaves here or a decision: errors are
+answered with fixed texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h11
+
+from .policy import Brokered
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+#: Opens a TCP connection to host:port the policy allows (the proxy's own checks), or raises.
+Dial = Callable[[str, int], Awaitable[Streams]]
+#: Records one brokered request: (host, port, reason, method, upstream status or None).
+Note = Callable[[str, int, str, str, int | None], None]
+
+_READ = 65536
+_IDLE_S = 60.0
+_UPSTREAM_S = 120.0
+_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te", b"trailer",
+    b"upgrade", b"expect", b"accept-encoding",
+})
+_REFRAMED = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+
+
+class Scrubber:
+    """Replaces the secret (and its base64 forms) by the placeholder in a stream of bytes."""
+
+    def __init__(self, secret: str, placeholder: str) -> None:
+        pairs = {secret.encode(): placeholder.encode()}
+        for shift in range(3):
+            for alphabet in (base64.standard_b64encode, base64.urlsafe_b64encode):
+                core = _b64_core(secret.encode(), shift, alphabet)
+                if len(core) >= 8:
+                    pairs.setdefault(core, _b64_core(placeholder.encode(), shift, alphabet))
+        self._pairs = sorted(((k, v) for k, v in pairs.items() if k), key=lambda kv: -len(kv[0]))
+        self._keep = max(len(k) for k, _ in self._pairs) - 1
+        self._held = b""
+
+    def replace(self, data: bytes) -> bytes:
+        for secret, placeholder in self._pairs:
+            data = data.replace(secret, placeholder)
+        return data
+
+    def feed(self, data: bytes) -> bytes:
+        """What may be sent now. Only a tail that could be the start of a match is held for
+        the next chunk, so a stream (server-sent events) is not delayed otherwise."""
+        buf = self.replace(self._held + data)
+        hold = self._partial(buf)
+        self._held = buf[len(buf) - hold :] if hold else b""
+        return buf[: len(buf) - hold]
+
+    def _partial(self, buf: bytes) -> int:
+        """The length of the longest end of `buf` that begins some pattern (0: none)."""
+        for size in range(min(self._keep, len(buf)), 0, -1):
+            tail = buf[-size:]
+            if any(secret.startswith(tail) for secret, _ in self._pairs):
+                return size
+        return 0
+
+    def flush(self) -> bytes:
+        held, self._held = self.replace(self._held), b""
+        return held
+
+
+def _b64_core(data: bytes, shift: int, encode: Callable[[bytes], bytes]) -> bytes:
+    """The base64 characters that depend only on `data` when it starts `shift` bytes into a
+    3-byte group: the same wherever `data` sits in a longer text at that alignment."""
+    encoded = encode(b"\0" * shift + data)
+    start = -(-8 * shift // 6)
+    end = 8 * (shift + len(data)) // 6
+    return encoded[start:end]
+
+
+@dataclass
+class _Upstream:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h11.Connection
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Failed(Exception):
+    """The upstream could not be reached or spoke nonsense (a fixed text, never a secret)."""
+
+
+async def serve(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    host: str,
+    port: int,
+    rule: Brokered,
+    *,
+    dial: Dial,
+    upstream_tls: ssl.SSLContext,
+    note: Note,
+) -> None:
+    """Broker every request on this (already TLS-terminated) client connection, then close it."""
+    session = _Session(reader, writer, host, port, rule, dial, upstream_tls, note)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:  # small writes (a head, a chunk) go out at once
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        await session.run()
+    except Exception:  # noqa: BLE001 - anything here could carry the secret: say nothing
+        pass
+    finally:
+        session.close()
+
+
+class _Session:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        port: int,
+        rule: Brokered,
+        dial: Dial,
+        upstream_tls: ssl.SSLContext,
+        note: Note,
+    ) -> None:
+        self.reader, self.writer = reader, writer
+        self.host, self.port, self.rule = host, port, rule
+        self.dial, self.tls, self.note = dial, upstream_tls, note
+        self.client = h11.Connection(h11.SERVER)
+        self.upstream: _Upstream | None = None
+        self.placeholder = rule.placeholder.encode()
+        self.secret = rule.secret.encode()
+
+    def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self.writer.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(_IDLE_S):
+                    event = await _next(self.client, self.reader)
+            except h11.RemoteProtocolError:
+                await self._answer(400, "sandboxd broker: malformed request")
+                return
+            if not isinstance(event, h11.Request):
+                return
+            if not await self._one(event):
+                return
+            if self.client.our_state is not h11.DONE or self.client.their_state is not h11.DONE:
+                return
+            self.client.start_next_cycle()
+
+    async def _one(self, request: h11.Request) -> bool:
+        """One request through; False when the client connection cannot go on."""
+        method = request.method.decode("ascii", "replace")
+        if self.client.client_is_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        has_body = any(name in (b"content-length", b"transfer-encoding") for name, _ in request.headers)
+        try:
+            outgoing = h11.Request(
+                method=request.method, target=self._put(request.target), headers=self._headers(request)
+            )
+            reused = self.upstream is not None and self.upstream.conn.our_state is h11.IDLE
+            try:
+                up, response = await self._exchange(outgoing)
+            except (_Failed, OSError, TimeoutError, h11.ProtocolError):
+                if not reused or has_body:
+                    raise
+                # A kept-alive upstream connection may have been closed while idle: nothing of
+                # the request was lost (it has no body), so once more on a new connection.
+                self._drop_upstream()
+                up, response = await self._exchange(outgoing)
+        except (_Failed, OSError, TimeoutError, h11.ProtocolError):
+            self._drop_upstream()
+            self.note(self.host, self.port, "upstream failed", method, None)
+            await self._answer(502, "sandboxd broker: the upstream could not be reached")
+            return False
+        self.note(self.host, self.port, "brokered", method, response.status_code)
+        scrub = Scrubber(self.rule.secret, self.rule.placeholder)
+        bodyless = method == "HEAD" or response.status_code in (204, 304)
+        headers = [
+            (name, scrub.replace(value))
+            for name, value in response.headers.raw_items()
+            if bodyless or name.lower() not in _REFRAMED
+        ]
+        if bodyless:
+            headers = [(n, v) for n, v in headers if n.lower() not in (b"connection", b"keep-alive")]
+        await self._send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
+        while True:
+            async with asyncio.timeout(_UPSTREAM_S):
+                event = await _next(up.conn, up.reader)
+            if isinstance(event, h11.Data):
+                if out := scrub.feed(event.data):
+                    await self._send(h11.Data(data=out))
+            elif isinstance(event, h11.EndOfMessage):
+                if out := scrub.flush():
+                    await self._send(h11.Data(data=out))
+                await self._send(h11.EndOfMessage())
+                break
+            else:
+                return False  # the upstream broke off mid-body: so do we
+        if up.conn.our_state is h11.DONE and up.conn.their_state is h11.DONE:
+            up.conn.start_next_cycle()
+        else:
+            self._drop_upstream()
+        return True
+
+    async def _exchange(self, outgoing: h11.Request) -> tuple[_Upstream, h11.Response]:
+        """Send the request (its body read from the client as it comes); the response's head."""
+        up = await self._upstream()
+        await _send(up, outgoing)
+        while up.conn.our_state is h11.SEND_BODY:
+            if self.client.their_state is h11.DONE:  # a second try: the request was all read
+                await _send(up, h11.EndOfMessage())
+                break
+            event = await _next(self.client, self.reader)
+            if isinstance(event, h11.Data):
+                await _send(up, h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await _send(up, h11.EndOfMessage())
+            else:
+                raise _Failed("the client went away")
+        async with asyncio.timeout(_UPSTREAM_S):
+            response = await _next(up.conn, up.reader)
+            while isinstance(response, h11.InformationalResponse):
+                response = await _next(up.conn, up.reader)
+        if not isinstance(response, h11.Response):
+            raise _Failed("the upstream closed the connection")
+        return up, response
+
+    def _put(self, value: bytes) -> bytes:
+        return value.replace(self.placeholder, self.secret)
+
+    def _headers(self, request: h11.Request) -> list[tuple[bytes, bytes]]:
+        wanted = self.rule.header.lower().encode()
+        headers = [
+            (name, self._put(value))
+            for name, value in request.headers.raw_items()
+            if name.lower() not in _HOP
+        ]
+        if not any(name.lower() == wanted for name, _ in headers):
+            headers.append((self.rule.header.encode(), self.rule.header_value().encode()))
+        headers.append((b"Accept-Encoding", b"identity"))
+        return headers
+
+    async def _upstream(self) -> _Upstream:
+        if self.upstream is not None and self.upstream.conn.our_state is h11.IDLE:
+            return self.upstream
+        self._drop_upstream()
+        try:
+            reader, writer = await self.dial(self.host, self.port)
+        except Exception as exc:  # noqa: BLE001 - the dialer noted why; no text goes on
+            raise _Failed("dial") from exc
+        try:
+            async with asyncio.timeout(_UPSTREAM_S):
+                await writer.start_tls(self.tls, server_hostname=self.host)
+        except BaseException:
+            writer.close()
+            raise
+        self.upstream = _Upstream(reader, writer, h11.Connection(h11.CLIENT))
+        return self.upstream
+
+    def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self.client.send(event)
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _answer(self, status: int, text: str) -> None:
+        if self.client.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = (text + "\n").encode()
+        with contextlib.suppress(Exception):
+            await self._send(h11.Response(status_code=status, headers=[
+                (b"Content-Type", b"text/plain"), (b"Content-Length", str(len(body)).encode()),
+                (b"Connection", b"close"), (b"X-Sandboxd-Policy", b"error"),
+            ]))
+            await self._send(h11.Data(data=body))
+            await self._send(h11.EndOfMessage())
+
+
+async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event | type[h11.PAUSED]:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]  # narrowed above
+        conn.receive_data(await reader.read(_READ))
+
+
+async def _send(up: _Upstream, event: h11.Event) -> None:
+    data = up.conn.send(event)
+    if data:
+        up.writer.write(data)
+        await up.writer.drain()
