@@ -25,13 +25,14 @@ import httpx
 import pytest
 from _servers import EXECUTE, Pool, pool, unique
 from conftest import Server
+from conftest_pg import PgServer, pg_server
 from test_mcp import mcp_client, text_of
 from test_webhooks import Receiver
 
 from sandboxd.app import Admin, open_admin
 from sandboxd.connectors.kinds import Options
 
-__all__ = ["pool"]  # fixture
+__all__ = ["pg_server", "pool"]  # fixtures
 
 T = TypeVar("T")
 NDJSON = "application/x-ndjson"
@@ -296,3 +297,37 @@ def test_connectors_belong_to_their_organization(server: Server) -> None:
     done = cli(server, "keys", "create", "--connector", other, ok=False)
     assert done.returncode == 1 and f"no connector {other!r} in organization 'default'" in done.stderr
     assert other not in cli(server, "connectors", "list").stdout
+
+
+# --- a database connector: a real PostgreSQL -------------------------------------------------------
+
+
+def test_postgres_connector_reaches_its_database_and_nothing_else(server: Server, pg_server: PgServer) -> None:
+    """psql in the sandbox (network `none`) reaches the database through the port the server
+    forwards inside its namespace; the database's real port stays out of reach, with or
+    without the connector; the password is redacted; the forward is in the audit record."""
+    role, password = unique("app").replace("-", "_"), "pw-" + secrets.token_hex(12)
+    pg_server.execute("postgres", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    name = make_connector(server, "postgres", f"postgresql://{role}:{password}@127.0.0.1:{pg_server.port}/postgres".encode())
+    key, _ = key_for(server, name)
+    plain_key, _ = key_for(server)
+    psql = pg_server.bindir / "psql"
+    code = (
+        f"{psql} -At -c 'select current_user, 40 + 2' && echo \"$DATABASE_URL\" && echo $PGHOST:$PGPORT\n"
+        f"{psql} -h 127.0.0.1 -p {pg_server.port} -At -c 'select 1' 2>/dev/null || echo 'real port: unreachable'\n"
+    )
+    body = execute(server, key, code, language="bash").json()
+    assert body["success"], body
+    assert body["stdout"].splitlines() == [
+        f"{role}|42",
+        f"postgresql://{role}:[redacted:{name}]@127.0.0.1:5432/postgres",
+        "127.0.0.1:5432",
+        "real port: unreachable",
+    ]
+    stored = httpx.get(f"{server.url}/v1/executions/{body['trace_id']}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert stored["connectors"] == [{"name": name, "type": "postgres"}]
+    (forwarded,) = [d for d in stored["network"] if d["connector"] == name]
+    assert (forwarded["host"], forwarded["port"], forwarded["allowed"], forwarded["count"]) == ("127.0.0.1", pg_server.port, True, 1)
+    without = execute(server, plain_key, f"PGHOST=127.0.0.1 PGPORT=5432 PGUSER={role} {psql} -At -c 'select 1' || echo unreachable",
+                      language="bash").json()
+    assert without["stdout"].strip() == "unreachable", without

@@ -15,9 +15,11 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +248,70 @@ def test_full_mode_brokers_connector_hosts_and_tunnels_other_names(rig: NetRig) 
     assert lines[0] == "200", result
     assert lines[1] == f"upstream {INTERNET}:80", result
     assert _brokered(result) == [("api.test", 443, "GET", 200)]
+
+
+# --- end to end: a connector made with the CLI, a key bound to it, a server, the SDK -------------
+
+_CLIENT = r"""
+import json, sys, baponi, httpx
+url, key, code = sys.argv[1], sys.argv[2], sys.stdin.read()
+with baponi.Baponi(api_key=key, base_url=url) as sdk:
+    result = sdk.execute(code)
+posted = httpx.post(url + "/v1/sandbox/execute", json={"code": code}, headers={"Authorization": "Bearer " + key},
+                    timeout=120).json()
+stored = httpx.get(url + "/v1/executions/" + posted["trace_id"], headers={"Authorization": "Bearer " + key}).json()
+print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "success": result.success, "stored": stored}))
+"""
+
+
+def test_brokered_connector_end_to_end_through_the_server(rig: NetRig) -> None:
+    """`connectors create --type http` (secret on stdin), `keys create --connector`, a real
+    server in the run namespace, the official SDK: the call to api.test is authorized, the
+    sandbox sees only its placeholder, the record names the connector and the brokered request,
+    and the secret is in no answer, no log and not in the database file as plaintext."""
+    data = rig.data_dir / "e2e"
+    made = rig.exec(sys.executable, "-m", "sandboxd", "connectors", "create", "api", "--type", "http",
+                    "--host", "api.test", "--env-var", "API_TOKEN", "--secret-file", "-", "--data-dir", str(data),
+                    input=SECRET + "\n")
+    assert made.returncode == 0, made.stderr
+    key = rig.exec(sys.executable, "-m", "sandboxd", "keys", "create", "--connector", "api", "--data-dir", str(data))
+    assert key.returncode == 0, key.stderr
+    port = 18080 + secrets.randbelow(1000)
+    log = (rig.data_dir / "e2e-server.log").open("wb")
+    server = subprocess.Popen(
+        rig._enter(sys.executable, "-m", "sandboxd", "serve", "--port", str(port), "--data-dir", str(data)),
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, **rig.env, "SANDBOXD_BROKER_UPSTREAM_CA_FILE": str(rig.data_dir / "upstream-ca.pem")},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while rig.exec("curl", "-sf", f"http://127.0.0.1:{port}/ready").returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+        code = textwrap.dedent("""
+            import json, os, urllib.request
+            req = urllib.request.Request("https://api.test/e2e", headers={"Authorization": "Bearer " + os.environ["API_TOKEN"]})
+            with urllib.request.urlopen(req, timeout=20) as r:
+                print(r.status, json.loads(r.read())["headers"]["Authorization"])
+            print(os.environ["API_TOKEN"])
+        """)
+        done = rig.exec(sys.executable, "-c", _CLIENT, f"http://127.0.0.1:{port}", key.stdout.strip(), input=code,
+                        timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+    answer = json.loads(done.stdout)
+    assert answer["success"], answer
+    assert len(answer["stdout"].split()) == 4, answer
+    status, bearer, echoed, placeholder = answer["stdout"].split()
+    assert (status, bearer) == ("200", "Bearer") and echoed == placeholder and placeholder.startswith("sandboxd-api-")
+    stored = answer["stored"]
+    assert stored["connectors"] == [{"name": "api", "type": "http"}]
+    assert [(d["connector"], d["host"], d["port"], d["method"], d["status"]) for d in stored["network"]] == [
+        ("api", "api.test", 443, "GET", 200)
+    ]
+    on_disk = b"".join(p.read_bytes() for p in data.iterdir() if p.name.startswith("sandboxd.db"))
+    everything = done.stdout + done.stderr + made.stdout + made.stderr + (rig.data_dir / "e2e-server.log").read_text()
+    assert SECRET not in everything and SECRET.encode() not in on_disk
