@@ -1,7 +1,7 @@
 """Migration 0006's downgrade: refused once output is stored the new way (it would be lost),
 done as before while nothing is. Migrations 0007 (nodes, delivery claims), 0008 (images) and
-0009 (storage connections) down and up again with rows in place; the storage connections'
-repository. Real SQLite."""
+0009 (storage connections) and 0010 (connectors) down and up again with rows in place; the
+storage connections' and connectors' repositories. Real SQLite."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from sandboxd.ids import new_id, new_trace_id
 from sandboxd.store import (
     ApiKey,
+    Connector,
     DuplicateError,
     Execution,
     Image,
@@ -233,5 +234,71 @@ async def test_storage_repo(tmp_path: Path) -> None:
         # the name is free again
         again = await store.storage.add(_connection("org_m", "lake"))
         assert await store.storage.by_name("org_m", "lake") == again
+    finally:
+        await store.close()
+
+
+# --- 0010: connectors ---------------------------------------------------------------------------
+
+
+def _connector(org_id: str, name: str) -> Connector:
+    now = utcnow()
+    return Connector(id=new_id("con"), org_id=org_id, name=name, kind="env", config={"variables": ["A"]},
+                     sealed=b"\x00sealed\xff", created_at=now, updated_at=now)
+
+
+async def test_0010_down_and_up_again_drops_connectors_and_keeps_executions(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        key = await _key(store, "org_m")
+        connector = await store.connectors.add(_connector("org_m", "openai"))
+        await store.connectors.bind(key.id, connector.id)
+        trace_id = new_trace_id()
+        await store.executions.add(Execution(
+            trace_id=trace_id, org_id="org_m", key_id=key.id, language="bash", status="success",
+            timeout_s=5, delivery_mode="sync", created_at=utcnow(), connectors=[{"name": "openai", "type": "env"}],
+        ))
+        await _downgrade(store, "0009")
+        assert not {"connectors", "key_connectors"} & await _tables(store)
+        assert "connectors" not in await _columns(store, "executions")
+        await migrate(store.engine)
+        row = await store.executions.get(trace_id)
+        assert row is not None and row.connectors is None
+        assert await store.connectors.list("org_m") == [] and await store.connectors.bindings(key.id) == []
+        assert await store.keys.get(key.id) == key
+    finally:
+        await store.close()
+
+
+async def test_connector_repo(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        other = await store.orgs.add("org_o", "other")
+        a = await store.connectors.add(_connector("org_m", "a"))
+        b = await store.connectors.add(_connector("org_m", "b"))
+        theirs = await store.connectors.add(_connector(other.id, "a"))
+        with pytest.raises(DuplicateError):
+            await store.connectors.add(_connector("org_m", "a"))
+        assert await store.connectors.by_name("org_m", "a") == a and await store.connectors.by_name(other.id, "a") == theirs
+        assert await store.connectors.list("org_m") == [a, b]
+        assert {c.id for c in await store.connectors.all()} == {a.id, b.id, theirs.id}
+        first, second = await _key(store, "org_m"), await _key(store, "org_m")
+        await store.connectors.bind(first.id, b.id)
+        await store.connectors.bind(first.id, a.id)
+        await store.connectors.bind(second.id, a.id)
+        with pytest.raises(DuplicateError):
+            await store.connectors.bind(first.id, a.id)
+        assert await store.connectors.bindings(first.id) == [a, b]
+        assert await store.connectors.bound_keys(a.id) == sorted([first.id, second.id])
+        await store.connectors.reseal({a.id: b"new", b.id: b"newer"})
+        assert [(await store.connectors.get(c.id)).sealed for c in (a, b)] == [b"new", b"newer"]  # type: ignore[union-attr]
+        assert (await store.connectors.get(theirs.id)).sealed == theirs.sealed  # type: ignore[union-attr]
+        assert not await store.connectors.delete_unbound(a.id)
+        await store.keys.revoke(first.id)
+        assert not await store.connectors.delete_unbound(a.id)  # the second key is still active
+        await store.keys.revoke(second.id)
+        assert await store.connectors.delete_unbound(a.id)
+        assert await store.connectors.get(a.id) is None and await store.connectors.bindings(first.id) != []
+        assert [c.name for c in await store.connectors.bindings(first.id)] == ["b"]
     finally:
         await store.close()
