@@ -40,7 +40,9 @@ def test_env_connector_takes_json_or_dotenv(raw: bytes, expected: dict[str, str]
     [
         ("env", b'{"PATH": "hunter2-value"}', kinds.Options(), "'PATH' is reserved"),
         ("env", b'{"LD_PRELOAD": "hunter2-value"}', kinds.Options(), "reserved"),
-        ("env", b'{"lower": "hunter2-value"}', kinds.Options(), "uppercase"),
+        ("env", b'{"lower": "hunter2-value"}', kinds.Options(), "the name of variable 1 must be an uppercase"),
+        ("env", b"hunter2-value-no-equals=", kinds.Options(), "the name of variable 1 must be"),
+        ("http", b"x" * 4097, kinds.Options(hosts=("api.test",), env_var="T"), "at most 4096 bytes"),
         ("env", b"NOEQUALS hunter2-value", kinds.Options(), "line 1 of the secret is not NAME=value"),
         ("env", b'{"A": "hunter2-value\\u0000"}', kinds.Options(), "control characters"),
         ("env", b"", kinds.Options(), "at least one variable"),
@@ -153,6 +155,38 @@ def test_redaction_holds_across_every_chunk_boundary() -> None:
     for _ in range(200):
         cuts = sorted(rng.sample(range(len(data)), rng.randint(1, 12)))
         assert _stream(Redactor(redactor_secrets), data, cuts) == expected
+
+
+def test_redaction_finds_base64_of_a_longer_text_at_every_alignment() -> None:
+    redactor = Redactor([("gh", SECRET)])
+    for prefix in (b"", b"u", b"us", b"user:"):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            out = redactor.redact(encode(prefix + SECRET.encode() + b":tail"))
+            assert b"[redacted:gh]" in out, (prefix, out)
+            assert base64.b64encode(SECRET.encode())[4:16] not in out
+
+
+def test_a_stream_holds_back_only_what_could_begin_a_secret() -> None:
+    """A program's progress line goes out at once; only a tail that could start a secret waits."""
+    redactor = Redactor([("gh", SECRET)])
+    out: list[bytes] = []
+
+    async def write(stream: str, chunk: bytes) -> None:
+        out.append(chunk)
+
+    async def go() -> None:
+        sink = redactor.sink(write)
+        await sink("stdout", b"progress 50%\n")
+        assert out == [b"progress 50%\n"]
+        await sink("stdout", b"token: ghp_Sec")
+        assert out[-1] == b"token: "
+        await sink("stdout", SECRET.encode()[7:] + b" done\n")
+        assert out[-1] == b"[redacted:gh] done\n"
+        await sink("stdout", b"ends with gh")
+        await redactor.flush(write)
+        assert out[-2:] == [b"ends with ", b"gh"]
+
+    asyncio.run(go())
 
 
 def test_short_values_are_not_redacted() -> None:

@@ -30,6 +30,8 @@ DATABASE_KINDS = ("postgres", "mysql")
 
 #: Secrets given on stdin or in a file: enough for a service-account key, no more.
 MAX_SECRET_BYTES = 64 * 1024
+#: A brokered token: the broker scans every answer for it, so it stays short.
+MAX_HTTP_SECRET_BYTES = 4096
 MAX_VARIABLES = 50
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
@@ -149,8 +151,8 @@ def _parse_env(text: str) -> Parsed:
         raise InvalidRequest("an env connector needs at least one variable")
     if len(values) > MAX_VARIABLES:
         raise InvalidRequest(f"an env connector may set at most {MAX_VARIABLES} variables")
-    for key, value in values.items():
-        _check_env_name(key)
+    for number, (key, value) in enumerate(values.items(), 1):
+        _check_env_name(key, f"variable {number}")
         if any(ord(c) < 0x20 and c not in "\t\n\r" for c in value) or len(value) > 16 * 1024:
             raise InvalidRequest(f"the value of {key} must be at most 16 KiB, without NUL or control characters")
     return Parsed({"variables": sorted(values)}, {"values": values})
@@ -162,6 +164,8 @@ def _parse_http(text: str, options: Options) -> Parsed:
         raise InvalidRequest("the secret is empty")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value.strip(" ")) or value != value.strip(" "):
         raise InvalidRequest("an http connector's secret must be one line of visible characters")
+    if len(value.encode()) > MAX_HTTP_SECRET_BYTES:
+        raise InvalidRequest(f"an http connector's secret must be at most {MAX_HTTP_SECRET_BYTES} bytes")
     if len(value) < 8:
         raise InvalidRequest("an http connector's secret must be at least 8 characters (shorter ones cannot be redacted safely)")
     if not options.hosts:
@@ -182,7 +186,7 @@ def _parse_http(text: str, options: Options) -> Parsed:
         raise InvalidRequest(f"--header may not set {header.strip()}")
     if options.env_var is None:
         raise InvalidRequest("an http connector needs --env-var NAME: the variable that holds its placeholder")
-    _check_env_name(options.env_var)
+    _check_env_name(options.env_var, "--env-var")
     config = {"hosts": hosts, "header": header.strip(), "template": template, "variables": [options.env_var]}
     return Parsed(config, {"secret": value})
 
@@ -227,8 +231,9 @@ def _database_env(kind: str, url: Any, port: int) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-def _check_env_name(name: str) -> None:
+def _check_env_name(name: str, where: str) -> None:
+    """A bad name is not echoed: it may be a secret pasted where a name was expected."""
     if not _ENV_NAME.fullmatch(name):
-        raise InvalidRequest(f"variable {name[:50]!r} must be an uppercase letter, then uppercase letters, digits or '_'")
+        raise InvalidRequest(f"the name of {where} must be an uppercase letter, then uppercase letters, digits or '_'")
     if reserved_env_name(name):
         raise InvalidRequest(f"variable {name!r} is reserved by the system")
