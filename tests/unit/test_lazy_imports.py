@@ -12,7 +12,8 @@ module level:
   tells from the migration scripts' text (`store.db.head_revisions`);
 - HTTP clients (httpx): webhook deliveries and rclone's remote control, a server's work.
 
-These tests pin that, in fresh interpreters (this one has imported everything already).
+These tests pin the effect, in fresh interpreters (this one has imported everything already);
+test_import_graph.py finds the line that breaks the rule.
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sandboxd.store.db import alembic_config, head_revisions, read_heads
+from test_import_graph import LAZY
 
-#: Packages no `sandboxd` process imports until the path that needs them.
-LAZY = ("alembic", "fastapi", "starlette", "uvicorn", "mcp", "httpx")
+from sandboxd.store.db import alembic_config, head_revisions, read_heads
 
 
 def _imported_after(code: str) -> list[str]:
     """The LAZY packages a fresh interpreter has imported after running `code`."""
     probe = code + textwrap.dedent(f"""
         import json, sys
-        print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({LAZY!r}))))
+        print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {set(LAZY)!r})))
     """)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
