@@ -70,13 +70,21 @@ class Server:
         return run_cli(*args, "--data-dir", str(self.data_dir), input=input, timeout=timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_all([self])
+
+
+def stop_all(servers: list[Server]) -> None:
+    """Stop servers (killed after 15 s), all at once: each drains and closes in its own time."""
+    running = [s for s in servers if s.proc.poll() is None]
+    for server in running:
+        server.proc.terminate()
+    deadline = time.monotonic() + 15
+    for server in running:
+        try:
+            server.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
 
 
 def run_cli(*args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -163,8 +171,8 @@ def server_factory() -> Iterator[object]:
         return server
 
     yield make
+    stop_all(servers)
     for s in servers:
-        s.stop()
         unmount_run_dir(s.settings)
     shutil.rmtree(root, ignore_errors=True)
 

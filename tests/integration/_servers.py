@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, start_server, uid_bases, unmount_below, unmount_run_dir
+from conftest import Server, start_server, stop_all, uid_bases, unmount_below, unmount_run_dir
 
 from sandboxd.config import Settings
 
@@ -66,8 +66,7 @@ class Pool:
         return server
 
     def close(self) -> None:
-        for server in self.servers:
-            server.stop()
+        stop_all(self.servers)
         for data_dir in {s.data_dir for s in self.servers}:
             unmount_run_dir(Settings(data_dir=data_dir))
         unmount_below(self.root)

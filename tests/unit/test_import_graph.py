@@ -1,4 +1,5 @@
-"""No import cycles among the modules of src/sandboxd.
+"""No import cycles among the modules of src/sandboxd, and no module that `import sandboxd.cli`
+runs imports a package kept for one path (LAZY, see test_lazy_imports.py).
 
 The graph is read from the source with `ast` (nothing is imported), and counts every import:
 at module level, inside functions (a cycle there still means two modules that need each
@@ -215,6 +216,70 @@ def describe(graph: dict[str, list[Edge]]) -> list[str]:
             lines.append("  " + "\n    ".join(str(e) for e in cycle))
         paragraphs.append("\n".join(lines))
     return paragraphs
+
+
+#: Third-party packages a `sandboxd` process imports only on the path that needs them
+#: (tests/unit/test_lazy_imports.py says why and checks the effect in a fresh interpreter).
+LAZY = frozenset({"alembic", "fastapi", "starlette", "uvicorn", "mcp", "httpx"})
+
+
+def _module_level_imports(path: Path) -> list[tuple[str, int]]:
+    """(top-level package, line) of each import that runs when the module is imported: not in
+    a function, not under `if TYPE_CHECKING:`."""
+    found: list[tuple[str, int]] = []
+
+    def walk(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found.extend((alias.name.split(".")[0], node.lineno) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.append((node.module.split(".")[0], node.lineno))
+            elif isinstance(node, ast.If):
+                test = node.test
+                guarded = (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                    isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+                )
+                walk(node.orelse if guarded else node.body + node.orelse)
+            elif isinstance(node, (ast.Try, ast.With)):
+                walk([*node.body, *getattr(node, "handlers", []), *getattr(node, "orelse", []),
+                      *getattr(node, "finalbody", [])])
+            elif isinstance(node, ast.ExceptHandler):
+                walk(node.body)
+            elif isinstance(node, ast.ClassDef):
+                walk(node.body)
+
+    walk(ast.parse(path.read_text(), str(path)).body)
+    return found
+
+
+def test_the_cli_loads_no_lazy_package_at_import() -> None:
+    """Every module `import sandboxd.cli` runs (module-level edges from it) imports none of
+    LAZY at module level; they belong in the function of the path that needs them."""
+    graph, modules = import_graph(), _modules(PACKAGE)
+    reached, todo = set(), ["sandboxd", "sandboxd.cli"]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(e.target for e in graph[name] if e.kind == "")
+    found = [
+        f"{modules[name].relative_to(PACKAGE.parent)}:{line} imports {package}"
+        for name in sorted(reached)
+        for package, line in _module_level_imports(modules[name])
+        if package in LAZY
+    ]
+    assert not found, "imported whenever sandboxd.cli is:\n" + "\n".join(found)
+
+
+def test_module_level_imports_skip_functions_and_type_checking(tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(
+        "import a.b\nfrom c import d\nfrom . import e\nfrom typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import f\nelse:\n    import g\n"
+        "try:\n    import h\nexcept ImportError:\n    import i\n"
+        "def fn():\n    import j\nclass K:\n    import l\n"
+    )
+    assert [p for p, _ in _module_level_imports(path)] == ["a", "c", "typing", "g", "h", "i", "l"]
 
 
 def test_no_import_cycles() -> None:

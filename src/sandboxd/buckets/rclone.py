@@ -42,12 +42,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from ..errors import SandboxdError
 from .providers import Remote, check_path_in_bucket
+
+if TYPE_CHECKING:
+    import httpx
 
 DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 """rclone is killed when the thread that started it dies (util-linux's setpriv; no preexec_fn
@@ -176,6 +178,8 @@ class RcloneMount:
     async def uploads(self) -> Uploads:
         """Where its uploads stand, from rclone's remote control on a unix socket in the
         private dir (root only; never in a sandbox)."""
+        import httpx  # a live mount's only: not at import (tests/unit/test_lazy_imports.py)
+
         if self._rc is None:  # one client for the mount's life: a new one costs ~35 ms (TLS setup)
             transport = httpx.AsyncHTTPTransport(uds=str(self.private_dir / _RC_SOCKET), verify=False)
             self._rc = httpx.AsyncClient(transport=transport, timeout=10)

@@ -20,8 +20,8 @@ import json
 import logging
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import httpx
 import structlog
 from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
@@ -33,6 +33,9 @@ from ..store import Store, WebhookDelivery, utcnow
 from .documents import execution_document
 from .url_guard import UrlGuard
 from .webhook_claims import Attempt, DeliveryClaims, LeaseClaims
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("sandboxd.webhooks")
 
@@ -200,6 +203,8 @@ class WebhookService:
             "webhook-signature": signer.sign(delivery.id, sent_at, body),
         }
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        import httpx  # the server's deliveries only: not at import (tests/unit/test_lazy_imports.py)
+
         try:
             async with httpx.AsyncClient(transport=self._transport, timeout=self._timeout_s) as client:
                 response = await client.post(
