@@ -24,6 +24,7 @@ from sandboxd.service.admission import ConcurrencyLimiter
 from sandboxd.service.events import EventSettings
 from sandboxd.service.executions import ExecutionService
 from sandboxd.service.job import JobDescription, Outcome
+from sandboxd.service.connectors import ConnectorBinding
 from sandboxd.service.keys import Principal
 from sandboxd.service.ports import Admission, Release
 from sandboxd.service.requests import ExecuteRequest
@@ -447,6 +448,7 @@ def test_a_job_description_round_trips_through_json() -> None:
         volumes=(VolumeBinding("org_1", "data", True),), thread_id="t1", webhook=True,
         image=RootImage("ds", "sha256:" + "b" * 64, "/x/roots/img_1", (("python", "/opt/py/bin/python3"),),
                         (("PATH", "/opt/py/bin:/usr/bin"),)),
+        connectors=(ConnectorBinding("con_1", "db", "postgres", ("DATABASE_URL", "PGHOST")),),
     )
     text = job.to_json()
     assert isinstance(json.loads(text), dict)
@@ -455,6 +457,7 @@ def test_a_job_description_round_trips_through_json() -> None:
     assert spec.code == job.code.encode("utf-8", errors="surrogatepass") and spec.host_gid == 2_000_001
     assert spec.home is None and spec.host_uid is None and spec.mounts == ()  # decided by the job
     assert spec.image == job.image and spec.image.binary("python") == "/opt/py/bin/python3"
+    assert "con_1" in text and not spec.egress  # ids only: the secrets are opened where it runs
 
 
 def test_outcome_is_what_the_surfaces_report() -> None:
