@@ -579,3 +579,12 @@ async def test_a_forward_takes_at_most_max_connections_at_once() -> None:
         target.close()
     rows = {(d.reason, d.allowed, d.count) for d in forwarder.decisions}
     assert rows == {("forwarded", True, MAX_CONNECTIONS), (TOO_MANY, False, 1)}
+
+
+async def test_an_sni_outside_the_name_alphabet_is_refused_and_recorded(rig: Rig) -> None:
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.open_connection("127.0.0.1", rig.tls_port, ssl=client, server_hostname="x!y.api.test")
+    assert [(d.host, d.allowed) for d in rig.proxy.decisions] == [("(invalid SNI)", False)]
