@@ -102,6 +102,7 @@ def run(
     mode: str = "allowlist",
     allow: tuple[str, ...] = ("allowed.test", "other-api.test"),
     brokered: bool = True,
+    hosts: tuple[str, ...] = ("api.test",),
     forwards: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     job = {
@@ -113,7 +114,7 @@ def run(
         "mode": mode,
         "allow": list(allow),
         "brokered": [{
-            "connector": "api", "hosts": ["api.test"], "header": "Authorization",
+            "connector": "api", "hosts": list(hosts), "header": "Authorization",
             "template": "Bearer {secret}", "placeholder": PLACEHOLDER, "secret": SECRET,
         }] if brokered else [],
         "forwards": list(forwards),
@@ -248,6 +249,43 @@ def test_full_mode_brokers_connector_hosts_and_tunnels_other_names(rig: NetRig) 
     assert lines[0] == "200", result
     assert lines[1] == f"upstream {INTERNET}:80", result
     assert _brokered(result) == [("api.test", 443, "GET", 200)]
+
+
+_NUL_NAMES = r"""
+import socket
+def ask(line):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(line)
+    out = b""
+    while data := s.recv(4096):
+        out += data
+    return out.decode("latin-1").splitlines()[0] if out else "closed"
+print(ask(b"GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n"))
+print(ask(b"GET http://other.test\x00" + SUFFIX + b"/ HTTP/1.1\r\nHost: other.test\r\n\r\n"))
+print(ask(b"CONNECT other.test\x00" + SUFFIX + b":80 HTTP/1.1\r\n\r\n"))
+print(ask(b"CONNECT other.test\x00" + SUFFIX + b":443 HTTP/1.1\r\n\r\n"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("allow", "hosts", "suffix"),
+    [(("*.allowed.test",), None, ".allowed.test"), ((), ("*.api.test",), ".api.test")],
+    ids=["wildcard-allowlist", "wildcard-connector"],
+)
+def test_a_nul_in_a_name_under_a_wildcard_reaches_nothing(
+    rig: NetRig, allow: tuple[str, ...], hosts: tuple[str, ...] | None, suffix: str
+) -> None:
+    """glibc resolves a name only up to a NUL: `other.test\\0.allowed.test` passed `*.allowed.test`
+    and reached other.test. Now a name with a NUL (or any character outside [a-z0-9-_.]) is a 400."""
+    code = f"SUFFIX = {suffix.encode()!r}\n" + _NUL_NAMES
+    result = run(rig, "python", code, mode="allowlist" if allow else "none", allow=allow,
+                 brokered=hosts is not None, hosts=hosts or ("api.test",))
+    assert result["status"] == "success", result
+    lines = result["stdout"].splitlines()
+    assert lines[0].startswith("HTTP/1.1 403"), result  # other.test itself is not allowed
+    assert all(line.startswith("HTTP/1.1 400") for line in lines[1:]), result
+    assert not any(d["allowed"] for d in result["network"]), result["network"]
+    assert INTERNET not in result["stdout"]
 
 
 # --- end to end: a connector made with the CLI, a key bound to it, a server, the SDK -------------

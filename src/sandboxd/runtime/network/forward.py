@@ -5,6 +5,11 @@ connection accepted there is joined to a connection the server opens to host:ups
 from its own network. The target is not checked against `egress_refusal`: the admin chose it
 (a database on the server's loopback is the usual case), and reaching it is the connector's
 whole point. The sandbox cannot pick another target. One decision per forward used.
+
+Every listener the server runs inside a sandbox's namespace (here, the egress proxy, the
+transparent TLS listener) takes at most `MAX_CONNECTIONS` at once (`capped`): one more is
+closed at once and counted as a refused decision, so a sandbox cannot make the server hold
+an unbounded number of sockets and tasks.
 """
 
 from __future__ import annotations
@@ -17,7 +22,30 @@ from collections.abc import Awaitable, Callable
 from .policy import Forward, NetworkDecision
 
 Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 _CONNECT_TIMEOUT_S = 10.0
+#: Connections one listener of one execution serves at once, and the refusal's reason.
+MAX_CONNECTIONS = 64
+TOO_MANY = f"more than {MAX_CONNECTIONS} connections at once"
+
+
+def capped(handle: Handler, limit: int, refused: Callable[[], None]) -> Handler:
+    """`handle` for at most `limit` connections at once; past that, close and call `refused`."""
+    active = 0
+
+    async def gate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active
+        if active >= limit:
+            refused()
+            writer.close()
+            return
+        active += 1
+        try:
+            await handle(reader, writer)
+        finally:
+            active -= 1
+
+    return gate
 
 
 class Forwarder:
@@ -31,7 +59,7 @@ class Forwarder:
     @property
     def decisions(self) -> tuple[NetworkDecision, ...]:
         return tuple(
-            NetworkDecision(host, port, True, reason, count, connector=connector)
+            NetworkDecision(host, port, reason != TOO_MANY, reason, count, connector=connector)
             for (connector, host, port, reason), count in self._counts.items()
         )
 
@@ -45,7 +73,8 @@ class Forwarder:
             finally:
                 self._tasks.discard(task)
 
-        self._servers.append(await asyncio.start_server(handle, sock=listener))
+        gate = capped(handle, MAX_CONNECTIONS, lambda: self._count(forward, TOO_MANY))
+        self._servers.append(await asyncio.start_server(gate, sock=listener))
 
     async def close(self) -> None:
         for server in self._servers:

@@ -19,6 +19,10 @@ DEFAULT_PORTS = (80, 443)
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _DOMAIN = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+#: A name a sandbox may ask for (after IDNA): `_` allowed, as in real DNS names, and nothing
+#: else outside [a-z0-9-_.]; a NUL or a control character would let the resolver (which stops
+#: at a NUL) see another name than the rules did.
+_HOST = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class AllowRule:
     port: int | None = None
 
     def matches(self, host: str, port: int) -> bool:
+        if not is_host_name(host):  # the caller checked with host_name(); once more, cheaply
+            return False
         if port not in ((self.port,) if self.port is not None else DEFAULT_PORTS):
             return False
         if self.pattern.startswith("*."):
@@ -65,6 +71,34 @@ def parse_rule(text: str) -> AllowRule:
             "with an optional :port"
         )
     return AllowRule(pattern, port)
+
+
+def host_name(name: str | None) -> str:
+    """The name a sandbox asked for, checked and normalised: lower case, one trailing dot
+    dropped, IDNA, labels of [a-z0-9_-]{1,63}, at most 253 characters, no empty label; or an
+    IP literal (for the caller to refuse by name). ValueError otherwise."""
+    if not name:
+        raise ValueError("no host")
+    name = name.lower()
+    name = name[:-1] if name.endswith(".") else name
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return name
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError("not a valid host name") from None
+    if not is_host_name(name):
+        raise ValueError("not a valid host name")
+    return name
+
+
+def is_host_name(name: str) -> bool:
+    return len(name) <= 253 and _HOST.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

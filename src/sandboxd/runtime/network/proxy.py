@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,8 +31,8 @@ from urllib.parse import urlsplit
 from . import broker as _broker
 from .addresses import IPAddress, egress_refusal
 from .ca import CertificateAuthority
-from .forward import splice
-from .policy import Brokered, Egress, NetworkDecision, NetworkPolicy
+from .forward import MAX_CONNECTIONS, TOO_MANY, capped, splice
+from .policy import Brokered, Egress, NetworkDecision, NetworkPolicy, host_name
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -42,6 +43,13 @@ _HEAD_LIMIT = 16 * 1024
 _HEAD_TIMEOUT_S = 10.0
 _CONNECT_TIMEOUT_S = 10.0
 _MAX_DECISIONS = 256
+#: Where a decision goes once the record is full: one row per (connector, allowed, method),
+#: host "*", so nothing goes unrecorded and a refusal still shows.
+_OVERFLOW_HOST = "*"
+_OVERFLOW_REASON = "more destinations than the record holds"
+#: No control character anywhere in a request's head (a NUL would cut the name the
+#: resolver sees short of the one the rules saw); a tab only inside header lines.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HOP_HEADERS = frozenset({"proxy-connection", "proxy-authorization", "connection", "keep-alive"})
 
 
@@ -91,7 +99,8 @@ class EgressProxy:
         return any(not key[2] for key in self._decisions)
 
     async def start(self, listener: socket.socket) -> None:
-        self._servers.append(await asyncio.start_server(self._handle, sock=listener, limit=_HEAD_LIMIT))
+        gate = capped(self._handle, MAX_CONNECTIONS, lambda: self._note(LISTEN[0], LISTEN[1], False, TOO_MANY))
+        self._servers.append(await asyncio.start_server(gate, sock=listener, limit=_HEAD_LIMIT))
 
     async def start_transparent(
         self, listener: socket.socket, contexts: Mapping[str, ssl.SSLContext], *, port: int | None = None
@@ -105,9 +114,13 @@ class EgressProxy:
         front.minimum_version = ssl.TLSVersion.TLSv1_2
 
         def pick(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
-            host = (name or "").rstrip(".").lower()
+            try:
+                host = host_name(name)
+            except ValueError:
+                self._note("(no SNI)" if not name else "(invalid SNI)", port, False, "not a connector host")
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             if host not in contexts:
-                self._note(host or "(no SNI)", port, False, "not a connector host")
+                self._note(host, port, False, "not a connector host")
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             sslobj.context = contexts[host]
             return None
@@ -123,7 +136,12 @@ class EgressProxy:
                 return
             await self._tracked(self._broker(reader, writer, host, port, rule))
 
-        self._servers.append(await asyncio.start_server(handle, sock=listener, ssl=front, limit=_HEAD_LIMIT))
+        # Counted once TLS is up (asyncio runs the handshake before `handle`); the handshake
+        # itself is bounded in time.
+        gate = capped(handle, MAX_CONNECTIONS, lambda: self._note(LISTEN[0], port, False, TOO_MANY))
+        self._servers.append(await asyncio.start_server(
+            gate, sock=listener, ssl=front, limit=_HEAD_LIMIT, ssl_handshake_timeout=_HEAD_TIMEOUT_S
+        ))
 
     async def close(self) -> None:
         for server in self._servers:
@@ -148,8 +166,8 @@ class EgressProxy:
     async def _broker(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, rule: Brokered
     ) -> None:
-        def note(h: str, p: int, reason: str, method: str, status: int | None) -> None:
-            self._note(h, p, True, reason, rule.connector, method, status)
+        def note(h: str, p: int, allowed: bool, reason: str, method: str, status: int | None) -> None:
+            self._note(h, p, allowed, reason, rule.connector, method, status)
 
         async def dial(h: str, p: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             return await self._dial(h, p, rule.connector)
@@ -170,6 +188,9 @@ class EgressProxy:
                 method, host, port, forward = _parse_head(head)
                 rule = self._egress.broker_for(host, port)
                 if method == "CONNECT" and rule is not None and self._ca is not None:
+                    # A leaf only for a checked name that the policy lets through (resolved,
+                    # no refused address): a sandbox cannot have us sign for anything else.
+                    await self._check_resolves(host, port, rule.connector)
                     ctx = await asyncio.to_thread(self._ca.server_context, host)
                     # The client's hello must stay in the socket for TLS, not in the reader.
                     if isinstance(writer.transport, asyncio.ReadTransport):
@@ -223,10 +244,8 @@ class EgressProxy:
         self._note(host, port, True, "allowed")
         return opened
 
-    async def _dial(
-        self, host: str, port: int, connector: str | None = None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Resolve, refuse any address that leads inside, connect to an address checked."""
+    async def _check_resolves(self, host: str, port: int, connector: str | None = None) -> list[str]:
+        """The name's addresses, or _Refused (noted) when none or any leads inside."""
         try:
             addresses = await self._resolve(host, port)
         except OSError:
@@ -238,6 +257,13 @@ class EgressProxy:
             why = egress_refusal(ipaddress.ip_address(address), self._host_addresses)
             if why is not None:
                 raise self._deny(host, port, f"resolves to {why}", connector)
+        return addresses
+
+    async def _dial(
+        self, host: str, port: int, connector: str | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Resolve, refuse any address that leads inside, connect to an address checked."""
+        addresses = await self._check_resolves(host, port, connector)
         last: OSError | None = None
         for address in addresses:
             try:
@@ -258,8 +284,9 @@ class EgressProxy:
         connector: str | None = None, method: str | None = None, status: int | None = None,
     ) -> None:
         key = (host, port, allowed, reason, connector, method, status)
-        if key in self._decisions or len(self._decisions) < _MAX_DECISIONS:
-            self._decisions[key] = self._decisions.get(key, 0) + 1
+        if key not in self._decisions and len(self._decisions) >= _MAX_DECISIONS:
+            key = (_OVERFLOW_HOST, 0, allowed, _OVERFLOW_REASON, connector, method, None)
+        self._decisions[key] = self._decisions.get(key, 0) + 1
 
 
 _Key = tuple[str, int, bool, str, str | None, str | None, int | None]
@@ -268,6 +295,8 @@ _Key = tuple[str, int, bool, str, str | None, str | None, int | None]
 def _parse_head(head: bytes) -> tuple[str, str, int, bytes]:
     """(method, host, port, the head to forward for plain HTTP); ValueError when malformed."""
     lines = head.decode("latin-1").split("\r\n")
+    if _CONTROL.search(lines[0]) or "\t" in lines[0] or any(_CONTROL.search(line) for line in lines[1:]):
+        raise ValueError("a control character in the request")
     method, target, version = lines[0].split(" ")
     if not version.startswith("HTTP/1."):
         raise ValueError("not HTTP/1.x")
@@ -292,12 +321,8 @@ def _parse_head(head: bytes) -> tuple[str, str, int, bytes]:
 
 
 def _host(name: str | None) -> str:
-    if not name:
-        raise ValueError("no host")
-    name = name.rstrip(".").lower()
-    if not name.isascii():
-        name = name.encode("idna").decode("ascii")
-    return name
+    """The checked name (policy.host_name): ValueError, so a 400, for anything else."""
+    return host_name(name)
 
 
 async def _reply(writer: asyncio.StreamWriter, status: int, text: str) -> None:
