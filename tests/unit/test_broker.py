@@ -23,7 +23,7 @@ from sandboxd.runtime import SandboxSpec
 from sandboxd.runtime.bwrap import SandboxFds, build_argv
 from sandboxd.runtime.languages import PROGRAM_DIR
 from sandboxd.runtime.network import CA_BUNDLE_PATH, Brokered, CertificateAuthority, Egress, Forward, NetworkPolicy
-from sandboxd.runtime.network.broker import Scrubber
+from sandboxd.runtime.network.broker import scrubber
 from sandboxd.runtime.network.forward import Forwarder
 from sandboxd.runtime.network.policy import AllowRule
 from sandboxd.runtime.network.proxy import EgressProxy
@@ -46,6 +46,10 @@ def _rule(**over: object) -> Brokered:
 # --- the scrubber ---------------------------------------------------------------------------
 
 
+def _scrubber():  # type: ignore[no-untyped-def]
+    return scrubber(Brokered("api", (), "Authorization", "Bearer {secret}", PLACEHOLDER, SECRET))
+
+
 def _forms(text: str) -> list[str]:
     raw = text.encode()
     out = [text]
@@ -59,7 +63,7 @@ def _forms(text: str) -> list[str]:
 def test_scrubber_replaces_the_secret_and_its_base64_forms_across_chunk_boundaries(step: int) -> None:
     for form in _forms(SECRET):
         text = f"before {form} middle {form} after".encode()
-        scrub = Scrubber(SECRET, PLACEHOLDER)
+        scrub = _scrubber()
         out = b"".join(scrub.feed(text[i : i + step]) for i in range(0, len(text), step)) + scrub.flush()
         assert SECRET.encode() not in out
         for leaked in _forms(SECRET)[1:]:
@@ -68,17 +72,17 @@ def test_scrubber_replaces_the_secret_and_its_base64_forms_across_chunk_boundari
 
 
 def test_scrubber_holds_back_only_what_could_start_the_secret() -> None:
-    scrub = Scrubber(SECRET, PLACEHOLDER)
+    scrub = _scrubber()
     assert scrub.feed(b"data: {}\n\n") == b"data: {}\n\n"  # an event goes out at once
     assert scrub.feed(b"x " + SECRET[:5].encode()) == b"x "
     assert scrub.feed(SECRET[5:].encode() + b" y") == PLACEHOLDER.encode() + b" y"
 
 
 def test_scrubber_leaves_other_text_alone() -> None:
-    scrub = Scrubber(SECRET, PLACEHOLDER)
+    scrub = _scrubber()
     text = b"nothing secret here, " * 100
     assert scrub.feed(text) + scrub.flush() == text
-    assert Scrubber(SECRET, PLACEHOLDER).replace(SECRET.encode()) == PLACEHOLDER.encode()
+    assert _scrubber().replace(SECRET.encode()) == PLACEHOLDER.encode()
 
 
 def test_a_brokered_rule_keeps_its_secret_out_of_repr() -> None:

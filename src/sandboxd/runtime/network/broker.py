@@ -20,7 +20,6 @@ answered with fixed texts.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import socket
 import ssl
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from ...scrub import StreamReplacer, paired_forms
 from .policy import Brokered, host_name
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -53,53 +53,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTION
 _REFRAMED = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 
-class Scrubber:
-    """Replaces the secret (and its base64 forms) by the placeholder in a stream of bytes."""
-
-    def __init__(self, secret: str, placeholder: str) -> None:
-        pairs = {secret.encode(): placeholder.encode()}
-        for shift in range(3):
-            for alphabet in (base64.standard_b64encode, base64.urlsafe_b64encode):
-                core = _b64_core(secret.encode(), shift, alphabet)
-                if len(core) >= 8:
-                    pairs.setdefault(core, _b64_core(placeholder.encode(), shift, alphabet))
-        self._pairs = sorted(((k, v) for k, v in pairs.items() if k), key=lambda kv: -len(kv[0]))
-        self._keep = max(len(k) for k, _ in self._pairs) - 1
-        self._held = b""
-
-    def replace(self, data: bytes) -> bytes:
-        for secret, placeholder in self._pairs:
-            data = data.replace(secret, placeholder)
-        return data
-
-    def feed(self, data: bytes) -> bytes:
-        """What may be sent now. Only a tail that could be the start of a match is held for
-        the next chunk, so a stream (server-sent events) is not delayed otherwise."""
-        buf = self.replace(self._held + data)
-        hold = self._partial(buf)
-        self._held = buf[len(buf) - hold :] if hold else b""
-        return buf[: len(buf) - hold]
-
-    def _partial(self, buf: bytes) -> int:
-        """The length of the longest end of `buf` that begins some pattern (0: none)."""
-        for size in range(min(self._keep, len(buf)), 0, -1):
-            tail = buf[-size:]
-            if any(secret.startswith(tail) for secret, _ in self._pairs):
-                return size
-        return 0
-
-    def flush(self) -> bytes:
-        held, self._held = self.replace(self._held), b""
-        return held
-
-
-def _b64_core(data: bytes, shift: int, encode: Callable[[bytes], bytes]) -> bytes:
-    """The base64 characters that depend only on `data` when it starts `shift` bytes into a
-    3-byte group: the same wherever `data` sits in a longer text at that alignment."""
-    encoded = encode(b"\0" * shift + data)
-    start = -(-8 * shift // 6)
-    end = 8 * (shift + len(data)) // 6
-    return encoded[start:end]
+def scrubber(rule: Brokered) -> StreamReplacer:
+    """The secret's forms (scrub.py: itself, base64 at each alignment) back to the placeholder's."""
+    return StreamReplacer(paired_forms(rule.secret.encode(), rule.placeholder.encode()))
 
 
 @dataclass
@@ -217,7 +173,7 @@ class _Session:
             await self._answer(502, "sandboxd broker: the upstream could not be reached")
             return False
         self.note(self.host, self.port, True, "brokered", method, response.status_code)
-        scrub = Scrubber(self.rule.secret, self.rule.placeholder)
+        scrub = scrubber(self.rule)
         bodyless = method == "HEAD" or response.status_code in (204, 304)
         headers = [
             (name, scrub.replace(value))
