@@ -11,24 +11,41 @@ conftest_pg).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from conftest import Server, start_server, stop_all, uid_bases, unmount_below, unmount_run_dir
 
+from sandboxd.app import Admin, open_admin
 from sandboxd.config import Settings
 
+T = TypeVar("T")
 EXECUTE = "/v1/sandbox/execute"
 MIB = 1024 * 1024
 HTTP_TIMEOUT = 180
+
+
+def admin_call(server: Server, fn: Callable[[Admin], Awaitable[T]]) -> T:
+    """The service layer the CLI calls, in-process: a CLI process costs a second or more to
+    start, and each CLI command is tested in its own tests."""
+
+    async def go() -> T:
+        admin = await open_admin(server.settings)
+        try:
+            return await fn(admin)
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
 
 
 def storage_root(server: Server) -> Path:

@@ -10,13 +10,12 @@ leaves nothing behind; mounts are shared between executions and released when id
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,10 +23,10 @@ import baponi
 import httpx
 import pytest
 from _buckets import BucketRig, azure_rig, bucket_rig, gcs_rig, s3_rig, stopped_endpoint
-from _servers import EXECUTE, Pool, pool, unique
+from _servers import EXECUTE, Pool, admin_call, pool, unique
 from conftest import Server
 
-from sandboxd.app import Admin, open_admin
+from sandboxd.app import Admin
 from sandboxd.service.storage import ConnectionSpec
 
 __all__ = ["azure_rig", "bucket_rig", "gcs_rig", "pool", "s3_rig", "stopped_endpoint"]  # fixtures
@@ -54,20 +53,6 @@ def credentials_of(rig: BucketRig, bucket: str, *, bad: bool = False) -> str:
     if rig.kind == "gcs":
         return creds["service_account_credentials"]  # the key file as Google gives it
     return json.dumps(creds)
-
-
-def admin_call(server: Server, fn: Callable[[Admin], Awaitable[T]]) -> T:
-    """The service layer the CLI calls, in-process: a CLI process costs seconds to start, and
-    the CLI itself is tested in its own tests (here and test_volume_sub_paths.py)."""
-
-    async def go() -> T:
-        admin = await open_admin(server.settings)
-        try:
-            return await fn(admin)
-        finally:
-            await admin.close()
-
-    return asyncio.run(go())
 
 
 def connect(

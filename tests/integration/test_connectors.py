@@ -16,20 +16,19 @@ import hashlib
 import json
 import secrets
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import baponi
 import httpx
 import pytest
-from _servers import EXECUTE, Pool, pool, unique
+from _servers import EXECUTE, Pool, admin_call, pool, unique
 from conftest import Server
 from conftest_pg import PgServer, pg_server
 from test_mcp import mcp_client, text_of
 from test_webhooks import Receiver
 
-from sandboxd.app import Admin, open_admin
+from sandboxd.app import Admin
 from sandboxd.connectors.kinds import Options
 
 __all__ = ["pg_server", "pool"]  # fixtures
@@ -41,20 +40,6 @@ NDJSON = "application/x-ndjson"
 @pytest.fixture(scope="module")
 def server(pool: Pool) -> Server:
     return pool.start(webhook_allow_insecure=True, webhook_backoff_s=0.2)
-
-
-def admin_call(server: Server, fn: Callable[[Admin], Awaitable[T]]) -> T:
-    """The service layer the CLI calls, in-process (a CLI process costs seconds to start; the
-    CLI itself is tested in test_cli_lifecycle)."""
-
-    async def go() -> T:
-        admin = await open_admin(server.settings)
-        try:
-            return await fn(admin)
-        finally:
-            await admin.close()
-
-    return asyncio.run(go())
 
 
 def make_connector(server: Server, kind: str, secret: bytes, options: Options = Options(), org: str = "default") -> str:

@@ -537,7 +537,7 @@ async def test_a_client_that_stalls_its_body_is_timed_out(rig: Rig, monkeypatch:
 
 
 async def test_the_proxy_takes_at_most_max_connections_at_once(rig: Rig) -> None:
-    from sandboxd.runtime.network.forward import MAX_CONNECTIONS, TOO_MANY
+    from sandboxd.runtime.network.listeners import MAX_CONNECTIONS, TOO_MANY
 
     held = [await asyncio.open_connection("127.0.0.1", rig.proxy_port) for _ in range(MAX_CONNECTIONS)]
     await asyncio.sleep(0.1)
@@ -556,7 +556,7 @@ async def test_the_proxy_takes_at_most_max_connections_at_once(rig: Rig) -> None
 
 
 async def test_a_forward_takes_at_most_max_connections_at_once() -> None:
-    from sandboxd.runtime.network.forward import MAX_CONNECTIONS, TOO_MANY
+    from sandboxd.runtime.network.listeners import MAX_CONNECTIONS, TOO_MANY
 
     async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.read()

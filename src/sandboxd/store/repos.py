@@ -700,30 +700,8 @@ class StorageRepo(_Repo):
             return [r[0] for r in (await conn.execute(query)).all()]
 
     async def delete_unbound(self, connection_id: str) -> bool:
-        """Delete the connection unless an active key is bound to it, in one transaction (the
-        revoked keys' bindings go with it); False when one is."""
-        revoked = select(api_keys.c.id).where(api_keys.c.revoked_at.is_not(None))
-        active = (
-            select(key_storage.c.key_id)
-            .join(api_keys, api_keys.c.id == key_storage.c.key_id)
-            .where(key_storage.c.connection_id == connection_id, api_keys.c.revoked_at.is_(None))
-            .exists()
-        )
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    key_storage.delete().where(
-                        key_storage.c.connection_id == connection_id, key_storage.c.key_id.in_(revoked)
-                    )
-                )
-                deleted = await conn.execute(
-                    storage_connections.delete().where(storage_connections.c.id == connection_id, ~active)
-                )
-                if deleted.rowcount == 0:
-                    raise _RollBack
-        except _RollBack:
-            return False
-        return True
+        """Delete the connection unless an active key is bound to it (see `_delete_unbound`)."""
+        return await _delete_unbound(self._engine, storage_connections, key_storage.c.connection_id, connection_id)
 
 
 class ConnectorRepo(_Repo):
@@ -780,28 +758,31 @@ class ConnectorRepo(_Repo):
             return [r[0] for r in (await conn.execute(query)).all()]
 
     async def delete_unbound(self, connector_id: str) -> bool:
-        """Delete the connector unless an active key is bound to it, in one transaction (the
-        revoked keys' bindings go with it); False when one is."""
-        revoked = select(api_keys.c.id).where(api_keys.c.revoked_at.is_not(None))
-        active = (
-            select(key_connectors.c.key_id)
-            .join(api_keys, api_keys.c.id == key_connectors.c.key_id)
-            .where(key_connectors.c.connector_id == connector_id, api_keys.c.revoked_at.is_(None))
-            .exists()
-        )
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    key_connectors.delete().where(
-                        key_connectors.c.connector_id == connector_id, key_connectors.c.key_id.in_(revoked)
-                    )
-                )
-                deleted = await conn.execute(connectors.delete().where(connectors.c.id == connector_id, ~active))
-                if deleted.rowcount == 0:
-                    raise _RollBack
-        except _RollBack:
-            return False
-        return True
+        """Delete the connector unless an active key is bound to it (see `_delete_unbound`)."""
+        return await _delete_unbound(self._engine, connectors, key_connectors.c.connector_id, connector_id)
+
+
+async def _delete_unbound(engine: AsyncEngine, table: Any, bound_by: Any, row_id: str) -> bool:
+    """Delete `table`'s row unless an active key is bound to it through `bound_by` (the binding
+    table's column naming the row), in one transaction: the revoked keys' bindings go with it.
+    False when an active key is bound (nothing is deleted)."""
+    bindings = bound_by.table
+    revoked = select(api_keys.c.id).where(api_keys.c.revoked_at.is_not(None))
+    active = (
+        select(bindings.c.key_id)
+        .join(api_keys, api_keys.c.id == bindings.c.key_id)
+        .where(bound_by == row_id, api_keys.c.revoked_at.is_(None))
+        .exists()
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(bindings.delete().where(bound_by == row_id, bindings.c.key_id.in_(revoked)))
+            deleted = await conn.execute(table.delete().where(table.c.id == row_id, ~active))
+            if deleted.rowcount == 0:
+                raise _RollBack
+    except _RollBack:
+        return False
+    return True
 
 
 class Store:

@@ -5,54 +5,26 @@ connection accepted there is joined to a connection the server opens to host:ups
 from its own network. The target is not checked against `egress_refusal`: the admin chose it
 (a database on the server's loopback is the usual case), and reaching it is the connector's
 whole point. The sandbox cannot pick another target. One decision per forward used.
-
-Every listener the server runs inside a sandbox's namespace (here, the egress proxy, the
-transparent TLS listener) takes at most `MAX_CONNECTIONS` at once (`capped`): one more is
-closed at once and counted as a refused decision, so a sandbox cannot make the server hold
-an unbounded number of sockets and tasks.
+Each forward takes at most `listeners.MAX_CONNECTIONS` connections at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 
+from .listeners import TOO_MANY, Listeners, splice
 from .policy import Forward, NetworkDecision
 
 Connect = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 _CONNECT_TIMEOUT_S = 10.0
-#: Connections one listener of one execution serves at once, and the refusal's reason.
-MAX_CONNECTIONS = 64
-TOO_MANY = f"more than {MAX_CONNECTIONS} connections at once"
-
-
-def capped(handle: Handler, limit: int, refused: Callable[[], None]) -> Handler:
-    """`handle` for at most `limit` connections at once; past that, close and call `refused`."""
-    active = 0
-
-    async def gate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal active
-        if active >= limit:
-            refused()
-            writer.close()
-            return
-        active += 1
-        try:
-            await handle(reader, writer)
-        finally:
-            active -= 1
-
-    return gate
 
 
 class Forwarder:
     def __init__(self, *, connect: Connect = asyncio.open_connection) -> None:
         self._connect = connect
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners = Listeners()
         #: (connector, host, port, reason) -> connections
         self._counts: dict[tuple[str, str, int, str], int] = {}
 
@@ -65,27 +37,12 @@ class Forwarder:
 
     async def start(self, forward: Forward, listener: socket.socket) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._tasks.add(task)
-            try:
-                await self._serve(forward, reader, writer)
-            finally:
-                self._tasks.discard(task)
+            await self._serve(forward, reader, writer)
 
-        gate = capped(handle, MAX_CONNECTIONS, lambda: self._count(forward, TOO_MANY))
-        self._servers.append(await asyncio.start_server(gate, sock=listener))
+        await self._listeners.start(handle, listener, lambda: self._count(forward, TOO_MANY))
 
     async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+        await self._listeners.close()
 
     async def _serve(self, forward: Forward, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
@@ -108,22 +65,3 @@ class Forwarder:
     def _count(self, forward: Forward, reason: str) -> None:
         key = (forward.connector, forward.host, forward.upstream_port, reason)
         self._counts[key] = self._counts.get(key, 0) + 1
-
-
-async def splice(
-    client_r: asyncio.StreamReader,
-    client_w: asyncio.StreamWriter,
-    up_r: asyncio.StreamReader,
-    up_w: asyncio.StreamWriter,
-) -> None:
-    """Copy both ways until both ends are done (a half-close is passed on)."""
-
-    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while chunk := await src.read(65536):
-                dst.write(chunk)
-                await dst.drain()
-            if dst.can_write_eof():
-                dst.write_eof()
-
-    await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))

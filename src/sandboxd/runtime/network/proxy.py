@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from . import broker as _broker
 from .addresses import IPAddress, egress_refusal
 from .ca import CertificateAuthority
-from .forward import MAX_CONNECTIONS, TOO_MANY, capped, splice
+from .listeners import TOO_MANY, Listeners, splice
 from .policy import Brokered, Egress, NetworkDecision, NetworkPolicy, host_name
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -87,8 +87,7 @@ class EgressProxy:
         self._upstream_tls = upstream_tls or ssl.create_default_context()
         self._permit_any = permit_any
         self._decisions: dict[_Key, int] = {}
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners = Listeners()
 
     @property
     def decisions(self) -> tuple[NetworkDecision, ...]:
@@ -99,8 +98,9 @@ class EgressProxy:
         return any(not key[2] for key in self._decisions)
 
     async def start(self, listener: socket.socket) -> None:
-        gate = capped(self._handle, MAX_CONNECTIONS, lambda: self._note(LISTEN[0], LISTEN[1], False, TOO_MANY))
-        self._servers.append(await asyncio.start_server(gate, sock=listener, limit=_HEAD_LIMIT))
+        await self._listeners.start(
+            self._handle, listener, lambda: self._note(LISTEN[0], LISTEN[1], False, TOO_MANY), limit=_HEAD_LIMIT
+        )
 
     async def start_transparent(
         self, listener: socket.socket, contexts: Mapping[str, ssl.SSLContext], *, port: int | None = None
@@ -134,34 +134,17 @@ class EgressProxy:
             if host is None or rule is None:
                 writer.close()
                 return
-            await self._tracked(self._broker(reader, writer, host, port, rule))
+            await self._broker(reader, writer, host, port, rule)
 
         # Counted once TLS is up (asyncio runs the handshake before `handle`); the handshake
         # itself is bounded in time.
-        gate = capped(handle, MAX_CONNECTIONS, lambda: self._note(LISTEN[0], port, False, TOO_MANY))
-        self._servers.append(await asyncio.start_server(
-            gate, sock=listener, ssl=front, limit=_HEAD_LIMIT, ssl_handshake_timeout=_HEAD_TIMEOUT_S
-        ))
+        await self._listeners.start(
+            handle, listener, lambda: self._note(LISTEN[0], port, False, TOO_MANY),
+            ssl=front, limit=_HEAD_LIMIT, ssl_handshake_timeout=_HEAD_TIMEOUT_S,
+        )
 
     async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
-
-    async def _tracked(self, work: Awaitable[None]) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await work
-        finally:
-            self._tasks.discard(task)
+        await self._listeners.close()
 
     async def _broker(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, rule: Brokered
@@ -177,9 +160,6 @@ class EgressProxy:
         )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         upstream: asyncio.StreamWriter | None = None
         try:
             try:
@@ -222,7 +202,6 @@ class EgressProxy:
             for w in (writer, upstream):
                 if w is not None:
                     w.close()
-            self._tasks.discard(task)
 
     async def _open(
         self, host: str, port: int, rule: Brokered | None
