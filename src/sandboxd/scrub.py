@@ -13,28 +13,43 @@ back for the next chunk, so a program's (or an API's) streamed output is not del
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Callable, Mapping
+from urllib.parse import quote
 
-#: Base64 cores shorter than this are not matched: they would hit ordinary words.
+#: Forms shorter than this are not matched: they would hit ordinary words. A tail of output
+#: this long that begins a form is masked at the end (a cap may have cut a secret in half).
 MIN_FORM = 8
+#: A value over several lines (a PEM key) is also found line by line, for lines this long.
+MIN_LINE = 16
+
+
+def _escapes(text: str) -> list[str]:
+    """How a program or an API commonly prints a string: itself, JSON- and repr-escaped (also
+    with '/' escaped, as PHP does), percent-encoded."""
+    as_json = json.dumps(text, ensure_ascii=False)[1:-1]
+    return [text, as_json, as_json.replace("/", "\\/"), repr(text)[1:-1], quote(text, safe=""), quote(text)]
 
 
 def forms(value: bytes) -> list[bytes]:
-    """`value` and the base64 characters that encode it at each alignment, in both alphabets."""
-    found = [value]
-    for shift in range(3):
-        for encode in (base64.standard_b64encode, base64.urlsafe_b64encode):
-            core = _b64_core(value, shift, encode)
-            if len(core) >= MIN_FORM and core not in found:
-                found.append(core)
-    return found
+    """The forms of `value` to look for (see `paired_forms`)."""
+    return list(paired_forms(value, b""))
 
 
 def paired_forms(value: bytes, replacement: bytes) -> dict[bytes, bytes]:
-    """Each form of `value` paired with the same form of `replacement` (the broker swaps the
-    secret and the placeholder form for form, so an echoed base64 stays decodable)."""
+    """Each form of `value` (as printed: itself, escaped, percent-encoded, line by line when it
+    has several; base64 at each alignment, both alphabets) paired with the same form of
+    `replacement`: the broker swaps the secret and the placeholder form for form, so an echo
+    stays well-formed."""
     pairs: dict[bytes, bytes] = {value: replacement}
+    text, other = value.decode("utf-8", "surrogateescape"), replacement.decode("utf-8", "surrogateescape")
+    parts = [text] + [line.strip() for line in text.splitlines() if len(line.strip()) >= MIN_LINE]
+    for part in dict.fromkeys(parts):
+        for form, same in zip(_escapes(part), _escapes(other)):
+            encoded = form.encode("utf-8", "surrogateescape")
+            if len(encoded) >= MIN_FORM:
+                pairs.setdefault(encoded, same.encode("utf-8", "surrogateescape"))
     for shift in range(3):
         for encode in (base64.standard_b64encode, base64.urlsafe_b64encode):
             core = _b64_core(value, shift, encode)
@@ -74,26 +89,25 @@ class StreamReplacer:
         return self.replace(buf[: len(buf) - hold])
 
     def flush(self) -> bytes:
+        """The end of the stream: what was held, replaced; a held tail of `MIN_FORM` bytes or
+        more begins a pattern that was cut short (an output cap), so it is replaced whole."""
         held, self._held = self._held, b""
+        if self._regex is not None and len(held) >= MIN_FORM:
+            return next(self._pairs[p] for p in self._by_first[held[0]] if p.startswith(held))
         return self.replace(held)
 
     def _partial(self, buf: bytes) -> int:
-        """The length of the longest end of `buf` that is the start of a pattern, unless a
-        whole pattern ends the buffer (0: nothing to hold)."""
-        start = max(0, len(buf) - self._keep)
-        for i in range(start, len(buf)):
+        """The length of the longest end of `buf` that is the start of a pattern and begins
+        after the last whole match (the one `replace` will make): 0 when there is none."""
+        assert self._regex is not None
+        after = 0
+        for match in self._regex.finditer(buf):
+            after = match.end()
+        for i in range(max(after, len(buf) - self._keep), len(buf)):
             candidates = self._by_first.get(buf[i])
-            if candidates is None:
-                continue
-            tail = buf[i:]
-            # Held from here, unless a whole match that starts earlier covers this byte.
-            if any(p.startswith(tail) and len(p) > len(tail) for p in candidates) and not self._covered(buf, i):
+            if candidates is not None and any(p.startswith(buf[i:]) for p in candidates):
                 return len(buf) - i
         return 0
-
-    def _covered(self, buf: bytes, i: int) -> bool:
-        assert self._regex is not None
-        return any(m.start() < i < m.end() for m in self._regex.finditer(buf, max(0, i - self._keep)))
 
 
 def _b64_core(data: bytes, shift: int, encode: Callable[[bytes], bytes]) -> bytes:

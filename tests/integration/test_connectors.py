@@ -316,3 +316,15 @@ def test_postgres_connector_reaches_its_database_and_nothing_else(server: Server
     without = execute(server, plain_key, f"PGHOST=127.0.0.1 PGPORT=5432 PGUSER={role} {psql} -At -c 'select 1' || echo unreachable",
                       language="bash").json()
     assert without["stdout"].strip() == "unreachable", without
+
+
+def test_a_brokered_connectors_network_variables_cannot_be_set_by_the_request_or_another_connector(server: Server) -> None:
+    http = make_connector(server, "http", b"tok-0123456789", Options(hosts=("api.example.com",), env_var="GH_TOKEN"))
+    key, _ = key_for(server, http)
+    r = execute(server, key, "print(1)", env_vars={"SSL_CERT_FILE": "/tmp/mine.pem"})
+    assert r.status_code == 400 and "'SSL_CERT_FILE' is set by the network" in r.json()["message"], r.text
+    body = execute(server, key, "import os; print(os.environ['GH_TOKEN'].startswith('sandboxd-'), os.environ['SSL_CERT_FILE'])").json()
+    assert body["stdout"] == "True /run/sandboxd/ca.pem\n", body
+    env = make_connector(server, "env", b"SSL_CERT_FILE=/tmp/elsewhere.pem")
+    done = cli(server, "keys", "create", "--connector", http, "--connector", env, ok=False)
+    assert done.returncode == 1 and f"connector {env!r} sets SSL_CERT_FILE" in done.stderr

@@ -150,7 +150,8 @@ async def _upstream_handler(seen: list[dict[str, str]], r: asyncio.StreamReader,
                 continue
             if isinstance(event, h11.Request):
                 headers = {k.decode(): v.decode() for k, v in event.headers.raw_items()}
-                seen.append({"target": event.target.decode(), **headers})
+                raw = "\n".join(f"{k.decode()}: {v.decode()}" for k, v in event.headers.raw_items())
+                seen.append({"target": event.target.decode(), **headers, "raw": raw})
                 ok = headers.get("Authorization") == f"Bearer {SECRET}"
                 body = json.dumps({"target": event.target.decode(), "headers": headers}).encode()
                 reason = headers.get("Authorization", "").encode() if event.target == b"/reason" else b""
@@ -453,6 +454,20 @@ async def test_the_broker_sets_host_and_substitutes_only_in_the_connectors_heade
     assert seen["Authorization"] == f"Bearer {SECRET}"
     assert "Range" not in seen and "If-Range" not in seen
     assert SECRET.encode() not in out
+
+
+@pytest.mark.parametrize("sent", [
+    f"Authorization: AAAAAAAAAAAAAAAA{PLACEHOLDER}",  # padding slides the secret across a truncated echo
+    f"Authorization: Basic {PLACEHOLDER}{PLACEHOLDER}",
+    "Authorization: Bearer something-else",
+    f"authorization: Bearer {PLACEHOLDER}\r\nAuthorization: x{PLACEHOLDER}",
+])
+async def test_the_connector_header_is_always_exactly_the_template(rig: Rig, sent: str) -> None:
+    out = await _raw(rig, f"GET /h HTTP/1.1\r\nHost: api.test\r\n{sent}\r\nConnection: close\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 200 "), out
+    [seen] = rig.seen
+    assert seen["Authorization"] == f"Bearer {SECRET}"
+    assert seen["raw"].count(SECRET) == 1
 
 
 async def test_the_response_reason_phrase_is_scrubbed(rig: Rig) -> None:

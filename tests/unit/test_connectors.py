@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import json
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -108,7 +110,11 @@ def test_database_connector_points_the_conventional_variables_at_the_forwarded_p
         "DATABASE_URL": "postgresql://app%40x:p%3Ass-word@127.0.0.1:5432/sales?sslmode=disable",
         "PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "app@x", "PGPASSWORD": "p:ss-word", "PGDATABASE": "sales",
     }
-    assert first.redact == [("db", "p:ss-word")]
+    assert first.redact == [("db", "p%3Ass-word"), ("db", "p:ss-word")]
+    in_query = kinds.parse("postgres", b"postgresql://app@db/x?sslpassword=key-pass-1&password=query-pw-22", kinds.Options())
+    assert kinds.run_parts("q", "postgres", in_query.config, in_query.secret, set()).redact == [
+        ("q", "key-pass-1"), ("q", "query-pw-22")
+    ]
     mysql = kinds.parse("mysql", b"mysql://root:secretpw@127.0.0.1/shop", kinds.Options())
     parts = kinds.run_parts("shop", "mysql", mysql.config, mysql.secret, {3128})
     assert parts.env["MYSQL_TCP_PORT"] == "3306" and parts.env["MYSQL_PWD"] == "secretpw"
@@ -187,6 +193,42 @@ def test_a_stream_holds_back_only_what_could_begin_a_secret() -> None:
         assert out[-2:] == [b"ends with ", b"gh"]
 
     asyncio.run(go())
+
+
+def test_redaction_finds_escaped_percent_encoded_and_line_by_line_forms() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7/x+y=\n-----END PRIVATE KEY-----\n"
+    password = "Xk9/q+Zr=T\"'\\"
+    redactor = Redactor([("sa", pem), ("db", password)])
+    printed = [
+        json.dumps({"KEY": pem}), repr({"KEY": pem}), pem.splitlines()[1],
+        json.dumps(password), json.dumps(password).replace("/", "\\/"), repr(password),
+        "postgresql://app:" + quote(password, safe="") + "@127.0.0.1:5432/x", quote(password),
+    ]
+    for text in printed:
+        out = redactor.redact(text.encode()).decode()
+        assert "[redacted:" in out, text
+        assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" not in out and "Xk9" not in out, (text, out)
+
+
+def test_a_value_cut_short_at_the_end_of_the_output_is_masked() -> None:
+    """An output cap can cut a value in half: its start must not be kept."""
+    redactor = Redactor([("gh", SECRET)])
+    assert redactor.redact(b"token " + SECRET.encode()[:12]) == b"token [redacted:gh]"
+    assert redactor.redact(b"token " + SECRET.encode()[:3]) == b"token " + SECRET.encode()[:3]  # too short to tell
+
+
+@pytest.mark.parametrize("secret", ["aaaaaaaa", "k3yk3yk3y", SECRET])
+def test_streaming_redaction_equals_whole_redaction(secret: str) -> None:
+    """Self-overlapping values included: what is held back is decided from the same matches
+    the replacement makes."""
+    rng = random.Random(secret)
+    alphabet = sorted(set(secret)) + ["x", "\n"]
+    for _ in range(300):
+        data = "".join(rng.choice([secret, secret[: rng.randint(1, len(secret))], *alphabet]) for _ in range(12)).encode()
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(1, 6))))
+        whole = Redactor([("s", secret)]).redact(data)
+        assert _stream(Redactor([("s", secret)]), data, cuts) == whole, (data, cuts)
+        assert secret.encode() not in whole
 
 
 def test_short_values_are_not_redacted() -> None:

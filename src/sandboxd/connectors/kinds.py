@@ -19,7 +19,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from ..envnames import reserved_env_name
 from ..errors import InvalidRequest
@@ -121,7 +121,7 @@ def run_parts(name: str, kind: str, config: dict[str, Any], secret: dict[str, An
         url = urlsplit(secret["url"])
         parts.forwards = [Forward(connector=name, port=port, host=config["host"], upstream_port=config["port"])]
         parts.env = _database_env(kind, url, port)
-        parts.redact = [(name, unquote(url.password))] if url.password else []
+        parts.redact = [(name, v) for v in _database_secrets(url)]
     return parts
 
 
@@ -229,6 +229,13 @@ def _database_env(kind: str, url: Any, port: int) -> dict[str, str]:
         env |= {"MYSQL_HOST": "127.0.0.1", "MYSQL_TCP_PORT": str(port), "MYSQL_USER": user,
                 "MYSQL_PWD": password, "MYSQL_DATABASE": database}
     return {k: v for k, v in env.items() if v}
+
+
+def _database_secrets(url: Any) -> list[str]:
+    """The password, as given and decoded, and any password in the query (`?password=`)."""
+    found = [url.password, unquote(url.password)] if url.password else []
+    found += [v for k, values in parse_qs(url.query).items() if "pass" in k.lower() for v in values]
+    return list(dict.fromkeys(found))
 
 
 def _check_env_name(name: str, where: str) -> None:

@@ -1,7 +1,8 @@
 """Known secret values out of an execution's output: `[redacted:<connector>]` in their place.
 
 What a run's connectors hold (an env variable's value, a database password, a brokered
-secret), in each form `scrub.forms` knows (itself, base64 at any alignment), is replaced in
+secret), in each form `scrub.forms` knows (itself, escaped as JSON or repr, percent-encoded,
+line by line, base64 at any alignment), is replaced in
 stdout and stderr as the program writes them, before anything stores, streams or delivers the
 output: the event log, the stored result, webhooks and MCP results all come from there.
 """
@@ -32,7 +33,9 @@ class Redactor:
         return bool(self._whole)
 
     def redact(self, data: bytes) -> bytes:
-        return self._whole.replace(data)
+        """A whole output (as the stream's end does: a cut-off start of a value is masked too)."""
+        whole = StreamReplacer(self._pairs)
+        return whole.feed(data) + whole.flush()
 
     def sink(self, write: OutputSink) -> OutputSink:
         """`write` behind the redactor, for a stream of chunks; `flush(write)` at the end."""

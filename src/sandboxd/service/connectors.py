@@ -22,7 +22,7 @@ from ..connectors.keyring import Keyring
 from ..connectors.redact import Redactor
 from ..errors import Conflict, InvalidRequest, NotFound, SandboxdError
 from ..ids import NAME_PATTERN, NAME_RULE, new_id
-from ..runtime.network import Egress
+from ..runtime.network import BROKER_ENV_NAMES, Egress
 from ..runtime.network.proxy import LISTEN
 from ..store import Connector, DuplicateError, Org, Store, utcnow
 from .keys import Principal
@@ -174,6 +174,9 @@ class ConnectorService:
                                    "bind them to different keys")
                 setters[variable] = name
             found.append(connector)
+        if any(c.kind == "http" for c in found) and (taken := sorted(BROKER_ENV_NAMES & setters.keys())):
+            raise Conflict(f"connector {setters[taken[0]]!r} sets {taken[0]}, which a brokered (http) connector's "
+                           "network sets; bind them to different keys")
         return found
 
     async def open(self, bindings: Sequence[ConnectorBinding]) -> RunConnectors:
@@ -187,6 +190,9 @@ class ConnectorService:
             if row is None:
                 raise ConnectorError(f"connector {binding.name!r} was deleted")
             secret = self._open(row)
+            if secret is None:  # a rotation beside us may have re-sealed it since it was read
+                again = await self._store.connectors.get(binding.connector_id)
+                secret = self._open(again) if again is not None else None
             if secret is None:
                 raise ConnectorError(
                     f"the secret of connector {row.name!r} cannot be opened (the connectors key file "

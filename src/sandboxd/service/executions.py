@@ -30,6 +30,7 @@ from .job import ExecutionJobs, Held, JobDescription, Outcome, Submission
 from .keys import Principal
 from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
+from ..runtime.network import BROKER_ENV_NAMES
 from .connectors import ConnectorBinding, ConnectorService
 from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
@@ -336,6 +337,11 @@ def _synthesized(e: Execution, *, after: int) -> list[Event]:
 def _check_connector_variables(job: JobDescription) -> None:
     """A request may not set a variable its key's connectors set: the connector's value is
     the admin's decision, and silently replacing either one would surprise someone."""
+    if any(b.kind == "http" for b in job.connectors):
+        for name in sorted(BROKER_ENV_NAMES & job.env.keys()):
+            raise InvalidRequest(
+                f"env_vars key {name!r} is set by the network for the key's brokered connectors; leave it out"
+            )
     for binding in job.connectors:
         for name in binding.variables:
             if name in job.env:

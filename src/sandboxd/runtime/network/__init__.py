@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "NETWORK_MODES",
     "AllowRule",
+    "BROKER_ENV_NAMES",
     "Attached",
     "Brokered",
     "CA_BUNDLE_PATH",
@@ -76,6 +77,8 @@ CA_BUNDLE_PATH = "/run/sandboxd/ca.pem"
 _CA_ENV = {
     name: CA_BUNDLE_PATH for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 } | {"NODE_USE_ENV_PROXY": "1"}
+#: What a sandbox with brokered connectors has set by the network, over any other value.
+BROKER_ENV_NAMES = frozenset(_CA_ENV)
 #: The port a connector host's transparent listener takes when its rule names none.
 _TLS_PORT = 443
 

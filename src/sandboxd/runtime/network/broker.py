@@ -1,10 +1,10 @@
 """Brokered connectors: HTTP/1.1 on a TLS stream the server terminated, the secret put in on
 the way out and taken out on the way back.
 
-The sandbox holds only a placeholder (random per execution). For each request to a connector
-host, the placeholder becomes the secret in the connector's own header only (not in the
-target, the query or any other header), and when the request lacks that header it is added
-from the template. The session is bound to its host: `Host` is always the broker's (the
+The sandbox holds only a placeholder (random per execution). Each request to a connector host
+gets the connector's own header set to the template with the secret, whatever the client
+sent in it (the sandbox never chooses the bytes around the secret); the placeholder is put
+nowhere else (not the target, the query or another header). The session is bound to its host: `Host` is always the broker's (the
 client's is dropped), an absolute-form target must name that host (it is rewritten to
 origin-form) and `CONNECT` or `Upgrade` are refused. `Range`/`If-Range` are dropped, so that
 an echo cannot be fetched in pieces the scrubber never sees whole. The request goes on over TLS verified against the host's trust store (plus an optional extra
@@ -114,8 +114,6 @@ class _Session:
         self.dial, self.tls, self.note = dial, upstream_tls, note
         self.client = h11.Connection(h11.SERVER)
         self.upstream: _Upstream | None = None
-        self.placeholder = rule.placeholder.encode()
-        self.secret = rule.secret.encode()
 
     def close(self) -> None:
         if self.upstream is not None:
@@ -250,13 +248,13 @@ class _Session:
         headers = [(b"Host", host.encode())]
         for name, value in request.headers.raw_items():
             lower = name.lower()
-            if lower in _HOP or lower in _DROPPED:
+            if lower in _HOP or lower in _DROPPED or lower == wanted:
                 continue
-            if lower == wanted:  # the only place the placeholder becomes the secret
-                value = value.replace(self.placeholder, self.secret)
             headers.append((name, value))
-        if not any(name.lower() == wanted for name, _ in headers):
-            headers.append((self.rule.header.encode(), self.rule.header_value().encode()))
+        # The connector's header is the template, whatever the client sent in it: the sandbox
+        # never chooses the bytes around the secret (padding it across a truncated echo would
+        # read it out a character at a time).
+        headers.append((self.rule.header.encode(), self.rule.header_value().encode()))
         headers.append((b"Accept-Encoding", b"identity"))
         return headers
 
