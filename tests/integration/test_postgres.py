@@ -26,6 +26,7 @@ from conftest_pg import (
 from sqlalchemy import inspect, text
 
 from sandboxd.ids import new_id, new_trace_id
+from sandboxd.store.db import head_revisions
 from sandboxd.store import (
     ApiKey,
     DuplicateError,
@@ -63,6 +64,8 @@ TABLES = {
     "registry_credentials",
     "storage_connections",
     "key_storage",
+    "connectors",
+    "key_connectors",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -103,7 +106,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert versions == ["0009"]  # the newest migration (0009: storage connections)
+        assert set(versions) == head_revisions() == {"0010"}  # the newest migration (0010: connectors)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
