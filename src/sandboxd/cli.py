@@ -320,7 +320,7 @@ def _sandbox_json(s: Any, image: str) -> str:
     return json.dumps(
         {"name": s.name, "id": s.id, "cpus": s.cpus, "memory_mib": s.memory_mib,
          "network": s.network, "allow": s.network_allow or [], "timeout_cap_s": s.timeout_cap_s,
-         "image": image}
+         "image": image, "session": s.session}
     )
 
 
@@ -351,6 +351,14 @@ def sandboxes_create(
     ] = None,
     timeout_cap: Annotated[int, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = SandboxConfig.timeout_cap_s,
     image: ImageOption = "host",
+    session: Annotated[
+        str,
+        typer.Option(
+            "--session",
+            help="persistent: with a thread_id, the interpreter (variables, imports, cwd) is kept "
+            "between the thread's executions; stateless (default): a fresh one each time.",
+        ),
+    ] = SandboxConfig.session,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -358,7 +366,7 @@ def sandboxes_create(
     """Create a sandbox config."""
     config = SandboxConfig(
         name=name, cpus=cpus, memory_mib=memory, network=network, timeout_cap_s=timeout_cap,
-        allow=tuple(allow or ()),
+        allow=tuple(allow or ()), session=session,
     )
 
     async def go(admin: Admin) -> str:

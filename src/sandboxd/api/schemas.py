@@ -23,6 +23,50 @@ ERROR_MESSAGE: Any = Field(
     )
 
 
+class SessionBody(BaseModel):
+    state: Literal["new", "kept", "reset"] = Field(
+        description="new: a fresh interpreter; kept: the thread's interpreter state from its last run; "
+        "reset: a fresh one because the last ended (see reason)."
+    )
+    reason: str | None = Field(
+        default=None,
+        description="Why the last session ended: idle, timeout, oom, crash, cancelled, restart, "
+        "evicted, changed (the sandbox config, the image or the thread changed); null unless reset.",
+    )
+
+
+class OutputItem(BaseModel):
+    type: str = Field(description="MIME type: image/png, image/jpeg, image/svg+xml, text/html, text/markdown.")
+    data: str = Field(description="Base64 for images, the text otherwise; empty when truncated.")
+    truncated: bool = Field(default=False, description="Too large: left out (see size).")
+    size: int | None = Field(default=None, description="The size in bytes of what was left out.")
+
+
+class Artifact(BaseModel):
+    path: str = Field(description="Below /data/outputs/.")
+    size: int
+    url: str = Field(description="Signed download URL (no API key needed) until expires_at.")
+    expires_at: str
+
+
+#: sandboxd's additions to a result (clients that do not know them ignore them, spec §3.4).
+SESSION_FIELD: Any = Field(
+    default=None,
+    description="With a persistent session (sandbox config `--session persistent` and a thread_id): "
+    "whether the interpreter state was kept; null for stateless runs.",
+)
+OUTPUTS_FIELD: Any = Field(
+    default_factory=list,
+    description="Rich outputs: figures, images, HTML tables, markdown (size-capped).",
+)
+ARTIFACTS_FIELD: Any = Field(default_factory=list, description="Files the run wrote under /data/outputs/.")
+NOTES_FIELD: Any = Field(
+    default_factory=list,
+    description="What the caller should know about how it ran: a timeout lowered to the cap, "
+    "output truncated, no network access, state not kept.",
+)
+
+
 class SandboxResult(BaseModel):
     success: bool
     stdout: str
@@ -33,6 +77,10 @@ class SandboxResult(BaseModel):
     trace_id: str
     duration_ms: int
     output_truncated: bool = False
+    session: SessionBody | None = SESSION_FIELD
+    outputs: list[OutputItem] = OUTPUTS_FIELD
+    artifacts: list[Artifact] = ARTIFACTS_FIELD
+    notes: list[str] = NOTES_FIELD
 
     @classmethod
     def of(cls, outcome: Outcome) -> SandboxResult:
@@ -46,6 +94,7 @@ class SandboxResult(BaseModel):
             trace_id=outcome.trace_id,
             duration_ms=outcome.duration_ms,
             output_truncated=outcome.output_truncated,
+            **outcome.extras(),
         )
 
 
@@ -119,6 +168,10 @@ class ExecutionStatus(BaseModel):
         default_factory=list,
         description="The connectors it was given (their names; secrets are never recorded).",
     )
+    session: SessionBody | None = SESSION_FIELD
+    outputs: list[OutputItem] = OUTPUTS_FIELD
+    artifacts: list[Artifact] = ARTIFACTS_FIELD
+    notes: list[str] = NOTES_FIELD
 
 
 class WebhookAccepted(BaseModel):
@@ -164,6 +217,10 @@ class EventResult(BaseModel):
     exit_code: int
     error: str | None
     error_message: str | None = ERROR_MESSAGE
+    session: SessionBody | None = SESSION_FIELD
+    outputs: list[OutputItem] = OUTPUTS_FIELD
+    artifacts: list[Artifact] = ARTIFACTS_FIELD
+    notes: list[str] = NOTES_FIELD
 
 
 class ResultEvent(BaseModel):

@@ -44,4 +44,12 @@ def execution_document(e: Execution, error_message: str | None = None) -> dict[s
         # What it had under /data/, as scoped for it (service/data_mounts.py).
         "storage": e.storage or [],
         "connectors": e.connectors or [],
+        # What the result said besides the spec's fields (job.py Outcome.extras).
+        **empty_extras(),
+        **(e.extras or {}),
     }
+
+
+def empty_extras() -> dict[str, Any]:
+    """A result's extras when it has none: no session, no rich outputs, artifacts or notes."""
+    return {"session": None, "outputs": [], "artifacts": [], "notes": []}

@@ -30,6 +30,7 @@ from ..store import Store, utcnow
 from ..connectors.redact import Redactor
 from .connectors import ConnectorBinding, ConnectorError, ConnectorService
 from .data_mounts import DataMountError, DataMounts
+from .documents import empty_extras
 from .health import (
     PlatformFailure,
     PlatformHealth,
@@ -129,13 +130,30 @@ class Outcome:
     network: tuple[NetworkDecision, ...] = ()
     #: A platform failure's message naming the failing layer (service/health.py); else None.
     error_message: str | None = None
+    #: A persistent session's `{"state": "new"|"kept"|"reset", "reason": ...}` (service/sessions.py).
+    session: dict[str, str | None] | None = None
+    #: Rich outputs: `{"type": "image/png", "data": ..., ["truncated": True, "size": n]}`.
+    outputs: tuple[dict[str, Any], ...] = ()
+    #: Files written under /data/outputs/: `{"path", "size", "url", "expires_at"}`.
+    artifacts: tuple[dict[str, Any], ...] = ()
+    #: What the agent should know about how it ran (a timeout lowered, output cut, ...).
+    notes: tuple[str, ...] = ()
 
     @property
     def success(self) -> bool:
         return self.status == ExecStatus.SUCCESS.value
 
+    def extras(self) -> dict[str, Any]:
+        """What sandboxd's result says besides the spec's fields (SDKs ignore them)."""
+        return {
+            "session": self.session,
+            "outputs": list(self.outputs),
+            "artifacts": list(self.artifacts),
+            "notes": list(self.notes),
+        }
+
     def result(self) -> dict[str, Any]:
-        """The spec's SandboxResult object."""
+        """The spec's SandboxResult object, and sandboxd's extras."""
         return {
             "success": self.success,
             "stdout": self.stdout,
@@ -143,6 +161,7 @@ class Outcome:
             "exit_code": self.exit_code,
             "error": self.error,
             "error_message": self.error_message,
+            **self.extras(),
         }
 
 
@@ -383,6 +402,7 @@ class ExecutionJobs:
                 duration_ms=outcome.duration_ms,
                 completed_at=utcnow(),
                 network_log=[asdict(d) for d in outcome.network] or None,
+                extras=outcome.extras() if outcome.extras() != empty_extras() else None,
             )
 
         try:

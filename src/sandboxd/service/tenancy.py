@@ -12,6 +12,7 @@ from ..runtime import Limits
 from ..runtime.network import NetworkPolicy
 from ..store import DuplicateError, Image, Org, Sandbox, Store, utcnow
 from .requests import MAX_TIMEOUT_S
+from .sessions import SESSION_MODES
 
 DEFAULT_ORG = "default"
 DEFAULT_SANDBOX = "default"
@@ -29,6 +30,8 @@ class SandboxConfig:
     timeout_cap_s: int = 60
     #: Allowlist entries for network "allowlist": `pypi.org`, `*.example.com`, `host:port`.
     allow: tuple[str, ...] = ()
+    #: "persistent": a thread's interpreter state is kept between its executions.
+    session: str = "stateless"
 
     def check(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -45,6 +48,8 @@ class SandboxConfig:
             raise InvalidRequest("network 'allowlist' needs at least one allowed domain (--allow)")
         if not 1 <= self.timeout_cap_s <= MAX_TIMEOUT_S:
             raise InvalidRequest(f"timeout_cap_s must be between 1 and {MAX_TIMEOUT_S}")
+        if self.session not in SESSION_MODES:
+            raise InvalidRequest(f"session must be one of {', '.join(SESSION_MODES)}")
 
 
 class TenancyService:
@@ -97,6 +102,7 @@ class TenancyService:
             created_at=utcnow(),
             network_allow=[str(rule) for rule in NetworkPolicy.parse(config.network, config.allow).allow] or None,
             image_id=image.id if image is not None else None,
+            session=config.session,
         )
         try:
             return await self._store.sandboxes.add(sandbox)

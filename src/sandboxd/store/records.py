@@ -30,6 +30,8 @@ class Sandbox:
     network_allow: list[str] | None = None
     #: The runtime image (Image.id); None: the built-in `host`.
     image_id: str | None = None
+    #: "stateless" or "persistent": a thread's interpreter kept between its executions.
+    session: str = "stateless"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Execution:
     storage: list[dict[str, Any]] | None = None
     #: The connectors it was given: [{"name", "type"}] (None: none).
     connectors: list[dict[str, Any]] | None = None
+    #: What the result says besides the spec's fields: {"session", "outputs", "artifacts", "notes"}.
+    extras: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -184,3 +188,17 @@ class Connector:
     sealed: bytes = field(repr=False)
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ThreadSession:
+    """What became of a thread's persistent session in one language (service/sessions.py)."""
+
+    org_id: str
+    thread_id: str
+    language: str
+    #: "live" or "ended".
+    state: str
+    updated_at: datetime
+    reason: str | None = None
+    token: str | None = None

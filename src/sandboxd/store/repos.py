@@ -23,6 +23,7 @@ from .records import (
     StorageBinding,
     StorageConnection,
     Thread,
+    ThreadSession,
     Volume,
     VolumeBinding,
     WebhookDelivery,
@@ -40,6 +41,7 @@ from .tables import (
     registry_credentials,
     sandboxes,
     storage_connections,
+    thread_sessions,
     threads,
     volumes,
     webhook_deliveries,
@@ -457,6 +459,60 @@ class WebhookRepo(_Repo):
         return await self._one(WebhookDelivery, query)
 
 
+class SessionRepo(_Repo):
+    """What became of each thread's persistent sessions (service/sessions.py)."""
+
+    @staticmethod
+    def _key(org_id: str, thread_id: str, language: str) -> Any:
+        c = thread_sessions.c
+        return (c.org_id == org_id) & (c.thread_id == thread_id) & (c.language == language)
+
+    async def get(self, org_id: str, thread_id: str, language: str) -> ThreadSession | None:
+        query = select(thread_sessions).where(self._key(org_id, thread_id, language))
+        return await self._one(ThreadSession, query)
+
+    async def live(self, org_id: str, thread_id: str, language: str, token: str) -> None:
+        """A session started with `token`."""
+        values = {"state": "live", "reason": None, "token": token, "updated_at": utcnow()}
+        key = self._key(org_id, thread_id, language)
+        async with self._engine.begin() as conn:
+            if (await conn.execute(update(thread_sessions).where(key).values(**values))).rowcount:
+                return
+        try:
+            await self._insert(
+                thread_sessions, {"org_id": org_id, "thread_id": thread_id, "language": language, **values}
+            )
+        except DuplicateError:  # added meanwhile: the update wins
+            async with self._engine.begin() as conn:
+                await conn.execute(update(thread_sessions).where(key).values(**values))
+
+    async def end(self, org_id: str, thread_id: str, language: str, reason: str, token: str) -> None:
+        """The session of `token` ended for `reason` (not if another one replaced it)."""
+        query = (
+            update(thread_sessions)
+            .where(self._key(org_id, thread_id, language), thread_sessions.c.token == token)
+            .values(state="ended", reason=reason, updated_at=utcnow())
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
+
+    async def end_live(self, reason: str) -> int:
+        """On start: the sessions a stopped server left live ended for `reason` (a restart)."""
+        query = (
+            update(thread_sessions)
+            .where(thread_sessions.c.state == "live")
+            .values(state="ended", reason=reason, updated_at=utcnow())
+        )
+        async with self._engine.begin() as conn:
+            return int((await conn.execute(query)).rowcount)
+
+    async def forget(self, org_id: str, thread_id: str) -> None:
+        """The thread is deleted: its sessions' history goes with it."""
+        c = thread_sessions.c
+        async with self._engine.begin() as conn:
+            await conn.execute(thread_sessions.delete().where(c.org_id == org_id, c.thread_id == thread_id))
+
+
 class ThreadRepo(_Repo):
     """Threads; a deleted one stays as a tombstone, so uids only ever go up."""
 
@@ -802,6 +858,7 @@ class Store:
         self.registry_credentials = RegistryCredentialRepo(engine)
         self.storage = StorageRepo(engine)
         self.connectors = ConnectorRepo(engine)
+        self.sessions = SessionRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -48,6 +48,8 @@ sandboxes = Table(
     UniqueConstraint("org_id", "name", name="uq_sandboxes_org_name"),
     # The runtime image (images.id); NULL: the built-in `host` image.
     Column("image_id", String(32), nullable=True),
+    # "stateless" or "persistent" (service/sessions.py SESSION_MODES).
+    Column("session", String(16), nullable=False, server_default="stateless"),
 )
 
 api_keys = Table(
@@ -101,8 +103,24 @@ executions = Table(
     Column("storage", JSON, nullable=True),
     # The connectors it was given, by name, as they were then: [{"name", "type"}]; NULL: none.
     Column("connectors", JSON, nullable=True),
+    # What a result says besides the spec's fields: {"session", "outputs", "artifacts", "notes"}.
+    Column("extras", JSON, nullable=True),
     Index("ix_executions_org_created", "org_id", "created_at"),
     Index("ix_executions_created", "created_at"),
+)
+
+thread_sessions = Table(
+    "thread_sessions",
+    metadata,
+    # What became of a thread's persistent session in one language: the next run says so.
+    Column("org_id", String(32), primary_key=True),
+    Column("thread_id", String(128), primary_key=True),
+    Column("language", String(16), primary_key=True),
+    Column("state", String(8), nullable=False),  # "live" | "ended"
+    Column("reason", String(16), nullable=True),  # why it ended (service/sessions.py REASONS)
+    # The live session's token: a thread's home checkpointed by anyone else ends it.
+    Column("token", String(32), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 execution_events = Table(
