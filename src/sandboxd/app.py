@@ -221,6 +221,8 @@ def sandbox_defaults(settings: Settings) -> Limits:
         file_size_mib=settings.file_size_mib,
         open_files_max=settings.open_files_max,
         output_limit_bytes=settings.output_limit_bytes,
+        outputs_size_mib=settings.outputs_size_mib,
+        outputs_max_files=settings.outputs_max_files,
     )
 
 
@@ -262,11 +264,12 @@ def build_runner(settings: Settings, role: Role = "server") -> BwrapRunner:
         return create_runner(
             instance_key=settings.instance_id, uid_base=uids.start, slots=len(uids),
             thread_uids=thread_uids(settings), listen=f"{settings.host}:{settings.port}",
-            data_dir=str(settings.data_dir), network=network,
+            data_dir=str(settings.data_dir), network=network, outputs_dir=settings.run_dir / "outputs",
         )
     return create_runner(
         instance_key=settings.instance_id, uid_base=uids.stop, slots=settings.max_concurrent + 8,
         role=role, avoid=(uids, thread_uids(settings)), data_dir=str(settings.data_dir), network=network,
+        outputs_dir=settings.run_dir / f"outputs-{role}{os.getpid()}",
     )
 
 

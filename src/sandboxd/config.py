@@ -278,6 +278,20 @@ class Settings(BaseSettings):
     tmp_size_mib: int = Field(default=Limits.tmp_size_mib, ge=1, description="Size of /tmp inside a sandbox.")
     workdir_size_mib: int = Field(default=Limits.workdir_size_mib, ge=1, description="Size of /data inside a sandbox.")
     home_size_mib: int = Field(default=Limits.home_size_mib, ge=1, description="Size of a stateless /home/baponi.")
+    outputs_size_mib: int = Field(
+        default=Limits.outputs_size_mib, ge=0,
+        description="Size of /data/outputs inside a sandbox (a tmpfs of its own; its files are "
+        "kept as the execution's artifacts); 0 = sandboxes have no /data/outputs.",
+    )
+    outputs_max_files: int = Field(
+        default=Limits.outputs_max_files, ge=1,
+        description="Most files in /data/outputs, and kept as artifacts of one execution.",
+    )
+    artifact_retention_s: int = Field(
+        default=86400, ge=60,
+        description="How long the files an execution left in /data/outputs are kept (and their "
+        "signed download URLs valid); they go earlier with the execution (execution_retention_days).",
+    )
     file_size_mib: int = Field(default=Limits.file_size_mib, ge=1, description="RLIMIT_FSIZE inside a sandbox.")
     open_files_max: int = Field(default=Limits.open_files_max, ge=64, description="RLIMIT_NOFILE inside a sandbox.")
     pids_max: int = Field(default=Limits.pids_max, ge=16, description="Processes per sandbox (cgroup pids.max).")

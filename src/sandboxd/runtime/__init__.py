@@ -6,7 +6,8 @@ cpu, pids), `rlimits`, `users` (host uids), `launch` (privilege drop), `sandbox`
 sandbox: start, supervise, dispose), `runner` (the cold runner), `pooled` (the runner serving
 from pre-spawned sandboxes), `pool` and `warm` (pre-spawned sandboxes), `homeslot` (a thread's
 home mounted at use time),
-`lease` (which process owns which cgroups and uids), `keeper` (no sandbox outlives its server).
+`lease` (which process owns which cgroups and uids), `keeper` (no sandbox outlives its server),
+`outputs` (/data/outputs, a size-capped tmpfs per sandbox, and copying it out as artifacts).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from .cgroups import detect as detect_cgroups
 from .keeper import Keeper
@@ -24,6 +26,7 @@ from .interface import Runner
 from .pool import PoolSettings
 from .pooled import PooledRunner
 from .runner import BwrapRunner
+from .outputs import Outputs
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
 from .spec import (
@@ -83,6 +86,7 @@ def create_runner(
     avoid: Sequence[range] = (),
     data_dir: str | None = None,
     network: Network | None = None,
+    outputs_dir: Path | None = None,
 ) -> BwrapRunner:
     """Check the host, take this process's lease and build the runner; raises
     SandboxSetupError when it cannot isolate, or when the lease is refused (runtime/lease.py).
@@ -90,7 +94,9 @@ def create_runner(
     `instance_key` (e.g. the data dir) names a server's cgroups; `run` and `doctor` get a
     cgroup parent of their own beside it, and a uid range clear of every live instance's.
     `data_dir` names the instance in messages (default: `instance_key`); `network` is the
-    sandboxes' network (default: one without a CA, so no brokered connectors).
+    sandboxes' network (default: one without a CA, so no brokered connectors). `outputs_dir`
+    holds the sandboxes' /data/outputs mounts (runtime/outputs.py; a server's role recovers what a
+    crash left there); None: sandboxes have no /data/outputs.
     """
     bwrap = check_prerequisites()
     instance = hashlib.sha256(instance_key.encode()).hexdigest()[:12]
@@ -100,9 +106,12 @@ def create_runner(
         name=name, role=role, data_dir=data_dir or instance_key, sandbox_uids=range(uid_base, uid_base + slots),
         cgroups=cgroups.parents, thread_uids=thread_uids, listen=listen, avoid=avoid,
     )
+    outputs = Outputs(outputs_dir) if outputs_dir is not None else None
     try:
         cgroups.prepare()
         keeper = Keeper(cgroups.parents, lease.fd)
+        if outputs is not None and role == "server":  # the lease is ours: what is there was left by a crash
+            outputs.recover()
     except BaseException:
         lease.close()
         raise
@@ -114,4 +123,5 @@ def create_runner(
         lease=lease,
         keeper=keeper,
         network=network,
+        outputs=outputs,
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import procfs
 from .languages import INTERPRETERS, PROGRAM_DIR
 from .network import CA_BUNDLE_PATH
+from .outputs import SANDBOX_PATH as OUTPUTS_PATH
 from .spec import RootImage, SandboxSpec
 
 SANDBOX_UID = 1000
@@ -49,6 +50,8 @@ class SandboxFds:
     mounts: tuple[int, ...] = ()
     #: The CA bundle for brokered connectors, bound read-only at `CA_BUNDLE_PATH`; None: none.
     ca_bundle: int | None = None
+    #: The sandbox's outputs tmpfs, bound read-write at /data/outputs (runtime/outputs.py).
+    outputs: int | None = None
 
 
 #: What bubblewrap mounts on in an image's read-only root: they must exist in the tree, as a
@@ -149,6 +152,8 @@ def build_argv(
         "--size", str(limits.tmp_size_mib * mib), "--tmpfs", "/dev/shm",
         "--size", str(limits.workdir_size_mib * mib), "--tmpfs", WORKDIR,
     ]
+    if fds.outputs is not None:  # a size-capped tmpfs of the server's, kept after the run
+        argv += ["--bind-fd", str(fds.outputs), OUTPUTS_PATH]
     if len(fds.mounts) != len(spec.mounts):
         raise ValueError("one descriptor per mount")
     for mount, fd in zip(spec.mounts, fds.mounts, strict=True):

@@ -89,6 +89,7 @@ class PooledRunner:
             with contextlib.suppress(ConnectionError):
                 await box.proc.stdin.drain()
             box.proc.stdin.close()
-            return await self.cold.sandboxes.supervise(box, spec, sink, cancel, started=started)
+            result = await self.cold.sandboxes.supervise(box, spec, sink, cancel, started=started)
+            return await self.cold.sandboxes.collect(box, spec, result)
         finally:
             await self.pool.dispose(entry)

@@ -1,7 +1,7 @@
 """Run one execution in a fresh bubblewrap sandbox and account for every process it made.
 
-The launch order on one screen is `BwrapRunner.run`: network, sandbox (uid, cgroup, fds,
-spawn: `sandbox.py`), supervise, dispose. Pre-spawned sandboxes are another runner's business
+The launch order on one screen is `BwrapRunner.run`: network, sandbox (uid, cgroup, outputs
+tmpfs, fds, spawn: `sandbox.py`), supervise, collect /data/outputs, dispose. Pre-spawned sandboxes are another runner's business
 (`pooled.py` wraps this one); this one always starts cold.
 """
 
@@ -16,6 +16,7 @@ from .keeper import Keeper
 from .languages import available_languages
 from .lease import Lease
 from .network import Attached, Network
+from .outputs import Outputs
 from .sandbox import Sandboxes
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec
 from .users import UidPool
@@ -34,18 +35,23 @@ class BwrapRunner:
         network: Network | None = None,
         lease: Lease | None = None,
         keeper: Keeper | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self._network = network or Network()
         #: What this process owns on the host (cgroups, uids), and who sweeps it if we die.
         self.lease = lease
         self._keeper = keeper
-        self.sandboxes = Sandboxes(cgroups=cgroups, uids=uids, seccomp_bpf=seccomp_bpf, bwrap_path=bwrap_path)
+        self.sandboxes = Sandboxes(
+            cgroups=cgroups, uids=uids, seccomp_bpf=seccomp_bpf, bwrap_path=bwrap_path, outputs=outputs
+        )
         self.languages: frozenset[Language] = available_languages()
 
     async def close(self) -> None:
         """The server is stopping: remove this instance's cgroups (the keeper ends any sandbox
         still running), give the lease up."""
         self.sandboxes.close()
+        if self.sandboxes.outputs is not None:
+            self.sandboxes.outputs.close()
         if self._keeper is not None:
             self._keeper.stop()
         if self.lease is not None:
@@ -65,6 +71,7 @@ class BwrapRunner:
             box = await self.sandboxes.launch(spec, net)
             try:
                 result = await self.sandboxes.supervise(box, spec, sink, cancel, started=box.spawned_at)
+                result = await self.sandboxes.collect(box, spec, result)
             finally:
                 await self.sandboxes.dispose(box)
         return _with_network(result, net)

@@ -14,12 +14,15 @@ import contextlib
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..errors import SandboxSetupError
 from ..ids import random_token
 from . import bwrap as _bwrap
 from . import beneath, launch, process, reaper, rlimits
+from . import outputs as _outputs
+from .outputs import Outputs
 from .cgroups import Cgroup, CgroupDriver
 from .network import Attached
 from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
@@ -59,13 +62,20 @@ class Sandbox:
     uid: int
     owns_uid: bool
     spawned_at: float
+    #: Its /data/outputs on the host (runtime/outputs.py); None: it has none.
+    outputs: Path | None = None
 
 
 class Sandboxes:
     """This process's sandboxes on the host: their cgroups, host uids and the filter they run under."""
 
-    def __init__(self, *, cgroups: CgroupDriver, uids: UidPool, seccomp_bpf: bytes, bwrap_path: str) -> None:
+    def __init__(
+        self, *, cgroups: CgroupDriver, uids: UidPool, seccomp_bpf: bytes, bwrap_path: str,
+        outputs: Outputs | None = None,
+    ) -> None:
         self._cgroups = cgroups
+        #: Where sandboxes' /data/outputs are mounted on the host; None: sandboxes have none.
+        self.outputs = outputs
         self._uids = uids
         self._seccomp_bpf = seccomp_bpf
         self._bwrap = bwrap_path
@@ -85,12 +95,20 @@ class Sandboxes:
         pipe for the request and `ready_fd` is left open for the stub to signal on."""
         uid = spec.host_uid if spec.host_uid is not None else self._uids.acquire()
         group: Cgroup | None = None
+        outputs: Path | None = None
         fds: list[int] = []
         try:
             group = self._cgroups.create(f"x-{random_token(12)}", spec.limits)
             # A bucket's directory is looked up by rclone (maybe over the network): off the loop.
             mounts = await beneath.off_loop(lambda: _open_mounts(spec, fds)) if spec.mounts else ()
-            box_fds = self._open_fds(spec, net, fds, program, mounts)
+            outputs_fd: int | None = None
+            if self.outputs is not None and spec.limits.outputs_size_mib > 0:
+                outputs, outputs_fd = self.outputs.create(
+                    uid, spec.host_gid or uid,
+                    size_mib=spec.limits.outputs_size_mib, max_files=spec.limits.outputs_max_files,
+                )
+                fds.append(outputs_fd)
+            box_fds = self._open_fds(spec, net, fds, program, mounts, outputs_fd)
             argv = _bwrap.build_argv(
                 spec, box_fds, bwrap=self._bwrap, network_env=net.env, program_writable=program is not None
             )
@@ -118,6 +136,8 @@ class Sandboxes:
             if group is not None:
                 group.kill_all()
                 group.remove()
+            if outputs is not None and self.outputs is not None:
+                self.outputs.release(outputs)
             if spec.host_uid is None:
                 self._uids.release(uid)
             raise
@@ -125,7 +145,7 @@ class Sandboxes:
             for fd in fds:  # the child has its copies; bwrap reads them to EOF
                 os.close(fd)
         self._live.add(proc.pid)
-        return Sandbox(proc, group, uid, owns_uid=spec.host_uid is None, spawned_at=spawned_at)
+        return Sandbox(proc, group, uid, owns_uid=spec.host_uid is None, spawned_at=spawned_at, outputs=outputs)
 
     async def supervise(
         self,
@@ -169,8 +189,23 @@ class Sandboxes:
         # A thread's sandboxes share its uid: the others' bwrap processes are not orphans.
         await reaper.reap_orphans(box.uid, spawned=box.proc.pid, live=self._live)
         box.group.remove()
+        if box.outputs is not None and self.outputs is not None:
+            self.outputs.release(box.outputs)
+            box.outputs = None
         if box.owns_uid:
             self._uids.release(box.uid)
+
+    async def collect(self, box: Sandbox, spec: SandboxSpec, result: ExecResult) -> ExecResult:
+        """After the run, before `dispose`: copy what the program left in /data/outputs into
+        `spec.artifacts_dir` (runtime/outputs.py). An empty directory costs one getdents."""
+        if box.outputs is None or spec.artifacts_dir is None or not _has_entries(box.outputs):
+            return result
+        into, limits = spec.artifacts_dir, spec.limits
+        got = await asyncio.to_thread(
+            _outputs.collect, box.outputs, into,
+            max_files=limits.outputs_max_files, max_bytes=limits.outputs_size_mib * 1024 * 1024,
+        )
+        return replace(result, artifacts=got.files, artifacts_dropped=got.dropped)
 
     def close(self) -> None:
         """Remove this process's cgroups (every sandbox was disposed of, or the keeper ends it)."""
@@ -178,7 +213,7 @@ class Sandboxes:
 
     def _open_fds(
         self, spec: SandboxSpec, net: Attached, opened: list[int], program: bytes | None,
-        mounts: tuple[int, ...] = (),
+        mounts: tuple[int, ...] = (), outputs: int | None = None,
     ) -> _bwrap.SandboxFds:
         return _bwrap.SandboxFds(
             program=_memfd("program", spec.code if program is None else program, opened),
@@ -190,7 +225,13 @@ class Sandboxes:
             resolv=_memfd("resolv", net.resolv_conf, opened) if net.resolv_conf else None,
             mounts=mounts,
             ca_bundle=_memfd("ca", net.ca_bundle, opened) if net.ca_bundle else None,
+            outputs=outputs,
         )
+
+
+def _has_entries(path: Path) -> bool:
+    with os.scandir(path) as it:
+        return next(it, None) is not None
 
 
 def _open_mounts(spec: SandboxSpec, opened: list[int]) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from typing import Awaitable, Callable, Literal
 
 from .languages import INTERPRETERS, Language
 from .network.policy import Egress, NetworkDecision, NetworkPolicy
+from .outputs import Collected
 
 __all__ = [  # Language too: one of the runtime's types, declared with the language registry
     "DEFAULT_TIMEOUT_S",
@@ -50,6 +51,10 @@ class Limits:
     file_size_mib: int = 256
     open_files_max: int = 1024
     output_limit_bytes: int = 1024 * 1024
+    #: /data/outputs (runtime/outputs.py): its tmpfs's size (0: no /data/outputs), and the most
+    #: files it holds and that are kept as artifacts from one run.
+    outputs_size_mib: int = 64
+    outputs_max_files: int = 1000
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,9 @@ class SandboxSpec:
     image: RootImage = HOST_IMAGE
     #: The key's connectors as the network carries them out (brokered hosts, forwarded ports).
     egress: Egress = field(default_factory=Egress)
+    #: Host directory the files left in /data/outputs are copied into after the run (the
+    #: execution's artifacts); None: they are not kept. Applied at use time, not in a pool key.
+    artifacts_dir: str | None = None
 
 
 class ExecStatus(str, enum.Enum):
@@ -150,6 +158,10 @@ class ExecResult:
     error: str | None = None
     #: Destinations the sandbox asked for and the policy's answers (allowlist and full modes).
     network: tuple[NetworkDecision, ...] = ()
+    #: Files copied out of /data/outputs into `SandboxSpec.artifacts_dir`, and how many were
+    #: left out by the caps (runtime/outputs.py).
+    artifacts: tuple[Collected, ...] = ()
+    artifacts_dropped: int = 0
 
     @property
     def output_truncated(self) -> bool:
