@@ -43,6 +43,7 @@ from .service.invalidation import EpochFile
 from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
+from .service.artifacts import Artifacts
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
 from .service.webhook_claims import LeaseClaims
@@ -82,6 +83,8 @@ class Services(Admin):
     auth_failures: AuthFailureLimiter
     files: FilesService
     retention: RetentionService | None = None
+    #: Files runs left in /data/outputs (service/artifacts.py); None: not kept.
+    artifacts: Artifacts | None = None
     metrics: Metrics = field(default_factory=Metrics)
     #: False while starting and once a drain began.
     ready: bool = False
@@ -314,6 +317,12 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             window_s=settings.platform_error_window_s,
             recheck_s=settings.selfcheck_interval_s,
         )
+        artifacts = Artifacts(
+            settings.data_dir / "artifacts",
+            Signer(files_signing_key(load_or_create_secret(settings.data_dir))),
+            admin.store,
+            retention_s=min(settings.artifact_retention_s, settings.execution_retention_days * 86400 or 2**62),
+        )
         limiter = ConcurrencyLimiter(
             settings.max_concurrent, settings.max_concurrent_per_org, metrics,
             reserve=settings.admission_reserve_slots, wait_s=settings.admission_wait_s,
@@ -335,6 +344,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             images=admin.images,
             storage=admin.storage,
             connectors=admin.connectors,
+            artifacts=artifacts,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -364,7 +374,9 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
     if server:
         admin.webhooks.start()  # also resumes deliveries left pending by the last run
         admin.threads.start()
-        retention = RetentionService(admin.store, execution_retention_days=settings.execution_retention_days)
+        retention = RetentionService(
+            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts
+        )
         retention.start()
     return Services(
         settings=settings,
@@ -392,6 +404,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         ),
         metrics=metrics,
         retention=retention,
+        artifacts=artifacts,
         ready=True,
         health=health,
         pool=pool,

@@ -21,6 +21,18 @@ THREAD_ID_RULE = (
 #: A name an operator gives (an organization, a sandbox config, an image): safe in paths and URLs.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_RULE = "1-63 lowercase letters, digits, '_' or '-'"
+#: Names under /data that sandboxd itself uses (runtime/outputs.py: /data/outputs): a volume or
+#: a storage connection, shown at /data/<name>/, may not take one.
+RESERVED_DATA_NAMES = frozenset({"outputs"})
+
+
+def reserved_data_name(name: str) -> str | None:
+    """Why a volume or storage connection may not be called `name`; None when it may."""
+    if name in RESERVED_DATA_NAMES:
+        return f"{name!r} is reserved: /data/{name}/ holds the files a run keeps as artifacts; choose another name"
+    return None
+
+
 #: A volume as a files request may name it: a slug (service/volumes.py makes them lowercase, at
 #: most 63 characters), checked loosely so that an unknown one is 404, not 400.
 VOLUME_ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"

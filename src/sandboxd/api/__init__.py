@@ -11,7 +11,7 @@ from ..runtime import INTERPRETERS, spoken
 from . import errors, openapi
 from .disconnect import CallerGone
 from .middleware import BodySizeLimit, CatchAll
-from .routes import execute, executions, files, health, metrics
+from .routes import artifacts, execute, executions, files, health, metrics
 from .telemetry import RequestTelemetry
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def create_api(services: Services) -> FastAPI:
     app.state.services = services
     errors.install(app)
     openapi.install(app)
-    for module in (execute, executions, files, health):
+    for module in (execute, executions, files, artifacts, health):
         app.include_router(module.router)
     if services.settings.metrics_enabled and not services.settings.metrics_port:
         app.include_router(metrics.router)

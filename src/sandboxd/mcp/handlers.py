@@ -76,7 +76,8 @@ class Handlers:
                 raise InvalidRequest(f"unknown field {name!r}")
         request = parse_execute_request(arguments)
         submission = await self._services.executions.submit(
-            principal, request, delivery_mode=DELIVERY_MODE, client_id=_client_id(ctx)
+            principal, request, delivery_mode=DELIVERY_MODE, client_id=_client_id(ctx),
+            base_url=str(_request(ctx).base_url),
         )
         # Output as progress notifications while it runs (a no-op unless the client sent a
         # progressToken). A caller that goes away stops only this loop, never the run.

@@ -31,6 +31,7 @@ from .keys import Principal
 from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
 from ..runtime.network import BROKER_ENV_NAMES
+from .artifacts import Artifacts
 from .connectors import ConnectorBinding, ConnectorService
 from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
@@ -57,6 +58,7 @@ class ExecutionService:
         images: ImageService | None = None,
         storage: StorageService | None = None,
         connectors: ConnectorService | None = None,
+        artifacts: Artifacts | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -73,6 +75,7 @@ class ExecutionService:
         self._jobs = ExecutionJobs(
             store, runner, threads, volumes, webhooks, keepalive_s=keepalive_s, metrics=self._metrics,
             health=health or PlatformHealth(self._metrics), storage=storage, connectors=connectors,
+            artifacts=artifacts,
         )
         self._live: dict[str, Submission] = {}
 
@@ -99,6 +102,7 @@ class ExecutionService:
         *,
         delivery_mode: str = "inline",
         client_id: str | None = None,
+        base_url: str = "",
     ) -> Submission:
         """Check, admit, record and start an execution; every refusal happens here, before any
         output. What it takes (the thread lock, an admission slot) goes back through one stack:
@@ -117,7 +121,7 @@ class ExecutionService:
             if delivery_mode != "webhook":
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
-        job = self._describe(new_trace_id(), principal, request, image)
+        job = replace(self._describe(new_trace_id(), principal, request, image), base_url=base_url)
         _check_connector_variables(job)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         shown = data_mounts.plan(job.volumes, job.storage, job.sub_paths)  # 400 for a stray sub_path

@@ -28,6 +28,7 @@ from ..runtime import ExecStatus, Language, Limits, RootImage, Runner, SandboxSp
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
 from ..connectors.redact import Redactor
+from .artifacts import Artifacts
 from .connectors import ConnectorBinding, ConnectorError, ConnectorService
 from .data_mounts import DataMountError, DataMounts
 from .documents import empty_extras
@@ -77,6 +78,9 @@ class JobDescription:
     sub_paths: tuple[str, ...] | None = None
     #: The connectors bound to the key, by id (their secrets are opened where the job runs).
     connectors: tuple[ConnectorBinding, ...] = ()
+    #: The server's URL as the submitting client reached it: artifact URLs start with it
+    #: ("": they are relative, `/v1/artifacts/...`).
+    base_url: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -214,9 +218,11 @@ class ExecutionJobs:
         health: PlatformHealth,
         storage: StorageService | None = None,
         connectors: ConnectorService | None = None,
+        artifacts: Artifacts | None = None,
     ) -> None:
         self._store = store
         self._connectors = connectors
+        self._artifacts = artifacts
         self._runner = runner
         self._threads = threads
         self._data = DataMounts(volumes, storage)
@@ -329,7 +335,10 @@ class ExecutionJobs:
         return outcome
 
     async def _sandbox(self, job: JobDescription, sub: Submission, spec: SandboxSpec, redactor: Redactor) -> Outcome:
-        """Run; the output is redacted of the connectors' secrets before anything sees it."""
+        """Run; the output is redacted of the connectors' secrets before anything sees it.
+        What the run left in /data/outputs is kept as its artifacts."""
+        if self._artifacts is not None:
+            spec = replace(spec, artifacts_dir=str(self._artifacts.dir_for(job.org_id, job.trace_id)))
         try:
             with self._metrics.active_sandboxes.track_inprogress():
                 try:
@@ -350,6 +359,13 @@ class ExecutionJobs:
         status, error = result.status.value, result.error
         if sub.interrupted:
             status, error = "failed", "interrupted"
+        artifacts: tuple[dict[str, Any], ...] = ()
+        notes: tuple[str, ...] = ()
+        if self._artifacts is not None:
+            artifacts = self._artifacts.listing(job.org_id, job.trace_id, result.artifacts, job.base_url)
+            notes = self._artifacts.notes(
+                result.artifacts_dropped, spec.limits.outputs_max_files, spec.limits.outputs_size_mib
+            )
         return Outcome(
             trace_id=job.trace_id,
             status=status,
@@ -360,6 +376,8 @@ class ExecutionJobs:
             duration_ms=result.duration_ms,
             output_truncated=result.output_truncated,
             network=result.network,
+            artifacts=artifacts,
+            notes=notes,
         )
 
     def _platform_failure(self, job: JobDescription, failure: PlatformFailure) -> Outcome:

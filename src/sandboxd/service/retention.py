@@ -2,7 +2,8 @@
 logs and webhook deliveries, so the database stays bounded (SQLite reuses the freed pages).
 
 One sweep at start, then one every `interval_s`; `sweep` is the whole rule, callable alone.
-A retention of 0 days keeps everything: the sweep deletes nothing.
+A retention of 0 days keeps everything: the sweep deletes nothing. Executions' artifacts
+(service/artifacts.py) are swept with them, after their own retention, which is never longer.
 """
 
 from __future__ import annotations
@@ -11,20 +12,32 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from ..store import Store, utcnow
+
+if TYPE_CHECKING:
+    from .artifacts import Artifacts
 
 log = logging.getLogger("sandboxd.retention")
 
 
 class RetentionService:
-    def __init__(self, store: Store, *, execution_retention_days: int = 30) -> None:
+    def __init__(
+        self, store: Store, *, execution_retention_days: int = 30, artifacts: Artifacts | None = None
+    ) -> None:
         self._store = store
+        self._artifacts = artifacts
         self._executions = timedelta(days=execution_retention_days) if execution_retention_days > 0 else None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def sweep(self, now: datetime | None = None) -> int:
-        """Delete the finished executions created before `now` minus the retention period."""
+        """Delete the finished executions created before `now` minus the retention period, and
+        the artifacts past theirs."""
+        if self._artifacts is not None:
+            at = now.timestamp() if now is not None else None
+            if swept := await asyncio.to_thread(self._artifacts.sweep, None, at):
+                log.info("deleted the artifacts of %d executions past their retention", swept)
         if self._executions is None:
             return 0
         return await self._store.executions.delete_created_before((now or utcnow()) - self._executions)

@@ -10,6 +10,11 @@ once instead of after their hour. Tokens of version 1 named no key and are refus
 checked (in constant time) before anything in the payload is trusted or even decoded, so a
 tampered, expired or wrong-method token is refused with the same 403 and no detail leaks.
 The payload is signed, not encrypted: it holds nothing the holder of the URL may not know.
+
+Artifact URLs (service/artifacts.py) are signed by the same key under another domain, so no
+file token can pass for an artifact signature or the other way round: the signature covers the
+organization, the trace id, the path and the expiry, and the URL carries the last three in the
+clear (`/v1/artifacts/<trace_id>/<path>?expires=<unix>&signature=<mac>`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..errors import Forbidden
 from .storage_kind import StorageKind
 
 _DOMAIN = b"sandboxd-files-v1."
+_ARTIFACT_DOMAIN = b"sandboxd-artifacts-v1."
 _VERSION = 2  # 2: the key id is a claim
 _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_TOKEN_CHARS = 8192
@@ -110,3 +116,19 @@ class Signer:
         if claims.method != method:
             raise Forbidden(f"this file URL is for {claims.method}, not {method}")
         return claims
+
+    def artifact_signature(self, org_id: str, trace_id: str, path: str, expires: int) -> str:
+        """The signature of an artifact URL (service/artifacts.py)."""
+        fields = json.dumps([org_id, trace_id, path, int(expires)], separators=(",", ":"))
+        return _b64encode(hmac.new(self._key, _ARTIFACT_DOMAIN + fields.encode("utf-8"), hashlib.sha256).digest())
+
+    def verify_artifact(self, org_id: str, trace_id: str, path: str, expires: int, signature: str) -> None:
+        """Forbidden unless `signature` is genuine for these values and `expires` is to come."""
+        refused = Forbidden("this artifact URL is invalid or has expired")
+        if not isinstance(signature, str) or len(signature) > 128 or not _B64.fullmatch(signature):
+            raise refused
+        expected = self.artifact_signature(org_id, trace_id, path, expires)
+        if not hmac.compare_digest(signature.encode("ascii"), expected.encode("ascii")):
+            raise refused
+        if self._clock() >= expires:
+            raise refused

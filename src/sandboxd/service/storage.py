@@ -19,7 +19,7 @@ from typing import Any
 from ..buckets import providers, rclone
 from ..buckets.mounts import BucketMounts, Lease, MountKey
 from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
-from ..ids import NAME_PATTERN, NAME_RULE, new_id
+from ..ids import NAME_PATTERN, NAME_RULE, new_id, reserved_data_name
 from ..store import DuplicateError, Org, Store, StorageConnection, utcnow
 from . import scoping
 from .keys import Principal
@@ -89,6 +89,8 @@ class StorageService:
     async def create(self, org: Org, spec: ConnectionSpec, credentials: bytes) -> StorageConnection:
         if not re.fullmatch(_NAME, spec.name):
             raise InvalidRequest(f"storage connection name must be {NAME_RULE}")
+        if why := reserved_data_name(spec.name):
+            raise InvalidRequest(why)
         if spec.kind not in providers.KINDS:
             raise InvalidRequest(f"storage type must be one of {', '.join(providers.KINDS)}")
         parsed = providers.parse_credentials(spec.kind, credentials)

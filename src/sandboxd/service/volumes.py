@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
-from ..ids import new_id
+from ..ids import new_id, reserved_data_name
 from ..runtime import Mount
 from ..storage import OrgQuotaReached, VolumeStore
 from ..store import DuplicateError, Org, Store, Volume, utcnow
@@ -60,6 +60,8 @@ class VolumeService:
     async def create(self, org: Org, slug: str, quota_mib: int = 1024) -> Volume:
         if not _SLUG.fullmatch(slug):
             raise InvalidRequest("volume name must be 1-63 lowercase letters, digits, '_' or '-'")
+        if why := reserved_data_name(slug):
+            raise InvalidRequest(why)
         if not 1 <= quota_mib <= 16 * 1024 * 1024:
             raise InvalidRequest("quota must be between 1 MiB and 16 TiB")
         storage = self._require_storage()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from ...service import ExecuteRequest
@@ -64,6 +64,7 @@ def delivery_mode(prefer: str | None, accept: str | None) -> Mode:
     summary="Run code in a sandbox",
 )
 async def execute(
+    request: Request,
     body: ExecuteRequest,
     principal: PrincipalDep,
     services: ServicesDep,
@@ -81,7 +82,7 @@ async def execute(
     """
     mode = delivery_mode(prefer, accept)
     submission = await services.executions.submit(
-        principal, body, delivery_mode=mode, client_id=x_client_id
+        principal, body, delivery_mode=mode, client_id=x_client_id, base_url=str(request.base_url)
     )
     if mode == "webhook":
         accepted = WebhookAccepted(trace_id=submission.trace_id, status="queued")

@@ -216,7 +216,7 @@ async def put_blob(token: str, request: Request, services: ServicesDep) -> Uploa
     return UploadDone(path=claims.path, size=claims.content_length or 0)
 
 
-async def _chunks(download: Download) -> AsyncIterator[bytes]:
+async def chunks(download: Download) -> AsyncIterator[bytes]:
     """The file in chunks, never more than the Content-Length announced (a volume file may grow)."""
     left = download.size
     try:
@@ -230,7 +230,7 @@ async def _chunks(download: Download) -> AsyncIterator[bytes]:
         download.file.close()
 
 
-def _attachment(name: str) -> str:
+def attachment(name: str) -> str:
     plain = "".join(c for c in name if " " <= c <= "~" and c not in '"\\') or "download"
     return f'attachment; filename="{plain}"; filename*=UTF-8\'\'{quote(name, safe="")}'
 
@@ -250,10 +250,10 @@ def _attachment(name: str) -> str:
 async def get_blob(token: str, services: ServicesDep) -> StreamingResponse:
     download = await services.files.open_download(token)
     return StreamingResponse(
-        _chunks(download),
+        chunks(download),
         media_type=download.content_type,
         headers={
             "Content-Length": str(download.size),
-            "Content-Disposition": _attachment(download.name),
+            "Content-Disposition": attachment(download.name),
         },
     )
