@@ -69,8 +69,14 @@ def data_dir(secret: str) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def runner(data_dir: Path) -> Iterator[BwrapRunner]:
-    r = create_runner(instance_key=str(data_dir), uid_base=UID_BASE, slots=SLOTS)
+    # /data/outputs as a server has it (runtime/outputs.py): every attack also runs beside it.
+    outputs = Path("/run/sandboxd") / f"sec-{instance_hash(str(data_dir))}" / "outputs"
+    r = create_runner(instance_key=str(data_dir), uid_base=UID_BASE, slots=SLOTS, outputs_dir=outputs)
     yield r
+    if r.sandboxes.outputs is not None:
+        r.sandboxes.outputs.close()
+        with contextlib.suppress(OSError):
+            outputs.parent.rmdir()
     remove_instance_parents(instance_hash(str(data_dir)))
 
 
@@ -123,6 +129,7 @@ class Run(Protocol):
         env: dict[str, str] | None = None,
         cancel: asyncio.Event | None = None,
         sink: Callable[[str, bytes], Awaitable[None]] | None = None,
+        artifacts_dir: str | None = None,
         **limit_overrides: Any,
     ) -> Awaitable[ExecResult]: ...
 
@@ -157,9 +164,10 @@ def run(request: pytest.FixtureRequest, runner: BwrapRunner, host: Host) -> Run:
         env: dict[str, str] | None = None,
         cancel: asyncio.Event | None = None,
         sink: Callable[[str, bytes], Awaitable[None]] | None = None,
+        artifacts_dir: str | None = None,
         **limit_overrides: Any,
     ) -> ExecResult:
-        spec = make_spec(code, language, env, image, **limit_overrides)
+        spec = replace(make_spec(code, language, env, image, **limit_overrides), artifacts_dir=artifacts_dir)
         if pooled is not None and key_of(spec) is not None:
             entry = await pooled.pool.spawn_ready(spec)
             return await pooled.serve(entry, spec, sink=sink, cancel=cancel)

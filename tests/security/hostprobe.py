@@ -126,6 +126,16 @@ class Host:
         except FileNotFoundError:
             return set()
 
+    def outputs_left(self) -> tuple[list[str], list[str]]:
+        """Mount points and directories of sandboxes' /data/outputs on the host."""
+        outputs = self.runner.sandboxes.outputs
+        if outputs is None or not outputs.root.is_dir():
+            return [], []
+        prefix = str(outputs.root) + "/"
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+        return mounts, sorted(p.name for p in outputs.root.iterdir())
+
     def uids_in_use(self) -> int:
         # The runner exposes no accessor; the pool's own `in_use` is the truth.
         return self.runner.sandboxes._uids.in_use
@@ -155,8 +165,10 @@ class Host:
             await asyncio.sleep(0.05)
 
     async def assert_clean(self, fds_before: int | None = None) -> None:
-        """Nothing left behind: no processes, no cgroup directories, uid pool empty, no fd leak."""
+        """Nothing left behind: no processes, no cgroup directories, no /data/outputs tmpfs or
+        its directory, uid pool empty, no fd leak."""
         assert self.groups() == [], "execution cgroup directories left behind"
+        assert self.outputs_left() == ([], []), "/data/outputs mounts or directories left behind"
         assert self.uids_in_use() == 0, "sandbox uids not returned to the pool"
         await self.assert_no_processes()
         if fds_before is not None:

@@ -364,3 +364,25 @@ async def test_stateless_executions_share_nothing(run, host: Host, secret: str) 
         "files": [], "shm": -1, "sem": -1, "mq": -1, "sysv_tables": [0, 0, 0],
         "procs": [1, 2], "abstract": "ECONNREFUSED", "map": made["map"],  # same host uid
     }
+
+
+
+async def test_outputs_tmpfs_is_capped_and_gone_after_the_run(run, host: Host, tmp_path: Path) -> None:
+    """/data/outputs is the sandbox's own tmpfs: writable by the sandbox user, full at its size
+    (ENOSPC inside), copied out without following a link, and unmounted and removed with the
+    sandbox whatever the ending (here a timeout, with a process still writing)."""
+    fds = fd_count()
+    code = (
+        "id -u; stat -c '%U %a' /data/outputs; ln -s /etc/shadow /data/outputs/shadow; "
+        "head -c 3M /dev/zero > /data/outputs/big; echo rc=$?; "
+        "(while :; do echo x >> /data/outputs/log; done) & sleep 1000"
+    )
+    result = await run(code, "bash", timeout_s=3, outputs_size_mib=2, artifacts_dir=str(tmp_path / "kept"))
+    assert result.status is ExecStatus.TIMEOUT, result
+    out = result.stdout.decode()
+    assert out.splitlines()[:3] == ["1000", "baponi 700", "rc=1"], out
+    assert "No space left on device" in result.stderr.decode(), result
+    kept = {a.path: a.size for a in result.artifacts}
+    assert "shadow" not in kept and 0 < kept["big"] <= 2 << 20, kept
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == sorted(kept)
+    await host.assert_clean(fds)

@@ -29,7 +29,8 @@ router = APIRouter()
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
         },
         **error_responses(
-            403, 404, 500,
+            400, 403, 404, 500,
+            s400="`expires` or `signature` missing or malformed (`validation_error`)",
             s403="An artifact URL that is invalid, was changed, or has expired (`forbidden`)",
             s404="No such execution or artifact, or it was deleted after its retention (`not_found`)",
         ),
