@@ -386,3 +386,27 @@ async def test_outputs_tmpfs_is_capped_and_gone_after_the_run(run, host: Host, t
     assert "shadow" not in kept and 0 < kept["big"] <= 2 << 20, kept
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == sorted(kept)
     await host.assert_clean(fds)
+
+
+def test_a_server_start_removes_outputs_a_dead_run_left(tmp_path: Path) -> None:
+    """`sandboxd run` mounts its sandboxes' /data/outputs under a root of its own
+    (`outputs-run<pid>`); killed, it leaves them: the server's start removes them."""
+    from sandboxd.runtime.outputs import Outputs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    base = Path("/run/sandboxd") / f"sec-{tmp_path.name[-12:]}"
+    server, left = Outputs(base / "outputs"), Outputs(base / f"outputs-run{dead.pid}")
+    alive = Outputs(base / f"outputs-run{os.getpid()}")
+    try:
+        path, fd = left.create(UID_BASE, UID_BASE, size_mib=1, max_files=4)
+        os.close(fd)
+        mine, fd = alive.create(UID_BASE, UID_BASE, size_mib=1, max_files=4)
+        os.close(fd)
+        assert server.recover_dead_siblings() == 1
+        assert not left.root.exists()
+        assert mine.is_dir() and str(mine) in Path("/proc/self/mountinfo").read_text()  # a live run's stays
+    finally:
+        for outputs in (left, alive, server):
+            outputs.close()
+        base.rmdir()

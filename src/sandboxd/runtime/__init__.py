@@ -112,6 +112,7 @@ def create_runner(
         keeper = Keeper(cgroups.parents, lease.fd)
         if outputs is not None and role == "server":  # the lease is ours: what is there was left by a crash
             outputs.recover()
+            outputs.recover_dead_siblings()
     except BaseException:
         lease.close()
         raise

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,6 +126,18 @@ class Outputs:
         for path in stale:
             self.release(path)
         return len(stale)
+
+    def recover_dead_siblings(self) -> int:
+        """A server's start: remove what `sandboxd run` or `doctor` processes (roots named
+        `<root>-<role><pid>` beside this one) left when they died."""
+        found = 0
+        for sibling in self.root.parent.glob(f"{self.root.name}-*"):
+            pid = re.search(r"(\d+)$", sibling.name)
+            if pid is None or Path(f"/proc/{pid.group(1)}").exists():
+                continue
+            found += Outputs(sibling).recover()
+            Outputs(sibling).close()
+        return found
 
     def close(self) -> None:
         """Release everything and the root's own mount."""
