@@ -5,7 +5,7 @@
 In one process, two runners (`create_runner`, each with its own uid range and cgroup parent):
 A without /data/outputs (no `outputs_dir`), B with it (a tmpfs per sandbox, `runtime/outputs.py`;
 the run's artifacts copied into a temp dir). For bash `true` (the least noisy program), it
-measures interleaved A, B, A, B, ...:
+measures interleaved A, B, B, A, ... (20 ms apart, so one's teardown does not land on the next):
 
 - cold: `runner.run(spec)`: the tmpfs mount, the bwrap bind, the collection and the unmount
   are all on the path;
@@ -47,20 +47,30 @@ async def main(n: int) -> None:
     with_outputs = create_runner(instance_key=str(root / "b"), uid_base=330_100, slots=8, outputs_dir=outputs_dir)
     spec = SandboxSpec(language="bash", code=b"true", limits=Limits(timeout_s=20))
     kept = root / "kept"
-    series: dict[str, list[float]] = {k: [] for k in ("cold A", "cold B", "pooled A", "pooled B")}
+    series: dict[str, list[float]] = {
+        k: [] for k in ("cold A", "cold B", "pooled A", "pooled B", "pre-spawn A", "pre-spawn B")
+    }
     pools = {"A": PooledRunner(plain, PoolSettings()), "B": PooledRunner(with_outputs, PoolSettings())}
     try:
         for i in range(WARMUP + n):
-            for name, runner in (("A", plain), ("B", with_outputs)):
+            order = ("A", "B") if i % 2 == 0 else ("B", "A")  # ABBA: neither always follows the other
+            for name in order:
+                runner = plain if name == "A" else with_outputs
                 s = replace(spec, artifacts_dir=str(kept / f"c{i}{name}")) if name == "B" else spec
+                await asyncio.sleep(0.02)  # the last sandbox's teardown settles
                 t = time.perf_counter()
                 result = await runner.run(s)
                 if i >= WARMUP:
                     series[f"cold {name}"].append(time.perf_counter() - t)
                 assert result.exit_code == 0, result
-            for name, pooled in pools.items():
+            for name in order:
+                pooled = pools[name]
                 s = replace(spec, artifacts_dir=str(kept / f"p{i}{name}")) if name == "B" else spec
+                await asyncio.sleep(0.02)
+                t = time.perf_counter()
                 entry = await pooled.pool.spawn_ready(s)
+                if i >= WARMUP:
+                    series[f"pre-spawn {name}"].append(time.perf_counter() - t)
                 await asyncio.sleep(0.02)  # as in the pool: spawned well before the request
                 t = time.perf_counter()
                 result = await pooled.serve(entry, s)
@@ -89,7 +99,7 @@ async def main(n: int) -> None:
     print(__doc__.split("\n\n")[0])
     print(f"n={n} per series after {WARMUP} warm-up; bash `true`; load average before/after: {load}, {os.getloadavg()}")
     print(f"{'series':10} {'A med':>8} {'A p95':>8} {'B med':>8} {'B p95':>8} {'B-A med':>8}")
-    for kind in ("cold", "pooled"):
+    for kind in ("cold", "pooled", "pre-spawn"):
         a, b = _stats(series[f"{kind} A"]), _stats(series[f"{kind} B"])
         print(f"{kind:10} {a[0]:8.2f} {a[1]:8.2f} {b[0]:8.2f} {b[1]:8.2f} {b[0] - a[0]:8.2f}")
     for step, xs in steps.items():

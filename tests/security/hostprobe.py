@@ -131,6 +131,7 @@ class Host:
         outputs = self.runner.sandboxes.outputs
         if outputs is None or not outputs.root.is_dir():
             return [], []
+        outputs.settle()  # the unmounts of disposed sandboxes, done on a thread
         prefix = str(outputs.root) + "/"
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split()[4] for line in f if line.split()[4].startswith(prefix)]

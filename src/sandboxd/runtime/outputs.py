@@ -11,7 +11,8 @@ and backed on the host by a tmpfs of its own that the server mounts when it star
 bwrap binds it by descriptor (`--bind-fd`, like a volume) over the /data tmpfs. Its size and
 inode count are the caps (a write past them fails with ENOSPC inside); its pages are charged to
 the memory cgroup of the process that writes them, so they also count against the sandbox's
-memory limit. The tmpfs is unmounted and its directory removed when the sandbox is disposed of;
+memory limit. The tmpfs is unmounted (on a thread: off a pooled run's path) and its directory
+removed when the sandbox is disposed of;
 `recover` removes what a crashed server left, as `homeslot.py` does for home slots.
 
 `collect` copies what the sandbox left there into the server's artifact store, run as host
@@ -31,6 +32,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -79,6 +81,9 @@ class Outputs:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._prepared = False
+        #: Unmounts under way (`release_later`); one thread, so they never pile up in parallel.
+        self._releasing: set[Future[None]] = set()
+        self._releaser: ThreadPoolExecutor | None = None
 
     def _prepare(self) -> None:
         if self._prepared:
@@ -118,6 +123,21 @@ class Outputs:
         with contextlib.suppress(FileNotFoundError):
             path.rmdir()
 
+    def release_later(self, path: Path) -> None:
+        """`release` on a thread of its own: an unmount waits for an RCU grace period (0.1 to a
+        few ms), which a pooled run's answer should not wait for. The sandbox is gone by then;
+        `settle` (and `close`) wait for what is pending."""
+        if self._releaser is None:
+            self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs-release")
+        future = self._releaser.submit(self.release, path)
+        self._releasing.add(future)
+        future.add_done_callback(self._releasing.discard)
+
+    def settle(self, timeout_s: float = 30.0) -> None:
+        """Wait until every `release_later` is done."""
+        if self._releasing:
+            wait(list(self._releasing), timeout=timeout_s)
+
     def recover(self) -> int:
         """After a crash: release every directory a previous run left."""
         if not self.root.is_dir():
@@ -141,6 +161,10 @@ class Outputs:
 
     def close(self) -> None:
         """Release everything and the root's own mount."""
+        self.settle()
+        if self._releaser is not None:
+            self._releaser.shutdown(wait=True)
+            self._releaser = None
         self.recover()
         if self.root.is_dir():
             _unmount_all(self.root)

@@ -190,7 +190,7 @@ class Sandboxes:
         await reaper.reap_orphans(box.uid, spawned=box.proc.pid, live=self._live)
         box.group.remove()
         if box.outputs is not None and self.outputs is not None:
-            self.outputs.release(box.outputs)
+            self.outputs.release_later(box.outputs)  # its unmount waits for RCU: off the answer's path
             box.outputs = None
         if box.owns_uid:
             self._uids.release(box.uid)
