@@ -1,6 +1,6 @@
 """What /data/outputs costs a run: the runtime with it versus without, cold and pooled.
 
-    uv run python bench/bench_outputs.py [--n 200]
+    uv run python bench/bench_outputs.py [--n 200] [--http]
 
 In one process, two runners (`create_runner`, each with its own uid range and cgroup parent):
 A without /data/outputs (no `outputs_dir`), B with it (a tmpfs per sandbox, `runtime/outputs.py`;
@@ -14,8 +14,13 @@ measures interleaved A, B, B, A, ... (20 ms apart, so one's teardown does not la
   on the path;
 - and the host-side steps alone (`Outputs.create`, an empty-directory check, `Outputs.release`).
 
+With `--http`: two real servers instead (`SANDBOXD_OUTPUTS_SIZE_MIB=0` and the default, pools
+on), the same requests (`POST /v1/sandbox/execute`, python `print(1)` and bash `echo 1`) sent to
+A and B in ABBA order, 50 ms apart (`--gap-ms`), through keep-alive clients: the whole path,
+pool included.
+
 Prints medians and p95 in ms and the difference B - A. Needs root and a host that can run
-sandboxd. Nothing leaves the machine.
+sandboxd. Nothing leaves the machine (loopback only).
 """
 
 from __future__ import annotations
@@ -108,7 +113,44 @@ async def main(n: int) -> None:
     print("ms unless said; A = no /data/outputs, B = with it (tmpfs per sandbox, collected)")
 
 
+def http(n: int, gap_s: float) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _common import serving
+
+    codes = {"python": "print(1)", "bash": "echo 1"}
+    envs = {  # two servers on one host: uid ranges of their own (docs/operations.md)
+        "A": {"SANDBOXD_OUTPUTS_SIZE_MIB": "0", "SANDBOXD_SANDBOX_UID_BASE": "340000",
+              "SANDBOXD_THREAD_UID_BASE": "150000000"},
+        "B": {"SANDBOXD_SANDBOX_UID_BASE": "341000", "SANDBOXD_THREAD_UID_BASE": "160000000"},
+    }
+    with serving("bench_outputs", envs) as running:
+        clients = {label: r.server.client(r.key, timeout_s=60) for label, r in running.items()}
+        got: dict[tuple[str, str], list[float]] = {(lang, lab): [] for lang in codes for lab in "AB"}
+        for i in range(WARMUP + n):
+            for lang, code in codes.items():
+                for label in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                    time.sleep(gap_s)
+                    t = time.perf_counter()
+                    r = clients[label].post("/v1/sandbox/execute", json={"code": code, "language": lang})
+                    elapsed = time.perf_counter() - t
+                    assert r.status_code == 200 and r.json()["success"], r.text
+                    if i >= WARMUP:
+                        got[(lang, label)].append(elapsed)
+        for c in clients.values():
+            c.close()
+    print(f"n={n} per series after {WARMUP} warm-up, {gap_s * 1000:.0f} ms apart; load average "
+          f"before/after: {load}, {os.getloadavg()}")
+    print(f"{'inline':10} {'A med':>8} {'A p95':>8} {'B med':>8} {'B p95':>8} {'B-A med':>8}")
+    for lang in codes:
+        a, b = _stats(got[(lang, "A")]), _stats(got[(lang, "B")])
+        print(f"{lang:10} {a[0]:8.2f} {a[1]:8.2f} {b[0]:8.2f} {b[1]:8.2f} {b[0] - a[0]:8.2f}")
+    print("ms; A = SANDBOXD_OUTPUTS_SIZE_MIB=0 (no /data/outputs), B = the default (64 MiB)")
+
+
 if __name__ == "__main__":
     load = os.getloadavg()
     count = int(sys.argv[sys.argv.index("--n") + 1]) if "--n" in sys.argv else 200
-    asyncio.run(main(count))
+    if "--http" in sys.argv:
+        http(count, int(sys.argv[sys.argv.index("--gap-ms") + 1]) / 1000 if "--gap-ms" in sys.argv else 0.05)
+    else:
+        asyncio.run(main(count))
