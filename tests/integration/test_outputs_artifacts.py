@@ -239,3 +239,24 @@ def test_nothing_is_left_on_the_host(server: Any, api_key: str) -> None:
     wait_no_outputs_left(server)
     mounts, _ = outputs_left(server)
     assert all(Path(m).parent == server.settings.run_dir / "outputs" for m in mounts)
+
+
+@pytest.mark.skipif(
+    not (Path("/usr/sbin/mkfs.btrfs").exists() or Path("/usr/bin/mkfs.btrfs").exists()),
+    reason="threads need btrfs-progs",
+)
+def test_a_threads_runs_keep_artifacts_apart_and_outputs_do_not_persist(
+    server: Any, api_key: str, blob: httpx.Client
+) -> None:
+    """A thread's second run is served by its warm sandbox (its own uid): it gets an empty
+    /data/outputs (only /home/baponi persists) and its own artifacts."""
+    thread = f"art-{time.time_ns()}"
+    first = execute(server, api_key, "echo one > /data/outputs/run.txt", "bash", thread_id=thread)
+    time.sleep(0.5)  # the thread's next sandbox starts after its run
+    second = execute(server, api_key, "ls /data/outputs; echo two > /data/outputs/run.txt", "bash",
+                     thread_id=thread)
+    assert first["success"] and second["success"], (first, second)
+    assert second["stdout"] == ""  # nothing of the first run's outputs
+    assert blob.get(first["artifacts"][0]["url"]).content == b"one\n"
+    assert blob.get(second["artifacts"][0]["url"]).content == b"two\n"
+    wait_no_outputs_left(server)

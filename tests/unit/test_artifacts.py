@@ -135,3 +135,40 @@ def test_dir_for_refuses_what_is_not_an_id(tmp_path: Path) -> None:
 def test_outputs_is_a_reserved_data_name() -> None:
     assert reserved_data_name("outputs") is not None
     assert reserved_data_name("outputs2") is None
+
+
+class _Executions:
+    def __init__(self, rows: dict[str, str]) -> None:
+        self.rows = rows
+
+    async def get(self, trace_id: str) -> object | None:
+        org = self.rows.get(trace_id)
+        return None if org is None else type("Row", (), {"org_id": org})()
+
+
+class _Store:
+    def __init__(self, rows: dict[str, str]) -> None:
+        self.executions = _Executions(rows)
+
+
+async def test_open_serves_a_listed_file_and_nothing_once_the_execution_is_gone(tmp_path: Path) -> None:
+    from sandboxd.errors import NotFound
+
+    rows = {"trc_run": "org_a"}
+    store = Artifacts(tmp_path, Signer(KEY), _Store(rows), retention_s=60)  # type: ignore[arg-type]
+    kept = store.dir_for("org_a", "trc_run")
+    (kept / "sub").mkdir(parents=True)
+    (kept / "sub" / "r.csv").write_bytes(b"a,b\n")
+    [listed] = store.listing("org_a", "trc_run", [Collected("sub/r.csv", 4)])
+    query = dict(part.split("=", 1) for part in listed["url"].split("?", 1)[1].split("&"))
+    download = await store.open("trc_run", "sub/r.csv", int(query["expires"]), query["signature"])
+    try:
+        assert (download.size, download.name, download.content_type) == (4, "r.csv", "text/csv")
+        assert download.file.read() == b"a,b\n"
+    finally:
+        download.file.close()
+    with pytest.raises(Forbidden):  # the signature is for another path
+        await store.open("trc_run", "sub/../sub/r.csv", int(query["expires"]), query["signature"])
+    del rows["trc_run"]  # deleted with the execution's retention
+    with pytest.raises(NotFound):
+        await store.open("trc_run", "sub/r.csv", int(query["expires"]), query["signature"])
