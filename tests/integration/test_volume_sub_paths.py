@@ -115,14 +115,14 @@ def refused(result: baponi.SandboxResult, code: str) -> None:
 
 
 def test_only_the_listed_directory_is_shown(sp: Setup) -> None:
-    result = bash(sp, "ls -A /data; echo --; ls -A /data/a; echo --; ls -A /data/a/x; cat /data/a/x/f", ["/data/a/x"])
+    result = bash(sp, "ls -A -I outputs /data; echo --; ls -A /data/a; echo --; ls -A /data/a/x; cat /data/a/x/f", ["/data/a/x"])
     assert result.success, result
     assert result.stdout == "a\n--\nx\n--\nf\ninner\nin-x\n", result.stdout
     # b, a's other files and directories: not there at all
     probe = "for p in /data/b /data/a/y /data/a/top; do [ -e $p ] && echo $p present; done; true"
     assert bash(sp, probe, ["/data/a/x"]).stdout == ""
     # without sub_paths, the whole of both
-    assert bash(sp, "ls -A /data; ls -A /data/a").stdout == "a\nb\ntop\nx\ny\n"
+    assert bash(sp, "ls -A -I outputs /data; ls -A /data/a").stdout == "a\nb\ntop\nx\ny\n"
 
 
 def test_writes_land_in_the_listed_directory_of_the_volume(sp: Setup) -> None:
@@ -138,10 +138,10 @@ def test_writes_land_in_the_listed_directory_of_the_volume(sp: Setup) -> None:
 
 def test_a_thread_run_is_narrowed_the_same_way(sp: Setup) -> None:
     thread = f"subp-{uuid.uuid4().hex[:8]}"
-    code = "ls -A /data /data/a; cp /data/a/x/f /home/baponi/copied; cat /home/baponi/copied"
+    code = "ls -A -I outputs /data /data/a; cp /data/a/x/f /home/baponi/copied; cat /home/baponi/copied"
     result = bash(sp, code, ["/data/a/x"], thread_id=thread)
     assert result.success and result.stdout == "/data:\na\n\n/data/a:\nx\nin-x\n", result
-    again = bash(sp, "cat /home/baponi/copied; ls -A /data", ["/data/b/y"], thread_id=thread)
+    again = bash(sp, "cat /home/baponi/copied; ls -A -I outputs /data", ["/data/b/y"], thread_id=thread)
     assert again.stdout == "in-x\nb\n", again
 
 
@@ -153,7 +153,7 @@ def test_a_read_only_binding_stays_read_only_when_narrowed(sp: Setup) -> None:
 
 def test_two_mounts_and_nested_entries(sp: Setup) -> None:
     result = bash(
-        sp, "ls -A /data; ls -A /data/a; ls -A /data/b; cat /data/a/x/f; ls -A /data/b/y",
+        sp, "ls -A -I outputs /data; ls -A /data/a; ls -A /data/b; cat /data/a/x/f; ls -A /data/b/y",
         ["/data/b/y/z", "/data/a/x/inner", "/data/a/x", "/data/b/y"],
     )
     assert result.success, result
@@ -162,7 +162,7 @@ def test_two_mounts_and_nested_entries(sp: Setup) -> None:
 
 def test_the_whole_mount_by_sub_paths(sp: Setup) -> None:
     """`/data/a` names all of `a`; `b`, not named, is not mounted."""
-    assert bash(sp, "ls -A /data; ls -A /data/a", ["/data/a"]).stdout == "a\ntop\nx\ny\n"
+    assert bash(sp, "ls -A -I outputs /data; ls -A /data/a", ["/data/a"]).stdout == "a\ntop\nx\ny\n"
 
 
 def test_entries_at_the_request_limits_are_accepted(sp: Setup) -> None:
@@ -383,7 +383,7 @@ def test_storage_cli_and_a_key_with_a_volume_and_a_bucket(sp: Setup) -> None:
 
     with _sdk(server, key) as sdk:
         # sub_paths naming only the volume: the bucket is not mounted at all, so its failure is not met
-        narrowed = sdk.execute("ls -A /data; ls -A /data/a", language="bash", sub_paths=["/data/a/x"])
+        narrowed = sdk.execute("ls -A -I outputs /data; ls -A /data/a", language="bash", sub_paths=["/data/a/x"])
         assert narrowed.success and narrowed.stdout == "a\nx\n", narrowed
         for sub_paths in (None, ["/data/lake/in"], ["/data/a/x", "/data/lake"]):
             refused(sdk.execute("echo ran", language="bash", sub_paths=sub_paths), "storage_mount_error")

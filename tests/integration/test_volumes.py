@@ -126,7 +126,7 @@ async def test_bound_key_sees_the_volume_and_writes_to_it(vs: Setup) -> None:
     name = unique("hello")
     out = await ok(
         vs.server, vs.rw,
-        f"ls -A /data; echo hello > /data/data/{name}; cat /data/data/{name}; "
+        f"ls -A -I outputs /data; echo hello > /data/data/{name}; cat /data/data/{name}; "
         f"stat -c %a /data/data/{name}",
     )
     lines = out.splitlines()
@@ -174,7 +174,7 @@ async def test_unbound_key_sees_no_volume(vs: Setup) -> None:
     await ok(vs.server, vs.rw, f"echo secret > /data/data/{name}")
     out = await ok(
         vs.server, vs.unbound,
-        f"ls -A /data; [ -e /data/data ] && echo present || echo absent; "
+        f"ls -A -I outputs /data; [ -e /data/data ] && echo present || echo absent; "
         f"find / -name '{name}' 2>/dev/null; cat {volume_dir(vs.server, 'data') / name} 2>&1; true",
     )
     assert out.startswith("absent\n"), out
@@ -208,7 +208,7 @@ async def test_other_org_cannot_see_it_and_gets_its_own(vs: Setup) -> None:
 
     out = await ok(
         server, other,
-        f"ls -A /data; [ -e /data/data ] && echo present || echo absent; "
+        f"ls -A -I outputs /data; [ -e /data/data ] && echo present || echo absent; "
         f"find / -name '{name}' 2>/dev/null; true",
     )
     assert out == "absent\n", out
