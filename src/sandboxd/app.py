@@ -43,6 +43,7 @@ from .service.invalidation import EpochFile
 from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
+from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
 from .service.webhook_claims import LeaseClaims
@@ -90,6 +91,8 @@ class Services(Admin):
     pool: WarmPool | None = None
     #: The sandbox runtime this server built (None when one was passed in, e.g. a test's).
     runtime: Runner | None = None
+    #: Persistent sessions (a server's; `sandboxd run` has none).
+    sessions: Sessions | None = None
 
     def unready_reason(self) -> str | None:
         """Why /ready answers 503 (no host paths: it is unauthenticated); None when ready."""
@@ -115,6 +118,8 @@ class Services(Admin):
             await self.executions.shutdown(grace_s)
         if self.health is not None:
             await self.health.close()
+        if self.sessions is not None:  # before the runtime: their sandboxes are its
+            await self.sessions.close()
         if self.runtime is not None:
             await self.runtime.close()
         if self.storage.mounts is not None:  # after the runtime: no warm sandbox holds one
@@ -316,6 +321,12 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             reserve=settings.admission_reserve_slots, wait_s=settings.admission_wait_s,
             queue_max=settings.admission_queue_max,
         )
+        sessions = Sessions(
+            admin.store,
+            SessionSettings(idle_s=settings.session_idle_s, memory_budget_mib=settings.session_memory_budget_mib),
+            admin.threads.discard_path,
+        ) if server else None
+        admin.threads.sessions = sessions
         executions = ExecutionService(
             admin.store,
             runner,
@@ -332,6 +343,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             images=admin.images,
             storage=admin.storage,
             connectors=admin.connectors,
+            sessions=sessions,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -343,6 +355,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             if pool is not None:
                 admin.storage.mounts.before_unmount = lambda path: pool.discard(str(path))
             await admin.threads.recover()
+            if sessions is not None:
+                await sessions.recover()
             await admin.images.clean()
             recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
             interrupted = await recovery.recover()
@@ -361,6 +375,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
     if server:
         admin.webhooks.start()  # also resumes deliveries left pending by the last run
         admin.threads.start()
+        if sessions is not None:
+            sessions.start()
         retention = RetentionService(admin.store, execution_retention_days=settings.execution_retention_days)
         retention.start()
     return Services(
@@ -393,6 +409,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         health=health,
         pool=pool,
         runtime=real,
+        sessions=sessions,
     )
 
 

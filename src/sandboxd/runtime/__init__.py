@@ -24,6 +24,7 @@ from .interface import Runner
 from .pool import PoolSettings
 from .pooled import PooledRunner
 from .runner import BwrapRunner
+from .session import SessionRun, SessionSandbox
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
 from .spec import (
@@ -42,6 +43,8 @@ from .spec import (
 from .users import UidPool
 
 __all__ = [
+    "SessionRun",
+    "SessionSandbox",
     "DEFAULT_LANGUAGE",
     "DEFAULT_TIMEOUT_S",
     "HOST_IMAGE",

@@ -32,6 +32,7 @@ from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
 from ..runtime.network import BROKER_ENV_NAMES
 from .connectors import ConnectorBinding, ConnectorService
+from .sessions import Sessions
 from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
@@ -57,6 +58,7 @@ class ExecutionService:
         images: ImageService | None = None,
         storage: StorageService | None = None,
         connectors: ConnectorService | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -73,6 +75,7 @@ class ExecutionService:
         self._jobs = ExecutionJobs(
             store, runner, threads, volumes, webhooks, keepalive_s=keepalive_s, metrics=self._metrics,
             health=health or PlatformHealth(self._metrics), storage=storage, connectors=connectors,
+            sessions=sessions,
         )
         self._live: dict[str, Submission] = {}
 
@@ -176,6 +179,7 @@ class ExecutionService:
             storage=StorageMountBinding.of(principal),
             sub_paths=tuple(request.sub_paths) if request.sub_paths is not None else None,
             connectors=ConnectorBinding.of(principal),
+            session=sandbox.session,
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:

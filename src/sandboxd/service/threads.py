@@ -15,11 +15,15 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import Conflict, Forbidden, NotFound, Unavailable
 from ..store import Store, Thread, utcnow
 from ..storage import OrgQuotaReached, ThreadStore
 from .ports import ThreadLock
+
+if TYPE_CHECKING:
+    from .sessions import Sessions
 
 log = logging.getLogger("sandboxd.threads")
 
@@ -91,6 +95,8 @@ class ThreadService:
         self._creating: dict[str, asyncio.Lock] = {}  # per org: count-then-add is one step
         self._sweeper: asyncio.Task[None] | None = None
         self._touches: set[asyncio.Task[None]] = set()
+        #: The server's persistent sessions (service/sessions.py): a deleted thread's end.
+        self.sessions: Sessions | None = None
 
     @property
     def available(self) -> bool:
@@ -145,6 +151,23 @@ class ThreadService:
         if path is not None and self._homes is not None:
             await asyncio.to_thread(self._homes.commit, path)
 
+    async def checkpoint(self, copy: WorkingCopy, workspace: Path, image: str | None = None) -> None:
+        """Save a live session's workspace as the thread's home (the workspace stays in use)."""
+        copy.image = image
+        await asyncio.to_thread(self._require_storage().checkpoint, workspace)
+
+    async def take_workspace(self, copy: WorkingCopy, trace_id: str, gid: int | None) -> Path:
+        """A working copy that outlives the execution (a persistent session's workspace): the
+        caller drops it with `discard_path`."""
+        await self.open(copy, trace_id, gid)
+        path, copy.path = copy.path, None
+        assert path is not None
+        return path
+
+    async def discard_path(self, path: Path) -> None:
+        if self._homes is not None:
+            await asyncio.to_thread(self._homes.discard, path)
+
     async def release(self, copy: WorkingCopy) -> None:
         """Drop the working copy unless it was committed, and give the lock back."""
         try:
@@ -187,6 +210,9 @@ class ThreadService:
         await self.get(org_id, thread_id)
         fd = self._locks.acquire(org_id, thread_id)  # 409 while an execution holds it
         try:
+            if self.sessions is not None:
+                await self.sessions.end(org_id, thread_id, "changed")
+            await self._store.sessions.forget(org_id, thread_id)
             if self._homes is not None:
                 await asyncio.to_thread(self._homes.delete, org_id, thread_id)
             await self._store.threads.delete(org_id, thread_id)

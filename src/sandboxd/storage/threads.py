@@ -20,6 +20,8 @@ from .btrfs import Btrfs, StorageFull
 from .orgs import OrgQuotas
 
 _TRAVERSE_ONLY = 0o711
+#: A session's checkpoint while it is swapped in (runtime leftovers of a crash are removed).
+_CHECKPOINT = "home-next"
 
 
 class ThreadStore:
@@ -93,6 +95,27 @@ class ThreadStore:
             raise
         self._fs.delete(work)  # now the previous state
 
+    def checkpoint(self, work: Path) -> None:
+        """Save a live session's working copy as the thread's home; the copy stays in use.
+
+        A snapshot of it is swapped in as `commit` swaps the copy itself. Not when the
+        filesystem is full (StorageFull): the caller ends the session, and the thread keeps
+        its previous state.
+        """
+        if self._fs.free_bytes() < self.orgs.full_below:
+            raise StorageFull(
+                "the storage filesystem filled up during the run, so its changes to the thread were "
+                "discarded and the thread keeps its previous state"
+            )
+        home, saved = work.parent / "home", work.parent / _CHECKPOINT
+        if saved.exists():  # left by a crash
+            self._fs.delete(saved)
+        self._fs.snapshot(work, saved, self.orgs.group(work.parent.parent.name))
+        try:
+            self._fs.exchange(saved, home)
+        finally:
+            self._fs.delete(saved)  # the previous state (or the snapshot, if the swap failed)
+
     def discard(self, work: Path) -> None:
         self._fs.delete(work)
 
@@ -114,7 +137,7 @@ class ThreadStore:
         if not self._mounted():
             return 0
         threads = self._fs.root / "threads"
-        stale = list(threads.glob("*/*/work-*"))
+        stale = [*threads.glob("*/*/work-*"), *threads.glob(f"*/*/{_CHECKPOINT}")]
         for path in stale:
             self._fs.delete(path)
         self._adopt(threads)
