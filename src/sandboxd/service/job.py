@@ -339,7 +339,7 @@ class ExecutionJobs:
         one there was started for another environment); checkpoint the workspace after a run
         that ended by itself, end the thread's sessions after one that did not."""
         thread = copy.thread
-        ts = sessions.thread(job.org_id, thread.thread_id, thread.uid)
+        ts = await sessions.thread(job.org_id, thread.thread_id, thread.uid)
         async with ts.lock:
             ts.busy = True
             try:

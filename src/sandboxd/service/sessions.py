@@ -116,11 +116,16 @@ class Sessions:
         self._threads: dict[tuple[str, str], ThreadSessions] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    def thread(self, org_id: str, thread_id: str, uid: int) -> ThreadSessions:
-        """The thread's sessions (a deleted and re-created thread has a new uid: a new entry)."""
+    async def thread(self, org_id: str, thread_id: str, uid: int) -> ThreadSessions:
+        """The thread's sessions. A thread deleted and made again (a new uid: `sandboxd threads
+        delete` in another process) ends the old thread's sessions."""
         key = (org_id, thread_id)
         found = self._threads.get(key)
-        if found is None or found.uid != uid:
+        if found is not None and found.uid != uid:
+            async with found.lock:
+                await self.end_thread(found, "changed")
+            found = None
+        if found is None:
             found = self._threads[key] = ThreadSessions(org_id, thread_id, uid)
         return found
 
@@ -186,7 +191,7 @@ class Sessions:
         ended = 0
         now = time.monotonic()
         for ts in list(self._threads.values()):
-            if ts.sessions and not ts.busy and now - ts.last_used >= self.settings.idle_s:
+            if ts.sessions and not ts.lock.locked() and now - ts.last_used >= self.settings.idle_s:
                 async with ts.lock:
                     if ts.sessions and not ts.busy:
                         await self.end_thread(ts, "idle")
@@ -202,6 +207,8 @@ class Sessions:
         for ts in idle:
             if held + wanted_bytes <= budget:
                 break
+            if ts.lock.locked():  # running, or being ended: never wait for another thread's run
+                continue
             async with ts.lock:
                 if not ts.sessions or ts.busy:
                     continue
