@@ -245,3 +245,57 @@ def test_eviction_and_restart(pool: Pool) -> None:
     server = pool.restart(server.data_dir, session_memory_budget_mib=64)
     restarted = run(server, key, "print('k' in globals())", kept)
     assert session_of(restarted) == ("reset", "restart") and restarted["stdout"] == "False\n"
+
+
+# --- what the security review found --------------------------------------------------------
+
+
+def test_connector_secret_is_redacted_from_rich_outputs_and_a_new_version_resets(server: Server) -> None:
+    secret = "sk-live-" + uuid.uuid4().hex
+    name = f"env-{uuid.uuid4().hex[:8]}"
+    made = server.cli("connectors", "create", name, "--type", "env", "--secret-file", "-",
+                      input=json.dumps({"OPENAI_API_KEY": secret}))
+    assert made.returncode == 0, made.stderr
+    assert server.cli("sandboxes", "create", f"s-{name}", "--session", "persistent").returncode == 0
+    created = server.cli("keys", "create", "--sandbox", f"s-{name}", "--connector", name)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.split()[0]
+    t = thread()
+    code = "import os\nclass Leak:\n    def _repr_html_(self):\n        return '<b>' + os.environ['OPENAI_API_KEY'] + '</b>'\nLeak()"
+    leaked = run(server, key, code, t)
+    html = [o["data"] for o in leaked["outputs"] if o["type"] == "text/html"]
+    assert html and secret not in json.dumps(leaked) and f"[redacted:{name}]" in html[0], leaked
+    rotated = server.cli("connectors", "update", name, "--secret-file", "-",
+                         input=json.dumps({"OPENAI_API_KEY": "sk-live-" + uuid.uuid4().hex}))
+    assert rotated.returncode == 0, rotated.stderr
+    deadline = time.monotonic() + 30  # the server's key cache learns of the change
+    while session_of(after := run(server, key, "print(1)", t)) == ("kept", None) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert session_of(after) == ("reset", "changed")
+
+
+def test_a_session_started_after_a_reset_still_expires(pool: Pool) -> None:
+    """A session begun in a thread's entry after its predecessor ended is still tracked."""
+    server = pool.start(session_idle_s=1.5)
+    one = asyncio.run(server.create_key(sandbox="one", session="persistent"))
+    two = asyncio.run(server.create_key(sandbox="two", session="persistent", memory_mib=512))
+    t = thread()
+    assert run(server, one, "x = 1", t)["success"]
+    changed = run(server, two, "print('x' in globals())", t)
+    assert session_of(changed) == ("reset", "changed") and changed["stdout"] == "False\n"
+    uid = db(server, "SELECT uid FROM threads WHERE thread_id = ?", t)[0][0]
+    deadline = time.monotonic() + 20
+    while processes_of(uid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(uid) == []
+    assert session_of(run(server, two, "print(1)", t)) == ("reset", "idle")
+
+
+def test_a_broken_control_line_is_the_programs_crash_not_a_platform_error(server: Server, key: str) -> None:
+    t = thread()
+    assert run(server, key, "x = 1", t)["success"]
+    flood = run(server, key, "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'[' * 200000 + b'\\n')\n    except OSError:\n        pass", t)
+    assert flood["error"] != "internal_error" and flood["exit_code"] != -1, flood
+    ready = httpx.get(server.url + "/ready", timeout=10)
+    assert ready.status_code == 200
+    assert run(server, key, "print(2)", t)["stdout"] == "2\n"

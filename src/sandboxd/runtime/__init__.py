@@ -24,7 +24,7 @@ from .interface import Runner
 from .pool import PoolSettings
 from .pooled import PooledRunner
 from .runner import BwrapRunner
-from .session import SessionRun, SessionSandbox
+from .session import SessionRun, SessionSandbox, SessionStartFailed
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
 from .spec import (
@@ -45,6 +45,7 @@ from .users import UidPool
 __all__ = [
     "SessionRun",
     "SessionSandbox",
+    "SessionStartFailed",
     "DEFAULT_LANGUAGE",
     "DEFAULT_TIMEOUT_S",
     "HOST_IMAGE",

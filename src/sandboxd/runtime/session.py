@@ -26,9 +26,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import SandboxSetupError
 from . import drivers, warm
-from .network import Attached, Network
+from .network import Attached, Network, NetworkDecision
 from .sandbox import Sandbox, Sandboxes, _Capture
 from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
 
@@ -39,6 +38,16 @@ OUTPUT_ITEM_MAX_BYTES = 2 * 1024 * 1024
 OUTPUT_TOTAL_MAX_BYTES = 8 * 1024 * 1024
 #: What a stream keeps between executions (a background writer's output) at most.
 _CARRY_MAX = 64 * 1024
+#: The longest control line: the rich outputs of one execution, as base64 text, and some room.
+_CONTROL_LINE_MAX = OUTPUT_TOTAL_MAX_BYTES + 256 * 1024
+
+
+class SessionStartFailed(Exception):
+    """The session's interpreter did not come up; what it printed, and how it ended."""
+
+    def __init__(self, exit_code: int, stdout: bytes, stderr: bytes) -> None:
+        super().__init__("the session's interpreter did not start")
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
 
 
 @dataclass(frozen=True)
@@ -63,23 +72,39 @@ class _StreamReader:
         self._capture: _Capture | None = None
         self._sink: OutputSink | None = None
         self.marked = asyncio.Event()
+        #: Set while an execution wants output; between executions the pump stops reading once
+        #: the carry is full, so a background writer blocks on its pipe, not the server.
+        self._wanted = asyncio.Event()
         self.eof = False
         self._task = asyncio.ensure_future(self._pump())
 
     def begin(self, capture: _Capture, sink: OutputSink | None) -> None:
         self._capture, self._sink = capture, sink
         self.marked.clear()
+        self._wanted.set()
 
     def end(self) -> None:
-        """The execution is over: what comes now is kept for the next one."""
+        """The execution is over: what comes now is kept for the next one (up to a cap)."""
         self._capture = self._sink = None
+        self._wanted.clear()
+
+    @property
+    def carry(self) -> bytes:
+        """What the stream holds that no execution took (e.g. an interpreter's start-up errors)."""
+        return bytes(self._pending[:_CARRY_MAX])
 
     async def flush_carry(self) -> None:
         """What came after the last marker goes to this execution."""
         await self._feed(b"")
 
     async def _pump(self) -> None:
-        while chunk := await self._reader.read(_CHUNK):
+        while True:
+            if self._capture is None and len(self._pending) >= _CARRY_MAX:
+                self._wanted.clear()
+                await self._wanted.wait()
+            chunk = await self._reader.read(_CHUNK)
+            if not chunk:
+                break
             await self._feed(chunk)
         self.eof = True
         await self._emit(bytes(self._pending))
@@ -89,7 +114,7 @@ class _StreamReader:
     async def _feed(self, chunk: bytes) -> None:
         self._pending += chunk
         if self._capture is None:  # between executions: keep a little for the next one
-            del self._pending[:-_CARRY_MAX]
+            del self._pending[_CARRY_MAX:]
             return
         at = self._pending.find(self._marker)
         if at >= 0:
@@ -130,13 +155,16 @@ class SessionSandbox:
 
     def __init__(
         self, sandboxes: Sandboxes, box: Sandbox, stack: AsyncExitStack, control: asyncio.StreamReader,
-        marker: bytes, spec: SandboxSpec,
+        control_transport: asyncio.ReadTransport, marker: bytes, spec: SandboxSpec, net: Attached,
     ) -> None:
         self._sandboxes = sandboxes
         self.box = box
         self._stack = stack
         self._control = control
+        #: Read only during an execution: between them the driver's writes wait in the pipe.
+        self._control_transport = control_transport
         self.spec = spec
+        self._net = net
         assert box.proc.stdout is not None and box.proc.stderr is not None
         self._out = _StreamReader("stdout", box.proc.stdout, marker)
         self._err = _StreamReader("stderr", box.proc.stderr, marker)
@@ -153,13 +181,24 @@ class SessionSandbox:
         return 0
 
     async def ready(self, timeout_s: float) -> None:
-        """Wait for the driver's first line; a driver that never comes up is a setup failure."""
+        """Wait for the driver's first line. One that never comes: the interpreter did not
+        start, maybe because of what the thread's home holds (a broken `.pth`), so it is the
+        program's failure (SessionStartFailed, with what it printed), not the platform's."""
         try:
             line = await asyncio.wait_for(self._control.readline(), timeout_s)
         except (asyncio.TimeoutError, ValueError):
             line = b""
-        if not line.startswith(b'{"ready"'):
-            raise SandboxSetupError("session", "the session's interpreter did not start")
+        if line.startswith(b'{"ready"'):
+            self._control_transport.pause_reading()
+            return
+        self.box.group.kill_all()
+        await self.box.proc.wait()
+        code = self.box.proc.returncode if self.box.proc.returncode is not None else -1
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(self._out.marked.wait(), self._err.marked.wait()), 5)
+        raise SessionStartFailed(
+            128 - code if code < 0 else code or 1, bytes(self._out.carry), bytes(self._err.carry)
+        )
 
     async def execute(
         self, spec: SandboxSpec, *, sink: OutputSink | None = None, cancel: asyncio.Event | None = None,
@@ -175,11 +214,9 @@ class SessionSandbox:
         await self._out.flush_carry()
         await self._err.flush_carry()
         proc = self.box.proc
-        assert proc.stdin is not None
-        proc.stdin.write(warm.request(spec))
-        with contextlib.suppress(ConnectionError):
-            await proc.stdin.drain()
-        reply = asyncio.ensure_future(self._reply())
+        seen = _counts(self._net.so_far()) if self._net.so_far is not None else None
+        self._control_transport.resume_reading()
+        reply = asyncio.ensure_future(self._send_and_wait(warm.request(spec)))
         waits: set[asyncio.Future[Any]] = {reply, asyncio.ensure_future(proc.wait())}
         cancelled = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
         if cancelled is not None:
@@ -223,23 +260,38 @@ class SessionSandbox:
             await asyncio.wait_for(asyncio.gather(self._out.marked.wait(), self._err.marked.wait()), 5)
         self._out.end()
         self._err.end()
+        if ended is None:
+            self._control_transport.pause_reading()
+        network = _added(seen, self._net.so_far()) if seen is not None and self._net.so_far is not None else ()
+        if status is ExecStatus.FAILED and any(not d.allowed for d in network):
+            status, error = ExecStatus.BLOCKED, "blocked"  # as the cold runner says it
         result = ExecResult(
             status=status, exit_code=exit_code, stdout=bytes(out.data), stderr=bytes(err.data),
             stdout_truncated=out.truncated, stderr_truncated=err.truncated, duration_ms=duration_ms,
-            error=error,
+            error=error, network=network,
         )
         outputs = _outputs(message) if message is not None else ()
         if ended is not None:
             await self.close()
         return SessionRun(result, outputs, ended)
 
+    async def _send_and_wait(self, request: bytes) -> dict[str, Any] | None:
+        """Send the request and read the reply: both within the execution's timeout (a driver
+        that stopped reading blocks the write, not the server)."""
+        stdin = self.box.proc.stdin
+        assert stdin is not None
+        stdin.write(request)
+        with contextlib.suppress(ConnectionError):
+            await stdin.drain()
+        return await self._reply()
+
     async def _reply(self) -> dict[str, Any] | None:
-        line = await self._control.readline()
-        if not line:
-            return None
+        """The driver's line, or None (the session is then ended as a crash): the driver runs
+        with the sandbox's code, so a line too long, not JSON or too deep is its failure."""
         try:
-            message = json.loads(line)
-        except ValueError:
+            line = await self._control.readline()
+            message = json.loads(line) if line else None
+        except Exception:  # LimitOverrunError, ValueError, RecursionError
             return None
         return message if isinstance(message, dict) else None
 
@@ -276,7 +328,7 @@ async def start(
             box = await sandboxes.launch(replace(spec, code=b""), net, program=program, ready_fd=control_w)
         finally:
             os.close(control_w)
-        control = asyncio.StreamReader(limit=2 * OUTPUT_TOTAL_MAX_BYTES + _CHUNK)
+        control = asyncio.StreamReader(limit=_CONTROL_LINE_MAX)
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(control), control_file
         )
@@ -286,13 +338,26 @@ async def start(
             await sandboxes.dispose(box)
         await stack.aclose()
         raise
-    session = SessionSandbox(sandboxes, box, stack, control, drivers.marker(nonce), spec)
+    session = SessionSandbox(sandboxes, box, stack, control, transport, drivers.marker(nonce), spec, net)
     try:
         await session.ready(timeout_s)
     except BaseException:
         await session.close()
         raise
     return session
+
+
+def _counts(decisions: tuple[NetworkDecision, ...]) -> dict[tuple[Any, ...], int]:
+    return {(d.host, d.port, d.allowed, d.reason, d.connector, d.method, d.status): d.count for d in decisions}
+
+
+def _added(before: dict[tuple[Any, ...], int], now: tuple[NetworkDecision, ...]) -> tuple[NetworkDecision, ...]:
+    """The decisions one execution added to its session's (counts are the session's so far)."""
+    return tuple(
+        replace(d, count=d.count - before.get(key, 0))
+        for d in now
+        if d.count > before.get(key := (d.host, d.port, d.allowed, d.reason, d.connector, d.method, d.status), 0)
+    )
 
 
 def _exit_code(message: dict[str, Any]) -> int:

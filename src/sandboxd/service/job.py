@@ -25,7 +25,7 @@ from ..bus import Event, ExecutionLog, OutputEvents
 from ..errors import SandboxSetupError
 from ..observability import Metrics
 from ..observability.logging import get_logger
-from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec
+from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec, SessionStartFailed
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
 from ..connectors.redact import Redactor
@@ -110,7 +110,7 @@ class JobDescription:
         """What a session is started with besides the code (service/sessions.py): a run on
         another image, limits, network, mounts or connectors cannot use it."""
         return fingerprint(
-            self.language, self.org_gid, asdict(self.image), asdict(replace(self.limits, timeout_s=0)),
+            self.language, self.org_gid, self.key_id, asdict(self.image), asdict(replace(self.limits, timeout_s=0)),
             self.network, self.network_allow, self.volumes, self.storage, self.sub_paths, self.connectors,
         )
 
@@ -204,6 +204,13 @@ class Held:
 
     stack: AsyncExitStack
     thread: WorkingCopy | None = None
+
+
+def _redacted(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A rich output with the connectors' secrets masked (text kinds; images are pixels)."""
+    if not redactor or item["type"].startswith("image/") and item["type"] != "image/svg+xml":
+        return item
+    return {**item, "data": redactor.redact(item["data"].encode()).decode("utf-8", "replace")}
 
 
 class Kick(Protocol):
@@ -339,8 +346,7 @@ class ExecutionJobs:
         one there was started for another environment); checkpoint the workspace after a run
         that ended by itself, end the thread's sessions after one that did not."""
         thread = copy.thread
-        ts = await sessions.thread(job.org_id, thread.thread_id, thread.uid)
-        async with ts.lock:
+        async with sessions.locked(job.org_id, thread.thread_id, thread.uid) as ts:
             ts.busy = True
             try:
                 session, state = await sessions.state(ts, job.language, job.environment())
@@ -382,6 +388,13 @@ class ExecutionJobs:
             spec = replace(spec, home=str(ts.workspace), host_uid=ts.uid)
             try:
                 sandbox = await self._runner.start_session(spec)
+            except SessionStartFailed as exc:  # the program's failure (e.g. a broken .pth in its home)
+                self._health.ran()
+                return Outcome(
+                    job.trace_id, "failed", exc.exit_code, redactor.redact(exc.stdout).decode("utf-8", "replace"),
+                    redactor.redact(exc.stderr).decode("utf-8", "replace"), None, 0, False,
+                    notes=("the session's interpreter did not start; its output is above",),
+                )
             except SandboxSetupError as exc:
                 log.error("execution %s: %s", job.trace_id, exc.message)
                 return self._platform_failure(job, setup_failure(exc))
@@ -416,7 +429,8 @@ class ExecutionJobs:
             return self._platform_failure(job, runtime_failure(exc)), "crash"
         finally:
             session.last_used = time.monotonic()
-        outcome = replace(self._outcome(job, sub, spec, run.result, redactor), outputs=run.outputs)
+        outputs = tuple(_redacted(item, redactor) for item in run.outputs)
+        outcome = replace(self._outcome(job, sub, spec, run.result, redactor), outputs=outputs)
         return await self._settle(job, session.leases, outcome), run.ended
 
     async def _settle(self, job: JobDescription, leases: list[Lease], outcome: Outcome) -> Outcome:

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -116,18 +116,24 @@ class Sessions:
         self._threads: dict[tuple[str, str], ThreadSessions] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def thread(self, org_id: str, thread_id: str, uid: int) -> ThreadSessions:
-        """The thread's sessions. A thread deleted and made again (a new uid: `sandboxd threads
-        delete` in another process) ends the old thread's sessions."""
+    @contextlib.asynccontextmanager
+    async def locked(self, org_id: str, thread_id: str, uid: int) -> AsyncIterator[ThreadSessions]:
+        """The thread's sessions, under their lock. A thread deleted and made again (a new uid:
+        `sandboxd threads delete` in another process) ends the old thread's sessions; an entry
+        retired while we waited for its lock is looked up again."""
         key = (org_id, thread_id)
-        found = self._threads.get(key)
-        if found is not None and found.uid != uid:
+        while True:
+            found = self._threads.get(key)
+            if found is not None and found.uid != uid:
+                async with found.lock:
+                    await self.end_thread(found, "changed")
+                continue
+            if found is None:
+                found = self._threads[key] = ThreadSessions(org_id, thread_id, uid)
             async with found.lock:
-                await self.end_thread(found, "changed")
-            found = None
-        if found is None:
-            found = self._threads[key] = ThreadSessions(org_id, thread_id, uid)
-        return found
+                if self._threads.get(key) is found:
+                    yield found
+                    return
 
     def workspace(self, org_id: str, thread_id: str) -> Path | None:
         """The live workspace of a thread (the files API writes there while sessions live)."""
@@ -156,7 +162,9 @@ class Sessions:
         await self._store.sessions.live(ts.org_id, ts.thread_id, session.language, session.token)
 
     async def end_thread(self, ts: ThreadSessions, reason: str) -> None:
-        """End every session of the thread and drop their workspace (back to the last checkpoint)."""
+        """End every session of the thread and drop their workspace (back to the last checkpoint).
+        The caller holds `ts.lock`; the entry stays while a run holds it (it starts the next
+        session in it) and goes when the sweeper or a shutdown ends it."""
         sessions, ts.sessions = list(ts.sessions.values()), {}
         workspace, ts.workspace = ts.workspace, None
         for session in sessions:
@@ -171,7 +179,7 @@ class Sessions:
                 await self._discard(workspace)
             except Exception:
                 log.exception("dropping the workspace of thread %s failed", ts.thread_id)
-        if self._threads.get((ts.org_id, ts.thread_id)) is ts:
+        if not ts.busy and self._threads.get((ts.org_id, ts.thread_id)) is ts:
             del self._threads[(ts.org_id, ts.thread_id)]
 
     async def end(self, org_id: str, thread_id: str, reason: str) -> None:
@@ -187,14 +195,25 @@ class Sessions:
     # --- retiring sessions -----------------------------------------------------------------
 
     async def sweep(self) -> int:
-        """End sessions idle past `idle_s`, then idle ones past the memory budget, oldest first."""
+        """End sessions idle past `idle_s`, and those of threads deleted meanwhile (by the CLI,
+        in another process), then idle ones past the memory budget, oldest first."""
         ended = 0
         now = time.monotonic()
-        for ts in list(self._threads.values()):
-            if ts.sessions and not ts.lock.locked() and now - ts.last_used >= self.settings.idle_s:
+        for key, ts in list(self._threads.items()):
+            if ts.lock.locked():
+                continue
+            if not ts.sessions:  # left by a run whose sessions ended
+                if self._threads.get(key) is ts and ts.workspace is None:
+                    del self._threads[key]
+                continue
+            reason = "idle" if now - ts.last_used >= self.settings.idle_s else None
+            if reason is None:
+                row = await self._store.threads.get(ts.org_id, ts.thread_id)
+                reason = "changed" if row is None or row.uid != ts.uid else None
+            if reason is not None:
                 async with ts.lock:
                     if ts.sessions and not ts.busy:
-                        await self.end_thread(ts, "idle")
+                        await self.end_thread(ts, reason)
                         ended += 1
         return ended + await self.evict()
 
