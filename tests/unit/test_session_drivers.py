@@ -47,10 +47,15 @@ class Cell:
 class Session:
     """A driver process and the server's end of its pipes."""
 
-    def __init__(self, language: Language, workdir: Path, item_max: int, total_max: int) -> None:
+    def __init__(self, language: Language, workdir: Path, item_max: int, total_max: int,
+                 control_fd: int | None = None) -> None:
         self.nonce = secrets.token_hex(16)
         self.marker = drivers.marker(self.nonce)
         control_read, control_write = os.pipe()
+        if control_fd is not None:  # the number the driver is given, as a server's could be any
+            os.dup2(control_write, control_fd)
+            os.close(control_write)
+            control_write = control_fd
         requests_read, self.requests = os.pipe()
         program = workdir / INTERPRETERS[language].program_name
         program.write_bytes(drivers.program(
@@ -139,12 +144,13 @@ def session(tmp_path: Path) -> Iterator[Any]:
     """session(language, item_max=..., total_max=...) starts a driver; each is closed after."""
     started: list[Session] = []
 
-    def start(language: Language, item_max: int = 1 << 20, total_max: int = 4 << 20) -> Session:
+    def start(language: Language, item_max: int = 1 << 20, total_max: int = 4 << 20,
+              control_fd: int | None = None) -> Session:
         if shutil.which(COMMANDS[language][0]) is None:
             pytest.skip(f"{COMMANDS[language][0]} is not installed")
         workdir = tmp_path / f"{language}-{len(started)}"
         workdir.mkdir()
-        s = Session(language, workdir, item_max, total_max)
+        s = Session(language, workdir, item_max, total_max, control_fd)
         started.append(s)
         return s
 
@@ -184,6 +190,14 @@ def test_the_templates_are_package_data() -> None:
         assert (files(drivers) / name).is_file()
 
 
+@pytest.mark.parametrize("language", list(drivers.TEMPLATES))
+def test_any_control_fd_number_works(session: Any, language: Language) -> None:
+    s = session(language, control_fd=200)
+    assert s.run({"python": "x = 1", "node": "let x = 1", "bash": "x=1"}[language]).exit == 0
+    show = {"python": "print(x)", "node": "console.log(x)", "bash": "echo $x"}[language]
+    assert s.run(show).stdout == "1\n"
+
+
 # --- python ----------------------------------------------------------------------------------
 
 
@@ -201,7 +215,8 @@ def test_python_cells_run_as_main_so_classes_pickle(session: Any) -> None:
     s.run("class Point:\n    def __init__(self, x):\n        self.x = x")
     cell = s.run("import pickle\nprint(__name__, pickle.loads(pickle.dumps(Point(3))).x)")
     assert cell.stdout == "__main__ 3\n"
-    assert s.run("print(sorted(k for k in globals() if k.startswith('_sandboxd')))").stdout == "[]\n"
+    cell = s.run("print(sorted(k for k in globals() if k.startswith('_sandboxd')))")
+    assert cell.stdout == "[]\n"
 
 
 def test_python_displays_the_last_expression(session: Any) -> None:
@@ -279,7 +294,8 @@ def test_python_rich_outputs_from_repr_methods(session: Any) -> None:
 
 def test_python_display_builtin(session: Any) -> None:
     s = session("python")
-    s.run("class H:\n    def _repr_html_(self): return '<i>h</i>'\n    def __repr__(self): return 'H'")
+    s.run("class H:\n    def _repr_html_(self): return '<i>h</i>'\n"
+          "    def __repr__(self): return 'H'")
     cell = s.run("display(H(), 5)\nx = 1")
     assert cell.stdout == "H\n5\n"
     assert cell.outputs == [{"type": "text/html", "data": "<i>h</i>"}]
@@ -393,7 +409,8 @@ def test_python_pandas_dataframe_is_html(session: Any) -> None:
     requires(s, "pandas")
     s.run("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2]})")
     cell = s.run("df")
-    assert [o["type"] for o in cell.outputs] == ["text/html"] and "<table" in cell.outputs[0]["data"]
+    assert [o["type"] for o in cell.outputs] == ["text/html"]
+    assert "<table" in cell.outputs[0]["data"]
 
 
 def test_python_pil_image_is_png(session: Any) -> None:
@@ -466,7 +483,7 @@ def test_node_waits_for_the_async_work_of_the_cell(session: Any) -> None:
     s = session("node")
     cell = s.run("setTimeout(() => console.log('late'), 50); console.log('early')")
     assert cell.stdout == "early\nlate\n"
-    cell = s.run("require('child_process').exec('echo child', (e, out) => process.stdout.write(out))")
+    cell = s.run("require('child_process').exec('echo child', (e, out) => console.log(out.trim()))")
     assert cell.stdout == "child\n"
     assert s.run("console.log('next')").stdout == "next\n"
 
@@ -479,6 +496,23 @@ def test_node_top_level_await(session: Any) -> None:
     assert s.run("console.log(result)").stdout == "42\n"
     cell = s.run("await Promise.reject(new Error('awaited'))")
     assert cell.exit == 1 and "Error: awaited" in cell.stderr
+
+
+def test_node_dynamic_import_resolves_from_the_working_directory(session: Any) -> None:
+    s = session("node")
+    if s.run("process.exit(require('vm').constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER ? 0 : 9)").exit:
+        pytest.skip("this node has no loader for import() in a vm script")
+    s.run("require('fs').writeFileSync('m.mjs', 'export const v = 7')")
+    cell = s.run("const { v } = await import('./m.mjs')\nconsole.log(v)")
+    assert (cell.stdout, cell.stderr, cell.exit) == ("7\n", "", 0)
+
+
+def test_node_an_await_that_can_never_settle_ends_the_cell(session: Any) -> None:
+    s = session("node")
+    cell = s.run("await new Promise(() => {})")
+    assert cell.exit == 13 and "unsettled top-level await" in cell.stderr
+    assert s.run("new Promise(() => {})").exit == 0  # a last value is not waited for
+    assert s.run("console.log('next')").stdout == "next\n"
 
 
 def test_node_a_promise_completion_is_awaited(session: Any) -> None:
@@ -508,7 +542,8 @@ def test_bash_state_persists_between_cells(session: Any) -> None:
     s = session("bash")
     assert s.run("x=41").exit == 0
     assert s.run("echo $((x+1))").stdout == "42\n"
-    s.run("double() { echo $(( 2 * $1 )); }\ncd /\nalias hello='echo hello'\ndeclare -A map=([k]=v)")
+    s.run("double() { echo $(( 2 * $1 )); }\ncd /\nalias hello='echo hello'\n"
+          "declare -A map=([k]=v)")
     cell = s.run("double 21; pwd; hello; echo ${map[k]}")
     assert (cell.stdout, cell.stderr, cell.exit) == ("42\n/\nhello\nv\n", "", 0)
 

@@ -51,7 +51,7 @@ def program(
 ) -> bytes:
     """The program file of a persistent sandbox running `language`."""
     if control_fd < 3:
-        raise ValueError(f"control_fd must be 3 or more (0-2 are the standard streams), not {control_fd}")
+        raise ValueError(f"control_fd must be 3 or more (0-2 are stdio), not {control_fd}")
     if not _NONCE.fullmatch(nonce):
         raise ValueError("nonce must be 32 lowercase hex characters")
     if item_max_bytes < 0 or total_max_bytes < 0:

@@ -25,7 +25,6 @@
   const util = require('util');
   const vm = require('vm');
   const Module = require('module');
-  const { pathToFileURL } = require('url');
 
   const CONTROL_FD = parseInt('__SANDBOXD_CONTROL_FD__', 10);
   const NONCE = '__SANDBOXD_NONCE__';
@@ -153,28 +152,31 @@
     }
   }
 
-  function importer(specifier) {
-    // import() in a cell: resolved from the working directory, as require is
-    let target = specifier;
-    if (!/^(node:|file:|data:)/.test(specifier) && Module.builtinModules.indexOf(specifier) < 0) {
-      try {
-        target = pathToFileURL(Module.createRequire(path.join(process.cwd(), 'x')).resolve(specifier)).href;
-      } catch (_) {
-        target = specifier;
-      }
-    }
-    return import(target);
+  // import() in a cell: node's own loader, resolving from the working directory (node >=
+  // 20.12; before, import() in a cell fails). Node calls it experimental and would say so on
+  // the first cell that imports: that warning is about the driver, not the code, and is not
+  // printed.
+  const DYNAMIC_IMPORT = vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+  if (DYNAMIC_IMPORT) {
+    const emitWarning = process.emitWarning;
+    process.emitWarning = function (warning) {
+      const text = String(warning && warning.message !== undefined ? warning.message : warning);
+      if (text.indexOf('USE_MAIN_CONTEXT_DEFAULT_LOADER') >= 0) return undefined;
+      return emitWarning.apply(this, arguments);
+    };
   }
 
   function compile(source, filename) {
-    const options = { filename, importModuleDynamically: importer };
+    const options = { filename };
+    if (DYNAMIC_IMPORT) options.importModuleDynamically = DYNAMIC_IMPORT;
     try {
-      return new vm.Script(source, options);
+      return { script: new vm.Script(source, options), wrapped: false };
     } catch (err) {
       if (!(err instanceof SyntaxError) || !/\bawait\b/.test(source)) throw err;
       try {
-        return new vm.Script('(async () => {\n' + source + '\n})()',
+        const script = new vm.Script('(async () => {\n' + source + '\n})()',
           Object.assign({ lineOffset: -1 }, options));
+        return { script, wrapped: true };
       } catch (_) {
         throw err; // the error of the code as written
       }
@@ -183,46 +185,65 @@
 
   let cells = 0;
   function runCell(source) {
-    return new Promise((resolve) => {
-      cells += 1;
-      const filename = '<cell ' + cells + '>';
-      let done = false;
-      const cell = { errored: false };
-      cell.finish = (status) => {
-        if (done) return;
-        done = true;
-        current = null;
-        resolve(status);
-      };
-      current = cell;
-      setGlobals(filename);
-      const baseline = resources();
-      let completion;
-      try {
-        completion = compile(source, filename).runInThisContext({ displayErrors: true });
-      } catch (err) {
-        failed(err);
-      }
-      if (done) return;
-      const settled = util.types.isPromise(completion)
-        ? completion.then(() => {}, failed)
-        : Promise.resolve();
-      settled.then(() => {
-        let delay = 1;
-        const check = (ownTimer) => {
-          if (done) return;
-          if (drained(baseline, ownTimer)) {
-            let status = cell.errored ? 1 : 0;
-            if (!status && process.exitCode) status = Number(process.exitCode) & 0xff;
-            cell.finish(status);
-            return;
-          }
-          delay = Math.min(delay * 2, 20);
-          setTimeout(() => check(true), delay);
-        };
-        setImmediate(() => check(false)); // after the microtasks and ticks the cell queued
-      });
+    let resolve;
+    const over = new Promise((r) => {
+      resolve = r;
     });
+    // the cell runs here, not in the promise's executor: no frame of it in its stack traces
+    cells += 1;
+    const filename = '<cell ' + cells + '>';
+    let done = false;
+    const cell = { errored: false };
+    cell.finish = (status) => {
+      if (done) return;
+      done = true;
+      current = null;
+      resolve(status);
+    };
+    current = cell;
+    setGlobals(filename);
+    const baseline = resources();
+    let completion;
+    let wrapped = false;
+    try {
+      const compiled = compile(source, filename);
+      wrapped = compiled.wrapped;
+      completion = compiled.script.runInThisContext({ displayErrors: true });
+    } catch (err) {
+      failed(err);
+    }
+    if (done) return over;
+    let settled = true;
+    if (util.types.isPromise(completion)) {
+      settled = false;
+      completion.then(() => {
+        settled = true;
+      }, (err) => {
+        settled = true;
+        failed(err);
+      });
+    }
+    let delay = 1;
+    const check = (ownTimer) => {
+      if (done) return;
+      if (!drained(baseline, ownTimer)) {
+        delay = Math.min(delay * 2, 20);
+        setTimeout(() => check(true), delay);
+        return;
+      }
+      // Nothing of the cell is left that could settle its completion: as node ends a module
+      // whose top-level await can never settle (status 13); a promise that is only the last
+      // value is not waited for, as a script's is not.
+      let status = cell.errored ? 1 : 0;
+      if (!settled && wrapped && !status) {
+        writeAll(2, 'Warning: Detected unsettled top-level await\n');
+        status = 13;
+      }
+      if (!status && process.exitCode) status = Number(process.exitCode) & 0xff;
+      cell.finish(status);
+    };
+    setImmediate(() => check(false)); // after the microtasks and ticks the cell queued
+    return over;
   }
 
   function flushed(stream) {

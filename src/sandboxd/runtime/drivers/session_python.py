@@ -43,7 +43,8 @@ def _sandboxd_session():
     for feature in __future__.all_feature_names:
         features |= getattr(__future__, feature).compiler_flag
     # The code may rebind names of these modules; the driver keeps its own references.
-    read, write, environb, dumps, b64encode = os.read, os.write, os.environb, json.dumps, base64.b64encode
+    read, write, environb = os.read, os.write, os.environb
+    dumps, b64encode = json.dumps, base64.b64encode
 
     # The requests move to a private descriptor (os.dup: not inherited by the code's
     # subprocesses); fd 0 becomes /dev/null, so reading stdin gets EOF, never the protocol.
