@@ -226,6 +226,8 @@ def test_python_displays_the_last_expression(session: Any) -> None:
     assert s.run("None").stdout == ""
     assert s.run("x = 1").stdout == ""
     assert s.run("print('p')\n[x, x]").stdout == "p\n[1, 1]\n"
+    assert s.run("x + 1;  # as in a notebook: no value shown").stdout == ""
+    assert s.run("'a;'").stdout == "'a;'\n"
 
 
 def test_python_exception_exits_1_with_the_cell_line(session: Any) -> None:
@@ -290,6 +292,21 @@ def test_python_rich_outputs_from_repr_methods(session: Any) -> None:
     ]
     assert s.run("print(1)").outputs == []
     assert s.run("Rich").outputs == []  # a class's methods are not its outputs
+
+
+def test_python_rich_outputs_from_a_mimebundle(session: Any) -> None:
+    s = session("python")
+    s.run(
+        "class Chart:\n"
+        "    def _repr_mimebundle_(self, include=None, exclude=None):\n"
+        "        return {'text/html': '<div>chart</div>', 'application/x-other': '{}'}, {}\n"
+        "    def _repr_html_(self): return 'not this one'\n"
+        "    def _repr_markdown_(self): return 'and this'\n"
+    )
+    assert s.run("Chart()").outputs == [
+        {"type": "text/html", "data": "<div>chart</div>"},
+        {"type": "text/markdown", "data": "and this"},
+    ]
 
 
 def test_python_display_builtin(session: Any) -> None:

@@ -26,6 +26,7 @@ def _sandboxd_session():
     import linecache
     import os
     import sys
+    import tokenize
     import traceback
     from importlib.machinery import ModuleSpec
 
@@ -37,6 +38,8 @@ def _sandboxd_session():
     here = sys._getframe().f_code.co_filename
     backend_name = "sandboxd_inline"
     backend = "module://" + backend_name
+    silent_tokens = (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.INDENT,
+                     tokenize.DEDENT, tokenize.ENDMARKER)
     co_coroutine = 0x0080  # inspect.CO_COROUTINE: a cell compiled with top-level await
     allow_await = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
     features = 0
@@ -120,8 +123,17 @@ def _sandboxd_session():
         fig.savefig(buffer, format="png")
         return buffer.getvalue()
 
+    rich_kinds = (  # (type, method, binary), in the order a result lists them
+        ("image/png", "_repr_png_", True),
+        ("image/jpeg", "_repr_jpeg_", True),
+        ("image/svg+xml", "_repr_svg_", False),
+        ("text/html", "_repr_html_", False),
+        ("text/markdown", "_repr_markdown_", False),
+    )
+
     def rich(obj):
-        """Emit the rich outputs of `obj`: a matplotlib figure as PNG, else its _repr_*_."""
+        """Emit the rich outputs of `obj`: a matplotlib figure as PNG, else what its
+        _repr_mimebundle_ and _repr_*_ methods give (a JPEG only when there is no PNG)."""
         figure = sys.modules.get("matplotlib.figure")
         if figure is not None and isinstance(obj, figure.Figure):
             emit("image/png", b64encode(figure_png(obj)).decode("ascii"))
@@ -129,17 +141,23 @@ def _sandboxd_session():
             if pyplot is not None and backend_active():
                 pyplot.close(obj)  # shown: not again when the cell ends
             return
-        image = False
-        for name, kind, binary in (
-            ("_repr_png_", "image/png", True),
-            ("_repr_jpeg_", "image/jpeg", True),  # only when there is no PNG of it
-            ("_repr_svg_", "image/svg+xml", False),
-            ("_repr_html_", "text/html", False),
-            ("_repr_markdown_", "text/markdown", False),
-        ):
-            if binary and image:
-                continue
-            method = method_of(obj, name)
+        # what _repr_mimebundle_ gives first, then the _repr_*_ methods for the other types
+        found = {}
+        method = method_of(obj, "_repr_mimebundle_")
+        if method is not None:
+            try:
+                bundle = method()
+            except Exception as exc:
+                report(exc)
+                bundle = None
+            if isinstance(bundle, tuple):  # (data, metadata)
+                bundle = bundle[0] if bundle else None
+            if isinstance(bundle, dict):
+                for kind, _, _ in rich_kinds:
+                    if bundle.get(kind) is not None:
+                        found[kind] = bundle[kind]
+        for kind, name, _ in rich_kinds:
+            method = None if kind in found else method_of(obj, name)
             if method is None:
                 continue
             try:
@@ -149,12 +167,17 @@ def _sandboxd_session():
                 continue
             if isinstance(data, tuple):  # (data, metadata)
                 data = data[0] if data else None
+            if data is not None:
+                found[kind] = data
+        if "image/png" in found:
+            found.pop("image/jpeg", None)  # the same image twice (PIL has both)
+        for kind, _, binary in rich_kinds:
+            data = found.get(kind)
             if data is None:
                 continue
             if binary:
                 # bytes are the image; a str is taken as base64 already (as IPython does)
                 data = b64encode(data).decode("ascii") if isinstance(data, bytes) else str(data)
-                image = True
             elif isinstance(data, bytes):
                 data = data.decode("utf-8", "replace")
             emit(kind, str(data))
@@ -267,6 +290,17 @@ def _sandboxd_session():
             result = state["loop"].run_until_complete(result)
         return result
 
+    def quiet(text):
+        """IPython's rule: a cell whose last token is `;` does not show its value."""
+        last = None
+        try:
+            for token in tokenize.generate_tokens(io.StringIO(text).readline):
+                if token.type not in silent_tokens:
+                    last = token.string
+        except Exception:
+            return False
+        return last == ";"
+
     def run_cell(source):
         state["cells"] += 1
         filename = "<cell %d>" % state["cells"]
@@ -283,7 +317,7 @@ def _sandboxd_session():
             run(body)
             if last is not None:
                 value = run(compile(last, filename, "eval", flags, dont_inherit=True))
-                if value is not None:
+                if value is not None and not quiet(text):
                     display(value)
             return 0
         except SystemExit as exc:
