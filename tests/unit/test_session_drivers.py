@@ -26,12 +26,13 @@ from sandboxd.runtime.languages import INTERPRETERS, Language
 from sandboxd.runtime.spec import SandboxSpec
 from sandboxd.runtime.warm import request
 
-#: What runs each driver here: the host's node and bash, and the test's own Python, or the one
-#: SANDBOXD_TEST_PYTHON names (an older one, or one with matplotlib and pandas).
+#: What runs each driver here: the test's own Python, the host's node and bash, or the programs
+#: SANDBOXD_TEST_PYTHON, _NODE and _BASH name (an older python3, one with matplotlib and
+#: pandas, a wrapper that runs an image's interpreter).
 COMMANDS: dict[Language, list[str]] = {
     "python": [os.environ.get("SANDBOXD_TEST_PYTHON") or sys.executable],
-    "node": [shutil.which("node") or "node"],
-    "bash": [shutil.which("bash") or "bash"],
+    "node": [os.environ.get("SANDBOXD_TEST_NODE") or shutil.which("node") or "node"],
+    "bash": [os.environ.get("SANDBOXD_TEST_BASH") or shutil.which("bash") or "bash"],
 }
 TIMEOUT_S = 20.0
 
@@ -588,6 +589,14 @@ def test_bash_env_per_request(session: Any) -> None:
     assert s.run("echo \"$GREETING\"; env | grep ^GREETING=", {"GREETING": "a b"}).stdout == (
         "a b\nGREETING=a b\n"
     )
+
+
+def test_bash_counts_the_request_in_bytes_whatever_the_locale(session: Any) -> None:
+    s = session("bash")
+    s.run("true", {"LC_ALL": "C.UTF-8"})  # the shell's locale from now on
+    cell = s.run("echo \"$A $B ${#A}\"; printf '%s\\n' 'ü'", {"A": "éé", "B": "ü=2"})
+    assert (cell.stdout, cell.stderr) == ("éé ü=2 2\nü\n", "")
+    assert s.run("echo next").stdout == "next\n"
 
 
 def test_bash_code_bytes_arrive_exactly(session: Any) -> None:
