@@ -349,6 +349,10 @@ def test_python_top_level_await(session: Any) -> None:
     cell = s.run("value = await answer()\nawait answer()")
     assert (cell.stdout, cell.exit) == ("42\n", 0)
     assert s.run("print(value)").stdout == "42\n"
+    s.run("async def fail():\n    await asyncio.sleep(0)\n    raise ValueError('in coro')")
+    cell = s.run("await fail()")
+    assert cell.exit == 1 and "ValueError: in coro" in cell.stderr
+    assert cell.stderr.startswith('Traceback (most recent call last):\n  File "<cell 5>", line 1')
 
 
 def test_python_future_imports_persist(session: Any) -> None:

@@ -88,8 +88,15 @@ def _sandboxd_session():
             budget[0] -= size
 
     def report(exc):
-        """Print `exc` as the interpreter would, without the driver's own frames."""
+        """Print `exc` as the interpreter would, without the driver's own frames: from the
+        first frame of a cell (before it, only the driver and the event loop that ran an await),
+        or else from the first frame that is not the driver's."""
         tb = exc.__traceback__
+        first = tb
+        while first is not None and not first.tb_frame.f_code.co_filename.startswith("<cell "):
+            first = first.tb_next
+        if first is not None:
+            tb = first
         while tb is not None and tb.tb_frame.f_code.co_filename == here:
             tb = tb.tb_next
         exc = exc.with_traceback(tb)
