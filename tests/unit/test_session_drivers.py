@@ -380,6 +380,14 @@ def test_python_the_driver_is_not_in_subprocess_fds(session: Any) -> None:
     assert json.loads(child.replace("'", '"')) == ["0", "1", "2", "3"]  # 3: ls's listing
 
 
+def test_python_a_forked_child_ends_with_the_cell(session: Any) -> None:
+    s = session("python")
+    cell = s.run("import os\nchild = os.fork()\nif child:\n    os.waitpid(child, 0)\n"
+                 "print('parent' if child else 'child')")
+    assert (cell.stdout, cell.exit) == ("child\nparent\n", 0)
+    assert s.run("print('next')").stdout == "next\n"
+
+
 def test_python_os_exit_ends_the_process(session: Any) -> None:
     s = session("python")
     s.send("import os\nos._exit(7)")

@@ -339,6 +339,14 @@ def _sandboxd_session():
             report(exc)
             return 1
 
+    def flush_streams():
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+    pid = os.getpid()
     write_all(control_fd, b'{"ready": true}\n')
     while True:
         head = read_exactly(20)
@@ -355,15 +363,16 @@ def _sandboxd_session():
         del items[:]
         budget[0] = total_max
         status = run_cell(source)
+        if os.getpid() != pid:
+            # a child the cell forked (os.fork) and left to run to the cell's end: it ends there,
+            # as a forked child of a program does, and never reads a request
+            flush_streams()
+            os._exit(status)
         try:
             show_open_figures()
         except Exception as exc:
             report(exc)
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        flush_streams()
         write_all(out_fd, end)
         write_all(err_fd, end)
         line = dumps({"exit": status, "outputs": items}, separators=(",", ":"))
