@@ -589,6 +589,16 @@ def test_bash_exit_status_is_the_cells(session: Any) -> None:
     assert s.run("echo alive").stdout == "alive\n"
 
 
+def test_bash_set_x_traces_the_cells_commands_only(session: Any) -> None:
+    s = session("bash")
+    assert s.run("set -x").stderr == ""
+    cell = s.run("echo hi")
+    assert (cell.stdout, cell.stderr) == ("hi\n", "++ echo hi\n")  # one level deeper: eval's
+    assert s.run("false").exit == 1
+    assert s.run("set +x").stderr == "++ set +x\n"
+    assert s.run("echo quiet").stderr == ""
+
+
 def test_bash_stdin_is_empty_and_the_next_request_arrives(session: Any) -> None:
     s = session("bash")
     cell = s.run("cat; read -r line; echo \"read=$?\"")

@@ -50,16 +50,23 @@ __sandboxd_read() {
 }
 
 builtin printf '{"ready": true}\n' >&53
+__sandboxd_xtrace=
 while __sandboxd_read; do
   for __sandboxd_entry in "${__sandboxd_env[@]}"; do
     builtin export -- "$__sandboxd_entry" 2>/dev/null
   done
   __sandboxd_status=0
-  # a one-pass loop: a cell's `break` or `continue` ends it, not the driver's loop
+  # A one-pass loop: a cell's `break` or `continue` ends it, not the driver's loop. Under
+  # `set -x` only the cell's own commands are traced: the driver turns it off after a cell
+  # (its trace going to /dev/null) and the next cell turns it on again as its first command.
   for __sandboxd_once in 1; do
-    builtin eval "$__sandboxd_code" 0</dev/null 50<&- 51>&- 52>&- 53>&-
-    __sandboxd_status=$?
+    builtin eval "$__sandboxd_xtrace$__sandboxd_code" 0</dev/null 50<&- 51>&- 52>&- 53>&-
+    { __sandboxd_status=$?
+      __sandboxd_xtrace=
+      [[ $- != *x* ]] || __sandboxd_xtrace='set -x; '
+      builtin set +x; } 2>/dev/null
   done
+  { [[ $- != *x* ]] || __sandboxd_xtrace='set -x; '; builtin set +x; } 2>/dev/null  # after `break`
   builtin printf '%s' "$__sandboxd_marker" >&51
   builtin printf '%s' "$__sandboxd_marker" >&52
   builtin printf '{"exit": %d, "outputs": []}\n' "$__sandboxd_status" >&53
