@@ -11,8 +11,8 @@ placeholders, written so that the unsubstituted template still parses
 
 - `__SANDBOXD_CONTROL_FD__` the pipe driver -> server (`{"ready": true}`, then one JSON line per
   execution: `{"exit": <int>, "outputs": [<item>...]}`);
-- `__SANDBOXD_NONCE__` the marker's nonce: 32 lowercase hex characters, unguessable by the code
-  that runs, so it cannot end a stream early by printing the marker;
+- `__SANDBOXD_NONCE__` the marker's nonce: 32 lowercase hex characters, so that no output holds
+  the marker by chance;
 - `__SANDBOXD_ITEM_MAX__`, `__SANDBOXD_TOTAL_MAX__` the caps on one rich output item and on all
   items of an execution, in bytes of the item's `data` as sent (base64 text for images).
 
@@ -20,6 +20,11 @@ The protocol: fd 0 carries the requests (runtime/warm.py `request()` format, one
 another; the driver moves it to a private descriptor and puts /dev/null on fd 0); after each
 execution the driver writes `marker(nonce)` on fd 1 and fd 2, after everything the execution
 wrote, then its JSON line on the control fd. EOF on the requests: the driver exits 0.
+
+The driver runs as the code does, in its process (python, node) or shell (bash): code that
+means to can read the nonce in the program file, print the marker or write on the control pipe.
+It can only confuse the results of its own session, so the server takes the control lines as
+untrusted data (types and sizes checked), as it takes the output.
 """
 
 from __future__ import annotations
