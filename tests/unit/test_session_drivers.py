@@ -243,6 +243,13 @@ def test_python_exception_exits_1_with_the_cell_line(session: Any) -> None:
     assert s.run("print(x)").stdout == "1\n"
 
 
+def test_python_inspect_finds_the_source_of_a_cell(session: Any) -> None:
+    s = session("python")
+    s.run("def f():\n    return 1")
+    cell = s.run("import inspect\nprint(inspect.getsource(f), end='')")
+    assert cell.stdout == "def f():\n    return 1"
+
+
 def test_python_syntax_error_exits_1(session: Any) -> None:
     s = session("python")
     cell = s.run("x = (")
