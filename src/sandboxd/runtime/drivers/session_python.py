@@ -359,7 +359,10 @@ def _sandboxd_session():
         for entry in env.split(b"\0"):
             if entry:
                 key, _, value = entry.partition(b"=")
-                environb[key] = value
+                try:
+                    environb[key] = value
+                except (ValueError, OSError):  # not a name the environment can hold
+                    pass
         del items[:]
         budget[0] = total_max
         status = run_cell(source)
