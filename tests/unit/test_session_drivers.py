@@ -414,6 +414,8 @@ def test_python_eof_on_requests_exits_0(session: Any) -> None:
 
 def test_python_matplotlib_figures_become_png(session: Any) -> None:
     s = session("python")
+    s.run("x = 1")
+    assert s.run("import sys\n'matplotlib' in sys.modules").stdout == "False\n"  # not ours to load
     requires(s, "matplotlib")
     s.run("import matplotlib.pyplot as plt")
     assert s.run("import matplotlib\nmatplotlib.get_backend()").stdout == (
