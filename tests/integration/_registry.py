@@ -216,12 +216,3 @@ def debian_image_layout(tmp_path_factory: pytest.TempPathFactory) -> LayoutImage
     """The minimal Debian image (python3-minimal, bash), built once per session."""
     return LayoutImage(debian_layout(DEBIAN_PACKAGES, tmp_path_factory), DEBIAN_TAG)
 
-
-#: The `datascience` recipe's kernel of packages (docs/images.md): pandas, matplotlib, Pillow.
-DATASCIENCE_PACKAGES = ("python3-pandas", "python3-matplotlib", "python3-pil", "bash")
-
-
-@pytest.fixture(scope="session")
-def datascience_layout(tmp_path_factory: pytest.TempPathFactory) -> LayoutImage:
-    """A Debian image with pandas, matplotlib and Pillow, built once per session."""
-    return LayoutImage(debian_layout(DATASCIENCE_PACKAGES, tmp_path_factory), DEBIAN_TAG)

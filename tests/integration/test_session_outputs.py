@@ -15,17 +15,18 @@ from typing import Any
 import baponi
 import httpx
 import pytest
-from _registry import LayoutImage, datascience_layout
+from _datascience import datascience_image_layout
+from _registry import LayoutImage
 from _servers import EXECUTE, HTTP_TIMEOUT, Pool, pool
 from conftest import Server
 
-__all__ = ["datascience_layout", "pool"]  # fixtures, imported so pytest finds them here
+__all__ = ["datascience_image_layout", "pool"]  # fixtures, imported so pytest finds them here
 
 
 @pytest.fixture(scope="module")
-def server(pool: Pool, datascience_layout: LayoutImage) -> Server:
+def server(pool: Pool, datascience_image_layout: LayoutImage) -> Server:
     server = pool.start(auth_failures_allowed=100_000)
-    imported = server.cli("images", "import", str(datascience_layout.layout), "--name", "datascience", timeout=900)
+    imported = server.cli("images", "import", str(datascience_image_layout.layout), "--name", "datascience", timeout=900)
     assert imported.returncode == 0, imported.stderr
     created = server.cli("sandboxes", "create", "analysts", "--image", "datascience", "--session", "persistent",
                          "--memory", "1024")

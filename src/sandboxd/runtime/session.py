@@ -107,8 +107,9 @@ class _StreamReader:
                 break
             await self._feed(chunk)
         self.eof = True
-        await self._emit(bytes(self._pending))
-        self._pending.clear()
+        if self._capture is not None:  # else kept: what a driver said before it died at start
+            await self._emit(bytes(self._pending))
+            self._pending.clear()
         self.marked.set()
 
     async def _feed(self, chunk: bytes) -> None:
