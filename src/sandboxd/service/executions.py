@@ -179,6 +179,7 @@ class ExecutionService:
             storage=StorageMountBinding.of(principal),
             sub_paths=tuple(request.sub_paths) if request.sub_paths is not None else None,
             connectors=ConnectorBinding.of(principal),
+            requested_timeout_s=request.timeout,
             session=sandbox.session,
         )
 

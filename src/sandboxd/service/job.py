@@ -32,6 +32,7 @@ from ..connectors.redact import Redactor
 from .connectors import ConnectorBinding, ConnectorError, ConnectorService
 from .data_mounts import DataMountError, DataMounts
 from .documents import empty_extras
+from .notes import notes_for
 from .health import (
     PlatformFailure,
     PlatformHealth,
@@ -79,6 +80,8 @@ class JobDescription:
     sub_paths: tuple[str, ...] | None = None
     #: The connectors bound to the key, by id (their secrets are opened where the job runs).
     connectors: tuple[ConnectorBinding, ...] = ()
+    #: The timeout the request asked for (seconds), before the sandbox config's cap (notes.py).
+    requested_timeout_s: int | None = None
     #: The sandbox config's session mode: "persistent" runs a thread's code in its session.
     session: str = "stateless"
 
@@ -151,6 +154,8 @@ class Outcome:
     artifacts: tuple[dict[str, Any], ...] = ()
     #: What the agent should know about how it ran (a timeout lowered, output cut, ...).
     notes: tuple[str, ...] = ()
+    #: The streams cut at the output cap ("stdout", "stderr"): for the note that says so.
+    streams_truncated: tuple[str, ...] = ()
 
     @property
     def success(self) -> bool:
@@ -273,6 +278,7 @@ class ExecutionJobs:
                 log.exception("execution %s: releasing the thread or the slot failed", job.trace_id)
         finally:
             keepalive.cancel()
+        outcome = replace(outcome, notes=outcome.notes + notes_for(job, outcome))
         try:
             await self._finish(sub, outcome)
         finally:
@@ -504,6 +510,9 @@ class ExecutionJobs:
             duration_ms=result.duration_ms,
             output_truncated=result.output_truncated,
             network=result.network,
+            streams_truncated=tuple(
+                name for name, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)) if cut
+            ),
         )
 
     def _platform_failure(self, job: JobDescription, failure: PlatformFailure) -> Outcome:
