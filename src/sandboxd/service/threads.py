@@ -143,6 +143,19 @@ class ThreadService:
         )
         return str(copy.path)
 
+    async def create_home(self, copy: WorkingCopy, gid: int | None) -> Path:
+        """The claimed thread's committed home, created empty if it has none yet: files are
+        uploaded to a thread before its first run."""
+        homes = self._require_storage()
+        t = copy.thread
+        home = await asyncio.to_thread(homes.home, t.org_id, t.thread_id)
+        if home is not None:
+            return home
+        await homes.make_room(t.org_id)
+        return await asyncio.to_thread(
+            homes.create_home, t.org_id, t.thread_id, t.uid, gid if gid is not None else t.uid
+        )
+
     async def commit(self, copy: WorkingCopy, image: str | None = None) -> None:
         """Make the working copy the thread's home (a run that ended by itself, on `image`).
         The lock stays held until `release`; if saving fails the working copy is gone all the same."""

@@ -51,20 +51,27 @@ class ThreadStore:
         """Before `begin`: room for a run's writes (OrgQuotas.make_room)."""
         await self.orgs.make_room(org_id, self._quota_bytes)
 
-    def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
-        """A working copy of the thread's home for one execution (created empty the first time;
-        `make_room` first)."""
+    def create_home(self, org_id: str, thread_id: str, uid: int, gid: int) -> Path:
+        """The thread's committed home, created empty if it has none (a first run, or files
+        uploaded before one)."""
         self._fs.mount()
-        group = self.orgs.group(org_id)
         thread_dir = self._dir(org_id, thread_id)
         for path in (self._fs.root, self._fs.root / "threads", thread_dir.parent, thread_dir):
             path.mkdir(exist_ok=True)
             os.chmod(path, _TRAVERSE_ONLY)
         home = thread_dir / "home"
         if not home.is_dir():
-            self._fs.create(home, self._quota_bytes, group)
+            self._fs.create(home, self._quota_bytes, self.orgs.group(org_id))
             os.chown(home, uid, gid)
             os.chmod(home, 0o700)
+        return home
+
+    def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
+        """A working copy of the thread's home for one execution (created empty the first time;
+        `make_room` first)."""
+        home = self.create_home(org_id, thread_id, uid, gid)
+        group = self.orgs.group(org_id)
+        thread_dir = home.parent
         for stale in thread_dir.glob("work-*"):  # left by a crash
             self._fs.delete(stale)
         work = thread_dir / f"work-{trace_id}"
