@@ -16,10 +16,42 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .job import JobDescription, Outcome
+from ..runtime import Limits
+
+
+class Job(Protocol):
+    """What the rules read of a job (job.py `JobDescription`)."""
+
+    @property
+    def requested_timeout_s(self) -> int | None: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def network(self) -> str: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def thread_id(self) -> str | None: ...
+
+
+class Result(Protocol):
+    """What the rules read of a result (job.py `Outcome`)."""
+
+    @property
+    def success(self) -> bool: ...
+    @property
+    def stderr(self) -> str: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def output_truncated(self) -> bool: ...
+    @property
+    def streams_truncated(self) -> tuple[str, ...]: ...
+    @property
+    def notes(self) -> tuple[str, ...]: ...
+
 
 #: Messages a failed network attempt leaves on stderr, by tool. Under policy `none` the
 #: sandbox has only loopback: names do not resolve and connections are unreachable/refused.
@@ -82,7 +114,7 @@ def no_thread(session: str, thread_id: str | None) -> str | None:
     return NO_THREAD if session == "persistent" and thread_id is None else None
 
 
-def notes_for(job: JobDescription, outcome: Outcome) -> tuple[str, ...]:
+def notes_for(job: Job, outcome: Result) -> tuple[str, ...]:
     """The notes an execution's result gets (after any it has already)."""
     ran = outcome.error_message is None  # a platform failure: the program never ran
     streams = outcome.streams_truncated or (("stdout or stderr",) if outcome.output_truncated else ())
