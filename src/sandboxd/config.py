@@ -309,7 +309,7 @@ class Settings(BaseSettings):
         default=64 * 1024,
         ge=0,
         description="MCP files_download also returns a file's content inline when it is UTF-8 text "
-        "of at most this many bytes; 0 = never.",
+        "of at most this many bytes, and files_upload takes content inline up to this size; 0 = never.",
     )
 
     @field_validator("public_hosts", mode="before")
