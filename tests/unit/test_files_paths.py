@@ -352,6 +352,9 @@ class FakeThreads:
     async def create_home(self, copy: object, gid: int | None) -> Path:
         return self.homes[copy.thread.thread_id]  # type: ignore[attr-defined]
 
+    async def changing(self, copy: object) -> None:
+        return None
+
 
 @dataclass
 class FakeVolumes:

@@ -330,6 +330,7 @@ class FilesService:
             root = await asyncio.to_thread(self._threads.home, copy.thread)
             if root is None:
                 raise NotFound(f"no such file or directory: {rel!r}")
+            await self._threads.changing(copy)
             await self._in_root(root, lambda fd: remove(fd, rel))
         finally:
             await self._threads.release(copy)
@@ -392,6 +393,7 @@ class FilesService:
                 copy = await self._lock(claims.org_id, claims.id, "files:upload")
             try:
                 home = await self._threads.create_home(copy, principal.org.gid)
+                await self._threads.changing(copy)
                 thread = copy.thread
                 await self._stream(home, claims, body, lambda fd: self._thread_owner(fd, thread))
             finally:

@@ -156,6 +156,13 @@ class ThreadService:
             homes.create_home, t.org_id, t.thread_id, t.uid, gid if gid is not None else t.uid
         )
 
+    async def changing(self, copy: WorkingCopy) -> None:
+        """The claimed thread's home is about to change outside a run (a files API upload or
+        delete): its live sessions work on a workspace that would not have the change, and
+        their next checkpoint would undo it, so they end first ("changed": the next run says so)."""
+        if self.sessions is not None:
+            await self.sessions.end(copy.thread.org_id, copy.thread.thread_id, "changed")
+
     async def commit(self, copy: WorkingCopy, image: str | None = None) -> None:
         """Make the working copy the thread's home (a run that ended by itself, on `image`).
         The lock stays held until `release`; if saving fails the working copy is gone all the same."""
