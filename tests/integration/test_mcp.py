@@ -398,6 +398,67 @@ async def test_notes_in_the_execute_text(server: Any, api_key: str) -> None:
     assert "[notes]\n- timeout lowered from 120 s to this key's cap of 60 s" in text_of(result)
 
 
+#: A python cell whose last value has a PNG repr (1x1, made with zlib: no PIL on the host).
+PNG_CELL = """
+import struct, zlib
+def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+class Dot:
+    def _repr_png_(self):
+        ihdr = struct.pack('>IIBBBBB', 1, 1, 8, 2, 0, 0, 0)
+        return (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', ihdr)
+                + chunk(b'IDAT', zlib.compress(b'\\x00\\xff\\x00\\x00')) + chunk(b'IEND', b''))
+    def _repr_markdown_(self):
+        return '**a red dot**'
+Dot()
+"""
+
+
+@needs_btrfs
+async def test_a_persistent_session_shows_images_and_its_state(server: Any) -> None:
+    """End to end with a session: the cell's PNG comes back as an image block, its markdown as
+    text, and the text says whether the interpreter was kept."""
+    key = await server.create_key(sandbox="mcp-repl", session="persistent")
+    thread = unique("repl")
+    async with mcp_client(server, key) as c:
+        first = await c.call_tool("sandbox_execute", {"code": "x = 41", "thread_id": thread})
+        shown = await c.call_tool("sandbox_execute", {"code": PNG_CELL, "thread_id": thread})
+        kept = await c.call_tool("sandbox_execute", {"code": "print(x + 1)", "thread_id": thread})
+        no_thread = await c.call_tool("sandbox_execute", {"code": "print(1)"})
+    assert first.is_error is False and "[session: new]" in first.content[0].text
+    assert shown.is_error is False, shown.content[0].text
+    text, image, markdown = shown.content
+    assert text.type == "text" and "[session: kept]" in text.text and "[outputs: 1. image/png; 2. text/markdown]" in text.text
+    assert image.type == "image" and image.mime_type == "image/png"
+    assert base64.b64decode(image.data).startswith(b"\x89PNG\r\n\x1a\n")
+    assert markdown.type == "text" and markdown.text == "**a red dot**"
+    assert [o["type"] for o in shown.structured_content["outputs"]] == ["image/png", "text/markdown"]
+    assert kept.structured_content["stdout"] == "42\n" and kept.structured_content["session"]["state"] == "kept"
+    assert "pass a thread_id to keep variables" in text_of(no_thread)
+
+
+@needs_btrfs
+async def test_an_upload_into_a_live_session_resets_it_and_is_kept(server: Any) -> None:
+    """The session's workspace would not have the uploaded file and would overwrite it at its
+    next checkpoint: the upload ends the session (reason `changed`), the file is there."""
+    key = await server.create_key(sandbox="mcp-repl-up", session="persistent")
+    thread = unique("repl-up")
+    async with mcp_client(server, key) as c:
+        await c.call_tool("sandbox_execute", {"code": "x = 1", "thread_id": thread})
+        uploaded = await c.call_tool("files_upload", {"id": thread, "path": "in.txt", "content": "fresh"})
+        after = await c.call_tool(
+            "sandbox_execute", {"code": "print(open('/home/baponi/in.txt').read())", "thread_id": thread}
+        )
+        again = await c.call_tool("sandbox_execute", {"code": "print(open('/home/baponi/in.txt').read())",
+                                                      "thread_id": thread})
+    assert uploaded.is_error is False
+    assert after.is_error is False, text_of(after)
+    assert after.structured_content["stdout"] == "fresh\n"
+    assert after.structured_content["session"] == {"state": "reset", "reason": "changed"}
+    assert "[session: reset (changed)]" in text_of(after)
+    assert again.structured_content["session"]["state"] == "kept"
+
+
 # --- auth ---------------------------------------------------------------------------------------
 
 
