@@ -90,3 +90,24 @@ def test_upload_content_text_and_base64() -> None:
         args.data(255)
     with pytest.raises(InvalidRequest, match="not valid base64"):
         FilesUploadArgs(id="t", path="a.bin", content="not base64!", encoding="base64").data(100)
+
+
+def test_descriptions_follow_the_session_mode_and_the_inline_limit() -> None:
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    from sandboxd.mcp.tools import tool_list
+    from sandboxd.service import Principal
+    from sandboxd.store import Org, Sandbox
+
+    now = datetime(2026, 12, 7, tzinfo=timezone.utc)
+    org = Org(id="org_1", name="acme", max_concurrent=None, created_at=now)
+    sandbox = Sandbox(id="sbx_1", org_id=org.id, name="repl", cpus=1, memory_mib=512, network="none",
+                      timeout_cap_s=60, created_at=now)
+    for session, says in (("stateless", "Every call is a new process"), ("persistent", "the interpreter persists")):
+        principal = Principal(key=None, org=org, sandbox=replace(sandbox, session=session))
+        tools = {t.name: t for t in tool_list(principal, frozenset({"python"}), 4096, 65536)}
+        assert says in (tools["sandbox_execute"].description or "")
+        assert "up to 65536 bytes" in (tools["files_upload"].description or "")
+    off = {t.name: t for t in tool_list(principal, frozenset({"python"}), 4096, 0)}
+    assert "Inline content is turned off" in (off["files_upload"].description or "")

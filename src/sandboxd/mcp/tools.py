@@ -311,8 +311,8 @@ def tool_list(
             description=(
                 f"Run {spoken(i.title for i in INTERPRETERS.values())} code in an isolated sandbox and get its stdout, "
                 "stderr and exit code; figures and images the code shows come back as images, HTML "
-                "tables and markdown as text. " + _state(principal) + "The working directory is /data, "
-                "emptied after every call; /tmp too. "
+                "tables and markdown as text. " + _state(principal) + "The working directory is /data; "
+                "/data and /tmp are never saved (a new process starts with them empty). "
                 "Without thread_id nothing persists. With a thread_id, /home/baponi is kept for the "
                 "next call with the same thread_id: write files you need later there (list and fetch "
                 "them with files_list and files_download). One call per thread at a time: a second "
