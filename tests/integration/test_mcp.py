@@ -456,6 +456,10 @@ async def test_an_upload_into_a_live_session_resets_it_and_is_kept(server: Any) 
     assert after.structured_content["stdout"] == "fresh\n"
     assert after.structured_content["session"] == {"state": "reset", "reason": "changed"}
     assert "[session: reset (changed)]" in text_of(after)
+    assert after.structured_content["notes"] == [
+        "the thread's interpreter was restarted (the sandbox config, the image or the thread's files changed): "
+        "variables, imports and definitions from earlier calls are gone; files under /home/baponi are kept"
+    ]
     assert again.structured_content["session"]["state"] == "kept"
 
 

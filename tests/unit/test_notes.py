@@ -89,6 +89,19 @@ def test_no_thread_only_for_a_persistent_config_without_thread_id() -> None:
     assert notes.no_thread("stateless", None) is None
 
 
+def test_session_reset_says_why_and_what_is_gone() -> None:
+    assert notes.session_reset(None) is None
+    assert notes.session_reset({"state": "kept", "reason": None}) is None
+    assert notes.session_reset({"state": "new", "reason": None}) is None
+    idle = notes.session_reset({"state": "reset", "reason": "idle"})
+    assert idle == (
+        "the thread's interpreter was restarted (it was unused for too long): variables, imports and "
+        "definitions from earlier calls are gone; files under /home/baponi are kept"
+    )
+    assert "(a call timed out)" in (notes.session_reset({"state": "reset", "reason": "timeout"}) or "")
+    assert "(someday)" in (notes.session_reset({"state": "reset", "reason": "someday"}) or "")
+
+
 # --- through the service (fake runner) -----------------------------------------------------------
 
 SCRIPTS = {

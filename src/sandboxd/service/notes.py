@@ -9,7 +9,9 @@ webhooks, GET /v1/executions/{id}, the MCP text).
 - the program failed under network policy `none` after what looks like a network attempt
   (`NETWORK_ATTEMPT`: the resolver and connection errors of the usual tools);
 - stdout or stderr went past the output cap and was cut;
-- a persistent-session config was used without a thread_id, so nothing was kept.
+- a persistent-session config was used without a thread_id, so nothing was kept;
+- the thread's interpreter was restarted (`session.state` "reset"): why, and that what the
+  earlier calls defined is gone.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Result(Protocol):
     def streams_truncated(self) -> tuple[str, ...]: ...
     @property
     def notes(self) -> tuple[str, ...]: ...
+    @property
+    def session(self) -> dict[str, str | None] | None: ...
 
 
 #: Messages a failed network attempt leaves on stderr, by tool. Under policy `none` the
@@ -114,6 +118,30 @@ def no_thread(session: str, thread_id: str | None) -> str | None:
     return NO_THREAD if session == "persistent" and thread_id is None else None
 
 
+#: Why a session ended (service/sessions.py REASONS), in words for the agent.
+_RESET_BECAUSE = {
+    "idle": "it was unused for too long",
+    "timeout": "a call timed out",
+    "oom": "a call ran out of memory",
+    "crash": "the interpreter exited or crashed",
+    "cancelled": "a call was cancelled",
+    "evicted": "the server needed its memory",
+    "changed": "the sandbox config, the image or the thread's files changed",
+    "restart": "the server restarted",
+}
+
+
+def session_reset(session: dict[str, str | None] | None) -> str | None:
+    if session is None or session.get("state") != "reset":
+        return None
+    reason = session.get("reason")
+    why = _RESET_BECAUSE.get(reason or "", reason or "it ended")
+    return (
+        f"the thread's interpreter was restarted ({why}): variables, imports and definitions from "
+        "earlier calls are gone; files under /home/baponi are kept"
+    )
+
+
 def notes_for(job: Job, outcome: Result) -> tuple[str, ...]:
     """The notes an execution's result gets (after any it has already)."""
     ran = outcome.error_message is None  # a platform failure: the program never ran
@@ -123,5 +151,6 @@ def notes_for(job: Job, outcome: Result) -> tuple[str, ...]:
         no_network(job.network, ran and not outcome.success, outcome.stderr),
         output_truncated(streams, job.limits.output_limit_bytes),
         no_thread(job.session, job.thread_id),
+        session_reset(outcome.session),
     )
     return tuple(note for note in found if note is not None and note not in outcome.notes)
