@@ -89,7 +89,7 @@ def test_pil_image_and_markdown_reprs(server: Server, key: str) -> None:
     image = run(server, key, "from PIL import Image\nImage.new('RGB', (32, 16), 'red')", t)
     assert [png_size(o) for o in image["outputs"]] == [(32, 16)]
     md = run(server, key, "class Note:\n    def _repr_markdown_(self):\n        return '# hi'\nNote()", t)
-    assert {"type": "text/markdown", "data": "# hi"} in md["outputs"], md["outputs"]
+    assert [(o["type"], o["data"], o["truncated"]) for o in md["outputs"]] == [("text/markdown", "# hi", False)]
 
 
 def test_the_official_sdk_reads_results_with_outputs(server: Server, key: str) -> None:

@@ -4,6 +4,7 @@ and FilesService's upload/list/delete logic over a real directory (threads faked
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
@@ -352,8 +353,9 @@ class FakeThreads:
     async def create_home(self, copy: object, gid: int | None) -> Path:
         return self.homes[copy.thread.thread_id]  # type: ignore[attr-defined]
 
-    async def changing(self, copy: object) -> None:
-        return None
+    @contextlib.asynccontextmanager
+    async def changing(self, copy: object, home: Path) -> AsyncIterator[Path]:
+        yield home
 
 
 @dataclass

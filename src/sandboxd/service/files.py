@@ -327,11 +327,11 @@ class FilesService:
             return
         copy = await self._lock(principal.org.id, id, "files:delete")
         try:
-            root = await asyncio.to_thread(self._threads.home, copy.thread)
-            if root is None:
+            home = await asyncio.to_thread(self._threads.home, copy.thread)
+            if home is None:
                 raise NotFound(f"no such file or directory: {rel!r}")
-            await self._threads.changing(copy)
-            await self._in_root(root, lambda fd: remove(fd, rel))
+            async with self._threads.changing(copy, home) as root:
+                await self._in_root(root, lambda fd: remove(fd, rel))
         finally:
             await self._threads.release(copy)
 
@@ -393,9 +393,9 @@ class FilesService:
                 copy = await self._lock(claims.org_id, claims.id, "files:upload")
             try:
                 home = await self._threads.create_home(copy, principal.org.gid)
-                await self._threads.changing(copy)
                 thread = copy.thread
-                await self._stream(home, claims, body, lambda fd: self._thread_owner(fd, thread))
+                async with self._threads.changing(copy, home) as root:
+                    await self._stream(root, claims, body, lambda fd: self._thread_owner(fd, thread))
             finally:
                 await self._threads.release(copy)
         else:

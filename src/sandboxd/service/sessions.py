@@ -135,14 +135,23 @@ class Sessions:
                     yield found
                     return
 
-    def workspace(self, org_id: str, thread_id: str) -> Path | None:
-        """The live workspace of a thread (the files API writes there while sessions live)."""
-        found = self._threads.get((org_id, thread_id))
-        return found.workspace if found is not None and found.sessions else None
-
-    def has_live(self, org_id: str, thread_id: str) -> bool:
-        found = self._threads.get((org_id, thread_id))
-        return found is not None and bool(found.sessions)
+    @contextlib.asynccontextmanager
+    async def workspace_of(self, org_id: str, thread_id: str, uid: int) -> AsyncIterator[Path | None]:
+        """The thread's live workspace, held (no sweeper ends it meanwhile); None: no session."""
+        key = (org_id, thread_id)
+        found = self._threads.get(key)
+        if found is None or found.uid != uid:
+            yield None
+            return
+        async with found.lock:
+            if self._threads.get(key) is not found or not found.sessions or found.workspace is None:
+                yield None
+                return
+            found.busy = True
+            try:
+                yield found.workspace
+            finally:
+                found.busy = False
 
     async def state(self, ts: ThreadSessions, language: str, fp: str) -> tuple[Session | None, dict[str, str | None]]:
         """The session to run in (or None: start one) and what the result says of it."""

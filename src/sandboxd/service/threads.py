@@ -9,11 +9,13 @@ open them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -156,12 +158,18 @@ class ThreadService:
             homes.create_home, t.org_id, t.thread_id, t.uid, gid if gid is not None else t.uid
         )
 
-    async def changing(self, copy: WorkingCopy) -> None:
-        """The claimed thread's home is about to change outside a run (a files API upload or
-        delete): its live sessions work on a workspace that would not have the change, and
-        their next checkpoint would undo it, so they end first ("changed": the next run says so)."""
+    @contextlib.asynccontextmanager
+    async def changing(self, copy: WorkingCopy, home: Path) -> AsyncIterator[Path]:
+        """Where a files API upload or delete of the claimed thread writes: its `home`, or,
+        while the thread's sessions live, their workspace, saved as the home afterwards. The
+        interpreters then keep their state and see the file, and no checkpoint undoes it."""
         if self.sessions is not None:
-            await self.sessions.end(copy.thread.org_id, copy.thread.thread_id, "changed")
+            async with self.sessions.workspace_of(copy.thread.org_id, copy.thread.thread_id, copy.thread.uid) as live:
+                if live is not None:
+                    yield live
+                    await self.checkpoint(copy, live, copy.image)
+                    return
+        yield home
 
     async def commit(self, copy: WorkingCopy, image: str | None = None) -> None:
         """Make the working copy the thread's home (a run that ended by itself, on `image`).
