@@ -29,6 +29,9 @@ is never refused with 429. Then, with keep-alive httpx clients, sequential unles
      yet; 100 MB written and read through the mount vs with the S3 API directly.
   9. brokered HTTPS (bench/_brokered.py, in-process on loopback): one HTTPS request through
      the brokering proxy vs through the plain allowlist proxy's CONNECT tunnel, same upstream.
+ 10. persistent sessions (bench/_sessions.py): `print(1)` in a live session vs a stateless
+     pooled run; `import numpy` again in a session vs stateless; a 20-step pandas workflow
+     (10 MB CSV loaded once, 19 small steps) in one session vs as 20 stateless thread runs.
 
 Every table gives median and p95 (nearest rank) in ms and the ratio of medians to the bare
 baseline of the same language measured in this run; then a "targets" table: PASS or MISS,
@@ -58,6 +61,7 @@ import _brokered
 import _connections
 import _images
 import _memory
+import _sessions
 import _stream
 from _common import (
     arguments,
@@ -95,6 +99,7 @@ SECTIONS = (
     "7. runtime images (python, pools on)",
     "8. storage connections (python, pools on, S3)",
     "9. brokered HTTPS (one request, in-process, loopback)",
+    "10. persistent sessions (python, pools on)",
 )
 T = TypeVar("T")
 K = TypeVar("K")
@@ -209,6 +214,16 @@ class Bench:
     def brokered(self) -> _brokered.BrokerFigures:
         """Section 9, in this process (no server)."""
         return _brokered.measure(self.n, self.warmup)
+
+    def sessions(self) -> _sessions.SessionFigures:
+        """Section 10, on the pools-on server."""
+
+        def sample(runners: dict[str, Callable[[], float]]) -> dict[str, Series]:
+            got = rounds({k: wall(run) for k, run in runners.items()}, self.n, self.warmup)
+            return {k: series(k, v) for k, v in got.items()}
+
+        rounds_ = 1 if self.n < 100 else 3
+        return _sessions.measure(self.running[ON].server, self.clients[ON], sample, workflow_rounds=rounds_)
 
     def idle(self) -> dict[str, tuple[_memory.ServerMemory, _memory.Sandboxes]]:
         """Section 6, idle: after one execution, once the sandboxes under each server settle."""
@@ -452,6 +467,27 @@ def print_brokered(got: _brokered.BrokerFigures) -> None:
     )
 
 
+def print_sessions(got: _sessions.SessionFigures) -> None:
+    base = got.stateless.median()
+    numpy_base = got.numpy_stateless.median()
+    wf_stateless, wf_session = got.workflow_stateless_s, got.workflow_session_s
+    table(
+        SECTIONS[9],
+        ["series", "median ms", "p95 ms", "ratio to stateless"],
+        [
+            *[[s.label, ms(s.median()), ms(s.p95()), times(s.median(), base)] for s in (got.stateless, got.session)],
+            *[[s.label, ms(s.median()), ms(s.p95()), times(s.median(), numpy_base)]
+              for s in (got.numpy_stateless, got.numpy_session)],
+        ],
+        [
+            "session: a thread's live session, second and later executions; stateless: pooled, no thread",
+            f"20-step pandas workflow ({', '.join(_sessions.PACKAGES)} image; 10 MB CSV loaded once, 19 steps), "
+            f"{len(wf_session)} round(s): session {', '.join(f'{v:.1f}' for v in wf_session)} s, "
+            f"stateless {', '.join(f'{v:.1f}' for v in wf_stateless)} s; ratio of medians {got.workflow_ratio:.2f}",
+        ],
+    )
+
+
 def print_targets(
     b: Bench,
     inline: dict[tuple[str, str], Series],
@@ -462,6 +498,7 @@ def print_targets(
     images: _images.ImageFigures,
     buckets: _connections.BucketFigures,
     brokered: _brokered.BrokerFigures,
+    sessions: _sessions.SessionFigures,
 ) -> None:
     def ratio(lang: str) -> float | None:
         if lang not in b.languages:
@@ -486,6 +523,8 @@ def print_targets(
         Target("(7) python inline on an image / on host", images.on_image.median() / images.on_host.median(), 1.1, "x"),
         Target("(8) python inline, one S3 connection (warm) / none", buckets.warm_ratio, 1.3, "x"),
         Target("(9) brokered HTTPS request, added median", brokered.added_ms, 10, "ms"),
+        Target("(10) session print(1) / stateless inline", sessions.ratio, 0.5, "x"),
+        Target("(10) 20-step pandas workflow, session / stateless", sessions.workflow_ratio, 0.5, "x"),
     ]
     targets(rows, ["medians; the targets are for this 2-core machine, measured with pools on"])
 
@@ -581,7 +620,9 @@ def main() -> int:
         print_buckets(buckets)
         brokered = b.brokered()
         print_brokered(brokered)
-        print_targets(b, inline, thread, tput, stream, idle, images, buckets, brokered)
+        sessions = b.sessions()
+        print_sessions(sessions)
+        print_targets(b, inline, thread, tput, stream, idle, images, buckets, brokered, sessions)
     print_machine([], machine_info())
     return 0
 

@@ -44,6 +44,7 @@ from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
+from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
 from .service.webhook_claims import LeaseClaims
@@ -93,6 +94,8 @@ class Services(Admin):
     pool: WarmPool | None = None
     #: The sandbox runtime this server built (None when one was passed in, e.g. a test's).
     runtime: Runner | None = None
+    #: Persistent sessions (a server's; `sandboxd run` has none).
+    sessions: Sessions | None = None
 
     def unready_reason(self) -> str | None:
         """Why /ready answers 503 (no host paths: it is unauthenticated); None when ready."""
@@ -118,6 +121,8 @@ class Services(Admin):
             await self.executions.shutdown(grace_s)
         if self.health is not None:
             await self.health.close()
+        if self.sessions is not None:  # before the runtime: their sandboxes are its
+            await self.sessions.close()
         if self.runtime is not None:
             await self.runtime.close()
         if self.storage.mounts is not None:  # after the runtime: no warm sandbox holds one
@@ -328,6 +333,12 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             reserve=settings.admission_reserve_slots, wait_s=settings.admission_wait_s,
             queue_max=settings.admission_queue_max,
         )
+        sessions = Sessions(
+            admin.store,
+            SessionSettings(idle_s=settings.session_idle_s, memory_budget_mib=settings.session_memory_budget_mib),
+            admin.threads.discard_path,
+        ) if server else None
+        admin.threads.sessions = sessions
         executions = ExecutionService(
             admin.store,
             runner,
@@ -345,6 +356,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             storage=admin.storage,
             connectors=admin.connectors,
             artifacts=artifacts,
+            sessions=sessions,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -356,6 +368,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             if pool is not None:
                 admin.storage.mounts.before_unmount = lambda path: pool.discard(str(path))
             await admin.threads.recover()
+            if sessions is not None:
+                await sessions.recover()
             await admin.images.clean()
             recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
             interrupted = await recovery.recover()
@@ -374,6 +388,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
     if server:
         admin.webhooks.start()  # also resumes deliveries left pending by the last run
         admin.threads.start()
+        if sessions is not None:
+            sessions.start()
         retention = RetentionService(
             admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts
         )
@@ -409,6 +425,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         health=health,
         pool=pool,
         runtime=real,
+        sessions=sessions,
     )
 
 

@@ -196,8 +196,8 @@ def run(
         if outcome.error:
             why = f"{outcome.error}: {outcome.error_message}" if outcome.error_message else outcome.error
             sys.stderr.write(f"sandboxd: {outcome.status} ({why}); trace {outcome.trace_id}\n")
-        if outcome.output_truncated:
-            sys.stderr.write("sandboxd: output truncated at the configured cap\n")
+        for note in outcome.notes:  # output truncated, a timeout lowered, ... (service/notes.py)
+            sys.stderr.write(f"sandboxd: {note}\n")
         return outcome.exit_code
 
     try:

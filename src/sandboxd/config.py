@@ -265,6 +265,16 @@ class Settings(BaseSettings):
     max_image_files: int = Field(
         default=2_000_000, ge=1, description="Most entries (files, directories, links) in one image, all layers."
     )
+    session_idle_s: float = Field(
+        default=600.0, gt=0,
+        description="A persistent session (sandbox config --session persistent) unused this long ends; "
+        "the thread's next result says reset (idle).",
+    )
+    session_memory_budget_mib: int = Field(
+        default=4096, ge=64,
+        description="Idle persistent sessions may hold this much memory in all; past it the oldest end "
+        "(reset, evicted).",
+    )
     thread_retention_days: int = Field(
         default=30, ge=1, description="Threads idle longer than this are deleted."
     )
@@ -313,7 +323,7 @@ class Settings(BaseSettings):
         default=64 * 1024,
         ge=0,
         description="MCP files_download also returns a file's content inline when it is UTF-8 text "
-        "of at most this many bytes; 0 = never.",
+        "of at most this many bytes, and files_upload takes content inline up to this size; 0 = never.",
     )
 
     @field_validator("public_hosts", mode="before")

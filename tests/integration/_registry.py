@@ -215,3 +215,4 @@ def write_tiny_layout(layout: Path, tag: str, files: dict[str, bytes]) -> Layout
 def debian_image_layout(tmp_path_factory: pytest.TempPathFactory) -> LayoutImage:
     """The minimal Debian image (python3-minimal, bash), built once per session."""
     return LayoutImage(debian_layout(DEBIAN_PACKAGES, tmp_path_factory), DEBIAN_TAG)
+

@@ -25,6 +25,7 @@ SECTIONS = [
     "7. runtime images",
     "8. storage connections",
     "9. brokered HTTPS",
+    "10. persistent sessions",
     "targets",
 ]
 TARGETS = [
@@ -38,6 +39,8 @@ TARGETS = [
     "(7) python inline on an image",
     "(8) python inline, one S3 connection",
     "(9) brokered HTTPS request",
+    "(10) session print(1)",
+    "(10) 20-step pandas workflow",
 ]
 
 

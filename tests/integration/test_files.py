@@ -403,7 +403,6 @@ def test_missing_thread_and_missing_file_are_404(sdk: baponi.Baponi, http: httpx
     t = new_thread()
     for call in (
         lambda: sdk.list_files(id=t),
-        lambda: sdk.upload_url(path="a", content_length=1, id=t),
         lambda: sdk.download_url(path="a", id=t),
     ):
         with pytest.raises(baponi.BaponiError) as info:
@@ -417,6 +416,36 @@ def test_missing_thread_and_missing_file_are_404(sdk: baponi.Baponi, http: httpx
         sdk.list_files(id=t, path="nope")
     assert info.value.status_code == 404
     assert http.post("/v1/files/list", json={"source": "volume", "id": "no-such-volume"}).status_code == 404
+
+
+def test_an_upload_creates_a_thread_that_has_not_run(
+    server: Any, sdk: baponi.Baponi, http: httpx.Client, blob: httpx.Client
+) -> None:
+    """Issue #17: upload input files first, then run code on them (no 404 "run code first")."""
+    t = new_thread()
+    assert upload(sdk, blob, t, "in/data.csv", b"a,b\n1,2\n").status_code == 200
+    assert [(e.path, e.size) for e in sdk.list_files(id=t, path="in")] == [("data.csv", 8)]
+    assert db_rows(server, "SELECT count(*) FROM threads WHERE thread_id = ?", t) == [(1,)]
+    # the run sees it, and may change it: it is the thread's own file
+    assert run(sdk, t, "echo 3,4 >> /home/baponi/in/data.csv && wc -l < /home/baponi/in/data.csv").stdout == "3\n"
+    # the raw API too: a URL for a fresh thread, PUT without credentials, then the run reads it
+    raw = new_thread()
+    signed = http.post("/v1/files/upload_url", json={"id": raw, "path": "note.txt", "content_length": 2})
+    assert signed.status_code == 200, signed.text
+    put = blob.put(signed.json()["url"], content=b"hi", headers={h["name"]: h["value"] for h in signed.json()["headers"]})
+    assert put.status_code == 200 and put.json() == {"path": "note.txt", "size": 2}
+    assert run(sdk, raw, "cat /home/baponi/note.txt").stdout == "hi"
+
+
+async def test_an_upload_to_a_new_thread_respects_the_thread_limit(server_factory: Any) -> None:
+    limited = server_factory(max_threads_per_org=1)
+    key = await limited.create_key()
+    with baponi.Baponi(api_key=key, base_url=limited.url, timeout=120) as sdk:
+        sdk.upload_url(path="a.txt", content_length=1, id="first-thread")
+        with pytest.raises(baponi.BaponiError) as info:
+            sdk.upload_url(path="a.txt", content_length=1, id="second-thread")
+    assert info.value.status_code == 403 and "limit of 1 threads" in str(info.value)
+    limited.stop()
 
 
 @pytest.mark.parametrize(

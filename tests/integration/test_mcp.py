@@ -5,7 +5,9 @@ JSON-RPC over httpx for what a client library would never send."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import sqlite3
 import time
@@ -93,7 +95,7 @@ async def test_connect_and_list_tools(server: Any, api_key: str, mode: str, vers
         assert c.protocol_version == version
         assert c.server_info is not None and c.server_info.name == "sandboxd"
         listed = {t.name: t for t in (await c.list_tools()).tools}
-    assert set(listed) == {"sandbox_execute", "files_list", "files_download"}
+    assert set(listed) == {"sandbox_execute", "files_list", "files_download", "files_upload"}
     for tool in listed.values():
         Draft202012Validator.check_schema(tool.input_schema)
         assert tool.output_schema is not None
@@ -336,6 +338,123 @@ async def test_files_errors_are_tool_errors(server: Any, api_key: str) -> None:
     assert bad_source.is_error and text_of(bad_source) == f"validation_error: {rest.json()['message']}"
     assert missing_thread.is_error and text_of(missing_thread).startswith("not_found: ")
     assert traversal.is_error and text_of(traversal).startswith("validation_error: ")
+
+
+@needs_btrfs
+async def test_files_upload_inline_then_execute_reads_it(server: Any, api_key: str) -> None:
+    """A thread that has not run yet: files_upload creates it, sandbox_execute finds the files."""
+    thread = unique("upload")
+    binary = bytes(range(256))
+    async with mcp_client(server, api_key) as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+        text = await c.call_tool("files_upload", {"id": thread, "path": "in/data.csv", "content": "a,b\n1,2\n"})
+        raw = await c.call_tool(
+            "files_upload",
+            {"id": thread, "path": "/home/baponi/in/blob.bin", "content": base64.b64encode(binary).decode(),
+             "encoding": "base64"},
+        )
+        code = (
+            "import csv, hashlib\n"
+            "rows = list(csv.reader(open('/home/baponi/in/data.csv')))\n"
+            "print(rows, hashlib.sha256(open('/home/baponi/in/blob.bin', 'rb').read()).hexdigest())"
+        )
+        ran = await c.call_tool("sandbox_execute", {"code": code, "thread_id": thread})
+        too_big = await c.call_tool("files_upload", {"id": thread, "path": "big.txt", "content": "x" * 70_000})
+        neither = await c.call_tool("files_upload", {"id": thread, "path": "x.txt"})
+    assert text.is_error is False and text.structured_content == {
+        "path": "in/data.csv", "written": True, "size": 8, "url": None, "headers": [], "expires_at": None,
+    }
+    Draft202012Validator(tools["files_upload"].output_schema).validate(raw.structured_content)
+    assert raw.structured_content["path"] == "in/blob.bin" and raw.structured_content["size"] == 256
+    assert ran.is_error is False, text_of(ran)
+    assert ran.structured_content["stdout"] == f"[['a', 'b'], ['1', '2']] {hashlib.sha256(binary).hexdigest()}\n"
+    assert too_big.is_error and "over the inline limit of 65536" in text_of(too_big)
+    assert neither.is_error and text_of(neither).startswith("validation_error: give content")
+
+
+@needs_btrfs
+async def test_files_upload_signed_url(server: Any, api_key: str) -> None:
+    thread = unique("upurl")
+    async with mcp_client(server, api_key) as c:
+        signed = await c.call_tool(
+            "files_upload", {"id": thread, "path": "report.txt", "content_length": 5, "content_type": "text/plain"}
+        )
+        s = signed.structured_content
+        assert signed.is_error is False and s["written"] is False and s["url"].startswith(server.url)
+        assert s["url"] in text_of(signed)
+        put = httpx.put(s["url"], content=b"hello", headers={h["name"]: h["value"] for h in s["headers"]})
+        assert put.status_code == 200, put.text
+        ran = await c.call_tool("sandbox_execute", {"code": "cat /home/baponi/report.txt", "language": "bash",
+                                                    "thread_id": thread})
+    assert ran.structured_content["stdout"] == "hello"
+
+
+async def test_notes_in_the_execute_text(server: Any, api_key: str) -> None:
+    async with mcp_client(server, api_key) as c:
+        result = await c.call_tool("sandbox_execute", {"code": "print(1)", "timeout": 120})
+    assert result.is_error is False
+    assert result.structured_content["notes"] == ["timeout lowered from 120 s to this key's cap of 60 s"]
+    assert result.structured_content["outputs"] == [] and result.structured_content["session"] is None
+    assert "[notes]\n- timeout lowered from 120 s to this key's cap of 60 s" in text_of(result)
+
+
+#: A python cell whose last value has a PNG repr (1x1, made with zlib: no PIL on the host).
+PNG_CELL = """
+import struct, zlib
+def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+class Dot:
+    def _repr_png_(self):
+        ihdr = struct.pack('>IIBBBBB', 1, 1, 8, 2, 0, 0, 0)
+        return (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', ihdr)
+                + chunk(b'IDAT', zlib.compress(b'\\x00\\xff\\x00\\x00')) + chunk(b'IEND', b''))
+    def _repr_markdown_(self):
+        return '**a red dot**'
+Dot()
+"""
+
+
+@needs_btrfs
+async def test_a_persistent_session_shows_images_and_its_state(server: Any) -> None:
+    """End to end with a session: the cell's PNG comes back as an image block, its markdown as
+    text, and the text says whether the interpreter was kept."""
+    key = await server.create_key(sandbox="mcp-repl", session="persistent")
+    thread = unique("repl")
+    async with mcp_client(server, key) as c:
+        first = await c.call_tool("sandbox_execute", {"code": "x = 41", "thread_id": thread})
+        shown = await c.call_tool("sandbox_execute", {"code": PNG_CELL, "thread_id": thread})
+        kept = await c.call_tool("sandbox_execute", {"code": "print(x + 1)", "thread_id": thread})
+        no_thread = await c.call_tool("sandbox_execute", {"code": "print(1)"})
+    assert first.is_error is False and "[session: new]" in first.content[0].text
+    assert shown.is_error is False, shown.content[0].text
+    text, image, markdown = shown.content
+    assert text.type == "text" and "[session: kept]" in text.text and "[outputs: 1. image/png; 2. text/markdown]" in text.text
+    assert image.type == "image" and image.mime_type == "image/png"
+    assert base64.b64decode(image.data).startswith(b"\x89PNG\r\n\x1a\n")
+    assert markdown.type == "text" and markdown.text == "**a red dot**"
+    assert [o["type"] for o in shown.structured_content["outputs"]] == ["image/png", "text/markdown"]
+    assert kept.structured_content["stdout"] == "42\n" and kept.structured_content["session"]["state"] == "kept"
+    assert "pass a thread_id to keep variables" in text_of(no_thread)
+
+
+@needs_btrfs
+async def test_an_upload_into_a_live_session_keeps_it_and_is_seen(server: Any) -> None:
+    """An upload while the thread's session lives goes into its workspace, saved as the home:
+    the interpreter keeps its state and sees the file, and later checkpoints keep it."""
+    key = await server.create_key(sandbox="mcp-repl-up", session="persistent")
+    thread = unique("repl-up")
+    async with mcp_client(server, key) as c:
+        await c.call_tool("sandbox_execute", {"code": "x = 1", "thread_id": thread})
+        uploaded = await c.call_tool("files_upload", {"id": thread, "path": "in.txt", "content": "fresh"})
+        after = await c.call_tool(
+            "sandbox_execute", {"code": "print(open('/home/baponi/in.txt').read(), x)", "thread_id": thread}
+        )
+        listed = await c.call_tool("files_list", {"id": thread})
+    assert uploaded.is_error is False
+    assert after.is_error is False, text_of(after)
+    assert after.structured_content["stdout"] == "fresh 1\n"
+    assert after.structured_content["session"] == {"state": "kept", "reason": None}
+    assert "in.txt" in json.dumps(listed.structured_content)
 
 
 # --- auth ---------------------------------------------------------------------------------------

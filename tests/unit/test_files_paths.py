@@ -4,6 +4,7 @@ and FilesService's upload/list/delete logic over a real directory (threads faked
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
@@ -349,6 +350,13 @@ class FakeThreads:
     async def release(self, copy: object) -> None:
         self.busy_ids.discard(copy.thread.thread_id)  # type: ignore[attr-defined]
 
+    async def create_home(self, copy: object, gid: int | None) -> Path:
+        return self.homes[copy.thread.thread_id]  # type: ignore[attr-defined]
+
+    @contextlib.asynccontextmanager
+    async def changing(self, copy: object, home: Path) -> AsyncIterator[Path]:
+        yield home
+
 
 @dataclass
 class FakeVolumes:
@@ -374,7 +382,7 @@ class FakeKeys:
         return self.active.get(key_id)
 
 
-PRINCIPAL = SimpleNamespace(org=SimpleNamespace(id="org_1"), key_id="key_1")
+PRINCIPAL = SimpleNamespace(org=SimpleNamespace(id="org_1", gid=777), key_id="key_1")
 BASE = "http://127.0.0.1:9/"
 
 
@@ -412,7 +420,8 @@ async def test_service_upload_list_download_delete(svc: tuple[FilesService, Fake
     st = (home / "d" / "f.txt").stat()
     assert (st.st_uid, st.st_gid) == (4242, 777)
     assert (home / "d" / "f.txt").read_bytes() == b"hello"
-    assert threads.claims == ["files:upload"] and not threads.busy_ids  # locked, then released
+    # locked to sign (a new thread would be created) and to write, released each time
+    assert threads.claims == ["files:upload_url", "files:upload"] and not threads.busy_ids
     listed = await service.list(PRINCIPAL, "thread", "t1", "d")  # type: ignore[arg-type]
     assert [(e["path"], e["size"], e["is_directory"]) for e in listed] == [("f.txt", 5, False)]
     dl = await service.download_url(PRINCIPAL, "thread", "t1", "d/f.txt", base_url=BASE)  # type: ignore[arg-type]
@@ -513,7 +522,7 @@ async def test_revoked_key_urls_are_refused_at_use(svc: tuple[FilesService, Fake
         await service.open_download(get)
     with pytest.raises(Forbidden, match="revoked"):
         await service.receive_upload(put, body(b"new"), declared_length="3", content_type=None)
-    assert (home / "f.txt").read_bytes() == b"old" and not threads.claims
+    assert (home / "f.txt").read_bytes() == b"old" and threads.claims == ["files:upload_url"]
     # an active key of another organization under the same id grants nothing either
     service._keys.active["key_1"] = SimpleNamespace(org=SimpleNamespace(id="org_2"), key_id="key_1")  # type: ignore[attr-defined]
     with pytest.raises(Forbidden):

@@ -11,7 +11,8 @@ from jsonschema import Draft202012Validator
 
 from sandboxd.config import Settings
 from sandboxd.mcp.endpoint import transport_security
-from sandboxd.mcp.handlers import _execute_text, _inline_text
+from sandboxd.mcp.handlers import _inline_text
+from sandboxd.mcp.results import execute_text as _execute_text
 from sandboxd.mcp.tools import INPUT_SCHEMAS, tool_list
 from sandboxd.service import Outcome, Principal
 from sandboxd.service.auth import bearer_token

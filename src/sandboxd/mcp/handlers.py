@@ -20,7 +20,9 @@ from starlette.requests import Request
 
 from ..errors import InvalidRequest, RateLimited, SandboxdError
 from ..service import Outcome, Principal, parse_execute_request, validation_message
+from ..service.paths import normalize_path
 from . import tools
+from .results import execute_content
 from .gate import PRINCIPAL
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class Handlers:
                 principal,
                 self._services.executions.languages_for(principal),
                 self._services.settings.output_limit_bytes,
+                self._services.settings.mcp_inline_max_bytes,
             )
         )
 
@@ -58,6 +61,7 @@ class Handlers:
             tools.EXECUTE: self._execute,
             tools.FILES_LIST: self._files_list,
             tools.FILES_DOWNLOAD: self._files_download,
+            tools.FILES_UPLOAD: self._files_upload,
         }.get(params.name)
         if call is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name!r}")
@@ -90,7 +94,7 @@ class Handlers:
         outcome = await submission.outcome()
         structured = tools.ExecuteResult(**_result_fields(outcome))
         return types.CallToolResult(
-            content=[types.TextContent(text=_execute_text(outcome))],
+            content=execute_content(outcome),
             structured_content=structured.model_dump(),
             is_error=not outcome.success,
         )
@@ -121,6 +125,41 @@ class Handlers:
         return types.CallToolResult(
             content=[types.TextContent(text=_download_text(args.path, download, why_not))],
             structured_content=download.model_dump(),
+        )
+
+
+    async def _files_upload(
+        self, ctx: ServerRequestContext[Any, Any], principal: Principal, arguments: dict[str, Any]
+    ) -> types.CallToolResult:
+        args = _parse(tools.FilesUploadArgs, arguments)
+        files = self._services.files
+        if args.content is not None:
+            cap = self._services.settings.mcp_inline_max_bytes
+            if cap == 0:
+                raise InvalidRequest("inline content is turned off on this server; omit content and give content_length")
+            data = args.data(cap)
+            path = await files.write(principal, args.source, args.id, args.path, data)
+            upload = tools.Upload(path=path, written=True, size=len(data))
+            text = f"Wrote {len(data)} bytes to {args.source} {args.id!r} at {path!r}."
+        else:
+            if args.content_length is None:
+                raise InvalidRequest("give content (the file inline) or content_length (for a signed upload URL)")
+            signed = await files.upload_url(
+                principal, args.source, args.id, args.path, args.content_length, args.content_type,
+                base_url=str(_request(ctx).base_url),
+            )
+            upload = tools.Upload(
+                path=normalize_path(args.path, source=args.source, id=args.id), written=False,
+                size=args.content_length, url=signed["url"],
+                headers=[tools.UploadHeader(**h) for h in signed["headers"]], expires_at=signed["expires_at"],
+            )
+            headers = "".join(f"\n{h.name}: {h.value}" for h in upload.headers)
+            text = (
+                f"PUT exactly {args.content_length} bytes to this URL, without credentials, before "
+                f"{upload.expires_at}, with the headers below:\n{upload.url}{headers}"
+            )
+        return types.CallToolResult(
+            content=[types.TextContent(text=text)], structured_content=upload.model_dump()
         )
 
 
@@ -176,24 +215,6 @@ def _result_fields(outcome: Outcome) -> dict[str, Any]:
         "duration_ms": outcome.duration_ms,
         "output_truncated": outcome.output_truncated,
     }
-
-
-def _execute_text(outcome: Outcome) -> str:
-    """The SDK integrations' `result_to_llm_text` layout, with the exit code, truncation and
-    trace id always stated."""
-    parts = [outcome.stdout.rstrip("\n")] if outcome.stdout else []
-    if outcome.stderr:
-        parts.append("[stderr]\n" + outcome.stderr.rstrip("\n"))
-    if not parts:
-        parts.append("(no output)")
-    parts.append(f"[exit code: {outcome.exit_code}]")
-    if outcome.error:
-        why = f"{outcome.error}: {outcome.error_message}" if outcome.error_message else outcome.error
-        parts.append("[error]\n" + why)
-    if outcome.output_truncated:
-        parts.append("[output truncated: stdout or stderr went past the server's cap]")
-    parts.append(f"[trace_id: {outcome.trace_id}]")
-    return "\n\n".join(parts)
 
 
 def _list_text(source: str, id: str, path: str | None, listing: tools.FileList) -> str:

@@ -10,20 +10,35 @@ network, volumes), so the model knows what it can rely on.
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+from typing import Any, Literal
 
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ..api.schemas import (
+    ARTIFACTS_FIELD,
+    NOTES_FIELD,
+    OUTPUTS_FIELD,
+    SESSION_FIELD,
+    Artifact,
+    OutputItem,
+    SessionBody,
+)
+from ..errors import InvalidRequest
+
 from ..runtime import INTERPRETERS, spoken
 from ..service import Principal
-from ..service.requests import MAX_CODE_BYTES, ExecuteRequest
+from ..service.files import CONTENT_TYPE_PATTERN, MAX_FILE_BYTES
+from ..service.requests import MAX_CODE_BYTES, ExecuteRequest, JsonInt
 from ..service.connectors import ConnectorBinding, usage
 from ..service.storage_kind import StorageKind, StorageKindParam
 
 EXECUTE = "sandbox_execute"
 FILES_LIST = "files_list"
 FILES_DOWNLOAD = "files_download"
+FILES_UPLOAD = "files_upload"
 
 #: The execute fields an LLM may set, in the tool schema's order (spec §21.4: `sub_paths` and
 #: `webhook_url` are not exposed).
@@ -110,6 +125,52 @@ class FilesDownloadArgs(_Args):
     )
 
 
+class FilesUploadArgs(_Args):
+    source: StorageKindParam = _SOURCE
+    id: StrictStr = Field(
+        description="The thread_id to use with sandbox_execute (a new one is created), or the volume's name."
+    )
+    path: StrictStr = Field(
+        description="Where to write, relative to the root: 'in/data.csv' is /home/baponi/in/data.csv "
+        "of a thread (directories are created)."
+    )
+    content: StrictStr | None = Field(
+        default=None,
+        description="The whole file, as text or base64 (see encoding), up to the inline limit. Omit it "
+        "to get a signed upload URL instead (then give content_length).",
+    )
+    encoding: Literal["utf-8", "base64"] = Field(
+        default="utf-8", description="How `content` is given: 'utf-8' text, or 'base64' for binary files."
+    )
+    content_length: JsonInt | None = Field(
+        default=None,
+        description="Without content: the exact size in bytes of the file to PUT to the signed URL.",
+        json_schema_extra={"minimum": 0, "maximum": MAX_FILE_BYTES},
+    )
+    content_type: StrictStr | None = Field(
+        default=None,
+        description="Without content: the Content-Type the PUT must send (default application/octet-stream).",
+        json_schema_extra={"pattern": CONTENT_TYPE_PATTERN},
+    )
+
+    def data(self, max_bytes: int) -> bytes:
+        """The inline content's bytes, at most `max_bytes` of them."""
+        assert self.content is not None
+        if self.encoding == "base64":
+            try:
+                data = base64.b64decode(self.content, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidRequest("content is not valid base64 (encoding: 'base64')") from None
+        else:
+            data = self.content.encode("utf-8", errors="surrogatepass")
+        if len(data) > max_bytes:
+            raise InvalidRequest(
+                f"content has {len(data)} bytes, over the inline limit of {max_bytes}; omit content and "
+                "give content_length to get a signed upload URL"
+            )
+        return data
+
+
 class ExecuteResult(BaseModel):
     """The REST API's SandboxResult, field for field (tests/integration/test_mcp.py checks)."""
 
@@ -129,6 +190,10 @@ class ExecuteResult(BaseModel):
     trace_id: str = Field(description="The execution's id (GET /v1/executions/{trace_id}).")
     duration_ms: int
     output_truncated: bool = Field(description="stdout or stderr went past the server's cap and was cut.")
+    session: SessionBody | None = SESSION_FIELD
+    outputs: list[OutputItem] = OUTPUTS_FIELD
+    artifacts: list[Artifact] = ARTIFACTS_FIELD
+    notes: list[str] = NOTES_FIELD
 
 
 class FileEntry(BaseModel):
@@ -151,6 +216,20 @@ class Download(BaseModel):
     expires_at: str
     size: int = Field(description="The file's size in bytes.")
     content: str | None = Field(description="The file's text, when it is small UTF-8 text; else null.")
+
+
+class UploadHeader(BaseModel):
+    name: str
+    value: str
+
+
+class Upload(BaseModel):
+    path: str = Field(description="The file's path, relative to the root.")
+    written: bool = Field(description="True: the inline content was written; false: PUT it to `url`.")
+    size: int | None = Field(description="Bytes written (inline), or the content_length to PUT.")
+    url: str | None = Field(default=None, description="Without content: PUT the bytes here, no credentials.")
+    headers: list[UploadHeader] = Field(default_factory=list, description="Headers the PUT must send.")
+    expires_at: str | None = Field(default=None, description="When the URL stops working.")
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -201,17 +280,39 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
     ).strip()
 
 
-def tool_list(principal: Principal, languages: frozenset[str], output_limit_bytes: int) -> list[types.Tool]:
-    """The three tools, described for `principal`'s sandbox."""
+def _state(principal: Principal) -> str:
+    """What survives between calls, for the key's session mode (service/sessions.py)."""
+    if principal.sandbox.session == "persistent":
+        return (
+            "With a thread_id, the interpreter persists between calls of that thread (per language): "
+            "variables, imports, functions and the working directory are kept, and the last "
+            "expression of a Python call is shown, as in a notebook; the result says 'session: kept', "
+            "or 'session: reset (why)' when the state was lost. Without thread_id every call is a new "
+            "process. "
+        )
+    return "Every call is a new process: no variables or imports survive between calls. "
+
+
+def tool_list(
+    principal: Principal, languages: frozenset[str], output_limit_bytes: int, inline_max_bytes: int = 0
+) -> list[types.Tool]:
+    """The four tools, described for `principal`'s sandbox."""
     limits = _limits(principal, languages, output_limit_bytes)
+    inline = (
+        f"Give the content inline (up to {inline_max_bytes} bytes: text, or base64 with encoding "
+        "'base64'), or "
+        if inline_max_bytes
+        else "Inline content is turned off on this server: "
+    )
     return [
         types.Tool(
             name=EXECUTE,
             title="Run code in a sandbox",
             description=(
                 f"Run {spoken(i.title for i in INTERPRETERS.values())} code in an isolated sandbox and get its stdout, "
-                "stderr and exit code. Every call is a new process: no variables or imports survive "
-                "between calls. The working directory is /data, emptied after every call; /tmp too. "
+                "stderr and exit code; figures and images the code shows come back as images, HTML "
+                "tables and markdown as text. " + _state(principal) + "The working directory is /data; "
+                "/data and /tmp are never saved (a new process starts with them empty). "
                 "Without thread_id nothing persists. With a thread_id, /home/baponi is kept for the "
                 "next call with the same thread_id: write files you need later there (list and fetch "
                 "them with files_list and files_download). One call per thread at a time: a second "
@@ -258,6 +359,23 @@ def tool_list(principal: Principal, languages: frozenset[str], output_limit_byte
                 title="Download a file", read_only_hint=True, idempotent_hint=True, open_world_hint=False
             ),
         ),
+        types.Tool(
+            name=FILES_UPLOAD,
+            title="Upload a file to a thread or volume",
+            description=(
+                "Write one file into a thread (under /home/baponi, where sandbox_execute with that "
+                "thread_id finds it; a thread that has not run yet is created) or a read-write volume. "
+                + inline
+                + "omit content and give content_length to get a signed upload URL: PUT exactly that "
+                "many bytes there, with the returned headers and no credentials, before it expires."
+            ),
+            input_schema=_schema(FilesUploadArgs),
+            output_schema=_schema(Upload),
+            annotations=types.ToolAnnotations(
+                title="Upload a file", read_only_hint=False, destructive_hint=True, idempotent_hint=True,
+                open_world_hint=False,
+            ),
+        ),
     ]
 
 
@@ -265,4 +383,5 @@ INPUT_SCHEMAS: dict[str, dict[str, Any]] = {
     EXECUTE: EXECUTE_INPUT,
     FILES_LIST: _schema(FilesListArgs),
     FILES_DOWNLOAD: _schema(FilesDownloadArgs),
+    FILES_UPLOAD: _schema(FilesUploadArgs),
 }

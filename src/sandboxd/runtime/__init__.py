@@ -27,6 +27,7 @@ from .pool import PoolSettings
 from .pooled import PooledRunner
 from .runner import BwrapRunner
 from .outputs import Outputs
+from .session import SessionRun, SessionSandbox, SessionStartFailed
 from .seccomp import compile_bpf
 from .selfcheck import check_prerequisites, check_sandbox
 from .spec import (
@@ -45,6 +46,9 @@ from .spec import (
 from .users import UidPool
 
 __all__ = [
+    "SessionRun",
+    "SessionSandbox",
+    "SessionStartFailed",
     "DEFAULT_LANGUAGE",
     "DEFAULT_TIMEOUT_S",
     "HOST_IMAGE",

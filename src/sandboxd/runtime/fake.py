@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..errors import SandboxSetupError
+from .session import SessionSandbox
 from .spec import ExecResult, ExecStatus, Language, OutputSink, SandboxSpec, Stream
 
 _KILLED = 137  # 128 + SIGKILL, as a shell reports it
@@ -92,6 +94,10 @@ class FakeRunner:
             duration_ms=round((time.monotonic() - started) * 1000),
             error=error,
         )
+
+    async def start_session(self, spec: SandboxSpec) -> SessionSandbox:
+        """The fake runs no interpreter: a session cannot start (the service says so)."""
+        raise SandboxSetupError("session", "the fake runner has no sessions")
 
     def refill(self, spec: SandboxSpec) -> None:
         self.refills.append(spec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from .session import SessionSandbox
 from .spec import ExecResult, Language, OutputSink, SandboxSpec
 
 
@@ -23,6 +24,9 @@ class Runner(Protocol):
         cancel: asyncio.Event | None = None,
         refill_later: bool = False,
     ) -> ExecResult: ...
+
+    async def start_session(self, spec: SandboxSpec) -> SessionSandbox:
+        """A persistent session's sandbox for `spec` (runtime/session.py), its interpreter up."""
 
     def refill(self, spec: SandboxSpec) -> None:
         """A run with `refill_later` is over: start what replaces its sandbox (if pooled)."""

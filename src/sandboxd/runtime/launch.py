@@ -7,6 +7,10 @@ no allocation-heavy Python). The order is the security argument:
                                      full); the handle is closed so the sandbox never holds it
 1. join the execution's cgroups      needs root: the cgroup files belong to root
 2. set rlimits                       inherited by bwrap and everything it starts
+2b. give the sandbox its own pipes   fchown of the pipes only it reads or writes (a pool's or a
+                                     session's request pipe, its signal pipe) to its ids, so a
+                                     driver can reopen them through /proc/self/fd (node has no
+                                     dup()); it already holds them: nothing more is reachable
 3. drop to the sandbox's host ids    setgroups, setresgid, setresuid: no privilege after this;
                                      umask 002, so files in shared volumes stay group-writable
 4. parent-death signal               after 3, because a credential change clears it
@@ -33,6 +37,7 @@ def preexec(
     gid: int,
     limits: _rlimits.RlimitPlan,
     netns_fd: int | None = None,
+    own_fds: Sequence[int] = (),
 ) -> Callable[[], None]:
     parent = os.getpid()
     files = tuple(cgroup_procs)
@@ -50,6 +55,8 @@ def preexec(
             finally:
                 os.close(fd)
         _rlimits.apply(limits)  # 2.
+        for fd in own_fds:  # 2b.
+            os.fchown(fd, uid, gid)
         os.setgroups([])  # 3. privileges end here
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import warm
 from .pool import PoolSettings, Warm, WarmPool
 from .runner import BwrapRunner
+from .session import SessionSandbox
 from .spec import ExecResult, Language, OutputSink, SandboxSpec
 
 
@@ -44,6 +45,10 @@ class PooledRunner:
                 # After the run, not during it: on a small machine a sandbox starting next to
                 # the one serving the request slows that one down.
                 self.refill(spec)
+
+    async def start_session(self, spec: SandboxSpec) -> SessionSandbox:
+        """Sessions start cold: their program is a session driver, not a pool's stub."""
+        return await self.cold.start_session(spec)
 
     def refill(self, spec: SandboxSpec) -> None:
         self.pool.replenish(spec)

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import replace
 
 from ..errors import SandboxSetupError
+from . import session
 from .cgroups import CgroupDriver
 from .keeper import Keeper
 from .languages import available_languages
@@ -75,6 +76,11 @@ class BwrapRunner:
             finally:
                 await self.sandboxes.dispose(box)
         return _with_network(result, net)
+
+    async def start_session(self, spec: SandboxSpec) -> session.SessionSandbox:
+        """A persistent session's sandbox: started cold, its driver up (runtime/session.py)."""
+        self.check_language(spec)
+        return await session.start(self.sandboxes, self._network, spec, timeout_s=spec.limits.timeout_s)
 
     def refill(self, spec: SandboxSpec) -> None:
         """Nothing to refill: every run starts its own sandbox."""

@@ -130,6 +130,7 @@ class Sandboxes:
                     spec.host_gid or uid,
                     rlimits.plan(spec.limits),
                     net.netns_fd,
+                    own_fds=(0, *(() if ready_fd is None else (ready_fd,))) if program is not None else (),
                 ),
             )
         except BaseException:

@@ -42,10 +42,16 @@ class ConnectorBinding:
     name: str
     kind: str
     variables: tuple[str, ...]
+    #: When the connector last changed (its secret, hosts, ...): a persistent session started
+    #: with an older version is not used again (service/sessions.py).
+    version: str = ""
 
     @classmethod
     def of(cls, principal: Principal) -> tuple[ConnectorBinding, ...]:
-        return tuple(cls(c.id, c.name, c.kind, tuple(kinds.variables(c.config))) for c in principal.connectors)
+        return tuple(
+            cls(c.id, c.name, c.kind, tuple(kinds.variables(c.config)), c.updated_at.isoformat())
+            for c in principal.connectors
+        )
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.kind}

@@ -33,6 +33,7 @@ from .requests import ExecuteRequest
 from ..runtime.network import BROKER_ENV_NAMES
 from .artifacts import Artifacts
 from .connectors import ConnectorBinding, ConnectorService
+from .sessions import Sessions
 from .storage import StorageMountBinding, StorageService
 from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
@@ -59,6 +60,7 @@ class ExecutionService:
         storage: StorageService | None = None,
         connectors: ConnectorService | None = None,
         artifacts: Artifacts | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -76,6 +78,7 @@ class ExecutionService:
             store, runner, threads, volumes, webhooks, keepalive_s=keepalive_s, metrics=self._metrics,
             health=health or PlatformHealth(self._metrics), storage=storage, connectors=connectors,
             artifacts=artifacts,
+            sessions=sessions,
         )
         self._live: dict[str, Submission] = {}
 
@@ -180,6 +183,8 @@ class ExecutionService:
             storage=StorageMountBinding.of(principal),
             sub_paths=tuple(request.sub_paths) if request.sub_paths is not None else None,
             connectors=ConnectorBinding.of(principal),
+            requested_timeout_s=request.timeout,
+            session=sandbox.session,
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:

@@ -25,7 +25,10 @@ and percent-encoded separators are refused before that (service/paths.py).
 
 Threads: an upload or delete holds the thread's execution lock (409 while an execution runs,
 and an execution that starts meanwhile gets 409), so a snapshot never sees a half-written
-file and a commit never discards an upload. Reads use the committed home.
+file and a commit never discards an upload. Reads use the committed home. An upload (its URL, or
+MCP's inline `write`) to a thread that has not run yet creates the thread and an empty home,
+as its first run would (`ThreadService.claim`: the organization's thread limit and storage
+cap); listing or downloading from it stays 404 until then.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..errors import Forbidden, InvalidRequest, NotFound
 from ..ids import THREAD_ID_PATTERN, THREAD_ID_RULE, VOLUME_ID_PATTERN
 from ..storage.tree import Owner, Upload, iso, open_regular, open_root, remove, stat_target, walk
 from .paths import normalize_path
@@ -234,23 +237,45 @@ class FilesService:
         if not _CONTENT_TYPE.fullmatch(content_type):
             raise InvalidRequest("content_type must be 1-255 printable ASCII characters")
         if source == StorageKind.THREAD:
-            _, root = await self._thread_home(principal.org.id, id)
-            if self._threads.busy(principal.org.id, id):
-                raise Conflict(f"thread {id!r} is busy with an execution; upload when it has finished")
-            if root is None:
-                raise NotFound(f"thread {id!r} has no files yet; run code in it first")
+            # A thread that has not run yet is created here, under the rules of a first run
+            # (409 while busy, 403 at the organization's thread limit or storage cap).
+            copy = await self._threads.claim(principal.org.id, id, "files:upload_url")
+            try:
+                root = await self._threads.create_home(copy, principal.org.gid)
+                await self._in_root(root, lambda fd: stat_target(fd, rel))
+            finally:
+                await self._threads.release(copy)
         else:
-            access = await self._volume(principal, id)
-            if access.read_only:
-                raise Forbidden(f"volume {id!r} is bound read-only to this API key")
-            root = access.path
-        await self._in_root(root, lambda fd: stat_target(fd, rel))
+            root = await self._writable_volume(principal, id)
+            await self._in_root(root, lambda fd: stat_target(fd, rel))
         claims = Claims(
             method="PUT", source=source, org_id=principal.org.id, id=id, path=rel,
             key_id=self._signing_key(principal), expires=self._expiry(),
             content_length=content_length, content_type=content_type,
         )
         return self._url(base_url, claims)
+
+    async def write(
+        self, principal: Principal, source: StorageKind, id: str, path: str, data: bytes
+    ) -> str:
+        """Write a small file given whole (MCP files_upload's inline content): the checks of
+        `upload_url`, then what an upload to its URL does. Returns the normalized path."""
+        self._check_source(source, id)
+        rel = normalize_path(path, source=source, id=id)
+        if len(data) > self._max_file_bytes:
+            raise InvalidRequest(f"the file must be at most {self._max_file_bytes} bytes")
+        claims = Claims(
+            method="PUT", source=source, org_id=principal.org.id, id=id, path=rel,
+            key_id=principal.key_id or "", expires=0, content_length=len(data),
+        )
+        await self._receive(principal, claims, _once(data), create=True)
+        return rel
+
+    async def _writable_volume(self, principal: Principal, slug: str) -> Path:
+        access = await self._volume(principal, slug)
+        if access.read_only:
+            raise Forbidden(f"volume {slug!r} is bound read-only to this API key")
+        return access.path
 
     async def download_url(
         self, principal: Principal, source: StorageKind, id: str, path: str, *, base_url: str
@@ -302,10 +327,11 @@ class FilesService:
             return
         copy = await self._lock(principal.org.id, id, "files:delete")
         try:
-            root = await asyncio.to_thread(self._threads.home, copy.thread)
-            if root is None:
+            home = await asyncio.to_thread(self._threads.home, copy.thread)
+            if home is None:
                 raise NotFound(f"no such file or directory: {rel!r}")
-            await self._in_root(root, lambda fd: remove(fd, rel))
+            async with self._threads.changing(copy, home) as root:
+                await self._in_root(root, lambda fd: remove(fd, rel))
         finally:
             await self._threads.release(copy)
 
@@ -352,25 +378,38 @@ class FilesService:
                 raise InvalidRequest(
                     f"Content-Type {content_type[:80]!r} does not match the signed {claims.content_type!r}"
                 )
+        await self._receive(principal, claims, body, create=False)
+        return claims
+
+    async def _receive(
+        self, principal: Principal, claims: Claims, body: AsyncIterator[bytes], *, create: bool
+    ) -> None:
+        """Write `body` to the file `claims` names, as `principal`; `create`: a thread that does
+        not exist yet is created (else 404: its URL outlived it)."""
         if claims.source == StorageKind.THREAD:
-            copy = await self._lock(claims.org_id, claims.id, "files:upload")
+            if create:
+                copy = await self._threads.claim(claims.org_id, claims.id, "files:upload")
+            else:
+                copy = await self._lock(claims.org_id, claims.id, "files:upload")
             try:
-                home = await asyncio.to_thread(self._threads.home, copy.thread)
-                if home is None:
-                    raise NotFound(f"thread {claims.id!r} has no files yet")
+                home = await self._threads.create_home(copy, principal.org.gid)
                 thread = copy.thread
-                await self._stream(home, claims, body, lambda fd: self._thread_owner(fd, thread))
+                async with self._threads.changing(copy, home) as root:
+                    await self._stream(root, claims, body, lambda fd: self._thread_owner(fd, thread))
             finally:
                 await self._threads.release(copy)
         else:
-            access = await self._volume(principal, claims.id)
-            if access.read_only:
-                raise Forbidden(
-                    f"volume {claims.id!r} is now bound read-only to the API key this upload URL "
-                    "was signed for"
-                )
-            await self._stream(access.path, claims, body, self._volume_owner)
-        return claims
+            if not create:
+                access = await self._volume(principal, claims.id)
+                if access.read_only:
+                    raise Forbidden(
+                        f"volume {claims.id!r} is now bound read-only to the API key this upload URL "
+                        "was signed for"
+                    )
+                root = access.path
+            else:
+                root = await self._writable_volume(principal, claims.id)
+            await self._stream(root, claims, body, self._volume_owner)
 
     async def _stream(
         self, root: Path, claims: Claims, body: AsyncIterator[bytes], owner_of: Callable[[int], Owner]
@@ -405,6 +444,10 @@ class FilesService:
             await asyncio.to_thread(upload.commit)
         finally:
             await asyncio.to_thread(upload.abort)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _relative_to(listed: str, entry: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..buckets.mounts import Lease
@@ -24,7 +25,7 @@ from ..bus import Event, ExecutionLog, OutputEvents
 from ..errors import SandboxSetupError
 from ..observability import Metrics
 from ..observability.logging import get_logger
-from ..runtime import ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec
+from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec, SessionStartFailed
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
 from ..connectors.redact import Redactor
@@ -32,6 +33,7 @@ from .artifacts import Artifacts
 from .connectors import ConnectorBinding, ConnectorError, ConnectorService
 from .data_mounts import DataMountError, DataMounts
 from .documents import empty_extras
+from .notes import notes_for
 from .health import (
     PlatformFailure,
     PlatformHealth,
@@ -42,6 +44,7 @@ from .health import (
     thread_failure,
 )
 from .storage import StorageMountBinding, StorageService
+from .sessions import Session, Sessions, ThreadSessions, fingerprint
 from .threads import ThreadService, WorkingCopy
 from .volumes import VolumeBinding, VolumeService
 
@@ -81,6 +84,10 @@ class JobDescription:
     #: The server's URL as the submitting client reached it: artifact URLs start with it
     #: ("": they are relative, `/v1/artifacts/...`).
     base_url: str = ""
+    #: The timeout the request asked for (seconds), before the sandbox config's cap (notes.py).
+    requested_timeout_s: int | None = None
+    #: The sandbox config's session mode: "persistent" runs a thread's code in its session.
+    session: str = "stateless"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -98,12 +105,21 @@ class JobDescription:
                 ConnectorBinding(**{**b, "variables": tuple(b["variables"])}) for b in data.get("connectors", ())
             ),
             "sub_paths": tuple(data["sub_paths"]) if data.get("sub_paths") is not None else None,
+            "session": data.get("session", "stateless"),
             "image": RootImage(**{
                 **data["image"],
                 "binaries": tuple(tuple(pair) for pair in data["image"]["binaries"]),
                 "env": tuple(tuple(pair) for pair in data["image"]["env"]),
             }),
         })
+
+    def environment(self) -> str:
+        """What a session is started with besides the code (service/sessions.py): a run on
+        another image, limits, network, mounts or connectors cannot use it."""
+        return fingerprint(
+            self.language, self.org_gid, self.key_id, asdict(self.image), asdict(replace(self.limits, timeout_s=0)),
+            self.network, self.network_allow, self.volumes, self.storage, self.sub_paths, self.connectors,
+        )
 
     def spec(self) -> SandboxSpec:
         """The sandbox, before this node adds mounts, the thread's home and its uid."""
@@ -142,6 +158,8 @@ class Outcome:
     artifacts: tuple[dict[str, Any], ...] = ()
     #: What the agent should know about how it ran (a timeout lowered, output cut, ...).
     notes: tuple[str, ...] = ()
+    #: The streams cut at the output cap ("stdout", "stderr"): for the note that says so.
+    streams_truncated: tuple[str, ...] = ()
 
     @property
     def success(self) -> bool:
@@ -197,6 +215,13 @@ class Held:
     thread: WorkingCopy | None = None
 
 
+def _redacted(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A rich output with the connectors' secrets masked (text kinds; images are pixels)."""
+    if not redactor or item["type"].startswith("image/") and item["type"] != "image/svg+xml":
+        return item
+    return {**item, "data": redactor.redact(item["data"].encode()).decode("utf-8", "replace")}
+
+
 class Kick(Protocol):
     def kick(self) -> None:
         """An execution ended: look for due webhook deliveries now."""
@@ -219,8 +244,10 @@ class ExecutionJobs:
         storage: StorageService | None = None,
         connectors: ConnectorService | None = None,
         artifacts: Artifacts | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self._store = store
+        self._sessions = sessions
         self._connectors = connectors
         self._artifacts = artifacts
         self._runner = runner
@@ -237,11 +264,16 @@ class ExecutionJobs:
         spec: SandboxSpec | None = None
         try:
             async with held.stack:
-                spec = job.spec()
                 await sub.log.append("status", trace_id=job.trace_id, status="running")
-                outcome, spec = await self._prepared_run(job, sub, spec, held.thread)
-                if held.thread is not None and outcome.error is None:
-                    outcome = await self._save(job, held.thread, outcome)
+                if self._sessions is not None and held.thread is not None:
+                    if job.session == "persistent":
+                        outcome = await self._session_run(job, sub, job.spec(), held.thread, self._sessions)
+                    else:  # a stateless run commits the thread's home: its sessions are stale
+                        await self._sessions.end(job.org_id, held.thread.thread.thread_id, "changed")
+                if outcome is None:
+                    outcome, spec = await self._prepared_run(job, sub, job.spec(), held.thread)
+                    if held.thread is not None and outcome.error is None:
+                        outcome = await self._save(job, held.thread, outcome)
         except Exception as exc:
             # The result is recorded and published whatever failed: a row left `running` and a
             # log never closed would keep followers waiting until a restart.
@@ -252,6 +284,7 @@ class ExecutionJobs:
                 log.exception("execution %s: releasing the thread or the slot failed", job.trace_id)
         finally:
             keepalive.cancel()
+        outcome = replace(outcome, notes=outcome.notes + notes_for(job, outcome))
         try:
             await self._finish(sub, outcome)
         finally:
@@ -277,24 +310,11 @@ class ExecutionJobs:
         prepare is a platform failure (the program never ran). Bucket mounts are leased for
         the run and given back after it, however it ends."""
         leases: list[Lease] = []
-        redactor = Redactor(())
-        if job.connectors:
-            try:
-                if self._connectors is None:
-                    raise ConnectorError("connectors are not available on this node")
-                given = await self._connectors.open(job.connectors)
-            except ConnectorError as exc:
-                log.error("execution %s: connector_error: %s", job.trace_id, exc.message)
-                return self._platform_failure(job, connector_failure(exc.message)), spec
-            spec = replace(spec, env=spec.env | given.env, egress=given.egress)
-            redactor = given.redactor
         try:
-            try:
-                mounts = await self._data.prepare(job.volumes, job.storage, job.sub_paths, job.org_gid, leases)
-            except DataMountError as exc:
-                log.error("execution %s: %s: %s", job.trace_id, exc.code, exc.message)
-                return self._platform_failure(job, data_mount_failure(exc.code, exc.message)), spec
-            spec = replace(spec, mounts=mounts)
+            prepared = await self._prepare(job, spec, leases)
+            if isinstance(prepared, Outcome):
+                return prepared, spec
+            spec, redactor = prepared
             if thread is not None:
                 try:
                     home = await self._threads.open(thread, job.trace_id, spec.host_gid)
@@ -307,6 +327,123 @@ class ExecutionJobs:
         finally:
             for lease in leases:
                 lease.release()
+
+    async def _prepare(
+        self, job: JobDescription, spec: SandboxSpec, leases: list[Lease]
+    ) -> tuple[SandboxSpec, Redactor] | Outcome:
+        """The key's connectors opened and /data mounted (bucket mounts leased into `leases`);
+        a failure is the platform failure the result reports."""
+        redactor = Redactor(())
+        if job.connectors:
+            try:
+                if self._connectors is None:
+                    raise ConnectorError("connectors are not available on this node")
+                given = await self._connectors.open(job.connectors)
+            except ConnectorError as exc:
+                log.error("execution %s: connector_error: %s", job.trace_id, exc.message)
+                return self._platform_failure(job, connector_failure(exc.message))
+            spec = replace(spec, env=spec.env | given.env, egress=given.egress)
+            redactor = given.redactor
+        try:
+            mounts = await self._data.prepare(job.volumes, job.storage, job.sub_paths, job.org_gid, leases)
+        except DataMountError as exc:
+            log.error("execution %s: %s: %s", job.trace_id, exc.code, exc.message)
+            return self._platform_failure(job, data_mount_failure(exc.code, exc.message))
+        return replace(spec, mounts=mounts), redactor
+
+    async def _session_run(
+        self, job: JobDescription, sub: Submission, spec: SandboxSpec, copy: WorkingCopy, sessions: Sessions
+    ) -> Outcome:
+        """Run in the thread's session of this language, starting one if there is none (or the
+        one there was started for another environment); checkpoint the workspace after a run
+        that ended by itself, end the thread's sessions after one that did not."""
+        thread = copy.thread
+        async with sessions.locked(job.org_id, thread.thread_id, thread.uid) as ts:
+            ts.busy = True
+            try:
+                session, state = await sessions.state(ts, job.language, job.environment())
+                if session is None:
+                    await sessions.evict(wanted_bytes=job.limits.memory_mib * 1024 * 1024)
+                    started = await self._start_session(job, spec, copy, ts, sessions)
+                    if isinstance(started, Outcome):
+                        return replace(started, session=state)
+                    session = started
+                outcome, ended = await self._in_session(job, sub, spec, session)
+                outcome = replace(outcome, session=state)
+                if outcome.error is None and ended is None:
+                    outcome = await self._save(job, copy, outcome, workspace=ts.workspace)
+                    if outcome.error is not None:
+                        ended = "crash"
+                elif ended is None:  # a bucket's upload failed: the run's writes may be lost
+                    ended = "crash"
+                if ended is not None:
+                    await sessions.end_thread(ts, ended)
+                return outcome
+            finally:
+                ts.busy = False
+
+    async def _start_session(
+        self, job: JobDescription, spec: SandboxSpec, copy: WorkingCopy, ts: ThreadSessions, sessions: Sessions
+    ) -> Session | Outcome:
+        leases: list[Lease] = []
+        try:
+            prepared = await self._prepare(job, spec, leases)
+            if isinstance(prepared, Outcome):
+                return prepared
+            spec, redactor = prepared
+            try:
+                if ts.workspace is None:
+                    ts.workspace = await self._threads.take_workspace(copy, job.trace_id, spec.host_gid)
+            except Exception as exc:
+                log.error("execution %s: thread home: %s", job.trace_id, exc)
+                return self._platform_failure(job, thread_failure(exc, saving=False))
+            spec = replace(spec, home=str(ts.workspace), host_uid=ts.uid)
+            try:
+                sandbox = await self._runner.start_session(spec)
+            except SessionStartFailed as exc:  # the program's failure (e.g. a broken .pth in its home)
+                self._health.ran()
+                return Outcome(
+                    job.trace_id, "failed", exc.exit_code, redactor.redact(exc.stdout).decode("utf-8", "replace"),
+                    redactor.redact(exc.stderr).decode("utf-8", "replace"), None, 0, False,
+                    notes=("the session's interpreter did not start; its output is above",),
+                )
+            except SandboxSetupError as exc:
+                log.error("execution %s: %s", job.trace_id, exc.message)
+                return self._platform_failure(job, setup_failure(exc))
+            except Exception as exc:
+                log.exception("execution %s: starting its session failed", job.trace_id)
+                return self._platform_failure(job, runtime_failure(exc))
+            env = {k: v for k, v in spec.env.items() if k not in job.env}
+            session = Session(job.language, job.environment(), sandbox, sessions.new_token(), redactor, env, leases)
+            leases = []  # the session holds them now
+            await sessions.add(ts, session)
+            return session
+        finally:
+            for lease in leases:
+                lease.release()
+            if not ts.sessions and ts.workspace is not None:
+                await sessions.end_thread(ts, "crash")
+
+    async def _in_session(
+        self, job: JobDescription, sub: Submission, spec: SandboxSpec, session: Session
+    ) -> tuple[Outcome, str | None]:
+        """One execution in a live session: the outcome, and why the session ended (None: it lives)."""
+        spec = replace(spec, env=spec.env | session.env)
+        redactor = session.redactor
+        try:
+            with self._metrics.active_sandboxes.track_inprogress():
+                try:
+                    run = await session.sandbox.execute(spec, sink=redactor.sink(sub.output.write), cancel=sub.cancel)
+                finally:
+                    await redactor.flush(sub.output.write)
+        except Exception as exc:
+            log.exception("execution %s failed in its session", job.trace_id)
+            return self._platform_failure(job, runtime_failure(exc)), "crash"
+        finally:
+            session.last_used = time.monotonic()
+        outputs = tuple(_redacted(item, redactor) for item in run.outputs)
+        outcome = replace(self._outcome(job, sub, spec, run.result, redactor), outputs=outputs)
+        return await self._settle(job, session.leases, outcome), run.ended
 
     async def _settle(self, job: JobDescription, leases: list[Lease], outcome: Outcome) -> Outcome:
         """The run's writes to its buckets are uploaded before its result says anything (what
@@ -322,11 +459,18 @@ class ExecutionJobs:
                 return replace(outcome, status="failed", error=failure.code, error_message=failure.message)
         return outcome
 
-    async def _save(self, job: JobDescription, thread: WorkingCopy, outcome: Outcome) -> Outcome:
+    async def _save(
+        self, job: JobDescription, thread: WorkingCopy, outcome: Outcome, *, workspace: Path | None = None
+    ) -> Outcome:
         """A thread keeps what a run that ended by itself wrote; after a timeout, OOM, cancel
-        or platform failure its working copy is dropped on release and it keeps its state."""
+        or platform failure its working copy is dropped on release and it keeps its state.
+        A session's `workspace` is checkpointed instead (it stays in use)."""
         try:
-            await self._threads.commit(thread, job.image.digest or job.image.name)
+            image = job.image.digest or job.image.name
+            if workspace is not None:
+                await self._threads.checkpoint(thread, workspace, image)
+            else:
+                await self._threads.commit(thread, image)
         except Exception as exc:
             log.exception("execution %s: saving the thread home failed", job.trace_id)
             failure = thread_failure(exc, saving=True)  # its writes are lost: say so
@@ -353,6 +497,12 @@ class ExecutionJobs:
         except Exception as exc:
             log.exception("execution %s failed in the runtime", job.trace_id)
             return self._platform_failure(job, runtime_failure(exc))
+        return self._outcome(job, sub, spec, result, redactor)
+
+    def _outcome(
+        self, job: JobDescription, sub: Submission, spec: SandboxSpec, result: ExecResult, redactor: Redactor
+    ) -> Outcome:
+        """A program's result as every surface reports it, redacted of the connectors' secrets."""
         self._health.ran()
         sub.sandbox_s = result.duration_ms / 1000
         self._metrics.execution_duration.labels(spec.language).observe(sub.sandbox_s)
@@ -378,6 +528,9 @@ class ExecutionJobs:
             network=result.network,
             artifacts=artifacts,
             notes=notes,
+            streams_truncated=tuple(
+                name for name, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)) if cut
+            ),
         )
 
     def _platform_failure(self, job: JobDescription, failure: PlatformFailure) -> Outcome:

@@ -9,17 +9,23 @@ open them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import Conflict, Forbidden, NotFound, Unavailable
 from ..store import Store, Thread, utcnow
 from ..storage import OrgQuotaReached, ThreadStore
 from .ports import ThreadLock
+
+if TYPE_CHECKING:
+    from .sessions import Sessions
 
 log = logging.getLogger("sandboxd.threads")
 
@@ -91,6 +97,8 @@ class ThreadService:
         self._creating: dict[str, asyncio.Lock] = {}  # per org: count-then-add is one step
         self._sweeper: asyncio.Task[None] | None = None
         self._touches: set[asyncio.Task[None]] = set()
+        #: The server's persistent sessions (service/sessions.py): a deleted thread's end.
+        self.sessions: Sessions | None = None
 
     @property
     def available(self) -> bool:
@@ -137,6 +145,32 @@ class ThreadService:
         )
         return str(copy.path)
 
+    async def create_home(self, copy: WorkingCopy, gid: int | None) -> Path:
+        """The claimed thread's committed home, created empty if it has none yet: files are
+        uploaded to a thread before its first run."""
+        homes = self._require_storage()
+        t = copy.thread
+        home = await asyncio.to_thread(homes.home, t.org_id, t.thread_id)
+        if home is not None:
+            return home
+        await homes.make_room(t.org_id)
+        return await asyncio.to_thread(
+            homes.create_home, t.org_id, t.thread_id, t.uid, gid if gid is not None else t.uid
+        )
+
+    @contextlib.asynccontextmanager
+    async def changing(self, copy: WorkingCopy, home: Path) -> AsyncIterator[Path]:
+        """Where a files API upload or delete of the claimed thread writes: its `home`, or,
+        while the thread's sessions live, their workspace, saved as the home afterwards. The
+        interpreters then keep their state and see the file, and no checkpoint undoes it."""
+        if self.sessions is not None:
+            async with self.sessions.workspace_of(copy.thread.org_id, copy.thread.thread_id, copy.thread.uid) as live:
+                if live is not None:
+                    yield live
+                    await self.checkpoint(copy, live, copy.image)
+                    return
+        yield home
+
     async def commit(self, copy: WorkingCopy, image: str | None = None) -> None:
         """Make the working copy the thread's home (a run that ended by itself, on `image`).
         The lock stays held until `release`; if saving fails the working copy is gone all the same."""
@@ -144,6 +178,23 @@ class ThreadService:
         copy.image = image
         if path is not None and self._homes is not None:
             await asyncio.to_thread(self._homes.commit, path)
+
+    async def checkpoint(self, copy: WorkingCopy, workspace: Path, image: str | None = None) -> None:
+        """Save a live session's workspace as the thread's home (the workspace stays in use)."""
+        copy.image = image
+        await asyncio.to_thread(self._require_storage().checkpoint, workspace)
+
+    async def take_workspace(self, copy: WorkingCopy, trace_id: str, gid: int | None) -> Path:
+        """A working copy that outlives the execution (a persistent session's workspace): the
+        caller drops it with `discard_path`."""
+        await self.open(copy, trace_id, gid)
+        path, copy.path = copy.path, None
+        assert path is not None
+        return path
+
+    async def discard_path(self, path: Path) -> None:
+        if self._homes is not None:
+            await asyncio.to_thread(self._homes.discard, path)
 
     async def release(self, copy: WorkingCopy) -> None:
         """Drop the working copy unless it was committed, and give the lock back."""
@@ -187,6 +238,9 @@ class ThreadService:
         await self.get(org_id, thread_id)
         fd = self._locks.acquire(org_id, thread_id)  # 409 while an execution holds it
         try:
+            if self.sessions is not None:
+                await self.sessions.end(org_id, thread_id, "changed")
+            await self._store.sessions.forget(org_id, thread_id)
             if self._homes is not None:
                 await asyncio.to_thread(self._homes.delete, org_id, thread_id)
             await self._store.threads.delete(org_id, thread_id)

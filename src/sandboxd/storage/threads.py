@@ -20,6 +20,8 @@ from .btrfs import Btrfs, StorageFull
 from .orgs import OrgQuotas
 
 _TRAVERSE_ONLY = 0o711
+#: A session's checkpoint while it is swapped in (runtime leftovers of a crash are removed).
+_CHECKPOINT = "home-next"
 
 
 class ThreadStore:
@@ -49,20 +51,27 @@ class ThreadStore:
         """Before `begin`: room for a run's writes (OrgQuotas.make_room)."""
         await self.orgs.make_room(org_id, self._quota_bytes)
 
-    def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
-        """A working copy of the thread's home for one execution (created empty the first time;
-        `make_room` first)."""
+    def create_home(self, org_id: str, thread_id: str, uid: int, gid: int) -> Path:
+        """The thread's committed home, created empty if it has none (a first run, or files
+        uploaded before one)."""
         self._fs.mount()
-        group = self.orgs.group(org_id)
         thread_dir = self._dir(org_id, thread_id)
         for path in (self._fs.root, self._fs.root / "threads", thread_dir.parent, thread_dir):
             path.mkdir(exist_ok=True)
             os.chmod(path, _TRAVERSE_ONLY)
         home = thread_dir / "home"
         if not home.is_dir():
-            self._fs.create(home, self._quota_bytes, group)
+            self._fs.create(home, self._quota_bytes, self.orgs.group(org_id))
             os.chown(home, uid, gid)
             os.chmod(home, 0o700)
+        return home
+
+    def begin(self, org_id: str, thread_id: str, uid: int, gid: int, trace_id: str) -> Path:
+        """A working copy of the thread's home for one execution (created empty the first time;
+        `make_room` first)."""
+        home = self.create_home(org_id, thread_id, uid, gid)
+        group = self.orgs.group(org_id)
+        thread_dir = home.parent
         for stale in thread_dir.glob("work-*"):  # left by a crash
             self._fs.delete(stale)
         work = thread_dir / f"work-{trace_id}"
@@ -93,6 +102,27 @@ class ThreadStore:
             raise
         self._fs.delete(work)  # now the previous state
 
+    def checkpoint(self, work: Path) -> None:
+        """Save a live session's working copy as the thread's home; the copy stays in use.
+
+        A snapshot of it is swapped in as `commit` swaps the copy itself. Not when the
+        filesystem is full (StorageFull): the caller ends the session, and the thread keeps
+        its previous state.
+        """
+        if self._fs.free_bytes() < self.orgs.full_below:
+            raise StorageFull(
+                "the storage filesystem filled up during the run, so its changes to the thread were "
+                "discarded and the thread keeps its previous state"
+            )
+        home, saved = work.parent / "home", work.parent / _CHECKPOINT
+        if saved.exists():  # left by a crash
+            self._fs.delete(saved)
+        self._fs.snapshot(work, saved, self.orgs.group(work.parent.parent.name))
+        try:
+            self._fs.exchange(saved, home)
+        finally:
+            self._fs.delete(saved)  # the previous state (or the snapshot, if the swap failed)
+
     def discard(self, work: Path) -> None:
         self._fs.delete(work)
 
@@ -114,7 +144,7 @@ class ThreadStore:
         if not self._mounted():
             return 0
         threads = self._fs.root / "threads"
-        stale = list(threads.glob("*/*/work-*"))
+        stale = [*threads.glob("*/*/work-*"), *threads.glob(f"*/*/{_CHECKPOINT}")]
         for path in stale:
             self._fs.delete(path)
         self._adopt(threads)

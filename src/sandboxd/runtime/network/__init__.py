@@ -95,6 +95,9 @@ class Attached:
     #: The CA bundle to bind at `CA_BUNDLE_PATH` (brokered connectors only).
     ca_bundle: bytes = b""
     decisions: tuple[NetworkDecision, ...] = ()
+    #: The decisions so far, while attached (a session's run reads what it added); None where
+    #: they are only known at the end (policy `full`'s refusals come from nftables then).
+    so_far: Callable[[], tuple[NetworkDecision, ...]] | None = None
 
     @property
     def refused_any(self) -> bool:
@@ -147,7 +150,7 @@ class Network:
         proxy = EgressProxy(policy, resolver=self._resolver, host_addresses=self._host_addresses)
         try:
             await proxy.start(ns.listeners[0])
-            attached = Attached(netns_fd=ns.fd, env=dict(_PROXY_ENV))
+            attached = Attached(netns_fd=ns.fd, env=dict(_PROXY_ENV), so_far=lambda: proxy.decisions)
             try:
                 yield attached
             finally:
@@ -208,6 +211,8 @@ class Network:
                     UserNet.start, ns, self._host_addresses, slirp4netns=self._slirp4netns, nft=self._nft
                 )
             attached = Attached(netns_fd=ns.fd, resolv_conf=RESOLV_CONF if net is not None else b"")
+            if net is None:
+                attached.so_far = lambda: (*(proxy.decisions if proxy is not None else ()), *forwarder.decisions)
             if proxied:
                 proxy = EgressProxy(
                     policy if policy.mode == "allowlist" else NetworkPolicy("allowlist"),
