@@ -260,3 +260,27 @@ def test_a_threads_runs_keep_artifacts_apart_and_outputs_do_not_persist(
     assert blob.get(first["artifacts"][0]["url"]).content == b"one\n"
     assert blob.get(second["artifacts"][0]["url"]).content == b"two\n"
     wait_no_outputs_left(server)
+
+
+@pytest.mark.skipif(
+    not (Path("/usr/sbin/mkfs.btrfs").exists() or Path("/usr/bin/mkfs.btrfs").exists()),
+    reason="threads need btrfs-progs",
+)
+async def test_a_sessions_executions_each_list_what_is_new_in_outputs(server: Any, blob: httpx.Client) -> None:
+    """A persistent session keeps its sandbox, so its /data/outputs too: each execution lists
+    only the files it added or changed (runtime/outputs.py `collect` with the session's `seen`)."""
+    key = await server.create_key(sandbox="artifacts-repl", session="persistent", memory_mib=256)
+    thread = f"art-s-{time.time_ns()}"
+    cells = [
+        "open('/data/outputs/a.txt', 'w').write('a1'); x = 1",
+        "open('/data/outputs/b.txt', 'w').write('b1'); print(x)",
+        "open('/data/outputs/a.txt', 'w').write('a2, longer'); print(x + 1)",
+        "print(sorted(__import__('os').listdir('/data/outputs')))",
+    ]
+    results = [execute(server, key, code, thread_id=thread) for code in cells]
+    assert [r["success"] for r in results] == [True] * 4, results
+    assert results[1]["session"]["state"] == "kept", results[1]
+    assert [[a["path"] for a in r["artifacts"]] for r in results] == [["a.txt"], ["b.txt"], ["a.txt"], []]
+    assert results[3]["stdout"] == "['a.txt', 'b.txt']\n"
+    assert blob.get(results[0]["artifacts"][0]["url"]).content == b"a1"  # each execution's own copy
+    assert blob.get(results[2]["artifacts"][0]["url"]).content == b"a2, longer"

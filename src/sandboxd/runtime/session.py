@@ -29,6 +29,7 @@ from typing import Any
 from . import drivers, warm
 from .network import Attached, Network, NetworkDecision
 from .sandbox import Sandbox, Sandboxes, _Capture
+from .outputs import collect as collect_outputs
 from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
 
 _CHUNK = 64 * 1024
@@ -170,6 +171,8 @@ class SessionSandbox:
         self._out = _StreamReader("stdout", box.proc.stdout, marker)
         self._err = _StreamReader("stderr", box.proc.stderr, marker)
         self._closed = False
+        #: What of /data/outputs earlier executions already kept (runtime/outputs.py `collect`).
+        self._collected: dict[str, tuple[int, int]] = {}
 
     @property
     def alive(self) -> bool:
@@ -271,10 +274,23 @@ class SessionSandbox:
             stdout_truncated=out.truncated, stderr_truncated=err.truncated, duration_ms=duration_ms,
             error=error, network=network,
         )
+        if spec.artifacts_dir is not None and self.box.outputs is not None:
+            result = await self._collect(spec, result)
         outputs = _outputs(message) if message is not None else ()
         if ended is not None:
             await self.close()
         return SessionRun(result, outputs, ended)
+
+    async def _collect(self, spec: SandboxSpec, result: ExecResult) -> ExecResult:
+        """The execution's artifacts: what is new or changed in /data/outputs since the last
+        execution of this session (which keeps its /data, like its interpreter)."""
+        assert self.box.outputs is not None and spec.artifacts_dir is not None
+        got = await asyncio.to_thread(
+            collect_outputs, self.box.outputs, spec.artifacts_dir, self._collected,
+            max_files=spec.limits.outputs_max_files, max_bytes=spec.limits.outputs_size_mib * 1024 * 1024,
+        )
+        self._collected = got.seen
+        return replace(result, artifacts=got.files, artifacts_dropped=got.dropped)
 
     async def _send_and_wait(self, request: bytes) -> dict[str, Any] | None:
         """Send the request and read the reply: both within the execution's timeout (a driver

@@ -429,6 +429,8 @@ class ExecutionJobs:
     ) -> tuple[Outcome, str | None]:
         """One execution in a live session: the outcome, and why the session ended (None: it lives)."""
         spec = replace(spec, env=spec.env | session.env)
+        if self._artifacts is not None:  # what is new in the session's /data/outputs
+            spec = replace(spec, artifacts_dir=str(self._artifacts.dir_for(job.org_id, job.trace_id)))
         redactor = session.redactor
         try:
             with self._metrics.active_sandboxes.track_inprogress():
