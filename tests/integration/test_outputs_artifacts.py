@@ -284,3 +284,23 @@ async def test_a_sessions_executions_each_list_what_is_new_in_outputs(server: An
     assert results[3]["stdout"] == "['a.txt', 'b.txt']\n"
     assert blob.get(results[0]["artifacts"][0]["url"]).content == b"a1"  # each execution's own copy
     assert blob.get(results[2]["artifacts"][0]["url"]).content == b"a2, longer"
+
+
+async def test_mcp_execute_links_each_artifact(server: Any, api_key: str, blob: httpx.Client) -> None:
+    """Through the official MCP client: an artifact is a resource link to its signed URL (on the
+    URL the client reached the server at), and that URL downloads it."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {api_key}"}, timeout=httpx2.Timeout(30, read=300))
+    async with http, Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode="legacy") as c:
+        result = await c.call_tool("sandbox_execute", {
+            "code": "open('/data/outputs/report.csv', 'w').write('a,b\\n1,2\\n')", "language": "python",
+        })
+    assert result.is_error is False
+    [link] = [block for block in result.content if block.type == "resource_link"]
+    assert link.name == "report.csv" and link.size == 8
+    assert str(link.uri).startswith(server.url + "/v1/artifacts/trc_")
+    assert blob.get(str(link.uri)).content == b"a,b\n1,2\n"
+    assert "report.csv (8 bytes)" in result.content[0].text
