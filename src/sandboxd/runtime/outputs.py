@@ -170,6 +170,7 @@ class Outputs:
             _unmount_all(self.root)
             with contextlib.suppress(OSError):
                 self.root.rmdir()
+                self.root.parent.rmdir()  # the instance's run dir, if nothing else is there
         self._prepared = False
 
 
