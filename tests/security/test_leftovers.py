@@ -158,10 +158,12 @@ async def test_one_host_uid_per_concurrent_execution_and_pool_bound(run, host: H
 
 CRASHING_SERVER = """
 import asyncio, sys
+from pathlib import Path
 from sandboxd.runtime import Limits, SandboxSpec, create_runner
 
 async def main():
-    runner = create_runner(instance_key=sys.argv[1], uid_base={uid_base}, slots={slots})
+    runner = create_runner(instance_key=sys.argv[1], uid_base={uid_base}, slots={slots},
+                           outputs_dir=Path(sys.argv[2]))
     async def sink(stream, chunk):
         if b"ready" in chunk:
             print("sandbox-ready", flush=True)
@@ -212,15 +214,22 @@ def _is_zombie_bwrap(pid: int) -> bool:
 
 async def test_server_crash_kills_sandboxes_and_removes_their_cgroups(host: Host) -> None:
     """SIGKILL the server mid-execution: its keeper (runtime/keeper.py) kills every sandbox
-    and removes their cgroups at once, with no restart; a restart then finds the lease free."""
+    and removes their cgroups at once, with no restart; a restart then finds the lease free,
+    and unmounts and removes the sandbox's /data/outputs tmpfs the crash left."""
     key = tempfile.mkdtemp(prefix="sandboxd-sec-crash-")
     instance = instance_hash(key)
+    outputs = Path("/run/sandboxd") / f"sec-crash-{instance}" / "outputs"
+    outputs_mounts = lambda: [  # noqa: E731
+        line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(f"{outputs}/")
+    ]
     cgroups = lambda: list(Path("/sys/fs/cgroup").glob(f"*/**/sandboxd/{instance}"))  # noqa: E731
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         CRASHING_SERVER.format(uid_base=CHILD_UID_BASE, slots=SLOTS),
         key,
+        str(outputs),
         stdout=subprocess.PIPE,
     )
     try:
@@ -229,6 +238,7 @@ async def test_server_crash_kills_sandboxes_and_removes_their_cgroups(host: Host
         assert line == b"sandbox-ready\n"
         assert len([p for p in uid_procs(CHILD_UID_RANGE) if not p.zombie]) >= 5  # bwrap x2, bash, 3 sleeps
         assert [d for p in cgroups() for d in p.iterdir() if d.is_dir()], "precondition: where this test looks"
+        assert len(outputs_mounts()) == 1, "precondition: the sandbox's /data/outputs"
         server.kill()
         assert await server.wait() == -signal.SIGKILL
         # The sandboxes' pid 1s are reparented to the nearest subreaper: this test process,
@@ -238,9 +248,11 @@ async def test_server_crash_kills_sandboxes_and_removes_their_cgroups(host: Host
         while [p for p in uid_procs(CHILD_UID_RANGE) if not p.zombie] or cgroups():
             assert time.monotonic() < deadline, (uid_procs(CHILD_UID_RANGE), cgroups())
             await asyncio.sleep(0.02)
-        restarted = create_runner(instance_key=key, uid_base=CHILD_UID_BASE, slots=SLOTS)
+        assert len(outputs_mounts()) == 1  # nothing unmounts it but the next start
+        restarted = create_runner(instance_key=key, uid_base=CHILD_UID_BASE, slots=SLOTS, outputs_dir=outputs)
+        assert outputs_mounts() == [] and list(outputs.iterdir()) == []
         await restarted.close()
-        assert cgroups() == []
+        assert cgroups() == [] and not outputs.parent.exists()
     finally:
         if server.returncode is None:
             server.kill()
