@@ -308,7 +308,10 @@ async def test_stream_event_contract(client) -> None:
     assert result["trace_id"] == trace_id
     assert result["status"] == "failed"
     assert result["output_truncated"] is False
-    assert result["result"] == {"success": False, "stdout": "one\ntwo\n", "stderr": "warn\n", "exit_code": 4, "error": None, "error_message": None}
+    assert result["result"] == {
+        "success": False, "stdout": "one\ntwo\n", "stderr": "warn\n", "exit_code": 4, "error": None,
+        "error_message": None, "session": None, "outputs": [], "artifacts": [], "notes": [],
+    }
     assert got.text("stdout") == "one\ntwo\n"
     assert got.text("stderr") == "warn\n"
     assert got.headers is not None and "no-store" in got.headers.get("cache-control", "")
