@@ -16,7 +16,6 @@ import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from ..buckets.mounts import Lease
@@ -356,11 +355,24 @@ class ExecutionJobs:
     ) -> Outcome:
         """Run in the thread's session of this language, starting one if there is none (or the
         one there was started for another environment); checkpoint the workspace after a run
-        that ended by itself, end the thread's sessions after one that did not."""
+        that ended by itself, end the thread's sessions after one that did not.
+
+        The checkpoint is taken once the result is out (`Sessions.save_later`): whatever comes
+        next for the thread waits for it. If it failed, the next run saves again first and
+        fails, naming the layer, if it still cannot: a run's writes are never dropped silently."""
         thread = copy.thread
+        image = job.image.digest or job.image.name
         async with sessions.locked(job.org_id, thread.thread_id, thread.uid) as ts:
             ts.busy = True
             try:
+                if ts.unsaved and ts.workspace is not None:  # the last run's checkpoint failed
+                    try:
+                        await self._threads.checkpoint(copy, ts.workspace, image)
+                        ts.unsaved = False
+                    except Exception as exc:
+                        log.exception("execution %s: saving the last run's thread home failed", job.trace_id)
+                        await sessions.end_thread(ts, "crash")
+                        return self._platform_failure(job, thread_failure(exc, saving=True))
                 session, state = await sessions.state(ts, job.language, job.environment())
                 if session is None:
                     await sessions.evict(wanted_bytes=job.limits.memory_mib * 1024 * 1024)
@@ -371,9 +383,10 @@ class ExecutionJobs:
                 outcome, ended = await self._in_session(job, sub, spec, session)
                 outcome = replace(outcome, session=state)
                 if outcome.error is None and ended is None:
-                    outcome = await self._save(job, copy, outcome, workspace=ts.workspace)
-                    if outcome.error is not None:
-                        ended = "crash"
+                    workspace = ts.workspace
+                    assert workspace is not None
+                    copy.image = image  # the thread's last image, recorded when it is released
+                    sessions.save_later(ts, lambda: self._threads.checkpoint(copy, workspace, image))
                 elif ended is None:  # a bucket's upload failed: the run's writes may be lost
                     ended = "crash"
                 if ended is not None:
@@ -461,18 +474,11 @@ class ExecutionJobs:
                 return replace(outcome, status="failed", error=failure.code, error_message=failure.message)
         return outcome
 
-    async def _save(
-        self, job: JobDescription, thread: WorkingCopy, outcome: Outcome, *, workspace: Path | None = None
-    ) -> Outcome:
+    async def _save(self, job: JobDescription, thread: WorkingCopy, outcome: Outcome) -> Outcome:
         """A thread keeps what a run that ended by itself wrote; after a timeout, OOM, cancel
-        or platform failure its working copy is dropped on release and it keeps its state.
-        A session's `workspace` is checkpointed instead (it stays in use)."""
+        or platform failure its working copy is dropped on release and it keeps its state."""
         try:
-            image = job.image.digest or job.image.name
-            if workspace is not None:
-                await self._threads.checkpoint(thread, workspace, image)
-            else:
-                await self._threads.commit(thread, image)
+            await self._threads.commit(thread, job.image.digest or job.image.name)
         except Exception as exc:
             log.exception("execution %s: saving the thread home failed", job.trace_id)
             failure = thread_failure(exc, saving=True)  # its writes are lost: say so

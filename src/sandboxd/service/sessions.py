@@ -92,6 +92,11 @@ class ThreadSessions:
     sessions: dict[str, Session] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     busy: bool = False
+    #: The checkpoint of the last run, taken after its result was sent; whoever takes `lock`
+    #: waits for it (`Sessions.settled`).
+    saving: asyncio.Future[None] | None = None
+    #: That checkpoint failed: the next run saves again before anything else.
+    unsaved: bool = False
 
     @property
     def last_used(self) -> float:
@@ -115,6 +120,7 @@ class Sessions:
         self._discard = discard
         self._threads: dict[tuple[str, str], ThreadSessions] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def locked(self, org_id: str, thread_id: str, uid: int) -> AsyncIterator[ThreadSessions]:
@@ -132,6 +138,7 @@ class Sessions:
                 found = self._threads[key] = ThreadSessions(org_id, thread_id, uid)
             async with found.lock:
                 if self._threads.get(key) is found:
+                    await self.settled(found)
                     yield found
                     return
 
@@ -147,6 +154,7 @@ class Sessions:
             if self._threads.get(key) is not found or not found.sessions or found.workspace is None:
                 yield None
                 return
+            await self.settled(found)
             found.busy = True
             try:
                 yield found.workspace
@@ -174,6 +182,7 @@ class Sessions:
         """End every session of the thread and drop their workspace (back to the last checkpoint).
         The caller holds `ts.lock`; the entry stays while a run holds it (it starts the next
         session in it) and goes when the sweeper or a shutdown ends it."""
+        await self.settled(ts)  # what the last run saved is kept: only the workspace goes
         sessions, ts.sessions = list(ts.sessions.values()), {}
         workspace, ts.workspace = ts.workspace, None
         for session in sessions:
@@ -190,6 +199,39 @@ class Sessions:
                 log.exception("dropping the workspace of thread %s failed", ts.thread_id)
         if not ts.busy and self._threads.get((ts.org_id, ts.thread_id)) is ts:
             del self._threads[(ts.org_id, ts.thread_id)]
+
+    def save_later(self, ts: ThreadSessions, save: Callable[[], Awaitable[None]]) -> None:
+        """Checkpoint once the running job (the current task) is done: its result is written
+        first, as the pool's refill waits for it. The caller holds `ts.lock`; from now on
+        whoever takes it waits for the save."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ts.saving = done
+
+        async def run() -> None:
+            try:
+                await save()
+            except Exception:
+                log.exception("saving the workspace of thread %s failed; the next run saves again", ts.thread_id)
+                ts.unsaved = True
+            finally:
+                done.set_result(None)
+
+        def start(_: object = None) -> None:
+            task = asyncio.ensure_future(run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        current = asyncio.current_task()
+        if current is None:
+            start()
+        else:
+            current.add_done_callback(start)
+
+    async def settled(self, ts: ThreadSessions) -> None:
+        """Wait for the thread's pending checkpoint (the caller holds `ts.lock`)."""
+        if ts.saving is not None:
+            await asyncio.shield(ts.saving)
+            ts.saving = None
 
     async def end(self, org_id: str, thread_id: str, reason: str) -> None:
         """End a thread's sessions if it has any (it runs stateless now, or is deleted)."""
