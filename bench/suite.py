@@ -480,7 +480,8 @@ def print_sessions(got: _sessions.SessionFigures) -> None:
               for s in (got.numpy_stateless, got.numpy_session)],
         ],
         [
-            "session: a thread's live session, second and later executions; stateless: pooled, no thread",
+            "session: a thread's live session, second and later executions; stateless: pooled, no thread; "
+            f"each sample {_sessions.PAUSE_S * 1000:.0f} ms after the one before",
             f"20-step pandas workflow ({', '.join(_sessions.PACKAGES)} image; 10 MB CSV loaded once, 19 steps), "
             f"{len(wf_session)} round(s): session {', '.join(f'{v:.1f}' for v in wf_session)} s, "
             f"stateless {', '.join(f'{v:.1f}' for v in wf_stateless)} s; ratio of medians {got.workflow_ratio:.2f}",

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from collections.abc import AsyncIterator
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from .sessions import Sessions
 
 log = logging.getLogger("sandboxd.threads")
+
+#: A thread's last use is written at most this often (the retention sweep counts in days).
+_TOUCH_EVERY_S = 60.0
+_TOUCHED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class ThreadService:
         self._creating: dict[str, asyncio.Lock] = {}  # per org: count-then-add is one step
         self._sweeper: asyncio.Task[None] | None = None
         self._touches: set[asyncio.Task[None]] = set()
+        #: When each thread's last use was last recorded (monotonic), and on which image.
+        self._touched: dict[tuple[str, str], tuple[float, str | None]] = {}
         #: The server's persistent sessions (service/sessions.py): a deleted thread's end.
         self.sessions: Sessions | None = None
 
@@ -204,7 +211,15 @@ class ThreadService:
                 await asyncio.to_thread(self._homes.discard, path)
         finally:
             self._locks.release(copy.lock_fd)
-        # Only the retention sweep reads the time of last use: recorded off the request's path.
+        # Only the retention sweep (days) reads the time of last use: recorded off the
+        # request's path, and at most once a minute per thread unless its image changed.
+        key, now = (copy.thread.org_id, copy.thread.thread_id), time.monotonic()
+        last = self._touched.get(key)
+        if last is not None and now - last[0] < _TOUCH_EVERY_S and copy.image in (None, last[1]):
+            return
+        self._touched[key] = (now, copy.image if copy.image is not None else (last[1] if last else None))
+        if len(self._touched) > _TOUCHED_MAX:
+            self._touched.clear()
         touch = asyncio.create_task(self._touch(copy.thread, copy.image))
         self._touches.add(touch)
         touch.add_done_callback(self._touches.discard)
