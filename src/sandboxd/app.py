@@ -335,8 +335,12 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         )
         sessions = Sessions(
             admin.store,
-            SessionSettings(idle_s=settings.session_idle_s, memory_budget_mib=settings.session_memory_budget_mib),
+            SessionSettings(
+                idle_s=settings.session_idle_s, memory_budget_mib=settings.session_memory_budget_mib,
+                max_per_org=settings.session_max_per_org,
+            ),
             admin.threads.discard_path,
+            admin.threads.save_workspace,
         ) if server else None
         admin.threads.sessions = sessions
         executions = ExecutionService(

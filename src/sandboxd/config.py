@@ -275,6 +275,11 @@ class Settings(BaseSettings):
         description="Idle persistent sessions may hold this much memory in all; past it the oldest end "
         "(reset, evicted).",
     )
+    session_max_per_org: int = Field(
+        default=64, ge=1,
+        description="Live persistent sessions of one organization; a new one past it ends the "
+        "organization's oldest idle session (reset, evicted).",
+    )
     thread_retention_days: int = Field(
         default=30, ge=1, description="Threads idle longer than this are deleted."
     )

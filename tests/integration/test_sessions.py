@@ -299,3 +299,26 @@ def test_a_broken_control_line_is_the_programs_crash_not_a_platform_error(server
     ready = httpx.get(server.url + "/ready", timeout=10)
     assert ready.status_code == 200
     assert run(server, key, "print(2)", t)["stdout"] == "2\n"
+
+
+def test_nothing_of_a_session_runs_between_its_executions(server: Server, key: str) -> None:
+    t = thread()
+    started = run(server, key, (
+        "import threading, time\nticks = [0]\n"
+        "def tick():\n    while True:\n        ticks[0] += 1\n        time.sleep(0.01)\n"
+        "threading.Thread(target=tick, daemon=True).start()\ntime.sleep(0.05)"
+    ), t)
+    assert started["success"], started
+    time.sleep(1.0)  # ~100 ticks if the thread ran meanwhile
+    counted = run(server, key, "print(ticks[0])", t)
+    assert int(counted["stdout"]) < 40, counted  # frozen between runs: only the runs' time ticked
+
+
+def test_an_organizations_live_sessions_are_capped(pool: Pool) -> None:
+    server = pool.start(session_max_per_org=2)
+    key = asyncio.run(server.create_key(sandbox="repl", session="persistent"))
+    first, second, third = thread(), thread(), thread()
+    for t in (first, second, third):
+        assert run(server, key, "v = 1", t)["success"]
+    oldest = run(server, key, "print('v' in globals())", first)
+    assert session_of(oldest) == ("reset", "evicted") and oldest["stdout"] == "False\n"

@@ -172,3 +172,18 @@ async def test_open_serves_a_listed_file_and_nothing_once_the_execution_is_gone(
     del rows["trc_run"]  # deleted with the execution's retention
     with pytest.raises(NotFound):
         await store.open("trc_run", "sub/r.csv", int(query["expires"]), query["signature"])
+
+
+def test_collect_never_eats_the_disks_last_free_bytes(tmp_path: Path) -> None:
+    """A sparse 1 GiB file costs the sandbox nothing but would be copied whole: collection stops
+    where the disk of the artifacts would keep less than `keep_free_bytes` free."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "small.txt").write_bytes(b"x" * 10)
+    with open(out / "sparse.bin", "wb") as f:
+        f.truncate(1 << 30)
+    disk = os.statvfs(tmp_path)
+    free = disk.f_bavail * disk.f_frsize
+    got = collect(out, tmp_path / "into", keep_free_bytes=free - (64 << 20))  # room for 64 MiB only
+    assert [c.path for c in got.files] == ["small.txt"] and got.dropped == 1
+    assert not (tmp_path / "into" / "sparse.bin").exists()

@@ -205,14 +205,20 @@ def collect(
     *,
     max_files: int = 1000,
     max_bytes: int = 64 * 1024 * 1024,
+    keep_free_bytes: int = 1024 * 1024 * 1024,
 ) -> Collection:
     """Copy the regular files under `outputs_dir` that are new or changed since `seen` into
     `into` (made 0700 if missing; trusted: the server's own path), keeping the same relative
-    paths. At most `max_files` files and `max_bytes` bytes are copied in one call; the rest are
+    paths. At most `max_files` files and `max_bytes` bytes are copied in one call, never leaving
+    less than `keep_free_bytes` free on the disk of `into` (a sparse file is copied whole); the rest are
     counted in `dropped` (and not in `seen`, so a later call may take them). A session's
     sandbox calls this after each execution with the `seen` of the last call."""
     before = dict(seen or {})
     found = _walk(Path(outputs_dir))
+    if found:  # never fill the server's disk (the database and every tenant's data are there)
+        Path(into).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        disk = os.statvfs(Path(into).parent)
+        max_bytes = max(0, min(max_bytes, disk.f_bavail * disk.f_frsize - keep_free_bytes))
     files: list[Collected] = []
     after = dict(before)
     dropped = 0

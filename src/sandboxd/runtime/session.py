@@ -37,6 +37,10 @@ _SECCOMP_KILLED = 128 + 31  # a SIGSYS death as bwrap's init reports it (sandbox
 #: Rich outputs of one execution: each item, and all of them (the driver caps them).
 OUTPUT_ITEM_MAX_BYTES = 2 * 1024 * 1024
 OUTPUT_TOTAL_MAX_BYTES = 8 * 1024 * 1024
+#: The rich outputs a driver may report; anything else it says is dropped.
+OUTPUT_TYPES = frozenset({"image/png", "image/jpeg", "image/svg+xml", "text/html", "text/markdown"})
+#: Those that are pictures (base64), not text a secret could be written in.
+PICTURE_TYPES = frozenset({"image/png", "image/jpeg"})
 #: What a stream keeps between executions (a background writer's output) at most.
 _CARRY_MAX = 64 * 1024
 #: The longest control line: the rich outputs of one execution, as base64 text, and some room.
@@ -194,6 +198,7 @@ class SessionSandbox:
             line = b""
         if line.startswith(b'{"ready"'):
             self._control_transport.pause_reading()
+            self.box.group.freeze(True)
             return
         self.box.group.kill_all()
         await self.box.proc.wait()
@@ -219,6 +224,7 @@ class SessionSandbox:
         await self._err.flush_carry()
         proc = self.box.proc
         seen = _counts(self._net.so_far()) if self._net.so_far is not None else None
+        self.box.group.freeze(False)
         self._control_transport.resume_reading()
         reply = asyncio.ensure_future(self._send_and_wait(warm.request(spec)))
         waits: set[asyncio.Future[Any]] = {reply, asyncio.ensure_future(proc.wait())}
@@ -279,6 +285,8 @@ class SessionSandbox:
         outputs = _outputs(message) if message is not None else ()
         if ended is not None:
             await self.close()
+        else:  # between runs nothing of the session runs: no background work outlives its run
+            self.box.group.freeze(True)
         return SessionRun(result, outputs, ended)
 
     async def _collect(self, spec: SandboxSpec, result: ExecResult) -> ExecResult:
@@ -378,8 +386,9 @@ def _added(before: dict[tuple[Any, ...], int], now: tuple[NetworkDecision, ...])
 
 
 def _exit_code(message: dict[str, Any]) -> int:
+    """The driver's status as a process's (0-255): it could say anything."""
     code = message.get("exit")
-    return code if isinstance(code, int) and not isinstance(code, bool) else 1
+    return code & 0xFF if isinstance(code, int) and not isinstance(code, bool) else 1
 
 
 def _outputs(message: dict[str, Any]) -> tuple[dict[str, Any], ...]:
@@ -390,9 +399,9 @@ def _outputs(message: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     kept: list[dict[str, Any]] = []
     total = 0
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not isinstance(item.get("data"), str):
+        if not isinstance(item, dict) or item.get("type") not in OUTPUT_TYPES or not isinstance(item.get("data"), str):
             continue
-        entry: dict[str, Any] = {"type": item["type"][:100], "data": item["data"]}
+        entry: dict[str, Any] = {"type": item["type"], "data": item["data"]}
         size = len(entry["data"])
         if item.get("truncated") or size > OUTPUT_ITEM_MAX_BYTES * 2 or total + size > OUTPUT_TOTAL_MAX_BYTES * 2:
             declared = item.get("size")

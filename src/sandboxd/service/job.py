@@ -25,6 +25,7 @@ from ..errors import SandboxSetupError
 from ..observability import Metrics
 from ..observability.logging import get_logger
 from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec, SessionStartFailed
+from ..runtime.session import PICTURE_TYPES
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
 from ..connectors.redact import Redactor
@@ -216,7 +217,7 @@ class Held:
 
 def _redacted(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     """A rich output with the connectors' secrets masked (text kinds; images are pixels)."""
-    if not redactor or item["type"].startswith("image/") and item["type"] != "image/svg+xml":
+    if not redactor or item["type"] in PICTURE_TYPES:
         return item
     return {**item, "data": redactor.redact(item["data"].encode()).decode("utf-8", "replace")}
 
@@ -375,19 +376,19 @@ class ExecutionJobs:
                         return self._platform_failure(job, thread_failure(exc, saving=True))
                 session, state = await sessions.state(ts, job.language, job.environment())
                 if session is None:
-                    await sessions.evict(wanted_bytes=job.limits.memory_mib * 1024 * 1024)
+                    await sessions.evict(wanted_bytes=job.limits.memory_mib * 1024 * 1024, org_id=job.org_id)
                     started = await self._start_session(job, spec, copy, ts, sessions)
                     if isinstance(started, Outcome):
                         return replace(started, session=state)
                     session = started
                 outcome, ended = await self._in_session(job, sub, spec, session)
                 outcome = replace(outcome, session=state)
-                if outcome.error is None and ended is None:
+                if ended is None and outcome.error in (None, "blocked"):  # ended by itself
                     workspace = ts.workspace
                     assert workspace is not None
                     copy.image = image  # the thread's last image, recorded when it is released
                     sessions.save_later(ts, lambda: self._threads.checkpoint(copy, workspace, image))
-                elif ended is None:  # a bucket's upload failed: the run's writes may be lost
+                elif ended is None:  # a bucket's upload failed, or the server is stopping
                     ended = "crash"
                 if ended is not None:
                     await sessions.end_thread(ts, ended)

@@ -48,6 +48,9 @@ SessionMode = Literal["stateless", "persistent"]
 SESSION_MODES: tuple[SessionMode, ...] = ("stateless", "persistent")
 #: Why a session ended (the API's `session.reason`).
 REASONS = ("idle", "timeout", "oom", "crash", "cancelled", "evicted", "changed", "restart")
+#: Ends after which the workspace holds the last run's writes (not a failed run's): a save
+#: that failed after that run is tried once more before the workspace goes.
+_KEEPS_LAST_RUN = frozenset({"idle", "evicted", "changed", "restart"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class SessionSettings:
     idle_s: float = 600.0
     #: Idle sessions may hold this much memory in all; past it the oldest idle ones end.
     memory_budget_mib: int = 4096
+    #: Live sessions of one organization; a new one past it ends its oldest idle one.
+    max_per_org: int = 64
 
 
 @dataclass
@@ -112,12 +117,14 @@ class Sessions:
     """This server's live sessions, by thread."""
 
     def __init__(
-        self, store: Store, settings: SessionSettings, discard: Callable[[Path], Awaitable[None]]
+        self, store: Store, settings: SessionSettings, discard: Callable[[Path], Awaitable[None]],
+        save: Callable[[Path], Awaitable[None]],
     ) -> None:
-        """`discard` drops a workspace (ThreadService.discard_path)."""
+        """`discard` drops a workspace, `save` checkpoints it as its thread's home (ThreadService)."""
         self._store = store
         self.settings = settings
         self._discard = discard
+        self._save = save
         self._threads: dict[tuple[str, str], ThreadSessions] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -185,6 +192,15 @@ class Sessions:
         await self.settled(ts)  # what the last run saved is kept: only the workspace goes
         sessions, ts.sessions = list(ts.sessions.values()), {}
         workspace, ts.workspace = ts.workspace, None
+        if ts.unsaved and workspace is not None and reason in _KEEPS_LAST_RUN:
+            for session in sessions:  # nothing of them writes while the workspace is saved
+                with contextlib.suppress(Exception):
+                    await session.sandbox.close()
+            try:
+                await self._save(workspace)
+                ts.unsaved = False
+            except Exception:
+                log.exception("saving the workspace of thread %s failed: its last run's writes are lost", ts.thread_id)
         for session in sessions:
             try:
                 await session.close()
@@ -268,21 +284,27 @@ class Sessions:
                         ended += 1
         return ended + await self.evict()
 
-    async def evict(self, wanted_bytes: int = 0) -> int:
-        """Idle sessions past the memory budget (with `wanted_bytes` more to come) end, oldest first."""
+    async def evict(self, wanted_bytes: int = 0, org_id: str | None = None) -> int:
+        """Idle sessions past the memory budget (with `wanted_bytes` more to come) end, oldest
+        first; with `org_id` (a session about to start), also that organization's oldest idle
+        ones past its cap of live sessions."""
         budget = self.settings.memory_budget_mib * 1024 * 1024
         idle = sorted((ts for ts in self._threads.values() if ts.sessions and not ts.busy), key=lambda t: t.last_used)
         held = sum(s.sandbox.memory_bytes() for ts in idle for s in ts.sessions.values())
+        live = sum(len(ts.sessions) for ts in self._threads.values() if ts.org_id == org_id)
         ended = 0
         for ts in idle:
-            if held + wanted_bytes <= budget:
-                break
+            over_org = org_id is not None and ts.org_id == org_id and live >= self.settings.max_per_org
+            if held + wanted_bytes <= budget and not over_org:
+                continue
             if ts.lock.locked():  # running, or being ended: never wait for another thread's run
                 continue
             async with ts.lock:
                 if not ts.sessions or ts.busy:
                     continue
                 held -= sum(s.sandbox.memory_bytes() for s in ts.sessions.values())
+                if ts.org_id == org_id:
+                    live -= len(ts.sessions)
                 await self.end_thread(ts, "evicted")
                 ended += 1
         return ended

@@ -191,6 +191,10 @@ class ThreadService:
         copy.image = image
         await asyncio.to_thread(self._require_storage().checkpoint, workspace)
 
+    async def save_workspace(self, workspace: Path) -> None:
+        """Checkpoint a session's workspace outside a run (its sessions are ending)."""
+        await asyncio.to_thread(self._require_storage().checkpoint, workspace)
+
     async def take_workspace(self, copy: WorkingCopy, trace_id: str, gid: int | None) -> Path:
         """A working copy that outlives the execution (a persistent session's workspace): the
         caller drops it with `discard_path`."""

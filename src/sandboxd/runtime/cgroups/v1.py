@@ -76,6 +76,9 @@ class CgroupV1Group:
             time.sleep(0.001)
         raise SandboxSetupError("cgroup kill", f"processes survive in {self._dirs['pids']}")
 
+    def freeze(self, frozen: bool) -> None:
+        write(self._dirs["freezer"] / "freezer.state", "FROZEN" if frozen else "THAWED", step="cgroup freeze")
+
     def remove(self) -> None:
         self._leftovers.remove(self._unique_dirs)
 

@@ -55,6 +55,9 @@ class CgroupV2Group:
             time.sleep(0.001)
         raise SandboxSetupError("cgroup kill", f"processes survive in {self._path}")
 
+    def freeze(self, frozen: bool) -> None:
+        write(self._path / "cgroup.freeze", "1" if frozen else "0", step="cgroup freeze")
+
     def remove(self) -> None:
         self._leftovers.remove([self._path])
 
