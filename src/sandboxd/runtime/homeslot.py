@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import SandboxSetupError
 from ..ids import random_token
+from .mountpoints import mounted, unmount_all
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -42,7 +43,6 @@ _MOUNT_ATTR_NODEV = 0x4
 _MS_BIND = 0x1000
 _MS_PRIVATE = 1 << 18
 _MS_SHARED = 1 << 20
-_MNT_DETACH = 2
 
 
 class _MountAttr(ctypes.Structure):
@@ -65,16 +65,6 @@ def _mount(source: Path, target: Path, flags: int) -> None:
     _check(_libc.mount(str(source).encode(), str(target).encode(), None, flags, None), f"mount {target}")
 
 
-def _mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-def _unmount_all(path: Path) -> None:
-    """Detach every mount stacked on `path` (the attached home, then the slot's own bind)."""
-    while _libc.umount2(str(path).encode(), _MNT_DETACH) == 0:
-        pass
 
 
 class HomeSlots:
@@ -88,7 +78,7 @@ class HomeSlots:
         self._root.mkdir(parents=True, exist_ok=True)
         for path in (self._root, *self._root.parents[:2]):  # e.g. /run/sandboxd/<instance>/homes
             os.chmod(path, 0o711)  # bwrap, as the thread's uid, must reach its slot
-        if not _mounted(self._root):
+        if not mounted(self._root):
             _mount(self._root, self._root, _MS_BIND)
         _mount(Path("none"), self._root, _MS_PRIVATE)
         self._prepared = True
@@ -128,7 +118,7 @@ class HomeSlots:
 
     def release(self, slot: Path) -> None:
         """Unmount the slot (and whatever is attached to it) and remove it."""
-        _unmount_all(slot)
+        unmount_all(slot)
         with contextlib.suppress(FileNotFoundError):
             slot.rmdir()
 
@@ -145,7 +135,7 @@ class HomeSlots:
         """Release every slot and the root's own mount (the server is stopping)."""
         self.recover()
         if self._root.is_dir():
-            _unmount_all(self._root)
+            unmount_all(self._root)
             with contextlib.suppress(OSError):
                 self._root.rmdir()
                 self._root.parent.rmdir()  # the instance's run dir, if nothing else is there

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 from ..errors import SandboxSetupError
 from ..ids import random_token
+from .mountpoints import mounted, unmount_all
 
 __all__ = ["SANDBOX_PATH", "Collected", "Collection", "Outputs", "collect"]
 
@@ -50,7 +51,6 @@ _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
 _MS_BIND = 0x1000
 _MS_PRIVATE = 1 << 18
-_MNT_DETACH = 2
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO raced in never blocks us
@@ -64,15 +64,6 @@ def _check(rc: int, what: str) -> None:
         raise SandboxSetupError("outputs directory", f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def _mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-def _unmount_all(path: Path) -> None:
-    while _libc.umount2(str(path).encode(), _MNT_DETACH) == 0:
-        pass
 
 
 class Outputs:
@@ -92,7 +83,7 @@ class Outputs:
         # bwrap, as the sandbox's uid, resolves the descriptor's path: it must traverse (not list)
         for path in (self.root, *self.root.parents[:2]):  # e.g. /run/sandboxd/<instance>/outputs
             os.chmod(path, 0o711)
-        if not _mounted(self.root):
+        if not mounted(self.root):
             _check(_libc.mount(str(self.root).encode(), str(self.root).encode(), None, _MS_BIND, None), "bind")
         _check(_libc.mount(b"none", str(self.root).encode(), None, _MS_PRIVATE, None), "make private")
         self._prepared = True
@@ -119,7 +110,7 @@ class Outputs:
 
     def release(self, path: Path) -> None:
         """Unmount the sandbox's tmpfs (its files go with it) and remove the mount point."""
-        _unmount_all(path)
+        unmount_all(path)
         with contextlib.suppress(FileNotFoundError):
             path.rmdir()
 
@@ -167,7 +158,7 @@ class Outputs:
             self._releaser = None
         self.recover()
         if self.root.is_dir():
-            _unmount_all(self.root)
+            unmount_all(self.root)
             with contextlib.suppress(OSError):
                 self.root.rmdir()
                 self.root.parent.rmdir()  # the instance's run dir, if nothing else is there
