@@ -302,3 +302,40 @@ async def test_connector_repo(tmp_path: Path) -> None:
         assert [c.name for c in await store.connectors.bindings(first.id)] == ["b"]
     finally:
         await store.close()
+
+
+# --- 0011: sessions -----------------------------------------------------------------------------
+
+
+async def test_0011_down_and_up_again_forgets_sessions_and_keeps_configs_and_results(tmp_path: Path) -> None:
+    store = await _store(tmp_path)
+    try:
+        sandbox = await store.sandboxes.add(Sandbox(
+            id=new_id("sbx"), org_id="org_m", name="repl", cpus=1.0, memory_mib=256, network="none",
+            timeout_cap_s=60, created_at=utcnow(), session="persistent",
+        ))
+        assert (await store.sandboxes.get(sandbox.id)).session == "persistent"  # type: ignore[union-attr]
+        await store.sessions.live("org_m", "t1", "python", "tok")
+        await store.sessions.end("org_m", "t1", "python", "idle", "tok")
+        await store.sessions.end("org_m", "t1", "python", "crash", "other-token")  # not its session
+        ended = await store.sessions.get("org_m", "t1", "python")
+        assert ended is not None and (ended.state, ended.reason) == ("ended", "idle")
+        await store.sessions.live("org_m", "t2", "bash", "tok2")
+        assert await store.sessions.end_live("restart") == 1
+        trace_id = new_trace_id()
+        await store.executions.add(Execution(
+            trace_id=trace_id, org_id="org_m", key_id=None, language="python", status="success",
+            timeout_s=5, delivery_mode="sync", created_at=utcnow(),
+            extras={"session": {"state": "kept", "reason": None}, "outputs": [], "artifacts": [], "notes": []},
+        ))
+        await _downgrade(store, "0010")
+        assert "thread_sessions" not in await _tables(store)
+        assert "extras" not in await _columns(store, "executions")
+        assert "session" not in await _columns(store, "sandboxes")
+        await migrate(store.engine)
+        assert (await store.sandboxes.get(sandbox.id)).session == "stateless"  # type: ignore[union-attr]
+        assert await store.sessions.get("org_m", "t1", "python") is None
+        row = await store.executions.get(trace_id)
+        assert row is not None and row.extras is None and row.status == "success"
+    finally:
+        await store.close()

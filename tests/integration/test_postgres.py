@@ -66,6 +66,7 @@ TABLES = {
     "key_storage",
     "connectors",
     "key_connectors",
+    "thread_sessions",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -106,7 +107,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert set(versions) == head_revisions() == {"0010"}  # the newest migration (0010: connectors)
+        assert set(versions) == head_revisions() == {"0011"}  # the newest migration (0011: sessions)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",

@@ -170,11 +170,11 @@ async def test_nothing_of_the_previous_run_survives_into_the_warm_one(wserver: S
         )
         out = await ok(
             c,
-            "ls -A /tmp /dev/shm /data; echo ${FIRST_RUN:-unset} ${GONE:-unset}; ps -e -o comm=",
+            "ls -A /tmp /dev/shm /data/outputs; echo ${FIRST_RUN:-unset} ${GONE:-unset}; ps -e -o comm=",
             thread_id=tid,
         )
     lines = out.splitlines()
-    assert lines[:6] == ["/data:", "", "/dev/shm:", "", "/tmp:", "unset unset"], out
+    assert lines[:6] == ["/data/outputs:", "", "/dev/shm:", "", "/tmp:", "unset unset"], out
     assert "sleep" not in lines[6:] and "ps" in lines[6:], out
 
 
