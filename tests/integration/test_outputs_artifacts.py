@@ -94,16 +94,22 @@ def outputs_left(server: Any) -> tuple[list[str], list[str]]:
 
 
 def wait_no_outputs_left(server: Any) -> None:
-    """Pre-spawned sandboxes (a pool refilling) hold an empty outputs tmpfs each: compare with
-    the sandboxes alive, i.e. everything left must belong to a live waiting sandbox."""
+    """Pre-spawned sandboxes (a pool refilling) and live persistent sessions (other modules'
+    on the shared server) hold an outputs tmpfs each: compare with those alive, i.e. everything
+    left must belong to a live waiting sandbox or a live session."""
     deadline = time.monotonic() + 10
     while True:
         mounts, dirs = outputs_left(server)
-        waiting = _waiting_sandboxes(server)
+        waiting = _waiting_sandboxes(server) + _live_sessions(server)
         if len(mounts) <= waiting and len(dirs) <= waiting:
             return
         assert time.monotonic() < deadline, (mounts, dirs, waiting)
         time.sleep(0.1)
+
+
+def _live_sessions(server: Any) -> int:
+    with sqlite3.connect(f"file:{server.data_dir / 'sandboxd.db'}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM thread_sessions WHERE state = 'live'").fetchone()[0])
 
 
 def _waiting_sandboxes(server: Any) -> int:
