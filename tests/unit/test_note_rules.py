@@ -47,7 +47,7 @@ def test_timeout_lowered_only_above_the_cap() -> None:
         # node
         "Error: getaddrinfo EAI_AGAIN example.com",
         "Error: getaddrinfo ENOTFOUND registry.npmjs.org",
-        "TypeError: fetch failed\n  [cause]: Error: connect ENETUNREACH 93.184.216.34:443",
+        "TypeError: fetch failed\n  [cause]: Error: connect ENETUNREACH 203.0.113.34:443",
         "Error: connect ECONNREFUSED 127.0.0.1:80",
         # npm
         "npm ERR! code EAI_AGAIN\nnpm ERR! errno EAI_AGAIN",
