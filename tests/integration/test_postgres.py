@@ -67,6 +67,9 @@ TABLES = {
     "connectors",
     "key_connectors",
     "thread_sessions",
+    "members",
+    "admin_tokens",
+    "console_sessions",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -107,7 +110,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert set(versions) == head_revisions() == {"0011"}  # the newest migration (0011: sessions)
+        assert set(versions) == head_revisions() == {"0012"}  # the newest migration (0012: members)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",

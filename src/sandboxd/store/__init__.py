@@ -2,10 +2,13 @@
 
 from .db import create_engine, migrate, utcnow
 from .records import (
+    AdminToken,
     ApiKey,
+    ConsoleSession,
     Connector,
     Execution,
     Image,
+    Member,
     Org,
     Sandbox,
     StorageBinding,
@@ -19,11 +22,14 @@ from .records import (
 from .repos import DuplicateError, Store
 
 __all__ = [
+    "AdminToken",
     "ApiKey",
+    "ConsoleSession",
     "Connector",
     "DuplicateError",
     "Execution",
     "Image",
+    "Member",
     "Org",
     "Sandbox",
     "StorageBinding",

@@ -45,6 +45,43 @@ class ApiKey:
     display_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    #: A member's id, "root" (the CLI); None for keys from before migration 0012.
+    created_by: str | None = None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    org_id: str
+    email: str
+    role: str
+    subject: str | None
+    created_at: datetime
+    last_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    id: str
+    member_id: str
+    name: str
+    digest: str
+    display_prefix: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    digest: str
+    member_id: str
+    created_at: datetime
+    expires_at: datetime
+    ip: str | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,54 @@ api_keys = Table(
     Column("display_prefix", String(24), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # Who made it: a member's id, "root" (the CLI); NULL for keys from before migration 0012.
+    Column("created_by", String(64), nullable=True),
+    # Refused from then on; NULL: never expires.
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    # Updated at most once a minute (a write per execution would cost every run).
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+members = Table(
+    "members",
+    metadata,
+    # People who sign in to the admin API and the console (service/members.py).
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("orgs.id"), nullable=False),
+    Column("email", String(254), nullable=False),
+    # service/roles.py ROLES
+    Column("role", String(16), nullable=False),
+    # The OpenID provider's "<issuer> <sub>" once they signed in through it; NULL: not yet.
+    Column("subject", String(512), nullable=True, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("org_id", "email", name="uq_members_org_email"),
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    # Admin API credentials (`sda-<40 base62>`), one member's each, stored as an HMAC digest.
+    Column("id", String(32), primary_key=True),
+    Column("member_id", String(32), ForeignKey("members.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("display_prefix", String(24), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # A console sign-in: the cookie holds a random token; this row its digest (logout deletes it).
+    Column("digest", String(64), primary_key=True),
+    Column("member_id", String(32), ForeignKey("members.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("ip", String(64), nullable=True),
 )
 
 executions = Table(
