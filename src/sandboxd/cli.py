@@ -10,14 +10,13 @@ import dataclasses
 import gc
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from .app import Admin, open_admin, start
-from .config import Settings
+from .app import Admin, start
+from .commands.common import DatabaseUrl, DataDir, OrgName, admin_call, fail, settings_of
 from .errors import InvalidRequest, SandboxdError, SandboxSetupError
 from .observability import configure_logging
 from .observability.logging import get_logger
@@ -59,47 +58,6 @@ def _before_any_command() -> None:
     gc.freeze()
 
 
-T = TypeVar("T")
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory [env: SANDBOXD_DATA_DIR; default /var/lib/sandboxd]"),
-]
-DatabaseUrl = Annotated[
-    str | None, typer.Option("--database-url", help="SQLAlchemy URL [env: SANDBOXD_DATABASE_URL]")
-]
-OrgName = Annotated[str, typer.Option("--org", help="Organization name.")]
-
-
-def _settings(data_dir: Path | None, database_url: str | None = None, **extra: Any) -> Settings:
-    overrides: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if database_url is not None:
-        overrides["database_url"] = database_url
-    return Settings(**overrides)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"sandboxd: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _admin_call(settings: Settings, fn: Callable[[Admin], Awaitable[T]]) -> T:
-    async def go() -> T:
-        admin = await open_admin(settings)
-        try:
-            return await fn(admin)
-        finally:
-            await admin.close()
-
-    try:
-        return asyncio.run(go())
-    except SandboxdError as exc:
-        _fail(exc.message)
-        raise  # unreachable
-
-
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [default 127.0.0.1]")] = None,
@@ -111,7 +69,7 @@ def serve(
     from .server import serve as serve_http
 
     gc.freeze()  # the server's modules too (see _before_any_command)
-    settings = _settings(data_dir, database_url, host=host, port=port)
+    settings = settings_of(data_dir, database_url, host=host, port=port)
     configure_logging(settings.log_level, settings.log_format)
 
     async def go() -> None:
@@ -142,7 +100,7 @@ def doctor(
     """
     from . import doctor as checks
 
-    results = asyncio.run(checks.run_checks(_settings(data_dir, host=host, port=port)))
+    results = asyncio.run(checks.run_checks(settings_of(data_dir, host=host, port=port)))
     typer.echo(checks.render(results))
     raise typer.Exit(0 if checks.passed(results) else 1)
 
@@ -169,7 +127,7 @@ def run(
 ) -> None:
     """Run one execution locally, in the same sandbox the server uses; exits with its exit code."""
     source = sys.stdin.read() if code == "-" else code
-    settings = _settings(data_dir)
+    settings = settings_of(data_dir)
     # stderr is the program's here: only warnings and errors, unless debug was asked for
     configure_logging("debug" if settings.log_level == "debug" else "warning", settings.log_format)
 
@@ -203,7 +161,7 @@ def run(
     try:
         rc = asyncio.run(go())
     except SandboxdError as exc:
-        _fail(exc.message, 2)
+        fail(exc.message, 2)
         return
     raise typer.Exit(rc)
 
@@ -252,7 +210,7 @@ def keys_create(
             connectors=connectors,
         )
 
-    created = _admin_call(_settings(data_dir, database_url), go)
+    created = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(created.secret)
     typer.echo(
         f"key id {created.record.id} (org {org}, sandbox {sandbox}); store it now: it is not shown again",
@@ -272,7 +230,7 @@ def keys_list(
         org_id = (await admin.tenancy.org(org)).id if org else None
         return await admin.keys.list(org_id)
 
-    for key in _admin_call(_settings(data_dir, database_url), go):
+    for key in admin_call(settings_of(data_dir, database_url), go):
         state = "revoked" if key.revoked_at else "active"
         typer.echo(f"{key.id}\t{key.display_prefix}...\t{key.name}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}")
 
@@ -280,7 +238,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Revoke a key: it stops working at once."""
-    key = _admin_call(_settings(data_dir, database_url), lambda admin: admin.keys.revoke(key_id))
+    key = admin_call(settings_of(data_dir, database_url), lambda admin: admin.keys.revoke(key_id))
     typer.echo(f"revoked {key.id}")
 
 
@@ -294,9 +252,9 @@ def keys_bind(
     """Bind a key to a volume of its organization, or change the binding (at once, live too)."""
     slug, _, mode = volume.partition(":")
     if mode not in ("", "ro", "rw"):
-        _fail(f"{volume!r}: the mode after ':' must be ro or rw")
-    _admin_call(
-        _settings(data_dir, database_url),
+        fail(f"{volume!r}: the mode after ':' must be ro or rw")
+    admin_call(
+        settings_of(data_dir, database_url),
         lambda admin: admin.keys.bind_volume(key_id, slug, read_only=mode == "ro"),
     )
     typer.echo(f"bound {key_id} to {slug} {'read-only' if mode == 'ro' else 'read-write'}")
@@ -307,8 +265,8 @@ def keys_unbind(
     key_id: str, volume: str, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
     """Unbind a key from a volume: its next executions no longer mount it."""
-    _admin_call(
-        _settings(data_dir, database_url), lambda admin: admin.keys.unbind_volume(key_id, volume)
+    admin_call(
+        settings_of(data_dir, database_url), lambda admin: admin.keys.unbind_volume(key_id, volume)
     )
     typer.echo(f"unbound {key_id} from {volume}")
 
@@ -374,7 +332,7 @@ def sandboxes_create(
         found = await admin.images.find(the_org, image)
         return await _sandbox_line(admin, await admin.tenancy.create_sandbox(the_org, config, found))
 
-    typer.echo(_admin_call(_settings(data_dir, database_url), go))
+    typer.echo(admin_call(settings_of(data_dir, database_url), go))
 
 
 @sandboxes_app.command("update")
@@ -392,7 +350,7 @@ def sandboxes_update(
         found = await admin.images.find(the_org, image)
         return await _sandbox_line(admin, await admin.tenancy.set_image(the_org, name, found))
 
-    typer.echo(_admin_call(_settings(data_dir, database_url), go))
+    typer.echo(admin_call(settings_of(data_dir, database_url), go))
 
 
 @sandboxes_app.command("list")
@@ -402,7 +360,7 @@ def sandboxes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, databas
     async def go(admin: Admin) -> list[str]:
         return [await _sandbox_line(admin, s) for s in await admin.tenancy.list_sandboxes(await admin.tenancy.org(org))]
 
-    for line in _admin_call(_settings(data_dir, database_url), go):
+    for line in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(line)
 
 
@@ -415,7 +373,7 @@ def sandboxes_show(
     async def go(admin: Admin) -> str:
         return await _sandbox_line(admin, await admin.tenancy.sandbox(await admin.tenancy.org(org), name))
 
-    typer.echo(_admin_call(_settings(data_dir, database_url), go))
+    typer.echo(admin_call(settings_of(data_dir, database_url), go))
 
 
 @sandboxes_app.command("delete")
@@ -427,7 +385,7 @@ def sandboxes_delete(
     async def go(admin: Admin) -> None:
         await admin.tenancy.delete_sandbox(await admin.tenancy.org(org), name)
 
-    _admin_call(_settings(data_dir, database_url), go)
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
 
 
@@ -443,7 +401,7 @@ def _read_secret_file(path: Path) -> str:
     try:
         return path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+        fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
         raise  # unreachable
 
 
@@ -482,7 +440,7 @@ def images_import(
     async def go(admin: Admin) -> Any:
         return await admin.images.import_path(await _image_org(admin, org), name, path, _progress)
 
-    typer.echo(_image_json(_admin_call(_settings(data_dir, database_url), go)))
+    typer.echo(_image_json(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("pull")
@@ -511,7 +469,7 @@ def images_pull(
         try:
             credentials = skopeo.parse_credentials(text)
         except SandboxdError as exc:
-            _fail(exc.message)
+            fail(exc.message)
 
     async def go(admin: Admin) -> Any:
         return await admin.images.pull(
@@ -519,7 +477,7 @@ def images_pull(
             progress=_progress,
         )
 
-    typer.echo(_image_json(_admin_call(_settings(data_dir, database_url), go)))
+    typer.echo(_image_json(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("build")
@@ -539,7 +497,7 @@ def images_build(
             await _image_org(admin, org), name, package, suite=suite, mirror=mirror, progress=_progress
         )
 
-    typer.echo(_image_json(_admin_call(_settings(data_dir, database_url), go)))
+    typer.echo(_image_json(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("list")
@@ -551,7 +509,7 @@ def images_list(org: ImageOrg = None, data_dir: DataDir = None, database_url: Da
 
     typer.echo(json.dumps({"name": "host", "id": None, "org": None, "digest": None,
                            "languages": sorted(LANGUAGES), "source": "the host's /usr"}))
-    for image in _admin_call(_settings(data_dir, database_url), go):
+    for image in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(_image_json(image))
 
 
@@ -562,7 +520,7 @@ def images_show(name: str, org: ImageOrg = None, data_dir: DataDir = None, datab
     async def go(admin: Admin) -> Any:
         return await admin.images.show(await _image_org(admin, org), name)
 
-    info = _admin_call(_settings(data_dir, database_url), go)
+    info = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(_image_json(
         info.record, disk_bytes=info.disk_bytes, layers=len(info.record.config.get("layers", [])),
         compressed_bytes=info.record.config.get("blob_bytes"), env=info.record.config.get("env", {}),
@@ -577,7 +535,7 @@ def images_delete(name: str, org: ImageOrg = None, data_dir: DataDir = None, dat
     async def go(admin: Admin) -> None:
         await admin.images.delete(await _image_org(admin, org), name)
 
-    _admin_call(_settings(data_dir, database_url), go)
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
 
 
@@ -587,14 +545,14 @@ def images_delete(name: str, org: ImageOrg = None, data_dir: DataDir = None, dat
 @orgs_app.command("create")
 def orgs_create(name: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Create an organization (with its default sandbox config)."""
-    org = _admin_call(_settings(data_dir, database_url), lambda admin: admin.tenancy.ensure_org(name))
+    org = admin_call(settings_of(data_dir, database_url), lambda admin: admin.tenancy.ensure_org(name))
     typer.echo(f"{org.id}\t{org.name}")
 
 
 @orgs_app.command("list")
 def orgs_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List organizations."""
-    for org in _admin_call(_settings(data_dir, database_url), lambda admin: admin.tenancy.list_orgs()):
+    for org in admin_call(settings_of(data_dir, database_url), lambda admin: admin.tenancy.list_orgs()):
         typer.echo(f"{org.id}\t{org.name}")
 
 
@@ -613,7 +571,7 @@ def webhooks_secret(
     async def go(admin: Admin) -> str:
         return await admin.webhooks.create_secret((await admin.tenancy.org(org)).id, rotate=rotate)
 
-    typer.echo(_admin_call(_settings(data_dir, database_url), go))
+    typer.echo(admin_call(settings_of(data_dir, database_url), go))
     typer.echo("verify deliveries with any Standard Webhooks library; this secret is not shown again", err=True)
 
 
@@ -627,7 +585,7 @@ def threads_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_
     async def go(admin: Admin) -> list[Any]:
         return await admin.threads.list((await admin.tenancy.org(org)).id)
 
-    for t in _admin_call(_settings(data_dir, database_url), go):
+    for t in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(f"{t.thread_id}\tuid {t.uid}\t{t.created_at:%Y-%m-%d %H:%M}\t{t.last_used_at:%Y-%m-%d %H:%M}")
 
 
@@ -651,7 +609,7 @@ def threads_show(
             "last_image": t.image_digest,
         }
 
-    typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go)))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @threads_app.command("delete")
@@ -663,7 +621,7 @@ def threads_delete(
     async def go(admin: Admin) -> None:
         await admin.threads.delete((await admin.tenancy.org(org)).id, thread_id)
 
-    _admin_call(_settings(data_dir, database_url), go)
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {thread_id}")
 
 
@@ -683,7 +641,7 @@ def volumes_create(
     async def go(admin: Admin) -> Any:
         return await admin.volumes.create(await admin.tenancy.org(org), name, quota)
 
-    v = _admin_call(_settings(data_dir, database_url), go)
+    v = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(json.dumps({"name": v.slug, "id": v.id, "quota_mib": v.quota_mib}))
 
 
@@ -694,7 +652,7 @@ def volumes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_
     async def go(admin: Admin) -> list[Any]:
         return await admin.volumes.list(await admin.tenancy.org(org))
 
-    for v in _admin_call(_settings(data_dir, database_url), go):
+    for v in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(json.dumps({"name": v.slug, "id": v.id, "quota_mib": v.quota_mib}))
 
 
@@ -707,7 +665,7 @@ def volumes_delete(
     async def go(admin: Admin) -> None:
         await admin.volumes.delete(await admin.tenancy.org(org), name)
 
-    _admin_call(_settings(data_dir, database_url), go)
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
 
 
@@ -745,7 +703,7 @@ def storage_create(
     async def go(admin: Admin) -> Any:
         return await admin.storage.create(await admin.tenancy.org(org), spec, raw)
 
-    typer.echo(json.dumps(describe(_admin_call(_settings(data_dir, database_url), go))))
+    typer.echo(json.dumps(describe(admin_call(settings_of(data_dir, database_url), go))))
 
 
 @storage_app.command("list")
@@ -755,7 +713,7 @@ def storage_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_
     async def go(admin: Admin) -> list[Any]:
         return await admin.storage.list(await admin.tenancy.org(org))
 
-    for connection in _admin_call(_settings(data_dir, database_url), go):
+    for connection in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(json.dumps(describe(connection)))
 
 
@@ -769,7 +727,7 @@ def storage_show(
         connection = await admin.storage.get(await admin.tenancy.org(org), name)
         return {**describe(connection), "keys": await admin.store.storage.bound_keys(connection.id)}
 
-    typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go), indent=2))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go), indent=2))
 
 
 @storage_app.command("test")
@@ -781,7 +739,7 @@ def storage_test(
     async def go(admin: Admin) -> None:
         await admin.storage.test(await admin.tenancy.org(org), name)
 
-    _admin_call(_settings(data_dir, database_url), go)  # MountFailed: its message, exit 1
+    admin_call(settings_of(data_dir, database_url), go)  # MountFailed: its message, exit 1
     typer.echo(f"storage connection {name!r}: mounted, listed and unmounted")
 
 
@@ -794,7 +752,7 @@ def storage_delete(
     async def go(admin: Admin) -> None:
         await admin.storage.delete(await admin.tenancy.org(org), name)
 
-    _admin_call(_settings(data_dir, database_url), go)
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
 
 
@@ -822,7 +780,7 @@ def _read_secret(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}")
+        fail(f"cannot read {path}: {exc.strerror}")
         raise  # unreachable
 
 
@@ -855,7 +813,7 @@ def connectors_create(
     async def go(admin: Admin) -> Any:
         return await admin.connectors.create(await admin.tenancy.org(org), name, kind, raw, options)
 
-    typer.echo(json.dumps(describe_connector(_admin_call(_settings(data_dir, database_url), go))))
+    typer.echo(json.dumps(describe_connector(admin_call(settings_of(data_dir, database_url), go))))
 
 
 @connectors_app.command("update")
@@ -871,7 +829,7 @@ def connectors_update(
     async def go(admin: Admin) -> Any:
         return await admin.connectors.update(await admin.tenancy.org(org), name, raw)
 
-    typer.echo(json.dumps(describe_connector(_admin_call(_settings(data_dir, database_url), go))))
+    typer.echo(json.dumps(describe_connector(admin_call(settings_of(data_dir, database_url), go))))
 
 
 @connectors_app.command("list")
@@ -882,7 +840,7 @@ def connectors_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, databa
     async def go(admin: Admin) -> list[Any]:
         return await admin.connectors.list(await admin.tenancy.org(org))
 
-    for connector in _admin_call(_settings(data_dir, database_url), go):
+    for connector in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(json.dumps(describe_connector(connector)))
 
 
@@ -897,7 +855,7 @@ def connectors_show(
         connector = await admin.connectors.get(await admin.tenancy.org(org), name)
         return {**describe_connector(connector), "keys": await admin.store.connectors.bound_keys(connector.id)}
 
-    typer.echo(json.dumps(_admin_call(_settings(data_dir, database_url), go), indent=2))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go), indent=2))
 
 
 @connectors_app.command("delete")
@@ -909,7 +867,7 @@ def connectors_delete(
     async def go(admin: Admin) -> None:
         await admin.connectors.delete(await admin.tenancy.org(org), name)
 
-    _admin_call(_settings(data_dir, database_url), go)
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
 
 
@@ -921,5 +879,5 @@ def connectors_rotate_key(data_dir: DataDir = None, database_url: DatabaseUrl = 
     async def go(admin: Admin) -> int:
         return await admin.connectors.rotate_key()
 
-    count = _admin_call(_settings(data_dir, database_url), go)
+    count = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"re-encrypted {count} connectors under a new key")

@@ -1,0 +1,1 @@
+"""`sandboxd` command groups beyond the core ones in sandboxd/cli.py."""
