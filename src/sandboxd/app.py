@@ -32,6 +32,7 @@ from .images.store import ImageStore
 from .images.unpack import UnpackLimits
 from .service.files import FilesService
 from .service.images import ImageService
+from .service.admin import AdminAudit, AdminOps, LoggedAudit
 from .service.sealing import Sealer
 from .connectors.keyring import Keyring
 from .service.connectors import ConnectorService
@@ -71,9 +72,20 @@ class Admin:
     images: ImageService
     storage: StorageService
     connectors: ConnectorService
+    #: Where admin operations are recorded (service/admin.py).
+    audit: AdminAudit
+
+    @property
+    def ops(self) -> AdminOps:
+        """The audited admin operations: what the CLI, the admin API and the console call."""
+        return AdminOps(
+            store=self.store, keys=self.keys, tenancy=self.tenancy, images=self.images, volumes=self.volumes,
+            storage=self.storage, connectors=self.connectors, webhooks=self.webhooks, audit=self.audit,
+        )
 
     async def close(self) -> None:
         await self.threads.settle()
+        await self.keys.settle()
         await self.store.close()
 
 
@@ -131,6 +143,7 @@ class Services(Admin):
             await self.retention.stop()
         await self.webhooks.stop()
         await self.threads.stop()
+        await self.keys.settle()
         await self.store.close()
 
 
@@ -196,6 +209,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
+        audit=LoggedAudit(),
     )
 
 
@@ -410,6 +424,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         images=admin.images,
         storage=admin.storage,
         connectors=admin.connectors,
+        audit=admin.audit,
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(
