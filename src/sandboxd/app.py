@@ -44,6 +44,7 @@ from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
+from .service.audit import AuditLog, audit_key
 from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
@@ -71,6 +72,8 @@ class Admin:
     images: ImageService
     storage: StorageService
     connectors: ConnectorService
+    #: The audit log (service/audit.py).
+    audit: AuditLog
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -196,6 +199,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
+        audit=AuditLog(store, audit_key(pepper)),
     )
 
 
@@ -410,6 +414,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         images=admin.images,
         storage=admin.storage,
         connectors=admin.connectors,
+        audit=admin.audit,
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(

@@ -4,6 +4,8 @@ from .db import create_engine, migrate, utcnow
 from .records import (
     AdminToken,
     ApiKey,
+    AuditHead,
+    AuditRow,
     ConsoleSession,
     Connector,
     Execution,
@@ -24,6 +26,8 @@ from .repos import DuplicateError, Store
 __all__ = [
     "AdminToken",
     "ApiKey",
+    "AuditHead",
+    "AuditRow",
     "ConsoleSession",
     "Connector",
     "DuplicateError",

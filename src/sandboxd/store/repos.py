@@ -12,6 +12,7 @@ from sqlalchemy import RowMapping, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .audit import AuditRepo
 from .db import as_utc, utcnow
 from .records import (
     ApiKey,
@@ -859,6 +860,7 @@ class Store:
         self.storage = StorageRepo(engine)
         self.connectors = ConnectorRepo(engine)
         self.sessions = SessionRepo(engine)
+        self.audit = AuditRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
