@@ -365,6 +365,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             connectors=admin.connectors,
             artifacts=artifacts,
             sessions=sessions,
+            audit=admin.audit,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -399,7 +400,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         if sessions is not None:
             sessions.start()
         retention = RetentionService(
-            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts
+            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts,
+            audit=admin.audit,
         )
         retention.start()
     return Services(
@@ -426,6 +428,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             admin.volumes,
             Signer(files_signing_key(load_or_create_secret(settings.data_dir))),
             admin.keys,
+            audit=admin.audit,
         ),
         metrics=metrics,
         retention=retention,

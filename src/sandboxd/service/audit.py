@@ -254,6 +254,13 @@ class AuditLog:
             key_id=key_id, ip=ip,
         ))
 
+    async def set_code(self, actor: Actor, org: Org, on: bool) -> None:
+        """Keep (or stop keeping) the code itself in the organization's execution rows; audited.
+        Servers see it once their cached keys are refreshed (`KeyService.invalidate`)."""
+        await self._store.audit.set_code(org.id, on)
+        await self.admin(actor, "org.audit_code", org_id=org.id, target=f"org/{org.name}",
+                         before={"audit_code": org.audit_code}, after={"audit_code": on})
+
     # --- checking ----------------------------------------------------------------------------
 
     async def heads(self) -> list[AuditHead]:

@@ -32,6 +32,7 @@ from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
 from ..runtime.network import BROKER_ENV_NAMES
 from .artifacts import Artifacts
+from .audit import AuditLog
 from .connectors import ConnectorBinding, ConnectorService
 from .sessions import Sessions
 from .storage import StorageMountBinding, StorageService
@@ -61,6 +62,7 @@ class ExecutionService:
         connectors: ConnectorService | None = None,
         artifacts: Artifacts | None = None,
         sessions: Sessions | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -79,6 +81,7 @@ class ExecutionService:
             health=health or PlatformHealth(self._metrics), storage=storage, connectors=connectors,
             artifacts=artifacts,
             sessions=sessions,
+            audit=audit,
         )
         self._live: dict[str, Submission] = {}
 
@@ -106,6 +109,7 @@ class ExecutionService:
         delivery_mode: str = "inline",
         client_id: str | None = None,
         base_url: str = "",
+        client_ip: str | None = None,
     ) -> Submission:
         """Check, admit, record and start an execution; every refusal happens here, before any
         output. What it takes (the thread lock, an admission slot) goes back through one stack:
@@ -124,7 +128,7 @@ class ExecutionService:
             if delivery_mode != "webhook":
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
-        job = replace(self._describe(new_trace_id(), principal, request, image), base_url=base_url)
+        job = replace(self._describe(new_trace_id(), principal, request, image), base_url=base_url, client_ip=client_ip)
         _check_connector_variables(job)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         shown = data_mounts.plan(job.volumes, job.storage, job.sub_paths)  # 400 for a stray sub_path
@@ -185,6 +189,8 @@ class ExecutionService:
             connectors=ConnectorBinding.of(principal),
             requested_timeout_s=request.timeout,
             session=sandbox.session,
+            key_prefix=principal.key.display_prefix if principal.key is not None else None,
+            audit_code=principal.org.audit_code,
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:

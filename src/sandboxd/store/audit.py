@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import as_utc
 from .records import AuditHead, AuditRow
-from .tables import audit_heads, audit_log
+from .tables import audit_heads, audit_log, orgs
 
 #: Computes a row's hash from the row (its seq and prev_hash set).
 Seal = Callable[[AuditRow], str]
@@ -183,6 +183,11 @@ class AuditRepo:
             assert head.seq >= seq
             await append_in(conn, prune_row(seq, digest, count), seal)
             return int(count)
+
+    async def set_code(self, org_id: str, on: bool) -> None:
+        """Whether the organization's execution rows keep the code (orgs.audit_code)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(orgs).where(orgs.c.id == org_id).values(audit_code=on))
 
     async def count(self, org_id: str | None = None) -> int:
         query = select(func.count()).select_from(audit_log)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -275,9 +275,16 @@ class ExecutionRepo(_Repo):
             )
 
     async def finish(
-        self, trace_id: str, events: list[EventRow], logged: dict[str, str], **values: Any
+        self,
+        trace_id: str,
+        events: list[EventRow],
+        logged: dict[str, str],
+        *,
+        then: Callable[[AsyncConnection, Execution], Awaitable[None]] | None = None,
+        **values: Any,
     ) -> None:
-        """The final row and the rest of the event log, in one transaction.
+        """The final row and the rest of the event log, in one transaction; `then` is given the
+        final row (without its output) in that transaction (the audit row is written there).
 
         `events` are those not stored yet; `logged` is the text of all the log's output
         events per stream. When stdout/stderr begin with it (the rule), the output is stored
@@ -292,6 +299,9 @@ class ExecutionRepo(_Repo):
                 update(executions).where(executions.c.trace_id == trace_id).values(**_storable(values))
             )
             await _insert_events(conn, trace_id, rows)
+            if then is not None:
+                final = (await conn.execute(select(executions).where(executions.c.trace_id == trace_id))).mappings().one()
+                await then(conn, _to(Execution, final))
 
     async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
         """Change the status only if it is one of `only_from` (no lost update races)."""
