@@ -72,8 +72,19 @@ def _iso(at: datetime) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """`value` as JSON gives it back (tuples as lists, datetimes as text, ...)."""
-    return json.loads(json.dumps(value, default=str))
+    """`value` as JSON gives it back (tuples as lists, datetimes as text, ...), its text
+    storable anywhere: NUL and lone surrogates (PostgreSQL's JSON operators refuse both) as
+    U+FFFD, as executions' output is stored."""
+    def storable(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("\x00", "\ufffd").encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if isinstance(v, dict):
+            return {storable(k): storable(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [storable(x) for x in v]
+        return v
+
+    return storable(json.loads(json.dumps(value, default=str)))
 
 
 def _scrub(value: Any) -> Any:
