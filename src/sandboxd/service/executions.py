@@ -138,8 +138,9 @@ class ExecutionService:
                 thread = await self._claim(principal.org.id, request.thread_id, job.trace_id)
                 stack.push_async_callback(self._threads.release, thread)
             stack.callback(await self._limiter.acquire(principal.org.id, principal.org.max_concurrent))
-            await self._record(job, principal, request, delivery_mode, client_id, shown)
+            record = await self._record(job, principal, request, delivery_mode, client_id, shown)
             submission = self._submission(job.trace_id, accepted_at)
+            submission.record = record
             await submission.log.append("status", trace_id=job.trace_id, status="queued")
             held = Held(stack.pop_all(), thread)
         self._live[job.trace_id] = submission
@@ -203,33 +204,33 @@ class ExecutionService:
     async def _record(
         self, job: JobDescription, principal: Principal, request: ExecuteRequest, delivery_mode: str,
         client_id: str | None, shown: list[data_mounts.Scoped],
-    ) -> None:
-        await self._store.executions.add(
-            Execution(
-                trace_id=job.trace_id,
-                org_id=job.org_id,
-                key_id=job.key_id,
-                language=job.language,
-                # Admission is immediate (a refusal, never a queue): stored as running at
-                # once, one write fewer on the hot path. The event log still says queued first.
-                status="running",
-                timeout_s=int(job.limits.timeout_s),
-                delivery_mode=delivery_mode,
-                created_at=utcnow(),
-                client_id=client_id[:128] if client_id else None,
-                thread_id=job.thread_id,
-                metadata=dict(request.metadata) if request.metadata else None,
-                webhook_url=request.webhook_url,
-                webhook_delivery_status="pending" if request.webhook_url else None,
-                node_id=self._node_id,
-                image_name=job.image.name,
-                image_digest=job.image.digest,
-                storage=[m.record() for m in shown] or None,
-                connectors=[c.record() for c in job.connectors] or None,
-            )
+    ) -> Execution:
+        record = Execution(
+            trace_id=job.trace_id,
+            org_id=job.org_id,
+            key_id=job.key_id,
+            language=job.language,
+            # Admission is immediate (a refusal, never a queue): stored as running at
+            # once, one write fewer on the hot path. The event log still says queued first.
+            status="running",
+            timeout_s=int(job.limits.timeout_s),
+            delivery_mode=delivery_mode,
+            created_at=utcnow(),
+            client_id=client_id[:128] if client_id else None,
+            thread_id=job.thread_id,
+            metadata=dict(request.metadata) if request.metadata else None,
+            webhook_url=request.webhook_url,
+            webhook_delivery_status="pending" if request.webhook_url else None,
+            node_id=self._node_id,
+            image_name=job.image.name,
+            image_digest=job.image.digest,
+            storage=[m.record() for m in shown] or None,
+            connectors=[c.record() for c in job.connectors] or None,
         )
+        await self._store.executions.add(record)
         if request.webhook_url:
             await self._webhooks.register(job.trace_id, job.org_id, request.webhook_url)
+        return record
 
     def _submission(self, trace_id: str, accepted_at: float) -> Submission:
         log = self._logs.open(trace_id)

@@ -206,6 +206,8 @@ class Submission:
     accepted_at: float = field(default_factory=time.monotonic)
     sandbox_s: float | None = None  # time in the sandbox, once it ran
     started_at: datetime | None = None  # when the job began preparing it (audit rows)
+    #: The execution's row as submission recorded it (None: submitted elsewhere, read it back).
+    record: Execution | None = None
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     task: asyncio.Task[Outcome] | None = None
@@ -577,8 +579,10 @@ class ExecutionJobs:
             started_at=sub.started_at,
         )
 
-        async def audited(conn: AsyncConnection, execution: Execution) -> None:
+        async def audited(conn: AsyncConnection, execution: Execution | None) -> None:
             assert audit is not None
+            if execution is None:
+                execution = await self._store.executions.get_in(conn, sub.trace_id)
             await audit.execution(execution, facts, conn)
 
         await sub.output.drain()
@@ -593,10 +597,7 @@ class ExecutionJobs:
         ) for stream in ("stdout", "stderr")}
 
         async def write(events: list[Event]) -> None:
-            await self._store.executions.finish(
-                sub.trace_id,
-                [(e.seq, e.type, e.body) for e in events],
-                logged,
+            final: dict[str, Any] = dict(
                 status=outcome.status,
                 exit_code=outcome.exit_code,
                 stdout=outcome.stdout,
@@ -607,7 +608,19 @@ class ExecutionJobs:
                 completed_at=utcnow(),
                 network_log=[asdict(d) for d in outcome.network] or None,
                 extras=outcome.extras() if outcome.extras() != empty_extras() else None,
-                then=audited if audit is not None else None,
+            )
+            # The audit row is made from the record as submitted plus these values (no read).
+            record = replace(sub.record, **final) if sub.record is not None else None
+
+            async def then(conn: AsyncConnection) -> None:
+                await audited(conn, record)
+
+            await self._store.executions.finish(
+                sub.trace_id,
+                [(e.seq, e.type, e.body) for e in events],
+                logged,
+                then=then if audit is not None else None,
+                **final,
             )
 
         try:

@@ -60,11 +60,16 @@ def _head(mapping: Any) -> AuditHead:
 
 
 async def _lock_head(conn: AsyncConnection, org_id: str) -> AuditHead:
-    """The chain's head, locked for this transaction (created at 0 for a new chain)."""
+    """The chain's head, locked for this transaction (created at 0 for a new chain): one
+    statement, an upsert that writes the row (no change) and returns it. Writing is what locks:
+    SQLite's write lock is taken by the statement itself, PostgreSQL's ON CONFLICT DO UPDATE
+    locks the row as SELECT ... FOR UPDATE would."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     values = {"org_id": org_id, "seq": 0, "hash": "", "pruned_seq": 0, "pruned_hash": ""}
-    await conn.execute(dialect.insert(audit_heads).values(**values).on_conflict_do_nothing())
-    query = select(audit_heads).where(audit_heads.c.org_id == org_id).with_for_update()
+    insert = dialect.insert(audit_heads).values(**values)
+    query = insert.on_conflict_do_update(
+        index_elements=[audit_heads.c.org_id], set_={"seq": audit_heads.c.seq}
+    ).returning(*audit_heads.c)
     return _head((await conn.execute(query)).mappings().one())
 
 

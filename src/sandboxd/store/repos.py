@@ -280,11 +280,11 @@ class ExecutionRepo(_Repo):
         events: list[EventRow],
         logged: dict[str, str],
         *,
-        then: Callable[[AsyncConnection, Execution], Awaitable[None]] | None = None,
+        then: Callable[[AsyncConnection], Awaitable[None]] | None = None,
         **values: Any,
     ) -> None:
-        """The final row and the rest of the event log, in one transaction; `then` is given the
-        final row (without its output) in that transaction (the audit row is written there).
+        """The final row and the rest of the event log, in one transaction; `then` runs last in
+        that transaction (the execution's audit row is written there).
 
         `events` are those not stored yet; `logged` is the text of all the log's output
         events per stream. When stdout/stderr begin with it (the rule), the output is stored
@@ -300,8 +300,13 @@ class ExecutionRepo(_Repo):
             )
             await _insert_events(conn, trace_id, rows)
             if then is not None:
-                final = (await conn.execute(select(executions).where(executions.c.trace_id == trace_id))).mappings().one()
-                await then(conn, _to(Execution, final))
+                await then(conn)
+
+    @staticmethod
+    async def get_in(conn: AsyncConnection, trace_id: str) -> Execution:
+        """The row inside a transaction, without its output (stdout/stderr as stored)."""
+        row = (await conn.execute(select(executions).where(executions.c.trace_id == trace_id))).mappings().one()
+        return _to(Execution, row)
 
     async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
         """Change the status only if it is one of `only_from` (no lost update races)."""
