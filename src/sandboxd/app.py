@@ -380,7 +380,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             if sessions is not None:
                 await sessions.recover()
             await admin.images.clean()
-            recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
+            recovery: Recovery = NodeRecovery(admin.store, admin.node_id, admin.audit)
             interrupted = await recovery.recover()
             if interrupted:
                 log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)

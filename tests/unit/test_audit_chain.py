@@ -9,12 +9,14 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, update
 
 from sandboxd.service.audit import AuditLog, ExecutionFacts, canonical, parse_csv, row_json
+from sandboxd.service.recovery import NodeRecovery
 from sandboxd.service.roles import CLI_ACTOR, Actor
 from sandboxd.store import AuditRow, Execution, Store, create_engine, migrate
 from sandboxd.store.audit import AuditFilters
@@ -219,3 +221,14 @@ async def test_two_stores_appending_at_once_keep_one_chain(tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+async def test_executions_a_stopped_server_left_get_their_row_at_the_next_start(org_store: Store) -> None:
+    audit = AuditLog(org_store, KEY, clock=Clock())
+    await org_store.executions.add(replace(_execution("trc_left"), status="running", node_id="node_1",
+                                           exit_code=None, completed_at=None))
+    assert await NodeRecovery(org_store, "node_1", audit).recover() == 1
+    [row] = (await audit.search(AuditFilters(trace_id="trc_left"))).rows
+    assert (row.detail["status"], row.detail["error"], row.detail["exit_code"]) == ("failed", "interrupted", -1)
+    assert row.detail["code_sha256"] is None and row.detail["metadata"] == {"team": "red", "run": "7"}
+    assert await audit.verify() == []

@@ -125,7 +125,8 @@ class AuditPage:
 class ExecutionFacts:
     """What an execution's row says that its stored record does not: carried on its job."""
 
-    code: str
+    #: None: not known (an execution a stopped server left unfinished, ended at the next start).
+    code: str | None
     key_prefix: str | None = None
     client_ip: str | None = None
     audit_code: bool = False
@@ -208,7 +209,7 @@ class AuditLog:
 
     def execution_row(self, execution: Execution, facts: ExecutionFacts) -> AuditRow:
         """An execution at its final status, as its row says it."""
-        code_bytes = facts.code.encode("utf-8", errors="surrogatepass")
+        code_bytes = facts.code.encode("utf-8", errors="surrogatepass") if facts.code is not None else None
         extras = execution.extras or {}
         detail: dict[str, Any] = {
             "trace_id": execution.trace_id,
@@ -218,8 +219,8 @@ class AuditLog:
             "client_ip": facts.client_ip,
             "delivery_mode": execution.delivery_mode,
             "language": execution.language,
-            "code_sha256": hashlib.sha256(code_bytes).hexdigest(),
-            "code_bytes": len(code_bytes),
+            "code_sha256": hashlib.sha256(code_bytes).hexdigest() if code_bytes is not None else None,
+            "code_bytes": len(code_bytes) if code_bytes is not None else None,
             "status": execution.status,
             "exit_code": execution.exit_code,
             "error": execution.error,
@@ -238,7 +239,7 @@ class AuditLog:
         }
         if "resources" in extras:
             detail["resources"] = extras["resources"]
-        if facts.audit_code:
+        if facts.audit_code and facts.code is not None:
             detail["code"] = facts.code
         actor = Actor(kind="key", id=execution.key_id or "local", name=facts.key_prefix or "local")
         return self._row(

@@ -329,11 +329,15 @@ class ExecutionRepo(_Repo):
             output = _storable(await _stored_output(conn, trace_id))  # as the row always showed it
         return _to(Execution, {**row, **output})
 
-    async def fail_unfinished(self, *, node_id: str, error: str, at: datetime) -> int:
+    async def fail_unfinished(
+        self, *, node_id: str, error: str, at: datetime,
+        then: Callable[[AsyncConnection, str], Awaitable[None]] | None = None,
+    ) -> int:
         """On start: executions the stopped server `node_id` left unfinished (and those of no
         node, from before nodes were recorded) end failed with `error`. Their log goes on after
         its last stored event (what any client may have seen) with a status and a result
-        event, and the output stored so far is their output. Other nodes' are left alone."""
+        event, and the output stored so far is their output. Other nodes' are left alone.
+        `then(conn, trace_id)` runs in each one's transaction (its audit row)."""
         async with self._engine.connect() as conn:
             query = select(executions.c.trace_id).where(
                 executions.c.status.in_(_UNFINISHED),
@@ -359,6 +363,8 @@ class ExecutionRepo(_Repo):
                     .values(status="failed", exit_code=-1, error=error, completed_at=at, stdout="", stderr="",
                             output_in_events=True)
                 )
+                if then is not None:  # its audit row, in the same transaction
+                    await then(conn, trace_id)
         return len(trace_ids)
 
     async def delete_created_before(self, before: datetime, *, batch: int = 500) -> int:
