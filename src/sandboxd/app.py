@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .config import Settings
 from .observability import Metrics
@@ -45,6 +45,7 @@ from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
 from .service.audit import AuditLog, audit_key
+from .service.members import MemberService
 from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
@@ -74,6 +75,7 @@ class Admin:
     connectors: ConnectorService
     #: The audit log (service/audit.py).
     audit: AuditLog
+    members: MemberService
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -200,6 +202,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
         audit=AuditLog(store, audit_key(pepper)),
+        members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
     )
 
 
@@ -405,18 +408,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         )
         retention.start()
     return Services(
-        settings=settings,
-        node_id=admin.node_id,
-        store=admin.store,
-        keys=admin.keys,
-        tenancy=admin.tenancy,
-        webhooks=admin.webhooks,
-        threads=admin.threads,
-        volumes=admin.volumes,
-        images=admin.images,
-        storage=admin.storage,
-        connectors=admin.connectors,
-        audit=admin.audit,
+        **{f.name: getattr(admin, f.name) for f in fields(Admin)},
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(
