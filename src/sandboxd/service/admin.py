@@ -690,9 +690,22 @@ class AdminOps:
         return self.audit
 
 
+def parse_time(text: str | None, name: str) -> datetime | None:
+    """An RFC 3339 time with its zone (`2030-01-31T00:00:00Z`), as the surfaces take one."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text.strip().upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an RFC 3339 time like 2030-01-31T00:00:00Z") from None
+    if at.tzinfo is None:
+        raise InvalidRequest(f"{name} needs a time zone (e.g. 2030-01-31T00:00:00Z)")
+    return at
+
+
 def audit_filters(
     *, trace_id: str | None = None, key_id: str | None = None, kind: str | None = None, action: str | None = None,
-    metadata: Sequence[str] = (), since: datetime | None = None, until: datetime | None = None,
+    metadata: Sequence[str] = (), since: str | None = None, until: str | None = None,
     newest_first: bool = False,
 ) -> AuditFilters:
     """What an audit search selects; `metadata` entries are KEY=VALUE (every one must match)."""
@@ -702,12 +715,9 @@ def audit_filters(
         if not sep or not key:
             raise InvalidRequest(f"metadata takes KEY=VALUE, not {entry[:80]!r}")
         pairs[key] = value
-    for name, at in (("since", since), ("until", until)):
-        if at is not None and at.tzinfo is None:
-            raise InvalidRequest(f"{name} needs a time zone (e.g. 2030-01-01T00:00:00Z)")
     return AuditFilters(
-        trace_id=trace_id, key_id=key_id, kind=kind, action=action, metadata=pairs, since=since, until=until,
-        newest_first=newest_first,
+        trace_id=trace_id, key_id=key_id, kind=kind, action=action, metadata=pairs,
+        since=parse_time(since, "since"), until=parse_time(until, "until"), newest_first=newest_first,
     )
 
 

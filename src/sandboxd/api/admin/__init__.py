@@ -34,6 +34,7 @@ def create_admin_api(services: Services) -> FastAPI:
         "an admin token (`Authorization: Bearer sda-...`); API keys are not accepted here.",
         docs_url="/docs",
         redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operationIds: the functions' names
     )
     app.state.services = services
     errors.install(app)

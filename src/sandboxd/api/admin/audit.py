@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -24,8 +23,10 @@ Kind = Annotated[str | None, Query(description="execution, admin or files.", jso
 Action = Annotated[str | None, Query(description="e.g. key.create, sandbox.update, execute.")]
 Metadata = Annotated[list[str], Query(description="KEY=VALUE of an execution's metadata; repeatable, all must match.",
                                       json_schema_extra={"items": {"type": "string", "pattern": "^[^=]+=.*$"}})]
-Since = Annotated[datetime | None, Query(description="From this time (RFC 3339, with a zone).")]
-Until = Annotated[datetime | None, Query(description="Before this time (RFC 3339, with a zone).")]
+Since = Annotated[str | None, Query(description="From this time (RFC 3339, with a zone).",
+                                    json_schema_extra={"format": "date-time"})]
+Until = Annotated[str | None, Query(description="Before this time (RFC 3339, with a zone).",
+                                    json_schema_extra={"format": "date-time"})]
 
 
 @router.get("/audit", response_model=AuditPageOut, responses=answers(400, 404, 503),

@@ -22,8 +22,8 @@ from ...service.roles import ROLE_NAMES
 from ...service.sessions import SESSION_MODES
 
 _NAME: Any = {"pattern": NAME_PATTERN}
-#: An RFC 3339 time, read from its string (requests are strict otherwise).
-Time = Annotated[datetime | None, Field(strict=False)]
+#: An RFC 3339 time with its zone; the service reads it (service/admin.py parse_time).
+Time = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
 
 
 def _one_of(values: tuple[str, ...], default: Any = ..., description: str | None = None) -> Any:
