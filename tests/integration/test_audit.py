@@ -228,6 +228,28 @@ def test_a_deleted_middle_row_fails_verify_at_that_row(audited: Any, sdk: baponi
     assert _verify(audited).returncode == 0
 
 
+def test_a_cut_end_shows_against_heads_saved_earlier(audited: Any, sdk: baponi.Baponi, tmp_path: Path) -> None:
+    assert sdk.execute("print('before the save')").success
+    saved = tmp_path / "heads.jsonl"
+    done = cli(audited, "heads")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    saved.write_text(done.stdout)
+    org = _org_id(audited)
+    with db(audited) as conn:
+        conn.row_factory = sqlite3.Row
+        last = dict(conn.execute("SELECT * FROM audit_log WHERE org_id = ? ORDER BY seq DESC LIMIT 1", (org,)).fetchone())
+        (prev_hash,) = conn.execute("SELECT hash FROM audit_log WHERE org_id = ? AND seq = ?", (org, last["seq"] - 1)).fetchone()
+        conn.execute("DELETE FROM audit_log WHERE org_id = ? AND seq = ?", (org, last["seq"]))
+        conn.execute("UPDATE audit_heads SET seq = ?, hash = ? WHERE org_id = ?", (last["seq"] - 1, prev_hash, org))
+    assert _verify(audited).returncode == 0  # the chain alone cannot show it (docs/audit.md)
+    done = cli(audited, "verify", "--heads", str(saved))
+    assert done.returncode == 1 and f"seq {last['seq']}: the chain ends at seq {last['seq'] - 1}" in done.stderr, done.stderr
+    with db(audited) as conn:  # put back
+        conn.execute(f"INSERT INTO audit_log ({', '.join(last)}) VALUES ({', '.join('?' for _ in last)})", list(last.values()))
+        conn.execute("UPDATE audit_heads SET seq = ?, hash = ? WHERE org_id = ?", (last["seq"], last["hash"], org))
+    assert cli(audited, "verify", "--heads", str(saved)).returncode == 0
+
+
 def test_two_processes_appending_at_once_keep_one_chain(audited: Any, sdk: baponi.Baponi) -> None:
     script = (
         "import asyncio, sys\n"

@@ -139,6 +139,12 @@ class AuditRepo:
             row = (await conn.execute(select(audit_heads).where(audit_heads.c.org_id == org_id))).mappings().first()
         return _head(row) if row is not None else None
 
+    async def row(self, org_id: str, seq: int) -> AuditRow | None:
+        query = select(audit_log).where(audit_log.c.org_id == org_id, audit_log.c.seq == seq)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).mappings().first()
+        return _row(found) if found is not None else None
+
     async def chain(self, org_id: str, *, batch: int = 1000) -> AsyncIterator[AuditRow]:
         """A chain's rows in seq order, `batch` at a time (a long chain is never all in memory)."""
         after = -1
