@@ -167,6 +167,30 @@ def test_files_transfers_are_audited(audited: Any, sdk: baponi.Baponi, key: str)
     assert rows[0]["key_id"] and rows[0]["actor_name"] == key_prefix(audited, key)
 
 
+async def test_mcp_executions_and_transfers_are_audited(audited: Any, key: str) -> None:
+    """The official MCP client: sandbox_execute, files_upload and files_download (inline)."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    tag, thread = uuid.uuid4().hex[:8], f"mcp-{uuid.uuid4().hex[:8]}"
+    code = f"print('mcp {tag}')"
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(30, read=300))
+    async with http, Client(streamable_http_client(f"{audited.url}/mcp", http_client=http), mode="legacy") as c:
+        ran = await c.call_tool("sandbox_execute", {"code": code, "metadata": {"case": tag}})
+        put = await c.call_tool("files_upload", {"id": thread, "path": "in.txt", "content": "abc\n"})
+        got = await c.call_tool("files_download", {"id": thread, "path": "in.txt"})
+    assert not ran.is_error and not put.is_error and not got.is_error
+    row = await asyncio.to_thread(execution_row, audited, "--metadata", f"case={tag}")
+    d = row["detail"]
+    assert (d["delivery_mode"], d["status"], d["code_sha256"]) == ("mcp", "success", sha256(code))
+    assert d["client_ip"] == "127.0.0.1" and d["key_prefix"] == key_prefix(audited, key)
+    files = [r for r in await asyncio.to_thread(search, audited, "--kind", "files") if r["detail"]["id"] == thread]
+    assert [(r["action"], r["detail"]["bytes"], r["ip"]) for r in files] == [
+        ("files.upload", 4, "127.0.0.1"), ("files.download", 4, "127.0.0.1"),
+    ]
+
+
 def test_exports_round_trip(audited: Any, tmp_path: Path) -> None:
     expected = search(audited)
     assert expected
