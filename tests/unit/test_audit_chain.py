@@ -249,3 +249,19 @@ async def test_a_cut_end_with_its_head_moved_back_shows_against_saved_heads(org_
     assert (found.org_id, found.seq) == ("org_a", 5) and "rewritten" in found.problem
     await _fill(audit, 1)
     assert await audit.verify(await audit.heads()) == []
+
+
+async def test_retention_prunes_in_batches_each_vouched_for(org_store: Store) -> None:
+    clock = Clock()
+    audit = AuditLog(org_store, KEY, clock=clock)
+    await _fill(audit, 12)
+    clock.at += timedelta(days=2)
+
+    def prune_row(seq: int, digest: str, count: int) -> AuditRow:
+        return audit._row("admin", CLI_ACTOR, "audit.prune", org_id="org_a", target="audit/org_a",
+                          detail={"before": None, "after": {"pruned_seq": seq, "pruned_hash": digest, "deleted": count}})
+
+    assert await org_store.audit.prune("org_a", clock.at - timedelta(days=1), prune_row, audit.seal, batch=5) == 12
+    rows = [r async for r in org_store.audit.chain("org_a")]
+    assert [r.detail["after"]["pruned_seq"] for r in rows] == [5, 10, 12]  # three transactions
+    assert await audit.verify() == []
