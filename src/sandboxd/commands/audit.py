@@ -16,10 +16,9 @@ from typing import Annotated, TextIO
 import typer
 
 from ..app import Admin
-from ..service.audit import AuditPage, row_json
+from ..service.audit import AuditFilters, AuditPage, row_json
 from ..service.roles import CLI_ACTOR
 from ..store import AuditHead
-from ..store.audit import AuditFilters
 from .common import DatabaseUrl, DataDir, admin_call, fail, settings_of
 
 app = typer.Typer(

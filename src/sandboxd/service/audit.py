@@ -17,13 +17,13 @@ server secret. docs/audit.md says more.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import hmac
 import io
 import json
 import logging
-import base64
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -34,6 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..errors import InvalidRequest
 from ..store import AuditHead, AuditRow, Execution, Org, Store, utcnow
 from ..store.audit import AuditFilters, append_in
+
+__all__ = [
+    "AuditFilters", "AuditLog", "AuditPage", "Break", "ExecutionFacts", "audit_key", "canonical", "parse_csv",
+    "row_from_json", "row_json",
+]
 from .roles import Actor
 
 log = logging.getLogger("sandboxd.audit")
