@@ -26,10 +26,9 @@ from ..images import skopeo
 from ..images.store import Progress
 from ..runtime import LANGUAGES
 from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Thread, Volume, utcnow
-from ..store.audit import AuditFilters
 from . import scoping
 from .audit import FORMATS as AUDIT_FORMATS
-from .audit import AuditLog, row_json
+from .audit import AuditFilters, AuditLog, row_json
 from .connectors import ConnectorService
 from .connectors import describe as describe_connector
 from .images import HOST, ImageService
