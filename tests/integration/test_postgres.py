@@ -70,6 +70,8 @@ TABLES = {
     "members",
     "admin_tokens",
     "console_sessions",
+    "plans",
+    "usage",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -140,8 +142,10 @@ async def test_repositories_round_trip(pg_database_url: str) -> None:
     store = Store(engine)
     try:
         # orgs
-        org = await store.orgs.add(new_id("org"), "acme", max_concurrent=3)
+        org = await store.orgs.add(new_id("org"), "acme", plan="pro")
         assert await store.orgs.get(org.id) == org
+        assert await store.orgs.set_plan(org.id, "free")
+        assert (await store.orgs.get(org.id)).plan == "free"  # type: ignore[union-attr]
         assert await store.orgs.by_name("acme") == org
         with pytest.raises(DuplicateError):
             await store.orgs.add(new_id("org"), "acme")

@@ -28,6 +28,7 @@ from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runne
 from ..runtime.session import PICTURE_TYPES
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Store, utcnow
+from ..store.plans import add_usage
 from ..connectors.redact import Redactor
 from .artifacts import Artifacts
 from .connectors import ConnectorBinding, ConnectorError, ConnectorService
@@ -88,6 +89,8 @@ class JobDescription:
     requested_timeout_s: int | None = None
     #: The sandbox config's session mode: "persistent" runs a thread's code in its session.
     session: str = "stateless"
+    #: Who set the timeout cap when it is not the key's sandbox config: "the Free plan's limit".
+    timeout_cap_by: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -160,6 +163,9 @@ class Outcome:
     notes: tuple[str, ...] = ()
     #: The streams cut at the output cap ("stdout", "stderr"): for the note that says so.
     streams_truncated: tuple[str, ...] = ()
+    #: What the sandbox's cgroup counted: `{"cpu_ms", "memory_peak_bytes"}`; None: not measured
+    #: (the program never ran, or a runtime without cgroups). Stored in the execution's extras.
+    resources: dict[str, int] | None = None
 
     @property
     def success(self) -> bool:
@@ -220,6 +226,15 @@ def _redacted(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     if not redactor or item["type"] in PICTURE_TYPES:
         return item
     return {**item, "data": redactor.redact(item["data"].encode()).decode("utf-8", "replace")}
+
+
+def usage_of(job: JobDescription, outcome: Outcome) -> tuple[float, float]:
+    """What one execution adds to its organization's month besides its count: CPU-seconds
+    (the cgroup's count; 0 when not measured) and GiB-seconds (the sandbox's memory limit in
+    GiB times the time it ran)."""
+    cpu_s = (outcome.resources or {}).get("cpu_ms", 0) / 1000
+    gib_s = job.limits.memory_mib / 1024 * outcome.duration_ms / 1000
+    return cpu_s, gib_s
 
 
 class Kick(Protocol):
@@ -286,7 +301,7 @@ class ExecutionJobs:
             keepalive.cancel()
         outcome = replace(outcome, notes=outcome.notes + notes_for(job, outcome))
         try:
-            await self._finish(sub, outcome)
+            await self._finish(sub, outcome, job)
         finally:
             if job.webhook:
                 self._webhooks.kick()
@@ -540,6 +555,10 @@ class ExecutionJobs:
             streams_truncated=tuple(
                 name for name, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)) if cut
             ),
+            resources=(
+                {"cpu_ms": result.cpu_ms, "memory_peak_bytes": result.memory_peak_bytes or 0}
+                if result.cpu_ms is not None else None
+            ),
         )
 
     def _platform_failure(self, job: JobDescription, failure: PlatformFailure) -> Outcome:
@@ -550,13 +569,21 @@ class ExecutionJobs:
             job.trace_id, "failed", -1, "", "", failure.code, 0, False, error_message=failure.message
         )
 
-    async def _finish(self, sub: Submission, outcome: Outcome) -> None:
+    async def _finish(self, sub: Submission, outcome: Outcome, job: JobDescription) -> None:
         """Record the result, close the log with the result event, keep the log for replays.
 
         The result event is published even if the store fails, so no follower waits forever.
-        The row and the rest of the event log (result included) are written in one
-        transaction; the output is stored once, in the output events (`store.ExecutionRepo.finish`).
+        The row, the rest of the event log (result included) and the organization's usage
+        of the month are written in one transaction; the output is stored once, in the output
+        events (`store.ExecutionRepo.finish`).
         """
+        completed_at = utcnow()
+        extras = outcome.extras()
+        stored_extras = (
+            {**extras, "resources": outcome.resources} if outcome.resources is not None
+            else extras if extras != empty_extras() else None
+        )
+        metered = usage_of(job, outcome)
         await sub.output.drain()
         result = {
             "trace_id": sub.trace_id,
@@ -580,9 +607,10 @@ class ExecutionJobs:
                 output_truncated=outcome.output_truncated,
                 error=outcome.error,
                 duration_ms=outcome.duration_ms,
-                completed_at=utcnow(),
+                completed_at=completed_at,
                 network_log=[asdict(d) for d in outcome.network] or None,
-                extras=outcome.extras() if outcome.extras() != empty_extras() else None,
+                extras=stored_extras,
+                also=lambda conn: add_usage(conn, job.org_id, completed_at.strftime("%Y-%m"), *metered),
             )
 
         try:

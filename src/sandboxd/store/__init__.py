@@ -10,15 +10,18 @@ from .records import (
     Image,
     Member,
     Org,
+    Plan,
     Sandbox,
     StorageBinding,
     StorageConnection,
     Thread,
     ThreadSession,
+    Usage,
     Volume,
     VolumeBinding,
     WebhookDelivery,
 )
+from .plans import PlanExists
 from .repos import DuplicateError, Store
 
 __all__ = [
@@ -31,12 +34,15 @@ __all__ = [
     "Image",
     "Member",
     "Org",
+    "Plan",
+    "PlanExists",
     "Sandbox",
     "StorageBinding",
     "StorageConnection",
     "Store",
     "Thread",
     "ThreadSession",
+    "Usage",
     "Volume",
     "VolumeBinding",
     "WebhookDelivery",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import as_utc, utcnow
+from .plans import PlanRepo
 from .records import (
     ApiKey,
     Connector,
@@ -98,14 +99,20 @@ ORG_GID_BASE = 2_000_000
 
 
 class OrgRepo(_Repo):
-    async def add(self, org_id: str, name: str, max_concurrent: int | None = None) -> Org:
-        """A new organization with the next free host gid (its volumes' group)."""
+    async def add(self, org_id: str, name: str, plan: str | None = None) -> Org:
+        """A new organization with the next free host gid (its volumes' group); `plan` None:
+        the installation's default plan."""
         async with self._engine.connect() as conn:
             highest = (await conn.execute(select(func.max(orgs.c.gid)))).scalar()
         gid = max(ORG_GID_BASE, highest or 0) + 1
-        org = Org(id=org_id, name=name, max_concurrent=max_concurrent, created_at=utcnow(), gid=gid)
+        org = Org(id=org_id, name=name, created_at=utcnow(), gid=gid, plan=plan)
         await self._insert(orgs, org.__dict__)
         return org
+
+    async def set_plan(self, org_id: str, plan: str | None) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(orgs).where(orgs.c.id == org_id).values(plan=plan))
+        return result.rowcount > 0
 
     async def get(self, org_id: str) -> Org | None:
         return await self._one(Org, select(orgs).where(orgs.c.id == org_id))
@@ -274,13 +281,15 @@ class ExecutionRepo(_Repo):
             )
 
     async def finish(
-        self, trace_id: str, events: list[EventRow], logged: dict[str, str], **values: Any
+        self, trace_id: str, events: list[EventRow], logged: dict[str, str], *,
+        also: Callable[[AsyncConnection], Awaitable[None]] | None = None, **values: Any
     ) -> None:
         """The final row and the rest of the event log, in one transaction.
 
         `events` are those not stored yet; `logged` is the text of all the log's output
         events per stream. When stdout/stderr begin with it (the rule), the output is stored
-        once: in the output events, the row keeping only what came after them.
+        once: in the output events, the row keeping only what came after them. `also` writes
+        more in the same transaction (the organization's usage: store/plans.py).
         """
         rests = _rests(values, logged)
         if rests is not None:
@@ -291,6 +300,8 @@ class ExecutionRepo(_Repo):
                 update(executions).where(executions.c.trace_id == trace_id).values(**_storable(values))
             )
             await _insert_events(conn, trace_id, rows)
+            if also is not None:
+                await also(conn)
 
     async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
         """Change the status only if it is one of `only_from` (no lost update races)."""
@@ -859,6 +870,7 @@ class Store:
         self.storage = StorageRepo(engine)
         self.connectors = ConnectorRepo(engine)
         self.sessions = SessionRepo(engine)
+        self.plans = PlanRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
