@@ -11,6 +11,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import baponi
@@ -245,7 +246,7 @@ async def test_api_key_over_the_plan_is_refused(srv: Server) -> None:
 # --- usage and resource peaks --------------------------------------------------------------------
 
 
-BUSY = "import time\nwhile time.process_time() < 1.0:\n    pass\nprint('done')"
+BUSY = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 1.0:\n    pass\nprint('done')"
 
 
 async def test_usage_matches_the_executions_run_and_resources_are_recorded(srv: Server) -> None:
@@ -349,3 +350,19 @@ def test_default_plan_is_a_setting(server_factory: Any) -> None:
     done = run_cli("sandboxes", "create", "big", "--cpus", "2", "--org", org,
                    "--data-dir", str(free_by_default.data_dir), env=env)
     assert done.returncode == 1 and "the Free plan allows 1 per sandbox" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(
+    not (Path("/usr/sbin/mkfs.btrfs").exists() or Path("/usr/bin/mkfs.btrfs").exists()),
+    reason="threads need btrfs-progs",
+)
+async def test_a_persistent_sessions_runs_each_count_their_own_cpu(srv: Server) -> None:
+    key = await srv.create_key(org=unique("org"), sandbox="repl", session="persistent")
+    thread = unique("t")
+    async with httpx.AsyncClient(base_url=srv.url, headers=auth(key), timeout=120) as raw:
+        busy = (await raw.post(EXECUTE, json={"code": BUSY, "thread_id": thread})).json()
+        idle = (await raw.post(EXECUTE, json={"code": "x = 1", "thread_id": thread})).json()
+        assert idle["session"]["state"] == "kept", idle
+        first, second = [(await raw.get(f"/v1/executions/{r['trace_id']}")).json()["resources"] for r in (busy, idle)]
+    assert first["cpu_ms"] >= 1000 and second["cpu_ms"] < 500, (first, second)
+    assert second["memory_peak_bytes"] >= first["memory_peak_bytes"] > 0  # the session's peak
