@@ -95,6 +95,13 @@ async def running(server: Server, org: str, n: int) -> None:
         await asyncio.sleep(0.05)
 
 
+async def running_trace(server: Server, org: str) -> str:
+    await running(server, org, 1)
+    query = "SELECT trace_id FROM executions e JOIN orgs o ON e.org_id = o.id WHERE e.status = 'running' AND o.name = ?"
+    with contextlib.closing(sqlite3.connect(f"file:{server.data_dir / 'sandboxd.db'}?mode=ro", uri=True)) as db:
+        return str(db.execute(query, (org,)).fetchone()[0])
+
+
 # --- concurrency ---------------------------------------------------------------------------------
 
 
@@ -142,7 +149,8 @@ async def test_custom_plan_concurrency_has_no_upgrade_hint(srv: Server) -> None:
 
 
 async def test_free_plan_refuses_streaming_and_webhook_delivery(srv: Server) -> None:
-    key = await srv.create_key(org=org_on(srv, "free"))
+    org = org_on(srv, "free")
+    key = await srv.create_key(org=org)
     async with httpx.AsyncClient(base_url=srv.url, headers=auth(key), timeout=60) as raw:
         streamed = await raw.post(EXECUTE, json={"code": "print(1)"}, headers={"Accept": "application/x-ndjson"})
         assert streamed.status_code == 403
@@ -155,6 +163,14 @@ async def test_free_plan_refuses_streaming_and_webhook_delivery(srv: Server) -> 
         assert hooked.json() == {"error": "forbidden", "message": WEBHOOK_403}
         inline = await raw.post(EXECUTE, json={"code": "print(1)"})
         assert inline.status_code == 200 and inline.json()["stdout"] == "1\n"
+        # following a running execution live is streaming too; replaying an ended one is not
+        slow = asyncio.create_task(raw.post(EXECUTE, json={"code": "import time; time.sleep(3)"}))
+        trace = await running_trace(srv, org)
+        follow = await raw.get(f"/v1/executions/{trace}/output")
+        assert follow.status_code == 403 and follow.json() == {"error": "forbidden", "message": STREAMING_403}
+        assert (await slow).status_code == 200
+        replay = await raw.get(f"/v1/executions/{trace}/output")
+        assert replay.status_code == 200 and '"result"' in replay.text
 
     with baponi.Baponi(api_key=key, base_url=srv.url, max_retries=0) as sdk:
         with pytest.raises(baponi.ForbiddenError) as info:

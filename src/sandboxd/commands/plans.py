@@ -33,20 +33,13 @@ async def _org_names(admin: Admin) -> dict[str, str]:
 
 @app.command("list")
 def plans_list(org: PlanOrg = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
-    """List the plans, one JSON object a line (limits: null = unlimited)."""
+    """List the plans, one JSON object a line (limits: null = unlimited): the presets, and the
+    custom plans of every organization (of one, with --org)."""
 
     async def go(admin: Admin) -> list[str]:
         the_org = await admin.tenancy.org(org) if org else None
         names = await _org_names(admin)
-        lines = []
-        for plan in await admin.plans.list(the_org):
-            lines.append(_plan_json(plan, names.get(plan.org_id) if plan.org_id else None))
-        if the_org is None:  # every organization's custom plans
-            for other in await admin.tenancy.list_orgs():
-                for plan in await admin.plans.list(other):
-                    if plan.org_id == other.id:
-                        lines.append(_plan_json(plan, other.name))
-        return list(dict.fromkeys(lines))
+        return [_plan_json(plan, names.get(plan.org_id or "")) for plan in await admin.plans.list(the_org)]
 
     for line in admin_call(settings_of(data_dir, database_url), go):
         typer.echo(line)

@@ -287,11 +287,13 @@ class ExecutionService:
     async def events(self, principal: Principal, trace_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
         """Events after `after_seq`: live while it runs, from the store once it has ended.
 
-        Raises NotFound before the first event, so a surface can answer 404 before streaming.
+        Raises NotFound before the first event, so a surface can answer 404 before streaming;
+        Forbidden for following a running one on a plan without streaming (a replay is not).
         """
         execution = await self.get(principal, trace_id)
         live = self._live.get(trace_id)
         if live is not None:
+            plans.check_delivery(principal.plan, "streaming")  # following it live is streaming
             return live.log.follow(after_seq)
         stored = await self._logs.replay(trace_id, after_seq)
         if execution.status in TERMINAL and not (stored and stored[-1].type == "result"):

@@ -247,7 +247,8 @@ class PlanService:
         return found
 
     async def list(self, org: Org | None = None) -> list[OrgPlan]:
-        """The presets (with this installation's figures) and the custom plans (of `org`)."""
+        """The presets (with this installation's figures) and the custom plans (of `org`; None:
+        of every organization)."""
         rows = await self._store.plans.all(org.id if org else None)
         shared = {r.name: r for r in rows if r.org_id is None}
         out = [self._preset(name, shared) for name in PRESETS]

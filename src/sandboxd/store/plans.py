@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import as_utc
 from .records import Plan, Usage
-from .tables import orgs, plans, usage
+from .tables import plans, usage
 
 
 class PlanExists(Exception):
@@ -59,14 +59,6 @@ class PlanRepo:
             query = query.where((plans.c.org_id == org_id) | plans.c.org_id.is_(None))
         async with self._engine.connect() as conn:
             return [_plan(r) for r in (await conn.execute(query)).mappings().all()]
-
-    async def orgs_on(self, name: str, org_id: str | None) -> int:
-        """How many organizations are assigned plan `name` (those of `org_id`, if given)."""
-        query = select(orgs.c.id).where(orgs.c.plan == name)
-        if org_id is not None:
-            query = query.where(orgs.c.id == org_id)
-        async with self._engine.connect() as conn:
-            return len((await conn.execute(query)).all())
 
     # --- usage ------------------------------------------------------------------------------
 
