@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .config import Settings
 from .observability import Metrics
@@ -46,6 +46,7 @@ from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
+from .service.members import MemberService
 from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
@@ -75,6 +76,7 @@ class Admin:
     connectors: ConnectorService
     plans: PlanService
     usage: UsageService
+    members: MemberService
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -205,6 +207,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
         plans=plans,
         usage=UsageService(store),
+        members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
     )
 
 
@@ -408,19 +411,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         )
         retention.start()
     return Services(
-        settings=settings,
-        node_id=admin.node_id,
-        store=admin.store,
-        keys=admin.keys,
-        tenancy=admin.tenancy,
-        webhooks=admin.webhooks,
-        threads=admin.threads,
-        volumes=admin.volumes,
-        images=admin.images,
-        storage=admin.storage,
-        connectors=admin.connectors,
-        plans=admin.plans,
-        usage=admin.usage,
+        **{f.name: getattr(admin, f.name) for f in fields(Admin)},
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(

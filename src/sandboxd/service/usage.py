@@ -36,5 +36,4 @@ class UsageService:
 
     async def all(self, month: str | None = None) -> list[Usage]:
         """Every organization's usage in `month` (those that ran anything)."""
-        wanted = check_month(month or this_month())
-        return [u for u in await self._store.plans.usage_months() if u.month == wanted]
+        return await self._store.plans.usage_months(month=check_month(month or this_month()))

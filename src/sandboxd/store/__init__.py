@@ -21,8 +21,9 @@ from .records import (
     VolumeBinding,
     WebhookDelivery,
 )
+from .base import DuplicateError
 from .plans import PlanExists
-from .repos import DuplicateError, Store
+from .repos import Store
 
 __all__ = [
     "AdminToken",

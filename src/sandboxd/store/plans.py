@@ -1,7 +1,4 @@
-"""Plans (custom plans, an installation's figures for presets) and monthly usage per organization.
-
-Imports nothing of `repos.py` (which registers this repository on `Store`): no import cycle.
-"""
+"""Plans (custom plans, an installation's figures for presets) and monthly usage per organization."""
 
 from __future__ import annotations
 
@@ -10,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import as_utc
+from .base import Repo
 from .records import Plan, Usage
 from .tables import plans, usage
 
@@ -21,16 +18,7 @@ class PlanExists(Exception):
     """A plan of that name exists already (for that organization)."""
 
 
-def _plan(row: Any) -> Plan:
-    values = dict(row)
-    values["created_at"] = as_utc(values["created_at"])
-    return Plan(**values)
-
-
-class PlanRepo:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
+class PlanRepo(Repo):
     async def add(self, plan: Plan) -> Plan:
         try:
             async with self._engine.begin() as conn:
@@ -46,37 +34,28 @@ class PlanRepo:
 
     async def find(self, name: str, org_id: str | None) -> Plan | None:
         """The plan `name` of that organization (None: an installation-wide row)."""
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                select(plans).where(plans.c.name == name, _same_org(org_id))
-            )).mappings().first()
-        return _plan(row) if row is not None else None
+        return await self._one(Plan, select(plans).where(plans.c.name == name, _same_org(org_id)))
 
     async def all(self, org_id: str | None = None) -> list[Plan]:
         """Installation-wide rows and custom plans (of one organization, if given)."""
         query = select(plans).order_by(plans.c.created_at)
         if org_id is not None:
             query = query.where((plans.c.org_id == org_id) | plans.c.org_id.is_(None))
-        async with self._engine.connect() as conn:
-            return [_plan(r) for r in (await conn.execute(query)).mappings().all()]
+        return await self._all(Plan, query)
 
     # --- usage ------------------------------------------------------------------------------
 
     async def usage(self, org_id: str, month: str) -> Usage:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                select(usage).where(usage.c.org_id == org_id, usage.c.month == month)
-            )).mappings().first()
-        if row is None:
-            return Usage(org_id, month, 0, 0.0, 0.0)
-        return Usage(**dict(row))
+        found = await self._one(Usage, select(usage).where(usage.c.org_id == org_id, usage.c.month == month))
+        return found or Usage(org_id, month, 0, 0.0, 0.0)
 
-    async def usage_months(self, org_id: str | None = None) -> list[Usage]:
+    async def usage_months(self, org_id: str | None = None, month: str | None = None) -> list[Usage]:
         query = select(usage).order_by(usage.c.month, usage.c.org_id)
         if org_id is not None:
             query = query.where(usage.c.org_id == org_id)
-        async with self._engine.connect() as conn:
-            return [Usage(**dict(r)) for r in (await conn.execute(query)).mappings().all()]
+        if month is not None:
+            query = query.where(usage.c.month == month)
+        return await self._all(Usage, query)
 
 
 async def add_usage(conn: AsyncConnection, org_id: str, month: str, cpu_seconds: float, gib_seconds: float) -> None:
