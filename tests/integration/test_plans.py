@@ -350,9 +350,14 @@ def test_plans_cli_lists_shows_creates_and_assigns(srv: Server) -> None:
 
     async def check(admin: Any) -> Any:
         the_org = await admin.tenancy.org(org)
-        return (await admin.plans.plan_of(the_org)).name, await admin.plans.retention_days(the_org)
+        of = await admin.plans.retention_days_of()  # the audit log's sweeper reads it so
+        return (
+            (await admin.plans.plan_of(the_org)).name, await admin.plans.retention_days(the_org),
+            [of(o) for o in (the_org, await admin.tenancy.org(other), await admin.tenancy.org("default"))],
+        )
 
-    assert admin_call(srv, check) == ("gold", 7)
+    cli(srv, "plans", "assign", other, "pro")
+    assert admin_call(srv, check) == ("gold", 7, [7, 30, None])
     assert cli_error(srv, "sandboxes", "create", "x", "--cpus", "3", "--org", org) == (
         "sandboxd: sandbox config 'x' asks for 3 CPUs; the custom plan 'gold' allows 2 per sandbox."
     )

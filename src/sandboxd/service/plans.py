@@ -18,6 +18,7 @@ Each rule is one function of plain values, called from the one place its action 
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -266,11 +267,25 @@ class PlanService:
         """How long the organization's audit log is kept (days); None: for ever."""
         return (await self.plan_of(org)).limits.audit_retention_days
 
+    async def retention_days_of(self) -> Callable[[Org], int | None]:
+        """`retention_days` for many organizations at once, from one read of the plans (the
+        audit log's sweeper: `AuditLog.sweep(await plans.retention_days_of())`). An organization
+        whose plan cannot be found keeps its rows."""
+        rows = await self._store.plans.all()
+
+        def of(org: Org) -> int | None:
+            plan = self._pick(org.plan or self._default, org.id, rows)
+            return plan.limits.audit_retention_days if plan is not None else None
+
+        return of
+
     # --- private ----------------------------------------------------------------------------
 
     async def _resolve(self, name: str, org_id: str | None) -> OrgPlan | None:
+        return self._pick(name, org_id, await self._store.plans.all(org_id))
+
+    def _pick(self, name: str, org_id: str | None, rows: builtins.list[Plan]) -> OrgPlan | None:
         """The organization's own plan of that name, else the installation's, else the preset."""
-        rows = await self._store.plans.all(org_id)
         shared = {r.name: r for r in rows if r.org_id is None}
         own = next((r for r in rows if r.org_id is not None and r.org_id == org_id and r.name == name), None)
         if own is not None:
