@@ -2,8 +2,8 @@
 
 The seed's Free / Pro / Enterprise table (reference/seed-api-overview.md "Plan limits") is
 `PRESETS`, written once here. An installation's operator can give an organization a custom
-plan of its own (`sandboxd plans create NAME --org ORG`), or change a preset's figures for the
-whole installation (a row with no organization). An organization with no plan assigned is on
+plan of its own (`sandboxd plans create NAME --org ORG`); `create_custom(None, ...)` changes a
+preset's figures for the whole installation (a row with no organization; no CLI for it yet). An organization with no plan assigned is on
 the installation's default plan (SANDBOXD_DEFAULT_PLAN, `enterprise`: unlimited).
 
 Each rule is one function of plain values, called from the one place its action happens:
