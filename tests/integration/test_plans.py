@@ -387,3 +387,27 @@ async def test_a_persistent_sessions_runs_each_count_their_own_cpu(srv: Server) 
         first, second = [(await raw.get(f"/v1/executions/{r['trace_id']}")).json()["resources"] for r in (busy, idle)]
     assert first["cpu_ms"] >= 1000 and second["cpu_ms"] < 500, (first, second)
     assert second["memory_peak_bytes"] >= first["memory_peak_bytes"] > 0  # the session's peak
+
+
+async def test_installation_figures_for_a_preset_apply_to_its_organizations_and_hints(tmp_path: Path) -> None:
+    from sandboxd.service.plans import PlanLimits, PlanService, concurrency_refused
+    from sandboxd.store import Store, create_engine, migrate
+
+    store = Store(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sandboxd.db'}"))
+    try:
+        await migrate(store.engine)
+        org = await store.orgs.add("org_p", "presets", plan="free")
+        plans = PlanService(store, default="free")
+        await plans.create_custom(None, "pro", PlanLimits(concurrent=250))  # this installation's Pro
+        await plans.create_custom(None, "free", PlanLimits(concurrent=2, streaming=False))
+        free = await plans.plan_of(org)
+        assert (free.name, free.custom, free.limits.concurrent, free.limits.cpus) == ("free", False, 2, None)
+        assert concurrency_refused(free, 2, 2).message == (
+            "concurrent execution limit reached (2/2). Upgrade to Pro for 250 concurrent executions."
+        )
+        listed = {p.name: p.limits.concurrent for p in await plans.list()}
+        assert listed == {"free": 2, "pro": 250, "enterprise": None}
+        nameless = await store.orgs.add("org_q", "nameless")  # no plan: the default
+        assert (await plans.plan_of(nameless)).name == "free"
+    finally:
+        await store.close()
