@@ -46,6 +46,7 @@ from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
+from .service.audit import AuditLog, audit_key
 from .service.members import MemberService
 from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
@@ -76,6 +77,8 @@ class Admin:
     connectors: ConnectorService
     plans: PlanService
     usage: UsageService
+    #: The audit log (service/audit.py).
+    audit: AuditLog
     members: MemberService
 
     async def close(self) -> None:
@@ -207,6 +210,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
         plans=plans,
         usage=UsageService(store),
+        audit=AuditLog(store, audit_key(pepper)),
         members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
     )
 
@@ -373,6 +377,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             connectors=admin.connectors,
             artifacts=artifacts,
             sessions=sessions,
+            audit=admin.audit,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -387,7 +392,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             if sessions is not None:
                 await sessions.recover()
             await admin.images.clean()
-            recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
+            recovery: Recovery = NodeRecovery(admin.store, admin.node_id, admin.audit)
             interrupted = await recovery.recover()
             if interrupted:
                 log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
@@ -407,7 +412,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         if sessions is not None:
             sessions.start()
         retention = RetentionService(
-            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts
+            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts,
+            audit=admin.audit,
         )
         retention.start()
     return Services(
@@ -423,6 +429,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             admin.volumes,
             Signer(files_signing_key(load_or_create_secret(settings.data_dir))),
             admin.keys,
+            audit=admin.audit,
         ),
         metrics=metrics,
         retention=retention,

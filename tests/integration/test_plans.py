@@ -347,6 +347,9 @@ def test_plans_cli_lists_shows_creates_and_assigns(srv: Server) -> None:
         f"sandboxd: no plan 'gold' for organization {other!r} (`sandboxd plans list`)"
     )
     assert cli(srv, "plans", "assign", org, "gold").strip() == f"{org}\tgold"
+    audited = cli(srv, "audit", "search", "--org", org, "--action", "plan.assign")
+    assert '"plan.assign"' in audited and '"gold"' in audited and '"enterprise"' in audited, audited
+    assert '"plan.create"' in cli(srv, "audit", "search", "--org", org, "--action", "plan.create")
 
     async def check(admin: Any) -> Any:
         the_org = await admin.tenancy.org(org)

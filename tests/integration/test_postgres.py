@@ -72,6 +72,8 @@ TABLES = {
     "console_sessions",
     "plans",
     "usage",
+    "audit_log",
+    "audit_heads",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 

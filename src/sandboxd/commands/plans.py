@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..app import Admin
+from ..service.roles import CLI_ACTOR
 from .common import DatabaseUrl, DataDir, admin_call, settings_of
 
 app = typer.Typer(
@@ -86,7 +87,11 @@ def plans_create(
 
     async def go(admin: Admin) -> str:
         the_org = await admin.tenancy.org(org)
-        return _plan_json(await admin.plans.create_custom(the_org, name, limits), org)
+        made = await admin.plans.create_custom(the_org, name, limits)
+        await admin.audit.admin(
+            CLI_ACTOR, "plan.create", org_id=the_org.id, target=name, after=dataclasses.asdict(made.limits)
+        )
+        return _plan_json(made, org)
 
     typer.echo(admin_call(settings_of(data_dir, database_url), go))
 
@@ -98,7 +103,12 @@ def plans_assign(org: str, plan: str, data_dir: DataDir = None, database_url: Da
 
     async def go(admin: Admin) -> str:
         the_org = await admin.tenancy.org(org)
+        before = (await admin.plans.plan_of(the_org)).name
         assigned = await admin.plans.assign(the_org, plan)
+        await admin.audit.admin(
+            CLI_ACTOR, "plan.assign", org_id=the_org.id, target=the_org.name,
+            before={"plan": before}, after={"plan": assigned.name},
+        )
         return f"{the_org.name}\t{assigned.name}"
 
     typer.echo(admin_call(settings_of(data_dir, database_url), go))

@@ -8,7 +8,7 @@ Every other organization keeps `plan` NULL: the installation's default plan
 (SANDBOXD_DEFAULT_PLAN, `enterprise` unless set: unlimited, as before).
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-07
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
