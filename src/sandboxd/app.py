@@ -88,7 +88,7 @@ class Admin:
         return AdminOps(
             store=self.store, keys=self.keys, tenancy=self.tenancy, images=self.images, volumes=self.volumes,
             storage=self.storage, connectors=self.connectors, webhooks=self.webhooks, members=self.members,
-            threads=self.threads, audit=self.audit,
+            threads=self.threads, plans=self.plans, usage=self.usage, audit=self.audit,
         )
 
     async def close(self) -> None:

@@ -371,3 +371,37 @@ def test_threads_are_listed_and_deleted(admin_server: Any, owner: httpx.Client) 
     refused(owner.delete(f"/threads/{thread}"), 404, "not_found")
     rows = ok(owner.get("/audit", params={"action": "thread.delete", "newest_first": True}))["rows"]
     assert rows[0]["target"] == thread
+
+
+# --- plans and usage -------------------------------------------------------------------------
+
+
+def test_plans_are_assigned_by_operators_and_hold_configs_and_keys(admin_server: Any, owner: httpx.Client) -> None:
+    org = name("planned")
+    ok(owner.post("/orgs", json={"name": org}), 201)
+    plan = name("tiny")
+    made = ok(owner.post("/plans", params={"org": org}, json={
+        "name": plan, "limits": {"cpus": 1, "memory_mib": 512, "api_keys": 1},
+    }), 201)
+    assert made["custom"] and made["limits"]["memory_mib"] == 512 and made["limits"]["concurrent"] is None
+    assert ok(owner.put("/plan", params={"org": org}, json={"name": plan}))["name"] == plan
+    with client(admin_server, token_for(admin_server, "owner", org)) as theirs:
+        shown = ok(theirs.get("/plan"))
+        assert shown["plan"]["name"] == plan and shown["usage"]["executions"] == 0
+        assert plan in [p["name"] for p in ok(theirs.get("/plans"))]
+        # an owner who is not an operator may not change the terms
+        refused(theirs.put("/plan", json={"name": "enterprise"}), 403, "forbidden")
+        refused(theirs.post("/plans", json={"name": name("mine")}), 403, "forbidden")
+        # the plan holds what the admin API creates, with the plan's words
+        message = refused(theirs.post("/sandboxes", json={"name": "big", "memory_mib": 2048}), 403, "forbidden")
+        assert "512" in message
+        ok(theirs.post("/sandboxes", json={"name": "fits", "memory_mib": 512}), 201)
+        refused(theirs.patch("/sandboxes/fits", json={"memory_mib": 1024}), 403, "forbidden")
+        ok(theirs.post("/keys", json={}), 201)
+        refused(theirs.post("/keys", json={}), 403, "forbidden")
+        assert ok(theirs.get("/usage", params={"month": "2020-01"})) == {
+            "month": "2020-01", "executions": 0, "cpu_seconds": 0.0, "gib_seconds": 0.0,
+        }
+        refused(theirs.get("/usage", params={"month": "2020-13"}), 400, "validation_error")
+    rows = ok(owner.get("/audit", params={"org": org, "kind": "admin"}))["rows"]
+    assert [r["action"] for r in rows][:2] == ["plan.create", "plan.assign"]

@@ -15,7 +15,7 @@ here), not in the surfaces, so the API, the console and the CLI refuse the same 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
 from ..images import skopeo
 from ..images.store import Progress
 from ..runtime import LANGUAGES
-from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Thread, Volume, utcnow
+from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Thread, Usage, Volume, utcnow
 from . import scoping
 from .audit import FORMATS as AUDIT_FORMATS
 from .audit import AuditFilters, AuditLog, row_json
@@ -38,7 +38,9 @@ from .roles import AUDIT, MEMBERS, OPERATE, READ, WRITE, Actor, AdminPrincipal, 
 from .storage import ConnectionSpec, StorageService
 from .storage import describe as describe_storage
 from .tenancy import SandboxConfig, TenancyService
+from .plans import OrgPlan, PlanLimits, PlanService
 from .threads import ThreadService
+from .usage import UsageService, check_month
 from .volumes import VolumeService
 from .webhooks import WebhookService
 
@@ -195,6 +197,20 @@ def thread_view(thread: Thread) -> View:
     }
 
 
+def plan_view(plan: OrgPlan) -> View:
+    return {
+        "name": plan.name, "title": plan.title, "custom": plan.custom, "limits": asdict(plan.limits),
+        "upgrade": plan.upgrade[0] if plan.upgrade is not None else None,
+    }
+
+
+def usage_view(usage: Usage) -> View:
+    return {
+        "month": usage.month, "executions": usage.executions, "cpu_seconds": usage.cpu_seconds,
+        "gib_seconds": usage.gib_seconds,
+    }
+
+
 def key_status(key: ApiKey, now: datetime) -> str:
     if key.revoked_at is not None:
         return "revoked"
@@ -217,6 +233,8 @@ class AdminOps:
         webhooks: WebhookService,
         members: MemberService,
         threads: ThreadService,
+        plans: PlanService,
+        usage: UsageService,
         audit: AdminAudit,
     ) -> None:
         self._store = store
@@ -229,6 +247,8 @@ class AdminOps:
         self._webhooks = webhooks
         self._members = members
         self._threads = threads
+        self._plans = plans
+        self._usage = usage
         self.audit = audit
 
     # --- helpers ----------------------------------------------------------------------------
@@ -679,13 +699,46 @@ class AdminOps:
         await self._record(p, "webhook.rotate" if rotate else "webhook.create", the_org, the_org.id, after=view)
         return Secret(view, secret)
 
-    # --- seams for the plans and audit services ---------------------------------------------
+    # --- plans and usage ----------------------------------------------------------------------
 
     async def show_plan(self, p: AdminPrincipal, *, org: str | None = None) -> View:
-        """The organization's plan and usage (service/plans.py `PlanService`, once merged)."""
+        """The plan the organization is on, and what it used this month."""
         require(p, READ)
-        await self._org(p, org)
-        raise Unavailable("plans are not available on this server yet")
+        the_org = await self._org(p, org)
+        plan = plan_view(await self._plans.plan_of(the_org))
+        return {"org": the_org.name, "plan": plan, "usage": usage_view(await self._usage.usage(the_org))}
+
+    async def list_plans(self, p: AdminPrincipal, *, org: str | None = None) -> list[View]:
+        """The presets (with this installation's figures) and the organization's custom plans."""
+        require(p, READ)
+        return [plan_view(plan) for plan in await self._plans.list(await self._org(p, org))]
+
+    async def usage(self, p: AdminPrincipal, *, month: str | None = None, org: str | None = None) -> View:
+        """What the organization used in `month` (YYYY-MM, UTC; default this month)."""
+        require(p, READ)
+        if month is not None:
+            check_month(month)  # "" too: the service would read it as "this month"
+        return usage_view(await self._usage.usage(await self._org(p, org), month))
+
+    async def assign_plan(self, p: AdminPrincipal, name: str, *, org: str | None = None) -> View:
+        """Put the organization on plan `name` (operators: plans are the installation's terms)."""
+        require(p, OPERATE)
+        the_org = await self._org(p, org)
+        before = (await self._plans.plan_of(the_org)).name
+        assigned = await self._plans.assign(the_org, name)
+        await self._record(p, "plan.assign", the_org, the_org.name, before={"plan": before},
+                           after={"plan": assigned.name})
+        return plan_view(assigned)
+
+    async def create_plan(self, p: AdminPrincipal, name: str, limits: PlanLimits, *, org: str | None = None) -> View:
+        """A custom plan of the organization (operators); assign it with `assign_plan`."""
+        require(p, OPERATE)
+        the_org = await self._org(p, org)
+        made = await self._plans.create_custom(the_org, name, limits)
+        await self._record(p, "plan.create", the_org, name, after=asdict(made.limits))
+        return plan_view(made)
+
+    # --- the audit log ----------------------------------------------------------------------
 
     async def search_audit(
         self, p: AdminPrincipal, filters: AuditFilters, *, limit: int = 100, cursor: str | None = None,

@@ -342,3 +342,62 @@ class AuditRowOut(BaseModel):
 class AuditPageOut(BaseModel):
     rows: list[AuditRowOut]
     cursor: str | None = Field(description="Pass as `cursor` for the next page; null: this was the last.")
+
+
+# --- plans and usage -------------------------------------------------------------------------
+
+
+class PlanLimitsBody(_Request):
+    """A plan's limits; absent or null: unlimited."""
+
+    cpus: float | None = Field(None, description="Max CPUs per sandbox.", json_schema_extra={"exclusiveMinimum": 0})
+    memory_mib: int | None = Field(None, description="Max memory per sandbox, MiB.",
+                                   json_schema_extra={"exclusiveMinimum": 0})
+    concurrent: int | None = Field(None, description="Concurrent executions.", json_schema_extra={"exclusiveMinimum": 0})
+    timeout_s: int | None = Field(None, description="Max timeout, seconds.", json_schema_extra={"exclusiveMinimum": 0})
+    api_keys: int | None = Field(None, description="Active API keys.", json_schema_extra={"exclusiveMinimum": 0})
+    audit_retention_days: int | None = Field(None, description="Days the audit log is kept.",
+                                             json_schema_extra={"exclusiveMinimum": 0})
+    images: int | None = Field(None, description="Custom images.", json_schema_extra={"exclusiveMinimum": 0})
+    streaming: bool = Field(True, description="Streaming and webhook (async) delivery allowed.")
+
+
+class PlanCreate(_Request):
+    name: str = _name("The custom plan's name")
+    limits: PlanLimitsBody = PlanLimitsBody()
+
+
+class PlanAssign(_Request):
+    name: str = Field(description="A preset (free, pro, enterprise) or one of the organization's custom plans.")
+
+
+class PlanLimitsOut(BaseModel):
+    cpus: float | None
+    memory_mib: int | None
+    concurrent: int | None
+    timeout_s: int | None
+    api_keys: int | None
+    audit_retention_days: int | None
+    images: int | None
+    streaming: bool
+
+
+class PlanOut(BaseModel):
+    name: str
+    title: str
+    custom: bool
+    limits: PlanLimitsOut = Field(description="null: unlimited.")
+    upgrade: str | None = Field(description="The next preset up, for upgrade hints.")
+
+
+class UsageOut(BaseModel):
+    month: str
+    executions: int
+    cpu_seconds: float
+    gib_seconds: float = Field(description="The sandbox's memory in GiB times its run time.")
+
+
+class OrgPlanOut(BaseModel):
+    org: str
+    plan: PlanOut
+    usage: UsageOut = Field(description="This month's (UTC).")
