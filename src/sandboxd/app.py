@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .config import Settings
 from .observability import Metrics
@@ -44,6 +44,7 @@ from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
+from .service.members import MemberService
 from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
 from .service.signing import Signer, files_signing_key
@@ -71,6 +72,7 @@ class Admin:
     images: ImageService
     storage: StorageService
     connectors: ConnectorService
+    members: MemberService
 
     async def close(self) -> None:
         await self.threads.settle()
@@ -196,6 +198,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
+        members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
     )
 
 
@@ -399,17 +402,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         )
         retention.start()
     return Services(
-        settings=settings,
-        node_id=admin.node_id,
-        store=admin.store,
-        keys=admin.keys,
-        tenancy=admin.tenancy,
-        webhooks=admin.webhooks,
-        threads=admin.threads,
-        volumes=admin.volumes,
-        images=admin.images,
-        storage=admin.storage,
-        connectors=admin.connectors,
+        **{f.name: getattr(admin, f.name) for f in fields(Admin)},
         executions=executions,
         limiter=limiter,
         auth_failures=AuthFailureLimiter(

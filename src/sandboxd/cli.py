@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from .app import Admin, start
+from .commands import members as members_commands
 from .commands.common import DatabaseUrl, DataDir, OrgName, admin_call, fail, settings_of
 from .errors import InvalidRequest, SandboxdError, SandboxSetupError
 from .observability import configure_logging
@@ -48,6 +50,7 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(images_app, name="images")
+app.add_typer(members_commands.app, name="members")
 
 
 @app.callback()
@@ -78,12 +81,35 @@ def serve(
         except SandboxSetupError as exc:
             get_logger("sandboxd.server").error("refusing to serve", reason=exc.message)
             raise typer.Exit(1) from None
+        owner_token = await services.members.bootstrap()
+        if owner_token is not None:
+            _hand_over_owner_token(owner_token, settings.data_dir)
         try:
             await serve_http(services)
         finally:
             await services.close()
 
     asyncio.run(go())
+
+
+BOOTSTRAP_TOKEN_FILE = "owner.token"
+
+
+def _hand_over_owner_token(token: str, data_dir: Path) -> None:
+    """The first start's owner token: on the terminal when there is one; else (a service
+    manager's journal would keep it) into a root-only file of the data dir, to read and delete."""
+    if sys.stderr.isatty():
+        typer.echo(
+            f"\nsandboxd: first start. The owner's admin token (admin API, console sign-in), shown only "
+            f"this once:\n\n    {token}\n\nMake more with `sandboxd members token owner`.\n",
+            err=True,
+        )
+        return
+    path = data_dir / BOOTSTRAP_TOKEN_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    typer.echo(f"sandboxd: first start: the owner's admin token is in {path} (read it, then delete the file)", err=True)
 
 
 @app.command()

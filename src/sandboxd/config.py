@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = Field(
         default=15.0, gt=0, description="NDJSON streams: a keepalive event after this much silence."
     )
+    # --- members and console sign-in (service/members.py) ---
+    console_session_ttl_s: float = Field(
+        default=8 * 3600, gt=0, le=30 * 86400,
+        description="A console sign-in ends this long after it began (sign in again then).",
+    )
+
     key_cache_ttl_s: float = Field(
         default=30.0,
         ge=0,

@@ -859,6 +859,11 @@ class Store:
         self.storage = StorageRepo(engine)
         self.connectors = ConnectorRepo(engine)
         self.sessions = SessionRepo(engine)
+        from .members import AdminTokenRepo, ConsoleSessionRepo, MemberRepo
+
+        self.members = MemberRepo(engine)
+        self.admin_tokens = AdminTokenRepo(engine)
+        self.console_sessions = ConsoleSessionRepo(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
