@@ -864,6 +864,9 @@ class Store:
         self.members = MemberRepo(engine)
         self.admin_tokens = AdminTokenRepo(engine)
         self.console_sessions = ConsoleSessionRepo(engine)
+        from .history import ExecutionHistory
+
+        self.history = ExecutionHistory(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

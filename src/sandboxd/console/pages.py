@@ -1,0 +1,328 @@
+"""The console's pages: each parses its input, calls the services, and renders a template.
+
+Permissions come from service/roles.py: the navigation and the buttons show only what the
+visitor's role may do, and every action asks `require` again on the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ..api.ndjson import ndjson_response
+from ..errors import InvalidRequest, NotFound, SandboxdError
+from ..runtime.languages import LANGUAGES
+from ..runtime.network import NETWORK_MODES
+from ..service import SandboxConfig
+from ..service.history import STATUSES, ExecutionQuery
+from ..service.requests import parse_execute_request
+from ..service.roles import AUDIT, MEMBERS, READ, RUN, WRITE, require
+from . import charts, views
+from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, Visitor, VisitorDep, render
+
+router = APIRouter()
+
+_SANDBOX_FIELDS = ("name", "cpus", "memory_mib", "network", "allow", "timeout_cap_s", "image", "session")
+
+
+def _concurrency_limit(console: Console, who: Visitor) -> int:
+    settings = console.services.settings
+    return who.principal.org.max_concurrent or min(settings.max_concurrent, settings.max_concurrent_per_org)
+
+
+@router.get("/")
+async def dashboard(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    if not who.can(READ):
+        return RedirectResponse(PREFIX + "/try", status_code=303)
+    data = await console.history.dashboard(who.principal, concurrency_limit=_concurrency_limit(console, who))
+    per_minute = [m.executions for m in data.minutes]
+    context: dict[str, Any] = {
+        "data": data,
+        "per_minute": charts.bars(
+            per_minute, "Executions per minute", f"{data.total} executions in the last {len(per_minute)} minutes"
+        ),
+        "durations": charts.lines(
+            {"p50": [m.p50_ms for m in data.minutes], "p95": [m.p95_ms for m in data.minutes]},
+            "Duration p50 and p95 (ms)", f"p50 {data.p50_ms} ms, p95 {data.p95_ms} ms over the period",
+        ),
+        "mix": charts.status_mix(data),
+        "concurrency": charts.lines(
+            {"running": [m.concurrent for m in data.minutes]}, "Concurrent executions",
+            f"peak {data.peak_concurrent} of a limit of {data.concurrency_limit}", limit=data.concurrency_limit,
+        ),
+    }
+    return render(request, console, "dashboard.html", who, **context)
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+async def _keys_page(
+    request: Request, console: Console, who: Visitor, *, created: Any = None, errors: FormErrors | None = None,
+    form: dict[str, str] | None = None, status: int = 200,
+) -> Response:
+    keys = await views.keys(console.services, who.principal)
+    sandboxes = await console.services.tenancy.list_sandboxes(who.principal.org)
+    return render(
+        request, console, "keys.html", who, status=status, keys=keys, sandboxes=sandboxes, created=created,
+        errors=errors, form=form or {}, can_write=who.can(WRITE),
+    )
+
+
+@router.get("/keys")
+async def keys_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, READ)
+    return await _keys_page(request, console, who)
+
+
+@router.post("/keys")
+async def create_key(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)
+    form = await _form(request)
+    services = console.services
+    try:
+        sandbox = await services.tenancy.sandbox(who.principal.org, form.get("sandbox", ""))
+        created = await services.keys.create(org=who.principal.org, sandbox=sandbox, name=form.get("name", ""))
+    except SandboxdError as exc:
+        return await _keys_page(
+            request, console, who, errors=FormErrors.of(exc, ("name", "sandbox")), form=form, status=_status(exc)
+        )
+    # The secret is in this answer only (not in a URL, never stored): shown once.
+    return await _keys_page(request, console, who, created=created, status=201)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)
+    keys = {k.id for k in await console.services.keys.list(who.principal.org.id)}
+    if key_id not in keys:
+        raise NotFound(f"no API key {key_id!r}")
+    await console.services.keys.revoke(key_id)
+    return RedirectResponse(PREFIX + "/keys", status_code=303)
+
+
+# --- sandbox configs -----------------------------------------------------------------------
+
+
+async def _sandboxes_page(
+    request: Request, console: Console, who: Visitor, *, errors: FormErrors | None = None,
+    form: dict[str, str] | None = None, status: int = 200,
+) -> Response:
+    return render(
+        request, console, "sandboxes.html", who, status=status,
+        sandboxes=await views.sandboxes(console.services, who.principal),
+        images=await console.services.images.list(who.principal.org), network_modes=[(m, m) for m in NETWORK_MODES],
+        errors=errors, form=form or {}, can_write=who.can(WRITE),
+    )
+
+
+@router.get("/sandboxes")
+async def sandboxes_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, READ)
+    return await _sandboxes_page(request, console, who)
+
+
+@router.post("/sandboxes")
+async def create_sandbox(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)
+    form = await _form(request)
+    services = console.services
+    try:
+        config = _sandbox_config(form)
+        image = await services.images.find(who.principal.org, form.get("image") or "host")
+        await services.tenancy.create_sandbox(who.principal.org, config, image)
+    except SandboxdError as exc:
+        return await _sandboxes_page(
+            request, console, who, errors=FormErrors.of(exc, _SANDBOX_FIELDS), form=form, status=_status(exc)
+        )
+    return RedirectResponse(PREFIX + "/sandboxes", status_code=303)
+
+
+def _sandbox_config(form: dict[str, str]) -> SandboxConfig:
+    def number(name: str, kind: type[int] | type[float], default: float) -> Any:
+        text = form.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            return kind(text)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be a number") from None
+
+    allow = tuple(a.strip() for a in form.get("allow", "").replace(",", "\n").splitlines() if a.strip())
+    return SandboxConfig(
+        name=form.get("name", "").strip(),
+        cpus=number("cpus", float, SandboxConfig.cpus),
+        memory_mib=number("memory_mib", int, SandboxConfig.memory_mib),
+        network=form.get("network", "none"),
+        timeout_cap_s=number("timeout_cap_s", int, SandboxConfig.timeout_cap_s),
+        allow=allow,
+        session=form.get("session", "stateless"),
+    )
+
+
+# --- executions ----------------------------------------------------------------------------
+
+
+def _time(value: str, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a date and time like 2026-12-07T14:30") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@router.get("/executions")
+async def executions_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, READ)
+    params = {k: v.strip() for k, v in request.query_params.items()}
+    errors = FormErrors()
+    results: list[Any] = []
+    try:
+        query = ExecutionQuery(
+            status=params.get("status") or None, key_id=params.get("key") or None,
+            thread_id=params.get("thread") or None, language=params.get("language") or None,
+            metadata_key=params.get("meta_key") or None,
+            metadata_value=params.get("meta_value") or None,
+            since=_time(params.get("since", ""), "since"), until=_time(params.get("until", ""), "until"),
+        )
+        results = await console.history.search(who.principal, query)
+    except InvalidRequest as exc:
+        errors = FormErrors.of(exc, ("since", "until", "meta_key", "meta_value"))
+    keys = await console.services.keys.list(who.principal.org.id)
+    return render(
+        request, console, "executions.html", who, status=400 if errors else 200, results=results, params=params,
+        errors=errors, keys=keys, key_names={k.id: f"{k.name} ({k.display_prefix}…)" for k in keys},
+        statuses=STATUSES, languages=LANGUAGES,
+    )
+
+
+@router.get("/executions/{trace_id}")
+async def execution_page(trace_id: str, request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    execution = await console.history.get(who.principal, trace_id)
+    key = next((k for k in await console.services.keys.list(who.principal.org.id) if k.id == execution.key_id), None)
+    extras = execution.extras or {}
+    peaks = {k: v for k, v in dataclasses.asdict(execution).items() if k.startswith(("cpu_", "memory_", "peak_"))}
+    return render(request, console, "execution.html", who, e=execution, key=key, extras=extras, peaks=peaks)
+
+
+# --- try it --------------------------------------------------------------------------------
+
+
+@router.get("/try")
+async def try_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, RUN)
+    keys = [k for k in await console.services.keys.list(who.principal.org.id) if k.revoked_at is None]
+    return render(request, console, "try.html", who, keys=keys, languages=LANGUAGES)
+
+
+@router.post("/try/run")
+async def try_run(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    """Runs code as one of the organization's keys (its principal: no secret in the browser);
+    the answer is the execution's NDJSON stream, as /v1/sandbox/execute streams it."""
+    require(who.principal, RUN)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("key_id"), str):
+        raise InvalidRequest("choose a key (key_id)")
+    key_id = body.pop("key_id")
+    principal = await console.services.keys.principal_of(key_id)
+    if principal is None or principal.org.id != who.principal.org.id:
+        raise NotFound(f"no active API key {key_id!r} in this organization")
+    execute = parse_execute_request(body)
+    submission = await console.services.executions.submit(
+        principal, execute, delivery_mode="streaming", client_id="sandboxd-console", base_url=str(request.base_url)
+    )
+    return ndjson_response(submission.log.follow(0))
+
+
+# --- the other resources, read-only here ----------------------------------------------------
+
+
+@router.get("/images")
+async def images_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, READ)
+    rows = [
+        {"name": i.name, "digest": i.digest[:19], "source": i.source, "size": f"{i.size_bytes / 2**20:.1f} MiB",
+         "scope": "built-in" if i.org_id is None else "this organization", "created": i.created_at}
+        for i in await console.services.images.list(who.principal.org)
+    ]
+    return _table(request, console, who, "Images", rows, "sandboxd images pull|import|build")
+
+
+@router.get("/volumes")
+async def volumes_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, READ)
+    rows = [{"slug": v.slug, "quota": f"{v.quota_mib} MiB", "created": v.created_at}
+            for v in await console.services.volumes.list(who.principal.org)]
+    return _table(request, console, who, "Volumes", rows, "sandboxd volumes create")
+
+
+@router.get("/storage")
+async def storage_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    from ..service.storage import describe
+
+    require(who.principal, READ)
+    rows = [describe(c) for c in await console.services.storage.list(who.principal.org)]
+    return _table(request, console, who, "Storage connections", rows, "sandboxd storage create")
+
+
+@router.get("/connectors")
+async def connectors_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    from ..service.connectors import describe
+
+    require(who.principal, READ)
+    rows = [describe(c) for c in await console.services.connectors.list(who.principal.org)]
+    return _table(request, console, who, "Connectors", rows, "sandboxd connectors create")
+
+
+@router.get("/webhook")
+async def webhook_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, READ)
+    has = await console.services.store.webhooks.secret(who.principal.org.id) is not None
+    rows = [{"webhook secret": "set (write-only: never shown again)" if has else "not set"}]
+    return _table(request, console, who, "Webhook secret", rows, "sandboxd webhooks secret")
+
+
+@router.get("/members")
+async def members_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, MEMBERS)
+    rows = [{"email": m.email, "role": m.role, "signs in with": "identity provider" if m.subject else "token",
+             "added": m.created_at, "last seen": m.last_seen_at}
+            for m in await console.services.members.list(who.principal.org)]
+    return _table(request, console, who, "Members", rows, "sandboxd members add")
+
+
+@router.get("/audit")
+async def audit_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    require(who.principal, AUDIT)
+    return _table(request, console, who, "Audit log", [], "sandboxd audit")
+
+
+def _table(
+    request: Request, console: Console, who: Visitor, title: str, rows: list[dict[str, Any]], cli: str
+) -> Response:
+    columns = list(rows[0]) if rows else []
+    return render(request, console, "table.html", who, title=title, rows=rows, columns=columns, cli=cli)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+
+
+def _status(exc: SandboxdError) -> int:
+    from ..api.errors import status_of
+
+    return status_of(exc)
+
