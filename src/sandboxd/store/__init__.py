@@ -19,7 +19,8 @@ from .records import (
     VolumeBinding,
     WebhookDelivery,
 )
-from .repos import DuplicateError, Store
+from .base import DuplicateError
+from .repos import Store
 
 __all__ = [
     "AdminToken",

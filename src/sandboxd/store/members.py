@@ -8,11 +8,11 @@ from sqlalchemy import delete, func, or_, select, update
 
 from .db import utcnow
 from .records import AdminToken, ConsoleSession, Member
-from .repos import _Repo
+from .base import Repo
 from .tables import admin_tokens, console_sessions, members
 
 
-class MemberRepo(_Repo):
+class MemberRepo(Repo):
     async def add(self, member: Member) -> Member:
         await self._insert(members, member.__dict__)
         return member
@@ -50,7 +50,7 @@ class MemberRepo(_Repo):
         return result.rowcount > 0
 
 
-class AdminTokenRepo(_Repo):
+class AdminTokenRepo(Repo):
     async def add(self, token: AdminToken) -> AdminToken:
         await self._insert(admin_tokens, token.__dict__)
         return token
@@ -89,7 +89,7 @@ class AdminTokenRepo(_Repo):
             await conn.execute(query)
 
 
-class ConsoleSessionRepo(_Repo):
+class ConsoleSessionRepo(Repo):
     async def add(self, session: ConsoleSession) -> None:
         await self._insert(console_sessions, session.__dict__)
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
-from dataclasses import fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from sqlalchemy import RowMapping, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import as_utc, utcnow
+from .base import DuplicateError, Repo, RollBack, to_record
+from .db import utcnow
+from .members import AdminTokenRepo, ConsoleSessionRepo, MemberRepo
 from .records import (
     ApiKey,
     Connector,
@@ -48,56 +48,11 @@ from .tables import (
     webhook_secrets,
 )
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-T = TypeVar("T", bound="DataclassInstance")
-
-
-class DuplicateError(Exception):
-    """A unique name is taken."""
-
-
-class _RollBack(Exception):
-    """Raised inside a transaction to undo it."""
-
-
-def _to(record: type[T], row: RowMapping | Mapping[str, Any]) -> T:
-    values: dict[str, Any] = {}
-    for f in fields(record):
-        value = row[f.name]
-        if f.name.endswith("_at"):
-            value = as_utc(value)
-        values[f.name] = value
-    return record(**values)
-
-
-class _Repo:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def _one(self, record: type[T], query: Any) -> T | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
-        return _to(record, row) if row is not None else None
-
-    async def _all(self, record: type[T], query: Any) -> list[T]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_to(record, r) for r in rows]
-
-    async def _insert(self, table: Any, values: dict[str, Any]) -> None:
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(table.insert().values(**values))
-        except IntegrityError as exc:
-            raise DuplicateError(str(exc.orig)) from exc
-
 
 ORG_GID_BASE = 2_000_000
 
 
-class OrgRepo(_Repo):
+class OrgRepo(Repo):
     async def add(self, org_id: str, name: str, max_concurrent: int | None = None) -> Org:
         """A new organization with the next free host gid (its volumes' group)."""
         async with self._engine.connect() as conn:
@@ -117,7 +72,7 @@ class OrgRepo(_Repo):
         return await self._all(Org, select(orgs).order_by(orgs.c.created_at))
 
 
-class SandboxRepo(_Repo):
+class SandboxRepo(Repo):
     async def add(self, sandbox: Sandbox) -> Sandbox:
         await self._insert(sandboxes, sandbox.__dict__)
         return sandbox
@@ -159,7 +114,7 @@ class SandboxRepo(_Repo):
             return (await conn.execute(query.limit(1))).first() is not None
 
 
-class KeyRepo(_Repo):
+class KeyRepo(Repo):
     async def add(self, key: ApiKey) -> ApiKey:
         await self._insert(api_keys, key.__dict__)
         return key
@@ -262,7 +217,7 @@ def _rests(values: dict[str, Any], logged: dict[str, str]) -> dict[str, str] | N
     return rests
 
 
-class ExecutionRepo(_Repo):
+class ExecutionRepo(Repo):
     async def add(self, execution: Execution) -> None:
         await self._insert(executions, _storable(execution.__dict__))
 
@@ -309,9 +264,9 @@ class ExecutionRepo(_Repo):
             if row is None:
                 return None
             if not row["output_in_events"]:
-                return _to(Execution, row)
+                return to_record(Execution, row)
             output = _storable(await _stored_output(conn, trace_id))  # as the row always showed it
-        return _to(Execution, {**row, **output})
+        return to_record(Execution, {**row, **output})
 
     async def fail_unfinished(self, *, node_id: str, error: str, at: datetime) -> int:
         """On start: executions the stopped server `node_id` left unfinished (and those of no
@@ -365,7 +320,7 @@ class ExecutionRepo(_Repo):
             deleted += len(ids)
 
 
-class EventRepo(_Repo):
+class EventRepo(Repo):
     """Execution event logs: written in batches while a run goes on, the rest with its end."""
 
     async def add(self, trace_id: str, events: list[EventRow]) -> None:
@@ -401,7 +356,7 @@ class EventRepo(_Repo):
         return events
 
 
-class WebhookRepo(_Repo):
+class WebhookRepo(Repo):
     async def secret(self, org_id: str) -> str | None:
         query = select(webhook_secrets.c.ciphertext).where(webhook_secrets.c.org_id == org_id)
         async with self._engine.connect() as conn:
@@ -459,7 +414,7 @@ class WebhookRepo(_Repo):
         return await self._one(WebhookDelivery, query)
 
 
-class SessionRepo(_Repo):
+class SessionRepo(Repo):
     """What became of each thread's persistent sessions (service/sessions.py)."""
 
     @staticmethod
@@ -513,7 +468,7 @@ class SessionRepo(_Repo):
             await conn.execute(thread_sessions.delete().where(c.org_id == org_id, c.thread_id == thread_id))
 
 
-class ThreadRepo(_Repo):
+class ThreadRepo(Repo):
     """Threads; a deleted one stays as a tombstone, so uids only ever go up."""
 
     _live = threads.c.deleted_at.is_(None)
@@ -589,7 +544,7 @@ class ThreadRepo(_Repo):
             await conn.execute(query)
 
 
-class VolumeRepo(_Repo):
+class VolumeRepo(Repo):
     async def add(self, volume: Volume) -> Volume:
         await self._insert(volumes, volume.__dict__)
         return volume
@@ -636,7 +591,7 @@ class VolumeRepo(_Repo):
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [(_to(Volume, r), bool(r["read_only"])) for r in rows]
+        return [(to_record(Volume, r), bool(r["read_only"])) for r in rows]
 
     async def bound_to_active_keys(self, volume_id: str) -> bool:
         query = (
@@ -649,7 +604,7 @@ class VolumeRepo(_Repo):
             return (await conn.execute(query)).first() is not None
 
 
-class ImageRepo(_Repo):
+class ImageRepo(Repo):
     async def add(self, image: Image) -> Image:
         await self._insert(images, image.__dict__)
         return image
@@ -684,7 +639,7 @@ class ImageRepo(_Repo):
             return (await conn.execute(images.delete().where(images.c.id == image_id, ~used))).rowcount > 0
 
 
-class RegistryCredentialRepo(_Repo):
+class RegistryCredentialRepo(Repo):
     """Sealed (encrypted) registry credentials, one per organization and registry host."""
 
     async def put(self, org_id: str, registry: str, sealed: bytes) -> None:
@@ -704,7 +659,7 @@ class RegistryCredentialRepo(_Repo):
         return bytes(value) if value is not None else None
 
 
-class StorageRepo(_Repo):
+class StorageRepo(Repo):
     """Storage connections and the keys' bindings to them."""
 
     async def add(self, connection: StorageConnection) -> StorageConnection:
@@ -738,7 +693,7 @@ class StorageRepo(_Repo):
             rows = (await conn.execute(query)).mappings().all()
         return [
             (
-                _to(StorageConnection, r),
+                to_record(StorageConnection, r),
                 StorageBinding(key_id, r["id"], bool(r["binding_read_only"]), r["binding_prefix"]),
             )
             for r in rows
@@ -760,7 +715,7 @@ class StorageRepo(_Repo):
         return await _delete_unbound(self._engine, storage_connections, key_storage.c.connection_id, connection_id)
 
 
-class ConnectorRepo(_Repo):
+class ConnectorRepo(Repo):
     """Connectors and the keys' bindings to them."""
 
     async def add(self, connector: Connector) -> Connector:
@@ -835,8 +790,8 @@ async def _delete_unbound(engine: AsyncEngine, table: Any, bound_by: Any, row_id
             await conn.execute(bindings.delete().where(bound_by == row_id, bindings.c.key_id.in_(revoked)))
             deleted = await conn.execute(table.delete().where(table.c.id == row_id, ~active))
             if deleted.rowcount == 0:
-                raise _RollBack
-    except _RollBack:
+                raise RollBack
+    except RollBack:
         return False
     return True
 
@@ -859,8 +814,6 @@ class Store:
         self.storage = StorageRepo(engine)
         self.connectors = ConnectorRepo(engine)
         self.sessions = SessionRepo(engine)
-        from .members import AdminTokenRepo, ConsoleSessionRepo, MemberRepo
-
         self.members = MemberRepo(engine)
         self.admin_tokens = AdminTokenRepo(engine)
         self.console_sessions = ConsoleSessionRepo(engine)
