@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from .base import Repo
 from .db import as_utc
-from .repos import _Repo
 from .tables import executions
 
 
@@ -62,7 +62,7 @@ _SUMMARY = (
 )
 
 
-class ExecutionHistory(_Repo):
+class ExecutionHistory(Repo):
     async def search(self, org_id: str, query: ExecutionQuery) -> list[ExecutionSummary]:
         sql = select(*_SUMMARY).where(executions.c.org_id == org_id)
         if query.status:

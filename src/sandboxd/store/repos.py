@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .base import DuplicateError, Repo, RollBack, to_record
 from .db import utcnow
+from .history import ExecutionHistory
 from .members import AdminTokenRepo, ConsoleSessionRepo, MemberRepo
 from .records import (
     ApiKey,
@@ -817,8 +818,6 @@ class Store:
         self.members = MemberRepo(engine)
         self.admin_tokens = AdminTokenRepo(engine)
         self.console_sessions = ConsoleSessionRepo(engine)
-        from .history import ExecutionHistory
-
         self.history = ExecutionHistory(engine)
 
     async def close(self) -> None:
