@@ -32,6 +32,7 @@ from .images.store import ImageStore
 from .images.unpack import UnpackLimits
 from .service.files import FilesService
 from .service.images import ImageService
+from .service.admin import AdminAudit, AdminOps, LoggedAudit
 from .service.sealing import Sealer
 from .connectors.keyring import Keyring
 from .service.connectors import ConnectorService
@@ -73,9 +74,20 @@ class Admin:
     storage: StorageService
     connectors: ConnectorService
     members: MemberService
+    #: Where admin operations are recorded (service/admin.py).
+    audit: AdminAudit
+
+    @property
+    def ops(self) -> AdminOps:
+        """The audited admin operations: what the CLI, the admin API and the console call."""
+        return AdminOps(
+            store=self.store, keys=self.keys, tenancy=self.tenancy, images=self.images, volumes=self.volumes,
+            storage=self.storage, connectors=self.connectors, webhooks=self.webhooks, audit=self.audit,
+        )
 
     async def close(self) -> None:
         await self.threads.settle()
+        await self.keys.settle()
         await self.store.close()
 
 
@@ -133,6 +145,7 @@ class Services(Admin):
             await self.retention.stop()
         await self.webhooks.stop()
         await self.threads.stop()
+        await self.keys.settle()
         await self.store.close()
 
 
@@ -199,6 +212,7 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
         members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
+        audit=LoggedAudit(),
     )
 
 

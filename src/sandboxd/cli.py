@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +26,10 @@ from .observability.logging import get_logger
 from .runtime import DEFAULT_LANGUAGE, DEFAULT_TIMEOUT_S, LANGUAGES, spoken
 from .service import SandboxConfig, parse_execute_request
 from .images import skopeo
+from .service.admin import KeySpec, SandboxChanges, Secret, parse_storage_ref, parse_volume_ref
+from .service.roles import AdminPrincipal, cli_principal
 from .service.tenancy import DEFAULT_ORG, DEFAULT_SANDBOX
-from .service.storage import ConnectionSpec, describe
+from .service.storage import ConnectionSpec
 
 app = typer.Typer(help="sandboxd: run untrusted code for AI agents in isolated sandboxes.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (each bound to one organization and sandbox).", no_args_is_help=True)
@@ -195,6 +198,25 @@ def run(
 # --- keys ---------------------------------------------------------------------------------
 
 
+async def _principal(admin: Admin, org: str) -> AdminPrincipal:
+    """The CLI acts as root on the server's host, in `org` (service/roles.py cli_principal)."""
+    return cli_principal(await admin.tenancy.org(org))
+
+
+def _expiry(text: str | None) -> datetime | None:
+    """`--expires`: an ISO 8601 time (UTC when it names no zone) or a duration: 90m, 12h, 30d."""
+    if text is None:
+        return None
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if len(text) > 1 and text[-1] in units and text[:-1].isdigit():
+        return datetime.now(timezone.utc) + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"--expires {text!r}: expected an ISO 8601 time or a duration like 30d, 12h, 90m") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
@@ -214,32 +236,31 @@ def keys_create(
     connector: Annotated[
         list[str] | None, typer.Option("--connector", help="Bind a connector: NAME. Repeatable.")
     ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", help="Refuse the key from then on: an ISO 8601 time (2030-01-31T00:00Z) "
+                     "or a duration (30d, 12h)."),
+    ] = None,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an API key and print it. It is shown only this once."""
 
-    async def go(admin: Admin) -> Any:
-        the_org = await admin.tenancy.org(org)
-        the_sandbox = await admin.tenancy.sandbox(the_org, sandbox)
-        bindings = []
-        for spec in volume or []:
-            slug, _, mode = spec.partition(":")
-            if mode not in ("", "ro", "rw"):
-                raise InvalidRequest(f"--volume {spec!r}: the mode after ':' must be ro or rw")
-            bindings.append((await admin.volumes.get(the_org, slug), mode == "ro"))
-        buckets = await admin.storage.resolve_bindings(the_org, storage or [], [v.slug for v, _ in bindings])
-        connectors = await admin.connectors.resolve(the_org, connector or [])
-        return await admin.keys.create(
-            org=the_org, sandbox=the_sandbox, name=name, region=region, volumes=bindings, storage=buckets,
-            connectors=connectors,
+    async def go(admin: Admin) -> Secret:
+        spec = KeySpec(
+            name=name, sandbox=sandbox, region=region,
+            volumes=tuple(parse_volume_ref(v) for v in volume or []),
+            storage=tuple(parse_storage_ref(s) for s in storage or []),
+            connectors=tuple(connector or []),
+            expires_at=_expiry(expires),
         )
+        return await admin.ops.create_key(await _principal(admin, org), spec)
 
     created = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(created.secret)
     typer.echo(
-        f"key id {created.record.id} (org {org}, sandbox {sandbox}); store it now: it is not shown again",
+        f"key id {created.view['id']} (org {org}, sandbox {sandbox}); store it now: it is not shown again",
         err=True,
     )
 
@@ -252,20 +273,25 @@ def keys_list(
 ) -> None:
     """List keys (id, prefix, name, status); never the keys themselves."""
 
-    async def go(admin: Admin) -> list[Any]:
-        org_id = (await admin.tenancy.org(org)).id if org else None
-        return await admin.keys.list(org_id)
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        if org:
+            return await admin.ops.list_keys(await _principal(admin, org))
+        return await admin.ops.list_keys(await _principal(admin, DEFAULT_ORG), every_org=True)
 
     for key in admin_call(settings_of(data_dir, database_url), go):
-        state = "revoked" if key.revoked_at else "active"
-        typer.echo(f"{key.id}\t{key.display_prefix}...\t{key.name}\t{state}\t{key.created_at:%Y-%m-%d %H:%M}")
+        created = datetime.fromisoformat(key["created_at"])
+        typer.echo(f"{key['id']}\t{key['prefix']}...\t{key['name']}\t{key['status']}\t{created:%Y-%m-%d %H:%M}")
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Revoke a key: it stops working at once."""
-    key = admin_call(settings_of(data_dir, database_url), lambda admin: admin.keys.revoke(key_id))
-    typer.echo(f"revoked {key.id}")
+
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.revoke_key(await _principal(admin, DEFAULT_ORG), key_id)
+
+    key = admin_call(settings_of(data_dir, database_url), go)
+    typer.echo(f"revoked {key['id']}")
 
 
 @keys_app.command("bind")
@@ -279,10 +305,11 @@ def keys_bind(
     slug, _, mode = volume.partition(":")
     if mode not in ("", "ro", "rw"):
         fail(f"{volume!r}: the mode after ':' must be ro or rw")
-    admin_call(
-        settings_of(data_dir, database_url),
-        lambda admin: admin.keys.bind_volume(key_id, slug, read_only=mode == "ro"),
-    )
+
+    async def go(admin: Admin) -> None:
+        await admin.ops.bind_volume(await _principal(admin, DEFAULT_ORG), key_id, slug, read_only=mode == "ro")
+
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"bound {key_id} to {slug} {'read-only' if mode == 'ro' else 'read-write'}")
 
 
@@ -291,25 +318,15 @@ def keys_unbind(
     key_id: str, volume: str, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
     """Unbind a key from a volume: its next executions no longer mount it."""
-    admin_call(
-        settings_of(data_dir, database_url), lambda admin: admin.keys.unbind_volume(key_id, volume)
-    )
+
+    async def go(admin: Admin) -> None:
+        await admin.ops.unbind_volume(await _principal(admin, DEFAULT_ORG), key_id, volume)
+
+    admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"unbound {key_id} from {volume}")
 
 
 # --- sandboxes ----------------------------------------------------------------------------
-
-
-def _sandbox_json(s: Any, image: str) -> str:
-    return json.dumps(
-        {"name": s.name, "id": s.id, "cpus": s.cpus, "memory_mib": s.memory_mib,
-         "network": s.network, "allow": s.network_allow or [], "timeout_cap_s": s.timeout_cap_s,
-         "image": image, "session": s.session}
-    )
-
-
-async def _sandbox_line(admin: Admin, sandbox: Any) -> str:
-    return _sandbox_json(sandbox, await admin.images.name_of(sandbox.image_id))
 
 
 ImageOption = Annotated[
@@ -353,41 +370,51 @@ def sandboxes_create(
         allow=tuple(allow or ()), session=session,
     )
 
-    async def go(admin: Admin) -> str:
-        the_org = await admin.tenancy.org(org)
-        found = await admin.images.find(the_org, image)
-        return await _sandbox_line(admin, await admin.tenancy.create_sandbox(the_org, config, found))
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.create_sandbox(await _principal(admin, org), config, image=image)
 
-    typer.echo(admin_call(settings_of(data_dir, database_url), go))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @sandboxes_app.command("update")
 def sandboxes_update(
     name: str,
-    image: ImageOption,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Runtime image (`sandboxd images list`); host: the host's /usr.")
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU quota in cores.")] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help="Memory limit in MiB.")] = None,
+    network: Annotated[str | None, typer.Option(help="Network policy: none, allowlist (via --allow) or full.")] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option("--allow", help="Replace the allowlist with these domains. Repeatable.")
+    ] = None,
+    timeout_cap: Annotated[int | None, typer.Option("--timeout-cap", help="Longest timeout allowed, seconds.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="persistent or stateless.")] = None,
     org: OrgName = DEFAULT_ORG,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Change a sandbox config's image: its keys' next executions run on it (threads keep their homes)."""
+    """Change a sandbox config (what is given): its keys' next executions use it (threads keep their homes)."""
+    changes = SandboxChanges(
+        cpus=cpus, memory_mib=memory, network=network, allow=tuple(allow) if allow is not None else None,
+        timeout_cap_s=timeout_cap, image=image, session=session,
+    )
 
-    async def go(admin: Admin) -> str:
-        the_org = await admin.tenancy.org(org)
-        found = await admin.images.find(the_org, image)
-        return await _sandbox_line(admin, await admin.tenancy.set_image(the_org, name, found))
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.update_sandbox(await _principal(admin, org), name, changes)
 
-    typer.echo(admin_call(settings_of(data_dir, database_url), go))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @sandboxes_app.command("list")
 def sandboxes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List sandbox configs, one JSON object a line."""
 
-    async def go(admin: Admin) -> list[str]:
-        return [await _sandbox_line(admin, s) for s in await admin.tenancy.list_sandboxes(await admin.tenancy.org(org))]
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        return await admin.ops.list_sandboxes(await _principal(admin, org))
 
-    for line in admin_call(settings_of(data_dir, database_url), go):
-        typer.echo(line)
+    for view in admin_call(settings_of(data_dir, database_url), go):
+        typer.echo(json.dumps(view))
 
 
 @sandboxes_app.command("show")
@@ -396,10 +423,10 @@ def sandboxes_show(
 ) -> None:
     """Show one sandbox config."""
 
-    async def go(admin: Admin) -> str:
-        return await _sandbox_line(admin, await admin.tenancy.sandbox(await admin.tenancy.org(org), name))
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.show_sandbox(await _principal(admin, org), name)
 
-    typer.echo(admin_call(settings_of(data_dir, database_url), go))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @sandboxes_app.command("delete")
@@ -409,7 +436,7 @@ def sandboxes_delete(
     """Delete a sandbox config that no active key is bound to."""
 
     async def go(admin: Admin) -> None:
-        await admin.tenancy.delete_sandbox(await admin.tenancy.org(org), name)
+        await admin.ops.delete_sandbox(await _principal(admin, org), name)
 
     admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
@@ -435,22 +462,9 @@ def _progress(line: str) -> None:
     typer.echo(line, err=True)
 
 
-def _image_json(image: Any, **extra: Any) -> str:
-    return json.dumps({
-        "name": image.name,
-        "id": image.id,
-        "org": image.org_id,
-        "digest": image.digest,
-        "languages": sorted(image.config.get("binaries", {})),
-        "size_bytes": image.size_bytes,
-        "source": image.source,
-        "created_at": image.created_at.isoformat(timespec="seconds"),
-        **extra,
-    })
-
-
-async def _image_org(admin: Admin, org: str | None) -> Any:
-    return await admin.tenancy.org(org) if org is not None else None
+async def _image_scope(admin: Admin, org: str | None) -> tuple[AdminPrincipal, dict[str, Any]]:
+    """The CLI's principal and the image operation's scope: an organization's, else built in."""
+    return await _principal(admin, org or DEFAULT_ORG), {"builtin": org is None}
 
 
 @images_app.command("import")
@@ -463,10 +477,11 @@ def images_import(
 ) -> None:
     """Import an image from a file or directory: verified, unpacked once, stored read-only."""
 
-    async def go(admin: Admin) -> Any:
-        return await admin.images.import_path(await _image_org(admin, org), name, path, _progress)
+    async def go(admin: Admin) -> dict[str, Any]:
+        p, scope = await _image_scope(admin, org)
+        return await admin.ops.import_image(p, name, path, _progress, **scope)
 
-    typer.echo(_image_json(admin_call(settings_of(data_dir, database_url), go)))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("pull")
@@ -497,13 +512,13 @@ def images_pull(
         except SandboxdError as exc:
             fail(exc.message)
 
-    async def go(admin: Admin) -> Any:
-        return await admin.images.pull(
-            await _image_org(admin, org), name, ref, credentials=credentials, plain_http=plain_http,
-            progress=_progress,
+    async def go(admin: Admin) -> dict[str, Any]:
+        p, scope = await _image_scope(admin, org)
+        return await admin.ops.pull_image(
+            p, name, ref, _progress, credentials=credentials, plain_http=plain_http, **scope
         )
 
-    typer.echo(_image_json(admin_call(settings_of(data_dir, database_url), go)))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("build")
@@ -518,40 +533,34 @@ def images_build(
 ) -> None:
     """Build a Debian image from packages (mmdebstrap): the way to make the image your team wants."""
 
-    async def go(admin: Admin) -> Any:
-        return await admin.images.build(
-            await _image_org(admin, org), name, package, suite=suite, mirror=mirror, progress=_progress
-        )
+    async def go(admin: Admin) -> dict[str, Any]:
+        p, scope = await _image_scope(admin, org)
+        return await admin.ops.build_image(p, name, package, _progress, suite=suite, mirror=mirror, **scope)
 
-    typer.echo(_image_json(admin_call(settings_of(data_dir, database_url), go)))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("list")
 def images_list(org: ImageOrg = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List images, one JSON object a line: an organization's and the built-in ones (no --org: all)."""
 
-    async def go(admin: Admin) -> list[Any]:
-        return await admin.images.list(await _image_org(admin, org))
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        p, scope = await _image_scope(admin, org)
+        return await admin.ops.list_images(p, **scope)
 
-    typer.echo(json.dumps({"name": "host", "id": None, "org": None, "digest": None,
-                           "languages": sorted(LANGUAGES), "source": "the host's /usr"}))
     for image in admin_call(settings_of(data_dir, database_url), go):
-        typer.echo(_image_json(image))
+        typer.echo(json.dumps(image))
 
 
 @images_app.command("show")
 def images_show(name: str, org: ImageOrg = None, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Show one image, with the disk its layers use (layers shared with other images included)."""
 
-    async def go(admin: Admin) -> Any:
-        return await admin.images.show(await _image_org(admin, org), name)
+    async def go(admin: Admin) -> dict[str, Any]:
+        p, scope = await _image_scope(admin, org)
+        return await admin.ops.show_image(p, name, **scope)
 
-    info = admin_call(settings_of(data_dir, database_url), go)
-    typer.echo(_image_json(
-        info.record, disk_bytes=info.disk_bytes, layers=len(info.record.config.get("layers", [])),
-        compressed_bytes=info.record.config.get("blob_bytes"), env=info.record.config.get("env", {}),
-        binaries=info.record.config.get("binaries", {}),
-    ))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @images_app.command("delete")
@@ -559,7 +568,8 @@ def images_delete(name: str, org: ImageOrg = None, data_dir: DataDir = None, dat
     """Delete an image no sandbox config uses; layers no other image uses are freed."""
 
     async def go(admin: Admin) -> None:
-        await admin.images.delete(await _image_org(admin, org), name)
+        p, scope = await _image_scope(admin, org)
+        await admin.ops.delete_image(p, name, **scope)
 
     admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
@@ -571,15 +581,23 @@ def images_delete(name: str, org: ImageOrg = None, data_dir: DataDir = None, dat
 @orgs_app.command("create")
 def orgs_create(name: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Create an organization (with its default sandbox config)."""
-    org = admin_call(settings_of(data_dir, database_url), lambda admin: admin.tenancy.ensure_org(name))
-    typer.echo(f"{org.id}\t{org.name}")
+
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.create_org(await _principal(admin, DEFAULT_ORG), name, exist_ok=True)
+
+    org = admin_call(settings_of(data_dir, database_url), go)
+    typer.echo(f"{org['id']}\t{org['name']}")
 
 
 @orgs_app.command("list")
 def orgs_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List organizations."""
-    for org in admin_call(settings_of(data_dir, database_url), lambda admin: admin.tenancy.list_orgs()):
-        typer.echo(f"{org.id}\t{org.name}")
+
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        return await admin.ops.list_orgs(await _principal(admin, DEFAULT_ORG))
+
+    for org in admin_call(settings_of(data_dir, database_url), go):
+        typer.echo(f"{org['id']}\t{org['name']}")
 
 
 # --- webhooks -----------------------------------------------------------------------------
@@ -595,7 +613,7 @@ def webhooks_secret(
     """Create (or --rotate) the organization's webhook signing secret and print it, once."""
 
     async def go(admin: Admin) -> str:
-        return await admin.webhooks.create_secret((await admin.tenancy.org(org)).id, rotate=rotate)
+        return (await admin.ops.webhook_secret(await _principal(admin, org), rotate=rotate)).secret
 
     typer.echo(admin_call(settings_of(data_dir, database_url), go))
     typer.echo("verify deliveries with any Standard Webhooks library; this secret is not shown again", err=True)
@@ -664,22 +682,21 @@ def volumes_create(
 ) -> None:
     """Create a volume; bind it to keys with `keys create --volume NAME[:ro]`."""
 
-    async def go(admin: Admin) -> Any:
-        return await admin.volumes.create(await admin.tenancy.org(org), name, quota)
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.create_volume(await _principal(admin, org), name, quota)
 
-    v = admin_call(settings_of(data_dir, database_url), go)
-    typer.echo(json.dumps({"name": v.slug, "id": v.id, "quota_mib": v.quota_mib}))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @volumes_app.command("list")
 def volumes_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List volumes, one JSON object a line."""
 
-    async def go(admin: Admin) -> list[Any]:
-        return await admin.volumes.list(await admin.tenancy.org(org))
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        return await admin.ops.list_volumes(await _principal(admin, org))
 
     for v in admin_call(settings_of(data_dir, database_url), go):
-        typer.echo(json.dumps({"name": v.slug, "id": v.id, "quota_mib": v.quota_mib}))
+        typer.echo(json.dumps(v))
 
 
 @volumes_app.command("delete")
@@ -689,7 +706,7 @@ def volumes_delete(
     """Delete a volume that no active key is bound to, with its files."""
 
     async def go(admin: Admin) -> None:
-        await admin.volumes.delete(await admin.tenancy.org(org), name)
+        await admin.ops.delete_volume(await _principal(admin, org), name)
 
     admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
@@ -726,21 +743,21 @@ def storage_create(
     raw = sys.stdin.buffer.read() if str(credentials_file) == "-" else _read_secret_file(credentials_file).encode()
     spec = ConnectionSpec(name, kind, bucket, endpoint, region, prefix, read_only)
 
-    async def go(admin: Admin) -> Any:
-        return await admin.storage.create(await admin.tenancy.org(org), spec, raw)
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.create_storage(await _principal(admin, org), spec, raw)
 
-    typer.echo(json.dumps(describe(admin_call(settings_of(data_dir, database_url), go))))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @storage_app.command("list")
 def storage_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List storage connections, one JSON object a line (never their credentials)."""
 
-    async def go(admin: Admin) -> list[Any]:
-        return await admin.storage.list(await admin.tenancy.org(org))
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        return await admin.ops.list_storage(await _principal(admin, org))
 
     for connection in admin_call(settings_of(data_dir, database_url), go):
-        typer.echo(json.dumps(describe(connection)))
+        typer.echo(json.dumps(connection))
 
 
 @storage_app.command("show")
@@ -750,8 +767,7 @@ def storage_show(
     """One storage connection and the active keys bound to it (never its credentials)."""
 
     async def go(admin: Admin) -> dict[str, Any]:
-        connection = await admin.storage.get(await admin.tenancy.org(org), name)
-        return {**describe(connection), "keys": await admin.store.storage.bound_keys(connection.id)}
+        return await admin.ops.show_storage(await _principal(admin, org), name)
 
     typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go), indent=2))
 
@@ -763,7 +779,7 @@ def storage_test(
     """Mount the connection, list it and unmount: says what failed (credentials, bucket, endpoint)."""
 
     async def go(admin: Admin) -> None:
-        await admin.storage.test(await admin.tenancy.org(org), name)
+        await admin.ops.test_storage(await _principal(admin, org), name)
 
     admin_call(settings_of(data_dir, database_url), go)  # MountFailed: its message, exit 1
     typer.echo(f"storage connection {name!r}: mounted, listed and unmounted")
@@ -776,7 +792,7 @@ def storage_delete(
     """Delete a storage connection no active key is bound to (the bucket is not touched)."""
 
     async def go(admin: Admin) -> None:
-        await admin.storage.delete(await admin.tenancy.org(org), name)
+        await admin.ops.delete_storage(await _principal(admin, org), name)
 
     admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
@@ -831,15 +847,14 @@ def connectors_create(
 ) -> None:
     """Create a connector; bind it to keys with `keys create --connector NAME`."""
     from .connectors.kinds import Options
-    from .service.connectors import describe as describe_connector
 
     raw = _read_secret(secret_file)
     options = Options(hosts=tuple(host or ()), header=header, env_var=env_var)
 
-    async def go(admin: Admin) -> Any:
-        return await admin.connectors.create(await admin.tenancy.org(org), name, kind, raw, options)
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.create_connector(await _principal(admin, org), name, kind, raw, options)
 
-    typer.echo(json.dumps(describe_connector(admin_call(settings_of(data_dir, database_url), go))))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @connectors_app.command("update")
@@ -848,26 +863,23 @@ def connectors_update(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Replace a connector's secret (its keys' next executions get the new one)."""
-    from .service.connectors import describe as describe_connector
-
     raw = _read_secret(secret_file)
 
-    async def go(admin: Admin) -> Any:
-        return await admin.connectors.update(await admin.tenancy.org(org), name, raw)
+    async def go(admin: Admin) -> dict[str, Any]:
+        return await admin.ops.update_connector(await _principal(admin, org), name, raw)
 
-    typer.echo(json.dumps(describe_connector(admin_call(settings_of(data_dir, database_url), go))))
+    typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go)))
 
 
 @connectors_app.command("list")
 def connectors_list(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List connectors, one JSON object a line (never their secrets)."""
-    from .service.connectors import describe as describe_connector
 
-    async def go(admin: Admin) -> list[Any]:
-        return await admin.connectors.list(await admin.tenancy.org(org))
+    async def go(admin: Admin) -> list[dict[str, Any]]:
+        return await admin.ops.list_connectors(await _principal(admin, org))
 
     for connector in admin_call(settings_of(data_dir, database_url), go):
-        typer.echo(json.dumps(describe_connector(connector)))
+        typer.echo(json.dumps(connector))
 
 
 @connectors_app.command("show")
@@ -875,11 +887,9 @@ def connectors_show(
     name: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
     """One connector and the active keys bound to it (never its secret)."""
-    from .service.connectors import describe as describe_connector
 
     async def go(admin: Admin) -> dict[str, Any]:
-        connector = await admin.connectors.get(await admin.tenancy.org(org), name)
-        return {**describe_connector(connector), "keys": await admin.store.connectors.bound_keys(connector.id)}
+        return await admin.ops.show_connector(await _principal(admin, org), name)
 
     typer.echo(json.dumps(admin_call(settings_of(data_dir, database_url), go), indent=2))
 
@@ -891,7 +901,7 @@ def connectors_delete(
     """Delete a connector no active key is bound to."""
 
     async def go(admin: Admin) -> None:
-        await admin.connectors.delete(await admin.tenancy.org(org), name)
+        await admin.ops.delete_connector(await _principal(admin, org), name)
 
     admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {name}")
@@ -903,7 +913,7 @@ def connectors_rotate_key(data_dir: DataDir = None, database_url: DatabaseUrl = 
     running server; servers sharing a database need the new key file)."""
 
     async def go(admin: Admin) -> int:
-        return await admin.connectors.rotate_key()
+        return await admin.ops.rotate_connectors_key(await _principal(admin, DEFAULT_ORG))
 
     count = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"re-encrypted {count} connectors under a new key")

@@ -7,7 +7,7 @@ import hmac
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -170,8 +170,10 @@ async def sandbox(tenancy: TenancyService, org: Org) -> Sandbox:
 
 
 @pytest.fixture
-def keys(store: Store) -> KeyService:
-    return KeyService(store, PEPPER)
+async def keys(store: Store) -> AsyncIterator[KeyService]:
+    service = KeyService(store, PEPPER)
+    yield service
+    await service.settle()  # its last-use writes, before the store closes
 
 
 async def test_create_then_authenticate(
@@ -338,3 +340,45 @@ async def test_a_binding_changed_by_another_process_is_seen_at_once(
     await cli.revoke(key_id)
     with pytest.raises(NotFound, match="no active API key"):
         await cli.bind_volume(key_id, "data", read_only=False)
+
+
+# --------------------------------------------------------------------------- expiry, creator, last use
+
+
+async def test_an_expired_key_is_refused_even_when_cached(
+    store: Store, org: Org, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    service = KeyService(store, PEPPER, PrincipalCache(EpochFile(tmp_path / "auth-epoch"), ttl_s=3600))
+    soon = utcnow() + timedelta(seconds=1)
+    created = await service.create(org=org, sandbox=sandbox, created_by="mem_1", expires_at=soon)
+    assert created.record.created_by == "mem_1" and created.record.expires_at == soon
+    assert await service.authenticate(created.secret) is not None  # now cached
+    import asyncio
+
+    await asyncio.sleep((soon - utcnow()).total_seconds() + 0.05)
+    assert await service.authenticate(created.secret) is None
+    assert await service.principal_of(created.record.id) is None
+    await service.settle()
+
+
+async def test_expiry_in_the_past_or_without_a_zone_is_refused(keys: KeyService, org: Org, sandbox: Sandbox) -> None:
+    from datetime import datetime, timedelta
+
+    with pytest.raises(InvalidRequest, match="future"):
+        await keys.create(org=org, sandbox=sandbox, expires_at=utcnow() - timedelta(seconds=1))
+    with pytest.raises(InvalidRequest, match="time zone"):
+        await keys.create(org=org, sandbox=sandbox, expires_at=datetime(2999, 1, 1))
+
+
+async def test_last_use_is_written_once_a_minute(keys: KeyService, store: Store, org: Org, sandbox: Sandbox) -> None:
+    created = await keys.create(org=org, sandbox=sandbox)
+    assert (await store.keys.get(created.record.id)).last_used_at is None  # type: ignore[union-attr]
+    await keys.authenticate(created.secret)
+    await keys.settle()
+    first = (await store.keys.get(created.record.id)).last_used_at  # type: ignore[union-attr]
+    assert first is not None
+    await keys.authenticate(created.secret)
+    await keys.settle()
+    assert (await store.keys.get(created.record.id)).last_used_at == first  # type: ignore[union-attr]

@@ -7,12 +7,16 @@ cannot be used to test guesses (reference/stack-evaluation.md §8).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from ..errors import Conflict, InvalidRequest, NotFound
@@ -38,6 +42,10 @@ _KEY = re.compile(r"^sk-[a-z0-9]{1,16}-[A-Za-z0-9]{40}$")
 SECRET_FILE = "server.secret"
 #: Cache entries by key id; the others are by digest (64 hex characters), so they never meet.
 _ID_PREFIX = "id:"
+#: A key's last use is written at most this often (a write per execution would cost every run).
+LAST_USED_EVERY_S = 60.0
+
+log = logging.getLogger("sandboxd.keys")
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
@@ -80,6 +88,9 @@ class Principal:
     def key_id(self) -> str | None:
         return self.key.id if self.key else None
 
+    def expired(self, now: datetime) -> bool:
+        return self.key is not None and self.key.expires_at is not None and self.key.expires_at <= now
+
 
 @dataclass(frozen=True)
 class CreatedKey:
@@ -92,6 +103,9 @@ class KeyService:
         self._store = store
         self._pepper = pepper
         self._cache = cache
+        #: key id -> when (monotonic) its last use was written by this process.
+        self._used: dict[str, float] = {}
+        self._touching: set[asyncio.Task[None]] = set()
 
     def digest(self, key: str) -> str:
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
@@ -106,13 +120,21 @@ class KeyService:
         volumes: list[tuple[Volume, bool]] | None = None,
         storage: list[tuple[StorageConnection, bool, str]] | None = None,
         connectors: list[Connector] | None = None,
+        created_by: str | None = None,
+        expires_at: datetime | None = None,
     ) -> CreatedKey:
+        """`created_by`: a member's id, "root" (the CLI); `expires_at`: refused from then on."""
         if not _REGION.fullmatch(region):
             raise InvalidRequest("region must be 1-16 lowercase letters or digits")
         if len(name) > 128:
             raise InvalidRequest("key name must be at most 128 characters")
         if sandbox.org_id != org.id:
             raise InvalidRequest(f"sandbox {sandbox.name!r} belongs to another organization")
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                raise InvalidRequest("expires_at needs a time zone (e.g. 2030-01-01T00:00:00Z)")
+            if expires_at <= utcnow():
+                raise InvalidRequest("expires_at must be in the future")
         secret = f"sk-{region}-{random_token(40)}"
         record = ApiKey(
             id=new_id("key"),
@@ -124,6 +146,8 @@ class KeyService:
             display_prefix=secret[: len(region) + 8],
             created_at=utcnow(),
             revoked_at=None,
+            created_by=created_by,
+            expires_at=expires_at,
         )
         for volume, _ in volumes or []:
             if volume.org_id != org.id:
@@ -143,7 +167,7 @@ class KeyService:
         except DuplicateError:  # 2^-238: a second draw is cheaper than an argument
             return await self.create(
                 org=org, sandbox=sandbox, name=name, region=region, volumes=volumes, storage=storage,
-                connectors=connectors,
+                connectors=connectors, created_by=created_by, expires_at=expires_at,
             )
         for volume, read_only in volumes or []:
             await self._store.volumes.bind(VolumeBinding(record.id, volume.id, read_only))
@@ -196,16 +220,46 @@ class KeyService:
             self._cache.invalidate()
 
     async def authenticate(self, presented: str) -> Principal | None:
-        """The principal for a presented key, or None if it is malformed, unknown or revoked."""
+        """The principal for a presented key, or None if it is malformed, unknown, revoked or
+        expired. Its last use is recorded (at most once a minute, in the background)."""
         if not _KEY.fullmatch(presented):
             return None
         digest = self.digest(presented)
-        if self._cache is not None and (cached := self._cache.get(digest)) is not None:
-            return cached
-        principal = await self._lookup(presented, digest)
-        if principal is not None and self._cache is not None:
-            self._cache.put(digest, principal)
+        principal = self._cache.get(digest) if self._cache is not None else None
+        if principal is None:
+            principal = await self._lookup(presented, digest)
+            if principal is not None and self._cache is not None:
+                self._cache.put(digest, principal)
+        if principal is None or principal.expired(utcnow()):  # a cached one may have expired since
+            return None
+        if principal.key is not None:
+            self._used_now(principal.key.id)
         return principal
+
+    def _used_now(self, key_id: str) -> None:
+        """Write the key's last use unless this process wrote it in the last minute; off the
+        request's path (a task), and one statement that skips a recent enough value."""
+        now = time.monotonic()
+        if now - self._used.get(key_id, -LAST_USED_EVERY_S) < LAST_USED_EVERY_S:
+            return
+        self._used[key_id] = now
+        if len(self._used) > 100_000:  # bounded: forget the oldest
+            del self._used[next(iter(self._used))]
+        task = asyncio.get_running_loop().create_task(self._touch(key_id))
+        self._touching.add(task)
+        task.add_done_callback(self._touching.discard)
+
+    async def _touch(self, key_id: str) -> None:
+        at = utcnow()
+        try:
+            await self._store.keys.touch(key_id, at, older_than=at - timedelta(seconds=LAST_USED_EVERY_S))
+        except Exception as exc:  # a last-use time is not worth a failed request or a loud log
+            log.warning("could not record the last use of key %s: %s", key_id, exc)
+
+    async def settle(self) -> None:
+        """Wait for last-use writes under way (before the store closes)."""
+        if self._touching:
+            await asyncio.gather(*self._touching, return_exceptions=True)
 
     async def principal_of(self, key_id: str) -> Principal | None:
         """The principal of the key `key_id` while it is active, else None: for signed file URLs,
@@ -218,6 +272,8 @@ class KeyService:
         principal = await self._principal(key) if key is not None else None
         if principal is not None and self._cache is not None:
             self._cache.put(cache_key, principal)
+        if principal is not None and principal.expired(utcnow()):
+            return None
         return principal
 
     async def _lookup(self, presented: str, digest: str) -> Principal | None:
@@ -232,8 +288,10 @@ class KeyService:
         return Principal(key=None, org=org, sandbox=sandbox, image=image)
 
     async def _principal(self, key: ApiKey) -> Principal | None:
-        """What an active key may do; None when it is revoked or its sandbox is gone."""
+        """What an active key may do; None when it is revoked, expired or its sandbox is gone."""
         if key.revoked_at is not None:
+            return None
+        if key.expires_at is not None and key.expires_at <= utcnow():
             return None
         if key.sandbox_id is None:  # its sandbox was deleted
             return None

@@ -165,9 +165,15 @@ class StorageService:
         self, org: Org, specs: Sequence[str], volume_slugs: Sequence[str] = ()
     ) -> builtins.list[tuple[StorageConnection, bool, str]]:
         """`--storage NAME[:ro][:prefix=PATH]` entries -> (connection, read_only, key prefix)."""
+        return await self.resolve(org, [scoping.parse_binding(spec) for spec in specs], volume_slugs)
+
+    async def resolve(
+        self, org: Org, bindings: Sequence[tuple[str, bool, str]], volume_slugs: Sequence[str] = ()
+    ) -> builtins.list[tuple[StorageConnection, bool, str]]:
+        """(name, read_only, key prefix) entries -> (connection, read_only, key prefix)."""
         out: builtins.list[tuple[StorageConnection, bool, str]] = []
-        for spec in specs:
-            name, read_only, prefix = scoping.parse_binding(spec)
+        for name, read_only, raw_prefix in bindings:
+            prefix = scoping.prefix_of(raw_prefix, "the key's prefix")
             connection = await self._store.storage.by_name(org.id, name)
             if connection is None:
                 raise NotFound(f"no storage connection {name!r} in organization {org.name!r}")

@@ -123,6 +123,22 @@ class TenancyService:
         self._changed()
         return await self.sandbox(org, name)
 
+    async def update_sandbox(self, org: Org, config: SandboxConfig, image: Image | None) -> Sandbox:
+        """Replace the limits of the config `config.name` and its image (None: `host`); its keys'
+        next executions use them (threads keep their homes)."""
+        config.check()
+        sandbox = await self.sandbox(org, config.name)
+        allow = [str(rule) for rule in NetworkPolicy.parse(config.network, config.allow).allow] or None
+        changed = await self._store.sandboxes.update(
+            sandbox.id, cpus=config.cpus, memory_mib=config.memory_mib, network=config.network,
+            network_allow=allow, timeout_cap_s=config.timeout_cap_s, session=config.session,
+            image_id=image.id if image is not None else None,
+        )
+        if not changed:
+            raise NotFound(f"image {image.name if image else ''!r} was deleted meanwhile")
+        self._changed()
+        return await self.sandbox(org, config.name)
+
     async def list_sandboxes(self, org: Org) -> list[Sandbox]:
         return await self._store.sandboxes.list(org.id)
 

@@ -104,6 +104,14 @@ class SandboxRepo(Repo):
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount > 0
 
+    async def update(self, sandbox_id: str, **values: Any) -> bool:
+        """Change a config's limits (and image: False when that image no longer exists)."""
+        query = update(sandboxes).where(sandboxes.c.id == sandbox_id).values(**values)
+        if values.get("image_id") is not None:
+            query = query.where(select(images.c.id).where(images.c.id == values["image_id"]).exists())
+        async with self._engine.begin() as conn:
+            return (await conn.execute(query)).rowcount > 0
+
     async def using_image(self, image_id: str) -> builtins.list[Sandbox]:
         return await self._all(Sandbox, select(sandboxes).where(sandboxes.c.image_id == image_id))
 
@@ -141,6 +149,17 @@ class KeyRepo(Repo):
         async with self._engine.begin() as conn:
             result = await conn.execute(query)
         return result.rowcount > 0
+
+    async def touch(self, key_id: str, at: datetime, *, older_than: datetime) -> None:
+        """Record a use (one statement, skipped when a recent one is recorded already)."""
+        query = (
+            update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .where(or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < older_than))
+            .values(last_used_at=at)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
 
 
 def _storable(values: dict[str, Any]) -> dict[str, Any]:
