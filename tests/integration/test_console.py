@@ -152,6 +152,16 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     row = page.locator("tr[data-sandbox=console-small]")
     assert "0.5" in row.inner_text() and "256 MiB" in row.inner_text()
     _shot(page, shots, "sandboxes")
+    page.click("text=console-small")  # edit: a bad value first, then a good one
+    page.fill("#f-memory_mib", "8")
+    page.click("#save-sandbox")
+    assert "memory_mib must be between" in page.locator("#e-memory_mib").inner_text()
+    assert page.locator("#f-memory_mib").get_attribute("aria-invalid") == "true"
+    _shot(page, shots, "sandbox-edit-invalid")
+    page.fill("#f-memory_mib", "384")
+    page.click("#save-sandbox")
+    page.wait_for_url("**/console/sandboxes")
+    assert "384 MiB" in page.locator("tr[data-sandbox=console-small]").inner_text()
 
     # A key bound to it, shown once, copied with the button.
     page.goto("/console/keys")
@@ -170,7 +180,7 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     key_row = page.locator("tr", has_text="console-key")
     assert key_row.count() == 1
     key_id = key_row.get_attribute("data-key")
-    assert "console-small" in key_row.inner_text()
+    assert "console-small" in key_row.inner_text() and "ana@example.com" in key_row.inner_text()  # its creator
 
     with baponi.Baponi(api_key=copied, base_url=server.url) as sdk:
         assert sdk.execute("print(6 * 7)").stdout == "42\n"

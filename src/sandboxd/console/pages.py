@@ -18,10 +18,11 @@ from ..errors import InvalidRequest, NotFound, SandboxdError
 from ..runtime.languages import LANGUAGES
 from ..runtime.network import NETWORK_MODES
 from ..service import SandboxConfig
+from ..service.admin import KeySpec, SandboxChanges, Secret, StorageRef, VolumeRef
 from ..service.history import STATUSES, ExecutionQuery
 from ..service.requests import parse_execute_request
 from ..service.roles import AUDIT, MEMBERS, READ, RUN, WRITE, require
-from . import charts, views
+from . import charts
 from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, Visitor, VisitorDep, render
 
 router = APIRouter()
@@ -62,15 +63,21 @@ async def dashboard(request: Request, console: ConsoleDep, who: VisitorDep) -> R
 
 
 async def _keys_page(
-    request: Request, console: Console, who: Visitor, *, created: Any = None, errors: FormErrors | None = None,
-    form: dict[str, str] | None = None, status: int = 200,
+    request: Request, console: Console, who: Visitor, *, created: Secret | None = None,
+    errors: FormErrors | None = None, form: dict[str, Any] | None = None, status: int = 200,
 ) -> Response:
-    keys = await views.keys(console.services, who.principal)
-    sandboxes = await console.services.tenancy.list_sandboxes(who.principal.org)
-    return render(
-        request, console, "keys.html", who, status=status, keys=keys, sandboxes=sandboxes, created=created,
-        errors=errors, form=form or {}, can_write=who.can(WRITE),
-    )
+    ops, p = console.services.ops, who.principal
+    keys = await ops.list_keys(p)
+    members = {m.id: m.email for m in await console.services.members.list(p.org)}
+    for key in keys:
+        key["creator"] = members.get(key["created_by"] or "", "cli" if key["created_by"] == "root" else key["created_by"])
+    context: dict[str, Any] = {"keys": keys, "created": created, "can_write": who.can(WRITE)}
+    if who.can(WRITE):
+        context.update(
+            sandboxes=await ops.list_sandboxes(p), volumes=await ops.list_volumes(p),
+            storage=await ops.list_storage(p), connectors=await ops.list_connectors(p),
+        )
+    return render(request, console, "keys.html", who, status=status, errors=errors, form=form or {}, **context)
 
 
 @router.get("/keys")
@@ -81,27 +88,27 @@ async def keys_page(request: Request, console: ConsoleDep, who: VisitorDep) -> R
 
 @router.post("/keys")
 async def create_key(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
-    require(who.principal, WRITE)
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
     form = await _form(request)
-    services = console.services
     try:
-        sandbox = await services.tenancy.sandbox(who.principal.org, form.get("sandbox", ""))
-        created = await services.keys.create(org=who.principal.org, sandbox=sandbox, name=form.get("name", ""))
-    except SandboxdError as exc:
-        return await _keys_page(
-            request, console, who, errors=FormErrors.of(exc, ("name", "sandbox")), form=form, status=_status(exc)
+        spec = KeySpec(
+            name=_one(form, "name"), sandbox=_one(form, "sandbox") or "default",
+            volumes=tuple(VolumeRef(v, read_only=f"volume_ro:{v}" in form) for v in form.get("volume", [])),
+            storage=tuple(StorageRef(s, read_only=f"storage_ro:{s}" in form) for s in form.get("storage", [])),
+            connectors=tuple(form.get("connector", [])),
+            expires_at=_time(_one(form, "expires_at"), "expires_at"),
         )
+        created = await console.services.ops.create_key(who.principal, spec)
+    except SandboxdError as exc:
+        errors = FormErrors.of(exc, ("name", "sandbox", "expires_at", "volume", "storage", "connector"))
+        return await _keys_page(request, console, who, errors=errors, form=form, status=_status(exc))
     # The secret is in this answer only (not in a URL, never stored): shown once.
     return await _keys_page(request, console, who, created=created, status=201)
 
 
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(key_id: str, console: ConsoleDep, who: CheckedDep) -> Response:
-    require(who.principal, WRITE)
-    keys = {k.id for k in await console.services.keys.list(who.principal.org.id)}
-    if key_id not in keys:
-        raise NotFound(f"no API key {key_id!r}")
-    await console.services.keys.revoke(key_id)
+    await console.services.ops.revoke_key(who.principal, key_id)
     return RedirectResponse(PREFIX + "/keys", status_code=303)
 
 
@@ -110,13 +117,14 @@ async def revoke_key(key_id: str, console: ConsoleDep, who: CheckedDep) -> Respo
 
 async def _sandboxes_page(
     request: Request, console: Console, who: Visitor, *, errors: FormErrors | None = None,
-    form: dict[str, str] | None = None, status: int = 200,
+    form: dict[str, Any] | None = None, status: int = 200, editing: dict[str, Any] | None = None,
 ) -> Response:
+    ops, p = console.services.ops, who.principal
     return render(
-        request, console, "sandboxes.html", who, status=status,
-        sandboxes=await views.sandboxes(console.services, who.principal),
-        images=await console.services.images.list(who.principal.org), network_modes=[(m, m) for m in NETWORK_MODES],
-        errors=errors, form=form or {}, can_write=who.can(WRITE),
+        request, console, "sandboxes.html" if editing is None else "sandbox_edit.html", who, status=status,
+        sandboxes=await ops.list_sandboxes(p), images=await ops.list_images(p),
+        network_modes=[(m, m) for m in NETWORK_MODES], errors=errors, form=form or {}, can_write=who.can(WRITE),
+        editing=editing,
     )
 
 
@@ -128,13 +136,11 @@ async def sandboxes_page(request: Request, console: ConsoleDep, who: VisitorDep)
 
 @router.post("/sandboxes")
 async def create_sandbox(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
-    require(who.principal, WRITE)
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
     form = await _form(request)
-    services = console.services
     try:
         config = _sandbox_config(form)
-        image = await services.images.find(who.principal.org, form.get("image") or "host")
-        await services.tenancy.create_sandbox(who.principal.org, config, image)
+        await console.services.ops.create_sandbox(who.principal, config, image=_one(form, "image") or "host")
     except SandboxdError as exc:
         return await _sandboxes_page(
             request, console, who, errors=FormErrors.of(exc, _SANDBOX_FIELDS), form=form, status=_status(exc)
@@ -142,9 +148,47 @@ async def create_sandbox(request: Request, console: ConsoleDep, who: CheckedDep)
     return RedirectResponse(PREFIX + "/sandboxes", status_code=303)
 
 
-def _sandbox_config(form: dict[str, str]) -> SandboxConfig:
+@router.get("/sandboxes/{name}")
+async def sandbox_page(name: str, request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    view = await console.services.ops.show_sandbox(who.principal, name)
+    form = {**view, "allow": "\n".join(view["allow"])}
+    return await _sandboxes_page(request, console, who, form=form, editing=view)
+
+
+@router.post("/sandboxes/{name}")
+async def update_sandbox(name: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
+    form = await _form(request)
+    ops = console.services.ops
+    try:
+        config = _sandbox_config({**form, "name": name})
+        changes = SandboxChanges(
+            cpus=config.cpus, memory_mib=config.memory_mib, network=config.network, allow=config.allow,
+            timeout_cap_s=config.timeout_cap_s, image=_one(form, "image") or "host", session=config.session,
+        )
+        await ops.update_sandbox(who.principal, name, changes)
+    except SandboxdError as exc:
+        editing = await ops.show_sandbox(who.principal, name)
+        return await _sandboxes_page(
+            request, console, who, errors=FormErrors.of(exc, _SANDBOX_FIELDS), form=form, status=_status(exc),
+            editing=editing,
+        )
+    return RedirectResponse(PREFIX + "/sandboxes", status_code=303)
+
+
+@router.post("/sandboxes/{name}/delete")
+async def delete_sandbox(name: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
+    try:
+        await console.services.ops.delete_sandbox(who.principal, name)
+    except SandboxdError as exc:
+        return await _sandboxes_page(request, console, who, errors=FormErrors(form=exc.message), status=_status(exc))
+    return RedirectResponse(PREFIX + "/sandboxes", status_code=303)
+
+
+def _sandbox_config(form: dict[str, Any]) -> SandboxConfig:
     def number(name: str, kind: type[int] | type[float], default: float) -> Any:
-        text = form.get(name, "").strip()
+        text = _one(form, name).strip()
         if not text:
             return default
         try:
@@ -152,15 +196,15 @@ def _sandbox_config(form: dict[str, str]) -> SandboxConfig:
         except ValueError:
             raise InvalidRequest(f"{name} must be a number") from None
 
-    allow = tuple(a.strip() for a in form.get("allow", "").replace(",", "\n").splitlines() if a.strip())
+    allow = tuple(a.strip() for a in _one(form, "allow").replace(",", "\n").splitlines() if a.strip())
     return SandboxConfig(
-        name=form.get("name", "").strip(),
+        name=_one(form, "name").strip(),
         cpus=number("cpus", float, SandboxConfig.cpus),
         memory_mib=number("memory_mib", int, SandboxConfig.memory_mib),
-        network=form.get("network", "none"),
+        network=_one(form, "network") or "none",
         timeout_cap_s=number("timeout_cap_s", int, SandboxConfig.timeout_cap_s),
         allow=allow,
-        session=form.get("session", "stateless"),
+        session=_one(form, "session") or "stateless",
     )
 
 
@@ -243,52 +287,98 @@ async def try_run(request: Request, console: ConsoleDep, who: CheckedDep) -> Res
     return ndjson_response(submission.log.follow(0))
 
 
-# --- the other resources, read-only here ----------------------------------------------------
+# --- images, volumes, storage, connectors, webhook secret, members, audit --------------------
 
 
 @router.get("/images")
 async def images_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    require(who.principal, READ)
     rows = [
-        {"name": i.name, "digest": i.digest[:19], "source": i.source, "size": f"{i.size_bytes / 2**20:.1f} MiB",
-         "scope": "built-in" if i.org_id is None else "this organization", "created": i.created_at}
-        for i in await console.services.images.list(who.principal.org)
+        {"name": i["name"], "languages": ", ".join(i["languages"]), "source": i["source"],
+         "digest": (i["digest"] or "")[:19] or None,
+         "size": f"{i['size_bytes'] / 2**20:.1f} MiB" if i.get("size_bytes") else None,
+         "scope": "built-in" if i["org"] is None else "this organization"}
+        for i in await console.services.ops.list_images(who.principal)
     ]
-    return _table(request, console, who, "Images", rows, "sandboxd images pull|import|build")
+    return _table(request, console, who, "Images", rows, "sandboxd images pull|import|build, or the admin API")
+
+
+async def _volumes_page(
+    request: Request, console: Console, who: Visitor, errors: FormErrors | None = None,
+    form: dict[str, Any] | None = None, status: int = 200,
+) -> Response:
+    volumes = await console.services.ops.list_volumes(who.principal)
+    return render(request, console, "volumes.html", who, status=status, volumes=volumes, errors=errors,
+                  form=form or {}, can_write=who.can(WRITE))
 
 
 @router.get("/volumes")
 async def volumes_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
     require(who.principal, READ)
-    rows = [{"slug": v.slug, "quota": f"{v.quota_mib} MiB", "created": v.created_at}
-            for v in await console.services.volumes.list(who.principal.org)]
-    return _table(request, console, who, "Volumes", rows, "sandboxd volumes create")
+    return await _volumes_page(request, console, who)
+
+
+@router.post("/volumes")
+async def create_volume(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
+    form = await _form(request)
+    try:
+        quota = _one(form, "quota_mib").strip() or "1024"
+        if not quota.isdigit():
+            raise InvalidRequest("quota_mib must be a whole number of MiB")
+        await console.services.ops.create_volume(who.principal, _one(form, "name").strip(), int(quota))
+    except SandboxdError as exc:
+        return await _volumes_page(request, console, who, FormErrors.of(exc, ("name", "quota_mib", "volume")),
+                                   form, _status(exc))
+    return RedirectResponse(PREFIX + "/volumes", status_code=303)
+
+
+@router.post("/volumes/{name}/delete")
+async def delete_volume(name: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
+    try:
+        await console.services.ops.delete_volume(who.principal, name)
+    except SandboxdError as exc:
+        return await _volumes_page(request, console, who, FormErrors(form=exc.message), status=_status(exc))
+    return RedirectResponse(PREFIX + "/volumes", status_code=303)
 
 
 @router.get("/storage")
 async def storage_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    from ..service.storage import describe
-
-    require(who.principal, READ)
-    rows = [describe(c) for c in await console.services.storage.list(who.principal.org)]
-    return _table(request, console, who, "Storage connections", rows, "sandboxd storage create")
+    rows = await console.services.ops.list_storage(who.principal)
+    return _table(request, console, who, "Storage connections", rows,
+                  "sandboxd storage create (credentials from a file), or the admin API")
 
 
 @router.get("/connectors")
 async def connectors_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    from ..service.connectors import describe
+    rows = await console.services.ops.list_connectors(who.principal)
+    return _table(request, console, who, "Connectors", rows, "sandboxd connectors create (secret from a file), or the admin API")
 
+
+async def _webhook_page(
+    request: Request, console: Console, who: Visitor, *, created: Secret | None = None,
+    errors: FormErrors | None = None, status: int = 200,
+) -> Response:
     require(who.principal, READ)
-    rows = [describe(c) for c in await console.services.connectors.list(who.principal.org)]
-    return _table(request, console, who, "Connectors", rows, "sandboxd connectors create")
+    has = await console.services.store.webhooks.secret(who.principal.org.id) is not None
+    return render(request, console, "webhook.html", who, status=status, has=has, created=created, errors=errors,
+                  can_write=who.can(WRITE))
 
 
 @router.get("/webhook")
 async def webhook_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    require(who.principal, READ)
-    has = await console.services.store.webhooks.secret(who.principal.org.id) is not None
-    rows = [{"webhook secret": "set (write-only: never shown again)" if has else "not set"}]
-    return _table(request, console, who, "Webhook secret", rows, "sandboxd webhooks secret")
+    return await _webhook_page(request, console, who)
+
+
+@router.post("/webhook")
+async def webhook_secret(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)  # before anything is parsed: a refusal in the API's format
+    form = await _form(request)
+    try:
+        created = await console.services.ops.webhook_secret(who.principal, rotate=_one(form, "rotate") == "yes")
+    except SandboxdError as exc:
+        return await _webhook_page(request, console, who, errors=FormErrors(form=exc.message), status=_status(exc))
+    return await _webhook_page(request, console, who, created=created, status=201)
 
 
 @router.get("/members")
@@ -297,7 +387,7 @@ async def members_page(request: Request, console: ConsoleDep, who: VisitorDep) -
     rows = [{"email": m.email, "role": m.role, "signs in with": "identity provider" if m.subject else "token",
              "added": m.created_at, "last seen": m.last_seen_at}
             for m in await console.services.members.list(who.principal.org)]
-    return _table(request, console, who, "Members", rows, "sandboxd members add")
+    return _table(request, console, who, "Members", rows, "sandboxd members add|set-role|remove")
 
 
 @router.get("/audit")
@@ -316,9 +406,26 @@ def _table(
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def _form(request: Request) -> dict[str, str]:
+#: Form fields that may repeat (checkboxes): kept as lists.
+_MULTI = ("volume", "storage", "connector")
+
+
+async def _form(request: Request) -> dict[str, Any]:
     form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+    values: dict[str, Any] = {}
+    for name, value in form.multi_items():
+        if not isinstance(value, str) or name == "csrf_token":
+            continue
+        if name in _MULTI:
+            values.setdefault(name, []).append(value)
+        else:
+            values[name] = value
+    return values
+
+
+def _one(form: dict[str, Any], name: str) -> str:
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
 
 
 def _status(exc: SandboxdError) -> int:

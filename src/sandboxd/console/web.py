@@ -51,6 +51,7 @@ def environment() -> Environment:
     env.filters["when"] = _when
     env.filters["ms"] = _ms
     env.filters["pair"] = lambda value: (value, value)
+    env.filters["iso"] = lambda value: _when(datetime.fromisoformat(value)) if value else "—"
     env.globals["PREFIX"] = PREFIX
     return env
 
