@@ -216,7 +216,7 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     page.goto("/console/")
     assert int(page.locator("#stat-total").inner_text()) >= 2
     _shot(page, shots, "dashboard")
-    for name in ("images", "volumes", "storage", "connectors", "webhook", "members", "audit"):
+    for name in ("images", "volumes", "storage", "connectors", "webhook", "plan", "members", "audit"):
         page.goto(f"/console/{name}")
         assert page.locator("h1").is_visible()
         _shot(page, shots, name)

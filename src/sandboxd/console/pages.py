@@ -7,14 +7,15 @@ visitor's role may do, and every action asks `require` again on the server.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from ..api.ndjson import ndjson_response
-from ..errors import InvalidRequest, NotFound, SandboxdError
+from ..errors import InvalidRequest, NotFound, SandboxdError, Unavailable
 from ..runtime.languages import LANGUAGES
 from ..runtime.network import NETWORK_MODES
 from ..service import SandboxConfig
@@ -30,16 +31,23 @@ router = APIRouter()
 _SANDBOX_FIELDS = ("name", "cpus", "memory_mib", "network", "allow", "timeout_cap_s", "image", "session")
 
 
-def _concurrency_limit(console: Console, who: Visitor) -> int:
+async def _concurrency_limit(console: Console, who: Visitor) -> int:
+    """The plan's concurrent-execution limit (service/plans.py, where the server has plans),
+    else the organization's own, else the server's."""
     settings = console.services.settings
-    return who.principal.org.max_concurrent or min(settings.max_concurrent, settings.max_concurrent_per_org)
+    server = min(settings.max_concurrent, settings.max_concurrent_per_org)
+    plans = getattr(console.services, "plans", None)
+    if plans is not None:
+        limit = (await plans.plan_of(who.principal.org)).limits.concurrent
+        return int(limit) if limit is not None else server
+    return getattr(who.principal.org, "max_concurrent", None) or server
 
 
 @router.get("/")
 async def dashboard(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
     if not who.can(READ):
         return RedirectResponse(PREFIX + "/try", status_code=303)
-    data = await console.history.dashboard(who.principal, concurrency_limit=_concurrency_limit(console, who))
+    data = await console.history.dashboard(who.principal, concurrency_limit=await _concurrency_limit(console, who))
     per_minute = [m.executions for m in data.minutes]
     context: dict[str, Any] = {
         "data": data,
@@ -390,10 +398,68 @@ async def members_page(request: Request, console: ConsoleDep, who: VisitorDep) -
     return _table(request, console, who, "Members", rows, "sandboxd members add|set-role|remove")
 
 
+def _audit_filters(params: dict[str, str]) -> dict[str, Any]:
+    """The audit search's filters (service/audit.py AuditFilters' names) from the query string."""
+    filters: dict[str, Any] = {}
+    for name in ("trace_id", "key_id", "kind", "action"):
+        if params.get(name):
+            filters[name] = params[name]
+    if params.get("meta_key"):
+        filters["metadata"] = {params["meta_key"]: params.get("meta_value", "")}
+    for name in ("since", "until"):
+        if (at := _time(params.get(name, ""), name)) is not None:
+            filters[name] = at
+    return filters
+
+
 @router.get("/audit")
 async def audit_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
     require(who.principal, AUDIT)
-    return _table(request, console, who, "Audit log", [], "sandboxd audit")
+    params = {k: v.strip() for k, v in request.query_params.items()}
+    errors, rows, status = FormErrors(), [], 200
+    try:
+        rows = await console.services.ops.search_audit(who.principal, **_audit_filters(params))
+    except SandboxdError as exc:
+        errors, status = FormErrors.of(exc, ("trace_id", "key_id", "kind", "action", "since", "until")), _status(exc)
+    return render(request, console, "audit.html", who, status=status, rows=rows, params=params, errors=errors,
+                  export_query=request.url.query)
+
+
+@router.get("/audit/export")
+async def audit_export(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    """A download of what the search selects, as JSONL or CSV (AdminOps.export_audit)."""
+    require(who.principal, AUDIT)
+    params = {k: v.strip() for k, v in request.query_params.items()}
+    format = params.get("format", "jsonl")
+    if format not in ("jsonl", "csv"):
+        raise InvalidRequest("format must be jsonl or csv")
+    export = getattr(console.services.ops, "export_audit", None)  # AdminOps' seam to the audit log
+    if export is None:
+        raise Unavailable("the audit log cannot be exported on this server yet")
+    lines = await export(who.principal, format=format, **_audit_filters(params))
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    name = f"audit-{who.principal.org.name}.{format}"
+    return StreamingResponse(
+        _encoded(lines), media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+    )
+
+
+async def _encoded(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    async for line in lines:
+        yield line.encode()
+
+
+@router.get("/plan")
+async def plan_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    """The organization's plan and this month's usage (AdminOps.show_plan)."""
+    require(who.principal, READ)
+    errors, plan, status = FormErrors(), None, 200
+    try:
+        plan = await console.services.ops.show_plan(who.principal)
+    except SandboxdError as exc:
+        errors, status = FormErrors(form=exc.message), _status(exc)
+    return render(request, console, "plan.html", who, status=status, plan=plan, errors=errors)
 
 
 def _table(

@@ -95,6 +95,7 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("/storage", "Storage", READ),
     ("/connectors", "Connectors", READ),
     ("/webhook", "Webhook secret", READ),
+    ("/plan", "Plan & usage", READ),
     ("/members", "Members", MEMBERS),
     ("/audit", "Audit log", AUDIT),
 )
