@@ -7,6 +7,7 @@ SANDBOXD_CONSOLE_SCREENSHOTS to keep them somewhere else).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 CLIENT_ID = "sandboxd-console"
+#: The audit log's branch has been merged: its page must then find what the test did.
+AUDIT_LOG = importlib.util.find_spec("sandboxd.service.audit") is not None
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
@@ -212,6 +215,20 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     assert page.locator("#stdout").inner_text() == "first\nsecond\n"
     assert "sandboxd-console" in page.content()  # the client it came from
     _shot(page, shots, "execution")
+
+    if AUDIT_LOG:  # the run and the key's creation, in the audit log; exported
+        page.goto(f"/console/audit?trace_id={trace_id}")
+        assert trace_id in page.locator("#audit").inner_text()
+        page.goto("/console/audit?action=key.create")
+        assert "key.create" in page.locator("#audit").inner_text()
+        _shot(page, shots, "audit-search")
+        from sandboxd.service.admin import AdminOps
+
+        if hasattr(AdminOps, "export_audit"):
+            with page.expect_download() as download:
+                page.click("#export-jsonl")
+            exported = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+            assert any(row["action"] == "key.create" for row in exported)
 
     page.goto("/console/")
     assert int(page.locator("#stat-total").inner_text()) >= 2

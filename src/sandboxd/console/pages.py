@@ -6,7 +6,7 @@ visitor's role may do, and every action asks `require` again on the server.
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
@@ -259,8 +259,30 @@ async def execution_page(trace_id: str, request: Request, console: ConsoleDep, w
     execution = await console.history.get(who.principal, trace_id)
     key = next((k for k in await console.services.keys.list(who.principal.org.id) if k.id == execution.key_id), None)
     extras = execution.extras or {}
-    peaks = {k: v for k, v in dataclasses.asdict(execution).items() if k.startswith(("cpu_", "memory_", "peak_"))}
-    return render(request, console, "execution.html", who, e=execution, key=key, extras=extras, peaks=peaks)
+    resources = extras.get("resources") or {}
+    peaks = {}
+    if isinstance(resources, dict):
+        if resources.get("cpu_ms") is not None:
+            peaks["CPU time"] = f"{resources['cpu_ms']} ms"
+        if resources.get("memory_peak_bytes") is not None:
+            peaks["Memory peak"] = f"{resources['memory_peak_bytes'] / 2**20:.1f} MiB"
+    return render(request, console, "execution.html", who, e=execution, key=key, extras=extras, peaks=peaks,
+                  code=await _code_of(console, who, trace_id))
+
+
+async def _code_of(console: Console, who: Visitor, trace_id: str) -> str | None:
+    """The code, where the audit log kept it (an organization's setting) and the visitor may read it."""
+    if not who.can(AUDIT):
+        return None
+    try:
+        rows = await console.services.ops.search_audit(who.principal, trace_id=trace_id, kind="execution")
+    except SandboxdError:
+        return None
+    for row in rows:
+        code = (row.get("detail") or {}).get("code")
+        if isinstance(code, str):
+            return code
+    return None
 
 
 # --- try it --------------------------------------------------------------------------------
@@ -436,7 +458,9 @@ async def audit_export(request: Request, console: ConsoleDep, who: VisitorDep) -
     export = getattr(console.services.ops, "export_audit", None)  # AdminOps' seam to the audit log
     if export is None:
         raise Unavailable("the audit log cannot be exported on this server yet")
-    lines = await export(who.principal, format=format, **_audit_filters(params))
+    lines = export(who.principal, format=format, **_audit_filters(params))
+    if inspect.isawaitable(lines):  # a coroutine that returns the lines, or an async generator
+        lines = await lines
     media = "text/csv" if format == "csv" else "application/x-ndjson"
     name = f"audit-{who.principal.org.name}.{format}"
     return StreamingResponse(
