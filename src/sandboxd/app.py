@@ -82,7 +82,8 @@ class Admin:
         """The audited admin operations: what the CLI, the admin API and the console call."""
         return AdminOps(
             store=self.store, keys=self.keys, tenancy=self.tenancy, images=self.images, volumes=self.volumes,
-            storage=self.storage, connectors=self.connectors, webhooks=self.webhooks, audit=self.audit,
+            storage=self.storage, connectors=self.connectors, webhooks=self.webhooks, members=self.members,
+            audit=self.audit,
         )
 
     async def close(self) -> None:

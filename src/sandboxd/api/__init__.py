@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..runtime import INTERPRETERS, spoken
-from . import errors, openapi
+from . import admin, errors, openapi
 from .disconnect import CallerGone
 from .middleware import BodySizeLimit, CatchAll
 from .routes import artifacts, execute, executions, files, health, metrics
@@ -34,6 +34,7 @@ def create_api(services: Services) -> FastAPI:
         app.include_router(module.router)
     if services.settings.metrics_enabled and not services.settings.metrics_port:
         app.include_router(metrics.router)
+    app.mount(admin.PREFIX, admin.create_admin_api(services))
     app.add_middleware(CallerGone, paths=("/v1/sandbox/execute",))  # innermost: a waiter whose client left
     app.add_middleware(CatchAll)
     app.add_middleware(

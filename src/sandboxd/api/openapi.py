@@ -14,6 +14,7 @@ tests/integration/test_openapi_contract.py (schemathesis).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,25 +25,26 @@ from .schemas import EXTRA_MODELS
 _REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, extra_models: Mapping[str, Any] = EXTRA_MODELS) -> None:
+    """`extra_models`: schemas to add to the components (the admin API has none)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _correct(generate())  # FastAPI caches the document in app.openapi_schema
+            _correct(generate(), extra_models)  # FastAPI caches the document in app.openapi_schema
         return app.openapi_schema  # type: ignore[return-value]  # set by the call above
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def _correct(document: dict[str, Any]) -> None:
+def _correct(document: dict[str, Any], extra_models: Mapping[str, Any]) -> None:
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
             operation.get("responses", {}).pop("422", None)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError", "StorageKind"):
         schemas.pop(unused, None)
-    for name, model in EXTRA_MODELS.items():
+    for name, model in extra_models.items():
         schema = TypeAdapter(model).json_schema(ref_template=_REF_TEMPLATE, mode="serialization")
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema

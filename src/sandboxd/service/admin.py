@@ -26,13 +26,14 @@ from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
 from ..images import skopeo
 from ..images.store import Progress
 from ..runtime import LANGUAGES
-from ..store import ApiKey, Image, Org, Sandbox, Store, Volume, utcnow
+from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Volume, utcnow
 from . import scoping
 from .connectors import ConnectorService
 from .connectors import describe as describe_connector
 from .images import HOST, ImageService
 from .keys import KeyService
-from .roles import AUDIT, OPERATE, READ, WRITE, Actor, AdminPrincipal, require
+from .members import MemberService
+from .roles import AUDIT, MEMBERS, OPERATE, READ, WRITE, Actor, AdminPrincipal, require
 from .storage import ConnectionSpec, StorageService
 from .storage import describe as describe_storage
 from .tenancy import SandboxConfig, TenancyService
@@ -189,6 +190,21 @@ def volume_view(volume: Volume) -> View:
     return {"name": volume.slug, "id": volume.id, "quota_mib": volume.quota_mib}
 
 
+def member_view(member: Member) -> View:
+    return {
+        "id": member.id, "email": member.email, "role": member.role, "oidc": member.subject is not None,
+        "created_at": _at(member.created_at), "last_seen_at": _at(member.last_seen_at),
+    }
+
+
+def token_view(token: AdminToken) -> View:
+    return {
+        "id": token.id, "name": token.name, "prefix": token.display_prefix, "created_at": _at(token.created_at),
+        "expires_at": _at(token.expires_at), "revoked_at": _at(token.revoked_at),
+        "last_used_at": _at(token.last_used_at),
+    }
+
+
 def key_status(key: ApiKey, now: datetime) -> str:
     if key.revoked_at is not None:
         return "revoked"
@@ -209,6 +225,7 @@ class AdminOps:
         storage: StorageService,
         connectors: ConnectorService,
         webhooks: WebhookService,
+        members: MemberService,
         audit: AdminAudit,
     ) -> None:
         self._store = store
@@ -219,6 +236,7 @@ class AdminOps:
         self._storage = storage
         self._connectors = connectors
         self._webhooks = webhooks
+        self._members = members
         self.audit = audit
 
     # --- helpers ----------------------------------------------------------------------------
@@ -259,6 +277,60 @@ class AdminOps:
         view = org_view(org)
         await self._record(p, "org.create", org, org.id, after=view)
         return view
+
+    # --- members ----------------------------------------------------------------------------
+
+    async def list_members(self, p: AdminPrincipal, *, org: str | None = None) -> list[View]:
+        require(p, READ)
+        return [member_view(m) for m in await self._members.list(await self._org(p, org))]
+
+    async def add_member(self, p: AdminPrincipal, email: str, role: str, *, org: str | None = None) -> View:
+        require(p, MEMBERS)
+        the_org = await self._org(p, org)
+        view = member_view(await self._members.add(the_org, email, role))
+        await self._record(p, "member.add", the_org, view["id"], after=view)
+        return view
+
+    async def set_member_role(self, p: AdminPrincipal, email: str, role: str, *, org: str | None = None) -> View:
+        require(p, MEMBERS)
+        the_org = await self._org(p, org)
+        before, after = await self._members.set_role(the_org, email, role)
+        view = member_view(after)
+        await self._record(p, "member.set_role", the_org, after.id, before=member_view(before), after=view)
+        return view
+
+    async def remove_member(self, p: AdminPrincipal, email: str, *, org: str | None = None) -> None:
+        """Their tokens and console sessions stop working at once."""
+        require(p, MEMBERS)
+        the_org = await self._org(p, org)
+        member = await self._members.remove(the_org, email)
+        await self._record(p, "member.remove", the_org, member.id, before=member_view(member))
+
+    async def issue_member_token(
+        self, p: AdminPrincipal, email: str, *, name: str = "", expires_at: datetime | None = None,
+        org: str | None = None,
+    ) -> Secret:
+        """An admin token for a member: its view, and the token (shown once)."""
+        require(p, MEMBERS)
+        the_org = await self._org(p, org)
+        member = await self._members.get(the_org, email)
+        issued = await self._members.issue_token(member, name, expires_at)
+        view = {**token_view(issued.record), "member": member.email}
+        await self._record(p, "member.token", the_org, issued.record.id, after=view)
+        return Secret(view, issued.secret)
+
+    async def list_member_tokens(self, p: AdminPrincipal, email: str, *, org: str | None = None) -> list[View]:
+        require(p, MEMBERS)
+        member = await self._members.get(await self._org(p, org), email)
+        return [token_view(t) for t in await self._members.tokens(member)]
+
+    async def revoke_member_token(self, p: AdminPrincipal, email: str, token_id: str, *, org: str | None = None) -> View:
+        require(p, MEMBERS)
+        the_org = await self._org(p, org)
+        member = await self._members.get(the_org, email)
+        before = token_view(await self._members.revoke_token(member, token_id))
+        await self._record(p, "member.token_revoke", the_org, token_id, before=before)
+        return before
 
     # --- API keys ---------------------------------------------------------------------------
 
