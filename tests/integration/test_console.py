@@ -238,6 +238,24 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
         assert page.locator("h1").is_visible()
         _shot(page, shots, name)
 
+    # Members: add one (a bad address first), change the role, issue a token shown once.
+    page.goto("/console/members")
+    page.fill("#f-email", "not an address")
+    page.click("#add-member")
+    assert "email must be" in page.locator("#e-email").inner_text()
+    page.fill("#f-email", "bob@example.com")
+    page.select_option("#f-role", "auditor")
+    page.click("#add-member")
+    page.wait_for_url("**/console/members")
+    bob = page.locator("tr[data-member='bob@example.com']")
+    bob.locator("select").select_option("member")
+    bob.locator("button", has_text="Save").click()
+    page.wait_for_url("**/console/members")
+    assert page.locator("tr[data-member='bob@example.com'] select").input_value() == "member"
+    page.locator("tr[data-member='bob@example.com'] button", has_text="Issue token").click()
+    assert re.fullmatch(r"sda-[A-Za-z0-9]{40}", page.locator("#new-token").input_value())
+    _shot(page, shots, "members")
+
     # Revoke: the SDK's next call is refused.
     page.goto("/console/keys")
     page.once("dialog", lambda dialog: dialog.accept())

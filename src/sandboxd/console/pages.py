@@ -22,7 +22,7 @@ from ..service import SandboxConfig
 from ..service.admin import KeySpec, SandboxChanges, Secret, StorageRef, VolumeRef
 from ..service.history import STATUSES, ExecutionQuery
 from ..service.requests import parse_execute_request
-from ..service.roles import AUDIT, MEMBERS, READ, RUN, WRITE, require
+from ..service.roles import AUDIT, MEMBERS, READ, ROLE_NAMES, RUN, WRITE, require
 from . import charts
 from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, Visitor, VisitorDep, render
 
@@ -411,13 +411,62 @@ async def webhook_secret(request: Request, console: ConsoleDep, who: CheckedDep)
     return await _webhook_page(request, console, who, created=created, status=201)
 
 
+async def _members_page(
+    request: Request, console: Console, who: Visitor, *, errors: FormErrors | None = None,
+    form: dict[str, Any] | None = None, status: int = 200, token: Secret | None = None,
+) -> Response:
+    require(who.principal, MEMBERS)
+    members = await console.services.ops.list_members(who.principal)
+    return render(request, console, "members.html", who, status=status, members=members, errors=errors,
+                  form=form or {}, roles=ROLE_NAMES, token=token)
+
+
 @router.get("/members")
 async def members_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
+    return await _members_page(request, console, who)
+
+
+@router.post("/members")
+async def add_member(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
     require(who.principal, MEMBERS)
-    rows = [{"email": m.email, "role": m.role, "signs in with": "identity provider" if m.subject else "token",
-             "added": m.created_at, "last seen": m.last_seen_at}
-            for m in await console.services.members.list(who.principal.org)]
-    return _table(request, console, who, "Members", rows, "sandboxd members add|set-role|remove")
+    form = await _form(request)
+    try:
+        await console.services.ops.add_member(who.principal, _one(form, "email").strip(), _one(form, "role"))
+    except SandboxdError as exc:
+        return await _members_page(request, console, who, errors=FormErrors.of(exc, ("email", "role")), form=form,
+                                   status=_status(exc))
+    return RedirectResponse(PREFIX + "/members", status_code=303)
+
+
+@router.post("/members/{email}/role")
+async def set_member_role(email: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, MEMBERS)
+    form = await _form(request)
+    try:
+        await console.services.ops.set_member_role(who.principal, email, _one(form, "role"))
+    except SandboxdError as exc:
+        return await _members_page(request, console, who, errors=FormErrors(form=exc.message), status=_status(exc))
+    return RedirectResponse(PREFIX + "/members", status_code=303)
+
+
+@router.post("/members/{email}/remove")
+async def remove_member(email: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, MEMBERS)
+    try:
+        await console.services.ops.remove_member(who.principal, email)
+    except SandboxdError as exc:
+        return await _members_page(request, console, who, errors=FormErrors(form=exc.message), status=_status(exc))
+    return RedirectResponse(PREFIX + "/members", status_code=303)
+
+
+@router.post("/members/{email}/token")
+async def issue_member_token(email: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, MEMBERS)
+    try:
+        token = await console.services.ops.issue_member_token(who.principal, email, name="console")
+    except SandboxdError as exc:
+        return await _members_page(request, console, who, errors=FormErrors(form=exc.message), status=_status(exc))
+    return await _members_page(request, console, who, token=token, status=201)
 
 
 def _audit_filters(params: dict[str, str]) -> dict[str, Any]:
