@@ -49,6 +49,8 @@ class Provider:
             oidc_provider_mock.User(
                 sub="audrey", claims={"email": "audrey@example.com", "org": "default", "role": "auditor"}
             ),
+            oidc_provider_mock.User(sub="eve", claims={"email": "eve@example.com", "org": "default", "role": "root"}),
+            oidc_provider_mock.User(sub="olga", claims={"email": "olga@example.com", "org": "nowhere", "role": "owner"}),
         ]
         app = oidc_provider_mock.app(require_nonce=True, user_claims=users)
         self._server = werkzeug.serving.make_server("127.0.0.1", 0, app, threaded=True)
@@ -345,4 +347,21 @@ def test_the_console_fits_a_phone(browser: Any, console_server: Server, shots: P
     page.keyboard.press("Tab")  # the skip link comes first
     assert page.evaluate("document.activeElement.className") == "skip"
     _shot(page, shots, "phone-keys")
+    page.context.close()
+
+
+def test_sign_in_is_refused_for_claims_the_console_does_not_accept_and_for_a_forged_callback(
+    browser: Any, console_server: Server
+) -> None:
+    page = _page(browser, console_server)
+    for subject, reason in (("eve", "role 'root'"), ("olga", "organization 'nowhere'")):
+        page.goto("/console/sign-in")
+        page.click("#oidc-sign-in")
+        page.click(f"button[name=sub][value={subject}]")
+        page.wait_for_url(re.compile(r".*/console/auth/callback.*"))
+        assert reason in page.locator("#form-error").inner_text()
+        assert not any(c["name"] == "sandboxd_console" for c in page.context.cookies())
+    # A callback this browser did not start (no state cookie, or another state): refused.
+    page.goto("/console/auth/callback?code=stolen&state=forged")
+    assert "did not start here" in page.locator("#form-error").inner_text()
     page.context.close()

@@ -27,7 +27,7 @@ def _frame(title: str, desc: str, body: str, top: float) -> Markup:
     zero = f'<text x="{PAD_L - 4}" y="{H - PAD_B}" text-anchor="end" class="tick">0</text>'
     axis = f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W}" y2="{H - PAD_B}" class="axis"/>'
     return Markup(
-        f'<svg viewBox="0 0 {W} {H}" role="img" class="chart" preserveAspectRatio="none">'
+        f'<svg viewBox="0 0 {W} {H}" role="img" class="chart">'
         f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>{axis}{y_label}{zero}{body}</svg>"
     )
 
@@ -64,6 +64,10 @@ def lines(series: dict[str, Sequence[float | None]], title: str, desc: str, *, l
             for i, v in enumerate(values) if v is not None
         )
         body.append(f'<polyline points="{points}" class="line line{n}"><title>{escape(name)}</title></polyline>')
+        body.extend(  # a dot at each value: a lone minute shows too
+            f'<circle cx="{point.split(",")[0]}" cy="{point.split(",")[1]}" r="2.5" class="dot{n}"/>'
+            for point in points.split()
+        )
     if limit is not None:
         y = _y(limit, top)
         body.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{W}" y2="{y:.1f}" class="limit"/>')
