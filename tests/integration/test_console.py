@@ -49,6 +49,7 @@ class Provider:
             oidc_provider_mock.User(
                 sub="audrey", claims={"email": "audrey@example.com", "org": "default", "role": "auditor"}
             ),
+            oidc_provider_mock.User(sub="max", claims={"email": "max@example.com", "org": "default", "role": "member"}),
             oidc_provider_mock.User(sub="eve", claims={"email": "eve@example.com", "org": "default", "role": "root"}),
             oidc_provider_mock.User(sub="olga", claims={"email": "olga@example.com", "org": "nowhere", "role": "owner"}),
         ]
@@ -364,4 +365,17 @@ def test_sign_in_is_refused_for_claims_the_console_does_not_accept_and_for_a_for
     # A callback this browser did not start (no state cookie, or another state): refused.
     page.goto("/console/auth/callback?code=stolen&state=forged")
     assert "did not start here" in page.locator("#form-error").inner_text()
+    page.context.close()
+
+
+def test_a_member_only_runs_code(browser: Any, console_server: Server) -> None:
+    page = _page(browser, console_server)
+    _sign_in(page, console_server, "max")
+    page.wait_for_url("**/console/try")  # the dashboard is not theirs: straight to "Try it"
+    assert page.locator("#nav").inner_text().split() == ["Try", "it"]
+    for path in ("/console/keys", "/console/executions", "/console/audit", "/console/members"):
+        assert page.request.get(path).status == 403, path
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    refused = page.request.post("/console/sandboxes", form={"name": "nope", "csrf_token": csrf})
+    assert refused.status == 403 and refused.json()["error"] == "forbidden"
     page.context.close()

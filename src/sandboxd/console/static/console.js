@@ -51,6 +51,7 @@
     if (event.type === "status") {
       status.textContent = event.status;
       trace.innerHTML = "";
+      if (form.dataset.linkRuns !== "yes") { trace.textContent = "Execution " + event.trace_id; return; }
       const link = document.createElement("a");
       link.href = "executions/" + encodeURIComponent(event.trace_id);
       link.textContent = "Execution " + event.trace_id;
