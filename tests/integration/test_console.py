@@ -169,10 +169,39 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     page.wait_for_url("**/console/sandboxes")
     assert "384 MiB" in page.locator("tr[data-sandbox=console-small]").inner_text()
 
-    # A key bound to it, shown once, copied with the button.
+    # A connector (its secret never shown again) and a storage connection (bad credentials first).
+    page.goto("/console/connectors")
+    page.click("summary")
+    page.fill("#f-name", "greeting")
+    page.fill("#f-secret", "GREETING=hello-from-a-connector")
+    page.click("#create-connector")
+    page.wait_for_url("**/console/connectors")
+    assert "greeting" in page.locator("tr[data-connector=greeting]").inner_text()
+    assert "hello-from-a-connector" not in page.content()
+    page.goto("/console/storage")
+    page.click("summary")
+    page.fill("#f-name", "reports")
+    page.fill("#f-bucket", "acme-reports")
+    page.fill("#f-credentials", "not json")
+    page.click("#create-storage")
+    assert "credentials must be a JSON object" in page.locator("#e-credentials").inner_text()
+    assert page.locator("#f-credentials").input_value() == ""  # a secret is never sent back
+    page.fill("#f-credentials", '{"access_key_id": "AKIAEXAMPLE", "secret_access_key": "s3cr3t-value"}')
+    page.click("#create-storage")
+    page.wait_for_url("**/console/storage")
+    assert "acme-reports" in page.locator("tr[data-storage=reports]").inner_text()
+    assert "s3cr3t-value" not in page.content()
+    _shot(page, shots, "storage")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tr[data-storage=reports] button.danger").click()
+    page.wait_for_url("**/console/storage")
+    assert page.locator("tr[data-storage=reports]").count() == 0
+
+    # A key bound to the config and the connector, shown once, copied with the button.
     page.goto("/console/keys")
     page.fill("#f-name", "console-key")
     page.select_option("#f-sandbox", "console-small")
+    page.check("#connector-greeting")
     page.click("#create-key")
     shown = page.locator("#new-key").input_value()
     assert re.fullmatch(r"sk-local-[A-Za-z0-9]{40}", shown)
@@ -217,6 +246,7 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     page.click(f"text={trace_id}")
     assert page.locator("#stdout").inner_text() == "first\nsecond\n"
     assert "sandboxd-console" in page.content()  # the client it came from
+    assert "greeting (env)" in page.locator("#connectors-used").inner_text()
     _shot(page, shots, "execution")
 
     if AUDIT_LOG:  # the run and the key's creation, in the audit log; exported
@@ -236,7 +266,7 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     page.goto("/console/")
     assert int(page.locator("#stat-total").inner_text()) >= 2
     _shot(page, shots, "dashboard")
-    for name in ("images", "volumes", "storage", "connectors", "webhook", "plan", "members", "audit"):
+    for name in ("images", "volumes", "connectors", "webhook", "plan", "members", "audit"):
         page.goto(f"/console/{name}")
         assert page.locator("h1").is_visible()
         _shot(page, shots, name)

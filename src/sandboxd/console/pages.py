@@ -372,17 +372,110 @@ async def delete_volume(name: str, request: Request, console: ConsoleDep, who: C
     return RedirectResponse(PREFIX + "/volumes", status_code=303)
 
 
+async def _storage_page(
+    request: Request, console: Console, who: Visitor, errors: FormErrors | None = None,
+    form: dict[str, Any] | None = None, status: int = 200,
+) -> Response:
+    from ..buckets.providers import KINDS
+
+    rows = await console.services.ops.list_storage(who.principal)
+    return render(request, console, "storage.html", who, status=status, rows=rows, kinds=KINDS, errors=errors,
+                  form=form or {}, can_write=who.can(WRITE))
+
+
 @router.get("/storage")
 async def storage_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    rows = await console.services.ops.list_storage(who.principal)
-    return _table(request, console, who, "Storage connections", rows,
-                  "sandboxd storage create (credentials from a file), or the admin API")
+    require(who.principal, READ)
+    return await _storage_page(request, console, who)
+
+
+@router.post("/storage")
+async def create_storage(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    from ..service.storage import ConnectionSpec
+
+    require(who.principal, WRITE)
+    form = await _form(request)
+    try:
+        spec = ConnectionSpec(
+            name=_one(form, "name").strip(), kind=_one(form, "type"), bucket=_one(form, "bucket").strip(),
+            endpoint=_one(form, "endpoint").strip() or None, region=_one(form, "region").strip() or None,
+            prefix=_one(form, "prefix").strip().strip("/"), read_only=_one(form, "read_only") == "yes",
+        )
+        await console.services.ops.create_storage(who.principal, spec, _one(form, "credentials").encode())
+    except SandboxdError as exc:
+        form.pop("credentials", None)  # a secret is never sent back
+        names = ("name", "type", "bucket", "endpoint", "region", "prefix", "credentials")
+        return await _storage_page(request, console, who, FormErrors.of(exc, names), form, _status(exc))
+    return RedirectResponse(PREFIX + "/storage", status_code=303)
+
+
+@router.post("/storage/{name}/delete")
+async def delete_storage(name: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)
+    try:
+        await console.services.ops.delete_storage(who.principal, name)
+    except SandboxdError as exc:
+        return await _storage_page(request, console, who, FormErrors(form=exc.message), status=_status(exc))
+    return RedirectResponse(PREFIX + "/storage", status_code=303)
+
+
+async def _connectors_page(
+    request: Request, console: Console, who: Visitor, errors: FormErrors | None = None,
+    form: dict[str, Any] | None = None, status: int = 200,
+) -> Response:
+    from ..connectors.kinds import KINDS
+
+    rows = await console.services.ops.list_connectors(who.principal)
+    return render(request, console, "connectors.html", who, status=status, rows=rows, kinds=KINDS, errors=errors,
+                  form=form or {}, can_write=who.can(WRITE))
 
 
 @router.get("/connectors")
 async def connectors_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    rows = await console.services.ops.list_connectors(who.principal)
-    return _table(request, console, who, "Connectors", rows, "sandboxd connectors create (secret from a file), or the admin API")
+    require(who.principal, READ)
+    return await _connectors_page(request, console, who)
+
+
+@router.post("/connectors")
+async def create_connector(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    from ..connectors.kinds import Options
+
+    require(who.principal, WRITE)
+    form = await _form(request)
+    try:
+        hosts = tuple(h.strip() for h in _one(form, "hosts").replace(",", "\n").splitlines() if h.strip())
+        options = Options(hosts=hosts, header=_one(form, "header").strip() or None,
+                          env_var=_one(form, "env_var").strip() or None)
+        await console.services.ops.create_connector(
+            who.principal, _one(form, "name").strip(), _one(form, "type"), _one(form, "secret").encode(), options
+        )
+    except SandboxdError as exc:
+        form.pop("secret", None)  # a secret is never sent back
+        names = ("name", "type", "secret", "hosts", "header", "env_var")
+        return await _connectors_page(request, console, who, FormErrors.of(exc, names), form, _status(exc))
+    return RedirectResponse(PREFIX + "/connectors", status_code=303)
+
+
+@router.post("/connectors/{name}/secret")
+async def replace_connector_secret(name: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)
+    form = await _form(request)
+    try:
+        await console.services.ops.update_connector(who.principal, name, _one(form, "secret").encode())
+    except SandboxdError as exc:
+        return await _connectors_page(request, console, who, FormErrors(form=f"{name}: {exc.message}"),
+                                      status=_status(exc))
+    return RedirectResponse(PREFIX + "/connectors", status_code=303)
+
+
+@router.post("/connectors/{name}/delete")
+async def delete_connector(name: str, request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
+    require(who.principal, WRITE)
+    try:
+        await console.services.ops.delete_connector(who.principal, name)
+    except SandboxdError as exc:
+        return await _connectors_page(request, console, who, FormErrors(form=exc.message), status=_status(exc))
+    return RedirectResponse(PREFIX + "/connectors", status_code=303)
 
 
 async def _webhook_page(
