@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ..errors import SandboxdError
+from ..errors import RateLimited, SandboxdError
 from ..store import Member
 from .security import OIDC_COOKIE, PRE_COOKIE, SESSION_COOKIE, new_binding
 from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, client_ip, pre_checked, render
@@ -51,12 +51,22 @@ def _sign_in_form(
 async def sign_in_with_token(
     request: Request, console: ConsoleDep, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = ""
 ) -> Response:
-    members = console.services.members
+    services = console.services
+    address, token = client_ip(request) or "unknown", token.strip()
+    # Guessing is counted as on the APIs (service/lockout.py): too many failures, 429 for a while.
+    digest = services.keys.digest(token) if token else None
     try:
-        principal = await members.authenticate(token.strip(), client_ip(request))
-        member = await members.get(principal.org, principal.actor.name)
+        services.auth_failures.check(address, digest)
+    except RateLimited as exc:
+        return _sign_in_form(request, console, _next(next), FormErrors(fields={"token": exc.message}), 429)
+    try:
+        principal = await services.members.authenticate(token, address)
+        member = await services.members.get(principal.org, principal.actor.name)
     except SandboxdError as exc:
+        services.auth_failures.failed(address, digest)
         return _sign_in_form(request, console, _next(next), FormErrors(fields={"token": exc.message}), 401)
+    if digest is not None:
+        services.auth_failures.succeeded(address, digest)
     return await _open_session(request, console, member, _next(next))
 
 
