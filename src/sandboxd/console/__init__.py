@@ -27,7 +27,7 @@ __all__ = ["PREFIX", "create_console", "mount_console"]
 
 
 def create_console(services: Services) -> FastAPI:
-    from . import auth, pages
+    from . import activity, auth, configuration, governance
     from .oidc import OidcClient
 
     settings = services.settings
@@ -43,7 +43,8 @@ def create_console(services: Services) -> FastAPI:
     api_errors.install(app)
     app.add_exception_handler(SignInRequired, _sign_in_required)
     app.include_router(auth.router)
-    app.include_router(pages.router)
+    for pages in (activity, configuration, governance):
+        app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
 
