@@ -137,6 +137,8 @@ def _shot(page: Any, shots: Path, name: str) -> None:
 def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_server: Server, shots: Path) -> None:
     server = console_server
     page = _page(browser, server)
+    page.goto("/console/sign-in")
+    _shot(page, shots, "sign-in")
     _sign_in(page, server, "ana")
     assert page.locator("h1").inner_text() == "Dashboard"
     assert "ana@example.com · owner · default" in page.locator(".who").inner_text()
