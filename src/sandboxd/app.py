@@ -32,7 +32,7 @@ from .images.store import ImageStore
 from .images.unpack import UnpackLimits
 from .service.files import FilesService
 from .service.images import ImageService
-from .service.admin import AdminAudit, AdminOps, LoggedAudit
+from .service.admin import AdminOps
 from .service.sealing import Sealer
 from .connectors.keyring import Keyring
 from .service.connectors import ConnectorService
@@ -45,6 +45,7 @@ from .service.keycache import PrincipalCache
 from .service.node import load_or_create_node_id
 from .service.recovery import NodeRecovery, Recovery
 from .service.artifacts import Artifacts
+from .service.audit import AuditLog, audit_key
 from .service.members import MemberService
 from .service.sessions import Sessions, SessionSettings
 from .service.retention import RetentionService
@@ -73,9 +74,9 @@ class Admin:
     images: ImageService
     storage: StorageService
     connectors: ConnectorService
+    #: The audit log (service/audit.py).
+    audit: AuditLog
     members: MemberService
-    #: Where admin operations are recorded (service/admin.py).
-    audit: AdminAudit
 
     @property
     def ops(self) -> AdminOps:
@@ -212,8 +213,8 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
+        audit=AuditLog(store, audit_key(pepper)),
         members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
-        audit=LoggedAudit(),
     )
 
 
@@ -379,6 +380,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             connectors=admin.connectors,
             artifacts=artifacts,
             sessions=sessions,
+            audit=admin.audit,
         )
         if server:  # the lease of the data dir is ours: what is unfinished was left by a dead run
             admin.storage.mounts = BucketMounts(
@@ -393,7 +395,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             if sessions is not None:
                 await sessions.recover()
             await admin.images.clean()
-            recovery: Recovery = NodeRecovery(admin.store, admin.node_id)
+            recovery: Recovery = NodeRecovery(admin.store, admin.node_id, admin.audit)
             interrupted = await recovery.recover()
             if interrupted:
                 log.warning("marked %d executions interrupted by the last shutdown as failed", interrupted)
@@ -413,7 +415,8 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
         if sessions is not None:
             sessions.start()
         retention = RetentionService(
-            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts
+            admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts,
+            audit=admin.audit,
         )
         retention.start()
     return Services(
@@ -429,6 +432,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             admin.volumes,
             Signer(files_signing_key(load_or_create_secret(settings.data_dir))),
             admin.keys,
+            audit=admin.audit,
         ),
         metrics=metrics,
         retention=retention,

@@ -315,3 +315,44 @@ def test_failed_admin_authentication_counts_toward_the_lockout(server_factory: A
     # a token that never worked from this client is refused during the lockout as well
     assert httpx.get(f"{server.url}{ADMIN}/whoami", headers={"Authorization": f"Bearer {good}"},
                      timeout=30).status_code == 429
+
+
+# --- the audit log ---------------------------------------------------------------------------
+
+
+def test_changes_are_in_the_audit_log_with_who_and_where_from(admin_server: Any, owner: httpx.Client) -> None:
+    me = ok(owner.get("/whoami"))
+    sandbox = name("audited")
+    made = ok(owner.post("/sandboxes", json={"name": sandbox}), 201)
+    ok(owner.patch(f"/sandboxes/{sandbox}", json={"memory_mib": 256}))
+    created = ok(owner.post("/keys", json={"sandbox": sandbox}), 201)
+    ok(owner.delete(f"/keys/{created['key']['id']}"))
+
+    page = ok(owner.get("/audit", params={"kind": "admin", "newest_first": True, "limit": 50}))
+    rows = {(r["action"], r["target"]): r for r in page["rows"]}
+    update = rows[("sandbox.update", made["id"])]
+    assert (update["actor_kind"], update["actor_id"], update["actor_name"]) == ("member", me["member_id"], me["name"])
+    assert update["ip"] == "127.0.0.1"
+    assert update["detail"]["before"]["memory_mib"] == 1024 and update["detail"]["after"]["memory_mib"] == 256
+    key_row = rows[("key.create", created["key"]["id"])]
+    assert key_row["detail"]["after"]["prefix"] == created["key"]["prefix"]
+    assert rows[("key.revoke", created["key"]["id"])]["detail"]["after"]["status"] == "revoked"
+
+    by_key = ok(owner.get("/audit", params={"action": "key.create", "newest_first": True}))["rows"]
+    assert by_key[0]["target"] == created["key"]["id"]
+    jsonl = owner.get("/audit/export", params={"kind": "admin"})
+    assert jsonl.status_code == 200 and jsonl.headers["content-type"].startswith("application/x-ndjson")
+    assert created["key"]["id"] in jsonl.text and created["secret"] not in jsonl.text
+    csv = owner.get("/audit/export", params={"kind": "admin", "format": "csv"})
+    assert csv.text.startswith("org_id,seq,at,") and made["id"] in csv.text
+    refused(owner.get("/audit", params={"metadata": "no-equals-sign"}), 400, "validation_error")
+
+    with client(admin_server, token_for(admin_server, "auditor")) as auditor:
+        assert ok(auditor.get("/audit", params={"action": "sandbox.update"}))["rows"]
+    with client(admin_server, token_for(admin_server, "member")) as member:
+        refused(member.get("/audit"), 403, "forbidden")
+    org = name("quiet")
+    ok(owner.post("/orgs", json={"name": org}), 201)
+    with client(admin_server, token_for(admin_server, "owner", org)) as other:
+        assert ok(other.get("/audit"))["rows"] == []  # nothing of default's
+        refused(other.get("/audit", params={"org": "default"}), 403, "forbidden")

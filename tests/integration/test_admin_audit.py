@@ -8,6 +8,7 @@ in-process (typer's runner) on a data dir of their own, with the recorder put in
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +109,18 @@ def test_a_members_changes_are_audited_with_where_from(tmp_path: Path) -> None:
             await admin.close()
 
     asyncio.run(go())
+
+
+def test_a_cli_change_lands_in_the_audit_log(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    data_dir = str(tmp_path / "d")
+    created = run_cli("keys", "create", "--name", "from-cli", "--data-dir", data_dir)
+    assert created.returncode == 0, created.stderr
+    key_id = re.search(r"key id (\S+)", created.stderr).group(1)  # type: ignore[union-attr]
+    found = run_cli("audit", "search", "--action", "key.create", "--data-dir", data_dir)
+    assert found.returncode == 0, found.stderr
+    rows = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [(r["actor_kind"], r["target"]) for r in rows] == [("cli", key_id)]
+    assert created.stdout.strip() not in found.stdout
+    assert rows[0]["detail"]["after"]["name"] == "from-cli"

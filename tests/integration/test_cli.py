@@ -198,6 +198,14 @@ def test_keys_list_by_org(cli: Cli) -> None:
     assert acme_id in everything and default_id in everything
 
 
+def test_keys_create_with_an_expiry(cli: Cli) -> None:
+    _, key_id = create_key(cli, "--expires", "30d")
+    line = next(line for line in ok(cli("keys", "list")).stdout.splitlines() if line.startswith(key_id))
+    assert "\tactive\t" in line
+    refused(cli("keys", "create", "--expires", "2001-01-01T00:00Z"), "future")
+    refused(cli("keys", "create", "--expires", "soon"), "--expires")
+
+
 # --- sandboxes --------------------------------------------------------------------------------
 
 
@@ -233,6 +241,18 @@ def test_sandboxes_round_trip(cli: Cli) -> None:
     refused(cli("sandboxes", "show", "big"), "big")
     names = {json.loads(line)["name"] for line in ok(cli("sandboxes", "list")).stdout.splitlines()}
     assert names == {"default"}
+
+
+def test_sandboxes_update_changes_what_is_given(cli: Cli) -> None:
+    ok(cli("sandboxes", "create", "tune", "--cpus", "2", "--timeout-cap", "120"))
+    changed = json.loads(ok(cli(
+        "sandboxes", "update", "tune", "--memory", "512", "--network", "allowlist", "--allow", "pypi.org",
+    )).stdout)
+    assert changed["memory_mib"] == 512 and changed["network"] == "allowlist" and changed["allow"] == ["pypi.org"]
+    assert changed["cpus"] == 2 and changed["timeout_cap_s"] == 120 and changed["image"] == "host"
+    assert json.loads(ok(cli("sandboxes", "show", "tune")).stdout) == changed
+    refused(cli("sandboxes", "update", "tune", "--cpus", "500"), "cpus")
+    refused(cli("sandboxes", "update", "ghost", "--cpus", "1"), "ghost")
 
 
 def test_sandbox_delete_refusal_message(cli: Cli) -> None:

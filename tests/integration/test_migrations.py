@@ -339,3 +339,28 @@ async def test_0011_down_and_up_again_forgets_sessions_and_keeps_configs_and_res
         assert row is not None and row.extras is None and row.status == "success"
     finally:
         await store.close()
+
+
+# --- 0013: audit --------------------------------------------------------------------------------
+
+
+async def test_0013_down_and_up_again_forgets_the_audit_log_and_keeps_orgs(tmp_path: Path) -> None:
+    from sandboxd.service.audit import AuditLog
+    from sandboxd.service.roles import CLI_ACTOR
+
+    store = await _store(tmp_path)
+    try:
+        audit = AuditLog(store, b"m" * 32)
+        await audit.admin(CLI_ACTOR, "key.create", org_id="org_m", target="key_1")
+        await store.audit.set_code("org_m", True)
+        assert (await store.orgs.get("org_m")).audit_code is True  # type: ignore[union-attr]
+        await _downgrade(store, "0012")
+        assert not {"audit_log", "audit_heads"} & await _tables(store)
+        assert "audit_code" not in await _columns(store, "orgs")
+        await migrate(store.engine)
+        org = await store.orgs.get("org_m")
+        assert org is not None and org.audit_code is False and await store.audit.count() == 0
+        await audit.admin(CLI_ACTOR, "key.create", org_id="org_m", target="key_2")
+        assert await audit.verify() == []
+    finally:
+        await store.close()

@@ -70,6 +70,8 @@ TABLES = {
     "members",
     "admin_tokens",
     "console_sessions",
+    "audit_log",
+    "audit_heads",
 }
 KEY = re.compile(r"^sk-local-[A-Za-z0-9]{40}$")
 
@@ -110,7 +112,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert set(versions) == head_revisions() == {"0012"}  # the newest migration (0012: members)
+        assert set(versions) == head_revisions() == {"0013"}  # the newest migration (0013: audit)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",

@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 from ..api.ndjson import ndjson_response
 from ..errors import InvalidRequest, NotFound, SandboxdError
 from ..runtime.languages import LANGUAGES
+from ..service.audit import AuditFilters
 from ..service.history import STATUSES, ExecutionQuery
 from ..service.requests import parse_execute_request
 from ..service.roles import AUDIT, READ, RUN, require
@@ -105,10 +106,12 @@ async def _code_of(console: Console, who: Visitor, trace_id: str) -> str | None:
     if not who.can(AUDIT):
         return None
     try:
-        rows = await console.services.ops.search_audit(who.principal, trace_id=trace_id, kind="execution")
+        page = await console.services.ops.search_audit(
+            who.principal, AuditFilters(trace_id=trace_id, kind="execution"), limit=10
+        )
     except SandboxdError:
         return None
-    for row in rows:
+    for row in page["rows"]:
         code = (row.get("detail") or {}).get("code")
         if isinstance(code, str):
             return code

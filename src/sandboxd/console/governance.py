@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
-from ..errors import InvalidRequest, SandboxdError, Unavailable
+from ..errors import SandboxdError
 from ..service.admin import Secret
+from ..service.audit import AuditFilters
 from ..service.roles import AUDIT, MEMBERS, READ, ROLE_NAMES, require
 from .forms import one, parse_time, read_form, status_for
 from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, Visitor, VisitorDep, render
@@ -76,47 +78,42 @@ async def issue_member_token(email: str, request: Request, console: ConsoleDep, 
     return await _members_page(request, console, who, token=token, status=201)
 
 
-def _audit_filters(params: dict[str, str]) -> dict[str, Any]:
-    """The audit search's filters (service/audit.py AuditFilters' names) from the query string."""
-    filters: dict[str, Any] = {}
-    for name in ("trace_id", "key_id", "kind", "action"):
-        if params.get(name):
-            filters[name] = params[name]
-    if params.get("meta_key"):
-        filters["metadata"] = {params["meta_key"]: params.get("meta_value", "")}
-    for name in ("since", "until"):
-        if (at := parse_time(params.get(name, ""), name)) is not None:
-            filters[name] = at
-    return filters
+def _audit_filters(params: dict[str, str]) -> AuditFilters:
+    """The audit search's filters from the query string (newest first, as a person reads)."""
+    metadata = {params["meta_key"]: params.get("meta_value", "")} if params.get("meta_key") else {}
+    return AuditFilters(
+        trace_id=params.get("trace_id") or None, key_id=params.get("key_id") or None,
+        kind=params.get("kind") or None, action=params.get("action") or None, metadata=metadata,
+        since=parse_time(params.get("since", ""), "since"), until=parse_time(params.get("until", ""), "until"),
+        newest_first=True,
+    )
 
 
 @router.get("/audit")
 async def audit_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
     require(who.principal, AUDIT)
     params = {k: v.strip() for k, v in request.query_params.items()}
-    errors, rows, status = FormErrors(), [], 200
+    errors, rows, cursor, status = FormErrors(), [], None, 200
     try:
-        rows = await console.services.ops.search_audit(who.principal, **_audit_filters(params))
+        page = await console.services.ops.search_audit(
+            who.principal, _audit_filters(params), cursor=params.get("cursor") or None
+        )
+        rows, cursor = page["rows"], page["cursor"]
     except SandboxdError as exc:
         errors, status = FormErrors.of(exc, ("trace_id", "key_id", "kind", "action", "since", "until")), status_for(exc)
+    query = {k: v for k, v in params.items() if k != "cursor" and v}
     return render(request, console, "audit.html", who, status=status, rows=rows, params=params, errors=errors,
-                  export_query=request.url.query)
+                  export_query=urlencode(query), next_query=urlencode({**query, "cursor": cursor}) if cursor else None)
 
 
 @router.get("/audit/export")
 async def audit_export(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    """A download of what the search selects, as JSONL or CSV (AdminOps.export_audit)."""
+    """A download of what the search selects, as JSONL or CSV: every row, not one page."""
     require(who.principal, AUDIT)
     params = {k: v.strip() for k, v in request.query_params.items()}
     format = params.get("format", "jsonl")
-    if format not in ("jsonl", "csv"):
-        raise InvalidRequest("format must be jsonl or csv")
-    export = getattr(console.services.ops, "export_audit", None)  # AdminOps' seam to the audit log
-    if export is None:
-        raise Unavailable("the audit log cannot be exported on this server yet")
-    lines = export(who.principal, format=format, **_audit_filters(params))
-    if inspect.isawaitable(lines):  # a coroutine that returns the lines, or an async generator
-        lines = await lines
+    filters = replace(_audit_filters(params), newest_first=False)  # a file reads in the chain's order
+    lines = await console.services.ops.export_audit(who.principal, filters, format=format)
     media = "text/csv" if format == "csv" else "application/x-ndjson"
     name = f"audit-{who.principal.org.name}.{format}"
     return StreamingResponse(

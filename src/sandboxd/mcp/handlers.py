@@ -81,7 +81,7 @@ class Handlers:
         request = parse_execute_request(arguments)
         submission = await self._services.executions.submit(
             principal, request, delivery_mode=DELIVERY_MODE, client_id=_client_id(ctx),
-            base_url=str(_request(ctx).base_url),
+            base_url=str(_request(ctx).base_url), client_ip=_client_ip(ctx),
         )
         # Output as progress notifications while it runs (a no-op unless the client sent a
         # progressToken). A caller that goes away stops only this loop, never the run.
@@ -119,7 +119,7 @@ class Handlers:
             principal, args.source, args.id, args.path, base_url=str(_request(ctx).base_url)
         )
         cap = self._services.settings.mcp_inline_max_bytes
-        size, head = await files.read_head(principal, args.source, args.id, args.path, cap + 1)
+        size, head = await files.read_head(principal, args.source, args.id, args.path, cap + 1, ip=_client_ip(ctx))
         content, why_not = _inline_text(head, size, cap)
         download = tools.Download(url=signed["url"], expires_at=signed["expires_at"], size=size, content=content)
         return types.CallToolResult(
@@ -138,7 +138,7 @@ class Handlers:
             if cap == 0:
                 raise InvalidRequest("inline content is turned off on this server; omit content and give content_length")
             data = args.data(cap)
-            path = await files.write(principal, args.source, args.id, args.path, data)
+            path = await files.write(principal, args.source, args.id, args.path, data, ip=_client_ip(ctx))
             upload = tools.Upload(path=path, written=True, size=len(data))
             text = f"Wrote {len(data)} bytes to {args.source} {args.id!r} at {path!r}."
         else:
@@ -177,6 +177,12 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
     if not isinstance(principal, Principal):
         raise MCPError(types.INTERNAL_ERROR, "request was not authenticated")
     return principal
+
+
+def _client_ip(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The client's address: the peer, or what a trusted proxy forwarded (server.py)."""
+    client = _request(ctx).client
+    return client.host if client else None
 
 
 def _client_id(ctx: ServerRequestContext[Any, Any]) -> str | None:

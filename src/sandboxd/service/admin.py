@@ -14,9 +14,8 @@ here), not in the surfaces, so the API, the console and the CLI refuse the same 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +26,10 @@ from ..images import skopeo
 from ..images.store import Progress
 from ..runtime import LANGUAGES
 from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Volume, utcnow
+from ..store.audit import AuditFilters
 from . import scoping
+from .audit import FORMATS as AUDIT_FORMATS
+from .audit import AuditLog, row_json
 from .connectors import ConnectorService
 from .connectors import describe as describe_connector
 from .images import HOST, ImageService
@@ -64,8 +66,7 @@ class AuditCall:
 
 @dataclass
 class RecordingAudit:
-    """An in-memory audit log: what tests read, and what a server records until service/audit.py
-    is wired in (then nothing is kept across a restart)."""
+    """An in-memory audit log, for tests: what was recorded, in order."""
 
     calls: list[AuditCall] = field(default_factory=list)
     #: Bound on what is kept in memory.
@@ -77,24 +78,6 @@ class RecordingAudit:
     ) -> None:
         self.calls.append(AuditCall(actor, action, org_id, target, before, after))
         del self.calls[: max(0, len(self.calls) - self.keep)]
-
-
-class LoggedAudit:
-    """Admin actions as log lines (`admin action`): what a server records until the audit log
-    (service/audit.py) is wired in. Views hold no secrets, so they may be logged; a CLI process
-    configures no info-level logging, so its actions are not printed."""
-
-    def __init__(self) -> None:
-        self._log = logging.getLogger("sandboxd.audit")
-
-    async def admin(
-        self, actor: Actor, action: str, *, org_id: str | None, target: str,
-        before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._log.info(
-            "admin action %s on %s by %s:%s (%s) from %s in %s", action, target, actor.kind, actor.id, actor.name,
-            actor.ip, org_id,
-        )
 
 
 # --- what the surfaces send -------------------------------------------------------------------
@@ -275,7 +258,7 @@ class AdminOps:
             return org_view(existing)
         org = await self._tenancy.ensure_org(name)
         view = org_view(org)
-        await self._record(p, "org.create", org, org.id, after=view)
+        await self._record(p, "org.create", None, org.id, after=view)  # the installation's chain
         return view
 
     # --- members ----------------------------------------------------------------------------
@@ -681,11 +664,61 @@ class AdminOps:
         await self._org(p, org)
         raise Unavailable("plans are not available on this server yet")
 
-    async def search_audit(self, p: AdminPrincipal, *, org: str | None = None, **filters: Any) -> list[View]:
-        """Audit rows (service/audit.py `AuditLog.search`, once merged)."""
+    async def search_audit(
+        self, p: AdminPrincipal, filters: AuditFilters, *, limit: int = 100, cursor: str | None = None,
+        org: str | None = None,
+    ) -> View:
+        """A page of the organization's audit rows, and the cursor of the next page (None: last)."""
         require(p, AUDIT)
-        await self._org(p, org)
-        raise Unavailable("the audit log is not searchable on this server yet")
+        the_org = await self._org(p, org)
+        page = await self._audit_log().search(replace(filters, org_id=the_org.id), limit=limit, cursor=cursor)
+        return {"rows": [row_json(r) for r in page.rows], "cursor": page.cursor}
+
+    async def export_audit(
+        self, p: AdminPrincipal, filters: AuditFilters, *, format: str = "jsonl", org: str | None = None
+    ) -> AsyncIterator[str]:
+        """The organization's audit rows as JSONL or CSV text, a line at a time."""
+        require(p, AUDIT)
+        the_org = await self._org(p, org)
+        if format not in AUDIT_FORMATS:
+            raise InvalidRequest("format must be jsonl or csv")
+        return self._audit_log().export(replace(filters, org_id=the_org.id), format)
+
+    def _audit_log(self) -> AuditLog:
+        if not isinstance(self.audit, AuditLog):
+            raise Unavailable("this server keeps no searchable audit log")
+        return self.audit
+
+
+def parse_time(text: str | None, name: str) -> datetime | None:
+    """An RFC 3339 time with its zone (`2030-01-31T00:00:00Z`), as the surfaces take one."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text.strip().upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an RFC 3339 time like 2030-01-31T00:00:00Z") from None
+    if at.tzinfo is None:
+        raise InvalidRequest(f"{name} needs a time zone (e.g. 2030-01-31T00:00:00Z)")
+    return at
+
+
+def audit_filters(
+    *, trace_id: str | None = None, key_id: str | None = None, kind: str | None = None, action: str | None = None,
+    metadata: Sequence[str] = (), since: str | None = None, until: str | None = None,
+    newest_first: bool = False,
+) -> AuditFilters:
+    """What an audit search selects; `metadata` entries are KEY=VALUE (every one must match)."""
+    pairs: dict[str, str] = {}
+    for entry in metadata:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"metadata takes KEY=VALUE, not {entry[:80]!r}")
+        pairs[key] = value
+    return AuditFilters(
+        trace_id=trace_id, key_id=key_id, kind=kind, action=action, metadata=pairs,
+        since=parse_time(since, "since"), until=parse_time(until, "until"), newest_first=newest_first,
+    )
 
 
 def parse_volume_ref(spec: str) -> VolumeRef:

@@ -32,6 +32,7 @@ from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
 from ..runtime.network import BROKER_ENV_NAMES
 from .artifacts import Artifacts
+from .audit import AuditLog
 from .connectors import ConnectorBinding, ConnectorService
 from .sessions import Sessions
 from .storage import StorageMountBinding, StorageService
@@ -61,6 +62,7 @@ class ExecutionService:
         connectors: ConnectorService | None = None,
         artifacts: Artifacts | None = None,
         sessions: Sessions | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._node_id = node_id
         self._images = images  # recorded with each execution: service/recovery.py
@@ -79,6 +81,7 @@ class ExecutionService:
             health=health or PlatformHealth(self._metrics), storage=storage, connectors=connectors,
             artifacts=artifacts,
             sessions=sessions,
+            audit=audit,
         )
         self._live: dict[str, Submission] = {}
 
@@ -106,6 +109,7 @@ class ExecutionService:
         delivery_mode: str = "inline",
         client_id: str | None = None,
         base_url: str = "",
+        client_ip: str | None = None,
     ) -> Submission:
         """Check, admit, record and start an execution; every refusal happens here, before any
         output. What it takes (the thread lock, an admission slot) goes back through one stack:
@@ -124,7 +128,7 @@ class ExecutionService:
             if delivery_mode != "webhook":
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
-        job = replace(self._describe(new_trace_id(), principal, request, image), base_url=base_url)
+        job = replace(self._describe(new_trace_id(), principal, request, image), base_url=base_url, client_ip=client_ip)
         _check_connector_variables(job)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         shown = data_mounts.plan(job.volumes, job.storage, job.sub_paths)  # 400 for a stray sub_path
@@ -134,8 +138,9 @@ class ExecutionService:
                 thread = await self._claim(principal.org.id, request.thread_id, job.trace_id)
                 stack.push_async_callback(self._threads.release, thread)
             stack.callback(await self._limiter.acquire(principal.org.id, principal.org.max_concurrent))
-            await self._record(job, principal, request, delivery_mode, client_id, shown)
+            record = await self._record(job, principal, request, delivery_mode, client_id, shown)
             submission = self._submission(job.trace_id, accepted_at)
+            submission.record = record
             await submission.log.append("status", trace_id=job.trace_id, status="queued")
             held = Held(stack.pop_all(), thread)
         self._live[job.trace_id] = submission
@@ -185,6 +190,8 @@ class ExecutionService:
             connectors=ConnectorBinding.of(principal),
             requested_timeout_s=request.timeout,
             session=sandbox.session,
+            key_prefix=principal.key.display_prefix if principal.key is not None else None,
+            audit_code=principal.org.audit_code,
         )
 
     async def _claim(self, org_id: str, thread_id: str, trace_id: str) -> WorkingCopy:
@@ -197,33 +204,33 @@ class ExecutionService:
     async def _record(
         self, job: JobDescription, principal: Principal, request: ExecuteRequest, delivery_mode: str,
         client_id: str | None, shown: list[data_mounts.Scoped],
-    ) -> None:
-        await self._store.executions.add(
-            Execution(
-                trace_id=job.trace_id,
-                org_id=job.org_id,
-                key_id=job.key_id,
-                language=job.language,
-                # Admission is immediate (a refusal, never a queue): stored as running at
-                # once, one write fewer on the hot path. The event log still says queued first.
-                status="running",
-                timeout_s=int(job.limits.timeout_s),
-                delivery_mode=delivery_mode,
-                created_at=utcnow(),
-                client_id=client_id[:128] if client_id else None,
-                thread_id=job.thread_id,
-                metadata=dict(request.metadata) if request.metadata else None,
-                webhook_url=request.webhook_url,
-                webhook_delivery_status="pending" if request.webhook_url else None,
-                node_id=self._node_id,
-                image_name=job.image.name,
-                image_digest=job.image.digest,
-                storage=[m.record() for m in shown] or None,
-                connectors=[c.record() for c in job.connectors] or None,
-            )
+    ) -> Execution:
+        record = Execution(
+            trace_id=job.trace_id,
+            org_id=job.org_id,
+            key_id=job.key_id,
+            language=job.language,
+            # Admission is immediate (a refusal, never a queue): stored as running at
+            # once, one write fewer on the hot path. The event log still says queued first.
+            status="running",
+            timeout_s=int(job.limits.timeout_s),
+            delivery_mode=delivery_mode,
+            created_at=utcnow(),
+            client_id=client_id[:128] if client_id else None,
+            thread_id=job.thread_id,
+            metadata=dict(request.metadata) if request.metadata else None,
+            webhook_url=request.webhook_url,
+            webhook_delivery_status="pending" if request.webhook_url else None,
+            node_id=self._node_id,
+            image_name=job.image.name,
+            image_digest=job.image.digest,
+            storage=[m.record() for m in shown] or None,
+            connectors=[c.record() for c in job.connectors] or None,
         )
+        await self._store.executions.add(record)
         if request.webhook_url:
             await self._webhooks.register(job.trace_id, job.org_id, request.webhook_url)
+        return record
 
     def _submission(self, trace_id: str, accepted_at: float) -> Submission:
         log = self._logs.open(trace_id)

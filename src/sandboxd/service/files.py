@@ -52,6 +52,7 @@ from .storage_kind import StorageKind
 
 if TYPE_CHECKING:
     from ..store import Thread
+    from .audit import AuditLog
     from .keys import Principal
     from .threads import ThreadService, WorkingCopy
     from .volumes import VolumeAccess
@@ -103,7 +104,9 @@ class FilesService:
         url_ttl_s: int = 3600,
         max_file_bytes: int = MAX_FILE_BYTES,
         max_list_entries: int = 10_000,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._threads = threads
         self._volumes = volumes
         self._signer = signer
@@ -199,6 +202,18 @@ class FilesService:
             )
         return principal
 
+    async def _audited(
+        self, action: str, principal: Principal, source: StorageKind | str, id: str, path: str, size: int | None,
+        ip: str | None,
+    ) -> None:
+        """One audit row for a transfer or a deletion (service/audit.py)."""
+        if self._audit is not None:
+            await self._audit.files(
+                action, org_id=principal.org.id, key_id=principal.key_id,
+                key_prefix=principal.key.display_prefix if principal.key is not None else None,
+                source=str(StorageKind(source).value), id=id, path=path, size=size, ip=ip,
+            )
+
     # ---- the JSON API
 
     async def list(
@@ -256,7 +271,7 @@ class FilesService:
         return self._url(base_url, claims)
 
     async def write(
-        self, principal: Principal, source: StorageKind, id: str, path: str, data: bytes
+        self, principal: Principal, source: StorageKind, id: str, path: str, data: bytes, *, ip: str | None = None
     ) -> str:
         """Write a small file given whole (MCP files_upload's inline content): the checks of
         `upload_url`, then what an upload to its URL does. Returns the normalized path."""
@@ -269,6 +284,7 @@ class FilesService:
             key_id=principal.key_id or "", expires=0, content_length=len(data),
         )
         await self._receive(principal, claims, _once(data), create=True)
+        await self._audited("files.upload", principal, source, id, rel, len(data), ip)
         return rel
 
     async def _writable_volume(self, principal: Principal, slug: str) -> Path:
@@ -298,7 +314,7 @@ class FilesService:
         return self._url(base_url, claims)
 
     async def read_head(
-        self, principal: Principal, source: StorageKind, id: str, path: str, max_bytes: int
+        self, principal: Principal, source: StorageKind, id: str, path: str, max_bytes: int, *, ip: str | None = None
     ) -> tuple[int, bytes]:
         """A file's size and its first `max_bytes` bytes, for a surface that shows small files
         inline (MCP files_download); the same checks as `download_url`."""
@@ -314,11 +330,18 @@ class FilesService:
                 return st.st_size, f.read(max_bytes)
 
         result: tuple[int, bytes] = await self._in_root(root, read)
+        await self._audited("files.download", principal, source, id, rel, len(result[1]), ip)
         return result
 
-    async def delete(self, principal: Principal, source: StorageKind, id: str, path: str) -> None:
+    async def delete(
+        self, principal: Principal, source: StorageKind, id: str, path: str, *, ip: str | None = None
+    ) -> None:
         self._check_source(source, id)
         rel = normalize_path(path, source=source, id=id)
+        await self._delete(principal, source, id, rel)
+        await self._audited("files.delete", principal, source, id, rel, None, ip)
+
+    async def _delete(self, principal: Principal, source: StorageKind, id: str, rel: str) -> None:
         if source == StorageKind.VOLUME:
             access = await self._volume(principal, id)
             if access.read_only:
@@ -340,7 +363,9 @@ class FilesService:
     def verify(self, token: str, method: str) -> Claims:
         return self._signer.verify(token, method)
 
-    async def open_download(self, token: str) -> Download:
+    async def open_download(self, token: str, *, ip: str | None = None) -> Download:
+        """The signed file, opened (its audit row is written here: a download that is cut off
+        is recorded whole)."""
         claims = self.verify(token, "GET")
         principal = await self._holder(claims)
         if claims.source == StorageKind.THREAD:
@@ -350,6 +375,11 @@ class FilesService:
         if root is None:
             raise NotFound(f"no such file: {claims.path!r}")
         fd, st = await self._in_root(root, lambda rfd: open_regular(rfd, claims.path))
+        try:
+            await self._audited("files.download", principal, claims.source, claims.id, claims.path, st.st_size, ip)
+        except BaseException:
+            os.close(fd)
+            raise
         name = claims.path.rsplit("/", 1)[-1]
         guessed = mimetypes.guess_type(name)[0]
         return Download(
@@ -364,6 +394,7 @@ class FilesService:
         *,
         declared_length: str | None,
         content_type: str | None,
+        ip: str | None = None,
     ) -> Claims:
         """Stream `body` into the signed file; exactly `content_length` bytes or nothing changes."""
         claims = self.verify(token, "PUT")
@@ -379,6 +410,7 @@ class FilesService:
                     f"Content-Type {content_type[:80]!r} does not match the signed {claims.content_type!r}"
                 )
         await self._receive(principal, claims, body, create=False)
+        await self._audited("files.upload", principal, claims.source, claims.id, claims.path, claims.content_length, ip)
         return claims
 
     async def _receive(

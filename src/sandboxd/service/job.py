@@ -16,7 +16,10 @@ import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..buckets.mounts import Lease
 from ..buckets.rclone import MountFailed
@@ -27,9 +30,10 @@ from ..observability.logging import get_logger
 from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runner, SandboxSpec, SessionStartFailed
 from ..runtime.session import PICTURE_TYPES
 from ..runtime.network import NetworkDecision, NetworkPolicy
-from ..store import Store, utcnow
+from ..store import Execution, Store, utcnow
 from ..connectors.redact import Redactor
 from .artifacts import Artifacts
+from .audit import AuditLog, ExecutionFacts
 from .connectors import ConnectorBinding, ConnectorError, ConnectorService
 from .data_mounts import DataMountError, DataMounts
 from .documents import empty_extras
@@ -88,6 +92,11 @@ class JobDescription:
     requested_timeout_s: int | None = None
     #: The sandbox config's session mode: "persistent" runs a thread's code in its session.
     session: str = "stateless"
+    #: For the audit row (service/audit.py): the key's display prefix, the client's address,
+    #: and whether the organization's rows keep the code.
+    key_prefix: str | None = None
+    client_ip: str | None = None
+    audit_code: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -196,6 +205,9 @@ class Submission:
     output: OutputEvents
     accepted_at: float = field(default_factory=time.monotonic)
     sandbox_s: float | None = None  # time in the sandbox, once it ran
+    started_at: datetime | None = None  # when the job began preparing it (audit rows)
+    #: The execution's row as submission recorded it (None: submitted elsewhere, read it back).
+    record: Execution | None = None
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
     task: asyncio.Task[Outcome] | None = None
@@ -245,8 +257,10 @@ class ExecutionJobs:
         connectors: ConnectorService | None = None,
         artifacts: Artifacts | None = None,
         sessions: Sessions | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
+        self._audit = audit
         self._sessions = sessions
         self._connectors = connectors
         self._artifacts = artifacts
@@ -264,6 +278,7 @@ class ExecutionJobs:
         spec: SandboxSpec | None = None
         try:
             async with held.stack:
+                sub.started_at = utcnow()
                 await sub.log.append("status", trace_id=job.trace_id, status="running")
                 if self._sessions is not None and held.thread is not None:
                     if job.session == "persistent":
@@ -286,7 +301,7 @@ class ExecutionJobs:
             keepalive.cancel()
         outcome = replace(outcome, notes=outcome.notes + notes_for(job, outcome))
         try:
-            await self._finish(sub, outcome)
+            await self._finish(job, sub, outcome)
         finally:
             if job.webhook:
                 self._webhooks.kick()
@@ -550,13 +565,26 @@ class ExecutionJobs:
             job.trace_id, "failed", -1, "", "", failure.code, 0, False, error_message=failure.message
         )
 
-    async def _finish(self, sub: Submission, outcome: Outcome) -> None:
+    async def _finish(self, job: JobDescription, sub: Submission, outcome: Outcome) -> None:
         """Record the result, close the log with the result event, keep the log for replays.
 
         The result event is published even if the store fails, so no follower waits forever.
-        The row and the rest of the event log (result included) are written in one
-        transaction; the output is stored once, in the output events (`store.ExecutionRepo.finish`).
+        The row, the rest of the event log (result included) and the execution's audit row
+        are written in one transaction; the output is stored once, in the output events
+        (`store.ExecutionRepo.finish`).
         """
+        audit = self._audit
+        facts = ExecutionFacts(
+            code=job.code, key_prefix=job.key_prefix, client_ip=job.client_ip, audit_code=job.audit_code,
+            started_at=sub.started_at,
+        )
+
+        async def audited(conn: AsyncConnection, execution: Execution | None) -> None:
+            assert audit is not None
+            if execution is None:
+                execution = await self._store.executions.get_in(conn, sub.trace_id)
+            await audit.execution(execution, facts, conn)
+
         await sub.output.drain()
         result = {
             "trace_id": sub.trace_id,
@@ -569,10 +597,7 @@ class ExecutionJobs:
         ) for stream in ("stdout", "stderr")}
 
         async def write(events: list[Event]) -> None:
-            await self._store.executions.finish(
-                sub.trace_id,
-                [(e.seq, e.type, e.body) for e in events],
-                logged,
+            final: dict[str, Any] = dict(
                 status=outcome.status,
                 exit_code=outcome.exit_code,
                 stdout=outcome.stdout,
@@ -584,6 +609,19 @@ class ExecutionJobs:
                 network_log=[asdict(d) for d in outcome.network] or None,
                 extras=outcome.extras() if outcome.extras() != empty_extras() else None,
             )
+            # The audit row is made from the record as submitted plus these values (no read).
+            record = replace(sub.record, **final) if sub.record is not None else None
+
+            async def then(conn: AsyncConnection) -> None:
+                await audited(conn, record)
+
+            await self._store.executions.finish(
+                sub.trace_id,
+                [(e.seq, e.type, e.body) for e in events],
+                logged,
+                then=then if audit is not None else None,
+                **final,
+            )
 
         try:
             await sub.log.close(write, **result)
@@ -594,6 +632,12 @@ class ExecutionJobs:
                     sub.trace_id, status="failed", exit_code=-1, error="internal_error",
                     stdout="", stderr="", completed_at=utcnow(),
                 )
+            if audit is not None:  # its own transaction now: the record's failed with it
+                try:
+                    if (execution := await self._store.executions.get(sub.trace_id)) is not None:
+                        await audit.execution(execution, facts)
+                except Exception:
+                    log.exception("execution %s: its audit row could not be written", sub.trace_id)
             raise
 
     def _observe(self, sub: Submission, language: str, outcome: Outcome) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from ..store import Store, utcnow
+from .audit import AuditLog, ExecutionFacts
 
 
 class Recovery(Protocol):
@@ -20,9 +23,20 @@ class Recovery(Protocol):
 class NodeRecovery:
     """Today's implementation: one pass over the database at start, before serving."""
 
-    def __init__(self, store: Store, node_id: str) -> None:
+    def __init__(self, store: Store, node_id: str, audit: AuditLog | None = None) -> None:
         self._store = store
         self._node_id = node_id
+        self._audit = audit
 
     async def recover(self) -> int:
-        return await self._store.executions.fail_unfinished(node_id=self._node_id, error="interrupted", at=utcnow())
+        audit = self._audit
+
+        async def audited(conn: AsyncConnection, trace_id: str) -> None:
+            assert audit is not None
+            # Its code and client address went with the stopped server: the row says so (None).
+            execution = await self._store.executions.get_in(conn, trace_id)
+            await audit.execution(execution, ExecutionFacts(code=None), conn)
+
+        return await self._store.executions.fail_unfinished(
+            node_id=self._node_id, error="interrupted", at=utcnow(), then=audited if audit is not None else None
+        )

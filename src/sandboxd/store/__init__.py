@@ -4,6 +4,8 @@ from .db import create_engine, migrate, utcnow
 from .records import (
     AdminToken,
     ApiKey,
+    AuditHead,
+    AuditRow,
     ConsoleSession,
     Connector,
     Execution,
@@ -25,6 +27,8 @@ from .repos import Store
 __all__ = [
     "AdminToken",
     "ApiKey",
+    "AuditHead",
+    "AuditRow",
     "ConsoleSession",
     "Connector",
     "DuplicateError",

@@ -14,6 +14,8 @@ class Org:
     max_concurrent: int | None
     created_at: datetime
     gid: int | None = None
+    #: Audit rows of its executions keep the code, not only its SHA-256.
+    audit_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,3 +241,40 @@ class ThreadSession:
     updated_at: datetime
     reason: str | None = None
     token: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One row of an organization's audit chain (service/audit.py); never updated."""
+
+    #: The chain: the organization's id; "" for the installation's own rows (org creation).
+    org_id: str
+    #: Its place in the chain, from 1; 0 until appended.
+    seq: int
+    at: datetime
+    #: "execution", "admin" or "files".
+    kind: str
+    #: "member", "cli", "system" or "key".
+    actor_kind: str
+    actor_id: str
+    actor_name: str
+    ip: str | None
+    action: str
+    target: str
+    trace_id: str | None
+    key_id: str | None
+    detail: dict[str, Any]
+    #: The hash of the row before it in the chain ("" for the first).
+    prev_hash: str = ""
+    hash: str = ""
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """A chain's last row and retention's anchor: the last row it deleted (0, "": none)."""
+
+    org_id: str
+    seq: int
+    hash: str
+    pruned_seq: int
+    pruned_hash: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .audit import AuditRepo
 from .base import DuplicateError, Repo, RollBack, to_record
 from .db import utcnow
 from .history import ExecutionHistory
@@ -249,9 +251,16 @@ class ExecutionRepo(Repo):
             )
 
     async def finish(
-        self, trace_id: str, events: list[EventRow], logged: dict[str, str], **values: Any
+        self,
+        trace_id: str,
+        events: list[EventRow],
+        logged: dict[str, str],
+        *,
+        then: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        **values: Any,
     ) -> None:
-        """The final row and the rest of the event log, in one transaction.
+        """The final row and the rest of the event log, in one transaction; `then` runs last in
+        that transaction (the execution's audit row is written there).
 
         `events` are those not stored yet; `logged` is the text of all the log's output
         events per stream. When stdout/stderr begin with it (the rule), the output is stored
@@ -266,6 +275,14 @@ class ExecutionRepo(Repo):
                 update(executions).where(executions.c.trace_id == trace_id).values(**_storable(values))
             )
             await _insert_events(conn, trace_id, rows)
+            if then is not None:
+                await then(conn)
+
+    @staticmethod
+    async def get_in(conn: AsyncConnection, trace_id: str) -> Execution:
+        """The row inside a transaction, without its output (stdout/stderr as stored)."""
+        row = (await conn.execute(select(executions).where(executions.c.trace_id == trace_id))).mappings().one()
+        return to_record(Execution, row)
 
     async def move(self, trace_id: str, *, to: str, only_from: tuple[str, ...]) -> bool:
         """Change the status only if it is one of `only_from` (no lost update races)."""
@@ -288,11 +305,15 @@ class ExecutionRepo(Repo):
             output = _storable(await _stored_output(conn, trace_id))  # as the row always showed it
         return to_record(Execution, {**row, **output})
 
-    async def fail_unfinished(self, *, node_id: str, error: str, at: datetime) -> int:
+    async def fail_unfinished(
+        self, *, node_id: str, error: str, at: datetime,
+        then: Callable[[AsyncConnection, str], Awaitable[None]] | None = None,
+    ) -> int:
         """On start: executions the stopped server `node_id` left unfinished (and those of no
         node, from before nodes were recorded) end failed with `error`. Their log goes on after
         its last stored event (what any client may have seen) with a status and a result
-        event, and the output stored so far is their output. Other nodes' are left alone."""
+        event, and the output stored so far is their output. Other nodes' are left alone.
+        `then(conn, trace_id)` runs in each one's transaction (its audit row)."""
         async with self._engine.connect() as conn:
             query = select(executions.c.trace_id).where(
                 executions.c.status.in_(_UNFINISHED),
@@ -318,6 +339,8 @@ class ExecutionRepo(Repo):
                     .values(status="failed", exit_code=-1, error=error, completed_at=at, stdout="", stderr="",
                             output_in_events=True)
                 )
+                if then is not None:  # its audit row, in the same transaction
+                    await then(conn, trace_id)
         return len(trace_ids)
 
     async def delete_created_before(self, before: datetime, *, batch: int = 500) -> int:
@@ -837,6 +860,7 @@ class Store:
         self.members = MemberRepo(engine)
         self.admin_tokens = AdminTokenRepo(engine)
         self.console_sessions = ConsoleSessionRepo(engine)
+        self.audit = AuditRepo(engine)
         self.history = ExecutionHistory(engine)
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -31,6 +32,8 @@ orgs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("gid", Integer, nullable=True),
     Index("ix_orgs_gid", "gid", unique=True),
+    # Audit rows of its executions keep the code itself, not only its SHA-256 (service/audit.py).
+    Column("audit_code", Boolean, nullable=False, server_default=false()),
 )
 
 sandboxes = Table(
@@ -322,4 +325,47 @@ registry_credentials = Table(
     # "user:password", encrypted with a key derived from the server secret (service/sealing.py).
     Column("sealed", LargeBinary, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Append-only hash chains, one per organization (service/audit.py); never updated.
+    # The chain: the organization's id, "" for the installation's own rows (org creation).
+    Column("org_id", String(32), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    # "execution", "admin" or "files".
+    Column("kind", String(16), nullable=False),
+    # Who: "member", "cli", "system", or "key" (an API key: executions and files).
+    Column("actor_kind", String(16), nullable=False),
+    Column("actor_id", String(64), nullable=False),
+    Column("actor_name", String(254), nullable=False),
+    Column("ip", String(64), nullable=True),
+    # "execution.finish", "key.create", "files.upload", ...
+    Column("action", String(64), nullable=False),
+    Column("target", String(512), nullable=False),
+    # Search columns, copies of the detail's facts.
+    Column("trace_id", String(32), nullable=True),
+    Column("key_id", String(32), nullable=True),
+    # before/after of an admin action; an execution's or a transfer's facts.
+    Column("detail", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_org_at", "org_id", "at"),
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_trace_id", "trace_id"),
+    Index("ix_audit_log_key_id", "key_id", "at"),
+)
+
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    # Each chain's last row, updated with every append (appenders serialize on this row), and
+    # the anchor retention left: the last deleted row's seq and hash.
+    Column("org_id", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("pruned_seq", BigInteger, nullable=False),
+    Column("pruned_hash", String(64), nullable=False),
 )

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from ... import __version__
 from .. import errors, openapi
-from . import keys, orgs, resources
+from . import audit, keys, orgs, resources
 
 if TYPE_CHECKING:
     from ...app import Services
@@ -30,14 +30,15 @@ def create_admin_api(services: Services) -> FastAPI:
         title="sandboxd admin API",
         version=__version__,
         description="Configure sandboxd: organizations, members, API keys, sandbox configs, images, volumes, "
-        "storage connections, connectors and the webhook secret. Every change is audited. Authenticate with "
+        "storage connections, connectors, the webhook secret; the audit log. Every change is audited. Authenticate with "
         "an admin token (`Authorization: Bearer sda-...`); API keys are not accepted here.",
         docs_url="/docs",
         redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operationIds: the functions' names
     )
     app.state.services = services
     errors.install(app)
     openapi.install(app, extra_models={})
-    for module in (orgs, keys, resources):
+    for module in (orgs, keys, resources, audit):
         app.include_router(module.router)
     return app

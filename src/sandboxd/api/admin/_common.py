@@ -20,3 +20,11 @@ def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
         s404="No such resource in the organization (`not_found`)",
         s409="Conflict (`conflict`): the name is taken, or it is still in use",
     )
+
+
+def links(status: int, **targets: tuple[str, dict[str, str]]) -> dict[str, Any]:
+    """`openapi_extra` naming the operations a `status` answer leads to (OpenAPI links):
+    `links(201, GetKey=("show_key", {"key_id": "$response.body#/key/id"}))`."""
+    return {"responses": {str(status): {"links": {
+        name: {"operationId": operation, "parameters": parameters} for name, (operation, parameters) in targets.items()
+    }}}}

@@ -6,22 +6,26 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ...service.admin import KeySpec, StorageRef, VolumeRef
+from ...service.admin import KeySpec, StorageRef, VolumeRef, parse_time
 from .deps import AdminDep, OpsDep, OrgQuery
 from .schemas import KeyCreate, KeyCreated, KeyOut, VolumeBindingChange
-from ._common import answers
+from ._common import answers, links
 
 router = APIRouter()
 
 
+_KEY_ID = {"key_id": "$response.body#/key/id"}
+
+
 @router.post("/keys", status_code=201, response_model=KeyCreated, responses=answers(400, 404, 409),
-             summary="Create an API key (the key is in this answer only)")
+             summary="Create an API key (the key is in this answer only)",
+             openapi_extra=links(201, ShowKey=("show_key", _KEY_ID), RevokeKey=("revoke_key", _KEY_ID)))
 async def create_key(body: KeyCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> KeyCreated:
     spec = KeySpec(
         name=body.name, sandbox=body.sandbox, region=body.region,
         volumes=tuple(VolumeRef(v.name, v.read_only) for v in body.volumes),
         storage=tuple(StorageRef(s.name, s.read_only, s.prefix) for s in body.storage),
-        connectors=tuple(body.connectors), expires_at=body.expires_at,
+        connectors=tuple(body.connectors), expires_at=parse_time(body.expires_at, "expires_at"),
     )
     created = await ops.create_key(p, spec, org=org)
     return KeyCreated(key=KeyOut(**created.view), secret=created.secret)

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from ...service.admin import parse_time
 from .deps import AdminDep, OpsDep, OrgQuery
 from .schemas import MemberCreate, MemberOut, MemberUpdate, OrgCreate, OrgOut, TokenCreate, TokenCreated, TokenOut, WhoAmI
-from ._common import answers
+from ._common import answers, links
 
 router = APIRouter()
 
@@ -37,8 +38,13 @@ async def list_members(p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> list[d
     return await ops.list_members(p, org=org)
 
 
+_EMAIL = {"email": "$response.body#/email"}
+
+
 @router.post("/members", status_code=201, response_model=MemberOut, responses=answers(400, 404, 409),
-             summary="Add a member")
+             summary="Add a member",
+             openapi_extra=links(201, IssueToken=("issue_token", _EMAIL), SetMemberRole=("set_member_role", _EMAIL),
+                                 RemoveMember=("remove_member", _EMAIL)))
 async def add_member(body: MemberCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> dict[str, Any]:
     return await ops.add_member(p, body.email, body.role, org=org)
 
@@ -68,7 +74,8 @@ async def list_tokens(email: str, p: AdminDep, ops: OpsDep, org: OrgQuery = None
 async def issue_token(
     email: str, body: TokenCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None
 ) -> TokenCreated:
-    issued = await ops.issue_member_token(p, email, name=body.name, expires_at=body.expires_at, org=org)
+    expires_at = parse_time(body.expires_at, "expires_at")
+    issued = await ops.issue_member_token(p, email, name=body.name, expires_at=expires_at, org=org)
     return TokenCreated(token=TokenOut(**issued.view), secret=issued.secret)
 
 

@@ -32,9 +32,11 @@ from .schemas import (
     WebhookSecretOut,
     WebhookSecretRequest,
 )
-from ._common import answers
+from ._common import answers, links
 
 router = APIRouter()
+#: What a creation's answer gives the operations on the thing it made (OpenAPI links).
+_NAME = {"name": "$response.body#/name"}
 
 # --- sandbox configs -------------------------------------------------------------------------
 
@@ -45,7 +47,9 @@ async def list_sandboxes(p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> list
 
 
 @router.post("/sandboxes", status_code=201, response_model=SandboxOut, responses=answers(400, 404, 409),
-             summary="Create a sandbox config")
+             summary="Create a sandbox config",
+             openapi_extra=links(201, ShowSandbox=("show_sandbox", _NAME), UpdateSandbox=("update_sandbox", _NAME),
+                                 DeleteSandbox=("delete_sandbox", _NAME)))
 async def create_sandbox(body: SandboxCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> dict[str, Any]:
     config = SandboxConfig(
         name=body.name, cpus=body.cpus, memory_mib=body.memory_mib, network=body.network,
@@ -105,7 +109,8 @@ async def list_volumes(p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> list[d
 
 
 @router.post("/volumes", status_code=201, response_model=VolumeOut, responses=answers(400, 404, 409, 503),
-             summary="Create a volume (shown at /data/<name>/ to the keys bound to it)")
+             summary="Create a volume (shown at /data/<name>/ to the keys bound to it)",
+             openapi_extra=links(201, ShowVolume=("show_volume", _NAME), DeleteVolume=("delete_volume", _NAME)))
 async def create_volume(body: VolumeCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> dict[str, Any]:
     return await ops.create_volume(p, body.name, body.quota_mib, org=org)
 
@@ -131,7 +136,8 @@ async def list_storage(p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> list[d
 
 
 @router.post("/storage", status_code=201, response_model=StorageOut, responses=answers(400, 404, 409),
-             summary="Connect a bucket (the credentials are kept encrypted, never shown again)")
+             summary="Connect a bucket (the credentials are kept encrypted, never shown again)",
+             openapi_extra=links(201, ShowStorage=("show_storage", _NAME), DeleteStorage=("delete_storage", _NAME)))
 async def create_storage(body: StorageCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> dict[str, Any]:
     spec = ConnectionSpec(body.name, body.type, body.bucket, body.endpoint, body.region, body.prefix, body.read_only)
     return await ops.create_storage(p, spec, json.dumps(body.credentials).encode(), org=org)
@@ -163,7 +169,9 @@ async def list_connectors(p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> lis
 
 
 @router.post("/connectors", status_code=201, response_model=ConnectorOut, responses=answers(400, 404, 409),
-             summary="Create a connector (the secret is kept encrypted, never shown again)")
+             summary="Create a connector (the secret is kept encrypted, never shown again)",
+             openapi_extra=links(201, ShowConnector=("show_connector", _NAME), UpdateConnector=("update_connector", _NAME),
+                                 DeleteConnector=("delete_connector", _NAME)))
 async def create_connector(body: ConnectorCreate, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> dict[str, Any]:
     options = Options(hosts=tuple(body.hosts), header=body.header, env_var=body.env_var)
     return await ops.create_connector(p, body.name, body.type, _secret(body.secret), options, org=org)

@@ -22,8 +22,8 @@ from ...service.roles import ROLE_NAMES
 from ...service.sessions import SESSION_MODES
 
 _NAME: Any = {"pattern": NAME_PATTERN}
-#: An RFC 3339 time, read from its string (requests are strict otherwise).
-Time = Annotated[datetime | None, Field(strict=False)]
+#: An RFC 3339 time with its zone; the service reads it (service/admin.py parse_time).
+Time = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
 
 
 def _one_of(values: tuple[str, ...], default: Any = ..., description: str | None = None) -> Any:
@@ -307,3 +307,29 @@ class WebhookSecretOut(BaseModel):
     org: str
     rotated: bool
     secret: str = Field(description="The signing secret (`whsec_...`): shown only this once.")
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+class AuditRowOut(BaseModel):
+    org_id: str = Field(description="The chain: the organization's id; empty for the installation's rows.")
+    seq: int
+    at: datetime
+    kind: str = Field(description="execution, admin or files.")
+    actor_kind: str
+    actor_id: str
+    actor_name: str
+    ip: str | None
+    action: str
+    target: str
+    trace_id: str | None
+    key_id: str | None
+    detail: dict[str, Any] = Field(description="admin rows: {before, after}, plain views without secrets.")
+    prev_hash: str
+    hash: str
+
+
+class AuditPageOut(BaseModel):
+    rows: list[AuditRowOut]
+    cursor: str | None = Field(description="Pass as `cursor` for the next page; null: this was the last.")

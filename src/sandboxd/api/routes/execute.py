@@ -82,7 +82,8 @@ async def execute(
     """
     mode = delivery_mode(prefer, accept)
     submission = await services.executions.submit(
-        principal, body, delivery_mode=mode, client_id=x_client_id, base_url=str(request.base_url)
+        principal, body, delivery_mode=mode, client_id=x_client_id, base_url=str(request.base_url),
+        client_ip=request.client.host if request.client else None,
     )
     if mode == "webhook":
         accepted = WebhookAccepted(trace_id=submission.trace_id, status="queued")

@@ -180,8 +180,8 @@ async def download_url(
     responses=_WRITE_ERRORS,
     summary="Delete a file or an empty directory",
 )
-async def delete_file(body: FileRequest, principal: PrincipalDep, services: ServicesDep) -> Response:
-    await services.files.delete(principal, body.source, body.id, body.path)
+async def delete_file(body: FileRequest, request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
+    await services.files.delete(principal, body.source, body.id, body.path, ip=_ip(request))
     return Response(status_code=204)
 
 
@@ -210,10 +210,16 @@ async def put_blob(token: str, request: Request, services: ServicesDep) -> Uploa
             request.stream(),
             declared_length=request.headers.get("content-length"),
             content_type=request.headers.get("content-type"),
+            ip=_ip(request),
         )
     except ClientDisconnect:
         raise InvalidRequest("the upload was interrupted; nothing was written") from None
     return UploadDone(path=claims.path, size=claims.content_length or 0)
+
+
+def _ip(request: Request) -> str | None:
+    """The client's address (the peer, or what a trusted proxy forwarded: server.py), for the audit row."""
+    return request.client.host if request.client else None
 
 
 async def chunks(download: Download) -> AsyncIterator[bytes]:
@@ -247,8 +253,8 @@ def attachment(name: str) -> str:
     },
     summary="Download from a signed URL (no Authorization: the token is the authority)",
 )
-async def get_blob(token: str, services: ServicesDep) -> StreamingResponse:
-    download = await services.files.open_download(token)
+async def get_blob(token: str, request: Request, services: ServicesDep) -> StreamingResponse:
+    download = await services.files.open_download(token, ip=_ip(request))
     return StreamingResponse(
         chunks(download),
         media_type=download.content_type,
