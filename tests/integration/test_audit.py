@@ -167,6 +167,30 @@ def test_files_transfers_are_audited(audited: Any, sdk: baponi.Baponi, key: str)
     assert rows[0]["key_id"] and rows[0]["actor_name"] == key_prefix(audited, key)
 
 
+async def test_mcp_executions_and_transfers_are_audited(audited: Any, key: str) -> None:
+    """The official MCP client: sandbox_execute, files_upload and files_download (inline)."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    tag, thread = uuid.uuid4().hex[:8], f"mcp-{uuid.uuid4().hex[:8]}"
+    code = f"print('mcp {tag}')"
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(30, read=300))
+    async with http, Client(streamable_http_client(f"{audited.url}/mcp", http_client=http), mode="legacy") as c:
+        ran = await c.call_tool("sandbox_execute", {"code": code, "metadata": {"case": tag}})
+        put = await c.call_tool("files_upload", {"id": thread, "path": "in.txt", "content": "abc\n"})
+        got = await c.call_tool("files_download", {"id": thread, "path": "in.txt"})
+    assert not ran.is_error and not put.is_error and not got.is_error
+    row = await asyncio.to_thread(execution_row, audited, "--metadata", f"case={tag}")
+    d = row["detail"]
+    assert (d["delivery_mode"], d["status"], d["code_sha256"]) == ("mcp", "success", sha256(code))
+    assert d["client_ip"] == "127.0.0.1" and d["key_prefix"] == key_prefix(audited, key)
+    files = [r for r in await asyncio.to_thread(search, audited, "--kind", "files") if r["detail"]["id"] == thread]
+    assert [(r["action"], r["detail"]["bytes"], r["ip"]) for r in files] == [
+        ("files.upload", 4, "127.0.0.1"), ("files.download", 4, "127.0.0.1"),
+    ]
+
+
 def test_exports_round_trip(audited: Any, tmp_path: Path) -> None:
     expected = search(audited)
     assert expected
@@ -226,6 +250,28 @@ def test_a_deleted_middle_row_fails_verify_at_that_row(audited: Any, sdk: baponi
         names = ", ".join(saved)
         conn.execute(f"INSERT INTO audit_log ({names}) VALUES ({', '.join('?' for _ in saved)})", list(saved.values()))
     assert _verify(audited).returncode == 0
+
+
+def test_a_cut_end_shows_against_heads_saved_earlier(audited: Any, sdk: baponi.Baponi, tmp_path: Path) -> None:
+    assert sdk.execute("print('before the save')").success
+    saved = tmp_path / "heads.jsonl"
+    done = cli(audited, "heads")
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    saved.write_text(done.stdout)
+    org = _org_id(audited)
+    with db(audited) as conn:
+        conn.row_factory = sqlite3.Row
+        last = dict(conn.execute("SELECT * FROM audit_log WHERE org_id = ? ORDER BY seq DESC LIMIT 1", (org,)).fetchone())
+        (prev_hash,) = conn.execute("SELECT hash FROM audit_log WHERE org_id = ? AND seq = ?", (org, last["seq"] - 1)).fetchone()
+        conn.execute("DELETE FROM audit_log WHERE org_id = ? AND seq = ?", (org, last["seq"]))
+        conn.execute("UPDATE audit_heads SET seq = ?, hash = ? WHERE org_id = ?", (last["seq"] - 1, prev_hash, org))
+    assert _verify(audited).returncode == 0  # the chain alone cannot show it (docs/audit.md)
+    done = cli(audited, "verify", "--heads", str(saved))
+    assert done.returncode == 1 and f"seq {last['seq']}: the chain ends at seq {last['seq'] - 1}" in done.stderr, done.stderr
+    with db(audited) as conn:  # put back
+        conn.execute(f"INSERT INTO audit_log ({', '.join(last)}) VALUES ({', '.join('?' for _ in last)})", list(last.values()))
+        conn.execute("UPDATE audit_heads SET seq = ?, hash = ? WHERE org_id = ?", (last["seq"], last["hash"], org))
+    assert cli(audited, "verify", "--heads", str(saved)).returncode == 0
 
 
 def test_two_processes_appending_at_once_keep_one_chain(audited: Any, sdk: baponi.Baponi) -> None:

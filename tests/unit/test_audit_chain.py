@@ -232,3 +232,36 @@ async def test_executions_a_stopped_server_left_get_their_row_at_the_next_start(
     assert (row.detail["status"], row.detail["error"], row.detail["exit_code"]) == ("failed", "interrupted", -1)
     assert row.detail["code_sha256"] is None and row.detail["metadata"] == {"team": "red", "run": "7"}
     assert await audit.verify() == []
+
+
+async def test_a_cut_end_with_its_head_moved_back_shows_against_saved_heads(org_store: Store) -> None:
+    audit = AuditLog(org_store, KEY, clock=Clock())
+    await _fill(audit, 5)
+    saved = await audit.heads()
+    rows = [r async for r in org_store.audit.chain("org_a")]
+    await _break(org_store, delete(audit_log).where(audit_log.c.org_id == "org_a", audit_log.c.seq >= 4))
+    await _break(org_store, update(audit_heads).where(audit_heads.c.org_id == "org_a").values(seq=3, hash=rows[2].hash))
+    assert await audit.verify() == []  # the chain alone cannot show it (docs/audit.md)
+    [found] = await audit.verify(saved)
+    assert (found.org_id, found.seq) == ("org_a", 4) and "cut" in found.problem
+    await _fill(audit, 3)  # grown again to the same length: a rewritten row 5, not the saved one
+    [found] = await audit.verify(saved)
+    assert (found.org_id, found.seq) == ("org_a", 5) and "rewritten" in found.problem
+    await _fill(audit, 1)
+    assert await audit.verify(await audit.heads()) == []
+
+
+async def test_retention_prunes_in_batches_each_vouched_for(org_store: Store) -> None:
+    clock = Clock()
+    audit = AuditLog(org_store, KEY, clock=clock)
+    await _fill(audit, 12)
+    clock.at += timedelta(days=2)
+
+    def prune_row(seq: int, digest: str, count: int) -> AuditRow:
+        return audit._row("admin", CLI_ACTOR, "audit.prune", org_id="org_a", target="audit/org_a",
+                          detail={"before": None, "after": {"pruned_seq": seq, "pruned_hash": digest, "deleted": count}})
+
+    assert await org_store.audit.prune("org_a", clock.at - timedelta(days=1), prune_row, audit.seal, batch=5) == 12
+    rows = [r async for r in org_store.audit.chain("org_a")]
+    assert [r.detail["after"]["pruned_seq"] for r in rows] == [5, 10, 12]  # three transactions
+    assert await audit.verify() == []

@@ -5,6 +5,7 @@ reads take no lock, and the one write (`code`) is an audited append like any oth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -15,9 +16,9 @@ from typing import Annotated, TextIO
 import typer
 
 from ..app import Admin
-from ..service.audit import AuditPage, row_json
+from ..service.audit import AuditFilters, AuditPage, row_json
 from ..service.roles import CLI_ACTOR
-from ..store.audit import AuditFilters
+from ..store import AuditHead
 from .common import DatabaseUrl, DataDir, admin_call, fail, settings_of
 
 app = typer.Typer(
@@ -78,11 +79,24 @@ async def _filters(
 
 
 @app.command("verify")
-def verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def verify(
+    heads: Annotated[
+        Path | None,
+        typer.Option("--heads", help="Heads saved earlier by `sandboxd audit heads`: each chain must still extend them."),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
     """Check every chain; exit 1 naming the first broken link of each broken one."""
+    saved = None
+    if heads is not None:
+        try:
+            saved = [AuditHead(**json.loads(line)) for line in heads.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError, TypeError) as exc:
+            fail(f"--heads: cannot read {heads}: {exc}")
 
     async def go(admin: Admin) -> tuple[list[str], int, int]:
-        breaks = await admin.audit.verify()
+        breaks = await admin.audit.verify(saved)
         heads = await admin.audit.heads()
         return [str(b) for b in breaks], len(heads), sum(h.seq - h.pruned_seq for h in heads)
 
@@ -92,6 +106,14 @@ def verify(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
             typer.echo(f"broken: {line}", err=True)
         raise typer.Exit(1)
     typer.echo(f"OK: {chains} chains, {rows} rows")
+
+
+@app.command("heads")
+def heads_(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Print each chain's head (last seq and hash, retention's anchor) as JSON lines: keep them
+    elsewhere, and `verify --heads FILE` later shows rows cut from a chain's end."""
+    for head in admin_call(settings_of(data_dir, database_url), lambda admin: admin.audit.heads()):
+        typer.echo(json.dumps(dataclasses.asdict(head), separators=(",", ":")))
 
 
 @app.command("search")

@@ -17,13 +17,13 @@ server secret. docs/audit.md says more.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import hmac
 import io
 import json
 import logging
-import base64
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -34,6 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ..errors import InvalidRequest
 from ..store import AuditHead, AuditRow, Execution, Org, Store, utcnow
 from ..store.audit import AuditFilters, append_in
+
+__all__ = [
+    "AuditFilters", "AuditLog", "AuditPage", "Break", "ExecutionFacts", "audit_key", "canonical", "parse_csv",
+    "row_from_json", "row_json",
+]
 from .roles import Actor
 
 log = logging.getLogger("sandboxd.audit")
@@ -278,13 +283,38 @@ class AuditLog:
     async def heads(self) -> list[AuditHead]:
         return await self._store.audit.heads()
 
-    async def verify(self) -> list[Break]:
-        """The first broken link of each chain; [] when every chain holds."""
+    async def verify(self, saved: list[AuditHead] | None = None) -> list[Break]:
+        """The first broken link of each chain; [] when every chain holds.
+
+        `saved`: heads taken earlier (`heads()`, kept elsewhere): each chain must still reach
+        and contain them, which shows rows cut from a chain's end with its head moved back."""
         breaks = []
-        for org_id in await self._store.audit.chains():
-            if (found := await self._verify_chain(org_id)) is not None:
+        earlier = {h.org_id: h for h in saved or ()}
+        for org_id in sorted(set(await self._store.audit.chains()) | earlier.keys()):
+            found = await self._verify_chain(org_id)
+            if found is None and org_id in earlier:
+                found = await self._extends(earlier[org_id])
+            if found is not None:
                 breaks.append(found)
         return breaks
+
+    async def _extends(self, saved: AuditHead) -> Break | None:
+        """Whether the chain still holds the row a saved head named (or retention's anchor is it)."""
+        head = await self._store.audit.head(saved.org_id)
+        if head is None or head.seq < saved.seq:
+            return Break(saved.org_id, (head.seq if head else 0) + 1,
+                         f"the chain ends at seq {head.seq if head else 0}, but a saved head had it at {saved.seq} "
+                         "(rows cut from its end)")
+        if saved.seq < head.pruned_seq or saved.seq == 0:
+            return None  # retention deleted it since: nothing left to compare
+        if saved.seq == head.pruned_seq:
+            same = head.pruned_hash == saved.hash
+        else:
+            row = await self._store.audit.row(saved.org_id, saved.seq)
+            same = row is not None and row.hash == saved.hash
+        if not same:
+            return Break(saved.org_id, saved.seq, "the row differs from the one a saved head named (the chain was rewritten)")
+        return None
 
     async def _verify_chain(self, org_id: str) -> Break | None:
         head = await self._store.audit.head(org_id)

@@ -139,6 +139,12 @@ class AuditRepo:
             row = (await conn.execute(select(audit_heads).where(audit_heads.c.org_id == org_id))).mappings().first()
         return _head(row) if row is not None else None
 
+    async def row(self, org_id: str, seq: int) -> AuditRow | None:
+        query = select(audit_log).where(audit_log.c.org_id == org_id, audit_log.c.seq == seq)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).mappings().first()
+        return _row(found) if found is not None else None
+
     async def chain(self, org_id: str, *, batch: int = 1000) -> AsyncIterator[AuditRow]:
         """A chain's rows in seq order, `batch` at a time (a long chain is never all in memory)."""
         after = -1
@@ -164,30 +170,43 @@ class AuditRepo:
         async with self._engine.connect() as conn:
             return [_row(r) for r in (await conn.execute(query)).mappings().all()]
 
-    async def prune(self, org_id: str, before: datetime, prune_row: PruneRow, seal: Seal) -> int:
+    async def prune(
+        self, org_id: str, before: datetime, prune_row: PruneRow, seal: Seal, *, batch: int = 5000
+    ) -> int:
         """Delete the chain's rows up to the last one dated before `before` (a prefix, so what
-        is kept still links up), move the anchor to it, and append `prune_row(seq, hash, n)`
-        saying so, all in one transaction. Returns how many rows were deleted."""
-        async with self._engine.begin() as conn:
-            head = await _lock_head(conn, org_id)
+        is kept still links up). Each transaction deletes at most `batch` rows, moves the anchor
+        to the last of them and appends `prune_row(seq, hash, n)` saying so, so writers are never
+        held up for long and the chain verifies after every commit. Returns how many rows went."""
+        async with self._engine.connect() as conn:
             last = (await conn.execute(
-                select(audit_log.c.seq, audit_log.c.hash)
-                .where(audit_log.c.org_id == org_id, audit_log.c.at < before)
-                .order_by(audit_log.c.seq.desc())
-                .limit(1)
-            )).first()
-            if last is None:
-                return 0
-            seq, digest = int(last.seq), str(last.hash)
-            count = (await conn.execute(
-                delete(audit_log).where(audit_log.c.org_id == org_id, audit_log.c.seq <= seq)
-            )).rowcount
-            await conn.execute(
-                update(audit_heads).where(audit_heads.c.org_id == org_id).values(pruned_seq=seq, pruned_hash=digest)
-            )
-            assert head.seq >= seq
-            await append_in(conn, prune_row(seq, digest, count), seal)
-            return int(count)
+                select(func.max(audit_log.c.seq)).where(audit_log.c.org_id == org_id, audit_log.c.at < before)
+            )).scalar()
+        if last is None:
+            return 0
+        deleted = 0
+        while True:
+            async with self._engine.begin() as conn:
+                head = await _lock_head(conn, org_id)
+                if head.pruned_seq >= last:
+                    return deleted
+                upto = min(int(last), head.pruned_seq + batch)
+                found = (await conn.execute(
+                    select(audit_log.c.seq, audit_log.c.hash)
+                    .where(audit_log.c.org_id == org_id, audit_log.c.seq <= upto)
+                    .order_by(audit_log.c.seq.desc())
+                    .limit(1)
+                )).first()
+                if found is None:  # nothing left below it (deleted by hand): verify says so
+                    return deleted
+                seq, digest = int(found.seq), str(found.hash)
+                count = int((await conn.execute(
+                    delete(audit_log).where(audit_log.c.org_id == org_id, audit_log.c.seq <= seq)
+                )).rowcount)
+                await conn.execute(
+                    update(audit_heads).where(audit_heads.c.org_id == org_id).values(pruned_seq=seq, pruned_hash=digest)
+                )
+                await append_in(conn, prune_row(seq, digest, count), seal)
+            deleted += count
 
     async def set_code(self, org_id: str, on: bool) -> None:
         """Whether the organization's execution rows keep the code (orgs.audit_code)."""
