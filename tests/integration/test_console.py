@@ -7,7 +7,6 @@ SANDBOXD_CONSOLE_SCREENSHOTS to keep them somewhere else).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from typing import Any
 import baponi
 import httpx
 import pytest
-from conftest import Server, start_server, stop_all
+from conftest import Server, run_cli, start_server, stop_all
 
 CHROMIUM = "/usr/bin/chromium"
 #: The flags this machine's Chromium needs (root, no GPU, a closed network).
@@ -30,8 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 CLIENT_ID = "sandboxd-console"
-#: The audit log's branch has been merged: its page must then find what the test did.
-AUDIT_LOG = importlib.util.find_spec("sandboxd.service.audit") is not None
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 
@@ -222,6 +219,10 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     with baponi.Baponi(api_key=copied, base_url=server.url) as sdk:
         assert sdk.execute("print(6 * 7)").stdout == "42\n"
 
+    # The organization's audit rows keep the code (off by default), so the run's page can show it.
+    done = run_cli("audit", "code", "default", "on", "--data-dir", str(server.data_dir))
+    assert done.returncode == 0, done.stderr
+
     # Try it: the output arrives while the code still runs.
     page.goto("/console/try")
     page.select_option("#try-key", key_id)
@@ -251,19 +252,18 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     assert "greeting (env)" in page.locator("#connectors-used").inner_text()
     _shot(page, shots, "execution")
 
-    if AUDIT_LOG:  # the run and the key's creation, in the audit log; exported
-        page.goto(f"/console/audit?trace_id={trace_id}")
-        assert trace_id in page.locator("#audit").inner_text()
-        page.goto("/console/audit?action=key.create")
-        assert "key.create" in page.locator("#audit").inner_text()
-        _shot(page, shots, "audit-search")
-        from sandboxd.service.admin import AdminOps
-
-        if hasattr(AdminOps, "export_audit"):
-            with page.expect_download() as download:
-                page.click("#export-jsonl")
-            exported = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
-            assert any(row["action"] == "key.create" for row in exported)
+    # The audit log: the run (its code kept: the organization's setting) and the key's creation; exported.
+    assert "time.sleep(2)" in page.locator("#code").inner_text()
+    page.goto(f"/console/audit?trace_id={trace_id}")
+    assert trace_id in page.locator("#audit").inner_text()
+    page.goto("/console/audit?action=key.create")
+    audit_rows = page.locator("#audit").inner_text()
+    assert "key.create" in audit_rows and "ana@example.com" in audit_rows
+    _shot(page, shots, "audit-search")
+    with page.expect_download() as download:
+        page.click("#export-jsonl")
+    exported = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [row["action"] for row in exported] == ["key.create"] and exported[0]["target"] == key_id
 
     page.goto("/console/")
     assert int(page.locator("#stat-total").inner_text()) >= 2
