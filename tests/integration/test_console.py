@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +148,7 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     page.click("summary")
     page.fill("#f-name", "Not A Name")
     page.click("#create-sandbox")
-    assert "sandbox name must be" in page.locator("[role=alert]").first.inner_text()
+    assert "sandbox name must be" in page.locator("#e-name").inner_text()
     _shot(page, shots, "sandboxes-invalid")
     page.fill("#f-name", "console-small")
     page.fill("#f-cpus", "0.5")
@@ -363,6 +365,12 @@ def test_the_admin_token_form_signs_in_without_an_identity_provider(browser: Any
     page.click("text=Sign in with a token")
     page.wait_for_url("**/console/")
     assert "owner · default" in page.locator(".who").inner_text()
+    # The session ends on the server's clock: the next page asks to sign in again.
+    with sqlite3.connect(console_server.data_dir / "sandboxd.db") as db:
+        ended = (datetime.now(timezone.utc) - timedelta(seconds=1)).isoformat()
+        db.execute("UPDATE console_sessions SET expires_at = ?", (ended,))
+    page.goto("/console/keys")
+    assert "/console/sign-in?next=/console/keys" in page.url
     page.context.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -164,6 +165,8 @@ class FormErrors:
     def of(cls, exc: SandboxdError, names: tuple[str, ...]) -> FormErrors:
         message = exc.message
         lowered = message.lower()
+        if "name" in names and re.match(r"^[a-z ]+ name must", lowered):  # "sandbox name must be ..."
+            return cls(fields={"name": message})
         for name in names:
             spoken = name.replace("_", " ")
             if lowered.startswith((name + " ", spoken + " ", name + ":")) or f"{name} must" in lowered:
