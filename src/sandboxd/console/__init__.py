@@ -8,6 +8,7 @@ telemetry, the catch-all) wraps it too, and its errors have the API's format.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,8 @@ from .web import HERE, PREFIX, Console, SignInRequired, environment, sign_in_url
 if TYPE_CHECKING:
     from ..app import Services
 
+log = logging.getLogger("sandboxd.console")
+
 __all__ = ["PREFIX", "create_console", "mount_console"]
 
 
@@ -31,6 +34,8 @@ def create_console(services: Services) -> FastAPI:
     from .oidc import OidcClient
 
     settings = services.settings
+    if bool(settings.oidc_issuer) != bool(settings.oidc_client_id):
+        log.warning("console: OpenID Connect sign-in needs both oidc_issuer and oidc_client_id; it is off")
     app = FastAPI(title="sandboxd console", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.services = services
     app.state.console = Console(

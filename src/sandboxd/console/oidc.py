@@ -52,9 +52,12 @@ class OidcClient:
         assert settings.oidc_issuer and settings.oidc_client_id
         self.issuer = settings.oidc_issuer.rstrip("/")
         self.client_id = settings.oidc_client_id
-        self._secret = (
-            settings.oidc_client_secret_file.read_text().strip() if settings.oidc_client_secret_file else None
-        )
+        self._secret: str | None = None
+        if settings.oidc_client_secret_file is not None:
+            try:
+                self._secret = settings.oidc_client_secret_file.read_text().strip()
+            except OSError as exc:
+                raise RuntimeError(f"oidc_client_secret_file {settings.oidc_client_secret_file}: {exc.strerror}") from None
         self._scopes = settings.oidc_scopes
         self._org_claim = settings.oidc_org_claim
         self._role_claim = settings.oidc_role_claim
