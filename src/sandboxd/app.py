@@ -84,7 +84,7 @@ class Admin:
         return AdminOps(
             store=self.store, keys=self.keys, tenancy=self.tenancy, images=self.images, volumes=self.volumes,
             storage=self.storage, connectors=self.connectors, webhooks=self.webhooks, members=self.members,
-            audit=self.audit,
+            threads=self.threads, audit=self.audit,
         )
 
     async def close(self) -> None:

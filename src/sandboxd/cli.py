@@ -665,7 +665,7 @@ def threads_delete(
     """Delete a thread and its home."""
 
     async def go(admin: Admin) -> None:
-        await admin.threads.delete((await admin.tenancy.org(org)).id, thread_id)
+        await admin.ops.delete_thread(await _principal(admin, org), thread_id)
 
     admin_call(settings_of(data_dir, database_url), go)
     typer.echo(f"deleted {thread_id}")

@@ -356,3 +356,18 @@ def test_changes_are_in_the_audit_log_with_who_and_where_from(admin_server: Any,
     with client(admin_server, token_for(admin_server, "owner", org)) as other:
         assert ok(other.get("/audit"))["rows"] == []  # nothing of default's
         refused(other.get("/audit", params={"org": "default"}), 403, "forbidden")
+
+
+def test_threads_are_listed_and_deleted(admin_server: Any, owner: httpx.Client) -> None:
+    secret = ok(owner.post("/keys", json={}), 201)["secret"]
+    thread = name("t")
+    run = {"code": "open('/home/baponi/f', 'w').write('x')", "language": "python", "thread_id": thread}
+    answer = httpx.post(f"{admin_server.url}/v1/sandbox/execute", json=run, timeout=120,
+                        headers={"Authorization": f"Bearer {secret}"})
+    assert answer.status_code == 200 and answer.json()["success"], answer.text
+    assert thread in [t["thread_id"] for t in ok(owner.get("/threads"))]
+    ok(owner.delete(f"/threads/{thread}"), 204)
+    assert thread not in [t["thread_id"] for t in ok(owner.get("/threads"))]
+    refused(owner.delete(f"/threads/{thread}"), 404, "not_found")
+    rows = ok(owner.get("/audit", params={"action": "thread.delete", "newest_first": True}))["rows"]
+    assert rows[0]["target"] == thread

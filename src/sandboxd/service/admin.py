@@ -25,11 +25,10 @@ from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
 from ..images import skopeo
 from ..images.store import Progress
 from ..runtime import LANGUAGES
-from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Volume, utcnow
-from ..store.audit import AuditFilters
+from ..store import AdminToken, ApiKey, Image, Member, Org, Sandbox, Store, Thread, Volume, utcnow
 from . import scoping
 from .audit import FORMATS as AUDIT_FORMATS
-from .audit import AuditLog, row_json
+from .audit import AuditFilters, AuditLog, row_json
 from .connectors import ConnectorService
 from .connectors import describe as describe_connector
 from .images import HOST, ImageService
@@ -39,6 +38,7 @@ from .roles import AUDIT, MEMBERS, OPERATE, READ, WRITE, Actor, AdminPrincipal, 
 from .storage import ConnectionSpec, StorageService
 from .storage import describe as describe_storage
 from .tenancy import SandboxConfig, TenancyService
+from .threads import ThreadService
 from .volumes import VolumeService
 from .webhooks import WebhookService
 
@@ -188,6 +188,13 @@ def token_view(token: AdminToken) -> View:
     }
 
 
+def thread_view(thread: Thread) -> View:
+    return {
+        "thread_id": thread.thread_id, "uid": thread.uid, "created_at": _at(thread.created_at),
+        "last_used_at": _at(thread.last_used_at), "last_image": thread.image_digest,
+    }
+
+
 def key_status(key: ApiKey, now: datetime) -> str:
     if key.revoked_at is not None:
         return "revoked"
@@ -209,6 +216,7 @@ class AdminOps:
         connectors: ConnectorService,
         webhooks: WebhookService,
         members: MemberService,
+        threads: ThreadService,
         audit: AdminAudit,
     ) -> None:
         self._store = store
@@ -220,6 +228,7 @@ class AdminOps:
         self._connectors = connectors
         self._webhooks = webhooks
         self._members = members
+        self._threads = threads
         self.audit = audit
 
     # --- helpers ----------------------------------------------------------------------------
@@ -644,6 +653,20 @@ class AdminOps:
         count = await self._connectors.rotate_key()
         await self._record(p, "connector.rotate_key", None, "connectors-key", after={"resealed": count})
         return count
+
+    # --- threads (their homes hold the agents' files: a deletion is recorded) ----------------
+
+    async def list_threads(self, p: AdminPrincipal, *, org: str | None = None) -> list[View]:
+        require(p, READ)
+        return [thread_view(t) for t in await self._threads.list((await self._org(p, org)).id)]
+
+    async def delete_thread(self, p: AdminPrincipal, thread_id: str, *, org: str | None = None) -> None:
+        """The thread and its home (409 while an execution holds it)."""
+        require(p, WRITE)
+        the_org = await self._org(p, org)
+        before = thread_view(await self._threads.get(the_org.id, thread_id))
+        await self._threads.delete(the_org.id, thread_id)
+        await self._record(p, "thread.delete", the_org, thread_id, before=before)
 
     # --- webhook secret ---------------------------------------------------------------------
 

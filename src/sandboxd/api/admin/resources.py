@@ -27,6 +27,7 @@ from .schemas import (
     StorageCreate,
     StorageDetail,
     StorageOut,
+    ThreadOut,
     VolumeCreate,
     VolumeOut,
     WebhookSecretOut,
@@ -195,6 +196,21 @@ async def update_connector(
                summary="Delete a connector no active key is bound to")
 async def delete_connector(name: str, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> None:
     await ops.delete_connector(p, name, org=org)
+
+
+# --- threads ---------------------------------------------------------------------------------
+
+
+@router.get("/threads", response_model=list[ThreadOut], responses=answers(404),
+            summary="Threads: each thread_id's persistent /home/baponi")
+async def list_threads(p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> list[dict[str, Any]]:
+    return await ops.list_threads(p, org=org)
+
+
+@router.delete("/threads/{thread_id}", status_code=204, response_class=Response, responses=answers(404, 409, 503),
+               summary="Delete a thread and its home (409 while an execution uses it)")
+async def delete_thread(thread_id: str, p: AdminDep, ops: OpsDep, org: OrgQuery = None) -> None:
+    await ops.delete_thread(p, thread_id, org=org)
 
 
 # --- webhook signing secret ------------------------------------------------------------------

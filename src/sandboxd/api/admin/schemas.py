@@ -299,6 +299,14 @@ class ConnectorDetail(ConnectorOut):
     keys: list[str]
 
 
+class ThreadOut(BaseModel):
+    thread_id: str
+    uid: int = Field(description="The host uid its sandboxes run as.")
+    created_at: datetime | None
+    last_used_at: datetime | None
+    last_image: str | None = Field(description="The digest of the image its home was last used with.")
+
+
 class WebhookSecretRequest(_Request):
     rotate: bool = Field(False, description="Replace the existing secret (without: refused if there is one).")
 
