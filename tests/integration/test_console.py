@@ -418,4 +418,18 @@ def test_a_member_only_runs_code(browser: Any, console_server: Server) -> None:
     csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
     refused = page.request.post("/console/sandboxes", form={"name": "nope", "csrf_token": csrf})
     assert refused.status == 403 and refused.json()["error"] == "forbidden"
+    # They run code with the organization's keys: a refusal shows the API's message, then a run.
+    made = run_cli("keys", "create", "--name", "member-key", "--data-dir", str(console_server.data_dir))
+    assert made.returncode == 0, made.stderr
+    page.reload()
+    page.fill("#try-timeout", "99999")
+    page.click("#try-run")
+    page.wait_for_selector("#try-error:not([hidden])")
+    assert "timeout" in page.locator("#try-error").inner_text()
+    page.fill("#try-timeout", "10")
+    page.fill("#try-code", "print('member ran this')")
+    page.click("#try-run")
+    page.wait_for_function("document.getElementById('try-status').dataset.done === 'success'", timeout=60_000)
+    assert page.locator("#try-output").inner_text() == "member ran this\n"
+    assert page.locator("#try-trace-link").count() == 0  # the run's page is not theirs to read
     page.context.close()
