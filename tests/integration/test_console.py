@@ -110,6 +110,12 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
 def _page(browser: Any, server: Server, **options: Any) -> Any:
     context = browser.new_context(base_url=server.url, **options)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
@@ -140,6 +146,8 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     _shot(page, shots, "sign-in")
     _sign_in(page, server, "ana")
     assert page.locator("h1").inner_text() == "Dashboard"
+    blocked: list[str] = []  # the content security policy blocks nothing the console itself does
+    page.on("console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None)
     assert "ana@example.com · owner · default" in page.locator(".who").inner_text()
     _shot(page, shots, "dashboard-empty")
 
@@ -207,7 +215,7 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     shown = page.locator("#new-key").input_value()
     assert re.fullmatch(r"sk-local-[A-Za-z0-9]{40}", shown)
     page.click("#copy-key")
-    page.wait_for_function("document.querySelector('.copied').textContent === 'Copied'")
+    expect(page.locator(".copied")).to_have_text("Copied")
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == shown
     _shot(page, shots, "keys-created")
@@ -233,10 +241,10 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
         "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second', flush=True)",
     )
     page.click("#try-run")
-    page.wait_for_function("document.getElementById('try-output').textContent.includes('first')")
+    expect(page.locator("#try-output")).to_contain_text("first", timeout=30_000)
     assert "second" not in page.locator("#try-output").inner_text()
     assert page.locator("#try-status").get_attribute("data-done") is None  # still running: streamed
-    page.wait_for_function("document.getElementById('try-status').dataset.done === 'success'", timeout=60_000)
+    page.wait_for_selector("#try-status[data-done=success]", timeout=60_000)
     assert page.locator("#try-output").inner_text() == "first\nsecond\n"
     trace_id = page.locator("#try-trace-link").inner_text().split()[-1]
     _shot(page, shots, "try-it")
@@ -304,6 +312,10 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
         with pytest.raises(baponi.AuthenticationError) as refused:
             sdk.execute("print(1)")
     assert refused.value.status_code == 401
+
+    assert not blocked, blocked
+    headers = page.request.get("/console/keys").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
 
     # Sign out: the session is gone server-side too.
     cookie = next(c for c in page.context.cookies() if c["name"] == "sandboxd_console")
@@ -429,7 +441,7 @@ def test_a_member_only_runs_code(browser: Any, console_server: Server) -> None:
     page.fill("#try-timeout", "10")
     page.fill("#try-code", "print('member ran this')")
     page.click("#try-run")
-    page.wait_for_function("document.getElementById('try-status').dataset.done === 'success'", timeout=60_000)
+    page.wait_for_selector("#try-status[data-done=success]", timeout=60_000)
     assert page.locator("#try-output").inner_text() == "member ran this\n"
     assert page.locator("#try-trace-link").count() == 0  # the run's page is not theirs to read
     page.context.close()
