@@ -37,3 +37,12 @@ def test_a_sealed_cookie_comes_back_unless_changed_or_expired() -> None:
     assert Secrets(b"q" * 32).unseal(sealed) is None
     expired = secrets.seal({"state": "s"}, -1)
     assert secrets.unseal(expired) is None
+
+
+def test_after_sign_in_only_a_console_page_is_a_destination() -> None:
+    from sandboxd.console.auth import _next
+
+    assert _next("/console/keys?x=1") == "/console/keys?x=1"
+    for elsewhere in (None, "", "https://evil.example/", "//evil.example/console/", "/v1/sandbox/execute",
+                      "/console", "/console\\@evil.example", "/consolex/"):
+        assert _next(elsewhere) == "/console/", elsewhere
