@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -78,10 +79,14 @@ async def executions_page(request: Request, console: ConsoleDep, who: VisitorDep
     except InvalidRequest as exc:
         errors = FormErrors.of(exc, ("since", "until", "meta_key", "meta_value"))
     keys = await console.services.keys.list(who.principal.org.id)
+    older = None
+    if len(results) == ExecutionQuery.limit:  # a full page: the next one ends where this one does
+        last = results[-1].created_at.replace(tzinfo=None).isoformat()
+        older = urlencode({**{k: v for k, v in params.items() if v}, "until": last})
     return render(
         request, console, "executions.html", who, status=400 if errors else 200, results=results, params=params,
         errors=errors, keys=keys, key_names={k.id: f"{k.name} ({k.display_prefix}…)" for k in keys},
-        statuses=STATUSES, languages=LANGUAGES,
+        statuses=STATUSES, languages=LANGUAGES, older=older,
     )
 
 
