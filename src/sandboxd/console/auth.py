@@ -24,10 +24,11 @@ def _next(value: str | None) -> str:
     return PREFIX + "/"
 
 
-def _set_cookie(console: Console, response: Response, name: str, value: str, max_age: int, *, path: str = PREFIX) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, path=path, httponly=True, samesite="lax", secure=console.secure_cookies
-    )
+def _set_cookie(request: Request, console: Console, response: Response, name: str, value: str, max_age: int) -> None:
+    """HttpOnly, SameSite=Lax, the console's path only; Secure over https (the public URL's, or
+    the request's as a trusted proxy forwarded it)."""
+    secure = console.secure_cookies or request.url.scheme == "https"
+    response.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="lax", secure=secure)
 
 
 @router.get("/sign-in")
@@ -43,7 +44,7 @@ def _sign_in_form(
         request, console, "sign_in.html", None, status=status, csrf=console.secrets.csrf_token("pre:" + binding),
         next=next_path, oidc=console.oidc is not None, errors=errors,
     )
-    _set_cookie(console, response, PRE_COOKIE, binding, 3600)
+    _set_cookie(request, console, response, PRE_COOKIE, binding, 3600)
     return response
 
 
@@ -76,7 +77,7 @@ async def _open_session(request: Request, console: Console, member: Member, next
     expires = await members.session_expires(token)
     max_age = int((expires - datetime.now(timezone.utc)).total_seconds()) if expires else 3600
     response = RedirectResponse(next_path, status_code=303)
-    _set_cookie(console, response, SESSION_COOKIE, token, max(max_age, 1))
+    _set_cookie(request, console, response, SESSION_COOKIE, token, max(max_age, 1))
     response.delete_cookie(PRE_COOKIE, path=PREFIX)
     response.delete_cookie(OIDC_COOKIE, path=PREFIX)
     return response
@@ -99,7 +100,7 @@ async def oidc_start(request: Request, console: ConsoleDep, next: Annotated[str,
         {"state": started.state, "nonce": started.nonce, "verifier": started.verifier, "next": _next(next)},
         _OIDC_COOKIE_AGE_S,
     )
-    _set_cookie(console, response, OIDC_COOKIE, sealed, _OIDC_COOKIE_AGE_S)
+    _set_cookie(request, console, response, OIDC_COOKIE, sealed, _OIDC_COOKIE_AGE_S)
     return response
 
 
