@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ..errors import SandboxdError, Unauthorized
 from ..service.history import HistoryService
-from ..service.roles import AUDIT, MEMBERS, READ, RUN, WRITE, AdminPrincipal
+from ..service.roles import AUDIT, MEMBERS, READ, RUN, AdminPrincipal
 from .security import CSRF_FIELD, CSRF_HEADER, PRE_COOKIE, SESSION_COOKIE, Secrets
 
 if TYPE_CHECKING:
@@ -100,7 +100,6 @@ NAV: tuple[tuple[str, str, str], ...] = (
     ("/members", "Members", MEMBERS),
     ("/audit", "Audit log", AUDIT),
 )
-__all__ = ["AUDIT", "MEMBERS", "READ", "RUN", "WRITE"]
 
 
 def console_of(request: Request) -> Console:
