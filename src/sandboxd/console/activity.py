@@ -40,19 +40,22 @@ async def dashboard(request: Request, console: ConsoleDep, who: VisitorDep) -> R
         return RedirectResponse(PREFIX + "/try", status_code=303)
     data = await console.history.dashboard(who.principal, concurrency_limit=await _concurrency_limit(console, who))
     per_minute = [m.executions for m in data.minutes]
+    span = (data.since.strftime("%H:%M UTC"), "now")
     context: dict[str, Any] = {
         "data": data,
         "per_minute": charts.bars(
-            per_minute, "Executions per minute", f"{data.total} executions in the last {len(per_minute)} minutes"
+            per_minute, "Executions per minute", f"{data.total} executions in the last {len(per_minute)} minutes", span
         ),
         "durations": charts.lines(
             {"p50": [m.p50_ms for m in data.minutes], "p95": [m.p95_ms for m in data.minutes]},
             "Duration p50 and p95 (ms)", f"p50 {data.p50_ms} ms, p95 {data.p95_ms} ms over the period",
+            span=span,
         ),
         "mix": charts.status_mix(data),
         "concurrency": charts.lines(
             {"running": [m.concurrent for m in data.minutes]}, "Concurrent executions",
             f"peak {data.peak_concurrent} of a limit of {data.concurrency_limit}", limit=data.concurrency_limit,
+            span=span,
         ),
     }
     return render(request, console, "dashboard.html", who, **context)

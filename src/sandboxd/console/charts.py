@@ -12,8 +12,8 @@ from markupsafe import Markup
 
 from ..service.history import Dashboard
 
-W, H = 600, 160
-PAD_L, PAD_B, PAD_T = 36, 20, 8
+W, H = 600, 180
+PAD_L, PAD_B, PAD_T = 48, 26, 18
 
 #: Status colours; anything else is grey.
 STATUS_COLOURS = {
@@ -22,10 +22,13 @@ STATUS_COLOURS = {
 }
 
 
-def _frame(title: str, desc: str, body: str, top: float) -> Markup:
+def _frame(title: str, desc: str, body: str, top: float, span: tuple[str, str] | None = None) -> Markup:
     y_label = f'<text x="{PAD_L - 4}" y="{PAD_T + 8}" text-anchor="end" class="tick">{_num(top)}</text>'
     zero = f'<text x="{PAD_L - 4}" y="{H - PAD_B}" text-anchor="end" class="tick">0</text>'
     axis = f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W}" y2="{H - PAD_B}" class="axis"/>'
+    if span is not None:  # the time axis' two ends
+        axis += (f'<text x="{PAD_L}" y="{H - 2}" class="tick">{escape(span[0])}</text>'
+                 f'<text x="{W}" y="{H - 2}" text-anchor="end" class="tick">{escape(span[1])}</text>')
     return Markup(
         f'<svg viewBox="0 0 {W} {H}" role="img" class="chart">'
         f"<title>{escape(title)}</title><desc>{escape(desc)}</desc>{axis}{y_label}{zero}{body}</svg>"
@@ -44,7 +47,7 @@ def _y(value: float, top: float) -> float:
     return H - PAD_B - (H - PAD_B - PAD_T) * (value / top if top else 0)
 
 
-def bars(values: Sequence[int], title: str, desc: str) -> Markup:
+def bars(values: Sequence[int], title: str, desc: str, span: tuple[str, str] | None = None) -> Markup:
     top = max(max(values, default=0), 1)
     width = (W - PAD_L) / max(len(values), 1)
     body = "".join(
@@ -52,10 +55,13 @@ def bars(values: Sequence[int], title: str, desc: str) -> Markup:
         f'height="{H - PAD_B - _y(v, top):.1f}" class="bar"><title>{v}</title></rect>'
         for i, v in enumerate(values) if v
     )
-    return _frame(title, desc, body, top)
+    return _frame(title, desc, body, top, span)
 
 
-def lines(series: dict[str, Sequence[float | None]], title: str, desc: str, *, limit: float | None = None) -> Markup:
+def lines(
+    series: dict[str, Sequence[float | None]], title: str, desc: str, *, limit: float | None = None,
+    span: tuple[str, str] | None = None,
+) -> Markup:
     top = max([v for s in series.values() for v in s if v is not None] + [limit or 0, 1])
     body = []
     for n, (name, values) in enumerate(series.items()):
@@ -72,7 +78,7 @@ def lines(series: dict[str, Sequence[float | None]], title: str, desc: str, *, l
         y = _y(limit, top)
         body.append(f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{W}" y2="{y:.1f}" class="limit"/>')
         body.append(f'<text x="{W - 4}" y="{y - 3:.1f}" text-anchor="end" class="tick">limit {limit:.0f}</text>')
-    return _frame(title, desc, "".join(body), top)
+    return _frame(title, desc, "".join(body), top, span)
 
 
 def status_mix(dashboard: Dashboard) -> Markup:
