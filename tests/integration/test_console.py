@@ -135,8 +135,15 @@ def _sign_in(page: Any, server: Server, subject: str) -> None:
     assert "/sign-in" not in page.url, page.content()
 
 
+#: Form fields no <label> names (a screen reader would read them as "edit text").
+_UNLABELLED = """[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+    .filter(field => field.labels.length === 0).map(field => field.name || field.id)"""
+
+
 def _shot(page: Any, shots: Path, name: str) -> None:
+    """A screenshot of the page, which also must label every field it has."""
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    assert page.evaluate(_UNLABELLED) == [], name
 
 
 def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_server: Server, shots: Path) -> None:
