@@ -98,8 +98,9 @@ async def test_the_last_owner_stays_an_owner(admin: Admin) -> None:
     await admin.members.set_role(org, "solo@example.com", "admin")
     with pytest.raises(Conflict):
         await admin.members.add(org, "two@example.com", "member")
-    with pytest.raises(InvalidRequest):
-        await admin.members.add(org, "x y", "member")
+    for bad in ("x y", "../members/a@b.c", "a/b@c.d", ".hidden", "a%2Fb@c.d", "a@b/c"):
+        with pytest.raises(InvalidRequest):
+            await admin.members.add(org, bad, "member")
     with pytest.raises(InvalidRequest):
         await admin.members.add(org, "z@example.com", "root")
 
@@ -112,6 +113,16 @@ async def test_console_sessions_end_at_logout_and_at_expiry(admin: Admin) -> Non
     raw = (admin.settings.data_dir / "sandboxd.db").read_bytes()
     assert cookie.encode() not in raw
     await admin.members.close_session(cookie)
+    with pytest.raises(Unauthorized):
+        await admin.members.session(cookie)
+    issued = await admin.members.issue_token(member, "console", utcnow() + timedelta(seconds=30))
+    principal = await admin.members.authenticate(issued.secret)
+    assert principal.credential_id == issued.record.id
+    cookie = await admin.members.open_session(member, admin_token_id=principal.credential_id)
+    expires = await admin.members.session_expires(cookie)
+    assert expires is not None and expires <= issued.record.expires_at  # type: ignore[operator]
+    assert (await admin.members.session(cookie)).actor.id == member.id
+    await admin.members.revoke_token(member, issued.record.id)  # the session ends with its token
     with pytest.raises(Unauthorized):
         await admin.members.session(cookie)
     short = MemberService(admin.store, b"p" * 32, session_ttl_s=0.001)
@@ -139,8 +150,24 @@ async def test_oidc_sign_in_follows_the_providers_claims(admin: Admin) -> None:
     kept = await admin.members.oidc_sign_in("https://idp sub-1", "e@x.io", None, None)
     assert kept.id == first.id and kept.role == "admin"
     invited = await admin.members.add(org, "fa@x.io", "auditor")  # invited by an owner, signs in later
-    linked = await admin.members.oidc_sign_in("https://idp sub-2", "fa@x.io", "default", None)
+    with pytest.raises(Forbidden):  # an email the provider did not verify links nothing
+        await admin.members.oidc_sign_in("https://idp sub-2", "fa@x.io", "default", None)
+    linked = await admin.members.oidc_sign_in("https://idp sub-2", "fa@x.io", "default", None, email_verified=True)
     assert linked.id == invited.id and linked.role == "auditor" and linked.subject == "https://idp sub-2"
+    with pytest.raises(Forbidden, match="another organization"):
+        await admin.members.oidc_sign_in("https://idp sub-2", "fa@x.io", "acme", "admin")
+
+
+async def test_another_subject_with_a_members_email_never_takes_the_member_over(admin: Admin) -> None:
+    await admin.tenancy.ensure_org("acme")
+    victim = await admin.members.oidc_sign_in("https://idp victim", "ceo@acme.io", "acme", "owner", email_verified=True)
+    for role in (None, "member"):
+        with pytest.raises(Forbidden):
+            await admin.members.oidc_sign_in("https://idp attacker", "ceo@acme.io", "acme", role, email_verified=True)
+    again = await admin.members.oidc_sign_in("https://idp victim", "ceo@acme.io", "acme", None)
+    assert again.id == victim.id and again.role == "owner" and again.subject == "https://idp victim"
+    odd = await admin.members.oidc_sign_in("https://idp odd", "../members/ceo@acme.io", "acme", "member")
+    assert odd.email.startswith("oidc-") and "/" not in odd.email  # never a path in a console URL
 
 
 def test_cli_adds_lists_tokens_and_removes_members(server: Server) -> None:

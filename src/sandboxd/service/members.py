@@ -14,7 +14,7 @@ import builtins
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -24,10 +24,11 @@ from .roles import OPERATOR_ORG, ROLE_NAMES, Actor, AdminPrincipal
 
 TOKEN_PATTERN = re.compile(r"^sda-[A-Za-z0-9]{40}$")
 _SESSION_PATTERN = re.compile(r"^[A-Za-z0-9]{43}$")
-#: Loose on purpose: an address the identity provider vouches for, or an operator's label.
-_EMAIL = re.compile(r"^[^\s@]{1,128}(@[^\s@]{1,125})?$")
+#: An address (or an operator's label such as `owner`): safe in a URL path segment and a page.
+_EMAIL = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}(@[A-Za-z0-9-][A-Za-z0-9.-]{0,124})?$")
 BOOTSTRAP_EMAIL = "owner"
 _USE_RECORDED_EVERY = timedelta(minutes=1)
+_LAST_OWNER = "{!r} would have no owner left; make another member owner first"
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,15 @@ class MemberService:
         """(before, after); the last owner keeps being one."""
         _check(email, role)
         member = await self.get(org, email)
-        if member.role == "owner" and role != "owner":
-            await self._keep_an_owner(org)
-        await self._store.members.change(member.id, role=role)
+        if not await self._store.members.change_keeping_an_owner(member, role=role):
+            raise Conflict(_LAST_OWNER.format(org.name))
         return member, await self.get(org, email)
 
     async def remove(self, org: Org, email: str) -> Member:
         member = await self.get(org, email)
-        if member.role == "owner":
-            await self._keep_an_owner(org)
-        await self._store.members.remove(member.id)
+        if not await self._store.members.remove_keeping_an_owner(member):
+            raise Conflict(_LAST_OWNER.format(org.name))
         return member
-
-    async def _keep_an_owner(self, org: Org) -> None:
-        if await self._store.members.owners(org.id) <= 1:
-            raise Conflict(f"{org.name!r} would have no owner left; make another member owner first")
 
     # --- admin tokens -----------------------------------------------------------------------
 
@@ -106,7 +101,7 @@ class MemberService:
         token = await self._store.admin_tokens.get(token_id)
         if token is None or token.member_id != member.id:
             raise NotFound(f"no admin token {token_id!r} of {member.email!r}")
-        await self._store.admin_tokens.revoke(token_id)
+        await self._store.admin_tokens.revoke(token_id)  # its console sessions end with it
         return token
 
     async def authenticate(self, presented: str, ip: str | None = None) -> AdminPrincipal:
@@ -117,7 +112,7 @@ class MemberService:
         now = utcnow()
         if token is None or token.revoked_at is not None or (token.expires_at is not None and token.expires_at <= now):
             raise Unauthorized("invalid admin token")
-        principal = await self._principal(token.member_id, ip, via="token")
+        principal = replace(await self._principal(token.member_id, ip, via="token"), credential_id=token.id)
         await self._store.admin_tokens.used(token.id, now, now - _USE_RECORDED_EVERY)
         return principal
 
@@ -139,10 +134,17 @@ class MemberService:
 
     # --- OpenID Connect ---------------------------------------------------------------------
 
-    async def oidc_sign_in(self, subject: str, email: str, org_name: str | None, role: str | None) -> Member:
-        """The member an identity provider vouches for. Its claims are authoritative: the
-        organization must exist; a role claim sets the role; without one, only an existing
-        member (by subject, or by email in that organization) may sign in, keeping its role."""
+    async def oidc_sign_in(
+        self, subject: str, email: str, org_name: str | None, role: str | None, *, email_verified: bool = False
+    ) -> Member:
+        """The member an identity provider vouches for (`subject`: "<issuer> <sub>").
+
+        Its claims are authoritative: the organization must exist; a role claim sets the role.
+        Without a role claim only a known member may sign in, keeping its role: the one this
+        subject signed in as before, or a member an owner invited by email who never signed in
+        (no subject yet) — and only when the provider says it verified that email. A member
+        already linked to a subject is never taken over by another subject with its email.
+        """
         if not subject or len(subject) > 512:
             raise Forbidden("the identity provider sent no usable subject")
         if role is not None and role not in ROLE_NAMES:
@@ -156,17 +158,21 @@ class MemberService:
                 raise Forbidden("the identity provider named no organization and you are not a member yet")
             org = await self._store.orgs.get(known.org_id)
             assert org is not None
-        if known is None or known.org_id != org.id:
-            known = await self._store.members.by_email(org.id, email) if email else None
+        if known is not None and known.org_id != org.id:
+            raise Forbidden(f"you are a member of another organization, not {org.name!r}")
+        if known is None and email and email_verified:
+            invited = await self._store.members.by_email(org.id, email)
+            known = invited if invited is not None and invited.subject is None else None
         if known is None:
             if role is None:
                 raise Forbidden(f"you are not a member of {org.name!r} and the identity provider gave no role")
-            member = await self.add(org, email or subject[-128:], role)
+            try:
+                member = await self.add(org, _label(email, subject), role)
+            except Conflict:
+                raise Forbidden(f"{email!r} is already a member of {org.name!r} under another sign-in") from None
             await self._store.members.change(member.id, subject=subject, last_seen_at=utcnow())
         else:
-            await self._store.members.change(
-                known.id, subject=subject, role=role or known.role, last_seen_at=utcnow(), org_id=org.id
-            )
+            await self._store.members.change(known.id, subject=subject, role=role or known.role, last_seen_at=utcnow())
             member = known
         fresh = await self._store.members.get(member.id)
         assert fresh is not None
@@ -174,13 +180,23 @@ class MemberService:
 
     # --- console sessions -------------------------------------------------------------------
 
-    async def open_session(self, member: Member, ip: str | None = None) -> str:
-        """A new console session; returns the cookie's value (shown to the browser only)."""
+    async def open_session(self, member: Member, ip: str | None = None, *, admin_token_id: str | None = None) -> str:
+        """A new console session; returns the cookie's value (shown to the browser only).
+
+        `admin_token_id`: the admin token it was opened with; the session ends with it (revoked,
+        expired), so a console sign-in never outlives its credential."""
         token = random_token(43)
         now = utcnow()
+        expires = now + self._session_ttl
+        if admin_token_id is not None:
+            credential = await self._store.admin_tokens.get(admin_token_id)
+            if credential is None or credential.member_id != member.id:
+                raise Unauthorized("invalid admin token")
+            if credential.expires_at is not None:
+                expires = min(expires, credential.expires_at)
         await self._store.console_sessions.add(ConsoleSession(
-            digest=self._digest(token), member_id=member.id, created_at=now, expires_at=now + self._session_ttl,
-            ip=ip[:64] if ip else None,
+            digest=self._digest(token), member_id=member.id, created_at=now, expires_at=expires,
+            ip=ip[:64] if ip else None, admin_token_id=admin_token_id,
         ))
         await self._store.console_sessions.sweep(now)
         return token
@@ -191,6 +207,10 @@ class MemberService:
         row = await self._store.console_sessions.get(self._digest(token))
         if row is None or row.expires_at <= utcnow():
             raise Unauthorized("your session has ended; sign in again")
+        if row.admin_token_id is not None:
+            credential = await self._store.admin_tokens.get(row.admin_token_id)
+            if credential is None or credential.revoked_at is not None:
+                raise Unauthorized("the admin token you signed in with was revoked; sign in again")
         return await self._principal(row.member_id, ip, via="session")
 
     async def session_expires(self, token: str) -> datetime | None:
@@ -209,6 +229,13 @@ class MemberService:
         return AdminPrincipal(
             org=org, role=member.role, actor=Actor(kind="member", id=member.id, name=member.email, ip=ip), via=via
         )
+
+
+def _label(email: str, subject: str) -> str:
+    """What a member signing in for the first time is called: its email, else a safe label."""
+    if _EMAIL.fullmatch(email):
+        return email
+    return "oidc-" + hashlib.sha256(subject.encode()).hexdigest()[:16]
 
 
 def _check(email: str, role: str) -> None:

@@ -63,6 +63,8 @@ class AdminPrincipal:
     actor: Actor
     #: "token" (admin API), "session" (console), "cli".
     via: str
+    #: The admin token presented (via "token"): a console session opened with it ends with it.
+    credential_id: str | None = None
 
     @property
     def permissions(self) -> frozenset[str]:

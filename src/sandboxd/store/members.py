@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import utcnow
 from .records import AdminToken, ConsoleSession, Member
@@ -33,21 +34,37 @@ class MemberRepo(Repo):
         async with self._engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(members))).scalar() or 0)
 
-    async def owners(self, org_id: str) -> int:
-        query = select(func.count()).select_from(members).where(members.c.org_id == org_id, members.c.role == "owner")
-        async with self._engine.connect() as conn:
-            return int((await conn.execute(query)).scalar() or 0)
+    async def change_keeping_an_owner(self, member: Member, **values: object) -> bool:
+        """Change a member unless that leaves its organization without an owner (False)."""
+        async with self._engine.begin() as conn:
+            if not await _another_owner(conn, member):
+                return False
+            await conn.execute(update(members).where(members.c.id == member.id).values(**values))
+        return True
+
+    async def remove_keeping_an_owner(self, member: Member) -> bool:
+        """Remove a member (its tokens and sessions too) unless it is the last owner (False)."""
+        async with self._engine.begin() as conn:
+            if not await _another_owner(conn, member):
+                return False
+            await conn.execute(delete(console_sessions).where(console_sessions.c.member_id == member.id))
+            await conn.execute(delete(admin_tokens).where(admin_tokens.c.member_id == member.id))
+            await conn.execute(delete(members).where(members.c.id == member.id))
+        return True
 
     async def change(self, member_id: str, **values: object) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(members).where(members.c.id == member_id).values(**values))
 
-    async def remove(self, member_id: str) -> bool:
-        async with self._engine.begin() as conn:
-            await conn.execute(delete(console_sessions).where(console_sessions.c.member_id == member_id))
-            await conn.execute(delete(admin_tokens).where(admin_tokens.c.member_id == member_id))
-            result = await conn.execute(delete(members).where(members.c.id == member_id))
-        return result.rowcount > 0
+
+
+async def _another_owner(conn: AsyncConnection, member: Member) -> bool:
+    """Whether the organization keeps an owner without `member`'s: its owners' rows locked
+    (PostgreSQL) for the transaction, so two demotions cannot both pass; SQLite has one writer."""
+    if member.role != "owner":
+        return True
+    owners = select(members.c.id).where(members.c.org_id == member.org_id, members.c.role == "owner").with_for_update()
+    return any(found != member.id for found in (await conn.execute(owners)).scalars())
 
 
 class AdminTokenRepo(Repo):
@@ -66,6 +83,7 @@ class AdminTokenRepo(Repo):
         return await self._all(AdminToken, query)
 
     async def revoke(self, token_id: str) -> bool:
+        """Revoke a token and end the console sessions opened with it."""
         query = (
             update(admin_tokens)
             .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at.is_(None))
@@ -73,6 +91,7 @@ class AdminTokenRepo(Repo):
         )
         async with self._engine.begin() as conn:
             result = await conn.execute(query)
+            await conn.execute(delete(console_sessions).where(console_sessions.c.admin_token_id == token_id))
         return result.rowcount > 0
 
     async def used(self, token_id: str, at: datetime, since: datetime) -> None:

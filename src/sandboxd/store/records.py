@@ -84,6 +84,8 @@ class ConsoleSession:
     created_at: datetime
     expires_at: datetime
     ip: str | None = None
+    #: The admin token it was opened with (None: through the identity provider).
+    admin_token_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ console_sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("ip", String(64), nullable=True),
+    # The admin token it was opened with: it ends when that token is revoked (NULL: OpenID).
+    Column("admin_token_id", String(32), ForeignKey("admin_tokens.id", ondelete="CASCADE"), nullable=True),
 )
 
 executions = Table(

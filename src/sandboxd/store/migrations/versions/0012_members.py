@@ -52,6 +52,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ip", sa.String(64), nullable=True),
+        sa.Column(
+            "admin_token_id", sa.String(32), sa.ForeignKey("admin_tokens.id", ondelete="CASCADE"), nullable=True
+        ),
     )
 
 
