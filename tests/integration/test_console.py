@@ -390,6 +390,14 @@ def test_the_admin_token_form_signs_in_without_an_identity_provider(browser: Any
         db.execute("UPDATE console_sessions SET expires_at = ?", (ended,))
     page.goto("/console/keys")
     assert "/console/sign-in?next=/console/keys" in page.url
+    # A session opened with a token ends when the token is revoked.
+    page.fill("#f-token", token)
+    page.click("text=Sign in with a token")
+    page.wait_for_url("**/console/keys")
+    with sqlite3.connect(console_server.data_dir / "sandboxd.db") as db:
+        db.execute("UPDATE admin_tokens SET revoked_at = ?", (datetime.now(timezone.utc).isoformat(),))
+    page.goto("/console/volumes")
+    assert "/console/sign-in?next=/console/volumes" in page.url
     page.context.close()
 
 

@@ -68,12 +68,15 @@ async def sign_in_with_token(
         return _sign_in_form(request, console, _next(next), FormErrors(fields={"token": exc.message}), 401)
     if digest is not None:
         services.auth_failures.succeeded(address, digest)
-    return await _open_session(request, console, member, _next(next))
+    # The session ends with the token it was opened with (revoked or expired).
+    return await _open_session(request, console, member, _next(next), admin_token_id=principal.credential_id)
 
 
-async def _open_session(request: Request, console: Console, member: Member, next_path: str) -> Response:
+async def _open_session(
+    request: Request, console: Console, member: Member, next_path: str, *, admin_token_id: str | None = None
+) -> Response:
     members = console.services.members
-    token = await members.open_session(member, client_ip(request))
+    token = await members.open_session(member, client_ip(request), admin_token_id=admin_token_id)
     expires = await members.session_expires(token)
     max_age = int((expires - datetime.now(timezone.utc)).total_seconds()) if expires else 3600
     response = RedirectResponse(next_path, status_code=303)
@@ -125,7 +128,9 @@ async def oidc_callback(
         identity = await console.oidc.finish(
             _redirect_uri(request, console), code, nonce=pending["nonce"], verifier=pending["verifier"]
         )
-        member = await console.services.members.oidc_sign_in(identity.subject, identity.email, identity.org, identity.role)
+        member = await console.services.members.oidc_sign_in(
+            identity.subject, identity.email, identity.org, identity.role, email_verified=identity.email_verified
+        )
     except SandboxdError as exc:
         return refused(exc.message)
     return await _open_session(request, console, member, next_path)

@@ -31,10 +31,13 @@ _ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "E
 
 @dataclass(frozen=True)
 class Identity:
+    #: "<issuer> <sub>": a `sub` is unique only at its provider.
     subject: str
     email: str
     org: str | None
     role: str | None
+    #: The provider says it verified `email` (the `email_verified` claim).
+    email_verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,11 @@ class OidcClient:
         role = claims.get(self._role_claim)
         email = claims.get("email")
         return Identity(
-            subject=str(claims["sub"]),
+            subject=f"{self.issuer} {claims['sub']}",
             email=email if isinstance(email, str) else "",
             org=org if isinstance(org, str) and org else None,
             role=role if isinstance(role, str) and role else None,
+            email_verified=claims.get("email_verified") is True,
         )
 
     async def _verify(self, id_token: str, keys: KeySet, nonce: str) -> dict[str, Any]:
