@@ -33,6 +33,8 @@ from .images.unpack import UnpackLimits
 from .service.files import FilesService
 from .service.images import ImageService
 from .service.admin import AdminOps
+from .service.plans import PlanService
+from .service.usage import UsageService
 from .service.sealing import Sealer
 from .connectors.keyring import Keyring
 from .service.connectors import ConnectorService
@@ -74,6 +76,8 @@ class Admin:
     images: ImageService
     storage: StorageService
     connectors: ConnectorService
+    plans: PlanService
+    usage: UsageService
     #: The audit log (service/audit.py).
     audit: AuditLog
     members: MemberService
@@ -164,12 +168,15 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
     prepare_data_dir(settings)
     store = Store(create_engine(settings.effective_database_url))
     pepper = load_or_create_secret(settings.data_dir)
+    plans = PlanService(store, settings.default_plan)
     keys = KeyService(
-        store, pepper, PrincipalCache(EpochFile(settings.data_dir / "auth-epoch"), settings.key_cache_ttl_s)
+        store, pepper, PrincipalCache(EpochFile(settings.data_dir / "auth-epoch"), settings.key_cache_ttl_s),
+        plans,
     )
+    plans.changed = keys.invalidate
     try:
         await migrate(store.engine)
-        tenancy = TenancyService(store, keys.invalidate)
+        tenancy = TenancyService(store, keys.invalidate, plans)
         await tenancy.ensure_defaults()
     except BaseException:
         await store.close()
@@ -205,14 +212,16 @@ async def open_admin(settings: Settings, metrics: Metrics | None = None) -> Admi
             store,
             ImageStore(fs, settings.data_dir / "images", image_limits(settings)) if fs else None,
             Sealer(pepper, "registry credentials"),
-            max_per_org=settings.max_images_per_org,
             changed=keys.invalidate,
+            plans=plans,
         ),
         # Mounts are a server's (`start`); the CLI's `storage test` mounts in a directory of its own.
         storage=StorageService(
             store, Sealer(pepper, "storage credentials"), work_dir=settings.run_dir / "storage-tests"
         ),
         connectors=ConnectorService(store, Keyring(settings.effective_connectors_key_file), keys.invalidate),
+        plans=plans,
+        usage=UsageService(store),
         audit=AuditLog(store, audit_key(pepper)),
         members=MemberService(store, pepper, session_ttl_s=settings.console_session_ttl_s),
     )

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from .app import Admin, start
+from .commands import plans as plans_commands
 from .commands import audit as audit_commands
 from .commands import members as members_commands
 from .commands.common import DatabaseUrl, DataDir, OrgName, admin_call, fail, settings_of
@@ -54,6 +55,8 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(sandboxes_app, name="sandboxes")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(images_app, name="images")
+app.add_typer(plans_commands.app, name="plans")
+app.command("usage")(plans_commands.usage)
 app.add_typer(audit_commands.app, name="audit")
 app.add_typer(members_commands.app, name="members")
 

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         "more is refused at once); 0 = max_concurrent + half of admission_queue_max, so one org "
         "can fill the server but not the whole queue. The running share is fair by itself: a "
         "freed slot goes to the waiting org with the fewest running, and admission_reserve_slots "
-        "admit an org with nothing running at once. An org's own max_concurrent overrides it.",
+        "admit an org with nothing running at once. An org's plan's concurrency limit (service/plans.py) overrides it.",
         json_schema_extra={"default_doc": "max_concurrent + admission_queue_max / 2"},
     )
     admission_reserve_slots: int = Field(
@@ -283,10 +283,13 @@ class Settings(BaseSettings):
         json_schema_extra={"default_doc": "half of storage_size_gib"},
     )
     max_threads_per_org: int = Field(default=1000, ge=1, description="Threads an organization may have.")
-    max_images_per_org: int = Field(
-        default=10, ge=0,
-        description="Runtime images an organization may have (a plan's custom OCI images; built-in "
-        "images and `host` do not count). Over it, an import, pull or build is refused (403).",
+
+    # --- Plans (service/plans.py, docs/plans.md) -------------------------------------------------
+    default_plan: Literal["free", "pro", "enterprise"] = Field(
+        default="enterprise",
+        description="The plan of an organization that has none assigned (`sandboxd plans assign`): "
+        "its limits on CPU and memory per sandbox, concurrent executions, timeout, API keys, "
+        "custom images, audit retention and streaming/async delivery. enterprise: unlimited.",
     )
     max_image_size_mib: int = Field(
         default=32768, ge=1,

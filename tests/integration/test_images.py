@@ -286,14 +286,17 @@ def test_delete_is_refused_while_a_sandbox_config_uses_it(world: World) -> None:
 def test_the_limit_per_organization_is_a_clear_refusal(world: World, debian_image_layout: LayoutImage) -> None:
     server = world.server
     cli_ok(server, "orgs", "create", "capped")
-    env = {"SANDBOXD_MAX_IMAGES_PER_ORG": "1"}
+    cli_ok(server, "plans", "create", "one-image", "--org", "capped", "--images", "1")
+    cli_ok(server, "plans", "assign", "capped", "one-image")
+    env: dict[str, str] = {}
     first = run_cli("images", "import", str(debian_image_layout.layout), "--name", "one", "--org", "capped",
                     "--data-dir", str(server.data_dir), env=env, timeout=600)
     assert first.returncode == 0, first.stderr
     second = run_cli("images", "import", str(debian_image_layout.layout), "--name", "two", "--org", "capped",
                      "--data-dir", str(server.data_dir), env=env, timeout=600)
     assert second.returncode != 0
-    assert "has 1 images, the limit is 1 (SANDBOXD_MAX_IMAGES_PER_ORG)" in second.stderr, second.stderr
+    assert "custom image limit reached (1/1): the custom plan 'one-image' allows 1 custom images" in second.stderr, \
+        second.stderr
     assert "two" not in images(server, "--org", "capped") and "one" in images(server, "--org", "capped")
     # an organization's image is its own: another one can neither see nor use it
     assert "one" not in images(server, "--org", "default")

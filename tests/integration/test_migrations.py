@@ -364,3 +364,32 @@ async def test_0013_down_and_up_again_forgets_the_audit_log_and_keeps_orgs(tmp_p
         assert await audit.verify() == []
     finally:
         await store.close()
+
+
+async def test_0014_an_orgs_max_concurrent_becomes_its_custom_plan_and_comes_back_down(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from sandboxd.service.plans import PlanService
+
+    store = await _store(tmp_path)
+    try:
+        await store.orgs.add("org_c", "capped")
+        await _downgrade(store, "0012")
+        assert "plans" not in await _tables(store) and "max_concurrent" in await _columns(store, "orgs")
+        async with store.engine.begin() as conn:
+            await conn.execute(text("UPDATE orgs SET max_concurrent = 3 WHERE id = 'org_c'"))
+        await migrate(store.engine)
+        assert "max_concurrent" not in await _columns(store, "orgs")  # one home for the limit: the plan
+        plans = PlanService(store)
+        capped = await store.orgs.get("org_c")
+        assert capped is not None and capped.plan == "custom"
+        plan = await plans.plan_of(capped)
+        assert (plan.custom, plan.limits.concurrent, plan.limits.cpus, plan.limits.streaming) == (True, 3, None, True)
+        other = await store.orgs.get("org_m")
+        assert other is not None and other.plan is None and (await plans.plan_of(other)).name == "enterprise"
+        await _downgrade(store, "0012")
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT id, max_concurrent FROM orgs ORDER BY id"))).all()
+        assert [tuple(r) for r in rows] == [("org_c", 3), ("org_m", None)]
+    finally:
+        await store.close()

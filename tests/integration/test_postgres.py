@@ -70,6 +70,8 @@ TABLES = {
     "members",
     "admin_tokens",
     "console_sessions",
+    "plans",
+    "usage",
     "audit_log",
     "audit_heads",
 }
@@ -112,7 +114,7 @@ async def test_migrate_creates_schema_idempotently(pg_database_url: str) -> None
             )
             diffs = await conn.run_sync(_schema_diffs)
         assert tables == TABLES
-        assert set(versions) == head_revisions() == {"0013"}  # the newest migration (0013: audit)
+        assert set(versions) == head_revisions() == {"0014"}  # the newest migration (0014: plans; the lead re-chains it)
         for column in (
             "orgs.created_at",
             "sandboxes.created_at",
@@ -142,9 +144,12 @@ async def test_repositories_round_trip(pg_database_url: str) -> None:
     store = Store(engine)
     try:
         # orgs
-        org = await store.orgs.add(new_id("org"), "acme", max_concurrent=3)
+        org = await store.orgs.add(new_id("org"), "acme", plan="pro")
         assert await store.orgs.get(org.id) == org
         assert await store.orgs.by_name("acme") == org
+        assert await store.orgs.set_plan(org.id, "free")
+        assert (await store.orgs.get(org.id)).plan == "free"  # type: ignore[union-attr]
+        org = replace(org, plan="free")
         with pytest.raises(DuplicateError):
             await store.orgs.add(new_id("org"), "acme")
 
@@ -370,6 +375,15 @@ def test_server_on_postgres_execute_and_read_back(
     # one event or two: the first bytes are published at once, and "42" may be read before "\n"
     assert {o["stream"] for o in outputs} == {"stdout"} and b"".join(o["data"] for o in outputs) == b"42\n", outputs
     assert not (pg_sandboxd.server.data_dir / "sandboxd.db").exists()
+    # metered in the same transaction, through PostgreSQL's upsert (store/plans.py add_usage)
+    usage = pg_server.fetch(
+        pg_sandboxd.database,
+        "SELECT u.executions, u.gib_seconds FROM usage u JOIN executions e ON e.org_id = u.org_id "
+        "WHERE e.trace_id = $1",
+        trace_id,
+    )
+    assert len(usage) == 1 and usage[0]["executions"] >= 1 and usage[0]["gib_seconds"] > 0, usage
+    assert record["resources"]["cpu_ms"] >= 0 and record["resources"]["memory_peak_bytes"] > 0
 
 
 def test_server_on_postgres_unknown_execution_is_404(pg_sandboxd: PgSandboxd) -> None:

@@ -5,6 +5,8 @@ and two stores on one file appending at once keep one valid chain."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -194,6 +196,16 @@ async def test_exports_round_trip(org_store: Store) -> None:
     assert [json.loads(line) for line in jsonl.splitlines()] == expected
     text = "".join([line async for line in audit.export(AuditFilters(), "csv")])
     assert parse_csv(text) == expected
+
+
+async def test_a_csv_export_never_starts_a_cell_with_a_formula(org_store: Store) -> None:
+    audit = AuditLog(org_store, KEY, clock=Clock())
+    for target in ("=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "'quoted", "plain"):
+        await audit.admin(CLI_ACTOR, "key.create", org_id="org_a", target=target)
+    text = "".join([line async for line in audit.export(AuditFilters(), "csv")])
+    cells = [cell for line in csv.reader(io.StringIO(text)) for cell in line]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@"))]
+    assert [r["target"] for r in parse_csv(text)] == [r.target for r in (await audit.search(AuditFilters())).rows]
 
 
 async def test_admin_rows_mask_secret_looking_fields(org_store: Store) -> None:

@@ -101,7 +101,7 @@ def test_descriptions_follow_the_session_mode_and_the_inline_limit() -> None:
     from sandboxd.store import Org, Sandbox
 
     now = datetime(2026, 12, 7, tzinfo=timezone.utc)
-    org = Org(id="org_1", name="acme", max_concurrent=None, created_at=now)
+    org = Org(id="org_1", name="acme", created_at=now)
     sandbox = Sandbox(id="sbx_1", org_id=org.id, name="repl", cpus=1, memory_mib=512, network="none",
                       timeout_cap_s=60, created_at=now)
     for session, says in (("stateless", "Every call is a new process"), ("persistent", "the interpreter persists")):

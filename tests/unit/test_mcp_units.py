@@ -72,7 +72,7 @@ def test_star_turns_the_check_off() -> None:
 
 
 def _principal(network: str = "none", volumes: tuple[tuple[Volume, bool], ...] = ()) -> Principal:
-    org = Org(id="org_1", name="acme", max_concurrent=None, created_at=NOW)
+    org = Org(id="org_1", name="acme", created_at=NOW)
     sandbox = Sandbox(id="sbx_1", org_id=org.id, name="big", cpus=2.5, memory_mib=4096, network=network,
                       timeout_cap_s=900, created_at=NOW)
     return Principal(key=None, org=org, sandbox=sandbox, volumes=volumes)

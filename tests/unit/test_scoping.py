@@ -323,7 +323,7 @@ def _mcp_description(
     volumes: tuple[tuple[Volume, bool], ...] = (),
     storage: tuple[tuple[StorageConnection, StorageBinding], ...] = (),
 ) -> str:
-    org = Org(id="org_1", name="acme", max_concurrent=None, created_at=NOW)
+    org = Org(id="org_1", name="acme", created_at=NOW)
     sandbox = Sandbox(id="sbx_1", org_id=org.id, name="s", cpus=1, memory_mib=512, network="none",
                       timeout_cap_s=60, created_at=NOW)
     principal = Principal(key=None, org=org, sandbox=sandbox, volumes=volumes, storage=storage)

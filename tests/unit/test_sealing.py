@@ -26,7 +26,7 @@ def test_another_secret_purpose_or_a_changed_byte_does_not_open() -> None:
 
 def test_registry_credentials_open_only_for_their_owner_and_registry(store: Store) -> None:
     sealer = Sealer(SECRET, "registry credentials")
-    images = ImageService(store, None, sealer, max_per_org=1, changed=lambda: None)
+    images = ImageService(store, None, sealer, changed=lambda: None)
     sealed = sealer.seal(b"org_a\nghcr.io\nalice:hunter2")
     creds = images._unseal("org_a", "ghcr.io", sealed)
     assert creds is not None and (creds.username, creds.password) == ("alice", "hunter2")

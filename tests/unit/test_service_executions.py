@@ -108,8 +108,10 @@ class CountingAdmission:
         self._limiter = limiter
         self.releases: list[int] = []
 
-    async def acquire(self, org_id: str, org_cap: int | None = None) -> Release:
-        release = await self._limiter.acquire(org_id, org_cap)
+    async def acquire(
+        self, org_id: str, org_cap: int | None = None, over_cap: Callable[[int, int], RateLimited] | None = None
+    ) -> Release:
+        release = await self._limiter.acquire(org_id, org_cap, over_cap)
         index = len(self.releases)
         self.releases.append(0)
 

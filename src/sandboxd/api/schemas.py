@@ -132,6 +132,11 @@ class ConnectorUsed(BaseModel):
     type: str = Field(description="`env`, `postgres`, `mysql` or `http` (brokered).")
 
 
+class ResourcesUsed(BaseModel):
+    cpu_ms: int = Field(description="CPU time of every process of the sandbox, milliseconds.")
+    memory_peak_bytes: int = Field(description="The most memory the sandbox held at once, bytes.")
+
+
 class ExecutionStatus(BaseModel):
     """Spec §4.1, plus what sandboxd records besides (language, thread, metadata, attempts, image, storage)."""
 
@@ -172,6 +177,10 @@ class ExecutionStatus(BaseModel):
     outputs: list[OutputItem] = OUTPUTS_FIELD
     artifacts: list[Artifact] = ARTIFACTS_FIELD
     notes: list[str] = NOTES_FIELD
+    resources: ResourcesUsed | None = Field(
+        default=None,
+        description="What its sandbox used, as the cgroup counted it (null when the program never ran).",
+    )
 
 
 class WebhookAccepted(BaseModel):

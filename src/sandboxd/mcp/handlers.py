@@ -81,7 +81,7 @@ class Handlers:
         request = parse_execute_request(arguments)
         submission = await self._services.executions.submit(
             principal, request, delivery_mode=DELIVERY_MODE, client_id=_client_id(ctx),
-            base_url=str(_request(ctx).base_url), client_ip=_client_ip(ctx),
+            base_url=str(_request(ctx).base_url), client_ip=_client_ip(ctx), progress=_wants_progress(ctx),
         )
         # Output as progress notifications while it runs (a no-op unless the client sent a
         # progressToken). A caller that goes away stops only this loop, never the run.
@@ -205,6 +205,11 @@ def _parse(model: type[_Model], arguments: dict[str, Any]) -> _Model:
         return model.model_validate(arguments)
     except ValidationError as exc:
         raise InvalidRequest(validation_message(exc.errors())) from None
+
+
+def _wants_progress(ctx: ServerRequestContext[Any, Any]) -> bool:
+    """The caller asked for the output as progress notifications (its call's progressToken)."""
+    return ctx.meta is not None and ctx.meta.get("progress_token") is not None
 
 
 def _tool_error(exc: SandboxdError) -> types.CallToolResult:

@@ -29,6 +29,7 @@ from ..api.schemas import (
 from ..errors import InvalidRequest
 
 from ..runtime import INTERPRETERS, spoken
+from ..service.plans import timeout_cap
 from ..service import Principal
 from ..service.files import CONTENT_TYPE_PATTERN, MAX_FILE_BYTES
 from ..service.requests import MAX_CODE_BYTES, ExecuteRequest, JsonInt
@@ -274,7 +275,7 @@ def _limits(principal: Principal, languages: frozenset[str], output_limit_bytes:
     image = principal.image.name if principal.image is not None else "host"
     return (
         f"This API key's sandbox: {', '.join(sorted(languages))} on the image {image!r}; timeout at most "
-        f"{sandbox.timeout_cap_s} s; {sandbox.cpus:g} CPU; {sandbox.memory_mib} MiB memory; {network}. "
+        f"{timeout_cap(principal.plan, sandbox.timeout_cap_s)[0]} s; {sandbox.cpus:g} CPU; {sandbox.memory_mib} MiB memory; {network}. "
         f"stdout and stderr are each kept up to {output_limit_bytes} bytes (the rest is cut and "
         "output_truncated is true). " + " ".join(part for part in (volumes, buckets, connectors) if part)
     ).strip()

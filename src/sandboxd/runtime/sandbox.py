@@ -23,7 +23,7 @@ from . import bwrap as _bwrap
 from . import beneath, launch, process, reaper, rlimits
 from . import outputs as _outputs
 from .outputs import Outputs
-from .cgroups import Cgroup, CgroupDriver
+from .cgroups import Cgroup, CgroupDriver, CgroupStats
 from .network import Attached
 from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
 from .users import UidPool
@@ -178,7 +178,8 @@ class Sandboxes:
         finally:
             for task in pumps:
                 task.cancel()
-        return _classify(proc.returncode, ended_by, group.oom_killed(), out, err, duration_ms)
+        result = _classify(proc.returncode, ended_by, group.oom_killed(), out, err, duration_ms)
+        return with_usage(result, group)
 
     async def dispose(self, box: Sandbox) -> None:
         """Leave nothing behind: processes killed and reaped, cgroup removed, uid returned."""
@@ -228,6 +229,17 @@ class Sandboxes:
             ca_bundle=_memfd("ca", net.ca_bundle, opened) if net.ca_bundle else None,
             outputs=outputs,
         )
+
+
+def with_usage(result: ExecResult, group: Cgroup, since: CgroupStats | None = None) -> ExecResult:
+    """The result with what the cgroup counted (read before the group is removed); the CPU
+    time since `since` for a group that ran earlier executions (a persistent session)."""
+    try:
+        stats = group.stats()
+    except (OSError, ValueError):
+        return result
+    cpu_ms = stats.cpu_ms - (since.cpu_ms if since is not None else 0)
+    return replace(result, cpu_ms=max(0, cpu_ms), memory_peak_bytes=stats.memory_peak_bytes)
 
 
 def _has_entries(path: Path) -> bool:

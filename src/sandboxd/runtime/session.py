@@ -28,7 +28,8 @@ from typing import Any
 
 from . import drivers, warm
 from .network import Attached, Network, NetworkDecision
-from .sandbox import Sandbox, Sandboxes, _Capture
+from .cgroups import Cgroup, CgroupStats
+from .sandbox import Sandbox, Sandboxes, _Capture, with_usage
 from .outputs import collect as collect_outputs
 from .spec import ExecResult, ExecStatus, OutputSink, SandboxSpec, Stream
 
@@ -224,6 +225,7 @@ class SessionSandbox:
         await self._err.flush_carry()
         proc = self.box.proc
         seen = _counts(self._net.so_far()) if self._net.so_far is not None else None
+        used_before = _stats(self.box.group)
         self.box.group.freeze(False)
         self._control_transport.resume_reading()
         reply = asyncio.ensure_future(self._send_and_wait(warm.request(spec)))
@@ -280,6 +282,8 @@ class SessionSandbox:
             stdout_truncated=out.truncated, stderr_truncated=err.truncated, duration_ms=duration_ms,
             error=error, network=network,
         )
+        # The session's cgroup: CPU since this run began; its memory peak is the session's.
+        result = with_usage(result, self.box.group, used_before)
         if spec.artifacts_dir is not None and self.box.outputs is not None:
             result = await self._collect(spec, result)
         outputs = _outputs(message) if message is not None else ()
@@ -383,6 +387,13 @@ def _added(before: dict[tuple[Any, ...], int], now: tuple[NetworkDecision, ...])
         for d in now
         if d.count > before.get(key := (d.host, d.port, d.allowed, d.reason, d.connector, d.method, d.status), 0)
     )
+
+
+def _stats(group: Cgroup) -> CgroupStats | None:
+    try:
+        return group.stats()
+    except (OSError, ValueError):
+        return None
 
 
 def _exit_code(message: dict[str, Any]) -> int:

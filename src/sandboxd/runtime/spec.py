@@ -162,6 +162,10 @@ class ExecResult:
     #: left out by the caps (runtime/outputs.py).
     artifacts: tuple[Collected, ...] = ()
     artifacts_dropped: int = 0
+    #: CPU time its processes used (cgroup cpuacct.usage / cpu.stat usage_usec), and the most
+    #: memory they held (memory.max_usage_in_bytes / memory.peak); None: not measured.
+    cpu_ms: int | None = None
+    memory_peak_bytes: int | None = None
 
     @property
     def output_truncated(self) -> bool:

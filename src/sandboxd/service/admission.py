@@ -16,6 +16,9 @@ from contextvars import ContextVar
 from ..errors import RateLimited, Unavailable
 from ..observability import Metrics
 
+#: The answer for an organization over its plan's cap: (running or waiting, cap) -> 429.
+OverCap = Callable[[int, int], RateLimited]
+
 #: Set for one request by a surface that can tell (the REST API: api/disconnect.py) once its
 #: caller has gone: a request waiting for a slot then leaves the queue instead of running for nobody.
 caller_gone: ContextVar[asyncio.Event | None] = ContextVar("caller_gone", default=None)
@@ -25,7 +28,7 @@ class ConcurrencyLimiter:
     """The `Admission` of one process: a global cap sized to the machine, shared fairly
     between organizations.
 
-    - Plan limit: an organization's running plus waiting requests never exceed its cap (its own
+    - Plan limit: an organization's running plus waiting requests never exceed its cap (its plan's
       `org_cap`, else `per_org_cap`); one more is refused at once with 429.
     - Reserve: an organization that already runs something takes a slot only while more than
       `reserve` are free, so one with nothing running starts at once even while others
@@ -55,14 +58,23 @@ class ConcurrencyLimiter:
         self._arrivals = itertools.count()
         self._closed = False
 
-    async def acquire(self, org_id: str, org_cap: int | None = None) -> Callable[[], None]:
+    async def acquire(
+        self, org_id: str, org_cap: int | None = None, over_cap: OverCap | None = None
+    ) -> Callable[[], None]:
         """Take a slot, waiting for one if the server is full; returns the function that gives
-        it back (once). Raises RateLimited (429) or, once closed, Unavailable (503)."""
+        it back (once). Raises RateLimited (429) or, once closed, Unavailable (503).
+
+        `org_cap` is the organization's plan's (None: unlimited, so the server's `per_org_cap`
+        applies). Over the plan's cap, `over_cap(count, cap)` is the answer (service/plans.py
+        `concurrency_refused`)."""
         if self._closed:
             raise self._closing()
         cap = org_cap if org_cap is not None else self._per_org_cap
-        if self._by_org.get(org_id, 0) + len(self._waiting.get(org_id, ())) >= cap:
+        count = self._by_org.get(org_id, 0) + len(self._waiting.get(org_id, ()))
+        if count >= cap:
             self._rejections.labels("org_concurrency").inc()
+            if org_cap is not None and over_cap is not None:
+                raise over_cap(count, cap)
             raise RateLimited(
                 f"your organization already has {cap} executions running or waiting (its limit); "
                 "retry shortly", 1,

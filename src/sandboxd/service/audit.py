@@ -411,17 +411,27 @@ class AuditLog:
                 yield _csv_line(["" if values[k] is None else values[k] for k in EXPORT_FIELDS])
 
 
+#: A spreadsheet runs a cell that begins with one of these as a formula: such a text (a client's
+#: metadata, a key's name) is written with a leading `'`, which parse_csv takes off again.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
 def _csv_line(values: list[Any]) -> str:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(values)
+    cells = ["'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v for v in values]
+    csv.writer(out, lineterminator="\n").writerow(cells)
     return out.getvalue()
+
+
+def _csv_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
 
 
 def parse_csv(text: str) -> list[dict[str, Any]]:
     """An export's CSV back as search results show rows (what `row_json` gives)."""
     rows = []
     for record in csv.DictReader(io.StringIO(text)):
-        values: dict[str, Any] = dict(record)
+        values: dict[str, Any] = {k: _csv_cell(v) for k, v in record.items()}
         values["seq"] = int(values["seq"])
         values["detail"] = json.loads(values["detail"])
         for nullable in ("ip", "trace_id", "key_id"):

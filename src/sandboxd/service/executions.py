@@ -24,7 +24,7 @@ from ..runtime import HOST_IMAGE, Language, Limits, RootImage, Runner, spoken
 from ..store import Execution, Store, utcnow
 from .events import EventSettings, StoredEventLogs
 from .health import PLATFORM_ERRORS, PlatformHealth
-from . import data_mounts
+from . import data_mounts, plans
 from .images import ImageService
 from .job import ExecutionJobs, Held, JobDescription, Outcome, Submission
 from .keys import Principal
@@ -91,12 +91,13 @@ class ExecutionService:
 
     def limits_for(self, principal: Principal, request: ExecuteRequest) -> Limits:
         """The server's defaults, with the sandbox config's CPU and memory; a requested timeout
-        above the config's cap is lowered to the cap."""
+        above the config's cap (or the plan's, if lower) is lowered to it."""
+        cap_s, _ = plans.timeout_cap(principal.plan, principal.sandbox.timeout_cap_s)
         return replace(
             self._defaults,
             cpus=principal.sandbox.cpus,
             memory_mib=principal.sandbox.memory_mib,
-            timeout_s=min(request.timeout, principal.sandbox.timeout_cap_s),
+            timeout_s=min(request.timeout, cap_s),
         )
 
     # --- submit --------------------------------------------------------------------------------
@@ -109,15 +110,21 @@ class ExecutionService:
         delivery_mode: str = "inline",
         client_id: str | None = None,
         base_url: str = "",
+        progress: bool = False,
         client_ip: str | None = None,
     ) -> Submission:
         """Check, admit, record and start an execution; every refusal happens here, before any
         output. What it takes (the thread lock, an admission slot) goes back through one stack:
-        here if a later step fails, else when the job ends."""
+        here if a later step fails, else when the job ends. `progress`: an MCP caller asked for
+        its output as progress notifications (streaming, as the plan sees it)."""
         accepted_at = time.monotonic()
         if self._closing:
             self._metrics.admission_rejections.labels("shutting_down").inc()
             raise Unavailable("the server is shutting down; retry shortly")
+        plan = principal.plan
+        plans.check_delivery(plan, "mcp-progress" if progress else delivery_mode)
+        sandbox = principal.sandbox  # a config left over the plan by a downgrade runs no more
+        plans.check_sandbox_config(plan, cpus=sandbox.cpus, memory_mib=sandbox.memory_mib, name=sandbox.name)
         image = self.image_of(principal)
         if request.language not in (found := self.languages_of(image)):
             has = spoken(sorted(found), "and") if found else "no language sandboxd runs"
@@ -137,7 +144,10 @@ class ExecutionService:
             if request.thread_id is not None:  # 409 for a busy thread comes before everything else
                 thread = await self._claim(principal.org.id, request.thread_id, job.trace_id)
                 stack.push_async_callback(self._threads.release, thread)
-            stack.callback(await self._limiter.acquire(principal.org.id, principal.org.max_concurrent))
+            stack.callback(await self._limiter.acquire(
+                principal.org.id, plan.limits.concurrent,
+                over_cap=lambda count, cap: plans.concurrency_refused(plan, count, cap),
+            ))
             record = await self._record(job, principal, request, delivery_mode, client_id, shown)
             submission = self._submission(job.trace_id, accepted_at)
             submission.record = record
@@ -190,6 +200,7 @@ class ExecutionService:
             connectors=ConnectorBinding.of(principal),
             requested_timeout_s=request.timeout,
             session=sandbox.session,
+            timeout_cap_by=plans.timeout_cap(principal.plan, sandbox.timeout_cap_s)[1],
             key_prefix=principal.key.display_prefix if principal.key is not None else None,
             audit_code=principal.org.audit_code,
         )
@@ -283,11 +294,13 @@ class ExecutionService:
     async def events(self, principal: Principal, trace_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
         """Events after `after_seq`: live while it runs, from the store once it has ended.
 
-        Raises NotFound before the first event, so a surface can answer 404 before streaming.
+        Raises NotFound before the first event, so a surface can answer 404 before streaming;
+        Forbidden for following a running one on a plan without streaming (a replay is not).
         """
         execution = await self.get(principal, trace_id)
         live = self._live.get(trace_id)
         if live is not None:
+            plans.check_delivery(principal.plan, "streaming")  # following it live is streaming
             return live.log.follow(after_seq)
         stored = await self._logs.replay(trace_id, after_seq)
         if execution.status in TERMINAL and not (stored and stored[-1].type == "result"):

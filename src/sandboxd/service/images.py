@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Conflict, Forbidden, ImageError, NotFound, Unavailable
+from ..errors import Conflict, ImageError, NotFound, Unavailable
 from ..ids import NAME_PATTERN, NAME_RULE, new_id
 from ..images import debian, oci, skopeo
 from ..images.store import ImageStore, Progress, StoreLock
 from ..runtime import HOST_IMAGE, RootImage
 from ..store import Image, Org, Store, utcnow
+from .plans import PlanService, check_image_count
 from .sealing import Sealer
 
 HOST = HOST_IMAGE.name
@@ -46,14 +47,15 @@ class ImageService:
         images: ImageStore | None,
         sealer: Sealer,
         *,
-        max_per_org: int,
         changed: Callable[[], None],
+        plans: PlanService | None = None,
     ) -> None:
-        """`changed` is told when an image is deleted (cached principals may hold it)."""
+        """`changed` is told when an image is deleted (cached principals may hold it); `plans`
+        caps an organization's custom images (None: no cap)."""
         self._store = store
         self._images = images
         self._sealer = sealer
-        self._max_per_org = max_per_org
+        self._plans = plans
         self._changed = changed
         self._mounted = False
 
@@ -216,13 +218,8 @@ class ImageService:
         if taken is not None:
             where = "a built-in image" if taken.org_id is None else "an image of this organization"
             raise Conflict(f"{where} is already called {name!r}; delete it first or choose another name")
-        if org is not None:
-            count = await self._store.images.count(org.id)
-            if count >= self._max_per_org:
-                raise Forbidden(
-                    f"organization {org.name!r} has {count} images, the limit is {self._max_per_org} "
-                    "(SANDBOXD_MAX_IMAGES_PER_ORG); delete one first"
-                )
+        if org is not None and self._plans is not None:
+            check_image_count(await self._plans.plan_of(org), await self._store.images.count(org.id))
 
     # --- reading and deleting -------------------------------------------------------------
 

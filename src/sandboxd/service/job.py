@@ -31,6 +31,7 @@ from ..runtime import ExecResult, ExecStatus, Language, Limits, RootImage, Runne
 from ..runtime.session import PICTURE_TYPES
 from ..runtime.network import NetworkDecision, NetworkPolicy
 from ..store import Execution, Store, utcnow
+from ..store.plans import add_usage
 from ..connectors.redact import Redactor
 from .artifacts import Artifacts
 from .audit import AuditLog, ExecutionFacts
@@ -92,6 +93,8 @@ class JobDescription:
     requested_timeout_s: int | None = None
     #: The sandbox config's session mode: "persistent" runs a thread's code in its session.
     session: str = "stateless"
+    #: Who set the timeout cap when it is not the key's sandbox config: "the Free plan's limit".
+    timeout_cap_by: str | None = None
     #: For the audit row (service/audit.py): the key's display prefix, the client's address,
     #: and whether the organization's rows keep the code.
     key_prefix: str | None = None
@@ -169,6 +172,9 @@ class Outcome:
     notes: tuple[str, ...] = ()
     #: The streams cut at the output cap ("stdout", "stderr"): for the note that says so.
     streams_truncated: tuple[str, ...] = ()
+    #: What the sandbox's cgroup counted: `{"cpu_ms", "memory_peak_bytes"}`; None: not measured
+    #: (the program never ran, or a runtime without cgroups). Stored in the execution's extras.
+    resources: dict[str, int] | None = None
 
     @property
     def success(self) -> bool:
@@ -232,6 +238,15 @@ def _redacted(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     if not redactor or item["type"] in PICTURE_TYPES:
         return item
     return {**item, "data": redactor.redact(item["data"].encode()).decode("utf-8", "replace")}
+
+
+def usage_of(job: JobDescription, outcome: Outcome) -> tuple[float, float]:
+    """What one execution adds to its organization's month besides its count: CPU-seconds
+    (the cgroup's count; 0 when not measured) and GiB-seconds (the sandbox's memory limit in
+    GiB times the time it ran)."""
+    cpu_s = (outcome.resources or {}).get("cpu_ms", 0) / 1000
+    gib_s = job.limits.memory_mib / 1024 * outcome.duration_ms / 1000
+    return cpu_s, gib_s
 
 
 class Kick(Protocol):
@@ -555,6 +570,10 @@ class ExecutionJobs:
             streams_truncated=tuple(
                 name for name, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)) if cut
             ),
+            resources=(
+                {"cpu_ms": result.cpu_ms, "memory_peak_bytes": result.memory_peak_bytes or 0}
+                if result.cpu_ms is not None else None
+            ),
         )
 
     def _platform_failure(self, job: JobDescription, failure: PlatformFailure) -> Outcome:
@@ -569,9 +588,9 @@ class ExecutionJobs:
         """Record the result, close the log with the result event, keep the log for replays.
 
         The result event is published even if the store fails, so no follower waits forever.
-        The row, the rest of the event log (result included) and the execution's audit row
-        are written in one transaction; the output is stored once, in the output events
-        (`store.ExecutionRepo.finish`).
+        The row, the rest of the event log (result included), the organization's usage of the
+        month and the execution's audit row are written in one transaction; the output is
+        stored once, in the output events (`store.ExecutionRepo.finish`).
         """
         audit = self._audit
         facts = ExecutionFacts(
@@ -585,6 +604,13 @@ class ExecutionJobs:
                 execution = await self._store.executions.get_in(conn, sub.trace_id)
             await audit.execution(execution, facts, conn)
 
+        completed_at = utcnow()
+        extras = outcome.extras()
+        stored_extras = (
+            {**extras, "resources": outcome.resources} if outcome.resources is not None
+            else extras if extras != empty_extras() else None
+        )
+        cpu_s, gib_s = usage_of(job, outcome)
         await sub.output.drain()
         result = {
             "trace_id": sub.trace_id,
@@ -605,21 +631,23 @@ class ExecutionJobs:
                 output_truncated=outcome.output_truncated,
                 error=outcome.error,
                 duration_ms=outcome.duration_ms,
-                completed_at=utcnow(),
+                completed_at=completed_at,
                 network_log=[asdict(d) for d in outcome.network] or None,
-                extras=outcome.extras() if outcome.extras() != empty_extras() else None,
+                extras=stored_extras,
             )
             # The audit row is made from the record as submitted plus these values (no read).
             record = replace(sub.record, **final) if sub.record is not None else None
 
             async def then(conn: AsyncConnection) -> None:
-                await audited(conn, record)
+                await add_usage(conn, job.org_id, completed_at.strftime("%Y-%m"), cpu_s, gib_s)
+                if audit is not None:
+                    await audited(conn, record)
 
             await self._store.executions.finish(
                 sub.trace_id,
                 [(e.seq, e.type, e.body) for e in events],
                 logged,
-                then=then if audit is not None else None,
+                then=then,
                 **final,
             )
 

@@ -36,6 +36,7 @@ from ..store import (
     utcnow,
 )
 from .keycache import PrincipalCache
+from .plans import UNLIMITED, OrgPlan, PlanService, check_key_count
 
 _REGION = re.compile(r"^[a-z0-9]{1,16}$")
 _KEY = re.compile(r"^sk-[a-z0-9]{1,16}-[A-Za-z0-9]{40}$")
@@ -83,6 +84,8 @@ class Principal:
     storage: tuple[tuple[StorageConnection, StorageBinding], ...] = ()
     #: Connectors the key is bound to (their secrets stay sealed: service/connectors.py).
     connectors: tuple[Connector, ...] = ()
+    #: The organization's plan (service/plans.py), as it was when the principal was looked up.
+    plan: OrgPlan = UNLIMITED
 
     @property
     def key_id(self) -> str | None:
@@ -99,10 +102,15 @@ class CreatedKey:
 
 
 class KeyService:
-    def __init__(self, store: Store, pepper: bytes, cache: PrincipalCache[Principal] | None = None) -> None:
+    def __init__(
+        self, store: Store, pepper: bytes, cache: PrincipalCache[Principal] | None = None,
+        plans: PlanService | None = None,
+    ) -> None:
+        """`plans`: the organizations' plans (None: every principal is unlimited)."""
         self._store = store
         self._pepper = pepper
         self._cache = cache
+        self._plans = plans
         #: key id -> when (monotonic) its last use was written by this process.
         self._used: dict[str, float] = {}
         self._touching: set[asyncio.Task[None]] = set()
@@ -162,6 +170,13 @@ class KeyService:
         for connector in connectors or []:
             if connector.org_id != org.id:
                 raise InvalidRequest(f"connector {connector.name!r} belongs to another organization")
+        if self._plans is not None:
+            now = utcnow()
+            active = [
+                k for k in await self._store.keys.list(org.id)
+                if k.revoked_at is None and (k.expires_at is None or k.expires_at > now)
+            ]
+            check_key_count(await self._plans.plan_of(org), len(active))
         try:
             await self._store.keys.add(record)
         except DuplicateError:  # 2^-238: a second draw is cheaper than an argument
@@ -285,7 +300,7 @@ class KeyService:
     async def local_principal(self, org: Org, sandbox: Sandbox) -> Principal:
         """A run with no key (`sandboxd run`): the sandbox config's limits and image."""
         image = await self._store.images.get(sandbox.image_id) if sandbox.image_id else None
-        return Principal(key=None, org=org, sandbox=sandbox, image=image)
+        return Principal(key=None, org=org, sandbox=sandbox, image=image, plan=await self._plan_of(org))
 
     async def _principal(self, key: ApiKey) -> Principal | None:
         """What an active key may do; None when it is revoked, expired or its sandbox is gone."""
@@ -304,5 +319,9 @@ class KeyService:
         connectors = tuple(await self._store.connectors.bindings(key.id))
         image = await self._store.images.get(sandbox.image_id) if sandbox.image_id else None
         return Principal(
-            key=key, org=org, sandbox=sandbox, volumes=volumes, image=image, storage=storage, connectors=connectors
+            key=key, org=org, sandbox=sandbox, volumes=volumes, image=image, storage=storage, connectors=connectors,
+            plan=await self._plan_of(org),
         )
+
+    async def _plan_of(self, org: Org) -> OrgPlan:
+        return await self._plans.plan_of(org) if self._plans is not None else UNLIMITED

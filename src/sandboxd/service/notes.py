@@ -5,7 +5,7 @@ itself: the job (job.py `ExecutionJobs.run`) adds `notes_for(job, outcome)` to t
 once, and the result carries them on every surface (inline, the stream's result event,
 webhooks, GET /v1/executions/{id}, the MCP text).
 
-- the requested timeout was above the sandbox config's cap and was lowered to it;
+- the requested timeout was above the sandbox config's cap (or the plan's) and was lowered to it;
 - the program failed under network policy `none` after what looks like a network attempt
   (`NETWORK_ATTEMPT`: the resolver and connection errors of the usual tools);
 - stdout or stderr went past the output cap and was cut;
@@ -36,6 +36,8 @@ class Job(Protocol):
     def session(self) -> str: ...
     @property
     def thread_id(self) -> str | None: ...
+    @property
+    def timeout_cap_by(self) -> str | None: ...
 
 
 class Result(Protocol):
@@ -93,10 +95,12 @@ NO_THREAD = (
 )
 
 
-def timeout_lowered(requested_s: int | None, cap_s: float) -> str | None:
+def timeout_lowered(requested_s: int | None, cap_s: float, by: str | None = None) -> str | None:
+    """`by`: who set the cap when it is not the key's config ("the Free plan's limit")."""
     if requested_s is None or requested_s <= cap_s:
         return None
-    return f"timeout lowered from {requested_s} s to this key's cap of {cap_s:g} s"
+    cap = by or "this key's cap"
+    return f"timeout lowered from {requested_s} s to {cap} of {cap_s:g} s"
 
 
 def no_network(network: str, failed: bool, stderr: str) -> str | None:
@@ -147,7 +151,7 @@ def notes_for(job: Job, outcome: Result) -> tuple[str, ...]:
     ran = outcome.error_message is None  # a platform failure: the program never ran
     streams = outcome.streams_truncated or (("stdout or stderr",) if outcome.output_truncated else ())
     found = (
-        timeout_lowered(job.requested_timeout_s, job.limits.timeout_s),
+        timeout_lowered(job.requested_timeout_s, job.limits.timeout_s, job.timeout_cap_by),
         no_network(job.network, ran and not outcome.success, outcome.stderr),
         output_truncated(streams, job.limits.output_limit_bytes),
         no_thread(job.session, job.thread_id),

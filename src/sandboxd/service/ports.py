@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..bus import Event, ExecutionLog
+from ..errors import RateLimited
 
 #: Gives an admission slot back; calling it again does nothing.
 Release = Callable[[], None]
@@ -48,8 +49,11 @@ class ThreadLock(Protocol):
 class Admission(Protocol):
     """Execution slots: a global cap and a cap per organization."""
 
-    async def acquire(self, org_id: str, org_cap: int | None = None) -> Release:
-        """Take a slot (maybe after a bounded wait); RateLimited (429) or Unavailable (503)."""
+    async def acquire(
+        self, org_id: str, org_cap: int | None = None, over_cap: Callable[[int, int], RateLimited] | None = None
+    ) -> Release:
+        """Take a slot (maybe after a bounded wait); RateLimited (429) or Unavailable (503).
+        `org_cap`: the plan's cap; over it, `over_cap(count, cap)` is raised."""
         ...
 
     def close(self) -> None:

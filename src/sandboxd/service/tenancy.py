@@ -11,6 +11,7 @@ from ..ids import NAME_PATTERN, NAME_RULE, new_id
 from ..runtime import Limits
 from ..runtime.network import NetworkPolicy
 from ..store import DuplicateError, Image, Org, Sandbox, Store, utcnow
+from .plans import PlanService, check_sandbox_config
 from .requests import MAX_TIMEOUT_S
 from .sessions import SESSION_MODES
 
@@ -53,10 +54,14 @@ class SandboxConfig:
 
 
 class TenancyService:
-    def __init__(self, store: Store, changed: Callable[[], None] = lambda: None) -> None:
-        """`changed` is told when a sandbox config changes (cached principals hold it)."""
+    def __init__(
+        self, store: Store, changed: Callable[[], None] = lambda: None, plans: PlanService | None = None
+    ) -> None:
+        """`changed` is told when a sandbox config changes (cached principals hold it); `plans`:
+        configs over the organization's plan are refused (None: no plan limits)."""
         self._store = store
         self._changed = changed
+        self._plans = plans
 
     async def ensure_defaults(self) -> Org:
         """First start: the default organization with its default sandbox (1 CPU, 1 GiB, 60 s)."""
@@ -91,6 +96,7 @@ class TenancyService:
     async def create_sandbox(self, org: Org, config: SandboxConfig, image: Image | None = None) -> Sandbox:
         """`image` (service/images.py `find`): None runs on `host`."""
         config.check()
+        await self._within_plan(org, config.name, config.cpus, config.memory_mib, config.timeout_cap_s)
         sandbox = Sandbox(
             id=new_id("sbx"),
             org_id=org.id,
@@ -118,6 +124,7 @@ class TenancyService:
     async def set_image(self, org: Org, name: str, image: Image | None) -> Sandbox:
         """Run the config's next executions on `image` (None: `host`); threads keep their homes."""
         sandbox = await self.sandbox(org, name)
+        await self._within_plan(org, name, sandbox.cpus, sandbox.memory_mib, sandbox.timeout_cap_s)
         if not await self._store.sandboxes.set_image(sandbox.id, image.id if image is not None else None):
             raise NotFound(f"image {image.name if image else ''!r} was deleted meanwhile")
         self._changed()
@@ -128,6 +135,7 @@ class TenancyService:
         next executions use them (threads keep their homes)."""
         config.check()
         sandbox = await self.sandbox(org, config.name)
+        await self._within_plan(org, config.name, config.cpus, config.memory_mib, config.timeout_cap_s)
         allow = [str(rule) for rule in NetworkPolicy.parse(config.network, config.allow).allow] or None
         changed = await self._store.sandboxes.update(
             sandbox.id, cpus=config.cpus, memory_mib=config.memory_mib, network=config.network,
@@ -138,6 +146,12 @@ class TenancyService:
             raise NotFound(f"image {image.name if image else ''!r} was deleted meanwhile")
         self._changed()
         return await self.sandbox(org, config.name)
+
+    async def _within_plan(self, org: Org, name: str, cpus: float, memory_mib: int, timeout_cap_s: int) -> None:
+        """403 naming the plan's limit when a config asks for more than the plan allows."""
+        if self._plans is not None:
+            plan = await self._plans.plan_of(org)
+            check_sandbox_config(plan, cpus=cpus, memory_mib=memory_mib, timeout_cap_s=timeout_cap_s, name=name)
 
     async def list_sandboxes(self, org: Org) -> list[Sandbox]:
         return await self._store.sandboxes.list(org.id)

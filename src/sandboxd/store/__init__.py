@@ -12,16 +12,19 @@ from .records import (
     Image,
     Member,
     Org,
+    Plan,
     Sandbox,
     StorageBinding,
     StorageConnection,
     Thread,
     ThreadSession,
+    Usage,
     Volume,
     VolumeBinding,
     WebhookDelivery,
 )
 from .base import DuplicateError
+from .plans import PlanExists
 from .repos import Store
 
 __all__ = [
@@ -36,12 +39,15 @@ __all__ = [
     "Image",
     "Member",
     "Org",
+    "Plan",
+    "PlanExists",
     "Sandbox",
     "StorageBinding",
     "StorageConnection",
     "Store",
     "Thread",
     "ThreadSession",
+    "Usage",
     "Volume",
     "VolumeBinding",
     "WebhookDelivery",

@@ -11,11 +11,42 @@ from typing import Any
 class Org:
     id: str
     name: str
-    max_concurrent: int | None
     created_at: datetime
     gid: int | None = None
     #: Audit rows of its executions keep the code, not only its SHA-256.
     audit_code: bool = False
+    #: Its plan's name (service/plans.py); None: the installation's default plan.
+    plan: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan's limits; None: unlimited. `org_id`: the organization of a custom plan, None for
+    an installation's figures for a preset (service/plans.py)."""
+
+    id: str
+    name: str
+    org_id: str | None
+    cpus: float | None
+    memory_mib: int | None
+    concurrent: int | None
+    timeout_s: int | None
+    api_keys: int | None
+    audit_retention_days: int | None
+    images: int | None
+    streaming: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What an organization used in one month ("YYYY-MM", UTC)."""
+
+    org_id: str
+    month: str
+    executions: int
+    cpu_seconds: float
+    gib_seconds: float
 
 
 @dataclass(frozen=True)

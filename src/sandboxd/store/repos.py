@@ -16,6 +16,7 @@ from .base import DuplicateError, Repo, RollBack, to_record
 from .db import utcnow
 from .history import ExecutionHistory
 from .members import AdminTokenRepo, ConsoleSessionRepo, MemberRepo
+from .plans import PlanRepo
 from .records import (
     ApiKey,
     Connector,
@@ -56,14 +57,20 @@ ORG_GID_BASE = 2_000_000
 
 
 class OrgRepo(Repo):
-    async def add(self, org_id: str, name: str, max_concurrent: int | None = None) -> Org:
-        """A new organization with the next free host gid (its volumes' group)."""
+    async def add(self, org_id: str, name: str, plan: str | None = None) -> Org:
+        """A new organization with the next free host gid (its volumes' group); `plan` None:
+        the installation's default plan."""
         async with self._engine.connect() as conn:
             highest = (await conn.execute(select(func.max(orgs.c.gid)))).scalar()
         gid = max(ORG_GID_BASE, highest or 0) + 1
-        org = Org(id=org_id, name=name, max_concurrent=max_concurrent, created_at=utcnow(), gid=gid)
+        org = Org(id=org_id, name=name, created_at=utcnow(), gid=gid, plan=plan)
         await self._insert(orgs, org.__dict__)
         return org
+
+    async def set_plan(self, org_id: str, plan: str | None) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(orgs).where(orgs.c.id == org_id).values(plan=plan))
+        return result.rowcount > 0
 
     async def get(self, org_id: str) -> Org | None:
         return await self._one(Org, select(orgs).where(orgs.c.id == org_id))
@@ -264,7 +271,8 @@ class ExecutionRepo(Repo):
 
         `events` are those not stored yet; `logged` is the text of all the log's output
         events per stream. When stdout/stderr begin with it (the rule), the output is stored
-        once: in the output events, the row keeping only what came after them.
+        once: in the output events, the row keeping only what came after them. `also` writes
+        more in the same transaction (the organization's usage: store/plans.py).
         """
         rests = _rests(values, logged)
         if rests is not None:
@@ -860,6 +868,7 @@ class Store:
         self.members = MemberRepo(engine)
         self.admin_tokens = AdminTokenRepo(engine)
         self.console_sessions = ConsoleSessionRepo(engine)
+        self.plans = PlanRepo(engine)
         self.audit = AuditRepo(engine)
         self.history = ExecutionHistory(engine)
 

@@ -28,12 +28,45 @@ orgs = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
-    Column("max_concurrent", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("gid", Integer, nullable=True),
     Index("ix_orgs_gid", "gid", unique=True),
     # Audit rows of its executions keep the code itself, not only its SHA-256 (service/audit.py).
     Column("audit_code", Boolean, nullable=False, server_default=false()),
+    # The plan's name (service/plans.py): a preset, or a custom plan of this organization;
+    # NULL: the installation's default plan (SANDBOXD_DEFAULT_PLAN).
+    Column("plan", String(64), nullable=True),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    # Custom plans of one organization, or (org_id NULL) an installation's own figures for a
+    # preset of the same name. Every limit NULL: unlimited (service/plans.py PlanLimits).
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("org_id", String(32), ForeignKey("orgs.id", ondelete="CASCADE"), nullable=True),
+    Column("cpus", Float, nullable=True),
+    Column("memory_mib", Integer, nullable=True),
+    Column("concurrent", Integer, nullable=True),
+    Column("timeout_s", Integer, nullable=True),
+    Column("api_keys", Integer, nullable=True),
+    Column("audit_retention_days", Integer, nullable=True),
+    Column("images", Integer, nullable=True),
+    Column("streaming", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_plans_org_name"),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    # What an organization used in one calendar month (UTC), added to as each execution ends.
+    Column("org_id", String(32), ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True),
+    Column("month", String(7), primary_key=True),  # "YYYY-MM"
+    Column("executions", BigInteger, nullable=False),
+    Column("cpu_seconds", Float, nullable=False),
+    Column("gib_seconds", Float, nullable=False),
 )
 
 sandboxes = Table(

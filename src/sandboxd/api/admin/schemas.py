@@ -17,6 +17,7 @@ from ...buckets.providers import KINDS as STORAGE_KINDS
 from ...connectors.kinds import KINDS as CONNECTOR_KINDS
 from ...ids import NAME_PATTERN
 from ...runtime.network.policy import NETWORK_MODES
+from ...service import members
 from ...service.requests import MAX_TIMEOUT_S
 from ...service.roles import ROLE_NAMES
 from ...service.sessions import SESSION_MODES
@@ -72,8 +73,8 @@ class OrgOut(BaseModel):
 
 
 class MemberCreate(_Request):
-    email: str = Field(description="An address like ana@example.com (or a name without spaces).",
-                       json_schema_extra={"pattern": r"^[^\s@]{1,128}(@[^\s@]{1,125})?$"})
+    email: str = Field(description="An address like ana@example.com (or a label such as `owner`).",
+                       json_schema_extra={"pattern": members._EMAIL.pattern})  # the service's rule
     role: str = _one_of(ROLE_NAMES, "member")
 
 

@@ -53,7 +53,7 @@ async def get_execution(trace_id: str, principal: PrincipalDep, services: Servic
         200: {"description": "Events after after_seq, then live ones until the result",
               "content": NDJSON_CONTENT},
         **_ERRORS,
-        **error_responses(400),
+        **error_responses(400, 403, s403="Following a running execution is streaming, which the plan does not allow (`forbidden`)"),
     },
     summary="Replay and follow an execution's events (NDJSON)",
 )
