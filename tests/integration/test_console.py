@@ -267,6 +267,8 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
     assert page.locator("#stdout").inner_text() == "first\nsecond\n"
     assert "sandboxd-console" in page.content()  # the client it came from
     assert "greeting (env)" in page.locator("#connectors-used").inner_text()
+    facts = page.locator("dl.facts").inner_text()  # the cgroup's figures, from the result
+    assert "CPU time" in facts and "Memory peak" in facts
     _shot(page, shots, "execution")
 
     # The audit log: the run (its code kept: the organization's setting) and the key's creation; exported.
@@ -289,6 +291,9 @@ def test_owner_signs_in_configures_runs_finds_and_revokes(browser: Any, console_
         page.goto(f"/console/{name}")
         assert page.locator("h1").is_visible()
         _shot(page, shots, name)
+    page.goto("/console/plan")  # the plan and this month's usage, counting the runs above
+    assert "Enterprise plan" in page.locator("main").inner_text()
+    assert re.search(r"executions\s+[2-9]", page.locator("main").inner_text())
 
     # Members: add one (a bad address first), change the role, issue a token shown once.
     page.goto("/console/members")

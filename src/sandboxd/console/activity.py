@@ -23,15 +23,10 @@ router = APIRouter()
 
 
 async def _concurrency_limit(console: Console, who: Visitor) -> int:
-    """The plan's concurrent-execution limit (service/plans.py, where the server has plans),
-    else the organization's own, else the server's."""
+    """The organization's plan's concurrent-execution limit; unlimited plans: the server's."""
     settings = console.services.settings
-    server = min(settings.max_concurrent, settings.max_concurrent_per_org)
-    plans = getattr(console.services, "plans", None)
-    if plans is not None:
-        limit = (await plans.plan_of(who.principal.org)).limits.concurrent
-        return int(limit) if limit is not None else server
-    return getattr(who.principal.org, "max_concurrent", None) or server
+    plan = await console.services.plans.plan_of(who.principal.org)
+    return plan.limits.concurrent or min(settings.max_concurrent, settings.max_concurrent_per_org)
 
 
 @router.get("/")
