@@ -425,7 +425,7 @@ async def start(settings: Settings, runner: Runner | None = None, *, role: Role 
             sessions.start()
         retention = RetentionService(
             admin.store, execution_retention_days=settings.execution_retention_days, artifacts=artifacts,
-            audit=admin.audit,
+            audit=admin.audit, plans=admin.plans,
         )
         retention.start()
     return Services(

@@ -117,7 +117,9 @@ def _hand_over_owner_token(token: str, data_dir: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
-    typer.echo(f"sandboxd: first start: the owner's admin token is in {path} (read it, then delete the file)", err=True)
+    get_logger("sandboxd.server").warning(
+        "first start: the owner's admin token is in a root-only file; read it, then delete the file", path=str(path)
+    )
 
 
 @app.command()

@@ -173,6 +173,31 @@ class Settings(BaseSettings):
         default=8 * 3600, gt=0, le=30 * 86400,
         description="A console sign-in ends this long after it began (sign in again then).",
     )
+    # --- web console (sandboxd/console): its address and OpenID Connect sign-in ---
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="The address browsers reach this server at (e.g. https://sandboxd.example.com): "
+        "the OpenID redirect URI is <public_url>/console/auth/callback, and console cookies are "
+        "Secure when it is https. Default: the address of each request.",
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OpenID Connect provider (its issuer URL; discovery at "
+        "<issuer>/.well-known/openid-configuration). Unset: the console signs in with admin tokens only.",
+    )
+    oidc_client_id: str | None = Field(default=None, description="This console's client id at the provider.")
+    oidc_client_secret_file: Path | None = Field(
+        default=None,
+        description="A file holding the client secret (none: a public client, PKCE alone).",
+    )
+    oidc_org_claim: str = Field(
+        default="org", description="The ID token claim naming the member's organization."
+    )
+    oidc_role_claim: str = Field(
+        default="role", description="The ID token claim naming the member's role (owner, admin, member, auditor)."
+    )
+    oidc_scopes: str = Field(default="openid email profile", description="Scopes the console asks the provider for.")
 
     key_cache_ttl_s: float = Field(
         default=30.0,

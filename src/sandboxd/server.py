@@ -29,6 +29,7 @@ from .api import create_api
 from .api.routes import metrics as metrics_routes
 from .clients import TrustedProxies
 from .connections import ConnectionLimits, protocol_class
+from .console import mount_console
 from .mcp import mount_mcp
 from .observability.logging import get_logger
 
@@ -139,6 +140,7 @@ async def serve(services: Services) -> None:
     }
     app = create_api(services)
     mount_mcp(app, services)  # here, not in api/: sandboxd.mcp uses api's error table
+    mount_console(app, services)  # the web console at /console (sandboxd/console)
     api = _DrainingServer(
         uvicorn.Config(
             app, host=settings.host, port=settings.port,

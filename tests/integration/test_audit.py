@@ -55,7 +55,7 @@ def cli(server: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def search(server: Any, *args: str) -> list[dict[str, Any]]:
-    done = cli(server, "search", "--limit", "1000", *args)
+    done = cli(server, "search", "--limit", "200", *args)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 

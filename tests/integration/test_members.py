@@ -3,6 +3,7 @@ database, and through the CLI and a real server's first start."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -184,6 +185,12 @@ def test_cli_adds_lists_tokens_and_removes_members(server: Server) -> None:
     assert run_cli("members", "remove", "gil@example.com", *data).returncode == 0
     gone = run_cli("members", "remove", "gil@example.com", *data)
     assert gone.returncode == 1 and "no member 'gil@example.com'" in gone.stderr
+    audited = run_cli("audit", "search", "--kind", "admin", "--limit", "200", *data)
+    rows = [json.loads(line) for line in audited.stdout.splitlines()]
+    actions = [r["action"] for r in rows if r["actor_kind"] == "cli" and "gil@example.com" in json.dumps(r["detail"])]
+    for action in ("member.add", "member.token", "member.set_role", "member.remove"):
+        assert action in actions, (action, actions)
+    assert token.stdout.strip() not in audited.stdout  # the token itself is never in the log
 
 
 async def test_a_servers_first_start_hands_the_owner_token_over_in_a_root_only_file(server: Server) -> None:

@@ -83,3 +83,31 @@ async def test_a_retention_of_zero_days_keeps_every_execution(tmp_path: Path, mo
         assert await store.executions.get(trace_id) is not None
     finally:
         await store.close()
+
+
+async def test_the_audit_log_is_swept_after_each_organizations_plan_retention(tmp_path: Path) -> None:
+    """Free keeps a day of audit rows, Enterprise everything; what is left still verifies."""
+    from sandboxd.app import open_admin
+    from sandboxd.service.audit import AuditFilters
+    from sandboxd.service.roles import CLI_ACTOR
+
+    admin = await open_admin(Settings(data_dir=tmp_path / "data"))
+    try:
+        free = await admin.tenancy.ensure_org("small")
+        await admin.plans.assign(free, "free")
+        big = await admin.tenancy.org("default")  # enterprise, the default plan
+        for org in (free, big):
+            await admin.audit.admin(CLI_ACTOR, "key.create", org_id=org.id, target="k")
+        sweeper = RetentionService(admin.store, execution_retention_days=0, audit=admin.audit, plans=admin.plans)
+        await sweeper.sweep(utcnow() + timedelta(hours=12))
+
+        async def actions(org_id: str) -> list[str]:
+            return [r.action for r in (await admin.audit.search(AuditFilters(org_id=org_id))).rows]
+
+        assert await actions(free.id) == await actions(big.id) == ["key.create"]
+        await sweeper.sweep(utcnow() + timedelta(days=2))
+        assert await actions(big.id) == ["key.create"]
+        assert await actions(free.id) == ["audit.prune"]  # the signed record of what went
+        assert await admin.audit.verify() == []
+    finally:
+        await admin.close()

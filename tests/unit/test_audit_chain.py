@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, update
 
-from sandboxd.service.audit import AuditLog, ExecutionFacts, canonical, parse_csv, row_json
+from sandboxd.service.audit import CODE_KEPT_BYTES, AuditLog, ExecutionFacts, canonical, parse_csv, row_json
 from sandboxd.service.recovery import NodeRecovery
 from sandboxd.service.roles import CLI_ACTOR, Actor
 from sandboxd.store import AuditRow, Execution, Store, create_engine, migrate
@@ -157,7 +157,12 @@ async def test_execution_rows_say_what_ran(org_store: Store) -> None:
     assert d["resources"] == {"cpu_s": 0.5, "memory_peak_bytes": 1024} and d["connectors"][0]["name"] == "gh"
     assert row.trace_id == "trc_audit1" and row.key_id == "key_1" and row.actor_name == "sk-local-ab"
     kept = await audit.execution(_execution("trc_audit2"), ExecutionFacts(code=code, audit_code=True))
-    assert kept.detail["code"] == code
+    assert kept.detail["code"] == code and "code_truncated" not in kept.detail
+    big = "x = 1\n" * 20_000  # 120 KB: the row keeps the first 64 KiB, the hash covers it all
+    cut = await audit.execution(_execution("trc_audit3"), ExecutionFacts(code=big, audit_code=True))
+    assert len(cut.detail["code"]) == CODE_KEPT_BYTES and big.startswith(cut.detail["code"])
+    assert cut.detail["code_truncated"] is True
+    assert cut.detail["code_sha256"] == hashlib.sha256(big.encode()).hexdigest()
     assert await audit.verify() == []
 
 

@@ -220,7 +220,7 @@ def describe(graph: dict[str, list[Edge]]) -> list[str]:
 
 #: Third-party packages a `sandboxd` process imports only on the path that needs them
 #: (tests/unit/test_lazy_imports.py says why and checks the effect in a fresh interpreter).
-LAZY = frozenset({"alembic", "fastapi", "starlette", "uvicorn", "mcp", "httpx"})
+LAZY = frozenset({"alembic", "fastapi", "starlette", "uvicorn", "mcp", "httpx", "jinja2", "authlib", "joserfc"})
 
 
 def _module_level_imports(path: Path) -> list[tuple[str, int]]:

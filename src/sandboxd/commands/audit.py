@@ -120,7 +120,7 @@ def heads_(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
 def search(
     org: Org = None, since: Since = None, until: Until = None, trace_id: TraceId = None, key_id: KeyId = None,
     kind: Kind = None, action: Action = None, metadata: Metadata = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows (1-1000).")] = 100,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows (1-200).")] = 100,
     cursor: Annotated[str | None, typer.Option("--cursor", help="The next page (printed on stderr).")] = None,
     newest_first: Annotated[bool, typer.Option("--newest-first", help="Newest rows first.")] = False,
     data_dir: DataDir = None, database_url: DatabaseUrl = None,

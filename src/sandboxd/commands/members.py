@@ -1,4 +1,6 @@
-"""`sandboxd members`: who may use the admin API and the console, and their admin tokens."""
+"""`sandboxd members`: who may use the admin API and the console, and their admin tokens.
+
+Root on the host, through the audited admin layer (service/admin.py) like every other change."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ..app import Admin
-from ..service.roles import ROLE_NAMES
+from ..service.roles import ROLE_NAMES, cli_principal
 from ..service.tenancy import DEFAULT_ORG
 from ..store import utcnow
 from .common import DatabaseUrl, DataDir, OrgName, admin_call, settings_of
@@ -25,10 +27,10 @@ def add(
     """Add a member (they sign in through the identity provider, or with a token from `members token`)."""
 
     async def go(admin: Admin) -> Any:
-        return await admin.members.add(await admin.tenancy.org(org), email, role)
+        return await admin.ops.add_member(cli_principal(await admin.tenancy.org(org)), email, role)
 
     member = admin_call(settings_of(data_dir, database_url), go)
-    typer.echo(f"{member.id}\t{member.email}\t{member.role}")
+    typer.echo(f"{member['id']}\t{member['email']}\t{member['role']}")
 
 
 @app.command("list")
@@ -36,11 +38,11 @@ def list_(org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, database_url: Da
     """List an organization's members."""
 
     async def go(admin: Admin) -> Any:
-        return await admin.members.list(await admin.tenancy.org(org))
+        return await admin.ops.list_members(cli_principal(await admin.tenancy.org(org)))
 
     for m in admin_call(settings_of(data_dir, database_url), go):
-        seen = f"{m.last_seen_at:%Y-%m-%d %H:%M}" if m.last_seen_at else "-"
-        typer.echo(f"{m.id}\t{m.email}\t{m.role}\t{'oidc' if m.subject else '-'}\t{seen}")
+        seen = (m["last_seen_at"] or "-")[:16].replace("T", " ")
+        typer.echo(f"{m['id']}\t{m['email']}\t{m['role']}\t{'oidc' if m['oidc'] else '-'}\t{seen}")
 
 
 @app.command("set-role")
@@ -51,10 +53,10 @@ def set_role(
     """Change a member's role (at once: their next request has it)."""
 
     async def go(admin: Admin) -> Any:
-        return await admin.members.set_role(await admin.tenancy.org(org), email, role)
+        return await admin.ops.set_member_role(cli_principal(await admin.tenancy.org(org)), email, role)
 
-    _, after = admin_call(settings_of(data_dir, database_url), go)
-    typer.echo(f"{after.email}\t{after.role}")
+    after = admin_call(settings_of(data_dir, database_url), go)
+    typer.echo(f"{after['email']}\t{after['role']}")
 
 
 @app.command("remove")
@@ -62,10 +64,10 @@ def remove(email: str, org: OrgName = DEFAULT_ORG, data_dir: DataDir = None, dat
     """Remove a member: their tokens and console sessions stop working at once."""
 
     async def go(admin: Admin) -> Any:
-        return await admin.members.remove(await admin.tenancy.org(org), email)
+        await admin.ops.remove_member(cli_principal(await admin.tenancy.org(org)), email)
 
-    member = admin_call(settings_of(data_dir, database_url), go)
-    typer.echo(f"removed {member.email}")
+    admin_call(settings_of(data_dir, database_url), go)
+    typer.echo(f"removed {email}")
 
 
 @app.command("token")
@@ -80,10 +82,10 @@ def token(
     """Make an admin token for a member and print it. It is shown only this once."""
 
     async def go(admin: Admin) -> Any:
-        member = await admin.members.get(await admin.tenancy.org(org), email)
         expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
-        return await admin.members.issue_token(member, name, expires)
+        p = cli_principal(await admin.tenancy.org(org))
+        return await admin.ops.issue_member_token(p, email, name=name, expires_at=expires)
 
     issued = admin_call(settings_of(data_dir, database_url), go)
     typer.echo(issued.secret)
-    typer.echo(f"token id {issued.record.id} for {email}; store it now: it is not shown again", err=True)
+    typer.echo(f"token id {issued.view['id']} for {email}; store it now: it is not shown again", err=True)

@@ -45,12 +45,14 @@ log = logging.getLogger("sandboxd.audit")
 
 KINDS = ("execution", "admin", "files")
 FORMATS = ("jsonl", "csv")
+#: An execution row keeps at most this much of its code (when the org keeps code at all).
+CODE_KEPT_BYTES = 64 * 1024
 #: The columns of an export, in order (CSV header; JSON keys).
 EXPORT_FIELDS = (
     "org_id", "seq", "at", "kind", "actor_kind", "actor_id", "actor_name", "ip", "action", "target",
     "trace_id", "key_id", "detail", "prev_hash", "hash",
 )
-MAX_SEARCH = 1000
+MAX_SEARCH = 200
 #: Keys whose values never go into a row, whatever a caller passes in before/after.
 _SECRET_WORDS = ("secret", "password", "token", "credential", "private_key", "sealed")
 REDACTED = "[redacted]"
@@ -244,8 +246,11 @@ class AuditLog:
         }
         if "resources" in extras:
             detail["resources"] = extras["resources"]
-        if facts.audit_code and facts.code is not None:
-            detail["code"] = facts.code
+        if facts.audit_code and code_bytes is not None:
+            # Bounded, so a page of search results stays small; code_sha256 covers all of it.
+            detail["code"] = code_bytes[:CODE_KEPT_BYTES].decode("utf-8", errors="replace")
+            if len(code_bytes) > CODE_KEPT_BYTES:
+                detail["code_truncated"] = True
         actor = Actor(kind="key", id=execution.key_id or "local", name=facts.key_prefix or "local")
         return self._row(
             "execution", actor, "execution.finish", org_id=execution.org_id, target=execution.trace_id,
@@ -385,7 +390,7 @@ class AuditLog:
         rows = rows[:limit]
         return AuditPage(rows, encode_cursor(rows[-1]) if more and rows else None)
 
-    async def rows(self, filters: AuditFilters, *, batch: int = 500) -> AsyncIterator[AuditRow]:
+    async def rows(self, filters: AuditFilters, *, batch: int = MAX_SEARCH) -> AsyncIterator[AuditRow]:
         """Every row `filters` selects, in order, a batch at a time."""
         cursor: str | None = None
         while True:

@@ -4,8 +4,8 @@ logs and webhook deliveries, so the database stays bounded (SQLite reuses the fr
 One sweep at start, then one every `interval_s`; `sweep` is the whole rule, callable alone.
 A retention of 0 days keeps everything: the sweep deletes nothing. Executions' artifacts
 (service/artifacts.py) are swept with them, after their own retention, which is never longer.
-The audit log (service/audit.py) is swept after each organization's audit retention
-(`audit_retention_days_of`: days, or None for unlimited, the default; plans set it).
+The audit log (service/audit.py) is swept after each organization's audit retention: its
+plan's (service/plans.py); without plans, rows are kept forever.
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..store import Org, Store, utcnow
+from ..store import Store, utcnow
 
 if TYPE_CHECKING:
     from .artifacts import Artifacts
     from .audit import AuditLog
+    from .plans import PlanService
 
-
-def unlimited(org: Org) -> int | None:
-    """Audit rows are kept forever."""
-    return None
 
 log = logging.getLogger("sandboxd.retention")
 
@@ -34,11 +30,11 @@ log = logging.getLogger("sandboxd.retention")
 class RetentionService:
     def __init__(
         self, store: Store, *, execution_retention_days: int = 30, artifacts: Artifacts | None = None,
-        audit: AuditLog | None = None, audit_retention_days_of: Callable[[Org], int | None] = unlimited,
+        audit: AuditLog | None = None, plans: PlanService | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
-        self.audit_retention_days_of = audit_retention_days_of
+        self._plans = plans
         self._artifacts = artifacts
         self._executions = timedelta(days=execution_retention_days) if execution_retention_days > 0 else None
         self._sweeper: asyncio.Task[None] | None = None
@@ -50,8 +46,8 @@ class RetentionService:
             at = now.timestamp() if now is not None else None
             if swept := await asyncio.to_thread(self._artifacts.sweep, None, at):
                 log.info("deleted the artifacts of %d executions past their retention", swept)
-        if self._audit is not None:
-            if pruned := await self._audit.sweep(self.audit_retention_days_of, now):
+        if self._audit is not None and self._plans is not None:
+            if pruned := await self._audit.sweep(await self._plans.retention_days_of(), now):
                 log.info("deleted %d audit rows past their organizations' retention", pruned)
         if self._executions is None:
             return 0

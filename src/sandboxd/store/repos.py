@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .audit import AuditRepo
 from .base import DuplicateError, Repo, RollBack, to_record
 from .db import utcnow
+from .history import ExecutionHistory
 from .members import AdminTokenRepo, ConsoleSessionRepo, MemberRepo
 from .plans import PlanRepo
 from .records import (
@@ -869,6 +870,7 @@ class Store:
         self.console_sessions = ConsoleSessionRepo(engine)
         self.plans = PlanRepo(engine)
         self.audit = AuditRepo(engine)
+        self.history = ExecutionHistory(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
