@@ -9,6 +9,7 @@ Members and their tokens are made in-process against the server's database, as
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -244,6 +245,33 @@ def test_members_tokens_and_roles(admin_server: Any, owner: httpx.Client) -> Non
         assert ok(ana.get("/whoami"))["role"] == "admin"  # at once
         ok(owner.delete(f"/members/{email}"), 204)
         refused(ana.get("/whoami"), 401, "unauthorized")
+
+
+def test_an_owner_cannot_mint_a_token_for_a_colleague_who_already_signs_in(admin_server: Any) -> None:
+    """A token acts as its member: minting one for a colleague with their own would let the
+    maker act under the colleague's name. The first one (the invitation) is allowed."""
+    org = name("mint")
+    with client(admin_server, token_for(admin_server, "owner", org)) as boss:
+        email = f"col-{uuid.uuid4().hex[:6]}@example.com"
+        ok(boss.post("/members", json={"email": email, "role": "owner"}), 201)
+        first = ok(boss.post(f"/members/{email}/tokens", json={"name": "invite"}), 201)["secret"]
+        message = refused(boss.post(f"/members/{email}/tokens", json={"name": "mine now"}), 403, "forbidden")
+        assert "only they can make" in message
+        with client(admin_server, first) as colleague:  # they make their own
+            ok(colleague.post(f"/members/{email}/tokens", json={"name": "laptop"}), 201)
+
+
+def test_an_organizations_admin_sizes_sandboxes_within_the_host(admin_server: Any, owner: httpx.Client) -> None:
+    org = name("big")
+    with client(admin_server, token_for(admin_server, "admin", org)) as tenant:
+        huge = {"name": name("huge"), "memory_mib": 1024 * 1024}
+        assert "more than this host has" in refused(tenant.post("/sandboxes", json=huge), 403, "forbidden")
+        cpus = {"name": name("wide"), "cpus": float((os.cpu_count() or 1) + 1)}
+        assert "more than this host has" in refused(tenant.post("/sandboxes", json=cpus), 403, "forbidden")
+        made = ok(tenant.post("/sandboxes", json={"name": name("fits"), "cpus": 1, "memory_mib": 256}), 201)
+        refused(tenant.patch(f"/sandboxes/{made['name']}", json={"memory_mib": 1024 * 1024}), 403, "forbidden")
+    # the installation's operator may (e.g. for larger executor nodes)
+    ok(owner.post("/sandboxes", json={**huge, "name": name("op")}, params={"org": org}), 201)
 
 
 # --- roles and organizations -----------------------------------------------------------------

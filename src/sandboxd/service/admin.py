@@ -14,6 +14,7 @@ here), not in the surfaces, so the API, the console and the CLI refuse the same 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..connectors import kinds
-from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from ..images import skopeo
 from ..images.store import Progress
 from ..runtime import LANGUAGES
@@ -130,6 +131,19 @@ class Secret:
 
     view: View
     secret: str
+
+
+def _within_host(p: AdminPrincipal, config: SandboxConfig) -> None:
+    """An organization's own admins size sandboxes within the host (and their plan); the
+    installation's operators may go beyond it (e.g. for a cluster's larger nodes)."""
+    if p.can(OPERATE):
+        return
+    cpus = os.cpu_count() or 1
+    memory_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    if config.cpus > cpus:
+        raise Forbidden(f"cpus {config.cpus:g} is more than this host has ({cpus}); ask the operator")
+    if config.memory_mib > memory_mib:
+        raise Forbidden(f"memory_mib {config.memory_mib} is more than this host has ({memory_mib}); ask the operator")
 
 
 # --- views: plain JSON, never a secret --------------------------------------------------------
@@ -326,6 +340,13 @@ class AdminOps:
         require(p, MEMBERS)
         the_org = await self._org(p, org)
         member = await self._members.get(the_org, email)
+        if p.via != "cli" and p.actor.id != member.id and not await self._members.unclaimed(member):
+            # A token acts as its member: making one for a colleague who already signs in would
+            # let the maker act under their name. Their first one (an invitation) is fine.
+            raise Forbidden(
+                f"{email!r} already signs in; only they can make their admin tokens "
+                "(or root on the server's host: `sandboxd members token`)"
+            )
         issued = await self._members.issue_token(member, name, expires_at)
         view = {**token_view(issued.record), "member": member.email}
         await self._record(p, "member.token", the_org, issued.record.id, after=view)
@@ -447,6 +468,7 @@ class AdminOps:
     ) -> View:
         require(p, WRITE)
         the_org = await self._org(p, org)
+        _within_host(p, config)
         found = await self._images.find(the_org, image)
         view = await self._sandbox_view(await self._tenancy.create_sandbox(the_org, config, found))
         await self._record(p, "sandbox.create", the_org, view["id"], after=view)
@@ -473,6 +495,7 @@ class AdminOps:
             timeout_cap_s=changes.timeout_cap_s if changes.timeout_cap_s is not None else current.timeout_cap_s,
             session=changes.session if changes.session is not None else current.session,
         )
+        _within_host(p, config)
         image = await self._images.find(the_org, changes.image if changes.image is not None else before["image"])
         view = await self._sandbox_view(await self._tenancy.update_sandbox(the_org, config, image))
         await self._record(p, "sandbox.update", the_org, current.id, before=before, after=view)

@@ -94,6 +94,16 @@ class MemberService:
         await self._store.admin_tokens.add(record)
         return IssuedToken(record, secret)
 
+    async def unclaimed(self, member: Member) -> bool:
+        """Never signed in: no identity provider subject and no admin token that still works."""
+        if member.subject is not None:
+            return False
+        now = utcnow()
+        return not any(
+            t.revoked_at is None and (t.expires_at is None or t.expires_at > now)
+            for t in await self._store.admin_tokens.list(member.id)
+        )
+
     async def tokens(self, member: Member) -> builtins.list[AdminToken]:
         return await self._store.admin_tokens.list(member.id)
 
