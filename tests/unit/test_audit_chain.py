@@ -156,8 +156,16 @@ async def test_execution_rows_say_what_ran(org_store: Store) -> None:
     assert (d["status"], d["exit_code"], d["delivery_mode"], d["client_ip"]) == ("success", 0, "streaming", "127.0.0.1")
     assert d["resources"] == {"cpu_s": 0.5, "memory_peak_bytes": 1024} and d["connectors"][0]["name"] == "gh"
     assert row.trace_id == "trc_audit1" and row.key_id == "key_1" and row.actor_name == "sk-local-ab"
+    assert row.actor_kind == "key" and "via" not in d and "member" not in d
     kept = await audit.execution(_execution("trc_audit2"), ExecutionFacts(code=code, audit_code=True))
     assert kept.detail["code"] == code
+    # Run from the console's "Try it": the member is the actor, beside the key it ran as.
+    tried = await audit.execution(_execution("trc_audit3"), ExecutionFacts(
+        code=code, key_prefix="sk-local-ab", client_ip="192.0.2.4", member_id="mem_1", member_email="max@example.com",
+    ))
+    assert (tried.actor_kind, tried.actor_id, tried.actor_name, tried.ip) == ("member", "mem_1", "max@example.com", "192.0.2.4")
+    assert tried.detail["via"] == "console" and tried.detail["member"] == {"id": "mem_1", "email": "max@example.com"}
+    assert tried.key_id == "key_1" and tried.detail["key_prefix"] == "sk-local-ab"
     assert await audit.verify() == []
 
 
