@@ -79,6 +79,11 @@ async def test_search_filters_on_a_real_database(tmp_path: Path) -> None:
         assert await traces(limit=1) == ["trc_3"]
         points = await store.history.points(org.id, T0 - timedelta(minutes=1))
         assert len(points) == 3 and {p.status for p in points} == {"success", "failed"}
+        # Bounded: the time window [since, until) and a count (the newest first).
+        window = await store.history.points(org.id, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2))
+        assert [p.created_at for p in window] == [T0 + timedelta(minutes=1)]
+        newest = await store.history.points(org.id, T0 - timedelta(minutes=1), limit=2)
+        assert [p.created_at for p in newest] == [T0 + timedelta(minutes=2), T0 + timedelta(minutes=1)]
     finally:
         await store.close()
 

@@ -84,7 +84,7 @@ class HistoryService:
         now = now or utcnow()
         end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
         since = end - timedelta(minutes=minutes)
-        points = await self._store.history.points(principal.org.id, since)
+        points = await self._store.history.points(principal.org.id, since, end)  # at most 20,000
         return summarize(points, since=since, minutes=minutes, now=now, concurrency_limit=concurrency_limit)
 
 
