@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -464,4 +465,110 @@ def test_a_member_only_runs_code(browser: Any, console_server: Server) -> None:
     page.wait_for_selector("#try-status[data-done=success]", timeout=60_000)
     assert page.locator("#try-output").inner_text() == "member ran this\n"
     assert page.locator("#try-trace-link").count() == 0  # the run's page is not theirs to read
+    # The run is the member's, from the browser's address: its audit row says so, not only the key.
+    trace_id = page.locator("#try-trace").inner_text().removeprefix("Execution ").strip()
+    row = _audit_row(console_server, trace_id)
+    assert row is not None, trace_id
+    actor_kind, actor_id, actor_name, ip, detail = row
+    assert (actor_kind, actor_name, ip) == ("member", "max@example.com", "127.0.0.1")
+    assert actor_id == _member_id(console_server, "max@example.com")
+    assert detail["via"] == "console" and detail["member"] == {"id": actor_id, "email": "max@example.com"}
+    assert detail["client_ip"] == "127.0.0.1" and detail["key_id"] and detail["client_id"] == "sandboxd-console"
     page.context.close()
+
+
+def _member_id(server: Server, email: str) -> str:
+    with sqlite3.connect(server.data_dir / "sandboxd.db") as db:
+        found = db.execute("SELECT id FROM members WHERE email = ?", (email,)).fetchone()
+    assert found is not None, email
+    return str(found[0])
+
+
+def _audit_row(server: Server, trace_id: str) -> tuple[str, str, str, str, dict[str, Any]] | None:
+    """The execution's audit row (written as it ends; waited for a little)."""
+    for _ in range(50):
+        with sqlite3.connect(server.data_dir / "sandboxd.db") as db:
+            found = db.execute(
+                "SELECT actor_kind, actor_id, actor_name, ip, detail FROM audit_log WHERE trace_id = ? AND kind = 'execution'",
+                (trace_id,),
+            ).fetchone()
+        if found is not None:
+            return found[0], found[1], found[2], found[3], json.loads(found[4])
+        time.sleep(0.1)
+    return None
+
+
+def test_try_it_on_a_plan_without_streaming_runs_inline_with_a_note(browser: Any, console_server: Server) -> None:
+    made = run_cli("keys", "create", "--name", "free-key", "--data-dir", str(console_server.data_dir))
+    assert made.returncode == 0, made.stderr
+    assigned = run_cli("plans", "assign", "default", "free", "--data-dir", str(console_server.data_dir))
+    assert assigned.returncode == 0, assigned.stderr
+    try:
+        page = _page(browser, console_server)
+        _sign_in(page, console_server, "max")
+        page.wait_for_url("**/console/try")
+        page.fill("#try-timeout", "10")
+        page.fill("#try-code", "import sys\nprint('one')\nprint('two', file=sys.stderr)")
+        page.click("#try-run")
+        page.wait_for_selector("#try-status[data-done=success]", timeout=60_000)
+        assert page.locator("#try-error").is_hidden()  # no "streaming delivery is not available" refusal
+        assert page.locator("#try-note").inner_text() == (
+            "The Free plan does not stream output: it is shown when the run ends."
+        )
+        assert page.locator("#try-output").inner_text() == "one\ntwo\n"
+        trace_id = page.locator("#try-trace").inner_text().removeprefix("Execution ").strip()
+        row = _audit_row(console_server, trace_id)
+        assert row is not None and row[4]["delivery_mode"] == "inline" and row[4]["via"] == "console"
+        page.context.close()
+    finally:
+        restored = run_cli("plans", "assign", "default", "enterprise", "--data-dir", str(console_server.data_dir))
+        assert restored.returncode == 0, restored.stderr
+
+
+def _sign_in_form(client: httpx.Client) -> str:
+    page = client.get("/console/sign-in")
+    assert page.status_code == 200
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+def test_a_planted_pre_session_cookie_does_not_sign_a_browser_in(console_server: Server) -> None:
+    """Login CSRF by cookie injection: an attacker plants a pre-session value in the victim's
+    browser and posts the sign-in form with its CSRF token and the attacker's own admin token."""
+    data_dir = str(console_server.data_dir)
+    added = run_cli("members", "add", "mallory@example.com", "--data-dir", data_dir)
+    assert added.returncode == 0, added.stderr
+    issued = run_cli("members", "token", "mallory@example.com", "--data-dir", data_dir)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip()  # the attacker's own admin token: the victim would be signed in as them
+    # The attacker's browser, on another address (127.0.0.2), gets a real pair from the server.
+    attacker_transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=console_server.url, transport=attacker_transport, timeout=30) as attacker:
+        attacker_csrf = _sign_in_form(attacker)
+        attacker_pre = attacker.cookies.get("sandboxd_console_pre")
+        assert attacker_pre
+    with httpx.Client(base_url=console_server.url, timeout=30) as victim:
+        # 1. A value the server issued to another address, planted with its token: refused.
+        victim.cookies.set("sandboxd_console_pre", attacker_pre, path="/console")
+        posted = victim.post("/console/sign-in", data={"token": token, "csrf_token": attacker_csrf})
+        assert posted.status_code == 403 and "CSRF" in posted.json()["message"]
+        assert "sandboxd_console" not in posted.cookies
+        # 2. A value the attacker made up: the form never echoes a token for it (a fresh value
+        # is issued), and the token it shows does not go with the planted value.
+        victim.cookies.clear()
+        victim.cookies.set("sandboxd_console_pre", "planted-by-attacker", path="/console")
+        page = victim.get("/console/sign-in")
+        issued = page.cookies.get("sandboxd_console_pre")
+        assert issued and issued != "planted-by-attacker"
+        shown = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+        assert shown is not None
+        victim.cookies.clear()
+        victim.cookies.set("sandboxd_console_pre", "planted-by-attacker", path="/console")
+        posted = victim.post("/console/sign-in", data={"token": token, "csrf_token": shown.group(1)})
+        assert posted.status_code == 403
+        # 3. The victim's own fresh form still signs in (the check refuses only the planted pairs).
+        victim.cookies.clear()
+        csrf = _sign_in_form(victim)
+        posted = victim.post("/console/sign-in", data={"token": token, "csrf_token": csrf})
+        assert posted.status_code == 303 and victim.cookies.get("sandboxd_console")

@@ -156,6 +156,7 @@ async def test_execution_rows_say_what_ran(org_store: Store) -> None:
     assert (d["status"], d["exit_code"], d["delivery_mode"], d["client_ip"]) == ("success", 0, "streaming", "127.0.0.1")
     assert d["resources"] == {"cpu_s": 0.5, "memory_peak_bytes": 1024} and d["connectors"][0]["name"] == "gh"
     assert row.trace_id == "trc_audit1" and row.key_id == "key_1" and row.actor_name == "sk-local-ab"
+    assert row.actor_kind == "key" and "via" not in d and "member" not in d
     kept = await audit.execution(_execution("trc_audit2"), ExecutionFacts(code=code, audit_code=True))
     assert kept.detail["code"] == code and "code_truncated" not in kept.detail
     big = "x = 1\n" * 20_000  # 120 KB: the row keeps the first 64 KiB, the hash covers it all
@@ -163,6 +164,13 @@ async def test_execution_rows_say_what_ran(org_store: Store) -> None:
     assert len(cut.detail["code"]) == CODE_KEPT_BYTES and big.startswith(cut.detail["code"])
     assert cut.detail["code_truncated"] is True
     assert cut.detail["code_sha256"] == hashlib.sha256(big.encode()).hexdigest()
+    # Run from the console's "Try it": the member is the actor, beside the key it ran as.
+    tried = await audit.execution(_execution("trc_audit4"), ExecutionFacts(
+        code=code, key_prefix="sk-local-ab", client_ip="192.0.2.4", member_id="mem_1", member_email="max@example.com",
+    ))
+    assert (tried.actor_kind, tried.actor_id, tried.actor_name, tried.ip) == ("member", "mem_1", "max@example.com", "192.0.2.4")
+    assert tried.detail["via"] == "console" and tried.detail["member"] == {"id": "mem_1", "email": "max@example.com"}
+    assert tried.key_id == "key_1" and tried.detail["key_prefix"] == "sk-local-ab"
     assert await audit.verify() == []
 
 

@@ -46,3 +46,22 @@ def test_after_sign_in_only_a_console_page_is_a_destination() -> None:
     for elsewhere in (None, "", "https://evil.example/", "//evil.example/console/", "/v1/sandbox/execute",
                       "/console", "/console\\@evil.example", "/consolex/"):
         assert _next(elsewhere) == "/console/", elsewhere
+
+
+def test_a_pre_session_value_is_the_servers_and_bound_to_the_address_it_was_issued_to() -> None:
+    secrets = Secrets(b"p" * 32)
+    issued = secrets.pre_binding("203.0.113.7")
+    assert issued != secrets.pre_binding("203.0.113.7")  # fresh each time
+    token = secrets.csrf_token("pre:" + issued)
+    secrets.check_pre(issued, "203.0.113.7", token)
+    planted = "attacker-chosen-value"
+    for binding, ip, presented in (
+        (issued, "198.51.100.9", token),  # planted in another address's browser
+        (planted, "203.0.113.7", secrets.csrf_token("pre:" + planted)),  # made up, token and all
+        (issued, "203.0.113.7", secrets.csrf_token("pre:" + planted)),  # another value's token
+        (Secrets(b"q" * 32).pre_binding("203.0.113.7"), "203.0.113.7", token),  # another server's
+        (secrets.pre_binding("203.0.113.7", max_age_s=-1), "203.0.113.7", None),  # expired
+        (None, "203.0.113.7", token),
+    ):
+        with pytest.raises(Forbidden, match="CSRF"):
+            secrets.check_pre(binding, ip, presented if presented is not None else secrets.csrf_token(f"pre:{binding}"))

@@ -3,10 +3,11 @@ database (store/history.py)."""
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sandboxd.service.history import percentile, summarize
+from sandboxd.service.history import peak_overlaps, percentile, summarize
 from sandboxd.store import Execution, Store, create_engine, migrate
 from sandboxd.store.history import ExecutionPoint, ExecutionQuery
 
@@ -77,5 +78,52 @@ async def test_search_filters_on_a_real_database(tmp_path: Path) -> None:
         assert await traces(limit=1) == ["trc_3"]
         points = await store.history.points(org.id, T0 - timedelta(minutes=1))
         assert len(points) == 3 and {p.status for p in points} == {"success", "failed"}
+        # Bounded: the time window [since, until) and a count (the newest first).
+        window = await store.history.points(org.id, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2))
+        assert [p.created_at for p in window] == [T0 + timedelta(minutes=1)]
+        newest = await store.history.points(org.id, T0 - timedelta(minutes=1), limit=2)
+        assert [p.created_at for p in newest] == [T0 + timedelta(minutes=2), T0 + timedelta(minutes=1)]
     finally:
         await store.close()
+
+
+def _brute_peak(points: list[ExecutionPoint], start: datetime, end: datetime, now: datetime) -> int:
+    """The per-minute scan the sweep replaced (one pass over every point for each minute)."""
+    edges: list[tuple[datetime, int]] = []
+    for p in points:
+        begin = max(p.created_at, start)
+        finish = min(p.completed_at or now, end)
+        if finish <= begin and not (start <= p.created_at < end):
+            continue
+        edges.append((begin, 1))
+        edges.append((max(finish, begin + timedelta(microseconds=1)), -1))
+    edges.sort(key=lambda edge: (edge[0], edge[1]))
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def test_peak_overlaps_sweep_matches_the_per_minute_scan_on_random_data() -> None:
+    rng = random.Random(18)
+    minutes = 30
+    for trial in range(60):
+        now = T0 + timedelta(minutes=minutes - 1, seconds=rng.randrange(60))
+        points = []
+        for _ in range(rng.randrange(0, 120)):
+            # Whole seconds and minute edges, so ties (ends and starts at one instant) are common.
+            created = T0 + timedelta(seconds=rng.choice([rng.randrange(-120, minutes * 60), 60 * rng.randrange(minutes)]))
+            kind = rng.random()
+            if kind < 0.2:
+                completed = None  # still running: until `now`
+            elif kind < 0.3:
+                completed = created  # no length
+            else:
+                completed = created + timedelta(seconds=rng.choice([rng.randrange(0, 400), 60]))
+            points.append(ExecutionPoint(created, completed, 0, "success" if completed else "running"))
+        expected = [
+            _brute_peak(points, T0 + timedelta(minutes=m), T0 + timedelta(minutes=m + 1), now) for m in range(minutes)
+        ]
+        assert peak_overlaps(points, since=T0, minutes=minutes, now=now) == expected, trial
+        assert [m.concurrent for m in summarize(points, since=T0, minutes=minutes, now=now, concurrency_limit=5).minutes] == expected

@@ -451,6 +451,7 @@ def test_a_job_description_round_trips_through_json() -> None:
         image=RootImage("ds", "sha256:" + "b" * 64, "/x/roots/img_1", (("python", "/opt/py/bin/python3"),),
                         (("PATH", "/opt/py/bin:/usr/bin"),)),
         connectors=(ConnectorBinding("con_1", "db", "postgres", ("DATABASE_URL", "PGHOST")),),
+        client_ip="192.0.2.4", member_id="mem_1", member_email="max@example.com",  # a console run's audit facts
     )
     text = job.to_json()
     assert isinstance(json.loads(text), dict)

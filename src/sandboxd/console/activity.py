@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ..api.ndjson import ndjson_response
+from ..api.ndjson import MEDIA_TYPE, ndjson_response
 from ..errors import InvalidRequest, NotFound, SandboxdError
 from ..runtime.languages import LANGUAGES
 from ..service.audit import AuditFilters
@@ -17,7 +18,7 @@ from ..service.requests import parse_execute_request
 from ..service.roles import AUDIT, READ, RUN, require
 from . import charts
 from .forms import parse_time
-from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, Visitor, VisitorDep, render
+from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, Visitor, VisitorDep, client_ip, render
 
 router = APIRouter()
 
@@ -134,7 +135,10 @@ async def try_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Re
 @router.post("/try/run")
 async def try_run(request: Request, console: ConsoleDep, who: CheckedDep) -> Response:
     """Runs code as one of the organization's keys (its principal: no secret in the browser);
-    the answer is the execution's NDJSON stream, as /v1/sandbox/execute streams it."""
+    the answer is the execution's NDJSON stream, as /v1/sandbox/execute streams it. The run is
+    the signed-in member's: their id and email and the browser's address go on its audit row.
+    On a plan without streaming it runs inline: the events come at once when it ends, after a
+    note that says so."""
     require(who.principal, RUN)
     try:
         body = await request.json()
@@ -147,7 +151,16 @@ async def try_run(request: Request, console: ConsoleDep, who: CheckedDep) -> Res
     if principal is None or principal.org.id != who.principal.org.id:
         raise NotFound(f"no active API key {key_id!r} in this organization")
     execute = parse_execute_request(body)
+    streams = principal.plan.limits.streaming
     submission = await console.services.executions.submit(
-        principal, execute, delivery_mode="streaming", client_id="sandboxd-console", base_url=str(request.base_url)
+        principal, execute, delivery_mode="streaming" if streams else "inline", client_id="sandboxd-console",
+        base_url=str(request.base_url), client_ip=client_ip(request), member=who.principal.actor,
     )
-    return ndjson_response(submission.log.follow(0))
+    if streams:
+        return ndjson_response(submission.log.follow(0))
+    await submission.outcome()
+    title = principal.plan.title
+    note = {"type": "note", "message": f"{title[:1].upper()}{title[1:]} does not stream output: it is shown when the run ends."}
+    lines = [json.dumps(note, separators=(",", ":"))]
+    lines += [json.dumps(event.to_json(), separators=(",", ":")) async for event in submission.log.follow(0)]
+    return Response("\n".join(lines) + "\n", media_type=MEDIA_TYPE, headers={"Cache-Control": "no-store"})

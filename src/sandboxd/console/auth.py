@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from ..errors import RateLimited, SandboxdError
 from ..store import Member
-from .security import OIDC_COOKIE, PRE_COOKIE, SESSION_COOKIE, new_binding
+from .security import OIDC_COOKIE, PRE_COOKIE, SESSION_COOKIE
 from .web import PREFIX, CheckedDep, Console, ConsoleDep, FormErrors, client_ip, pre_checked, render
 
 router = APIRouter()
@@ -39,7 +39,8 @@ async def sign_in_page(request: Request, console: ConsoleDep, next: str | None =
 def _sign_in_form(
     request: Request, console: Console, next_path: str, errors: FormErrors | None = None, status: int = 200
 ) -> Response:
-    binding = request.cookies.get(PRE_COOKIE) or new_binding()
+    # Always a fresh value, never the one the request carried (it may have been planted).
+    binding = console.secrets.pre_binding(client_ip(request))
     response = render(
         request, console, "sign_in.html", None, status=status, csrf=console.secrets.csrf_token("pre:" + binding),
         next=next_path, oidc=console.oidc is not None, errors=errors,

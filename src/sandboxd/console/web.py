@@ -148,9 +148,9 @@ CheckedDep = Annotated[Visitor, Depends(checked)]
 
 
 async def pre_checked(request: Request, console: ConsoleDep) -> None:
-    """A sign-in form: its CSRF token is bound to the pre-session cookie."""
-    binding = request.cookies.get(PRE_COOKIE)
-    console.secrets.check_csrf("pre:" + binding if binding else None, await presented_csrf(request))
+    """A sign-in form: its CSRF token is bound to the pre-session cookie, which must be one
+    the server issued to this client's address (security.py)."""
+    console.secrets.check_pre(request.cookies.get(PRE_COOKIE), client_ip(request), await presented_csrf(request))
 
 
 @dataclass

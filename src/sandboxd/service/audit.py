@@ -138,6 +138,9 @@ class ExecutionFacts:
     client_ip: str | None = None
     audit_code: bool = False
     started_at: datetime | None = None
+    #: The member who ran it from the console ("Try it"); None: an API client with the key.
+    member_id: str | None = None
+    member_email: str | None = None
 
 
 def row_json(row: AuditRow) -> dict[str, Any]:
@@ -251,7 +254,12 @@ class AuditLog:
             detail["code"] = code_bytes[:CODE_KEPT_BYTES].decode("utf-8", errors="replace")
             if len(code_bytes) > CODE_KEPT_BYTES:
                 detail["code_truncated"] = True
-        actor = Actor(kind="key", id=execution.key_id or "local", name=facts.key_prefix or "local")
+        if facts.member_id is not None:  # run in the console: the member is who did it, as the key
+            detail["via"] = "console"
+            detail["member"] = {"id": facts.member_id, "email": facts.member_email}
+            actor = Actor(kind="member", id=facts.member_id, name=facts.member_email or facts.member_id)
+        else:
+            actor = Actor(kind="key", id=execution.key_id or "local", name=facts.key_prefix or "local")
         return self._row(
             "execution", actor, "execution.finish", org_id=execution.org_id, target=execution.trace_id,
             detail=detail, trace_id=execution.trace_id, key_id=execution.key_id, ip=facts.client_ip,

@@ -30,6 +30,7 @@ from .job import ExecutionJobs, Held, JobDescription, Outcome, Submission
 from .keys import Principal
 from .ports import Admission, EventLogs
 from .requests import ExecuteRequest
+from .roles import Actor
 from ..runtime.network import BROKER_ENV_NAMES
 from .artifacts import Artifacts
 from .audit import AuditLog
@@ -112,11 +113,13 @@ class ExecutionService:
         base_url: str = "",
         progress: bool = False,
         client_ip: str | None = None,
+        member: Actor | None = None,
     ) -> Submission:
         """Check, admit, record and start an execution; every refusal happens here, before any
         output. What it takes (the thread lock, an admission slot) goes back through one stack:
         here if a later step fails, else when the job ends. `progress`: an MCP caller asked for
-        its output as progress notifications (streaming, as the plan sees it)."""
+        its output as progress notifications (streaming, as the plan sees it). `member`: the
+        console's signed-in member who ran it ("Try it"), named on the execution's audit row."""
         accepted_at = time.monotonic()
         if self._closing:
             self._metrics.admission_rejections.labels("shutting_down").inc()
@@ -135,7 +138,11 @@ class ExecutionService:
             if delivery_mode != "webhook":
                 raise InvalidRequest("webhook_url is only used in webhook mode (header Prefer: respond-async)")
             await self._webhooks.check_request(principal.org.id, request.webhook_url)
-        job = replace(self._describe(new_trace_id(), principal, request, image), base_url=base_url, client_ip=client_ip)
+        job = replace(
+            self._describe(new_trace_id(), principal, request, image), base_url=base_url, client_ip=client_ip,
+            member_id=member.id if member is not None else None,
+            member_email=member.name if member is not None else None,
+        )
         _check_connector_variables(job)
         job.spec()  # a sandbox config that cannot be run is refused before anything is recorded
         shown = data_mounts.plan(job.volumes, job.storage, job.sub_paths)  # 400 for a stray sub_path

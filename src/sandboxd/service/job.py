@@ -100,6 +100,10 @@ class JobDescription:
     key_prefix: str | None = None
     client_ip: str | None = None
     audit_code: bool = False
+    #: Run from the console's "Try it" by this member (its id and email; None: not from the
+    #: console). Set by the server from the signed-in session, never from the request.
+    member_id: str | None = None
+    member_email: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -595,7 +599,7 @@ class ExecutionJobs:
         audit = self._audit
         facts = ExecutionFacts(
             code=job.code, key_prefix=job.key_prefix, client_ip=job.client_ip, audit_code=job.audit_code,
-            started_at=sub.started_at,
+            started_at=sub.started_at, member_id=job.member_id, member_email=job.member_email,
         )
 
         async def audited(conn: AsyncConnection, execution: Execution | None) -> None:

@@ -85,11 +85,17 @@ class ExecutionHistory(Repo):
             rows = (await conn.execute(sql)).mappings().all()
         return [_summary(row) for row in rows]
 
-    async def points(self, org_id: str, since: datetime, *, limit: int = 20_000) -> list[ExecutionPoint]:
-        """The organization's executions created since `since` (at most `limit`, the newest)."""
+    async def points(
+        self, org_id: str, since: datetime, until: datetime | None = None, *, limit: int = 20_000
+    ) -> list[ExecutionPoint]:
+        """The organization's executions created in [since, until) (at most `limit`, the newest):
+        bounded in time and count, on the (org_id, created_at) index."""
+        window = [executions.c.org_id == org_id, executions.c.created_at >= since]
+        if until is not None:
+            window.append(executions.c.created_at < until)
         sql = (
             select(executions.c.created_at, executions.c.completed_at, executions.c.duration_ms, executions.c.status)
-            .where(executions.c.org_id == org_id, executions.c.created_at >= since)
+            .where(*window)
             .order_by(executions.c.created_at.desc())
             .limit(limit)
         )

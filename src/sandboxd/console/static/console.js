@@ -38,6 +38,7 @@
   const error = document.getElementById("try-error");
   const trace = document.getElementById("try-trace");
   const run = document.getElementById("try-run");
+  const note = document.getElementById("try-note");
 
   function append(text, stream) {
     const span = document.createElement("span");
@@ -48,7 +49,10 @@
   }
 
   function handle(event) {
-    if (event.type === "status") {
+    if (event.type === "note") {
+      note.textContent = event.message;
+      note.hidden = false;
+    } else if (event.type === "status") {
       status.textContent = event.status;
       trace.innerHTML = "";
       if (form.dataset.linkRuns !== "yes") { trace.textContent = "Execution " + event.trace_id; return; }
@@ -70,6 +74,7 @@
     submitted.preventDefault();
     output.textContent = "";
     error.hidden = true;
+    note.hidden = true;
     delete status.dataset.done;
     status.textContent = "starting…";
     run.disabled = true;
