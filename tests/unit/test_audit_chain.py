@@ -164,6 +164,9 @@ async def test_execution_rows_say_what_ran(org_store: Store) -> None:
     assert len(cut.detail["code"]) == CODE_KEPT_BYTES and big.startswith(cut.detail["code"])
     assert cut.detail["code_truncated"] is True
     assert cut.detail["code_sha256"] == hashlib.sha256(big.encode()).hexdigest()
+    wide = "é" * 40_000  # 2 bytes a character: the cut never splits one
+    cut = await audit.execution(_execution("trc_audit5"), ExecutionFacts(code=wide, audit_code=True))
+    assert cut.detail["code"] == "é" * (CODE_KEPT_BYTES // 2) and cut.detail["code_truncated"] is True
     # Run from the console's "Try it": the member is the actor, beside the key it ran as.
     tried = await audit.execution(_execution("trc_audit4"), ExecutionFacts(
         code=code, key_prefix="sk-local-ab", client_ip="192.0.2.4", member_id="mem_1", member_email="max@example.com",

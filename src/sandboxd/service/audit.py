@@ -251,7 +251,7 @@ class AuditLog:
             detail["resources"] = extras["resources"]
         if facts.audit_code and code_bytes is not None:
             # Bounded, so a page of search results stays small; code_sha256 covers all of it.
-            detail["code"] = code_bytes[:CODE_KEPT_BYTES].decode("utf-8", errors="replace")
+            detail["code"] = facts.code if len(code_bytes) <= CODE_KEPT_BYTES else _prefix(code_bytes, CODE_KEPT_BYTES)
             if len(code_bytes) > CODE_KEPT_BYTES:
                 detail["code_truncated"] = True
         if facts.member_id is not None:  # run in the console: the member is who did it, as the key
@@ -427,6 +427,16 @@ class AuditLog:
 #: A spreadsheet runs a cell that begins with one of these as a formula: such a text (a client's
 #: metadata, a key's name) is written with a leading `'`, which parse_csv takes off again.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _prefix(encoded: bytes, limit: int) -> str:
+    """The longest whole-character text of `encoded` (UTF-8, lone surrogates passed) within `limit` bytes."""
+    for end in range(limit, max(limit - 4, 0), -1):
+        try:
+            return encoded[:end].decode("utf-8", errors="surrogatepass")
+        except UnicodeDecodeError:
+            continue
+    return ""
 
 
 def _csv_line(values: list[Any]) -> str:
