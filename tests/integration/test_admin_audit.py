@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 from typer.testing import CliRunner
 
 import sandboxd.commands.common as common
@@ -22,8 +24,35 @@ from sandboxd.app import Admin, open_admin
 from sandboxd.cli import app
 from sandboxd.config import Settings
 from sandboxd.errors import Forbidden, NotFound
-from sandboxd.service.admin import KeySpec, RecordingAudit
+from sandboxd.service.admin import KeySpec
 from sandboxd.service.roles import CLI_ACTOR, Actor, AdminPrincipal
+
+
+
+@dataclass(frozen=True)
+class AuditCall:
+    actor: Actor
+    action: str
+    org_id: str | None
+    target: str
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+
+
+@dataclass
+class RecordingAudit:
+    """An in-memory audit log, for tests: what was recorded, in order."""
+
+    calls: list[AuditCall] = field(default_factory=list)
+    #: Bound on what is kept in memory.
+    keep: int = 10_000
+
+    async def admin(
+        self, actor: Actor, action: str, *, org_id: str | None, target: str,
+        before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.calls.append(AuditCall(actor, action, org_id, target, before, after))
+        del self.calls[: max(0, len(self.calls) - self.keep)]
 
 
 @pytest.fixture
@@ -112,8 +141,6 @@ def test_a_members_changes_are_audited_with_where_from(tmp_path: Path) -> None:
 
 
 def test_a_cli_change_lands_in_the_audit_log(tmp_path: Path) -> None:
-    from conftest import run_cli
-
     data_dir = str(tmp_path / "d")
     created = run_cli("keys", "create", "--name", "from-cli", "--data-dir", data_dir)
     assert created.returncode == 0, created.stderr

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,38 +49,12 @@ View = dict[str, Any]
 
 
 class AdminAudit(Protocol):
-    """Where admin actions are recorded (service/audit.py `AuditLog` once it is there)."""
+    """Where admin actions are recorded: service/audit.py `AuditLog` (tests: an in-memory one)."""
 
     async def admin(
         self, actor: Actor, action: str, *, org_id: str | None, target: str,
         before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
     ) -> None: ...
-
-
-@dataclass(frozen=True)
-class AuditCall:
-    actor: Actor
-    action: str
-    org_id: str | None
-    target: str
-    before: Mapping[str, Any] | None
-    after: Mapping[str, Any] | None
-
-
-@dataclass
-class RecordingAudit:
-    """An in-memory audit log, for tests: what was recorded, in order."""
-
-    calls: list[AuditCall] = field(default_factory=list)
-    #: Bound on what is kept in memory.
-    keep: int = 10_000
-
-    async def admin(
-        self, actor: Actor, action: str, *, org_id: str | None, target: str,
-        before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.calls.append(AuditCall(actor, action, org_id, target, before, after))
-        del self.calls[: max(0, len(self.calls) - self.keep)]
 
 
 # --- what the surfaces send -------------------------------------------------------------------
