@@ -226,12 +226,12 @@ async def test_a_csv_export_never_starts_a_cell_with_a_formula(org_store: Store)
 
 async def test_admin_rows_mask_secret_looking_fields(org_store: Store) -> None:
     audit = AuditLog(org_store, KEY, clock=Clock())
-    actor = Actor(kind="member", id="mem_1", name="a@example.com", ip="10.0.0.1")
+    actor = Actor(kind="member", id="mem_1", name="a@example.com", ip="192.0.2.1")
     await audit.admin(actor, "webhook.secret", org_id="org_a", target="webhooks",
                       after={"secret": "whsec_x", "name": "n", "nested": {"password": "p"}})
     [row] = (await audit.search(AuditFilters())).rows
     assert row.detail["after"] == {"secret": "[redacted]", "name": "n", "nested": {"password": "[redacted]"}}
-    assert row.ip == "10.0.0.1" and row.actor_kind == "member"
+    assert row.ip == "192.0.2.1" and row.actor_kind == "member"
 
 
 async def test_two_stores_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
