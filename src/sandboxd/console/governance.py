@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -11,7 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
-from ..errors import SandboxdError, Unavailable
+from ..errors import SandboxdError
 from ..service.admin import Secret
 from ..service.audit import AuditFilters
 from ..service.roles import AUDIT, MEMBERS, READ, ROLE_NAMES, require
@@ -130,31 +129,11 @@ async def _encoded(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
 
 @router.get("/plan")
 async def plan_page(request: Request, console: ConsoleDep, who: VisitorDep) -> Response:
-    """The organization's plan and this month's usage: AdminOps.show_plan, or (while that seam is
-    not filled) the plan and usage services' own figures."""
+    """The organization's plan and this month's usage."""
     require(who.principal, READ)
     errors, plan, status = FormErrors(), None, 200
     try:
         plan = await console.services.ops.show_plan(who.principal)
-    except Unavailable:
-        plan = await _plan_view(console, who)
     except SandboxdError as exc:
         errors, status = FormErrors(form=exc.message), status_for(exc)
     return render(request, console, "plan.html", who, status=status, plan=plan, errors=errors)
-
-
-async def _plan_view(console: Console, who: Visitor) -> dict[str, Any]:
-    org = who.principal.org
-    plan = await console.services.plans.plan_of(org)
-    usage = await console.services.usage.usage(org)
-    limits = dataclasses.asdict(plan.limits)
-    return {
-        "plan": plan.title.removeprefix("the ").capitalize(),
-        "limits": {**{k: v for k, v in limits.items() if k != "streaming"},
-                   "streaming and webhook delivery": "allowed" if plan.limits.streaming else "not on this plan"},
-        f"usage in {usage.month}": {
-            "executions": usage.executions, "cpu_seconds": round(usage.cpu_seconds, 1),
-            "gib_seconds": round(usage.gib_seconds, 1),
-        },
-        **({"upgrade": f"{plan.upgrade[0]}"} if plan.upgrade else {}),
-    }
